@@ -1,0 +1,161 @@
+"""A blocking facade over the async client, for scripts and notebooks.
+
+The mesh runs on an event loop in a background thread (an anyio blocking portal); each
+call here waits for its result there::
+
+    with eventmesh.connect_blocking() as mesh:
+        mesh.publish("orders", eventmesh.Event(type="t", source="/s"))
+        with mesh.subscribe("orders", group="billing", start="earliest") as sub:
+            delivery = sub.receive(timeout=5)
+            delivery.ack()
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from eventmesh.client.base import Client
+from eventmesh.client.connect import connect
+from eventmesh.config import MeshConfig
+from eventmesh.errors import ClosedError, LifecycleError
+from eventmesh.event import Event
+from eventmesh.subscription import Delivery, Subscription
+
+__all__ = ["BlockingClient", "BlockingDelivery", "BlockingSubscription", "connect_blocking"]
+
+
+def connect_blocking(
+    target: str | None = None,
+    *,
+    config: MeshConfig | Mapping[str, Any] | str | Path | None = None,
+) -> BlockingClient:
+    """The blocking twin of :func:`eventmesh.connect`; use it in a ``with`` block."""
+    return BlockingClient(connect(target, config=config))
+
+
+class BlockingDelivery:
+    """A delivery whose ack and nack block until done."""
+
+    def __init__(self, portal: BlockingPortal, delivery: Delivery) -> None:
+        self._portal = portal
+        self._delivery = delivery
+        self.event = delivery.event
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery of this event to this group, then 2, 3, ..."""
+        return self._delivery.attempt
+
+    def ack(self) -> None:
+        """The event is handled."""
+        self._portal.call(self._delivery.ack)
+
+    def nack(self, error: BaseException | str | None = None) -> None:
+        """The event failed: retried under the policy, or dead-lettered."""
+        self._portal.call(self._delivery.nack, error)
+
+
+class BlockingSubscription:
+    """A subscription read with blocking calls."""
+
+    def __init__(self, portal: BlockingPortal, subscription: Subscription) -> None:
+        self._portal = portal
+        self._subscription = subscription
+        self._iterator: AsyncIterator[Delivery] | None = None
+
+    def __enter__(self) -> Self:
+        self._portal.call(self._subscription.start)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Leave the group; unacked deliveries go back to it."""
+        self._portal.call(self._subscription.close)
+
+    def receive(self, timeout: float | None = None) -> BlockingDelivery | None:
+        """The next delivery, or None when ``timeout`` seconds pass first."""
+        if self._iterator is None:
+            self._iterator = aiter(self._subscription)
+
+        async def next_one() -> Delivery | None:
+            assert self._iterator is not None
+            with anyio.move_on_after(timeout):
+                return await anext(self._iterator, None)
+            return None
+
+        delivery = self._portal.call(next_one)
+        return None if delivery is None else BlockingDelivery(self._portal, delivery)
+
+    def __iter__(self) -> Iterator[BlockingDelivery]:
+        while not self._subscription.closed:
+            delivery = self.receive()
+            if delivery is None:
+                return
+            yield delivery
+
+
+class BlockingClient:
+    """Blocking publish and subscribe over any :class:`Client`."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._stack: ExitStack | None = None
+        self._portal: BlockingPortal | None = None
+
+    def __enter__(self) -> Self:
+        if self._stack is not None:
+            raise LifecycleError("this blocking client is already open")
+        with ExitStack() as stack:
+            self._portal = stack.enter_context(
+                start_blocking_portal("asyncio", {"use_uvloop": _uvloop()})
+            )
+            stack.enter_context(self._portal.wrap_async_context_manager(self._client))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.__exit__(exc_type, exc, tb)
+
+    @property
+    def portal(self) -> BlockingPortal:
+        """The portal to the loop the client runs on."""
+        if self._portal is None or self._stack is None:
+            raise ClosedError("the blocking client is not open; use it in a 'with' block")
+        return self._portal
+
+    def publish(self, topic: str, events: Event | Sequence[Event]) -> None:
+        """Store events on ``topic``; returns once they are stored."""
+        self.portal.call(self._client.publish, topic, events)
+
+    def subscribe(self, topic: str, group: str, **options: Any) -> BlockingSubscription:
+        """As :meth:`Client.subscribe`; use the result in a ``with`` block.
+
+        A ``handler`` given here runs on the client's loop (plain functions in its
+        worker threads), so it must not call back into this blocking client.
+        """
+        subscription = self.portal.call(lambda: self._client.subscribe(topic, group, **options))
+        return BlockingSubscription(self.portal, subscription)
+
+
+def _uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

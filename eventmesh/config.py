@@ -1,0 +1,447 @@
+"""Typed, frozen configuration: YAML (or a dict) in, checked structs out.
+
+Every key is checked when the configuration loads; a wrong one raises
+:class:`~eventmesh.errors.ConfigError` naming the key (``subscriptions[0].delivery.
+max_attempts``) and, for files, its line.
+
+Precedence, highest first: command-line flags (the CLI's ``--set``), environment
+variables, the file, the defaults here. Environment variables are read only where the
+caller passes them (the CLI passes ``os.environ``; library code never reads it):
+
+``EVENTMESH__<KEY>__<KEY>...``
+    Sets the key at that path, double underscores separating the levels and numbers
+    indexing lists, e.g. ``EVENTMESH__CONNECTORS__KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092``
+    or ``EVENTMESH__SUBSCRIPTIONS__0__DELIVERY__CONCURRENCY=4``. The value is read as a
+    YAML scalar (``8`` is a number, ``true`` a boolean, ``"8"`` a string). Key names
+    are lower-cased.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import yaml
+
+from eventmesh._duration import Duration, parse_duration
+from eventmesh.connectors.memory import MemoryConfig
+from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.errors import ConfigError, EventMeshError
+
+__all__ = [
+    "ENV_PREFIX",
+    "ConnectorSpec",
+    "LoggingConfig",
+    "MeshConfig",
+    "ServerConfig",
+    "SinkConfig",
+    "SubscriptionConfig",
+    "TopicConfig",
+    "convert",
+    "load_config",
+]
+
+ENV_PREFIX = "EVENTMESH__"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_T = TypeVar("_T")
+
+
+class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ConnectorSpec(_Strict):
+    """One named connector: its plugin ``type`` and the plugin's own typed config."""
+
+    type: str = "memory"
+    config: Any = None
+    """An instance of the plugin's ``Config`` struct (None: its defaults)."""
+
+
+class TopicConfig(_Strict):
+    """Settings of one topic."""
+
+    connector: str = "default"
+    """The name of the connector (under ``connectors:``) that stores this topic."""
+
+
+class SinkConfig(_Strict):
+    """Where a configured subscription sends its events: exactly one kind."""
+
+    handler: str | None = None
+    """A Python callable, ``"package.module:function"``, taking an Event (async or not)."""
+    webhook: str | None = None
+    """An HTTP URL to POST each event to (served by the sidecar daemon)."""
+
+
+class SubscriptionConfig(_Strict):
+    """A subscription declared in the configuration."""
+
+    name: str
+    topic: str
+    group: str | None = None
+    """The consumer group; defaults to ``name``."""
+    sink: SinkConfig | None = None
+    filter: Any = None
+    """A filter in the pipeline's dialects (see docs/filters.md)."""
+    transform: list[Any] | None = None
+    """A chain of transform steps (see docs/filters.md)."""
+    delivery: DeliveryPolicy = DeliveryPolicy()
+    start: Literal["earliest", "latest"] = "latest"
+
+    @property
+    def group_name(self) -> str:
+        """The consumer group this subscription reads as."""
+        return self.group or self.name
+
+
+class Listener(_Strict):
+    """One server socket of the sidecar."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+class ServerConfig(_Strict):
+    """The sidecar daemon's listeners (Apache EventMesh's default ports)."""
+
+    http: Listener = Listener(port=10105)
+    grpc: Listener = Listener(port=10205)
+    admin: Listener = Listener(port=10106)
+    shutdown_timeout: Duration = Duration(30.0)
+    """On SIGTERM, how long in-flight deliveries may take to finish."""
+
+
+class LoggingConfig(_Strict):
+    """How the daemon logs (library code only emits records)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    """``auto``: readable on a terminal, JSON lines otherwise."""
+
+
+def _default_connectors() -> dict[str, ConnectorSpec]:
+    return {"default": ConnectorSpec(type="memory", config=MemoryConfig())}
+
+
+class MeshConfig(_Strict):
+    """The whole configuration of a mesh."""
+
+    connectors: dict[str, ConnectorSpec] = msgspec.field(default_factory=_default_connectors)
+    topics: dict[str, TopicConfig] = msgspec.field(default_factory=dict)
+    default_connector: str = "default"
+    """The connector for topics not listed under ``topics:``."""
+    subscriptions: list[SubscriptionConfig] = msgspec.field(default_factory=list)
+    functions: list[Any] = msgspec.field(default_factory=list)
+    server: ServerConfig = ServerConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def connector_for(self, topic: str) -> str:
+        """The name of the connector that stores ``topic``."""
+        spec = self.topics.get(topic)
+        return spec.connector if spec is not None else self.default_connector
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def convert(data: Any, kind: type[_T], *, key: str) -> _T:
+    """Check ``data`` against a config struct, as the file loader does; ConfigError at ``key``."""
+    try:
+        return msgspec.convert(data, kind, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        error = _config_error(str(exc), [], None)
+        inner = f".{error.key}" if error.key else ""
+        raise ConfigError(str(exc).split(" - at ")[0], key=f"{key}{inner}") from exc
+
+
+def _dec_hook(kind: type, obj: Any) -> Any:
+    if kind is Duration:
+        return parse_duration(obj)
+    raise NotImplementedError(f"cannot decode {kind!r}")
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | MeshConfig | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> MeshConfig:
+    """Load and check a configuration.
+
+    ``source`` is a YAML file path, a mapping shaped like the file, a ready
+    ``MeshConfig`` (returned as is when there is nothing to override) or None (the
+    defaults: one in-memory connector). ``env`` is searched for ``EVENTMESH__``
+    variables; ``overrides`` maps dotted keys to values and wins over both.
+    Raises ConfigError naming the key and, for files, the line.
+    """
+    if isinstance(source, MeshConfig) and not env and not overrides:
+        _check(source, None)
+        return source
+    nodes: yaml.Node | None = None
+    if source is None:
+        data: Any = {}
+    elif isinstance(source, MeshConfig):
+        data = msgspec.to_builtins(source)
+    elif isinstance(source, Mapping):
+        data = _deep_copy(source)
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+        data, nodes = _parse_yaml(text, str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping of keys to values", line=1)
+    for key, value in _env_overrides(env or {}):
+        _set_path(data, key, value)
+    for dotted, value in (overrides or {}).items():
+        _set_path(data, [_index(p) for p in dotted.split(".")], value)
+    config = _convert(data, nodes)
+    _check(config, nodes)
+    return config
+
+
+def _parse_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"{where} is not valid YAML: {exc.problem}", line=line) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    return data, node
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _index(part: str) -> str | int:
+    return int(part) if part.isdigit() else part
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[list[str | int], Any]]:
+    found = []
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+            continue
+        path = [_index(p.lower()) for p in name[len(ENV_PREFIX) :].split("__")]
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        found.append((path, value))
+    return found
+
+
+def _set_path(data: dict[str, Any], path: list[str | int], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise ConfigError(
+                    "an override indexes past the end of a list", key=_dotted(path[: i + 1])
+                )
+            node = node[part]
+            continue
+        child = node.get(part)
+        if child is None:
+            child = node[part] = [] if isinstance(nxt, int) else {}
+        node = child
+    last = path[-1]
+    if (isinstance(node, list) and isinstance(last, int) and last < len(node)) or isinstance(
+        node, dict
+    ):
+        node[last] = value
+    else:
+        raise ConfigError("an override does not fit the configuration", key=_dotted(path))
+
+
+def _dotted(path: list[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _convert(data: dict[str, Any], nodes: yaml.Node | None) -> MeshConfig:
+    raw_connectors = data.pop("connectors", None)
+    try:
+        config = msgspec.convert(data, MeshConfig, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise _config_error(str(exc), [], nodes) from exc
+    if raw_connectors is None:
+        return config
+    if not isinstance(raw_connectors, dict):
+        raise ConfigError(
+            "expected a mapping of connector names to settings",
+            key="connectors",
+            line=_line(nodes, ["connectors"]),
+        )
+    connectors = {}
+    for name, raw in raw_connectors.items():
+        where: list[str | int] = ["connectors", name]
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                "expected a mapping with a 'type' and the connector's settings",
+                key=_dotted(where),
+                line=_line(nodes, where),
+            )
+        options = dict(raw)
+        kind = options.pop("type", "memory")
+        connectors[name] = ConnectorSpec(
+            type=kind, config=_plugin_config(kind, options, where, nodes)
+        )
+    return msgspec.structs.replace(config, connectors=connectors)
+
+
+def _plugin_config(
+    kind: Any, options: dict[str, Any], where: list[str | int], nodes: yaml.Node | None
+) -> Any:
+    from eventmesh.connectors.registry import load_connector
+
+    if not isinstance(kind, str):
+        raise ConfigError(
+            f"'type' must be a connector name, got {kind!r}",
+            key=_dotted([*where, "type"]),
+            line=_line(nodes, [*where, "type"]),
+        )
+    try:
+        cls = load_connector(kind)
+    except EventMeshError as exc:
+        raise ConfigError(
+            str(exc), key=_dotted([*where, "type"]), line=_line(nodes, [*where, "type"])
+        ) from exc
+    try:
+        return msgspec.convert(options, cls.Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise _config_error(str(exc), where, nodes) from exc
+
+
+def _config_error(message: str, prefix: list[str | int], nodes: yaml.Node | None) -> ConfigError:
+    """Turn msgspec's '... - at `$.a[0].b`' into a ConfigError with the key and line."""
+    path: list[str | int] = list(prefix)
+    match = _PATH.search(message)
+    if match:
+        message = message[: match.start()]
+        for name, index in _STEP.findall(match.group("path")):
+            path.append(int(index) if index else name)
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+    if unknown:
+        path.append(unknown.group(1))
+        message = (
+            f"unknown key {unknown.group(1)!r}; check its spelling against docs/configuration.md"
+        )
+    return ConfigError(message, key=_dotted(path) or None, line=_line(nodes, path))
+
+
+def _line(nodes: yaml.Node | None, path: list[str | int]) -> int | None:
+    """The 1-based line of the key at ``path`` in the YAML file, or of its nearest parent."""
+    if nodes is None:
+        return None
+    node: yaml.Node = nodes
+    line = node.start_mark.line + 1
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    line = key.start_mark.line + 1
+                    node = value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
+    """The checks that span keys: names, references, and pipelines that must compile."""
+
+    def fail(message: str, path: list[str | int]) -> ConfigError:
+        return ConfigError(message, key=_dotted(path), line=_line(nodes, path))
+
+    for name in config.connectors:
+        if not _NAME.match(name):
+            raise fail(
+                "connector names use letters, digits, '.', '_' and '-'", ["connectors", name]
+            )
+    if config.default_connector not in config.connectors:
+        raise fail(
+            f"no connector named {config.default_connector!r} under 'connectors' "
+            f"(defined: {', '.join(config.connectors) or 'none'})",
+            ["default_connector"],
+        )
+    for topic, spec in config.topics.items():
+        if spec.connector not in config.connectors:
+            raise fail(
+                f"topic {topic!r} names connector {spec.connector!r}, which is not defined "
+                f"under 'connectors' (defined: {', '.join(config.connectors)})",
+                ["topics", topic, "connector"],
+            )
+    seen: set[str] = set()
+    for i, sub in enumerate(config.subscriptions):
+        where: list[str | int] = ["subscriptions", i]
+        if sub.name in seen:
+            raise fail(f"a subscription named {sub.name!r} is already defined", [*where, "name"])
+        seen.add(sub.name)
+        if sub.sink is None:
+            raise fail(
+                f"subscription {sub.name!r} needs a sink: 'handler: module:function' "
+                "or 'webhook: URL'",
+                where,
+            )
+        kinds = [k for k in ("handler", "webhook") if getattr(sub.sink, k) is not None]
+        if len(kinds) != 1:
+            raise fail("a sink names exactly one of 'handler' or 'webhook'", [*where, "sink"])
+        if sub.sink.handler is not None and ":" not in sub.sink.handler:
+            raise fail(
+                f"handler {sub.sink.handler!r} must look like 'package.module:function'",
+                [*where, "sink", "handler"],
+            )
+        from eventmesh.pipeline.compile import compile_pipeline
+
+        try:
+            compile_pipeline(sub.filter, sub.transform, where=_dotted(where))
+        except ConfigError as exc:
+            key = [*where, "filter" if "filter" in str(exc) else "transform"]
+            raise ConfigError(
+                f"subscription {sub.name!r}: {exc}", line=exc.line or _line(nodes, key)
+            ) from exc
+    if config.functions:
+        raise fail(
+            "'functions' is reserved for the serverless trigger layer, which this version "
+            "does not include yet; remove the key",
+            ["functions"],
+        )

@@ -1,0 +1,17 @@
+"""Connectors: the contract every backend implements, the registry, the memory backend."""
+
+from eventmesh.connectors.base import Capabilities, Connector, Consumer, Delivery, StartPosition
+from eventmesh.connectors.memory import MemoryConfig, MemoryConnector
+from eventmesh.connectors.registry import available_connectors, load_connector
+
+__all__ = [
+    "Capabilities",
+    "Connector",
+    "Consumer",
+    "Delivery",
+    "MemoryConfig",
+    "MemoryConnector",
+    "StartPosition",
+    "available_connectors",
+    "load_connector",
+]

@@ -1,0 +1,259 @@
+"""The connector contract: what every backend (memory, Kafka, NATS, ...) promises.
+
+A :class:`Connector` stores events on topics and hands them to consumer groups. The
+mesh builds everything else (filters, retries, dead letters, ordering lanes, metrics)
+on top of this contract, once, for every backend.
+
+The promises, which the conformance kit in :mod:`eventmesh.testing` checks:
+
+* :meth:`Connector.publish` returns only once the backend's durability promise holds
+  for every event of the call (memory: appended to the log; Kafka: written with
+  ``acks=all``; JetStream: acknowledged by the stream), or raises ``PublishError``.
+* :meth:`Connector.subscribe` joins a consumer group. Members of one group share the
+  work; every group gets every event. Each :class:`Delivery` is acked or nacked; the
+  connector commits a position only once every earlier delivery of that partition was
+  acked, so a crash redelivers and never skips (at-least-once).
+* :class:`Capabilities` says which further promises hold (durability, order per key,
+  replay from a position). The kit tests each promise a connector claims.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Self, TypeAlias
+
+import msgspec
+
+from eventmesh.errors import ClosedError, LifecycleError
+from eventmesh.event import Event
+
+__all__ = [
+    "Capabilities",
+    "Connector",
+    "Consumer",
+    "Delivery",
+    "StartPosition",
+]
+
+StartPosition: TypeAlias = Literal["earliest", "latest"] | datetime
+"""Where a *new* group starts reading: the oldest retained event, only events published
+after it joined, or the first event stored at or after a time. A group that already has
+a committed position resumes from it, whatever ``start`` says (as Kafka's
+``auto.offset.reset`` does)."""
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a connector can promise beyond the base contract."""
+
+    durable: bool = False
+    """A stored event survives a restart of the process and of the backend."""
+    ordered_by_key: bool = False
+    """Events with the same ``partitionkey`` reach a group in the order they were stored."""
+    replay: bool = False
+    """A new group can start at the earliest retained event or at a point in time."""
+    consumer_groups: bool = True
+    """Members of one group share the work; different groups each get every event."""
+    redelivery: bool = True
+    """A nacked or abandoned delivery comes back (possibly to another member)."""
+
+
+class Delivery(abc.ABC):
+    """One event handed to one consumer, to be acked or nacked exactly once.
+
+    ``attempt`` counts deliveries of this event to this group, from 1. ``timestamp`` is
+    when the backend stored it (seconds since the epoch), when the backend says.
+    """
+
+    __slots__ = ("attempt", "event", "key", "offset", "partition", "timestamp", "topic")
+
+    def __init__(
+        self,
+        event: Event,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: str | None,
+        attempt: int = 1,
+        timestamp: float | None = None,
+    ) -> None:
+        self.event = event
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.attempt = attempt
+        self.timestamp = timestamp
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """Mark the event processed, so its position may be committed.
+
+        Acking twice, or after a nack, does nothing. Raises nothing for an ack the
+        backend can no longer take (the consumer closed, a rebalance moved the partition):
+        the event will simply be delivered again, which at-least-once allows.
+        """
+
+    @abc.abstractmethod
+    async def nack(self, delay: float = 0.0) -> None:
+        """Give the event back: it is delivered again, after ``delay`` seconds at least.
+
+        The position is not committed past it until a later delivery of it is acked.
+        """
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.topic}[{self.partition}]@{self.offset} "
+            f"attempt={self.attempt} id={self.event.id!r}>"
+        )
+
+
+class Consumer(abc.ABC):
+    """One member of a consumer group on one topic, returned by :meth:`Connector.subscribe`.
+
+    Use it as an async context manager: entering joins the group, leaving it leaves the
+    group; deliveries not acked by then are delivered again to the group.
+    """
+
+    topic: str
+    group: str
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Join the group. Raises ``SubscribeError`` when the backend refuses,
+        ``LifecycleError`` when already started, ``ClosedError`` after close."""
+
+    @abc.abstractmethod
+    async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
+        """Wait for deliveries and return up to ``max_events`` of them.
+
+        Returns as soon as at least one is available; returns ``[]`` when ``timeout``
+        seconds pass first, or when the consumer is closed while waiting. Raises
+        ``ClosedError`` when called after close and ``SubscribeError`` when the backend
+        fails.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Leave the group, committing what was acked. Idempotent."""
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        """Deliveries one at a time until the consumer is closed."""
+        while True:
+            try:
+                batch = await self.fetch()
+            except ClosedError:
+                return
+            if not batch and self.closed:
+                return
+            for delivery in batch:
+                yield delivery
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+
+
+class Connector(abc.ABC):
+    """A backend that stores events on topics and delivers them to consumer groups.
+
+    A connector is constructed from its own typed config (``Config``), then opened and
+    closed as an async context manager. Its client library's exceptions never escape:
+    they are translated into :mod:`eventmesh.errors` at one boundary.
+    """
+
+    Config: ClassVar[type[msgspec.Struct]]
+    """The connector's typed configuration (a msgspec Struct); ``type`` is not part of it."""
+
+    def __init__(self, config: Any = None, *, name: str | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        self.name = name or type(self).__name__
+        self._state: Literal["new", "open", "closed"] = "new"
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What this connector, as configured, promises."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Connect to the backend. Raises ``ConnectError``; ``LifecycleError`` if open."""
+        if self._state == "open":
+            raise LifecycleError(f"connector {self.name!r} is already open")
+        if self._state == "closed":
+            raise ClosedError(f"connector {self.name!r} was closed; create a new one")
+        await self._open()
+        self._state = "open"
+
+    async def close(self) -> None:
+        """Close every consumer and the backend connection. Idempotent."""
+        if self._state != "open":
+            self._state = "closed"
+            return
+        self._state = "closed"
+        await self._close()
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._state == "open"
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            if self._state == "closed":
+                raise ClosedError(f"connector {self.name!r} is closed")
+            raise LifecycleError(
+                f"connector {self.name!r} is not open; use it as 'async with connector:'"
+            )
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Connect; raise ``ConnectError`` with the backend's reason."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Release every resource; called once."""
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, events: Sequence[Event]) -> None:
+        """Store ``events`` on ``topic``; return only once all of them are stored.
+
+        Raises ``PublishError`` (with the backend's reason) when any event may not be
+        stored, ``ClosedError`` after close. Events with the same ``partitionkey`` keep
+        their order when the connector claims ``ordered_by_key``.
+        """
+
+    @abc.abstractmethod
+    def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
+        """A consumer in ``group`` on ``topic``; use it as an async context manager."""
+
+    async def health(self) -> bool:
+        """True while the backend is reachable (used by the sidecar's readiness probe)."""
+        return self.is_open

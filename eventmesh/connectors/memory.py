@@ -1,0 +1,481 @@
+"""The in-memory connector: partitioned append-only logs with consumer groups.
+
+It is the default backend and a real implementation of the connector contract, not a
+test double: a topic is split into partitions by ``partitionkey``; each group keeps a
+committed position per partition and hands partitions to its members the way a Kafka
+group does; a nacked event comes back after its delay; a topic holds at most
+``max_events`` events that some group has not yet committed, and publishing into a full
+topic waits (or fails, as configured) rather than dropping anything.
+
+What it does not promise: durability. Events live in this process and die with it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Literal
+
+import anyio
+import msgspec
+
+from eventmesh.connectors.base import Capabilities, Connector, Consumer, Delivery, StartPosition
+from eventmesh.errors import (
+    ClosedError,
+    LifecycleError,
+    PublishError,
+    SubscribeError,
+    TopicFullError,
+)
+from eventmesh.event import Event
+
+__all__ = ["MemoryConfig", "MemoryConnector"]
+
+log = logging.getLogger(__name__)
+
+_CAPABILITIES = Capabilities(
+    durable=False, ordered_by_key=True, replay=True, consumer_groups=True, redelivery=True
+)
+
+
+class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of the memory connector (the same for every topic it holds)."""
+
+    partitions: int = 8
+    """Partitions per topic: how many members of one group can share a topic's work."""
+    max_events: int = 100_000
+    """Events a topic retains that some group has not committed yet."""
+    when_full: Literal["wait", "fail"] = "wait"
+    """At ``max_events``: make publishers wait for consumers (back-pressure), or fail."""
+    full_timeout: float | None = None
+    """With ``wait``: fail with TopicFullError after this many seconds (None: wait on)."""
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        if self.max_events < 1:
+            raise ValueError("max_events must be at least 1")
+
+
+class _Partition:
+    __slots__ = ("base", "events", "stamps")
+
+    def __init__(self) -> None:
+        self.base = 0  # the offset of events[0]
+        self.events: list[Event] = []
+        self.stamps: list[float] = []  # store time of each event, for start-at-time
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.events)
+
+
+class _Topic:
+    def __init__(self, name: str, partitions: int) -> None:
+        self.name = name
+        self.partitions = [_Partition() for _ in range(partitions)]
+        self.groups: dict[str, _Group] = {}
+        self.space: anyio.Event | None = None  # set when a commit may have freed room
+        self.headroom = 0  # events that surely fit; recomputed only when used up
+        self.round_robin = itertools.cycle(range(partitions))
+
+    def low(self, p: int, *, active_only: bool = False) -> int:
+        """The lowest offset of partition p that some group still needs.
+
+        With ``active_only``, groups that have no members are left out: a consumer that
+        went away must not hold producers back for ever.
+        """
+        part = self.partitions[p]
+        low = part.end
+        for group in self.groups.values():
+            if not active_only or group.members:
+                low = min(low, group.committed[p])
+        return max(low, part.base) if self.groups else part.base
+
+    def retained(self, *, active_only: bool = False) -> int:
+        """Events some group (some group with members, with ``active_only``) still needs."""
+        total = 0
+        for p, part in enumerate(self.partitions):
+            total += part.end - self.low(p, active_only=active_only)
+        return total
+
+    def release_idle_groups(self) -> None:
+        """Move groups without members past what active groups committed, and say so."""
+        for group in self.groups.values():
+            if group.members:
+                continue
+            missed = 0
+            for p in range(len(self.partitions)):
+                low = self.low(p, active_only=True)
+                if group.committed[p] < low:
+                    missed += low - group.committed[p]
+                    group.committed[p] = group.next[p] = low
+                    group.acked[p].clear()
+                    group.redeliver[p].clear()
+            if missed:
+                log.warning(
+                    "topic %r is full: released %d events that group %r, which has no "
+                    "members, had not consumed; it resumes after them when it rejoins",
+                    self.name,
+                    missed,
+                    group.name,
+                )
+
+    def compact(self) -> None:
+        """Drop the events every group has committed, in chunks (amortised O(1) each)."""
+        for p, part in enumerate(self.partitions):
+            dead = self.low(p) - part.base
+            if dead > 0 and dead * 2 >= len(part.events):
+                del part.events[:dead]
+                del part.stamps[:dead]
+                part.base += dead
+
+    def notify_space(self) -> None:
+        space = self.space
+        if space is not None:
+            self.space = None
+            space.set()
+
+
+class _Group:
+    def __init__(self, topic: _Topic, name: str, start: StartPosition) -> None:
+        self.topic = topic
+        self.name = name
+        n = len(topic.partitions)
+        self.committed = [self._start_offset(p, start) for p in range(n)]
+        self.next = list(self.committed)  # the next offset to hand out
+        self.acked: list[set[int]] = [set() for _ in range(n)]  # acked above committed
+        self.redeliver: list[list[tuple[float, int, int]]] = [[] for _ in range(n)]
+        self.attempts: dict[tuple[int, int], int] = {}
+        self.members: list[_MemoryConsumer] = []
+        self.owner: list[_MemoryConsumer | None] = [None] * n
+        self._seq = itertools.count()
+
+    def _start_offset(self, p: int, start: StartPosition) -> int:
+        part = self.topic.partitions[p]
+        if start == "latest":
+            return part.end
+        if start == "earliest":
+            return part.base  # the oldest event still held, as Kafka's earliest
+        if isinstance(start, datetime):
+            stamp = start.timestamp()
+            return part.base + bisect_left(part.stamps, stamp)
+        raise SubscribeError(f"start must be 'earliest', 'latest' or a datetime, got {start!r}")
+
+    def join(self, member: _MemoryConsumer) -> None:
+        self.members.append(member)
+        self._rebalance()
+
+    def leave(self, member: _MemoryConsumer) -> None:
+        if member in self.members:
+            self.members.remove(member)
+            self._rebalance()
+
+    def _rebalance(self) -> None:
+        """Give partitions round-robin to members; a moved partition restarts at its commit."""
+        members = self.members
+        for p in range(len(self.owner)):
+            new = members[p % len(members)] if members else None
+            if new is not self.owner[p]:
+                self.owner[p] = new
+                # Whatever the old owner had not acked is handed out again.
+                self.next[p] = self.committed[p]
+                self.redeliver[p].clear()
+        for member in members:
+            member.partitions = [p for p, o in enumerate(self.owner) if o is member]
+            member.wake()
+
+    def take(self, member: _MemoryConsumer, max_events: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        topic = self.topic
+        now = time.monotonic()
+        for p in member.partitions:
+            heap = self.redeliver[p]
+            while heap and heap[0][0] <= now and len(out) < max_events:
+                _, _, offset = heapq.heappop(heap)
+                if offset < self.committed[p] or offset in self.acked[p]:
+                    continue
+                part = topic.partitions[p]
+                event = part.events[offset - part.base]
+                out.append(
+                    _MemoryDelivery(
+                        self,
+                        event,
+                        topic=topic.name,
+                        partition=p,
+                        offset=offset,
+                        key=event.partitionkey,
+                        attempt=self.attempts.get((p, offset), 0) + 1,
+                        timestamp=part.stamps[offset - part.base],
+                    )
+                )
+        if len(out) >= max_events:
+            return out
+        parts = member.partitions
+        if not parts:
+            return out
+        # Start at a rotating partition so one busy partition cannot starve the others.
+        first = member.cursor % len(parts)
+        member.cursor += 1
+        for i in range(len(parts)):
+            p = parts[(first + i) % len(parts)]
+            part = topic.partitions[p]
+            nxt = self.next[p]
+            end = part.base + len(part.events)
+            if nxt >= end:
+                continue
+            count = min(end - nxt, max_events - len(out))
+            acked = self.acked[p]
+            attempts = self.attempts
+            events = part.events
+            stamps = part.stamps
+            base = part.base
+            name = topic.name
+            for offset in range(nxt, nxt + count):
+                if acked and offset in acked:
+                    continue
+                event = events[offset - base]
+                out.append(
+                    _MemoryDelivery(
+                        self,
+                        event,
+                        topic=name,
+                        partition=p,
+                        offset=offset,
+                        key=event.partitionkey,
+                        attempt=attempts.get((p, offset), 0) + 1 if attempts else 1,
+                        timestamp=stamps[offset - base],
+                    )
+                )
+            self.next[p] = nxt + count
+            if len(out) >= max_events:
+                break
+        return out
+
+    def next_due(self, member: _MemoryConsumer) -> float | None:
+        due = [self.redeliver[p][0][0] for p in member.partitions if self.redeliver[p]]
+        return min(due) if due else None
+
+    def ack(self, p: int, offset: int) -> None:
+        committed = self.committed[p]
+        if offset < committed:
+            return
+        if self.attempts:
+            self.attempts.pop((p, offset), None)
+        acked = self.acked[p]
+        if offset != committed:
+            acked.add(offset)
+            return
+        committed += 1
+        while acked and committed in acked:
+            acked.remove(committed)
+            committed += 1
+        self.committed[p] = committed
+        self.topic.notify_space()
+
+    def nack(self, p: int, offset: int, attempt: int, delay: float) -> None:
+        if offset < self.committed[p] or offset in self.acked[p]:
+            return
+        self.attempts[(p, offset)] = attempt
+        heapq.heappush(self.redeliver[p], (time.monotonic() + delay, next(self._seq), offset))
+        owner = self.owner[p]
+        if owner is not None:
+            owner.wake()
+
+
+class _MemoryDelivery(Delivery):
+    __slots__ = ("_group", "_settled")
+
+    def __init__(self, group: _Group, event: Event, **kw: object) -> None:
+        super().__init__(event, **kw)  # type: ignore[arg-type]
+        self._group = group
+        self._settled = False
+
+    async def ack(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._group.ack(self.partition, self.offset)
+
+    async def nack(self, delay: float = 0.0) -> None:
+        if not self._settled:
+            self._settled = True
+            self._group.nack(self.partition, self.offset, self.attempt, max(0.0, delay))
+
+
+class _MemoryConsumer(Consumer):
+    def __init__(
+        self, connector: MemoryConnector, topic: str, group: str, start: StartPosition
+    ) -> None:
+        self._connector = connector
+        self.topic = topic
+        self.group = group
+        self._start = start
+        self._group: _Group | None = None
+        self._wakeup: anyio.Event | None = None
+        self._closed = False
+        self.partitions: list[int] = []
+        self.cursor = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    async def start(self) -> None:
+        if self._closed:
+            raise ClosedError(f"consumer of {self.topic!r} (group {self.group!r}) is closed")
+        if self._group is not None:
+            raise LifecycleError(f"consumer of {self.topic!r} (group {self.group!r}) started twice")
+        self._group = self._connector._join(self)
+
+    async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
+        group = self._group
+        if self._closed:
+            raise ClosedError(f"consumer of {self.topic!r} (group {self.group!r}) is closed")
+        if group is None:
+            raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = group.take(self, max_events)
+            if batch or self._closed:
+                return batch
+            now = time.monotonic()
+            wait = None
+            if deadline is not None:
+                wait = deadline - now
+                if wait <= 0:
+                    return []
+            due = group.next_due(self)
+            if due is not None:
+                wait = max(due - now, 0.0) if wait is None else min(wait, max(due - now, 0.0))
+            self._wakeup = wakeup = anyio.Event()
+            if wait is None:
+                await wakeup.wait()
+            else:
+                with anyio.move_on_after(wait):
+                    await wakeup.wait()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._group is not None:
+            self._group.leave(self)
+        self._connector._consumers.discard(self)
+        self.wake()
+
+
+class MemoryConnector(Connector):
+    """The in-process connector (``type: memory``), the default."""
+
+    Config = MemoryConfig
+    config: MemoryConfig
+
+    def __init__(self, config: MemoryConfig | None = None, *, name: str | None = None) -> None:
+        super().__init__(config, name=name or "memory")
+        self._topics: dict[str, _Topic] = {}
+        self._consumers: set[_MemoryConsumer] = set()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return _CAPABILITIES
+
+    async def _open(self) -> None:
+        pass
+
+    async def _close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.close()
+        for topic in self._topics.values():
+            topic.notify_space()
+
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            if not name or not isinstance(name, str):
+                raise PublishError(f"topic name must be a non-empty string, got {name!r}")
+            topic = self._topics[name] = _Topic(name, self.config.partitions)
+        return topic
+
+    def _join(self, consumer: _MemoryConsumer) -> _Group:
+        self._check_open()
+        topic = self._topic(consumer.topic)
+        group = topic.groups.get(consumer.group)
+        if group is None:
+            group = topic.groups[consumer.group] = _Group(topic, consumer.group, consumer._start)
+        group.join(consumer)
+        self._consumers.add(consumer)
+        return group
+
+    async def publish(self, topic: str, events: Sequence[Event]) -> None:
+        self._check_open()
+        t = self._topic(topic)
+        count = len(events)
+        if not count:
+            return
+        limit = self.config.max_events
+        if count > limit:
+            raise PublishError(
+                f"a batch of {count} events is larger than topic {topic!r} can hold "
+                f"(max_events={limit}); publish smaller batches or raise max_events"
+            )
+        if t.headroom < count:
+            t.headroom = limit - t.retained()
+            if t.headroom < count:
+                await self._wait_for_space(t, count)
+                t.headroom = limit - t.retained()
+        t.headroom -= count
+        stamp = time.time()
+        partitions = t.partitions
+        n = len(partitions)
+        for event in events:
+            key = event.extensions.get("partitionkey") if event.extensions else None
+            part = partitions[hash(str(key)) % n if key is not None else next(t.round_robin)]
+            part.events.append(event)
+            part.stamps.append(stamp)
+        for group in t.groups.values():
+            for member in group.members:
+                member.wake()
+
+    async def _wait_for_space(self, t: _Topic, count: int) -> None:
+        limit = self.config.max_events
+        t.compact()
+        if self.config.when_full == "fail":
+            raise TopicFullError(
+                f"topic {t.name!r} holds {t.retained()} events that its groups have not "
+                f"consumed (max_events={limit}, when_full=fail); add consumers, raise "
+                "max_events, or set when_full: wait"
+            )
+        with anyio.move_on_after(self.config.full_timeout) as scope:
+            while t.retained() + count > limit:
+                if t.retained(active_only=True) + count <= limit:
+                    # Only groups without members hold the room: release it to producers.
+                    t.release_idle_groups()
+                    t.compact()
+                    break
+                if t.space is None:
+                    t.space = anyio.Event()
+                await t.space.wait()
+                self._check_open()
+                t.compact()
+        if scope.cancelled_caught:
+            raise TopicFullError(
+                f"topic {t.name!r} stayed full for {self.config.full_timeout}s "
+                f"(max_events={limit}); its consumers are too slow or gone"
+            )
+
+    def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
+        self._check_open()
+        if not isinstance(group, str) or not group:
+            raise SubscribeError(f"group must be a non-empty string, got {group!r}")
+        return _MemoryConsumer(self, topic, group, start)

@@ -1,0 +1,300 @@
+"""The dispatcher: from a connector consumer to a sink, under a delivery policy.
+
+One dispatcher runs per subscription in each process. It fetches batches from the
+consumer and hands each event to one of ``concurrency`` lanes; with ``ordering:
+partitionkey`` the lane is chosen by the event's key, so one key is handled one event at
+a time, in order, while different keys run in parallel. In its lane an event is
+checked against its TTL, filtered, transformed and passed to the sink, retried with
+backoff while attempts remain, and otherwise dead-lettered. Only then is it acked: a
+position is never committed for an event that was not handled (at-least-once).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+import anyio
+import anyio.abc
+
+from eventmesh.connectors.base import Consumer, Delivery
+from eventmesh.delivery.deadletter import DeadLetterPublisher, dead_letter_event
+from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.delivery.stats import DeliveryStats
+from eventmesh.event import Event
+
+__all__ = ["Dispatcher", "Filter", "Sink", "Transform"]
+
+log = logging.getLogger(__name__)
+
+Sink: TypeAlias = Callable[[Event], Awaitable[Any]]
+"""Where a subscription's events go: returns when handled, raises to have it retried."""
+Filter: TypeAlias = Callable[[Event], bool]
+"""True for events the subscription wants."""
+Transform: TypeAlias = Callable[[Event], Event | None]
+"""A new event to deliver instead, or None to drop this one on purpose."""
+
+
+class _Lane:
+    """One ordered queue of deliveries and the task that works through it."""
+
+    __slots__ = ("items", "ready")
+
+    def __init__(self) -> None:
+        self.items: deque[Delivery] = deque()
+        self.ready: anyio.Event | None = None
+
+    def push(self, delivery: Delivery) -> None:
+        self.items.append(delivery)
+        ready = self.ready
+        if ready is not None:
+            self.ready = None
+            ready.set()
+
+
+class Dispatcher:
+    """Runs one subscription: fetch, route to lanes, handle, ack."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        consumer: Consumer,
+        sink: Sink,
+        policy: DeliveryPolicy,
+        dead_letter: DeadLetterPublisher,
+        filter: Filter | None = None,
+        transform: Transform | None = None,
+        stats: DeliveryStats | None = None,
+    ) -> None:
+        self.name = name
+        self.consumer = consumer
+        self.sink = sink
+        self.policy = policy
+        self.filter = filter
+        self.transform = transform
+        self.stats = stats or DeliveryStats()
+        self._dead_letter = dead_letter
+        self._dlq_topic = policy.dead_letter_topic(consumer.topic, consumer.group)
+        self._lanes = [_Lane() for _ in range(policy.concurrency)]
+        self._round_robin = itertools.cycle(range(policy.concurrency))
+        self._in_flight = 0
+        self._room: anyio.Event | None = None
+        self._idle: anyio.Event | None = None
+        self._stopping = False
+        self._route_scope = anyio.CancelScope()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Deliver until :meth:`stop` is called or the consumer closes."""
+        async with anyio.create_task_group() as tg:
+            for lane in self._lanes:
+                tg.start_soon(self._work, lane)
+            task_status.started()
+            try:
+                with self._route_scope:
+                    await self._route()
+                await self._wait_idle()
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        """Stop fetching; :meth:`run` returns once the events in hand are handled.
+
+        A fetch cut short here loses nothing: what it had not returned was never acked.
+        """
+        self._stopping = True
+        self._route_scope.cancel()
+
+    # -- the router ----------------------------------------------------------------------
+
+    def _wake_router(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()
+
+    async def _route(self) -> None:
+        consumer = self.consumer
+        lanes = self._lanes
+        count = len(lanes)
+        ordered = self.policy.ordering == "partitionkey"
+        limit = self.policy.max_in_flight
+        round_robin = self._round_robin
+        while not self._stopping:
+            room = limit - self._in_flight
+            if room <= 0:
+                self._room = event = anyio.Event()
+                await event.wait()
+                continue
+            batch = await consumer.fetch(min(room, 512))
+            if not batch:
+                if consumer.closed:
+                    return
+                continue
+            self._in_flight += len(batch)
+            self.stats.received += len(batch)
+            for delivery in batch:
+                key = delivery.key
+                if ordered and key is not None:
+                    lanes[hash(key) % count].push(delivery)
+                else:
+                    lanes[next(round_robin)].push(delivery)
+
+    async def _wait_idle(self) -> None:
+        while self._in_flight:
+            self._idle = event = anyio.Event()
+            await event.wait()
+
+    # -- the lanes -----------------------------------------------------------------------
+
+    async def _work(self, lane: _Lane) -> None:
+        items = lane.items
+        handle = self._handle
+        while True:
+            if not items:
+                lane.ready = ready = anyio.Event()
+                await ready.wait()
+                continue
+            delivery = items.popleft()
+            try:
+                await handle(delivery)
+            finally:
+                self._in_flight -= 1
+                if self._room is not None:
+                    self._wake_router()
+                if self._idle is not None and not self._in_flight:
+                    idle, self._idle = self._idle, None
+                    idle.set()
+
+    async def _handle(self, delivery: Delivery) -> None:
+        event = delivery.event
+        stats = self.stats
+        if self.policy.ttl is not None and self._expired(delivery):
+            await self._give_up(delivery, event, "expired", f"older than ttl {self.policy.ttl}s")
+            return
+        if self.filter is not None:
+            try:
+                wanted = self.filter(event)
+            except Exception as exc:
+                await self._give_up(delivery, event, "filter", _describe(exc))
+                return
+            if not wanted:
+                stats.filtered += 1
+                await delivery.ack()
+                return
+        if self.transform is not None:
+            try:
+                changed = self.transform(event)
+            except Exception as exc:  # a PipelineError, or a user callable's own error
+                await self._give_up(delivery, event, "transform", _describe(exc))
+                return
+            if changed is None:
+                stats.dropped += 1
+                await delivery.ack()
+                return
+            event = changed
+        attempt = delivery.attempt
+        sink = self.sink
+        while True:
+            try:
+                await sink(event)
+            except Exception as exc:
+                stats.failed += 1
+                if attempt >= self.policy.max_attempts:
+                    await self._give_up(delivery, event, "failed", _describe(exc), attempts=attempt)
+                    return
+                log.debug(
+                    "subscription %s: attempt %d of event %s failed: %r; retrying",
+                    self.name,
+                    attempt,
+                    event.id,
+                    exc,
+                )
+                await anyio.sleep(self.policy.backoff.delay(attempt))
+                attempt += 1
+                stats.retried += 1
+                if self.policy.ttl is not None and self._expired(delivery):
+                    await self._give_up(
+                        delivery, event, "expired", f"older than ttl {self.policy.ttl}s"
+                    )
+                    return
+                continue
+            break
+        stats.delivered += 1
+        await delivery.ack()
+
+    def _expired(self, delivery: Delivery) -> bool:
+        ttl = self.policy.ttl
+        assert ttl is not None
+        when = delivery.event.time
+        born = when.timestamp() if when is not None else delivery.timestamp
+        return born is not None and time.time() - born > ttl
+
+    async def _give_up(
+        self,
+        delivery: Delivery,
+        event: Event,
+        reason: str,
+        error: str,
+        *,
+        attempts: int | None = None,
+    ) -> None:
+        """Dead-letter the event (retrying the dead-letter publish itself), then ack it."""
+        self.stats.dead_lettered += 1
+        topic = self._dlq_topic
+        if topic is None:
+            log.error(
+                "subscription %s dropped event %s (%s: %s): no dead-letter topic is set",
+                self.name,
+                event.id,
+                reason,
+                error,
+            )
+            await delivery.ack()
+            return
+        dead = dead_letter_event(
+            delivery.event if reason in ("filter", "transform") else event,
+            reason=reason,
+            error=error,
+            attempts=attempts if attempts is not None else delivery.attempt,
+            topic=self.consumer.topic,
+            group=self.consumer.group,
+        )
+        attempt = 1
+        while True:
+            try:
+                await self._dead_letter(topic, dead)
+                break
+            except Exception as exc:
+                # The event must not be acked before it is safely elsewhere.
+                log.warning(
+                    "subscription %s could not dead-letter event %s to %s: %r; retrying",
+                    self.name,
+                    event.id,
+                    topic,
+                    exc,
+                )
+                await anyio.sleep(self.policy.backoff.delay(attempt))
+                attempt += 1
+        log.warning(
+            "subscription %s dead-lettered event %s to %s (%s: %s)",
+            self.name,
+            event.id,
+            topic,
+            reason,
+            error,
+        )
+        await delivery.ack()
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 1024 else text[:1021] + "..."

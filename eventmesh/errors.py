@@ -1,0 +1,125 @@
+"""The one exception tree of eventmesh.
+
+Every error the library raises on purpose is an ``EventMeshError``::
+
+    EventMeshError
+    ├── ConfigError              a config file, key or value is wrong (names the key and line)
+    ├── EventValidationError     an event breaks the CloudEvents spec (names the attribute)
+    ├── LifecycleError           an object opened twice, or used before it was opened
+    │   └── ClosedError          an object used after it was closed
+    ├── ConnectorError           a backend could not do what was asked
+    │   ├── ConnectError         the backend cannot be reached
+    │   ├── PublishError         an event was not stored; the caller must not assume it was
+    │   │   └── TopicFullError   the topic is at its retention limit and is set to fail
+    │   └── SubscribeError       a subscription could not be started or continued
+    ├── PluginError
+    │   ├── PluginNotFoundError  no connector of that name is installed
+    │   └── PluginLoadError      a connector is installed but failed to import
+    ├── PipelineError            a filter or transform failed on an event
+    └── DeliveryError            an event could not be delivered to its sink
+
+Each connector translates its client library's exceptions into this tree at one
+boundary, with ``raise ... from exc``, so no aiokafka or nats exception escapes it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClosedError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectorError",
+    "DeliveryError",
+    "EventMeshError",
+    "EventValidationError",
+    "LifecycleError",
+    "PipelineError",
+    "PluginError",
+    "PluginLoadError",
+    "PluginNotFoundError",
+    "PublishError",
+    "SubscribeError",
+    "TopicFullError",
+]
+
+
+class EventMeshError(Exception):
+    """The root of every error eventmesh raises on purpose."""
+
+
+class ConfigError(EventMeshError):
+    """A configuration file, key or value is wrong.
+
+    ``key`` is the dotted path of the offending key and ``line`` its 1-based line in
+    the file, when the configuration came from a file.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, line: int | None = None) -> None:
+        where = ""
+        if key is not None:
+            where = f"{key}: "
+        if line is not None:
+            where = f"line {line}: {where}"
+        super().__init__(f"{where}{message}")
+        self.key = key
+        self.line = line
+
+
+class EventValidationError(EventMeshError):
+    """An event is not a valid CloudEvent; ``attribute`` names the offending attribute."""
+
+    def __init__(self, message: str, *, attribute: str | None = None) -> None:
+        super().__init__(message)
+        self.attribute = attribute
+
+
+class LifecycleError(EventMeshError):
+    """An object was opened twice, or used before it was opened."""
+
+
+class ClosedError(LifecycleError):
+    """An object was used after it was closed."""
+
+
+class ConnectorError(EventMeshError):
+    """A connector's backend could not do what was asked."""
+
+
+class ConnectError(ConnectorError):
+    """The connector cannot reach its backend."""
+
+
+class PublishError(ConnectorError):
+    """Events were not stored. Nothing may be assumed stored unless publish returned."""
+
+
+class TopicFullError(PublishError):
+    """The topic holds as many unconsumed events as its retention allows."""
+
+
+class SubscribeError(ConnectorError):
+    """A subscription could not be started or continued."""
+
+
+class PluginError(EventMeshError):
+    """A connector plugin could not be used."""
+
+
+class PluginNotFoundError(PluginError):
+    """No connector of the requested name is installed."""
+
+
+class PluginLoadError(PluginError):
+    """A connector plugin is installed but could not be loaded."""
+
+
+class PipelineError(EventMeshError):
+    """A filter or transform failed on an event; ``step`` names the step."""
+
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class DeliveryError(EventMeshError):
+    """An event could not be delivered to its sink."""

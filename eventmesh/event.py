@@ -1,0 +1,386 @@
+"""The internal event: a CloudEvents 1.0 event as a frozen msgspec Struct.
+
+An event is decoded once at the edge into an :class:`Event` and encoded once on the
+way out. Everything inside the mesh (connectors, filters, the dispatcher) passes the
+same object around, which is why it is frozen: use :meth:`Event.replace` to derive a
+changed copy.
+
+The JSON event format (``application/cloudevents+json``) is implemented here with
+msgspec; the cloudevents SDK is only used by :meth:`Event.from_cloudevent` and
+:meth:`Event.to_cloudevent`, for code that already holds SDK events.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import msgspec
+
+from eventmesh.errors import EventValidationError
+
+if TYPE_CHECKING:
+    from cloudevents.core.base import BaseCloudEvent
+
+__all__ = [
+    "CONTEXT_ATTRIBUTES",
+    "Event",
+    "ExtensionValue",
+    "decode_json",
+    "decode_json_batch",
+    "encode_json",
+    "encode_json_batch",
+]
+
+SPECVERSION: Final = "1.0"
+
+ExtensionValue: TypeAlias = str | int | bool
+"""The value types an extension attribute may hold (the spec's String, Integer, Boolean;
+URI, URI-reference, Timestamp and Binary travel as their canonical strings)."""
+
+CONTEXT_ATTRIBUTES: Final = frozenset(
+    {"id", "source", "specversion", "type", "datacontenttype", "dataschema", "subject", "time"}
+)
+"""The attribute names CloudEvents 1.0 defines; an extension may not reuse them."""
+
+# Names that may not be extensions: the context attributes, the data members of the
+# JSON format, and our own struct field.
+_RESERVED: Final = CONTEXT_ATTRIBUTES | {"data", "data_base64", "extensions"}
+_NAME = re.compile(r"[a-z0-9]+\Z")
+_INT32_MIN: Final = -(2**31)
+_INT32_MAX: Final = 2**31 - 1
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _is_json_content_type(content_type: str | None) -> bool:
+    """True for the media types whose data the JSON format carries as a JSON value."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media == "text/json" or media.endswith("+json")
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A CloudEvents 1.0 event.
+
+    ``type`` and ``source`` are required; ``id`` defaults to a new UUID, ``time`` to
+    now in UTC and ``specversion`` to ``"1.0"``. ``data`` is a JSON value, ``str``
+    or ``bytes``. ``extensions`` maps extension names (lower-case letters and digits)
+    to ``str``, ``int`` or ``bool``.
+
+    Raises :class:`~eventmesh.errors.EventValidationError`, naming the attribute,
+    when an attribute is missing, empty or of the wrong type.
+    """
+
+    type: str
+    source: str
+    id: str = msgspec.field(default_factory=_new_id)
+    specversion: str = SPECVERSION
+    time: datetime | None = msgspec.field(default_factory=_now)
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    subject: str | None = None
+    data: Any = None
+    extensions: dict[str, ExtensionValue] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("id", "source", "type"):
+            value = getattr(self, name)
+            if type(value) is not str or not value:
+                raise EventValidationError(
+                    f"attribute {name!r} must be a non-empty string, got {value!r}",
+                    attribute=name,
+                )
+        if self.specversion != SPECVERSION:
+            raise EventValidationError(
+                f"attribute 'specversion' must be {SPECVERSION!r}, got {self.specversion!r}; "
+                "eventmesh speaks CloudEvents 1.0",
+                attribute="specversion",
+            )
+        for name in ("datacontenttype", "dataschema", "subject"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not str or not value):
+                raise EventValidationError(
+                    f"attribute {name!r} must be a non-empty string when set, got {value!r}",
+                    attribute=name,
+                )
+        time = self.time
+        if time is not None and (not isinstance(time, datetime) or time.tzinfo is None):
+            raise EventValidationError(
+                f"attribute 'time' must be a timezone-aware datetime, got {time!r}",
+                attribute="time",
+            )
+        if self.extensions:
+            _check_extensions(self.extensions)
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def partitionkey(self) -> str | None:
+        """The ``partitionkey`` extension as a string, used for ordering and partitioning."""
+        key = self.extensions.get("partitionkey")
+        return None if key is None else str(key)
+
+    def get(self, name: str) -> Any:
+        """The value of a context attribute or extension, or ``None`` when absent."""
+        if name in CONTEXT_ATTRIBUTES:
+            return getattr(self, name)
+        return self.extensions.get(name)
+
+    def attributes(self) -> dict[str, Any]:
+        """Every attribute that is set (context attributes and extensions), by name."""
+        attrs: dict[str, Any] = {
+            "specversion": self.specversion,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+        }
+        for name in ("datacontenttype", "dataschema", "subject", "time"):
+            value = getattr(self, name)
+            if value is not None:
+                attrs[name] = value
+        attrs.update(self.extensions)
+        return attrs
+
+    def replace(self, **changes: Any) -> Event:
+        """A copy of this event with the given fields changed (and validated)."""
+        return msgspec.structs.replace(self, **changes)
+
+    # -- the JSON event format ------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a JSON-format object: attributes at the top, ``data`` or ``data_base64``."""
+        obj = self.attributes()
+        time = self.time
+        if time is not None:
+            obj["time"] = _format_time(time)
+        data = self.data
+        if data is not None:
+            if isinstance(data, bytes | bytearray | memoryview):
+                obj["data_base64"] = base64.b64encode(data).decode("ascii")
+            else:
+                obj["data"] = data
+        return obj
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> Event:
+        """Build an event from a JSON-format object (as :meth:`to_dict` makes).
+
+        Attributes missing from ``obj`` stay absent: no id or time is invented here.
+        """
+        if not isinstance(obj, Mapping):
+            raise EventValidationError(
+                f"a CloudEvent in JSON format must be an object, got {type(obj).__name__}"
+            )
+        attrs = dict(obj)
+        for required in ("specversion", "id", "source", "type"):
+            if required not in attrs or attrs[required] is None:
+                raise EventValidationError(
+                    f"required attribute {required!r} is missing", attribute=required
+                )
+        specversion = attrs.pop("specversion")
+        if specversion != SPECVERSION:
+            raise EventValidationError(
+                f"attribute 'specversion' must be {SPECVERSION!r}, got {specversion!r}",
+                attribute="specversion",
+            )
+        raw_time = attrs.pop("time", None)
+        data: Any = None
+        has_data = "data" in attrs
+        if "data_base64" in attrs:
+            if has_data:
+                raise EventValidationError(
+                    "an event may carry 'data' or 'data_base64', not both", attribute="data"
+                )
+            encoded = attrs.pop("data_base64")
+            if encoded is not None:
+                data = _b64decode(encoded)
+        elif has_data:
+            data = attrs.pop("data")
+        extensions = {}
+        for name in list(attrs):
+            if name not in CONTEXT_ATTRIBUTES:
+                value = attrs.pop(name)
+                if value is not None:  # the JSON format treats null as absent
+                    extensions[name] = value
+        return cls(
+            id=attrs.get("id"),  # type: ignore[arg-type]  # checked by __post_init__
+            source=attrs.get("source"),  # type: ignore[arg-type]
+            type=attrs.get("type"),  # type: ignore[arg-type]
+            datacontenttype=attrs.get("datacontenttype"),
+            dataschema=attrs.get("dataschema"),
+            subject=attrs.get("subject"),
+            time=None if raw_time is None else parse_time(raw_time),
+            data=data,
+            extensions=extensions,
+        )
+
+    # -- the cloudevents SDK, at the edges ------------------------------------------------
+
+    @classmethod
+    def from_cloudevent(cls, event: BaseCloudEvent) -> Event:
+        """Convert an SDK event (``cloudevents.core``) into an :class:`Event`."""
+        attrs = dict(event.get_attributes())
+        extensions = {k: attrs.pop(k) for k in list(attrs) if k not in CONTEXT_ATTRIBUTES}
+        time = attrs.get("time")
+        if isinstance(time, str):
+            time = parse_time(time)
+        return cls(
+            id=attrs["id"],
+            source=attrs["source"],
+            type=attrs["type"],
+            specversion=attrs.get("specversion", SPECVERSION),
+            datacontenttype=attrs.get("datacontenttype"),
+            dataschema=attrs.get("dataschema"),
+            subject=attrs.get("subject"),
+            time=time,
+            data=event.get_data(),
+            extensions=extensions,
+        )
+
+    def to_cloudevent(self) -> BaseCloudEvent:
+        """Convert to the SDK's ``cloudevents.core.v1.event.CloudEvent``."""
+        from cloudevents.core.v1.event import CloudEvent
+
+        data = self.data
+        if isinstance(data, bytearray | memoryview):
+            data = bytes(data)
+        return CloudEvent(attributes=self.attributes(), data=data)
+
+
+def _check_extensions(extensions: Mapping[str, Any]) -> None:
+    if not isinstance(extensions, dict):
+        raise EventValidationError(
+            f"'extensions' must be a dict, got {type(extensions).__name__}",
+            attribute="extensions",
+        )
+    for name, value in extensions.items():
+        if type(name) is not str or not _NAME.match(name):
+            raise EventValidationError(
+                f"extension name {name!r} is invalid: CloudEvents attribute names use only "
+                "lower-case ASCII letters and digits",
+                attribute=str(name),
+            )
+        if name in _RESERVED:
+            raise EventValidationError(
+                f"extension name {name!r} is reserved by the CloudEvents spec; "
+                f"set it as a field of the event instead",
+                attribute=name,
+            )
+        kind = type(value)
+        if kind is int:
+            if not _INT32_MIN <= value <= _INT32_MAX:
+                raise EventValidationError(
+                    f"extension {name!r} is {value}, outside the 32-bit range CloudEvents "
+                    "integers allow; send it as a string",
+                    attribute=name,
+                )
+        elif kind is not str and kind is not bool:
+            raise EventValidationError(
+                f"extension {name!r} must be a string, integer or boolean, got {kind.__name__}",
+                attribute=name,
+            )
+
+
+def _b64decode(encoded: Any) -> bytes:
+    if not isinstance(encoded, str):
+        raise EventValidationError("'data_base64' must be a string", attribute="data_base64")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise EventValidationError(
+            f"'data_base64' is not valid base64: {exc}", attribute="data_base64"
+        ) from exc
+
+
+def parse_time(value: Any) -> datetime:
+    """Parse an RFC 3339 timestamp; fractions finer than microseconds are truncated."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise EventValidationError("attribute 'time' must carry a time zone", attribute="time")
+        return value
+    if not isinstance(value, str):
+        raise EventValidationError(
+            f"attribute 'time' must be an RFC 3339 string, got {type(value).__name__}",
+            attribute="time",
+        )
+    text = value
+    dot = text.find(".")
+    if dot != -1:  # Python keeps microseconds; CloudEvents producers may send nanoseconds
+        end = dot + 1
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        if end - dot > 7:
+            text = text[: dot + 7] + text[end:]
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or "T" not in text.upper():
+        raise EventValidationError(
+            f"attribute 'time' is {value!r}, not an RFC 3339 timestamp "
+            "(for example 2024-05-01T12:00:00Z)",
+            attribute="time",
+        )
+    return parsed
+
+
+def _format_time(value: datetime) -> str:
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+# -- whole-message helpers (structured mode) --------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def encode_json(event: Event) -> bytes:
+    """Encode an event in the JSON event format (``application/cloudevents+json``)."""
+    return _encoder.encode(event.to_dict())
+
+
+def encode_json_batch(events: list[Event]) -> bytes:
+    """Encode events in the JSON batch format (``application/cloudevents-batch+json``)."""
+    return _encoder.encode([event.to_dict() for event in events])
+
+
+def decode_json(payload: bytes | str) -> Event:
+    """Decode one event in the JSON event format; raises EventValidationError."""
+    try:
+        obj = _decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise EventValidationError(f"the event is not valid JSON: {exc}") from exc
+    return Event.from_dict(obj)
+
+
+def decode_json_batch(payload: bytes | str) -> list[Event]:
+    """Decode a JSON batch (an array of JSON-format events); raises EventValidationError."""
+    try:
+        objs = _decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise EventValidationError(f"the batch is not valid JSON: {exc}") from exc
+    if not isinstance(objs, list):
+        raise EventValidationError("a CloudEvents batch must be a JSON array of events")
+    events = []
+    for index, obj in enumerate(objs):
+        try:
+            events.append(Event.from_dict(obj))
+        except EventValidationError as exc:
+            raise EventValidationError(
+                f"event {index} of the batch: {exc}", attribute=exc.attribute
+            ) from exc
+    return events

@@ -1,0 +1,45 @@
+"""One entry point that turns a subscription's filter and transform specs into callables.
+
+The config loader, the SDK's ``subscribe(filter=..., transform=...)`` and the sidecar's
+subscription API all come through here, so they accept exactly the same forms: a spec
+in the pipeline's dialects (compiled once, here) or a ready Python callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from eventmesh.delivery.dispatcher import Filter, Transform
+
+__all__ = ["compile_pipeline"]
+
+
+def compile_pipeline(
+    filter: Any = None, transform: Any = None, *, where: str = "subscription"
+) -> tuple[Filter | None, Transform | None]:
+    """Compile a filter spec and a transform chain; raises ConfigError naming ``where``."""
+    compiled_filter: Filter | None
+    if filter is None:
+        compiled_filter = None
+    elif callable(filter) and not isinstance(filter, Mapping):
+        compiled_filter = filter
+    else:
+        from eventmesh.pipeline.filters import compile_filter
+
+        compiled_filter = compile_filter(filter, where=f"{where}.filter")
+    compiled_transform: Transform | None
+    if transform is None:
+        compiled_transform = None
+    elif callable(transform) and not isinstance(transform, Mapping | Sequence):
+        compiled_transform = _as_transform(transform)
+    else:
+        from eventmesh.pipeline.transforms import compile_transforms
+
+        steps = [transform] if isinstance(transform, Mapping) else list(transform)
+        compiled_transform = compile_transforms(steps, where=f"{where}.transform")
+    return compiled_filter, compiled_transform
+
+
+def _as_transform(fn: Callable[..., Any]) -> Transform:
+    return fn

@@ -1,0 +1,285 @@
+"""A subscription as the SDK user holds it: iterate deliveries, or let a handler run.
+
+Two forms, one object:
+
+* iteration, ``async with mesh.subscribe(topic, group=g) as sub: async for d in sub``:
+  the user acks or nacks each :class:`Delivery`; a nack is retried under the policy
+  (after its backoff, up to ``max_attempts``, then the dead-letter topic);
+* a handler, ``mesh.subscribe(topic, group=g, handler=fn)``: the dispatcher calls ``fn``
+  with each event; returning acks, raising retries. Start it with ``async with`` (it
+  stops at the end of the block) or ``await`` (it runs until the mesh closes or
+  :meth:`Subscription.close`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+import anyio.to_thread
+
+from eventmesh.connectors.base import Consumer
+from eventmesh.connectors.base import Delivery as ConnectorDelivery
+from eventmesh.delivery.deadletter import dead_letter_event
+from eventmesh.delivery.dispatcher import Dispatcher, Filter, Sink, Transform
+from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.delivery.stats import DeliveryStats
+from eventmesh.errors import ClosedError, LifecycleError
+from eventmesh.event import Event
+
+if TYPE_CHECKING:
+    from eventmesh.mesh import Mesh
+
+__all__ = ["Delivery", "Handler", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Event], Awaitable[Any]] | Callable[[Event], Any]
+"""A subscription handler: async functions run on the loop, plain ones in a worker thread
+so they cannot block it. Returning acks the event; raising retries it."""
+
+
+class Delivery:
+    """One event given to an iterating subscriber; ack or nack it once."""
+
+    __slots__ = ("_delivery", "_subscription", "event")
+
+    def __init__(self, subscription: Subscription, delivery: ConnectorDelivery, event: Event):
+        self._subscription = subscription
+        self._delivery = delivery
+        self.event = event
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery of this event to this group, then 2, 3, ..."""
+        return self._delivery.attempt
+
+    @property
+    def topic(self) -> str:
+        """The topic the event was read from."""
+        return self._delivery.topic
+
+    async def ack(self) -> None:
+        """The event is handled: its position may be committed."""
+        self._subscription.stats.delivered += 1
+        await self._delivery.ack()
+
+    async def nack(self, error: BaseException | str | None = None) -> None:
+        """The event failed: retry it after the policy's backoff, or dead-letter it when
+        this was the last attempt. ``error`` is recorded on the dead letter."""
+        await self._subscription._nack(self._delivery, self.event, error)
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.event.type} id={self.event.id!r} attempt={self.attempt}>"
+
+
+def _as_sink(handler: Handler) -> Sink:
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004  # an object with an async __call__
+    ):
+        return handler  # type: ignore[return-value]
+
+    async def in_thread(event: Event) -> Any:
+        return await anyio.to_thread.run_sync(partial(handler, event))
+
+    return in_thread
+
+
+class Subscription:
+    """A consumer group membership on one topic, in iterator or handler form."""
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        name: str,
+        topic: str,
+        group: str,
+        consumer: Consumer,
+        policy: DeliveryPolicy,
+        handler: Handler | None,
+        filter: Filter | None,
+        transform: Transform | None,
+    ) -> None:
+        self._mesh = mesh
+        self.name = name
+        self.topic = topic
+        self.group = group
+        self.policy = policy
+        self.stats = DeliveryStats()
+        self._consumer = consumer
+        self._filter = filter
+        self._transform = transform
+        self._dispatcher: Dispatcher | None = None
+        self._done: anyio.Event | None = None
+        if handler is not None:
+            self._dispatcher = Dispatcher(
+                name=name,
+                consumer=consumer,
+                sink=_as_sink(handler),
+                policy=policy,
+                dead_letter=mesh._publish_one,
+                filter=filter,
+                transform=transform,
+                stats=self.stats,
+            )
+        self._state = "new"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        """Join the group (and, with a handler, start delivering)."""
+        if self._state != "new":
+            raise LifecycleError(f"subscription {self.name!r} was already started")
+        self._state = "open"
+        await self._consumer.start()
+        self._mesh._register(self)
+        if self._dispatcher is not None:
+            self._done = anyio.Event()
+            await self._mesh._task_group.start(self._run_dispatcher)
+        return self
+
+    async def _run_dispatcher(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        assert self._dispatcher is not None
+        assert self._done is not None
+        try:
+            await self._dispatcher.run(task_status=task_status)
+        except Exception:
+            log.exception("subscription %s stopped on an unexpected error", self.name)
+        finally:
+            self._done.set()
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop: finish the events in hand (up to ``timeout`` seconds), then leave the group.
+
+        What was not acked by then is delivered again to the group. Idempotent.
+        """
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        try:
+            if self._dispatcher is not None and self._done is not None:
+                await self._dispatcher.stop()
+                with anyio.move_on_after(timeout if timeout is not None else 30.0):
+                    await self._done.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._consumer.close()
+            self._mesh._unregister(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once the subscription was closed."""
+        return self._state == "closed"
+
+    # -- iterator form -------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        if self._dispatcher is not None:
+            raise LifecycleError(
+                f"subscription {self.name!r} has a handler; iterate only a subscription "
+                "made without one"
+            )
+        if self._state != "open":
+            raise LifecycleError(
+                "enter the subscription first: 'async with mesh.subscribe(...) as sub'"
+            )
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Delivery]:
+        consumer = self._consumer
+        while self._state == "open":
+            try:
+                batch = await consumer.fetch(64)
+            except ClosedError:
+                return
+            for delivery in batch:
+                event = await self._prepare(delivery)
+                if event is not None:
+                    self.stats.received += 1
+                    yield Delivery(self, delivery, event)
+
+    async def _prepare(self, delivery: ConnectorDelivery) -> Event | None:
+        """TTL, filter and transform for the iterator form; None when handled here."""
+        event = delivery.event
+        ttl = self.policy.ttl
+        if ttl is not None:
+            born = event.time.timestamp() if event.time is not None else delivery.timestamp
+            if born is not None and time.time() - born > ttl:
+                await self._dead_letter(delivery, event, "expired", f"older than ttl {ttl}s")
+                return None
+        try:
+            if self._filter is not None and not self._filter(event):
+                self.stats.filtered += 1
+                await delivery.ack()
+                return None
+            if self._transform is not None:
+                changed = self._transform(event)
+                if changed is None:
+                    self.stats.dropped += 1
+                    await delivery.ack()
+                    return None
+                event = changed
+        except Exception as exc:
+            step = "filter" if self._filter is not None and event is delivery.event else "transform"
+            await self._dead_letter(delivery, delivery.event, step, f"{type(exc).__name__}: {exc}")
+            return None
+        return event
+
+    async def _nack(
+        self, delivery: ConnectorDelivery, event: Event, error: BaseException | str | None
+    ) -> None:
+        self.stats.failed += 1
+        if delivery.attempt >= self.policy.max_attempts:
+            text = error if isinstance(error, str) else repr(error) if error else "nacked"
+            await self._dead_letter(delivery, event, "failed", text)
+            return
+        self.stats.retried += 1
+        await delivery.nack(self.policy.backoff.delay(delivery.attempt))
+
+    async def _dead_letter(
+        self, delivery: ConnectorDelivery, event: Event, reason: str, error: str
+    ) -> None:
+        self.stats.dead_lettered += 1
+        topic = self.policy.dead_letter_topic(self.topic, self.group)
+        if topic is not None:
+            await self._mesh._publish_one(
+                topic,
+                dead_letter_event(
+                    event,
+                    reason=reason,
+                    error=error,
+                    attempts=delivery.attempt,
+                    topic=self.topic,
+                    group=self.group,
+                ),
+            )
+        else:
+            log.error(
+                "subscription %s dropped event %s (%s: %s): no dead-letter topic is set",
+                self.name,
+                event.id,
+                reason,
+                error,
+            )
+        await delivery.ack()
