@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -109,10 +109,9 @@ class ConnectorConformance:
         return f"conformance-{uuid.uuid4().hex[:12]}"
 
     @pytest.fixture
-    async def connector(self) -> AsyncIterator[Connector]:
-        """An open connector; the subclass must provide it."""
+    async def connector(self) -> Connector:
+        """An open connector; the subclass must provide it (usually as an async generator)."""
         raise NotImplementedError("subclass ConnectorConformance and define 'connector'")
-        yield  # pragma: no cover
 
     def need(self, connector: Connector, capability: str) -> None:
         """Skip unless the connector claims ``capability``."""
