@@ -251,7 +251,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         )
 
     def to_cloudevent(self) -> BaseCloudEvent:
-        """Convert to the SDK's ``cloudevents.core.v1.event.CloudEvent``."""
+        """Convert to the SDK's ``cloudevents.core.v1.event.CloudEvent``.
+
+        The SDK gives every event a ``time``: an event without one gets the current time.
+        """
         from cloudevents.core.v1.event import CloudEvent
 
         data = self.data

@@ -71,9 +71,7 @@ def _events(count: int, *, keys: int = 0, tag: str = "") -> list[Event]:
 
 
 def _canonical(event: Event) -> Event:
-    return event.replace(
-        extensions={k: encode_attribute(v) for k, v in event.extensions.items()}
-    )
+    return event.replace(extensions={k: encode_attribute(v) for k, v in event.extensions.items()})
 
 
 def _numbers(deliveries: Sequence[Delivery]) -> list[int]:
@@ -148,8 +146,13 @@ class ConnectorConformance:
                 extensions={"comexampletext": "v", "comexampleint": 42, "comexampleflag": True},
             ),
             Event(type="t.bytes", source="/s", id="id-2", data=b"\x00\x01binary\xff"),
-            Event(type="t.text", source="/s", id="id-3", datacontenttype="text/plain",
-                  data="plain text, ünïcode"),
+            Event(
+                type="t.text",
+                source="/s",
+                id="id-3",
+                datacontenttype="text/plain",
+                data="plain text, ünïcode",
+            ),
             Event(type="t.none", source="/s", id="id-4", time=None),
         ]
         async with connector.subscribe(topic, "g") as consumer:
@@ -176,9 +179,10 @@ class ConnectorConformance:
     ) -> None:
         """Two members of one group split the events between them; none is lost."""
         self.need(connector, "consumer_groups")
-        async with connector.subscribe(topic, "shared") as a, connector.subscribe(
-            topic, "shared"
-        ) as b:
+        async with (
+            connector.subscribe(topic, "shared") as a,
+            connector.subscribe(topic, "shared") as b,
+        ):
             await connector.publish(topic, _events(200, keys=40))
             seen: dict[str, list[int]] = {"a": [], "b": []}
 
