@@ -65,19 +65,21 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
 async def _run(config: MeshConfig) -> None:
     from eventmesh.mesh import Mesh
 
-    async with Mesh(config) as mesh:
-        names = ", ".join(f"{n} ({c.type})" for n, c in config.connectors.items())
-        log.info(
-            "eventmesh %s running: connectors %s; %d subscriptions",
-            __version__,
-            names,
-            len(config.subscriptions),
-        )
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # Install the signal handlers first, so a SIGTERM that arrives while starting is not
+    # the default one that kills the process without closing anything.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with Mesh(config) as mesh:
+            names = ", ".join(f"{n} ({c.type})" for n, c in config.connectors.items())
+            log.info(
+                "eventmesh %s running: connectors %s; %d subscriptions",
+                __version__,
+                names,
+                len(config.subscriptions),
+            )
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 break
-        await mesh.close(timeout=float(config.server.shutdown_timeout))
+            await mesh.close(timeout=float(config.server.shutdown_timeout))
     log.info("eventmesh stopped")
 
 

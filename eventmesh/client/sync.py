@@ -149,7 +149,12 @@ class BlockingClient:
         A ``handler`` given here runs on the client's loop (plain functions in its
         worker threads), so it must not call back into this blocking client.
         """
-        subscription = self.portal.call(lambda: self._client.subscribe(topic, group, **options))
+
+        async def make() -> tuple[Subscription]:
+            # A tuple, because the portal would await a Subscription (it is awaitable).
+            return (self._client.subscribe(topic, group, **options),)
+
+        (subscription,) = self.portal.call(make)
         return BlockingSubscription(self.portal, subscription)
 
 

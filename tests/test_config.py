@@ -1,0 +1,152 @@
+"""Configuration: typed loading, errors that name the key and line, precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eventmesh import ConfigError, DeliveryPolicy, load_config
+from eventmesh.connectors.memory import MemoryConfig
+
+GOOD = """\
+connectors:
+  default: {type: memory, partitions: 4, max_events: 1000}
+  spare: {type: memory}
+topics:
+  audit: {connector: spare}
+subscriptions:
+  - name: billing
+    topic: orders
+    sink: {handler: "json:dumps"}
+    delivery: {max_attempts: 3, backoff: {initial: 250ms, max: 30s}, ttl: 5m, concurrency: 4}
+logging: {level: debug}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    """Write a config file and return its path."""
+    path = tmp_path / "mesh.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_good_file_loads_into_typed_structs(tmp_path: Path) -> None:
+    """Every section becomes a typed struct; durations become seconds."""
+    config = load_config(write(tmp_path, GOOD))
+    assert config.connectors["default"].config == MemoryConfig(partitions=4, max_events=1000)
+    assert config.connector_for("audit") == "spare"
+    assert config.connector_for("orders") == "default"
+    policy = config.subscriptions[0].delivery
+    assert isinstance(policy, DeliveryPolicy)
+    assert (policy.backoff.initial, policy.backoff.max, policy.ttl) == (0.25, 30.0, 300.0)
+    assert config.subscriptions[0].group_name == "billing"
+    assert config.logging.level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "words"),
+    [
+        (
+            GOOD.replace("concurrency: 4", "concurency: 4"),
+            "subscriptions[0].delivery.concurency",
+            10,
+            "unknown key",
+        ),
+        (
+            GOOD.replace("max_attempts: 3", "max_attempts: three"),
+            "subscriptions[0].delivery.max_attempts",
+            10,
+            "Expected `int`",
+        ),
+        (
+            GOOD.replace("max_attempts: 3", "max_attempts: 0"),
+            "subscriptions[0].delivery",
+            10,
+            "at least 1",
+        ),
+        (
+            GOOD.replace("initial: 250ms", "initial: soon"),
+            "subscriptions[0].delivery.backoff.initial",
+            10,
+            "duration",
+        ),
+        (GOOD.replace("partitions: 4", "partitions: -1"), "connectors.default", 2, "at least 1"),
+        (
+            GOOD.replace("type: memory, partitions", "type: kafak, partitions"),
+            "connectors.default.type",
+            2,
+            "no connector named 'kafak'",
+        ),
+        (
+            GOOD.replace("{connector: spare}", "{connector: nowhere}"),
+            "topics.audit.connector",
+            5,
+            "not defined",
+        ),
+        (
+            GOOD.replace('sink: {handler: "json:dumps"}', "sink: {}"),
+            "subscriptions[0].sink",
+            9,
+            "exactly one",
+        ),
+        (
+            GOOD.replace('"json:dumps"', '"json.dumps"'),
+            "subscriptions[0].sink.handler",
+            9,
+            "package.module:function",
+        ),
+        (GOOD + "functions: [{name: f}]\n", "functions", 12, "reserved"),
+        (GOOD + "surprise: 1\n", "surprise", 12, "unknown key"),
+    ],
+)
+def test_errors_name_the_key_and_the_line(
+    tmp_path: Path, text: str, key: str, line: int, words: str
+) -> None:
+    """A wrong key or value raises ConfigError with its dotted key and file line."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.key == key
+    assert info.value.line == line
+    assert words in str(info.value)
+
+
+def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
+    """A YAML syntax error is a ConfigError with the line of the problem."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "connectors:\n  default: {type: memory\nx: 1\n"))
+    assert info.value.line == 3
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """Pointing at a file that is not there says so."""
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_environment_overrides_the_file_and_overrides_win(tmp_path: Path) -> None:
+    """EVENTMESH__ variables beat the file; explicit overrides beat both."""
+    env = {
+        "EVENTMESH__CONNECTORS__DEFAULT__PARTITIONS": "16",
+        "EVENTMESH__SUBSCRIPTIONS__0__DELIVERY__CONCURRENCY": "2",
+        "EVENTMESH__LOGGING__LEVEL": "warning",
+        "UNRELATED": "1",
+    }
+    config = load_config(write(tmp_path, GOOD), env=env, overrides={"logging.level": "error"})
+    assert config.connectors["default"].config.partitions == 16
+    assert config.subscriptions[0].delivery.concurrency == 2
+    assert config.logging.level == "error"
+
+
+def test_a_bad_environment_value_names_its_key() -> None:
+    """A wrong value from the environment is reported at the key it sets."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"EVENTMESH__SERVER__HTTP__PORT": "eighty"})
+    assert info.value.key == "server.http.port"
+
+
+def test_no_config_means_one_memory_connector() -> None:
+    """With nothing given, the mesh has a single in-memory connector named default."""
+    config = load_config(None)
+    assert list(config.connectors) == ["default"]
+    assert config.connectors["default"].type == "memory"

@@ -1,0 +1,123 @@
+"""The SDK surface: connect(), lifecycle errors, input errors, the blocking facade."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+import eventmesh
+from eventmesh import (
+    ClosedError,
+    ConfigError,
+    Event,
+    EventValidationError,
+    LifecycleError,
+    PluginNotFoundError,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_readme_example_publishes_and_receives() -> None:
+    """The README's snippet works as written."""
+    async with eventmesh.connect() as mesh:
+        await mesh.publish(
+            "orders",
+            eventmesh.Event(type="com.example.order.created", source="/shop", data={"id": 1}),
+        )
+        async with mesh.subscribe("orders", group="billing", start="earliest") as sub:
+            async for delivery in sub:
+                assert delivery.event.data == {"id": 1}
+                await delivery.ack()
+                break
+
+
+async def test_publish_rejects_what_is_not_an_event() -> None:
+    """Publishing a dict, or a list holding one, raises EventValidationError."""
+    async with eventmesh.connect() as mesh:
+        with pytest.raises(EventValidationError, match=r"not an eventmesh\.Event"):
+            await mesh.publish("t", [Event(type="t", source="/s"), {"type": "t"}])  # type: ignore[list-item]
+        with pytest.raises(EventValidationError):
+            await mesh.publish("t", {"type": "t"})  # type: ignore[arg-type]
+
+
+async def test_lifecycle_errors_are_clear() -> None:
+    """Use before entering, after closing, and entering twice each raise their error."""
+    mesh = eventmesh.connect()
+    with pytest.raises(LifecycleError, match="not open"):
+        await mesh.publish("t", Event(type="t", source="/s"))
+    async with mesh:
+        pass
+    with pytest.raises(ClosedError):
+        await mesh.publish("t", Event(type="t", source="/s"))
+    with pytest.raises(LifecycleError):
+        async with mesh:
+            pass
+
+
+async def test_bad_subscription_arguments_raise_config_errors() -> None:
+    """An empty group or a wrong delivery policy is refused before anything starts."""
+    async with eventmesh.connect() as mesh:
+        with pytest.raises(ConfigError):
+            mesh.subscribe("t", "")
+        with pytest.raises(ConfigError, match="max_attempts"):
+            mesh.subscribe("t", "g", delivery={"max_attempts": "many"})
+
+
+async def test_iterating_a_handler_subscription_is_an_error() -> None:
+    """A subscription with a handler cannot also be iterated."""
+
+    async def handler(event: Event) -> None:
+        pass
+
+    async with eventmesh.connect() as mesh, mesh.subscribe("t", "g", handler=handler) as sub:
+        with pytest.raises(LifecycleError, match="has a handler"):
+            aiter(sub)
+
+
+async def test_unknown_connector_types_and_remote_addresses_say_what_to_do() -> None:
+    """A missing plugin names the install command; a remote address is refused clearly."""
+    with pytest.raises(ConfigError, match="pip install eventmesh-rabbit"):
+        eventmesh.connect(config={"connectors": {"default": {"type": "rabbit"}}})
+    with pytest.raises(ConfigError, match="embedded only"):
+        eventmesh.connect("http://127.0.0.1:10105")
+    from eventmesh.connectors import load_connector
+
+    with pytest.raises(PluginNotFoundError, match="Did you mean 'memory'"):
+        load_connector("memroy")
+
+
+async def test_configured_subscriptions_start_with_the_mesh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription in the config calls its 'module:function' handler."""
+    (tmp_path / "myhandlers.py").write_text(
+        "seen = []\nasync def record(event):\n    seen.append(event.data)\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = {
+        "subscriptions": [
+            {"name": "rec", "topic": "t", "sink": {"handler": "myhandlers:record"}, "filter": None}
+        ]
+    }
+    async with eventmesh.connect(config=config) as mesh:
+        await mesh.publish("t", Event(type="t", source="/s", data=42))
+        with anyio.fail_after(5):
+            while not sys.modules["myhandlers"].seen:
+                await anyio.sleep(0.01)
+    assert sys.modules["myhandlers"].seen == [42]
+
+
+def test_blocking_facade_publishes_and_receives() -> None:
+    """connect_blocking gives the same publish and subscribe without async code."""
+    with eventmesh.connect_blocking() as mesh:
+        mesh.publish("orders", Event(type="t", source="/s", data="hi"))
+        with mesh.subscribe("orders", "g", start="earliest") as sub:
+            delivery = sub.receive(timeout=5)
+            assert delivery is not None
+            assert delivery.event.data == "hi"
+            delivery.ack()
+            assert sub.receive(timeout=0.2) is None
