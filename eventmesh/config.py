@@ -49,11 +49,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _T = TypeVar("_T")
 
 
-class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class ConnectorSpec(_Strict):
+class ConnectorSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One named connector: its plugin ``type`` and the plugin's own typed config."""
 
     type: str = "memory"
@@ -61,14 +57,14 @@ class ConnectorSpec(_Strict):
     """An instance of the plugin's ``Config`` struct (None: its defaults)."""
 
 
-class TopicConfig(_Strict):
+class TopicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings of one topic."""
 
     connector: str = "default"
     """The name of the connector (under ``connectors:``) that stores this topic."""
 
 
-class SinkConfig(_Strict):
+class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Where a configured subscription sends its events: exactly one kind."""
 
     handler: str | None = None
@@ -77,7 +73,7 @@ class SinkConfig(_Strict):
     """An HTTP URL to POST each event to (served by the sidecar daemon)."""
 
 
-class SubscriptionConfig(_Strict):
+class SubscriptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A subscription declared in the configuration."""
 
     name: str
@@ -98,14 +94,14 @@ class SubscriptionConfig(_Strict):
         return self.group or self.name
 
 
-class Listener(_Strict):
+class Listener(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One server socket of the sidecar."""
 
     host: str = "127.0.0.1"
     port: int = 0
 
 
-class ServerConfig(_Strict):
+class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The sidecar daemon's listeners (Apache EventMesh's default ports)."""
 
     http: Listener = Listener(port=10105)
@@ -115,7 +111,7 @@ class ServerConfig(_Strict):
     """On SIGTERM, how long in-flight deliveries may take to finish."""
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the daemon logs (library code only emits records)."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -127,7 +123,7 @@ def _default_connectors() -> dict[str, ConnectorSpec]:
     return {"default": ConnectorSpec(type="memory", config=MemoryConfig())}
 
 
-class MeshConfig(_Strict):
+class MeshConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole configuration of a mesh."""
 
     connectors: dict[str, ConnectorSpec] = msgspec.field(default_factory=_default_connectors)
@@ -266,12 +262,13 @@ def _set_path(data: dict[str, Any], path: list[str | int], value: Any) -> None:
             child = node[part] = [] if isinstance(nxt, int) else {}
         node = child
     last = path[-1]
-    if (isinstance(node, list) and isinstance(last, int) and last < len(node)) or isinstance(
-        node, dict
-    ):
+    if isinstance(node, dict):
         node[last] = value
-    else:
-        raise ConfigError("an override does not fit the configuration", key=_dotted(path))
+        return
+    if isinstance(node, list) and isinstance(last, int) and last < len(node):
+        node[last] = value
+        return
+    raise ConfigError("an override does not fit the configuration", key=_dotted(path))
 
 
 def _dotted(path: list[str | int]) -> str:

@@ -83,7 +83,7 @@ def _as_sink(handler: Handler) -> Sink:
     if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
         getattr(handler, "__call__", None)  # noqa: B004  # an object with an async __call__
     ):
-        return handler  # type: ignore[return-value]
+        return handler
 
     async def in_thread(event: Event) -> Any:
         return await anyio.to_thread.run_sync(partial(handler, event))
