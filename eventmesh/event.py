@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import random
 import re
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -56,8 +57,18 @@ _INT32_MIN: Final = -(2**31)
 _INT32_MAX: Final = 2**31 - 1
 
 
+# Event ids are random version-4 UUIDs from a private generator: seeded from the OS,
+# reseeded in a forked child (so parent and child never share a sequence), and apart
+# from the `random` module a user may seed. They identify events; they are not secrets.
+_rng = random.Random()
+os.register_at_fork(after_in_child=_rng.seed)
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    h = "%032x" % (_rng.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _now() -> datetime:

@@ -222,3 +222,20 @@ def test_any_valid_event_round_trips_through_json(
     event = Event(type="t", source="/s", subject=subject, data=data, extensions=ext)
     assert decode_json(encode_json(event)) == event
     assert Event.from_cloudevent(event.to_cloudevent()) == event
+
+
+def test_default_ids_are_random_uuid4_and_differ_after_fork() -> None:
+    """Default ids are version-4 UUIDs, and a forked child does not repeat the parent's."""
+    import os
+    import uuid
+
+    assert uuid.UUID(Event(type="t", source="/s").id).version == 4
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, Event(type="t", source="/s").id.encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    assert child_id != Event(type="t", source="/s").id
