@@ -245,3 +245,38 @@ async def test_many_producers_and_consumers_lose_nothing() -> None:
         await wait_for(lambda: len(seen) == 4 * per_producer, timeout=120)
         assert all(sub.stats.received > 0 for sub in subs)
     assert len(seen) == 4 * per_producer
+
+
+async def test_a_failing_fetch_is_retried_not_fatal() -> None:
+    """A backend error while fetching is retried; the subscription keeps delivering."""
+    from eventmesh.connectors.memory import MemoryConnector
+    from eventmesh.errors import SubscribeError
+
+    class Flaky(MemoryConnector):
+        """A memory connector whose consumers fail their first two fetches."""
+
+        def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
+            consumer = super().subscribe(topic, group, start=start)
+            real_fetch = consumer.fetch
+            failures = [SubscribeError("broker away"), SubscribeError("still away")]
+
+            async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
+                if failures:
+                    raise failures.pop(0)
+                return await real_fetch(max_events, timeout)
+
+            consumer.fetch = fetch  # type: ignore[method-assign]
+            return consumer
+
+    got: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        got.append(event)
+
+    async with (
+        Mesh(connectors={"default": Flaky()}) as mesh,
+        mesh.subscribe("f", "g", handler=handler, delivery=FAST) as sub,
+    ):
+        await mesh.publish("f", Event(type="t", source="/s"))
+        await wait_for(lambda: sub.stats.delivered == 1)
+    assert len(got) == 1

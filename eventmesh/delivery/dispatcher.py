@@ -25,6 +25,7 @@ from eventmesh.connectors.base import Consumer, Delivery
 from eventmesh.delivery.deadletter import DeadLetterPublisher, dead_letter_event
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
+from eventmesh.errors import ClosedError, ConnectorError
 from eventmesh.event import Event
 
 __all__ = ["Dispatcher", "Filter", "Sink", "Transform"]
@@ -128,13 +129,31 @@ class Dispatcher:
         ordered = self.policy.ordering == "partitionkey"
         limit = self.policy.max_in_flight
         round_robin = self._round_robin
+        failures = 0
         while not self._stopping:
             room = limit - self._in_flight
             if room <= 0:
                 self._room = event = anyio.Event()
                 await event.wait()
                 continue
-            batch = await consumer.fetch(min(room, 512))
+            try:
+                batch = await consumer.fetch(min(room, 512))
+            except ClosedError:
+                return
+            except ConnectorError as exc:
+                # The backend may come back (a broker restart, a network blip): keep the
+                # subscription alive and try again after a backoff.
+                failures += 1
+                delay = self.policy.backoff.delay(min(failures, 10))
+                log.warning(
+                    "subscription %s could not fetch (%s); retrying in %.1fs",
+                    self.name,
+                    exc,
+                    delay,
+                )
+                await anyio.sleep(delay)
+                continue
+            failures = 0
             if not batch:
                 if consumer.closed:
                     return
