@@ -27,11 +27,12 @@ import anyio.to_thread
 from eventmesh.connectors.base import Consumer
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
 from eventmesh.delivery.deadletter import dead_letter_event
-from eventmesh.delivery.dispatcher import Dispatcher, Filter, Sink, Transform
+from eventmesh.delivery.dispatcher import Dispatcher
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
+from eventmesh.typing import Filter, Sink, Transform
 
 if TYPE_CHECKING:
     from eventmesh.mesh import Mesh

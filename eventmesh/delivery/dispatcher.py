@@ -15,8 +15,6 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
 
 import anyio
 import anyio.abc
@@ -27,17 +25,11 @@ from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import ClosedError, ConnectorError
 from eventmesh.event import Event
+from eventmesh.typing import Filter, Sink, Transform
 
 __all__ = ["Dispatcher", "Filter", "Sink", "Transform"]
 
 log = logging.getLogger(__name__)
-
-Sink: TypeAlias = Callable[[Event], Awaitable[Any]]
-"""Where a subscription's events go: returns when handled, raises to have it retried."""
-Filter: TypeAlias = Callable[[Event], bool]
-"""True for events the subscription wants."""
-Transform: TypeAlias = Callable[[Event], Event | None]
-"""A new event to deliver instead, or None to drop this one on purpose."""
 
 
 class _Lane:

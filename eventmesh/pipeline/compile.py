@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from eventmesh.delivery.dispatcher import Filter, Transform
+from eventmesh.typing import Filter, Transform
 
 __all__ = ["compile_pipeline"]
 
