@@ -1,0 +1,455 @@
+"""CloudEvents SQL (CESQL) v1.0: compile an expression once, evaluate it on many events.
+
+::
+
+    from eventmesh.pipeline import cesql
+
+    expr = cesql.compile("subject LIKE 'orders/%' AND amount > 100")  # or cesql.ParseError
+    expr.matches(event)            # the filter view: True or False
+    result = expr.evaluate(event)  # the full view: a value and the errors met
+    result.value, result.errors    # e.g. False, (EvaluationError(kind='missingAttribute', ...),)
+
+Reading a Result
+----------------
+CESQL is total: every expression yields a value (a ``bool``, an ``int`` or a ``str``),
+together with the errors met on the way (v1.0 section 3.3). ``result.errors`` is an
+empty tuple when nothing went wrong; otherwise it holds :class:`EvaluationError` values
+in the order they were met, each with a ``kind`` (``"math"``, ``"cast"``,
+``"missingAttribute"``, ``"missingFunction"``, ``"functionEvaluation"``, ``"generic"``)
+and a message quoting the sub-expression. When there are errors, ``result.value`` is
+the value the spec defines for that case:
+
+- an attribute the event does not have is a ``missingAttribute`` error, and the operator
+  or function that reads it yields the zero value of its return type (``false``, ``0``,
+  ``""``); an attribute that is the whole expression yields ``false``;
+- an operator or function whose operand met an error also yields its zero value, so
+  ``1 / missing`` is ``0`` with one ``missingAttribute`` error and no ``math`` error;
+- an operand that cannot be cast is a ``cast`` error, and the operator goes on with the
+  zero value of the type it wanted: ``NOT 10`` is ``true`` with a ``cast`` error;
+- an operator's or function's own failure gives the value the spec prescribes:
+  ``x / 0``, ``x % 0`` and a result outside 32 bits are ``0`` with a ``math`` error,
+  ``ABS(-2147483648)`` is ``2147483647``, ``LEFT('abc', -2)`` is ``'abc'``;
+- a function that does not exist for that many arguments is ``false`` with a
+  ``missingFunction`` error (at evaluation, so the TCK can see the value).
+
+``AND`` skips its right operand when the left is false and ``OR`` when it is true; no
+other operator skips anything. ``AND``, ``OR`` and ``XOR`` share one precedence level
+and group left to right, and ``NOT``/``-`` bind tighter than ``LIKE``, ``IN`` and every
+binary operator (v1.0 section 3.6), so parenthesise: ``NOT (x LIKE 'a%')``,
+``a OR (b AND c)``.
+
+In a string literal ``\\'`` (``\\"`` in double quotes) and ``\\\\`` are the escapes; any
+other backslash is kept, so ``x LIKE 'a\\%'`` sees the pattern ``a\\%``: a literal ``%``.
+Attribute, keyword and function names are case-insensitive; string values are not.
+
+:meth:`Expression.matches` is the filter view of the Subscriptions API (v1.0 section
+1.2): an event passes only when the value is ``true`` and no error was met.
+
+Design
+------
+:func:`compile` parses the text (``_cesql_parser``) into a small AST, then turns every
+node into a closure ``fn(event) -> value`` that holds its children's closures; the AST
+is dropped. Evaluating is one call of the root closure: nothing is parsed or walked
+again per event. Sub-expressions made only of literals are folded into constants at
+compile time, unless evaluating them meets an error.
+
+Errors are the rare path, so a closure that meets one raises the internal ``Failed``
+carrying the value and the errors; the enclosing closure catches it, applies the rules
+above and raises its own. Python 3.11's ``try`` costs nothing until something is raised,
+so an error-free evaluation allocates no error list at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from eventmesh.pipeline._cesql_functions import (
+    ANY,
+    BUILTINS,
+    INT32_MAX,
+    INT32_MIN,
+    LOGIC,
+    ZERO,
+    ErrorKind,
+    EvaluationError,
+    Failed,
+    Fn,
+    Value,
+    arithmetic,
+    binary,
+    cast,
+    cast_then,
+    like_matcher,
+    poisoned,
+    resolve,
+    to_string,
+)
+from eventmesh.pipeline._cesql_parser import (
+    Attribute,
+    Binary,
+    Call,
+    Exists,
+    In,
+    Like,
+    Literal,
+    Node,
+    ParseError,
+    Unary,
+    parse,
+)
+
+if TYPE_CHECKING:
+    from eventmesh.event import Event
+
+__all__ = ["ErrorKind", "EvaluationError", "Expression", "ParseError", "Result", "Value", "compile"]
+
+logger = logging.getLogger(__name__)
+
+# Defined privately, presented here: tracebacks and reprs name the public module.
+ParseError.__module__ = EvaluationError.__module__ = __name__
+
+_NO_EVENT: Final[Any] = None
+_EQUALITY: Final = {"=": operator.eq, "!=": operator.ne, "<>": operator.ne}
+_ORDERING: Final = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+_FAST_ARITHMETIC: Final = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What an evaluation yields: the value, and the errors met on the way (often none)."""
+
+    value: Value
+    errors: tuple[EvaluationError, ...] = ()
+
+
+class Expression:
+    """A compiled CESQL expression; immutable, safe to share between tasks and threads."""
+
+    __slots__ = ("_fn", "source")
+
+    def __init__(self, source: str, fn: Fn) -> None:
+        self.source = source
+        self._fn = fn
+
+    def evaluate(self, event: Event) -> Result:
+        """The value and the errors of this expression on ``event``; never raises."""
+        try:
+            return Result(self._fn(event))
+        except Failed as failed:
+            return Result(failed.value, failed.errors)
+        except Exception as exc:  # a bug here must not take the pipeline down
+            logger.warning("CESQL expression %r failed on an event", self.source, exc_info=True)
+            return Result(False, (EvaluationError("generic", f"unexpected {exc!r}"),))
+
+    def matches(self, event: Event) -> bool:
+        """True only when the expression is ``true`` on ``event`` and met no error."""
+        try:
+            return self._fn(event) is True
+        except Failed:
+            return False
+        except Exception:
+            logger.warning("CESQL expression %r failed on an event", self.source, exc_info=True)
+            return False
+
+    def __repr__(self) -> str:
+        return f"cesql.compile({self.source!r})"
+
+
+def compile(source: str) -> Expression:  # shadows the builtin on purpose: used as cesql.compile
+    """Compile a CESQL expression; raises :class:`ParseError` when it is not valid."""
+    try:
+        tree = parse(source)
+        code = _Compiler(source).compile(tree)
+    except RecursionError:
+        raise ParseError(source, 0, "the expression nests too deeply") from None
+    return Expression(source, code.fn)
+
+
+# -- the compiler ---------------------------------------------------------------------
+
+
+class _Code(NamedTuple):
+    fn: Fn
+    constant: bool = False
+    # For a plain attribute read: its name and the error when it is missing, so that a
+    # comparison or LIKE on it can read the event itself and save a call per evaluation.
+    attribute: str | None = None
+    missing: tuple[EvaluationError, ...] = ()
+
+
+def _constant(value: Value) -> _Code:
+    def constant(event: Any) -> Value:
+        return value
+
+    return _Code(constant, constant=True)
+
+
+def _rfc3339(value: Any) -> str:
+    if not isinstance(value, datetime):
+        return to_string(value)
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+class _Compiler:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def where(self, node: Node) -> str:
+        text = self.source[node.start : node.end]
+        if len(text) > 60:
+            text = text[:57] + "..."
+        column = node.start - self.source.rfind("\n", 0, node.start)
+        return f" in `{text}` (column {column})"
+
+    def compile(self, node: Node) -> _Code:
+        if isinstance(node, Literal):
+            return _constant(node.value)
+        if isinstance(node, Attribute):
+            return self.attribute(node)
+        if isinstance(node, Exists):
+            name = node.name
+
+            def exists(event: Any) -> Value:
+                return event.get(name) is not None
+
+            return _Code(exists)
+        children: list[_Code] = []
+        code = self.compound(node, children)
+        if all(child.constant for child in children):
+            try:
+                return _constant(code.fn(_NO_EVENT))
+            except Failed:  # keep it: the error must be reported on every evaluation
+                pass
+        return code
+
+    def compound(self, node: Node, children: list[_Code]) -> _Code:
+        if isinstance(node, Unary):
+            children.append(self.compile(node.operand))
+            return self.unary(node, children[0])
+        if isinstance(node, Binary):
+            children += (self.compile(node.left), self.compile(node.right))
+            return self.binary(node, *children)
+        if isinstance(node, Like):
+            children.append(self.compile(node.operand))
+            return self.like(node, children[0])
+        if isinstance(node, In):
+            children += [self.compile(item) for item in (node.operand, *node.items)]
+            return self.membership(node, children[0], children[1:])
+        assert isinstance(node, Call)
+        children += [self.compile(arg) for arg in node.args]
+        return self.call(node, children)
+
+    def attribute(self, node: Attribute) -> _Code:
+        name = node.name
+        missing = (
+            EvaluationError(
+                "missingAttribute", f"the event has no attribute {name!r}{self.where(node)}"
+            ),
+        )
+        if name == "time":  # a datetime: CESQL sees its RFC 3339 string, as in JSON
+
+            def read_time(event: Any) -> Value:
+                value = event.get("time")
+                if value is None:
+                    raise Failed(False, missing)
+                return _rfc3339(value)
+
+            return _Code(read_time)
+
+        def read(event: Any) -> Value:
+            value: Value | None = event.get(name)
+            if value is None:
+                raise Failed(False, missing)
+            return value
+
+        return _Code(read, False, name, missing)
+
+    def unary(self, node: Unary, operand: _Code) -> _Code:
+        of, where = operand.fn, self.where(node)
+        if node.op == "NOT":
+
+            def not_(event: Any) -> Value:
+                try:
+                    value = of(event)
+                except Failed as failed:
+                    raise Failed(False, failed.errors) from None
+                if value is True or value is False:
+                    return not value
+                errors: list[EvaluationError] = []
+                result = not cast(value, bool, errors, where)
+                if errors:
+                    raise Failed(result, tuple(errors))
+                return result
+
+            return _Code(not_)
+
+        def negate(event: Any) -> Value:
+            try:
+                value = of(event)
+            except Failed as failed:
+                raise Failed(0, failed.errors) from None
+            if type(value) is int and value != INT32_MIN:
+                return -value
+            return arithmetic("-", 0, value, where)
+
+        return _Code(negate)
+
+    def binary(self, node: Binary, left: _Code, right: _Code) -> _Code:
+        op, where = node.op, self.where(node)
+        lf, rf = left.fn, right.fn
+        if op in ("AND", "OR", "XOR"):
+            return _Code(LOGIC[op](lf, rf, where))
+        if op in _EQUALITY or op in _ORDERING:
+            compare: Callable[[Any, Any], bool] = _EQUALITY.get(op) or _ORDERING[op]
+            ordering = op in _ORDERING
+
+            def apply(a: Value, b: Value) -> Value:
+                if ordering:
+                    if type(a) is int and type(b) is int:
+                        return compare(a, b)
+                    return cast_then(compare, a, b, int, where)
+                if type(a) is type(b):
+                    return compare(a, b)
+                # ambiguous operator: the right operand's type decides (v1.0 section 3.7)
+                return cast_then(compare, a, b, type(b), where)
+
+            name, missing = left.attribute, left.missing
+            if name is None or not right.constant:
+                return _Code(binary(lf, rf, False, apply, constant_right=right.constant))
+            b = right.fn(_NO_EVENT)
+            # the fast path needs a and b of one type, and Integers for an ordering
+            fast_type = type(b) if not ordering or type(b) is int else type(None)
+
+            def attribute_vs_constant(event: Any) -> Value:  # the common filter shape
+                a = event.get(name)
+                if a is None:
+                    raise Failed(False, missing)
+                if type(a) is fast_type:
+                    return compare(a, b)
+                return apply(a, b)
+
+            return _Code(attribute_vs_constant)
+        fast = _FAST_ARITHMETIC.get(op)
+
+        def apply_arithmetic(a: Value, b: Value) -> Value:
+            if fast is not None and type(a) is int and type(b) is int:
+                result = fast(a, b)
+                if INT32_MIN <= result <= INT32_MAX:
+                    return result  # type: ignore[no-any-return]
+            return arithmetic(op, a, b, where)
+
+        return _Code(binary(lf, rf, 0, apply_arithmetic, constant_right=right.constant))
+
+    def like(self, node: Like, operand: _Code) -> _Code:
+        of, negated, match = operand.fn, node.negated, like_matcher(node.pattern)
+
+        name, missing = operand.attribute, operand.missing
+
+        def like(event: Any) -> Value:
+            if name is not None:
+                value = event.get(name)
+                if value is None:
+                    raise Failed(False, missing)
+            else:
+                try:
+                    value = of(event)
+                except Failed as failed:
+                    raise Failed(False, failed.errors) from None
+            if type(value) is not str:
+                value = to_string(value)
+            return match(value) is not negated
+
+        return _Code(like)
+
+    def membership(self, node: In, operand: _Code, items: list[_Code]) -> _Code:
+        of, negated, where = operand.fn, node.negated, self.where(node)
+        item_fns = tuple(item.fn for item in items)
+        lookup: dict[type, frozenset[Value]] = {}
+        if all(item.constant for item in items):  # one set per operand type, cast in advance
+            values = [fn(_NO_EVENT) for fn in item_fns]
+            for target in (bool, int, str):
+                errors: list[EvaluationError] = []
+                cast_values = frozenset(cast(v, target, errors, where) for v in values)
+                if not errors:
+                    lookup[target] = cast_values
+
+        def member(event: Any) -> Value:
+            try:
+                x = of(event)
+            except Failed as failed:
+                raise poisoned(False, failed.errors, event, *item_fns) from None
+            known = lookup.get(type(x))
+            if known is not None:
+                return (x in known) is not negated
+            errors: list[EvaluationError] = []
+            item_failed = False
+            found = False
+            for fn in item_fns:  # the left operand's type is the target (v1.0 section 3.7)
+                try:
+                    y = fn(event)
+                except Failed as failed:
+                    errors += failed.errors
+                    item_failed = True
+                    continue
+                matched = cast(y, type(x), errors, where) == x
+                found = found or matched
+            if item_failed:
+                raise Failed(False, tuple(errors))
+            if errors:
+                raise Failed(found is not negated, tuple(errors))
+            return found is not negated
+
+        return _Code(member)
+
+    def call(self, node: Call, args: list[_Code]) -> _Code:
+        where, function = self.where(node), resolve(node.name, len(args))
+        if function is None:
+            if node.name in BUILTINS:
+                arities = sorted(
+                    f"{len(f.params)} or more" if f.variadic else str(len(f.params))
+                    for f in BUILTINS[node.name]
+                )
+                problem = f"{node.name} takes {' or '.join(arities)} arguments, not {len(args)}"
+            else:
+                problem = f"there is no function {node.name} (misspelled?)"
+            missing = (EvaluationError("missingFunction", problem + where),)
+
+            def missing_function(event: Any) -> Value:
+                raise Failed(False, missing)
+
+            return _Code(missing_function)
+        arg_fns = tuple(arg.fn for arg in args)
+        params = function.params + (function.variadic or ANY,) * (len(args) - len(function.params))
+        targets = tuple(enumerate(params))
+        impl, zero = function.impl, ZERO[function.returns]
+
+        def call(event: Any) -> Value:
+            values: list[Any] = []
+            failures: tuple[EvaluationError, ...] = ()
+            for fn in arg_fns:
+                try:
+                    values.append(fn(event))
+                except Failed as failed:
+                    failures += failed.errors
+            if failures:
+                raise Failed(zero, failures)
+            errors: list[EvaluationError] = []
+            for index, target in targets:
+                if target is not ANY and type(values[index]) is not target:
+                    values[index] = cast(values[index], target, errors, where)
+            try:
+                value = impl(*values)
+            except Failed as failed:
+                located = tuple(EvaluationError(e.kind, e.message + where) for e in failed.errors)
+                raise Failed(failed.value, (*errors, *located)) from None
+            if errors:
+                raise Failed(value, tuple(errors))
+            return value
+
+        return _Code(call)
