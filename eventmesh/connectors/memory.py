@@ -24,6 +24,7 @@ from typing import Literal
 import anyio
 import msgspec
 
+from eventmesh._duration import Duration
 from eventmesh.connectors.base import Capabilities, Connector, Consumer, Delivery, StartPosition
 from eventmesh.errors import (
     ClosedError,
@@ -52,7 +53,7 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Events a topic retains that some group has not committed yet."""
     when_full: Literal["wait", "fail"] = "wait"
     """At ``max_events``: make publishers wait for consumers (back-pressure), or fail."""
-    full_timeout: float | None = None
+    full_timeout: Duration | None = None
     """With ``wait``: fail with TopicFullError after this many seconds (None: wait on)."""
 
     def __post_init__(self) -> None:
@@ -87,15 +88,15 @@ class _Topic:
     def low(self, p: int, *, active_only: bool = False) -> int:
         """The lowest offset of partition p that some group still needs.
 
-        With ``active_only``, groups that have no members are left out: a consumer that
-        went away must not hold producers back for ever.
+        Without groups every retained event is kept, for groups that may come and start
+        at 'earliest'. With ``active_only`` only groups that have members count, and a
+        topic no such group reads needs nothing.
         """
         part = self.partitions[p]
-        low = part.end
-        for group in self.groups.values():
-            if not active_only or group.members:
-                low = min(low, group.committed[p])
-        return max(low, part.base) if self.groups else part.base
+        groups = [g for g in self.groups.values() if g.members or not active_only]
+        if not groups:
+            return part.end if active_only else part.base
+        return max(part.base, min(g.committed[p] for g in groups))
 
     def retained(self, *, active_only: bool = False) -> int:
         """Events some group (some group with members, with ``active_only``) still needs."""
@@ -104,27 +105,37 @@ class _Topic:
             total += part.end - self.low(p, active_only=active_only)
         return total
 
-    def release_idle_groups(self) -> None:
-        """Move groups without members past what active groups committed, and say so."""
-        for group in self.groups.values():
-            if group.members:
-                continue
-            missed = 0
-            for p in range(len(self.partitions)):
-                low = self.low(p, active_only=True)
-                if group.committed[p] < low:
-                    missed += low - group.committed[p]
-                    group.committed[p] = group.next[p] = low
+    def release(self) -> int:
+        """Drop the events no group with members still needs; return how many.
+
+        Groups without members move past them (and say so when they rejoin nothing is
+        replayed): a reader that went away, or never came, must not stop producers for
+        ever. It is logged as a warning with the count, never done silently.
+        """
+        released = 0
+        for p, part in enumerate(self.partitions):
+            target = self.low(p, active_only=True)
+            for group in self.groups.values():
+                if not group.members and group.committed[p] < target:
+                    group.committed[p] = group.next[p] = target
                     group.acked[p].clear()
                     group.redeliver[p].clear()
-            if missed:
-                log.warning(
-                    "topic %r is full: released %d events that group %r, which has no "
-                    "members, had not consumed; it resumes after them when it rejoins",
-                    self.name,
-                    missed,
-                    group.name,
-                )
+            dead = target - part.base
+            if dead > 0:
+                released += dead
+                del part.events[:dead]
+                del part.stamps[:dead]
+                part.base = target
+        if released:
+            idle = sorted(g.name for g in self.groups.values() if not g.members)
+            log.warning(
+                "topic %r is full: released %d events that no group with members still "
+                "needed (groups without members: %s)",
+                self.name,
+                released,
+                ", ".join(idle) or "none",
+            )
+        return released
 
     def compact(self) -> None:
         """Drop the events every group has committed, in chunks (amortised O(1) each)."""
@@ -172,9 +183,11 @@ class _Group:
         self._rebalance()
 
     def leave(self, member: _MemoryConsumer) -> None:
+        member.partitions = []  # nothing more is handed to a member that left
         if member in self.members:
             self.members.remove(member)
             self._rebalance()
+        self.topic.notify_space()  # a group without members no longer holds producers
 
     def _rebalance(self) -> None:
         """Give partitions round-robin to members; a moved partition restarts at its commit."""
@@ -346,8 +359,10 @@ class _MemoryConsumer(Consumer):
             raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self._closed:
+                return []
             batch = group.take(self, max_events)
-            if batch or self._closed:
+            if batch:
                 return batch
             now = time.monotonic()
             wait = None
@@ -450,6 +465,11 @@ class MemoryConnector(Connector):
     async def _wait_for_space(self, t: _Topic, count: int) -> None:
         limit = self.config.max_events
         t.compact()
+        if t.retained() + count <= limit:
+            return
+        if t.retained(active_only=True) + count <= limit:
+            t.release()
+            return
         if self.config.when_full == "fail":
             raise TopicFullError(
                 f"topic {t.name!r} holds {t.retained()} events that its groups have not "
@@ -457,12 +477,7 @@ class MemoryConnector(Connector):
                 "max_events, or set when_full: wait"
             )
         with anyio.move_on_after(self.config.full_timeout) as scope:
-            while t.retained() + count > limit:
-                if t.retained(active_only=True) + count <= limit:
-                    # Only groups without members hold the room: release it to producers.
-                    t.release_idle_groups()
-                    t.compact()
-                    break
+            while t.retained(active_only=True) + count > limit:
                 if t.space is None:
                     t.space = anyio.Event()
                 await t.space.wait()
@@ -473,9 +488,13 @@ class MemoryConnector(Connector):
                 f"topic {t.name!r} stayed full for {self.config.full_timeout}s "
                 f"(max_events={limit}); its consumers are too slow or gone"
             )
+        if t.retained() + count > limit:
+            t.release()
 
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         self._check_open()
+        if not isinstance(topic, str) or not topic:
+            raise SubscribeError(f"topic name must be a non-empty string, got {topic!r}")
         if not isinstance(group, str) or not group:
             raise SubscribeError(f"group must be a non-empty string, got {group!r}")
         return _MemoryConsumer(self, topic, group, start)
