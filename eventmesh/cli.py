@@ -25,7 +25,7 @@ import yaml
 
 from eventmesh._version import __version__
 from eventmesh.config import MeshConfig, load_config
-from eventmesh.errors import EventMeshError
+from eventmesh.errors import ConfigError, EventMeshError
 
 __all__ = ["main"]
 
@@ -53,12 +53,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """--set KEY=VALUE pairs; values are read as YAML scalars, as environment values are."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise EventMeshError(f"--set takes KEY=VALUE, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
     return out
 
 

@@ -33,7 +33,11 @@ from eventmesh.errors import ConfigError, EventMeshError
 
 __all__ = [
     "ENV_PREFIX",
+    "AdminListener",
     "ConnectorSpec",
+    "GrpcListener",
+    "HttpListener",
+    "Listener",
     "LoggingConfig",
     "MeshConfig",
     "ServerConfig",
@@ -60,8 +64,9 @@ class ConnectorSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class TopicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings of one topic."""
 
-    connector: str = "default"
-    """The name of the connector (under ``connectors:``) that stores this topic."""
+    connector: str | None = None
+    """The name of the connector (under ``connectors:``) that stores this topic; by
+    default the mesh's ``default_connector``."""
 
 
 class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -70,7 +75,7 @@ class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     handler: str | None = None
     """A Python callable, ``"package.module:function"``, taking an Event (async or not)."""
     webhook: str | None = None
-    """An HTTP URL to POST each event to (served by the sidecar daemon)."""
+    """Reserved for HTTP push, which the sidecar will serve; refused until then."""
 
 
 class SubscriptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -101,12 +106,30 @@ class Listener(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     port: int = 0
 
 
+class HttpListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The HTTP API (Apache EventMesh's port)."""
+
+    port: int = 10105
+
+
+class GrpcListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The gRPC API (Apache EventMesh's port)."""
+
+    port: int = 10205
+
+
+class AdminListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Health, readiness and metrics (Apache EventMesh's admin port)."""
+
+    port: int = 10106
+
+
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The sidecar daemon's listeners (Apache EventMesh's default ports)."""
 
-    http: Listener = Listener(port=10105)
-    grpc: Listener = Listener(port=10205)
-    admin: Listener = Listener(port=10106)
+    http: HttpListener = HttpListener()
+    grpc: GrpcListener = GrpcListener()
+    admin: AdminListener = AdminListener()
     shutdown_timeout: Duration = Duration(30.0)
     """On SIGTERM, how long in-flight deliveries may take to finish."""
 
@@ -138,7 +161,9 @@ class MeshConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     def connector_for(self, topic: str) -> str:
         """The name of the connector that stores ``topic``."""
         spec = self.topics.get(topic)
-        return spec.connector if spec is not None else self.default_connector
+        if spec is None or spec.connector is None:
+            return self.default_connector
+        return spec.connector
 
 
 # -- loading --------------------------------------------------------------------------
@@ -151,7 +176,8 @@ def convert(data: Any, kind: type[_T], *, key: str) -> _T:
     except msgspec.ValidationError as exc:
         error = _config_error(str(exc), [], None)
         inner = f".{error.key}" if error.key else ""
-        raise ConfigError(str(exc).split(" - at ")[0], key=f"{key}{inner}") from exc
+        message = str(error).removeprefix(f"{error.key}: ") if error.key else str(error)
+        raise ConfigError(message, key=f"{key}{inner}") from exc
 
 
 def _dec_hook(kind: type, obj: Any) -> Any:
@@ -181,7 +207,7 @@ def load_config(
     if source is None:
         data: Any = {}
     elif isinstance(source, MeshConfig):
-        data = msgspec.to_builtins(source)
+        data = _to_data(source)
     elif isinstance(source, Mapping):
         data = _deep_copy(source)
     else:
@@ -218,6 +244,18 @@ def _parse_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
     finally:
         loader.dispose()
     return data, node
+
+
+def _to_data(config: MeshConfig) -> dict[str, Any]:
+    """A MeshConfig as the mapping a file would give, so it can be overridden and reloaded."""
+    data: dict[str, Any] = msgspec.to_builtins(
+        msgspec.structs.replace(config, connectors={}), enc_hook=float
+    )
+    data["connectors"] = {
+        name: {"type": spec.type, **msgspec.to_builtins(spec.config or {}, enc_hook=float)}
+        for name, spec in config.connectors.items()
+    }
+    return data
 
 
 def _deep_copy(value: Any) -> Any:
@@ -401,7 +439,7 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
             ["default_connector"],
         )
     for topic, spec in config.topics.items():
-        if spec.connector not in config.connectors:
+        if spec.connector is not None and spec.connector not in config.connectors:
             raise fail(
                 f"topic {topic!r} names connector {spec.connector!r}, which is not defined "
                 f"under 'connectors' (defined: {', '.join(config.connectors)})",
@@ -422,6 +460,12 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
         kinds = [k for k in ("handler", "webhook") if getattr(sub.sink, k) is not None]
         if len(kinds) != 1:
             raise fail("a sink names exactly one of 'handler' or 'webhook'", [*where, "sink"])
+        if sub.sink.webhook is not None:
+            raise fail(
+                "webhook sinks need HTTP push, which this version of eventmesh does not "
+                "include yet; use 'handler: package.module:function'",
+                [*where, "sink", "webhook"],
+            )
         if sub.sink.handler is not None and ":" not in sub.sink.handler:
             raise fail(
                 f"handler {sub.sink.handler!r} must look like 'package.module:function'",

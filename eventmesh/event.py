@@ -36,6 +36,7 @@ __all__ = [
     "decode_json_batch",
     "encode_json",
     "encode_json_batch",
+    "parse_time",
 ]
 
 SPECVERSION: Final = "1.0"
@@ -73,14 +74,6 @@ def _new_id() -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _is_json_content_type(content_type: str | None) -> bool:
-    """True for the media types whose data the JSON format carries as a JSON value."""
-    if content_type is None:
-        return True
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media == "text/json" or media.endswith("+json")
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

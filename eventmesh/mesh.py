@@ -68,10 +68,17 @@ class Mesh(Client):
             for connector in self._connectors.values():
                 await stack.enter_async_context(connector)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            self._state = "open"
+            self._stack = stack.pop_all()
+        self._state = "open"
+        try:
             for sub in self.config.subscriptions:
                 await self._start_configured(sub)
-            self._stack = stack.pop_all()
+        except BaseException:
+            # Raised here, outside the task group, so the caller gets the error itself
+            # and not an exception group around it. (close() shields what needs it; a
+            # scope around it would sit above the task group's and break its exit.)
+            await self.close()
+            raise
         return self
 
     async def __aexit__(
@@ -83,7 +90,11 @@ class Mesh(Client):
         await self.close()
 
     async def close(self, timeout: float | None = None) -> None:
-        """Stop every subscription (finishing events in hand), then close the connectors."""
+        """Stop every subscription, then close the connectors.
+
+        Subscriptions finish the events in hand for up to ``timeout`` seconds (30 by
+        default), all at the same time; what is not acked by then is delivered again.
+        """
         if self._state != "open":
             self._state = "closed"
             return
@@ -91,8 +102,10 @@ class Mesh(Client):
         stack, self._stack = self._stack, None
         try:
             with anyio.CancelScope(shield=True):
-                for sub in list(self._subscriptions.values()):
-                    await sub.close(timeout)
+                # All at once, so shutdown takes one timeout, not one per subscription.
+                async with anyio.create_task_group() as tg:
+                    for sub in list(self._subscriptions.values()):
+                        tg.start_soon(sub.close, timeout)
         finally:
             self._state = "closed"
             if self._tg is not None:
@@ -205,13 +218,7 @@ class Mesh(Client):
 
     async def _start_configured(self, sub: SubscriptionConfig) -> None:
         assert sub.sink is not None
-        if sub.sink.webhook is not None:
-            raise ConfigError(
-                f"subscription {sub.name!r} pushes to a webhook, which needs the sidecar "
-                "daemon: run it with 'eventmesh run -c FILE'",
-                key="sink.webhook",
-            )
-        assert sub.sink.handler is not None
+        assert sub.sink.handler is not None  # the config check refuses other sinks
         from eventmesh._imports import import_callable
 
         handler = import_callable(sub.sink.handler, where=f"subscription {sub.name!r}")

@@ -26,7 +26,7 @@ import anyio.to_thread
 
 from eventmesh.connectors.base import Consumer
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
-from eventmesh.delivery.deadletter import dead_letter_event
+from eventmesh.delivery.deadletter import dead_letter_event, describe_error, store_dead_letter
 from eventmesh.delivery.dispatcher import Dispatcher
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
@@ -49,11 +49,12 @@ so they cannot block it. Returning acks the event; raising retries it."""
 class Delivery:
     """One event given to an iterating subscriber; ack or nack it once."""
 
-    __slots__ = ("_delivery", "_subscription", "event")
+    __slots__ = ("_delivery", "_settled", "_subscription", "event")
 
     def __init__(self, subscription: Subscription, delivery: ConnectorDelivery, event: Event):
         self._subscription = subscription
         self._delivery = delivery
+        self._settled = False
         self.event = event
 
     @property
@@ -67,13 +68,20 @@ class Delivery:
         return self._delivery.topic
 
     async def ack(self) -> None:
-        """The event is handled: its position may be committed."""
+        """The event is handled: its position may be committed. Only the first ack or
+        nack of a delivery counts."""
+        if self._settled:
+            return
+        self._settled = True
         self._subscription.stats.delivered += 1
         await self._delivery.ack()
 
     async def nack(self, error: BaseException | str | None = None) -> None:
         """The event failed: retry it after the policy's backoff, or dead-letter it when
         this was the last attempt. ``error`` is recorded on the dead letter."""
+        if self._settled:
+            return
+        self._settled = True
         await self._subscription._nack(self._delivery, self.event, error)
 
     def __repr__(self) -> str:
@@ -119,6 +127,7 @@ class Subscription:
         self._transform = transform
         self._dispatcher: Dispatcher | None = None
         self._done: anyio.Event | None = None
+        self._scope = anyio.CancelScope()
         if handler is not None:
             self._dispatcher = Dispatcher(
                 name=name,
@@ -150,7 +159,8 @@ class Subscription:
         assert self._dispatcher is not None
         assert self._done is not None
         try:
-            await self._dispatcher.run(task_status=task_status)
+            with self._scope:
+                await self._dispatcher.run(task_status=task_status)
         except Exception:
             log.exception("subscription %s stopped on an unexpected error", self.name)
         finally:
@@ -171,7 +181,8 @@ class Subscription:
         await self.close()
 
     async def close(self, timeout: float | None = None) -> None:
-        """Stop: finish the events in hand (up to ``timeout`` seconds), then leave the group.
+        """Stop: finish the events in hand (up to ``timeout`` seconds, 30 by default),
+        then cancel the handlers still running and leave the group.
 
         What was not acked by then is delivered again to the group. Idempotent.
         """
@@ -183,6 +194,8 @@ class Subscription:
                 await self._dispatcher.stop()
                 with anyio.move_on_after(timeout if timeout is not None else 30.0):
                     await self._done.wait()
+                self._scope.cancel()  # handlers still running are cut short: not acked
+                await self._done.wait()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._consumer.close()
@@ -227,24 +240,29 @@ class Subscription:
         if ttl is not None:
             born = event.time.timestamp() if event.time is not None else delivery.timestamp
             if born is not None and time.time() - born > ttl:
-                await self._dead_letter(delivery, event, "expired", f"older than ttl {ttl}s")
+                await self._dead_letter(delivery, "expired", f"older than ttl {ttl}s")
                 return None
-        try:
-            if self._filter is not None and not self._filter(event):
+        if self._filter is not None:
+            try:
+                wanted = self._filter(event)
+            except Exception as exc:
+                await self._dead_letter(delivery, "filter", describe_error(exc))
+                return None
+            if not wanted:
                 self.stats.filtered += 1
                 await delivery.ack()
                 return None
-            if self._transform is not None:
+        if self._transform is not None:
+            try:
                 changed = self._transform(event)
-                if changed is None:
-                    self.stats.dropped += 1
-                    await delivery.ack()
-                    return None
-                event = changed
-        except Exception as exc:
-            step = "filter" if self._filter is not None and event is delivery.event else "transform"
-            await self._dead_letter(delivery, delivery.event, step, f"{type(exc).__name__}: {exc}")
-            return None
+            except Exception as exc:
+                await self._dead_letter(delivery, "transform", describe_error(exc))
+                return None
+            if changed is None:
+                self.stats.dropped += 1
+                await delivery.ack()
+                return None
+            event = changed
         return event
 
     async def _nack(
@@ -252,35 +270,37 @@ class Subscription:
     ) -> None:
         self.stats.failed += 1
         if delivery.attempt >= self.policy.max_attempts:
-            text = error if isinstance(error, str) else repr(error) if error else "nacked"
-            await self._dead_letter(delivery, event, "failed", text)
+            await self._dead_letter(delivery, "failed", describe_error(error))
             return
         self.stats.retried += 1
         await delivery.nack(self.policy.backoff.delay(delivery.attempt))
 
-    async def _dead_letter(
-        self, delivery: ConnectorDelivery, event: Event, reason: str, error: str
-    ) -> None:
-        self.stats.dead_lettered += 1
+    async def _dead_letter(self, delivery: ConnectorDelivery, reason: str, error: str) -> None:
+        """Store the event as read on the dead-letter topic (retrying), then ack it."""
         topic = self.policy.dead_letter_topic(self.topic, self.group)
         if topic is not None:
-            await self._mesh._publish_one(
+            dead = dead_letter_event(
+                delivery.event,
+                reason=reason,
+                error=error,
+                attempts=delivery.attempt,
+                topic=self.topic,
+                group=self.group,
+            )
+            await store_dead_letter(
+                self._mesh._publish_one,
                 topic,
-                dead_letter_event(
-                    event,
-                    reason=reason,
-                    error=error,
-                    attempts=delivery.attempt,
-                    topic=self.topic,
-                    group=self.group,
-                ),
+                dead,
+                backoff=self.policy.backoff,
+                where=f"subscription {self.name}",
             )
         else:
             log.error(
                 "subscription %s dropped event %s (%s: %s): no dead-letter topic is set",
                 self.name,
-                event.id,
+                delivery.event.id,
                 reason,
                 error,
             )
+        self.stats.dead_lettered += 1
         await delivery.ack()

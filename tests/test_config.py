@@ -150,3 +150,26 @@ def test_no_config_means_one_memory_connector() -> None:
     config = load_config(None)
     assert list(config.connectors) == ["default"]
     assert config.connectors["default"].type == "memory"
+
+
+def test_webhook_sinks_are_refused_with_their_key(tmp_path: Path) -> None:
+    """A webhook sink is reported at its key and line until HTTP push exists."""
+    text = GOOD.replace('{handler: "json:dumps"}', '{webhook: "http://127.0.0.1:8080/"}')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.key == "subscriptions[0].sink.webhook"
+    assert info.value.line == 9
+
+
+def test_listeners_keep_their_default_ports_and_topics_follow_the_default_connector() -> None:
+    """Setting only a host keeps the port; a topic without a connector uses the default."""
+    config = load_config(
+        {
+            "server": {"http": {"host": "127.0.0.2"}},
+            "connectors": {"a": {"type": "memory"}, "b": {"type": "memory"}},
+            "default_connector": "b",
+            "topics": {"t": {}},
+        }
+    )
+    assert (config.server.http.host, config.server.http.port) == ("127.0.0.2", 10105)
+    assert config.connector_for("t") == "b"

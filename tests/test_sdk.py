@@ -121,3 +121,43 @@ def test_blocking_facade_publishes_and_receives() -> None:
             assert delivery.event.data == "hi"
             delivery.ack()
             assert sub.receive(timeout=0.2) is None
+
+
+async def test_close_cancels_handlers_that_overrun_the_timeout() -> None:
+    """close(timeout) stops a handler still running after the timeout; its event returns."""
+    cancelled = anyio.Event()
+
+    async def slow(event: Event) -> None:
+        try:
+            await anyio.sleep(60)
+        except BaseException:
+            cancelled.set()
+            raise
+
+    async with eventmesh.connect() as mesh:
+        sub = await mesh.subscribe("t", "g", handler=slow)
+        await mesh.publish("t", Event(type="t", source="/s", data=1))
+        await anyio.sleep(0.05)
+        with anyio.fail_after(5):
+            await sub.close(timeout=0.1)
+        assert cancelled.is_set()
+        async with mesh.subscribe("t", "g") as again:
+            async for delivery in again:
+                assert delivery.event.data == 1
+                break
+
+
+async def test_a_failing_configured_subscription_raises_its_own_error() -> None:
+    """A handler that cannot be imported raises ConfigError itself, not an exception group."""
+    config = {"subscriptions": [{"name": "s", "topic": "t", "sink": {"handler": "nope.x:y"}}]}
+    with pytest.raises(ConfigError, match=r"cannot import module 'nope\.x'"):
+        async with eventmesh.connect(config=config):
+            pass
+
+
+async def test_a_config_object_can_be_overridden_from_the_environment() -> None:
+    """load_config accepts a MeshConfig with env overrides, connectors included."""
+    base = eventmesh.load_config({"connectors": {"default": {"type": "memory", "partitions": 2}}})
+    config = eventmesh.load_config(base, env={"EVENTMESH__CONNECTORS__DEFAULT__PARTITIONS": "5"})
+    assert config.connectors["default"].config.partitions == 5
+    assert config.server.http.port == 10105

@@ -1,7 +1,12 @@
 """The delivery engine: per-subscription dispatch with ordering, retries and dead letters."""
 
-from eventmesh.delivery.deadletter import DeadLetterPublisher, dead_letter_event
-from eventmesh.delivery.dispatcher import Dispatcher, Filter, Sink, Transform
+from eventmesh.delivery.deadletter import (
+    DeadLetterPublisher,
+    dead_letter_event,
+    describe_error,
+    store_dead_letter,
+)
+from eventmesh.delivery.dispatcher import Dispatcher
 from eventmesh.delivery.policy import Backoff, DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
 
@@ -11,8 +16,7 @@ __all__ = [
     "DeliveryPolicy",
     "DeliveryStats",
     "Dispatcher",
-    "Filter",
-    "Sink",
-    "Transform",
     "dead_letter_event",
+    "describe_error",
+    "store_dead_letter",
 ]

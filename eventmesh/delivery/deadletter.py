@@ -1,12 +1,13 @@
 """Dead letters: what an event that could not be delivered carries with it.
 
-A dead-lettered event is the original event (same id, source, type and data) with
-these extensions added, so an operator can see why and replay it:
+A dead-lettered event is the event as it was read from the topic (same id, source,
+type and data; before any transform) with these extensions added, so an operator can
+see why and replay it through the same subscription:
 
 ==================== ==============================================================
 ``deadletterreason`` ``failed`` (every attempt failed), ``expired`` (older than the
                      subscription's ttl), ``filter`` or ``transform`` (a pipeline
-                     step raised), ``rejected`` (the sink refused it for good)
+                     step raised)
 ``deadlettererror``  the last error, as ``ExceptionType: message`` (at most 1 KiB)
 ``deadletterattempts`` how many attempts were made
 ``deadlettertopic``  the topic the event was read from
@@ -16,12 +17,18 @@ these extensions added, so an operator can see why and replay it:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
+import anyio
+
+from eventmesh.delivery.policy import Backoff
 from eventmesh.event import Event
 
-__all__ = ["DeadLetterPublisher", "dead_letter_event"]
+__all__ = ["DeadLetterPublisher", "dead_letter_event", "describe_error", "store_dead_letter"]
+
+log = logging.getLogger(__name__)
 
 DeadLetterPublisher: TypeAlias = Callable[[str, Event], Awaitable[None]]
 """Stores one event on a topic (the mesh's publish); raises when it could not."""
@@ -40,3 +47,41 @@ def dead_letter_event(
         deadlettergroup=group,
     )
     return event.replace(extensions=extensions)
+
+
+def describe_error(error: BaseException | str | None) -> str:
+    """``ExceptionType: message`` (or the text given), at most 1 KiB."""
+    if error is None:
+        text = "nacked"
+    elif isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}"
+    else:
+        text = str(error)
+    return text if len(text) <= 1024 else text[:1021] + "..."
+
+
+async def store_dead_letter(
+    publish: DeadLetterPublisher, topic: str, event: Event, *, backoff: Backoff, where: str
+) -> None:
+    """Publish a dead letter, retrying with backoff until it is stored.
+
+    The caller acks the original only after this returns: an event must not be acked
+    before it is safely somewhere else.
+    """
+    attempt = 1
+    while True:
+        try:
+            await publish(topic, event)
+            return
+        except Exception as exc:
+            delay = backoff.delay(min(attempt, 10))
+            log.warning(
+                "%s could not dead-letter event %s to %s: %r; retrying in %.1fs",
+                where,
+                event.id,
+                topic,
+                exc,
+                delay,
+            )
+            await anyio.sleep(delay)
+            attempt += 1

@@ -20,14 +20,19 @@ import anyio
 import anyio.abc
 
 from eventmesh.connectors.base import Consumer, Delivery
-from eventmesh.delivery.deadletter import DeadLetterPublisher, dead_letter_event
+from eventmesh.delivery.deadletter import (
+    DeadLetterPublisher,
+    dead_letter_event,
+    describe_error,
+    store_dead_letter,
+)
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import ClosedError, ConnectorError
 from eventmesh.event import Event
 from eventmesh.typing import Filter, Sink, Transform
 
-__all__ = ["Dispatcher", "Filter", "Sink", "Transform"]
+__all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +200,7 @@ class Dispatcher:
             try:
                 wanted = self.filter(event)
             except Exception as exc:
-                await self._give_up(delivery, event, "filter", _describe(exc))
+                await self._give_up(delivery, event, "filter", describe_error(exc))
                 return
             if not wanted:
                 stats.filtered += 1
@@ -205,7 +210,7 @@ class Dispatcher:
             try:
                 changed = self.transform(event)
             except Exception as exc:  # a PipelineError, or a user callable's own error
-                await self._give_up(delivery, event, "transform", _describe(exc))
+                await self._give_up(delivery, event, "transform", describe_error(exc))
                 return
             if changed is None:
                 stats.dropped += 1
@@ -220,7 +225,9 @@ class Dispatcher:
             except Exception as exc:
                 stats.failed += 1
                 if attempt >= self.policy.max_attempts:
-                    await self._give_up(delivery, event, "failed", _describe(exc), attempts=attempt)
+                    await self._give_up(
+                        delivery, event, "failed", describe_error(exc), attempts=attempt
+                    )
                     return
                 log.debug(
                     "subscription %s: attempt %d of event %s failed: %r; retrying",
@@ -258,8 +265,7 @@ class Dispatcher:
         *,
         attempts: int | None = None,
     ) -> None:
-        """Dead-letter the event (retrying the dead-letter publish itself), then ack it."""
-        self.stats.dead_lettered += 1
+        """Dead-letter the event as it was read (retrying the store itself), then ack it."""
         topic = self._dlq_topic
         if topic is None:
             log.error(
@@ -269,43 +275,29 @@ class Dispatcher:
                 reason,
                 error,
             )
-            await delivery.ack()
-            return
-        dead = dead_letter_event(
-            delivery.event if reason in ("filter", "transform") else event,
-            reason=reason,
-            error=error,
-            attempts=attempts if attempts is not None else delivery.attempt,
-            topic=self.consumer.topic,
-            group=self.consumer.group,
-        )
-        attempt = 1
-        while True:
-            try:
-                await self._dead_letter(topic, dead)
-                break
-            except Exception as exc:
-                # The event must not be acked before it is safely elsewhere.
-                log.warning(
-                    "subscription %s could not dead-letter event %s to %s: %r; retrying",
-                    self.name,
-                    event.id,
-                    topic,
-                    exc,
-                )
-                await anyio.sleep(self.policy.backoff.delay(attempt))
-                attempt += 1
-        log.warning(
-            "subscription %s dead-lettered event %s to %s (%s: %s)",
-            self.name,
-            event.id,
-            topic,
-            reason,
-            error,
-        )
+        else:
+            dead = dead_letter_event(
+                delivery.event,
+                reason=reason,
+                error=error,
+                attempts=attempts if attempts is not None else delivery.attempt,
+                topic=self.consumer.topic,
+                group=self.consumer.group,
+            )
+            await store_dead_letter(
+                self._dead_letter,
+                topic,
+                dead,
+                backoff=self.policy.backoff,
+                where=f"subscription {self.name}",
+            )
+            log.warning(
+                "subscription %s dead-lettered event %s to %s (%s: %s)",
+                self.name,
+                event.id,
+                topic,
+                reason,
+                error,
+            )
+        self.stats.dead_lettered += 1
         await delivery.ack()
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 1024 else text[:1021] + "..."
