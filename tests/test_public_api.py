@@ -14,7 +14,10 @@ PUBLIC = [
     "eventmesh.delivery",
     "eventmesh.errors",
     "eventmesh.event",
+    "eventmesh.pipeline",
+    "eventmesh.pipeline.cesql",
     "eventmesh.testing",
+    "eventmesh.typing",
 ]
 
 

@@ -1,0 +1,684 @@
+"""Content patterns: the JSON event-pattern language of Apache EventMesh and EventBridge.
+
+A pattern has the shape of the events it matches. Its top-level keys are attribute
+names (context attributes or extensions), ``data`` and ``$or``; under ``data`` a nested
+pattern reads the payload as JSON::
+
+    {
+        "type": ["com.example.order.created", "com.example.order.updated"],
+        "subject": [{"prefix": "orders/"}],
+        "data": {
+            "amount": [{"numeric": [">", 100, "<=", 5000]}],
+            "country": ["NL", "BE"],
+            "customer": {"tier": [{"anything-but": "trial"}]},
+        },
+    }
+
+The rules
+---------
+- A field's value is a list; the field matches when any item in it matches (OR). All
+  the fields of one object must match (AND). ``"$or": [pattern, ...]`` at any level
+  matches when one of the patterns does, each read against the same object.
+- An item is an exact value or one condition:
+
+  ==========================================  ==========================================
+  ``"NL"``, ``5``, ``true``, ``null``          equal, of the same JSON type: ``5`` and
+                                               ``5.0`` are equal, ``5`` and ``"5"`` or
+                                               ``1`` and ``true`` are not
+  ``{"prefix": "ord"}``                        a string that starts with it; also
+                                               ``{"prefix": {"equals-ignore-case": s}}``
+  ``{"suffix": ".png"}``                       likewise at the end
+  ``{"equals-ignore-case": "nl"}``             a string equal but for case
+  ``{"wildcard": "orders/*/lines/*"}``         ``*`` is any run of characters; ``\\*`` a
+                                               star and ``\\\\`` a backslash
+  ``{"anything-but": v}``                      a present value that is not ``v``: a value,
+                                               a list of values, or ``{"prefix": s}``,
+                                               ``{"suffix": s}``, ``{"equals-ignore-case":
+                                               s or [s]}``, ``{"wildcard": s or [s]}``
+  ``{"numeric": [">", 0, "<=", 5]}``           a JSON number meeting every comparison;
+                                               operators ``= != < <= > >=``
+  ``{"exists": true}`` / ``false``             the field is present (even as ``null``) or
+                                               absent
+  ``{"cidr": "10.0.0.0/24"}``                  a string holding an IPv4 or IPv6 address in
+                                               the block
+  ==========================================  ==========================================
+
+- When the event's value is an array, the field matches when any element matches a
+  value or condition, or, for ``anything-but``, when the array is not empty and none of
+  its elements is excluded (``exists`` looks at the field itself). A nested pattern
+  over an array matches when one element matches all of its fields.
+- A field the event does not have matches only ``{"exists": false}``; ``anything-but``
+  never matches a missing field.
+- Attributes read as the JSON event format shows them: ``time`` as RFC 3339 text, a
+  missing optional attribute as absent. ``data`` is read as a JSON value: text or bytes
+  holding JSON under a JSON ``datacontenttype`` are decoded once per event, and only by
+  patterns that look at ``data`` (see ``_jsonpath.json_data``).
+
+Where the sources disagree
+--------------------------
+Apache EventMesh's ``eventmesh-filter`` returns true for the whole pattern as soon as
+one element of an array field matches, skipping the remaining fields; here every field
+is always checked. Its ``numeric`` condition passes values that are not numbers, and
+its exact match compares text, so ``"5"`` matched ``5`` and ``"true"`` matched
+``true``; here a numeric condition needs a JSON number (a bool is not one) and exact
+values keep their type, as in EventBridge. Apache EventMesh allows only the core
+context attributes at the top level; here extensions may be matched too. A data field
+whose value is not a list compiles there into a condition that never matches; here it
+is a ConfigError naming its path, as are unknown operators, a ``numeric`` list of odd
+length or with an unknown operator, and a bad CIDR block. ``anything-but`` over an
+array follows EventBridge: one excluded element rejects the event. Over an array of
+objects, one element must match all the fields of a nested pattern on its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeAlias
+
+from eventmesh.errors import ConfigError
+from eventmesh.event import CONTEXT_ATTRIBUTES, Event
+from eventmesh.pipeline._jsonpath import MISSING, attribute_getter, describe, join_path, json_data
+from eventmesh.typing import Filter
+
+__all__ = ["compile_pattern"]
+
+Match: TypeAlias = Callable[[Any], bool]
+"""Takes the value found in the event (MISSING when absent); True when it matches."""
+
+_NAME: Final = re.compile(r"[a-z0-9]+\Z")
+_STRING_CONTEXT: Final = CONTEXT_ATTRIBUTES - {"time"}
+_EMPTY: Final[dict[str, Any]] = {}
+_NUMERIC_OPERATORS: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def compile_pattern(pattern: Mapping[str, Any], *, where: str) -> Filter:
+    """Compile a content pattern into a :data:`Filter`.
+
+    Raises ConfigError naming the path inside the pattern (prefixed with ``where``)
+    for anything that is not a valid pattern.
+    """
+    if not isinstance(pattern, Mapping) or not pattern:
+        raise ConfigError(
+            f"expected a pattern (a mapping of attribute or 'data' to conditions), "
+            f"got {describe(pattern)}",
+            key=where,
+        )
+    return _all(_event_checks(pattern, where))
+
+
+# -- the event level: attributes, data, $or -------------------------------------------
+
+
+def _event_checks(pattern: Mapping[str, Any], path: str) -> list[Filter]:
+    attributes: list[Filter] = []
+    data: list[Filter] = []
+    alternatives: list[Filter] = []
+    for key, spec in pattern.items():
+        at = join_path(path, key)
+        if key == "$or":
+            branches = [
+                _all(_event_checks(branch, f"{at}[{i}]"))
+                for i, branch in enumerate(_branches(spec, at))
+            ]
+            alternatives.append(_any(branches))
+        elif key == "data" and isinstance(spec, Mapping):
+            data.append(_on_data_object(_fields(spec, at)))
+        elif key == "data":
+            data.append(_on_data(_node(spec, at)))
+        else:
+            attributes.append(_attribute_check(key, spec, path, at))
+    # Cheap checks first; fields are ANDed, so the order changes only the cost.
+    return attributes + data + alternatives
+
+
+def _on_data(match: Match) -> Filter:
+    return lambda event: match(json_data(event))
+
+
+def _on_data_object(fields: Match) -> Filter:
+    whole = _over_value(fields)
+
+    def on_data(event: Event) -> bool:
+        data = event.data
+        if type(data) is dict:  # the common case, read without a call
+            return fields(data)
+        return whole(json_data(event))
+
+    return on_data
+
+
+def _attribute_check(name: Any, spec: Any, path: str, at: str) -> Filter:
+    if not isinstance(name, str) or not _NAME.match(name) or name in ("data_base64", "extensions"):
+        raise ConfigError(
+            f"{name!r} is not an attribute name: a pattern's top-level keys are attributes "
+            "(lower-case letters and digits), 'data' or '$or'",
+            key=path,
+        )
+    if not isinstance(spec, list):
+        hint = "; nested patterns are for 'data'" if isinstance(spec, Mapping) else ""
+        raise ConfigError(
+            f"expected a list of values or conditions, got {describe(spec)}{hint}", key=at
+        )
+    match = _values(spec, at)
+    if name in _STRING_CONTEXT and all(type(item) is str for item in spec):
+        # The common case, ``"type": ["a", "b"]``: one attribute read and a set lookup.
+        get = operator.attrgetter(name)
+        allowed = frozenset(spec)
+        return lambda event: get(event) in allowed
+    read = attribute_getter(name)
+    return lambda event: match(read(event))
+
+
+def _branches(spec: Any, path: str) -> list[Mapping[str, Any]]:
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError(f"expected a non-empty list of patterns, got {describe(spec)}", key=path)
+    for i, branch in enumerate(spec):
+        if not isinstance(branch, Mapping) or not branch:
+            raise ConfigError(
+                f"expected a pattern (a mapping), got {describe(branch)}", key=f"{path}[{i}]"
+            )
+    return spec
+
+
+# -- inside data: nested objects and value lists ----------------------------------------
+
+
+def _node(spec: Any, path: str) -> Match:
+    if isinstance(spec, Mapping):
+        return _object(spec, path)
+    if isinstance(spec, list):
+        return _values(spec, path)
+    raise ConfigError(
+        f"expected a list of values or conditions, or a nested pattern (a mapping), "
+        f"got {describe(spec)}",
+        key=path,
+    )
+
+
+def _object(pattern: Mapping[str, Any], path: str) -> Match:
+    return _over_value(_fields(pattern, path))
+
+
+def _fields(pattern: Mapping[str, Any], path: str) -> Match:
+    """A nested pattern's test of one JSON object (a dict): every field, every $or."""
+    if not pattern:
+        raise ConfigError("an empty nested pattern; leave the key out instead", key=path)
+    checks: list[Match] = []
+    alternatives: list[Match] = []
+    for key, spec in pattern.items():
+        at = join_path(path, key)
+        if not isinstance(key, str):
+            raise ConfigError(f"JSON member names are strings, got {describe(key)}", key=at)
+        if key == "$or":
+            branches = [
+                _object(branch, f"{at}[{i}]") for i, branch in enumerate(_branches(spec, at))
+            ]
+            alternatives.append(_any(branches))
+        elif isinstance(spec, list):
+            checks.append(_values(spec, at, member=key))
+        else:
+            checks.append(_member(key, _node(spec, at)))
+    return _all(checks + alternatives)
+
+
+def _member(key: str, match: Match) -> Match:
+    return lambda obj: match(obj.get(key, MISSING))
+
+
+def _over_value(fields: Match) -> Match:
+    """A nested pattern's test of whatever value the event holds there."""
+
+    def match(value: Any) -> bool:
+        kind = type(value)
+        if kind is dict:
+            return fields(value)
+        if kind is list and value:
+            for element in value:  # noqa: SIM110 - a loop is 2x faster than a generator
+                if match(element):
+                    return True
+            return False
+        return fields(_EMPTY)  # absent, or not an object: every field is absent
+
+    return match
+
+
+def _values(spec: Any, path: str, member: str | None = None) -> Match:
+    """A field's list of allowed values and conditions, ORed.
+
+    The match takes the field's value; with ``member``, it takes the object holding the
+    field and reads that member itself (one call fewer on the hot path).
+    """
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError(
+            f"expected a non-empty list of values or conditions, got {describe(spec)}", key=path
+        )
+    exists: set[bool] = set()
+    exact: list[Any] = []
+    conditions: list[Match] = []
+    exclusions: list[Match] = []  # anything-but: what each one excludes
+    for i, item in enumerate(spec):
+        at = f"{path}[{i}]"
+        if isinstance(item, Mapping):
+            name, argument = _one_operator(item, at)
+            at = join_path(at, name)
+            if name == "exists":
+                if not isinstance(argument, bool):
+                    raise ConfigError(f"expected true or false, got {describe(argument)}", key=at)
+                exists.add(argument)
+            elif name == "anything-but":
+                exclusions.append(_excluded(argument, at))
+            else:
+                conditions.append(_OPERATORS[name](argument, at))
+        else:
+            exact.append(_scalar(item, at))
+    if exact:
+        conditions.insert(0, _exact(exact))
+    positive = _any_value(conditions) if conditions else None
+    if positive is not None and not exists and not exclusions:
+        # No condition matches a missing value, so MISSING needs no test of its own.
+        if member is None:
+            return _any_element(positive)
+        if exact and len(conditions) == 1 and all(type(v) is str for v in exact):
+            return _member_in(member, frozenset(exact))
+        return _member_any_element(member, positive)
+    present = True in exists
+    absent = False in exists
+
+    def match(value: Any) -> bool:
+        if value is MISSING:
+            return absent
+        if present:
+            return True
+        if type(value) is list:
+            # Any element may satisfy a positive condition; anything-but needs every
+            # element to be outside what it excludes.
+            if positive is not None:
+                for element in value:
+                    if positive(element):
+                        return True
+            for excluded in exclusions:  # noqa: SIM110 - a loop is 2x faster than a generator
+                if value and not any(map(excluded, value)):
+                    return True
+            return False
+        if positive is not None and positive(value):
+            return True
+        for excluded in exclusions:  # noqa: SIM110 - a loop is 2x faster than a generator
+            if not excluded(value):
+                return True
+        return False
+
+    return match if member is None else _member(member, match)
+
+
+def _any_element(positive: Match) -> Match:
+    def match(value: Any) -> bool:
+        if type(value) is list:
+            for element in value:  # noqa: SIM110 - a loop is 2x faster than a generator
+                if positive(element):
+                    return True
+            return False
+        return positive(value)
+
+    return match
+
+
+def _member_any_element(key: str, positive: Match) -> Match:
+    def member(obj: dict[str, Any]) -> bool:
+        value = obj.get(key, MISSING)
+        if type(value) is list:
+            for element in value:  # noqa: SIM110 - a loop is 2x faster than a generator
+                if positive(element):
+                    return True
+            return False
+        return positive(value)
+
+    return member
+
+
+def _member_in(key: str, strings: frozenset[str]) -> Match:
+    def member(obj: dict[str, Any]) -> bool:
+        value = obj.get(key)
+        if type(value) is str:
+            return value in strings
+        if type(value) is list:
+            for element in value:
+                if type(element) is str and element in strings:
+                    return True
+        return False
+
+    return member
+
+
+def _one_operator(item: Mapping[str, Any], path: str) -> tuple[str, Any]:
+    if len(item) != 1:
+        raise ConfigError(
+            f"a condition holds one operator, got {len(item)} ({', '.join(map(str, item))}); "
+            "list them as separate items to OR them",
+            key=path,
+        )
+    ((name, argument),) = item.items()
+    if name not in _KNOWN:
+        raise ConfigError(f"unknown operator {name!r}; known: {', '.join(_KNOWN)}", key=path)
+    return name, argument
+
+
+def _scalar(value: Any, path: str) -> Any:
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {value!r}", key=path)
+        return value
+    raise ConfigError(
+        f"expected a string, number, boolean, null or a condition such as "
+        f"{{'prefix': 'x'}}, got {describe(value)}",
+        key=path,
+    )
+
+
+def _exact(values: list[Any]) -> Match:
+    """Equality that keeps JSON types apart: 1 is not true, 5 is not "5", 5 is 5.0."""
+    strings = frozenset(v for v in values if type(v) is str)
+    numbers = frozenset(v for v in values if type(v) is int or type(v) is float)
+    bools = frozenset(v for v in values if type(v) is bool)
+    null = any(v is None for v in values)
+    if strings and not (numbers or bools or null):
+        return lambda value: type(value) is str and value in strings
+
+    def exact(value: Any) -> bool:
+        kind = type(value)
+        if kind is str:
+            return value in strings
+        if kind is int or kind is float:
+            return value in numbers
+        if kind is bool:
+            return value in bools
+        return value is None and null
+
+    return exact
+
+
+def _any_value(matches: list[Match]) -> Match:
+    if len(matches) == 1:
+        return matches[0]
+
+    def any_(value: Any) -> bool:
+        for match in matches:  # noqa: SIM110 - a loop is 2x faster than a generator
+            if match(value):
+                return True
+        return False
+
+    return any_
+
+
+# -- operators ---------------------------------------------------------------------------
+
+
+def _string(argument: Any, path: str) -> str:
+    if not isinstance(argument, str):
+        raise ConfigError(f"expected a string, got {describe(argument)}", key=path)
+    return argument
+
+
+def _ignore_case_form(argument: Mapping[str, Any], path: str) -> str:
+    if set(argument) != {"equals-ignore-case"}:
+        raise ConfigError(
+            "expected a string, or {'equals-ignore-case': string} to ignore case", key=path
+        )
+    return _string(argument["equals-ignore-case"], join_path(path, "equals-ignore-case"))
+
+
+def _prefix(argument: Any, path: str) -> Match:
+    if isinstance(argument, Mapping):
+        folded = _ignore_case_form(argument, path).casefold()
+        return lambda value: type(value) is str and value.casefold().startswith(folded)
+    prefix = _string(argument, path)
+    return lambda value: type(value) is str and value.startswith(prefix)
+
+
+def _suffix(argument: Any, path: str) -> Match:
+    if isinstance(argument, Mapping):
+        folded = _ignore_case_form(argument, path).casefold()
+        return lambda value: type(value) is str and value.casefold().endswith(folded)
+    suffix = _string(argument, path)
+    return lambda value: type(value) is str and value.endswith(suffix)
+
+
+def _equals_ignore_case(argument: Any, path: str) -> Match:
+    folded = _string(argument, path).casefold()
+    return lambda value: type(value) is str and value.casefold() == folded
+
+
+def _wildcard(argument: Any, path: str) -> Match:
+    pieces = _wildcard_pieces(_string(argument, path), path)
+    if len(pieces) == 1:
+        (whole,) = pieces
+        return lambda value: type(value) is str and value == whole
+    if len(pieces) == 2:
+        head, tail = pieces
+        least = len(head) + len(tail)
+        return lambda value: (
+            type(value) is str
+            and len(value) >= least
+            and value.startswith(head)
+            and value.endswith(tail)
+        )
+    if len(pieces) == 3 and not pieces[0] and not pieces[2]:
+        middle = pieces[1]
+        return lambda value: type(value) is str and middle in value
+    regex = re.compile(".*".join(map(re.escape, pieces)), re.DOTALL)
+    fullmatch = regex.fullmatch
+    return lambda value: type(value) is str and fullmatch(value) is not None
+
+
+def _wildcard_pieces(text: str, path: str) -> list[str]:
+    """The literal runs between unescaped stars."""
+    pieces = [""]
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            following = text[i + 1 : i + 2]
+            if following not in ("*", "\\"):
+                raise ConfigError(
+                    f"wildcard {text!r}: a backslash escapes only '*' or '\\' (column {i + 1})",
+                    key=path,
+                )
+            pieces[-1] += following
+            i += 2
+            continue
+        if char == "*":
+            if text[i + 1 : i + 2] == "*":
+                raise ConfigError(
+                    f"wildcard {text!r}: consecutive '*' at column {i + 1}; one matches "
+                    "any run of characters",
+                    key=path,
+                )
+            pieces.append("")
+        else:
+            pieces[-1] += char
+        i += 1
+    return pieces
+
+
+def _numeric(argument: Any, path: str) -> Match:
+    if not isinstance(argument, list) or not argument or len(argument) % 2:
+        raise ConfigError(
+            "expected operator and number pairs such as ['>', 0, '<=', 5], "
+            f"got {describe(argument)}"
+            + (f" of {len(argument)} items" if isinstance(argument, list) and argument else ""),
+            key=path,
+        )
+    comparisons: list[tuple[Callable[[Any, Any], bool], int | float]] = []
+    for i in range(0, len(argument), 2):
+        name, number = argument[i], argument[i + 1]
+        compare = _NUMERIC_OPERATORS.get(name) if isinstance(name, str) else None
+        if compare is None:
+            raise ConfigError(
+                f"unknown numeric operator {name!r}; known: {' '.join(_NUMERIC_OPERATORS)}",
+                key=f"{path}[{i}]",
+            )
+        if (
+            not isinstance(number, int | float)
+            or isinstance(number, bool)
+            or not math.isfinite(number)
+        ):
+            raise ConfigError(
+                f"expected a number after {name!r}, got {describe(number)}",
+                key=f"{path}[{i + 1}]",
+            )
+        comparisons.append((compare, number))
+    if len(comparisons) == 1:
+        return _NUMERIC_ONE[argument[0]](comparisons[0][1])
+    if len(comparisons) == 2:
+        (first, low), (second, high) = comparisons
+        return lambda value: (
+            (type(value) is int or type(value) is float)
+            and first(value, low)
+            and second(value, high)
+        )
+
+    def numeric(value: Any) -> bool:
+        if type(value) is not int and type(value) is not float:
+            return False
+        for compare, bound in comparisons:  # noqa: SIM110 - a loop is 2x faster than a generator
+            if not compare(value, bound):
+                return False
+        return True
+
+    return numeric
+
+
+_NUMERIC_ONE: Final[Mapping[str, Callable[[float], Match]]] = {
+    "=": lambda n: lambda v: (type(v) is int or type(v) is float) and v == n,
+    "!=": lambda n: lambda v: (type(v) is int or type(v) is float) and v != n,
+    "<": lambda n: lambda v: (type(v) is int or type(v) is float) and v < n,
+    "<=": lambda n: lambda v: (type(v) is int or type(v) is float) and v <= n,
+    ">": lambda n: lambda v: (type(v) is int or type(v) is float) and v > n,
+    ">=": lambda n: lambda v: (type(v) is int or type(v) is float) and v >= n,
+}
+"""One comparison, written out: a third faster than calling ``operator.gt``."""
+
+
+def _cidr(argument: Any, path: str) -> Match:
+    text = _string(argument, path)
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{text!r} is not a CIDR block such as '10.0.0.0/24' or '2001:db8::/32': {exc}",
+            key=path,
+        ) from None
+
+    def cidr(value: Any) -> bool:
+        if type(value) is not str:
+            return False
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            return False
+        return address in network
+
+    return cidr
+
+
+_EXCLUDABLE: Final[Mapping[str, Callable[[Any, str], Match]]] = {
+    "equals-ignore-case": _equals_ignore_case,
+    "prefix": _prefix,
+    "suffix": _suffix,
+    "wildcard": _wildcard,
+}
+
+
+def _excluded(argument: Any, path: str) -> Match:
+    """What ``{"anything-but": argument}`` excludes (the field matches what this rejects)."""
+    excluded: Match
+    if isinstance(argument, Mapping):
+        if len(argument) != 1 or next(iter(argument)) not in _EXCLUDABLE:
+            raise ConfigError(
+                "expected a value, a list of values, or one of "
+                + ", ".join(f"{{{name!r}: ...}}" for name in _EXCLUDABLE),
+                key=path,
+            )
+        ((name, inner),) = argument.items()
+        at = join_path(path, name)
+        build = _EXCLUDABLE[name]
+        if isinstance(inner, list) and name in ("equals-ignore-case", "wildcard"):
+            if not inner:
+                raise ConfigError("expected a non-empty list of strings", key=at)
+            excluded = _any_value([build(item, f"{at}[{i}]") for i, item in enumerate(inner)])
+        else:
+            excluded = build(inner, at)
+    elif isinstance(argument, list):
+        if not argument:
+            raise ConfigError("expected a non-empty list of values to exclude", key=path)
+        excluded = _exact([_scalar(item, f"{path}[{i}]") for i, item in enumerate(argument)])
+    else:
+        excluded = _exact([_scalar(argument, path)])
+    return excluded
+
+
+_OPERATORS: Final[Mapping[str, Callable[[Any, str], Match]]] = {
+    "cidr": _cidr,
+    "equals-ignore-case": _equals_ignore_case,
+    "numeric": _numeric,
+    "prefix": _prefix,
+    "suffix": _suffix,
+    "wildcard": _wildcard,
+}
+_KNOWN: Final = (
+    "anything-but",
+    "cidr",
+    "equals-ignore-case",
+    "exists",
+    "numeric",
+    "prefix",
+    "suffix",
+    "wildcard",
+)
+
+
+# -- combining ---------------------------------------------------------------------------
+
+
+def _all(checks: Sequence[Match]) -> Match:
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda event: first(event) and second(event)
+    if len(checks) == 3:
+        first, second, third = checks
+        return lambda event: first(event) and second(event) and third(event)
+
+    def all_(event: Any) -> bool:
+        for check in checks:  # noqa: SIM110 - a loop is 2x faster than a generator
+            if not check(event):
+                return False
+        return True
+
+    return all_
+
+
+def _any(checks: Sequence[Match]) -> Match:
+    if len(checks) == 1:
+        return checks[0]
+
+    def any_(event: Any) -> bool:
+        for check in checks:  # noqa: SIM110 - a loop is 2x faster than a generator
+            if check(event):
+                return True
+        return False
+
+    return any_

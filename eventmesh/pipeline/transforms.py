@@ -1,0 +1,529 @@
+"""Transforms: a chain of steps, compiled once, that rewrite or drop an event.
+
+Each step is a mapping naming one step kind. Apache EventMesh's three change ``data``::
+
+    {"original": {}}                       the event as it is
+    {"constant": {"status": "archived"}}   data becomes this JSON value
+    {"template": {                         data becomes the rendered template
+        "variables": {"name": "$.data.customer.name", "kind": "$.type"},
+        "template": '{"customer": "${name}", "event": "${kind}"}',
+    }}
+
+and four more change attributes or call Python::
+
+    {"set": {"subject": "orders", "tenant": {"from": "$.data.tenant", "default": "none"}}}
+    {"rename": {"oldext": "newext"}}
+    {"remove": ["traceparent", "dataschema"]}
+    {"call": "package.module:function"}    takes an Event, returns an Event or None
+
+Templates
+---------
+A variable is a JSONPath over the event's JSON-format view (``$.data...`` for the
+payload, ``$.subject`` or ``$.myextension`` for attributes; see ``_jsonpath``) or, when it
+does not start with ``$``, a constant. ``${name}`` in the template is replaced by the
+variable's value: a string as it is, a number, boolean, object or array as compact JSON,
+and ``null`` when the path finds nothing. ``$${`` writes a literal ``${``; a template
+that names an undefined variable is rejected when compiled.
+
+The rendered text becomes the data. When the event's ``datacontenttype`` is JSON (or
+unset, which the JSON event format reads as JSON) and the text is valid JSON, data
+becomes the parsed value, so ``{"id": ${id}}`` yields an object and ``${amount}`` a
+number; otherwise data is the text. Strings are inserted as they are, as Apache
+EventMesh does: a value holding a ``"`` inside a JSON string literal makes the result
+invalid JSON, and the data is then that text.
+
+``set``, ``rename`` and ``remove``
+----------------------------------
+``set`` gives attributes (context attributes or extensions) a literal value or one read
+from the event with ``{"from": "$.path"}``; a path that finds nothing (or ``null``) uses
+``"default"`` when given and otherwise unsets the attribute. Values are converted to
+what the attribute holds: a number or boolean read into ``subject`` becomes its JSON
+text, a string into ``time`` is parsed as RFC 3339. ``rename`` moves attributes (all at
+once, so two can swap); ``remove`` unsets them. ``id``, ``source``, ``type`` and
+``specversion`` cannot be renamed or removed, nor unset by ``set``.
+
+Errors
+------
+Every step is checked when compiled: a malformed step raises ConfigError naming its
+path (``subscriptions[0].transform[2].template``), and an unknown kind lists the known
+ones. Every change goes through :meth:`Event.replace`, so the result is a valid event.
+A step that raises on an event raises :class:`~eventmesh.errors.PipelineError` with
+``step`` set to that path, chained to the cause; the rest of the chain does not run, and
+the caller dead-letters the event. A step that returns None drops the event on purpose.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, TypeAlias
+
+import msgspec
+
+from eventmesh._imports import import_callable
+from eventmesh.errors import ConfigError, EventValidationError, PipelineError
+from eventmesh.event import CONTEXT_ATTRIBUTES, Event, parse_time
+from eventmesh.pipeline._jsonpath import (
+    MISSING,
+    compile_event_path,
+    describe,
+    is_json_content_type,
+    join_path,
+    rfc3339,
+)
+from eventmesh.typing import Transform
+
+__all__ = ["STEP_KINDS", "Transform", "compile_transforms"]
+
+Step: TypeAlias = Callable[[Event], Event | None]
+_Compiler: TypeAlias = Callable[[Any, str], Step | None]  # None: a step that changes nothing
+
+_NAME: Final = re.compile(r"[a-z0-9]+\Z")
+_REQUIRED: Final = frozenset({"id", "source", "type", "specversion"})
+_NOT_ATTRIBUTES: Final = frozenset({"data", "data_base64", "extensions"})
+_PLACEHOLDER: Final = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def compile_transforms(
+    steps: Sequence[Mapping[str, Any]] | None, *, where: str
+) -> Transform | None:
+    """Compile a chain of transform steps; None when there is nothing to do.
+
+    ``where`` prefixes the paths in error messages (``subscriptions[0].transform``).
+    Raises ConfigError for a malformed step. The returned transform raises
+    PipelineError, naming the step, when a step fails on an event.
+    """
+    if steps is None:
+        return None
+    if isinstance(steps, Mapping | str | bytes) or not isinstance(steps, Sequence):
+        raise ConfigError(f"expected a list of transform steps, got {describe(steps)}", key=where)
+    compiled: list[tuple[str, Step]] = []
+    for i, step in enumerate(steps):
+        at = f"{where}[{i}]"
+        if not isinstance(step, Mapping) or len(step) != 1:
+            raise ConfigError(
+                f"a transform step is a mapping naming one step kind ({_known()}), "
+                f"got {describe(step)}"
+                + (f" with {len(step)} keys" if isinstance(step, Mapping) else ""),
+                key=at,
+            )
+        ((kind, body),) = step.items()
+        compile_step = STEP_KINDS.get(kind) if isinstance(kind, str) else None
+        if compile_step is None:
+            raise ConfigError(f"unknown transform step {kind!r}; known: {_known()}", key=at)
+        name = join_path(at, kind)
+        fn = compile_step(body, name)
+        if fn is not None:
+            compiled.append((name, fn))
+    return _chain(compiled) if compiled else None
+
+
+def _chain(steps: list[tuple[str, Step]]) -> Transform:
+    if len(steps) == 1:
+        ((name, step),) = steps
+
+        def single(event: Event) -> Event | None:
+            try:
+                return step(event)
+            except Exception as exc:
+                raise _failed(name, exc) from exc
+
+        return single
+
+    def chain(event: Event) -> Event | None:
+        for name, step in steps:
+            try:
+                result = step(event)
+            except Exception as exc:
+                raise _failed(name, exc) from exc
+            if result is None:
+                return None
+            event = result
+        return event
+
+    return chain
+
+
+def _failed(step: str, exc: Exception) -> PipelineError:
+    return PipelineError(
+        f"transform step {step} failed on an event: {type(exc).__name__}: {exc}", step=step
+    )
+
+
+# -- original, constant, template --------------------------------------------------------
+
+
+def _compile_original(body: Any, path: str) -> None:
+    if body is not None and body != {}:
+        raise ConfigError(f"'original' takes no options ({{}}), got {describe(body)}", key=path)
+    return None
+
+
+def _compile_constant(body: Any, path: str) -> Step:
+    if isinstance(body, str | bytes) or body is None:
+        value = body
+        return lambda event: event.replace(data=value)
+    try:
+        encoded = _encoder.encode(body)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ConfigError(f"the constant is not a JSON value: {exc}", key=path) from None
+    if not isinstance(body, dict | list | tuple):
+        scalar = _decoder.decode(encoded)
+        return lambda event: event.replace(data=scalar)
+    # A fresh copy for every event, so a handler that changes its data changes only its own.
+    return lambda event: event.replace(data=_decoder.decode(encoded))
+
+
+def _compile_template(body: Any, path: str) -> Step:
+    if not isinstance(body, Mapping) or "template" not in body:
+        raise ConfigError(
+            "expected {'template': '...${name}...', 'variables': {'name': '$.data.path'}}, "
+            f"got {describe(body)}",
+            key=path,
+        )
+    unknown = set(body) - {"template", "variables"}
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, sorted(map(str, unknown))))}; "
+            "a template step takes 'template' and 'variables'",
+            key=path,
+        )
+    text = body["template"]
+    if not isinstance(text, str):
+        raise ConfigError(
+            f"expected a string, got {describe(text)}", key=join_path(path, "template")
+        )
+    variables = body.get("variables") or {}
+    at = join_path(path, "variables")
+    if not isinstance(variables, Mapping):
+        raise ConfigError(
+            f"expected a mapping of name to JSONPath, got {describe(variables)}", key=at
+        )
+    getters: dict[str, Callable[[Event], Any]] = {}
+    for name, source in variables.items():
+        if not isinstance(name, str) or not name or "}" in name:
+            raise ConfigError(f"{name!r} is not a variable name", key=at)
+        where = join_path(at, name)
+        if isinstance(source, str) and source.startswith("$"):
+            getters[name] = compile_event_path(source, where=where)
+        elif source is None or isinstance(source, str | int | float | bool):
+            getters[name] = _constant_variable(source)
+        else:
+            raise ConfigError(
+                f"expected a JSONPath such as '$.data.id' or a constant, got {describe(source)}",
+                key=where,
+            )
+    parts = _parse_template(text, getters, join_path(path, "template"))
+    literal = [part for part in parts if isinstance(part, str)]
+    if len(literal) == len(parts):  # no placeholders: the same text for every event
+        return _compile_constant_text("".join(literal))
+
+    def template(event: Event) -> Event:
+        rendered = "".join(
+            [part if isinstance(part, str) else _text(part(event)) for part in parts]
+        )
+        return event.replace(data=_as_data(rendered, event))
+
+    return template
+
+
+def _constant_variable(value: Any) -> Callable[[Event], Any]:
+    return lambda event: value
+
+
+def _compile_constant_text(rendered: str) -> Step:
+    return lambda event: event.replace(data=_as_data(rendered, event))
+
+
+def _parse_template(
+    text: str, getters: Mapping[str, Callable[[Event], Any]], path: str
+) -> list[str | Callable[[Event], Any]]:
+    parts: list[str | Callable[[Event], Any]] = []
+    literal = ""
+    pos = 0
+    for m in _PLACEHOLDER.finditer(text):
+        literal += text[pos : m.start()]
+        pos = m.end()
+        token = m.group(0)
+        if token == "$${":
+            literal += "${"
+            continue
+        name = m.group(1)
+        if name is None:
+            raise ConfigError(
+                f"unclosed '${{' at column {m.start() + 1}; write '$${{' for a literal '${{'",
+                key=path,
+            )
+        getter = getters.get(name)
+        if getter is None:
+            defined = ", ".join(getters) or "none"
+            raise ConfigError(
+                f"the template uses ${{{name}}}, which 'variables' does not define "
+                f"(defined: {defined})",
+                key=path,
+            )
+        if literal:
+            parts.append(literal)
+            literal = ""
+        parts.append(getter)
+    literal += text[pos:]
+    if literal:
+        parts.append(literal)
+    return parts
+
+
+def _text(value: Any) -> str:
+    """A variable's value as template text: strings as they are, the rest as JSON."""
+    if type(value) is str:
+        return value
+    if value is MISSING or value is None:
+        return "null"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    return _encoder.encode(value).decode("utf-8")
+
+
+def _as_data(rendered: str, event: Event) -> Any:
+    if is_json_content_type(event.datacontenttype):
+        try:
+            return _decoder.decode(rendered)
+        except msgspec.DecodeError:
+            pass
+    return rendered
+
+
+# -- set, rename, remove -----------------------------------------------------------------
+
+
+def _check_name(name: Any, path: str, *, verb: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"{name!r} is not an attribute name: CloudEvents attribute names are lower-case "
+            "letters and digits",
+            key=path,
+        )
+    if name in _NOT_ATTRIBUTES:
+        raise ConfigError(
+            f"{name!r} is not an attribute; change the data with a 'constant', 'template' "
+            "or 'call' step",
+            key=path,
+        )
+    if name == "specversion":
+        raise ConfigError("'specversion' is always '1.0' and cannot be changed", key=path)
+    if verb != "set" and name in _REQUIRED:
+        raise ConfigError(
+            f"{name!r} is a required attribute and cannot be {verb}d; use 'set' to change "
+            "its value",
+            key=path,
+        )
+    return name
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A value as attribute ``name`` holds it; None unsets. Raises ValueError/TypeError."""
+    if value is None:
+        if name in _REQUIRED:
+            raise ValueError(f"the required attribute {name!r} cannot be unset")
+        return None
+    if name == "time":
+        if isinstance(value, datetime):
+            return value
+        if isinstance(value, str):
+            return parse_time(value)
+        raise TypeError(f"'time' needs an RFC 3339 string, got {type(value).__name__}")
+    kind = type(value)
+    if kind is str:
+        return value
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if name not in CONTEXT_ATTRIBUTES and (kind is int or kind is bool):
+        return value  # extensions hold integers and booleans as they are
+    if kind is bool or kind is int or kind is float:
+        return _encoder.encode(value).decode("utf-8")
+    raise TypeError(f"attribute {name!r} needs a string, number or boolean, got {kind.__name__}")
+
+
+_PROBE: Final = Event(type="probe", source="/probe", id="probe", time=None)
+
+
+def _check_literal(name: str, value: Any, path: str) -> Any:
+    """The literal as the attribute holds it, validated as the Event would."""
+    try:
+        value = _coerce(name, value)
+        if name in CONTEXT_ATTRIBUTES:
+            _PROBE.replace(**{name: value})
+        elif value is not None:
+            _PROBE.replace(extensions={name: value})
+    except (ValueError, TypeError, EventValidationError) as exc:
+        raise ConfigError(str(exc), key=path) from None
+    return value
+
+
+class _Changes:
+    """Builds one ``replace`` call from attribute changes, copying extensions only if needed."""
+
+    __slots__ = ("context", "event", "extensions")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.context: dict[str, Any] = {}
+        self.extensions: dict[str, Any] | None = None
+
+    def read(self, name: str) -> Any:
+        if name in CONTEXT_ATTRIBUTES:
+            return getattr(self.event, name)
+        return self.event.extensions.get(name)
+
+    def put(self, name: str, value: Any) -> None:
+        if name in CONTEXT_ATTRIBUTES:
+            self.context[name] = value
+            return
+        if self.extensions is None:
+            self.extensions = dict(self.event.extensions)
+        if value is None:
+            self.extensions.pop(name, None)
+        else:
+            self.extensions[name] = value
+
+    def apply(self) -> Event:
+        if self.extensions is not None:
+            self.context["extensions"] = self.extensions
+        return self.event.replace(**self.context) if self.context else self.event
+
+
+def _compile_set(body: Any, path: str) -> Step:
+    if not isinstance(body, Mapping) or not body:
+        raise ConfigError(
+            f"expected a mapping of attribute to value or {{'from': '$.path'}}, "
+            f"got {describe(body)}",
+            key=path,
+        )
+    literals: list[tuple[str, Any]] = []
+    reads: list[tuple[str, Callable[[Event], Any], Any]] = []
+    for name, value in body.items():
+        at = join_path(path, name)
+        _check_name(name, path, verb="set")
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"from", "default"}
+            source = value.get("from")
+            if unknown or not isinstance(source, str):
+                raise ConfigError(
+                    "expected {'from': '$.path'} with an optional 'default', "
+                    f"got {describe(value)}",
+                    key=at,
+                )
+            get = compile_event_path(source, where=join_path(at, "from"))
+            default = value.get("default")
+            if default is not None:
+                default = _check_literal(name, default, join_path(at, "default"))
+            reads.append((name, get, default))
+        elif isinstance(value, list):
+            raise ConfigError(f"an attribute holds one value, got {describe(value)}", key=at)
+        else:
+            literals.append((name, _check_literal(name, value, at)))
+
+    def set_(event: Event) -> Event:
+        changes = _Changes(event)
+        for name, value in literals:
+            changes.put(name, value)
+        for name, get, default in reads:
+            found = get(event)
+            if found is MISSING or found is None:
+                found = default
+            changes.put(name, _coerce(name, found))
+        return changes.apply()
+
+    return set_
+
+
+def _compile_rename(body: Any, path: str) -> Step:
+    if not isinstance(body, Mapping) or not body:
+        raise ConfigError(
+            f"expected a mapping of old name to new name, got {describe(body)}", key=path
+        )
+    pairs: list[tuple[str, str]] = []
+    targets: set[str] = set()
+    for old, new in body.items():
+        _check_name(old, path, verb="rename")
+        at = join_path(path, old)
+        _check_name(new, at, verb="rename")
+        if new == old:
+            raise ConfigError(f"{old!r} is renamed to itself", key=at)
+        if new in targets:
+            raise ConfigError(f"two attributes are renamed to {new!r}", key=at)
+        targets.add(new)
+        pairs.append((old, new))
+
+    def rename(event: Event) -> Event:
+        changes = _Changes(event)
+        moved = [(new, changes.read(old)) for old, new in pairs]
+        for (old, _), (_, value) in zip(pairs, moved, strict=True):
+            if value is not None:
+                changes.put(old, None)
+        for new, value in moved:
+            if value is not None:
+                changes.put(new, _coerce(new, value))
+        return changes.apply()
+
+    return rename
+
+
+def _compile_remove(body: Any, path: str) -> Step:
+    if isinstance(body, str):
+        body = [body]
+    if not isinstance(body, Sequence) or not body:
+        raise ConfigError(f"expected a list of attribute names, got {describe(body)}", key=path)
+    names = [_check_name(name, f"{path}[{i}]", verb="remove") for i, name in enumerate(body)]
+
+    def remove(event: Event) -> Event:
+        changes = _Changes(event)
+        for name in names:
+            if changes.read(name) is not None:
+                changes.put(name, None)
+        return changes.apply()
+
+    return remove
+
+
+# -- call --------------------------------------------------------------------------------
+
+
+def _compile_call(body: Any, path: str) -> Step:
+    if not isinstance(body, str):
+        raise ConfigError(f"expected 'package.module:function', got {describe(body)}", key=path)
+    fn = import_callable(body, where=path)
+    if inspect.iscoroutinefunction(fn):
+        raise ConfigError(
+            f"{body!r} is an async function; transforms are synchronous (do async work in "
+            "the handler)",
+            key=path,
+        )
+
+    def call(event: Event) -> Event | None:
+        result = fn(event)
+        if result is None or isinstance(result, Event):
+            return result
+        raise TypeError(f"{body} returned {type(result).__name__}, not an Event or None")
+
+    return call
+
+
+STEP_KINDS: Final[Mapping[str, _Compiler]] = {
+    "call": _compile_call,
+    "constant": _compile_constant,
+    "original": _compile_original,
+    "remove": _compile_remove,
+    "rename": _compile_rename,
+    "set": _compile_set,
+    "template": _compile_template,
+}
+"""The step kinds :func:`compile_transforms` knows, each with its compile function."""
+
+
+def _known() -> str:
+    return ", ".join(STEP_KINDS)
