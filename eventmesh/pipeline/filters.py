@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from eventmesh.errors import ConfigError
 from eventmesh.event import CONTEXT_ATTRIBUTES, Event
+from eventmesh.pipeline._combine import all_of, any_of
 from eventmesh.pipeline._jsonpath import describe as _kind
 from eventmesh.pipeline._jsonpath import join_path as _join
 from eventmesh.pipeline._jsonpath import rfc3339
@@ -214,20 +215,7 @@ def _compile_all(body: Any, path: str) -> Filter:
 
 
 def _compile_any(body: Any, path: str) -> Filter:
-    filters = _nested_list(body, path)
-    if len(filters) == 1:
-        return filters[0]
-    if len(filters) == 2:
-        first, second = filters
-        return lambda event: first(event) or second(event)
-
-    def any_(event: Event) -> bool:
-        for f in filters:  # noqa: SIM110 - a loop is 2x faster than a generator
-            if f(event):
-                return True
-        return False
-
-    return any_
+    return any_of(_nested_list(body, path))
 
 
 def _compile_not(body: Any, path: str) -> Filter:
@@ -238,21 +226,7 @@ def _compile_not(body: Any, path: str) -> Filter:
 
 
 def _all(filters: list[Filter]) -> Filter:
-    if not filters:
-        return match_all
-    if len(filters) == 1:
-        return filters[0]
-    if len(filters) == 2:
-        first, second = filters
-        return lambda event: first(event) and second(event)
-
-    def all_(event: Event) -> bool:
-        for f in filters:  # noqa: SIM110 - a loop is 2x faster than a generator
-            if not f(event):
-                return False
-        return True
-
-    return all_
+    return all_of(filters) if filters else match_all
 
 
 # -- sql and pattern ---------------------------------------------------------------------

@@ -76,11 +76,12 @@ import ipaddress
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeAlias
 
 from eventmesh.errors import ConfigError
 from eventmesh.event import CONTEXT_ATTRIBUTES, Event
+from eventmesh.pipeline._combine import all_of, any_of
 from eventmesh.pipeline._jsonpath import MISSING, attribute_getter, describe, join_path, json_data
 from eventmesh.typing import Filter
 
@@ -114,7 +115,7 @@ def compile_pattern(pattern: Mapping[str, Any], *, where: str) -> Filter:
             f"got {describe(pattern)}",
             key=where,
         )
-    return _all(_event_checks(pattern, where))
+    return all_of(_event_checks(pattern, where))
 
 
 # -- the event level: attributes, data, $or -------------------------------------------
@@ -128,10 +129,10 @@ def _event_checks(pattern: Mapping[str, Any], path: str) -> list[Filter]:
         at = join_path(path, key)
         if key == "$or":
             branches = [
-                _all(_event_checks(branch, f"{at}[{i}]"))
+                all_of(_event_checks(branch, f"{at}[{i}]"))
                 for i, branch in enumerate(_branches(spec, at))
             ]
-            alternatives.append(_any(branches))
+            alternatives.append(any_of(branches))
         elif key == "data" and isinstance(spec, Mapping):
             data.append(_on_data_object(_fields(spec, at)))
         elif key == "data":
@@ -224,12 +225,12 @@ def _fields(pattern: Mapping[str, Any], path: str) -> Match:
             branches = [
                 _object(branch, f"{at}[{i}]") for i, branch in enumerate(_branches(spec, at))
             ]
-            alternatives.append(_any(branches))
+            alternatives.append(any_of(branches))
         elif isinstance(spec, list):
             checks.append(_values(spec, at, member=key))
         else:
             checks.append(_member(key, _node(spec, at)))
-    return _all(checks + alternatives)
+    return all_of(checks + alternatives)
 
 
 def _member(key: str, match: Match) -> Match:
@@ -284,7 +285,7 @@ def _values(spec: Any, path: str, member: str | None = None) -> Match:
             exact.append(_scalar(item, at))
     if exact:
         conditions.insert(0, _exact(exact))
-    positive = _any_value(conditions) if conditions else None
+    positive = any_of(conditions) if conditions else None
     if positive is not None and not exists and not exclusions:
         # No condition matches a missing value, so MISSING needs no test of its own.
         if member is None:
@@ -407,19 +408,6 @@ def _exact(values: list[Any]) -> Match:
         return value is None and null
 
     return exact
-
-
-def _any_value(matches: list[Match]) -> Match:
-    if len(matches) == 1:
-        return matches[0]
-
-    def any_(value: Any) -> bool:
-        for match in matches:  # noqa: SIM110 - a loop is 2x faster than a generator
-            if match(value):
-                return True
-        return False
-
-    return any_
 
 
 # -- operators ---------------------------------------------------------------------------
@@ -617,7 +605,7 @@ def _excluded(argument: Any, path: str) -> Match:
         if isinstance(inner, list) and name in ("equals-ignore-case", "wildcard"):
             if not inner:
                 raise ConfigError("expected a non-empty list of strings", key=at)
-            excluded = _any_value([build(item, f"{at}[{i}]") for i, item in enumerate(inner)])
+            excluded = any_of([build(item, f"{at}[{i}]") for i, item in enumerate(inner)])
         else:
             excluded = build(inner, at)
     elif isinstance(argument, list):
@@ -650,35 +638,3 @@ _KNOWN: Final = (
 
 
 # -- combining ---------------------------------------------------------------------------
-
-
-def _all(checks: Sequence[Match]) -> Match:
-    if len(checks) == 1:
-        return checks[0]
-    if len(checks) == 2:
-        first, second = checks
-        return lambda event: first(event) and second(event)
-    if len(checks) == 3:
-        first, second, third = checks
-        return lambda event: first(event) and second(event) and third(event)
-
-    def all_(event: Any) -> bool:
-        for check in checks:  # noqa: SIM110 - a loop is 2x faster than a generator
-            if not check(event):
-                return False
-        return True
-
-    return all_
-
-
-def _any(checks: Sequence[Match]) -> Match:
-    if len(checks) == 1:
-        return checks[0]
-
-    def any_(event: Any) -> bool:
-        for check in checks:  # noqa: SIM110 - a loop is 2x faster than a generator
-            if check(event):
-                return True
-        return False
-
-    return any_
