@@ -476,9 +476,14 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
         try:
             compile_pipeline(sub.filter, sub.transform, where=_dotted(where))
         except ConfigError as exc:
-            key = [*where, "filter" if "filter" in str(exc) else "transform"]
+            # The pipeline names the exact spot inside the spec; find its line in the file.
+            key = exc.key or _dotted(where)
+            path: list[str | int] = []
+            for name, index in _STEP.findall("." + key):
+                path.append(int(index) if index else name)
+            message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
             raise ConfigError(
-                f"subscription {sub.name!r}: {exc}", line=exc.line or _line(nodes, key)
+                f"subscription {sub.name!r}: {message}", key=key, line=_line(nodes, path)
             ) from exc
     if config.functions:
         raise fail(

@@ -173,3 +173,21 @@ def test_listeners_keep_their_default_ports_and_topics_follow_the_default_connec
     )
     assert (config.server.http.host, config.server.http.port) == ("127.0.0.2", 10105)
     assert config.connector_for("t") == "b"
+
+
+def test_a_bad_filter_names_its_exact_key_and_line(tmp_path: Path) -> None:
+    """A filter error points at the failing part of the spec, with its line in the file."""
+    text = GOOD.replace(
+        '    sink: {handler: "json:dumps"}\n',
+        '    sink: {handler: "json:dumps"}\n'
+        "    filter:\n"
+        "      all:\n"
+        "        - exact: {type: a}\n"
+        "        - exactt: {type: b}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.key is not None
+    assert info.value.key.startswith("subscriptions[0].filter.all[1]")
+    assert info.value.line == 13
+    assert "subscription 'billing'" in str(info.value)

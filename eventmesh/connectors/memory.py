@@ -196,7 +196,13 @@ class _Group:
             new = members[p % len(members)] if members else None
             if new is not self.owner[p]:
                 self.owner[p] = new
-                # Whatever the old owner had not acked is handed out again.
+                # Whatever the old owner had not acked is handed out again, and counts
+                # as one more attempt of each of those events.
+                acked = self.acked[p]
+                nacked = {offset for _, _, offset in self.redeliver[p]}  # counted by nack
+                for offset in range(self.committed[p], self.next[p]):
+                    if offset not in acked and offset not in nacked:
+                        self.attempts[(p, offset)] = self.attempts.get((p, offset), 0) + 1
                 self.next[p] = self.committed[p]
                 self.redeliver[p].clear()
         for member in members:

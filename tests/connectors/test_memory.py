@@ -101,3 +101,15 @@ async def test_subscribing_to_an_empty_topic_name_is_a_subscribe_error() -> None
     async with MemoryConnector() as connector:
         with pytest.raises(SubscribeError):
             connector.subscribe("", "g")
+
+
+async def test_redelivery_after_a_member_leaves_counts_as_an_attempt() -> None:
+    """Events a member took and left unacked, or nacked, come back as attempt 2 (once)."""
+    async with MemoryConnector(MemoryConfig(partitions=1)) as connector:
+        async with connector.subscribe("t", "g") as consumer:
+            await connector.publish("t", events(2))
+            _first, second = await collect(consumer, 2, timeout=5, ack=False)
+            await second.nack(60)  # back in a minute: counted by the nack
+        async with connector.subscribe("t", "g") as consumer:
+            again = await collect(consumer, 2, timeout=5)
+    assert sorted((d.event.data, d.attempt) for d in again) == [(0, 2), (1, 2)]
