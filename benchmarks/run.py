@@ -6,12 +6,16 @@
 
 Every figure is measured against a baseline in the same run (a bare asyncio queue, a
 raw client, a hand-written lambda), so the ratio is what carries over between machines.
+Each scenario's last results are kept in benchmarks/results/<name>.json, so running a
+few scenarios updates their sections of docs/benchmarks.md and keeps the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import os
 import platform
 import sys
@@ -23,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import Row, Section  # noqa: E402
+
+RESULTS = HERE / "results"
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -40,7 +46,30 @@ def _ratio(row: Row) -> str:
     return f"{ratio:.2f}x" if row.higher_is_better else f"{1 / ratio:.2f}x the cost"
 
 
-def render(sections: list[Section], quick: bool) -> str:
+def save(name: str, section: Section, quick: bool) -> None:
+    """Keep a scenario's results for later renders."""
+    RESULTS.mkdir(exist_ok=True)
+    record = {
+        "when": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "quick": quick,
+        "title": section.title,
+        "notes": section.notes,
+        "rows": [dataclasses.asdict(row) for row in section.rows],
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def load_all() -> list[tuple[str, Section, str]]:
+    """Every kept scenario: (when, section, quick marker), in file-name order."""
+    out = []
+    for path in sorted(RESULTS.glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        section = Section(record["title"], [Row(**r) for r in record["rows"]], record["notes"])
+        out.append((record["when"], section, " (quick run)" if record["quick"] else ""))
+    return out
+
+
+def render(sections: list[tuple[str, Section, str]]) -> str:
     """docs/benchmarks.md for these sections."""
     lines = [
         "# Benchmarks",
@@ -48,13 +77,12 @@ def render(sections: list[Section], quick: bool) -> str:
         "Written by `python benchmarks/run.py`; do not edit by hand. Each figure sits next to a",
         "baseline measured in the same run on the same machine, so read the ratio first.",
         "",
-        f"- when: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC{' (quick run)' if quick else ''}",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python "
         f"{platform.python_version()} on {platform.system()}",
         "",
     ]
-    for section in sections:
-        lines += [f"## {section.title}", ""]
+    for when, section, quick in sections:
+        lines += [f"## {section.title}", "", f"Measured {when}{quick}.", ""]
         lines += ["| scenario | eventmesh | baseline | ratio | goal |", "|---|---|---|---|---|"]
         for row in section.rows:
             base = (
@@ -79,7 +107,6 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     names = args.names or sorted(p.stem[6:] for p in HERE.glob("bench_*.py"))
-    sections = []
     for name in names:
         module = importlib.import_module(f"bench_{name}")
         print(f"== {module.TITLE}", flush=True)
@@ -91,10 +118,11 @@ def main() -> int:
             )
             print(f"  {row.name}: {_fmt(row.value, row.unit)}{base}  {_ratio(row)}", flush=True)
         print(f"  ({time.perf_counter() - started:.1f} s)")
-        sections.append(section)
+        if not args.no_write:
+            save(name, section, args.quick)
     if not args.no_write:
         out = HERE.parent / "docs" / "benchmarks.md"
-        out.write_text(render(sections, args.quick), encoding="utf-8")
+        out.write_text(render(load_all()), encoding="utf-8")
         print(f"wrote {out}")
     return 0
 

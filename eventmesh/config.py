@@ -35,6 +35,7 @@ __all__ = [
     "ENV_PREFIX",
     "AdminListener",
     "ConnectorSpec",
+    "Duration",
     "GrpcListener",
     "HttpListener",
     "Listener",
