@@ -1,0 +1,260 @@
+"""The NATS connector: one nats-py connection, in JetStream or core mode.
+
+The connector owns the connection and what both modes share (topic routing, the
+binding, decoding received messages); :mod:`eventmesh_nats.jetstream` and
+:mod:`eventmesh_nats.core` hold what differs. docs/nats.md says what each mode promises.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from eventmesh.bindings.nats import from_message, to_binary, to_structured, wrap_message
+from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition
+from eventmesh.errors import (
+    ConnectError,
+    ConnectorError,
+    EventValidationError,
+    PublishError,
+    SubscribeError,
+)
+from eventmesh.event import Event
+from eventmesh_nats._errors import describe, is_slow_consumer, tolerated, translated
+from eventmesh_nats.config import NatsConfig
+from eventmesh_nats.core import CoreConsumer, CoreGroups, publish_core
+from eventmesh_nats.jetstream import JetStreamConsumer, JetStreamPublisher, Streams
+
+__all__ = ["NatsConnector"]
+
+log = logging.getLogger(__name__)
+
+
+class NatsConnector(Connector):
+    """The NATS connector (``type: nats``): JetStream (stored) or core (fire and forget)."""
+
+    Config = NatsConfig
+    config: NatsConfig
+
+    def __init__(self, config: NatsConfig | None = None, *, name: str | None = None) -> None:
+        super().__init__(config, name=name or "nats")
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._streams: Streams | None = None
+        self._publisher: JetStreamPublisher | None = None
+        self._routes: dict[str, tuple[str, str]] = {}
+        self._slow = 0
+        self.consumers: set[Consumer] = set()
+        self.core_groups = CoreGroups(self)
+        self.encode = to_binary if self.config.binding == "binary" else to_structured
+        """The binding that writes events: (headers, payload) for an event."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        if self.config.mode == "core":
+            return Capabilities(
+                durable=False,
+                ordered_by_key=False,
+                replay=False,
+                consumer_groups=True,
+                redelivery=True,
+            )
+        return Capabilities(
+            durable=self.config.stream.storage == "file",
+            ordered_by_key=False,
+            replay=True,
+            consumer_groups=True,
+            redelivery=True,
+        )
+
+    # -- the connection ----------------------------------------------------------------------
+
+    @property
+    def nc(self) -> NATS:
+        """The nats-py connection (while open)."""
+        self._check_open_or_opening()
+        assert self._nc is not None
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context (JetStream mode, while open)."""
+        self._check_open_or_opening()
+        assert self._js is not None
+        return self._js
+
+    @property
+    def streams(self) -> Streams:
+        """The streams this connector made sure of (JetStream mode)."""
+        assert self._streams is not None
+        return self._streams
+
+    def _check_open_or_opening(self) -> None:
+        if self._nc is None:
+            self._check_open()
+
+    async def _open(self) -> None:
+        config = self.config
+        where = f"connecting to NATS at {', '.join(config.servers)} (connector {self.name!r})"
+        options: dict[str, Any] = {
+            "servers": list(config.servers),
+            "name": config.name,
+            "connect_timeout": config.connect_timeout,
+            "reconnect_time_wait": config.reconnect_wait,
+            # nats-py retries a first connection for ever unless this is positive; the
+            # configured reconnect policy is put in place once connected (below).
+            "max_reconnect_attempts": config.connect_attempts,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "user_credentials": config.credentials,
+            "token": config.token,
+            "user": config.user,
+            "password": config.password,
+        }
+        with translated(ConnectError, where):
+            if config.tls is not None:
+                options["tls"] = _tls_context(config)
+                options["tls_hostname"] = config.tls.hostname
+                options["tls_handshake_first"] = config.tls.handshake_first
+            self._nc = await nats.connect(**options)
+        if config.max_reconnect_attempts == 0:
+            self._nc.options["allow_reconnect"] = False
+        else:
+            self._nc.options["max_reconnect_attempts"] = config.max_reconnect_attempts
+        try:
+            if config.mode == "jetstream":
+                js = self._nc.jetstream()
+                with translated(ConnectError, f"{where}: checking that JetStream is enabled"):
+                    await js.account_info()
+                self._js = js
+                self._streams = Streams(js, config)
+                self._publisher = JetStreamPublisher(self)
+                with translated(ConnectError, where):
+                    await self._publisher.start()
+        except BaseException:
+            nc, self._nc = self._nc, None
+            with tolerated("closing after a failed open"):
+                await nc.close()
+            raise
+        log.info("connector %r connected to %s (%s mode)", self.name, config.servers, config.mode)
+
+    async def _close(self) -> None:
+        for consumer in list(self.consumers):
+            await consumer.close()
+        nc, self._nc = self._nc, None
+        self._js = None
+        if nc is not None:
+            with tolerated("closing the connection"):
+                await nc.close()  # sends what is still buffered (acks, naks) first
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up (False while reconnecting and once closed)."""
+        return self._nc is not None and self._nc.is_connected
+
+    async def health(self) -> bool:
+        return self.is_open and self.connected
+
+    async def _on_error(self, exc: Exception) -> None:
+        if is_slow_consumer(exc):
+            self._slow += 1
+            if self._slow == 1 or self._slow % 10_000 == 0:
+                log.warning(
+                    "connector %r: a core-mode member cannot keep up and nats-py dropped "
+                    "messages for it (%d so far): raise core.buffer / core.pending_limit, "
+                    "add members, or use JetStream mode (%s)",
+                    self.name,
+                    self._slow,
+                    describe(exc),
+                )
+            return
+        log.warning("connector %r: %s", self.name, describe(exc))
+
+    async def _on_disconnected(self) -> None:
+        if self._nc is None:
+            return  # our own close
+        log.warning("connector %r lost its connection to NATS; reconnecting", self.name)
+        if self._publisher is not None:
+            self._publisher.abandon_all("the connection to NATS was lost")
+
+    async def _on_reconnected(self) -> None:
+        log.info("connector %r reconnected to NATS", self.name)
+
+    # -- topics and the binding --------------------------------------------------------------
+
+    def route(self, topic: str, error: type[ConnectorError]) -> tuple[str, str]:
+        """The subject and stream of ``topic``; ``error`` when the topic cannot be mapped."""
+        found = self._routes.get(topic)
+        if found is None:
+            try:
+                subject = self.config.subject_for(topic)
+                stream = self.config.stream_for(topic) if self.config.mode == "jetstream" else ""
+            except ValueError as exc:
+                raise error(str(exc)) from None
+            found = self._routes[topic] = (subject, stream)
+        return found
+
+    def decode(self, msg: Msg, id: str | None, stored: datetime | None) -> Event:
+        """The event in a received message; a message that is no valid CloudEvent is
+        wrapped (``cloudeventerror`` says why), never dropped."""
+        try:
+            return from_message(msg.headers, msg.data, subject=msg.subject, id=id, time=stored)
+        except EventValidationError as exc:
+            log.warning(
+                "connector %r: a message on %r is not a valid CloudEvent (%s); delivering "
+                "it wrapped as io.eventmesh.nats.message",
+                self.name,
+                msg.subject,
+                exc,
+            )
+            return wrap_message(
+                msg.headers, msg.data, subject=msg.subject, id=id, time=stored, error=str(exc)
+            )
+
+    # -- publishing and subscribing ----------------------------------------------------------
+
+    async def publish(self, topic: str, events: Sequence[Event]) -> None:
+        self._check_open()
+        subject, stream = self.route(topic, PublishError)
+        if not events:
+            return
+        encode = self.encode
+        messages = [encode(event) for event in events]
+        if self.config.mode == "core":
+            await publish_core(self, subject, messages, f"publishing to topic {topic!r}")
+            return
+        if self.config.deduplicate:
+            for (headers, _), event in zip(messages, events, strict=True):
+                headers["Nats-Msg-Id"] = f"{event.source} {event.id}"
+        assert self._publisher is not None
+        await self.streams.ensure(topic, subject, stream, PublishError)
+        await self._publisher.publish(topic, subject, stream, messages)
+
+    def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
+        self._check_open()
+        if not isinstance(group, str) or not group:
+            raise SubscribeError(f"group must be a non-empty string, got {group!r}")
+        if self.config.mode == "core":
+            return CoreConsumer(self, topic, group, start)
+        return JetStreamConsumer(self, topic, group, start)
+
+
+def _tls_context(config: NatsConfig) -> ssl.SSLContext:
+    tls = config.tls
+    assert tls is not None
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file is not None and tls.key_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,357 @@
+"""Core mode: plain NATS publish and queue-group subscriptions, nothing stored.
+
+A publish goes to the server and is flushed (so a refused or lost connection surfaces
+as a PublishError), and reaches the groups that have a member subscribed at that moment;
+nothing is kept for anyone else. A member is a queue subscription (queue = the group,
+escaped as a stream name is) whose callback puts each event into a bounded buffer that
+``fetch`` takes from.
+
+Redelivery happens in the process that holds the event: a nack puts it back in the
+member's own buffer after its delay. A member that leaves hands what it held and had
+not acked to another member of its group: one in this connector if there is one, else
+one in another process (a request on the group's hand-off subject, answered once it is
+buffered there), else the connector keeps it for the next member of the group that
+joins here. A member that dies with its process loses what it held: that is what "not
+durable" means.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, cast
+
+import anyio
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from eventmesh.connectors.base import Consumer, Delivery, StartPosition
+from eventmesh.errors import ClosedError, LifecycleError, PublishError, SubscribeError
+from eventmesh.event import Event
+from eventmesh_nats._errors import NATS_ERRORS, tolerated, translated
+from eventmesh_nats.config import escape_name
+
+if TYPE_CHECKING:
+    from eventmesh_nats.connector import NatsConnector
+
+__all__ = ["CoreConsumer", "CoreGroups", "publish_core"]
+
+log = logging.getLogger(__name__)
+
+_ATTEMPT_HEADER = "Eventmesh-Attempt"
+_HANDOFF_TIMEOUT = 2.0
+_seq = itertools.count()
+
+
+async def publish_core(
+    connector: NatsConnector,
+    subject: str,
+    messages: Sequence[tuple[dict[str, str], bytes]],
+    where: str,
+) -> None:
+    """Publish each message, then flush: returns once the server has taken them all."""
+    nc = connector.nc
+    with translated(PublishError, where):
+        for headers, payload in messages:
+            await nc.publish(subject, payload, headers=headers)
+        await nc.flush(timeout=max(1, round(connector.config.publish_timeout)))
+
+
+class _Held:
+    """An event a member held and did not ack, on its way to another member."""
+
+    __slots__ = ("attempt", "due", "event")
+
+    def __init__(self, event: Event, attempt: int, due: float) -> None:
+        self.event = event
+        self.attempt = attempt
+        self.due = due
+
+
+class CoreDelivery(Delivery):
+    """A delivery in core mode: ack forgets it, nack puts it back after the delay."""
+
+    __slots__ = ("_consumer", "_settled")
+
+    def __init__(self, consumer: CoreConsumer, event: Event, offset: int, attempt: int = 1) -> None:
+        # The base's fields, set directly: this runs once per message on the hot path.
+        self.event = event
+        self.topic = consumer.topic
+        self.partition = 0
+        self.offset = offset
+        self.key = event.partitionkey
+        self.attempt = attempt
+        self.timestamp = None  # core NATS does not say when a message was sent
+        self._consumer = consumer
+        self._settled = False
+
+    async def ack(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._consumer.outstanding.discard(self)
+
+    async def nack(self, delay: float = 0.0) -> None:
+        if not self._settled:
+            self._settled = True
+            self._consumer.outstanding.discard(self)
+            due = time.monotonic() + max(0.0, delay)
+            await self._consumer.put_back(_Held(self.event, self.attempt + 1, due))
+
+
+class CoreConsumer(Consumer):
+    """One member of a queue group on one subject."""
+
+    def __init__(
+        self, connector: NatsConnector, topic: str, group: str, start: StartPosition
+    ) -> None:
+        self._connector = connector
+        self.topic = topic
+        self.group = group
+        self._start = start
+        self._limit = connector.config.core.buffer
+        self._buffer: deque[CoreDelivery] = deque()
+        self._later: list[tuple[float, int, _Held]] = []  # nacked, by due time
+        self._wakeup: anyio.Event | None = None
+        self._room: anyio.Event | None = None
+        self._subs: list[Subscription] = []
+        self._not_before: float | None = None
+        self._offset = 0
+        self._started = False
+        self._closed = False
+        self.outstanding: set[CoreDelivery] = set()
+        self.handoff_subject = ""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _name(self) -> str:
+        return f"consumer of {self.topic!r} (group {self.group!r})"
+
+    async def start(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self._name()} is closed")
+        if self._started:
+            raise LifecycleError(f"{self._name()} started twice")
+        self._started = True
+        connector = self._connector
+        subject, _ = connector.route(self.topic, SubscribeError)
+        start = self._start
+        if isinstance(start, datetime):
+            self._not_before = start.timestamp()
+        elif start not in ("earliest", "latest"):
+            raise SubscribeError(f"start must be 'earliest', 'latest' or a datetime, got {start!r}")
+        queue = escape_name(self.group)
+        self.handoff_subject = f"_EVENTMESH.handoff.{queue}.{subject}"
+        limit = connector.config.core.pending_limit
+        nc = connector.nc
+        try:
+            with translated(SubscribeError, f"joining group {self.group!r} on {subject!r}"):
+                self._subs.append(
+                    await nc.subscribe(
+                        subject,
+                        queue=queue,
+                        cb=self._on_message,
+                        pending_msgs_limit=limit,
+                        pending_bytes_limit=0,
+                    )
+                )
+                self._subs.append(
+                    await nc.subscribe(self.handoff_subject, queue=queue, cb=self._on_handoff)
+                )
+                await nc.flush()  # the server knows this member before start returns
+        except BaseException:
+            for sub in self._subs:
+                with tolerated("undoing a failed join"):
+                    await sub.unsubscribe()
+            raise
+        connector.consumers.add(self)
+        for held in connector.core_groups.join(self):
+            self._take(held)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Msg) -> None:
+        if self._not_before is not None:
+            if time.time() < self._not_before:
+                return
+            self._not_before = None
+        self._offset += 1
+        self._buffer.append(
+            CoreDelivery(self, self._connector.decode(msg, None, None), self._offset)
+        )
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+        while len(self._buffer) >= self._limit and not self._closed:
+            # Back-pressure: nats-py queues behind us (core.pending_limit), then drops.
+            self._room = room = anyio.Event()
+            await room.wait()
+
+    async def _on_handoff(self, msg: Msg) -> None:
+        attempt = int((msg.headers or {}).get(_ATTEMPT_HEADER, "1"))
+        event = self._connector.decode(msg, None, None)
+        if self._closed:
+            return  # no answer: the sender keeps it
+        self._take(_Held(event, attempt, 0.0))
+        with tolerated("answering a hand-off"):
+            await msg.respond(b"")
+
+    def _take(self, held: _Held) -> None:
+        """Hold an event given back by a nack or handed over by another member."""
+        heapq.heappush(self._later, (held.due, next(_seq), held))
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    async def put_back(self, held: _Held) -> None:
+        """A nacked event: hold it again, or hand it on when this member has left."""
+        if self._closed:
+            await self._connector.core_groups.hand_over(self, [held])
+        else:
+            self._take(held)
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
+        if self._closed:
+            raise ClosedError(f"{self._name()} is closed")
+        if not self._started:
+            raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = self._take_batch(max(1, max_events))
+            if batch or self._closed:
+                return cast("list[Delivery]", batch)
+            now = time.monotonic()
+            wait = None if deadline is None else deadline - now
+            if wait is not None and wait <= 0:
+                return []
+            if self._later:
+                due = max(self._later[0][0] - now, 0.0)
+                wait = due if wait is None else min(wait, due)
+            self._wakeup = wakeup = anyio.Event()
+            with anyio.move_on_after(wait):
+                await wakeup.wait()
+
+    def _take_batch(self, max_events: int) -> list[CoreDelivery]:
+        out: list[CoreDelivery] = []
+        later = self._later
+        if later and later[0][0] <= time.monotonic():
+            now = time.monotonic()
+            while later and later[0][0] <= now and len(out) < max_events:
+                held = heapq.heappop(later)[2]
+                self._offset += 1
+                out.append(CoreDelivery(self, held.event, self._offset, held.attempt))
+        buffer = self._buffer
+        while buffer and len(out) < max_events:
+            out.append(buffer.popleft())
+        if out:
+            self.outstanding.update(out)
+            room = self._room
+            if room is not None and len(buffer) < self._limit:
+                self._room = None
+                room.set()
+        return out
+
+    # -- leaving ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for signal in (self._wakeup, self._room):
+            if signal is not None:
+                signal.set()
+        self._wakeup = self._room = None
+        connector = self._connector
+        connector.consumers.discard(self)
+        with anyio.CancelScope(shield=True):
+            for sub in self._subs:
+                with tolerated(f"leaving group {self.group!r}"), anyio.move_on_after(5.0):
+                    # What the server already sent still reaches _on_message. (nats-py leaves
+                    # Subscription.drain unannotated.)
+                    await sub.drain()  # type: ignore[no-untyped-call]
+            # Handed out and not acked: delivered once more. Still buffered: never delivered.
+            for delivery in self.outstanding:
+                delivery._settled = True  # a late ack or nack of it changes nothing now
+            held = [_Held(d.event, d.attempt + 1, 0.0) for d in self.outstanding]
+            held += [_Held(d.event, d.attempt, 0.0) for d in self._buffer]
+            held += [item[2] for item in self._later]
+            self.outstanding.clear()
+            self._buffer.clear()
+            self._later.clear()
+            await connector.core_groups.leave(self, held)
+
+
+class CoreGroups:
+    """The members of each group in this connector, and what left members handed back."""
+
+    def __init__(self, connector: NatsConnector) -> None:
+        self._connector = connector
+        self._members: dict[tuple[str, str], list[CoreConsumer]] = {}
+        self._parked: dict[tuple[str, str], list[_Held]] = {}
+
+    def join(self, member: CoreConsumer) -> list[_Held]:
+        """Register a member; returns what earlier members of its group left here."""
+        key = (member.topic, member.group)
+        self._members.setdefault(key, []).append(member)
+        return self._parked.pop(key, [])
+
+    async def leave(self, member: CoreConsumer, held: list[_Held]) -> None:
+        """Unregister a member and give what it held to another member of its group."""
+        key = (member.topic, member.group)
+        members = self._members.get(key, [])
+        if member in members:
+            members.remove(member)
+        if not members:
+            self._members.pop(key, None)
+        if held:
+            await self.hand_over(member, held)
+
+    async def hand_over(self, member: CoreConsumer, held: list[_Held]) -> None:
+        key = (member.topic, member.group)
+        for other in self._members.get(key, []):
+            if not other.closed:
+                for item in held:
+                    other._take(item)
+                return
+        left = await self._send_elsewhere(member, held)
+        if not left:
+            return
+        parked = self._parked.setdefault(key, [])
+        parked.extend(left)
+        limit = self._connector.config.core.buffer
+        if len(parked) > limit:
+            log.warning(
+                "group %r on topic %r has no members: dropped %d events it had not acked "
+                "(core mode keeps at most core.buffer=%d for the next member)",
+                member.group,
+                member.topic,
+                len(parked) - limit,
+                limit,
+            )
+            del parked[: len(parked) - limit]
+
+    async def _send_elsewhere(self, member: CoreConsumer, held: list[_Held]) -> list[_Held]:
+        """Hand events to a member in another process; returns those nobody took."""
+        connector = self._connector
+        if not connector.connected:
+            return held
+        for i, item in enumerate(held):
+            headers, payload = connector.encode(item.event)
+            headers[_ATTEMPT_HEADER] = str(item.attempt)
+            try:
+                await connector.nc.request(
+                    member.handoff_subject, payload, timeout=_HANDOFF_TIMEOUT, headers=headers
+                )
+            except NATS_ERRORS:
+                return held[i:]  # no member elsewhere (or no answer): keep them here
+        return []
