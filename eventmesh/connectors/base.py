@@ -57,7 +57,8 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     consumer_groups: bool = True
     """Members of one group share the work; different groups each get every event."""
     redelivery: bool = True
-    """A nacked or abandoned delivery comes back (possibly to another member)."""
+    """A nacked or abandoned delivery comes back (possibly to another member); for a
+    backend that is not ``durable``, only while some process of the group holds it."""
 
 
 class Delivery(abc.ABC):
@@ -246,7 +247,8 @@ class Connector(abc.ABC):
         """Store ``events`` on ``topic``; return only once all of them are stored.
 
         Raises ``PublishError`` (with the backend's reason) when any event may not be
-        stored, ``ClosedError`` after close. Events with the same ``partitionkey`` keep
+        stored, ``ClosedError`` after close, and ``EventValidationError`` before sending
+        anything when an event cannot be encoded for the backend (the caller's error). Events with the same ``partitionkey`` keep
         their order when the connector claims ``ordered_by_key``.
         """
 

@@ -291,6 +291,37 @@ class ConnectorConformance:
             assert numbers == sorted(numbers)
 
     @pytest.mark.anyio
+    async def test_order_per_key_holds_across_members(
+        self, connector: Connector, topic: str
+    ) -> None:
+        """With two members, each key is read by one of them, in publish order."""
+        self.need(connector, "ordered_by_key")
+        self.need(connector, "consumer_groups")
+        events = _events(400, keys=16)
+        seen: dict[str, dict[str, list[int]]] = {"a": defaultdict(list), "b": defaultdict(list)}
+        async with connector.subscribe(topic, "g") as a, connector.subscribe(topic, "g") as b:
+            for i in range(0, 400, 50):
+                await connector.publish(topic, events[i : i + 50])
+
+            async def drain(name: str, consumer: Consumer) -> None:
+                while sum(len(v) for m in seen.values() for v in m.values()) < 400:
+                    for d in await consumer.fetch(50, timeout=0.2):
+                        seen[name][str(d.key)].append(d.event.data["n"])
+                        await d.ack()
+
+            with anyio.move_on_after(self.timeout):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(drain, "a", a)
+                    tg.start_soon(drain, "b", b)
+        keys_a, keys_b = set(seen["a"]), set(seen["b"])
+        assert keys_a | keys_b == {f"k{i}" for i in range(16)}
+        assert not keys_a & keys_b, f"keys read by both members: {sorted(keys_a & keys_b)}"
+        for member in seen.values():
+            for numbers in member.values():
+                assert numbers == sorted(numbers)
+        assert sum(len(v) for m in seen.values() for v in m.values()) == 400
+
+    @pytest.mark.anyio
     async def test_latest_start_skips_earlier_events(
         self, connector: Connector, topic: str
     ) -> None:
