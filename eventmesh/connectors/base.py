@@ -40,9 +40,10 @@ __all__ = [
 
 StartPosition: TypeAlias = Literal["earliest", "latest"] | datetime
 """Where a *new* group starts reading: the oldest retained event, only events published
-after it joined, or the first event stored at or after a time. A group that already has
-a committed position resumes from it, whatever ``start`` says (as Kafka's
-``auto.offset.reset`` does)."""
+after it joined, or the first event stored at or after a time. The position is fixed
+when the group first joins: a member that leaves without acking hands the next member
+the same start, never a later 'latest'. A group that already has a committed position
+resumes from it, whatever ``start`` says (as Kafka's ``auto.offset.reset`` does)."""
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,7 +65,9 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
 class Delivery(abc.ABC):
     """One event handed to one consumer, to be acked or nacked exactly once.
 
-    ``attempt`` counts deliveries of this event to this group, from 1. ``timestamp`` is
+    ``attempt`` counts deliveries of this event to this group, from 1, as far as the
+    backend knows: one that keeps no count (Kafka) starts again at 1 after a crash or a
+    rebalance. ``timestamp`` is
     when the backend stored it (seconds since the epoch), when the backend says.
     """
 
@@ -248,8 +251,9 @@ class Connector(abc.ABC):
 
         Raises ``PublishError`` (with the backend's reason) when any event may not be
         stored, ``ClosedError`` after close, and ``EventValidationError`` before sending
-        anything when an event cannot be encoded for the backend (the caller's error). Events with the same ``partitionkey`` keep
-        their order when the connector claims ``ordered_by_key``.
+        anything when an event cannot be encoded for the backend (the caller's error).
+        Events with the same ``partitionkey`` keep their order when the connector claims
+        ``ordered_by_key``.
         """
 
     @abc.abstractmethod
