@@ -1,0 +1,344 @@
+"""The CloudEvents Kafka protocol binding: pure functions between Kafka records and events.
+
+A Kafka record is a key, a value and a list of headers (name, bytes). This module maps
+an :class:`~eventmesh.event.Event` to and from that triple, in either content mode of the
+binding (CloudEvents Kafka Protocol Binding 1.0):
+
+* **binary** (:func:`to_binary`): every attribute but ``datacontenttype`` travels as a
+  ``ce_<name>`` header, ``datacontenttype`` as the ``content-type`` header, the data
+  alone as the value. Attribute values and data follow the rules every binary binding
+  shares (:mod:`eventmesh.bindings._common`): headers carry no types, so extensions come
+  back as their canonical strings (``42`` as ``"42"``, ``True`` as ``"true"``). An event
+  without data becomes a record without a value, as the binding requires (on a compacted
+  topic such a record is a tombstone).
+* **structured** (:func:`to_structured`): the whole event in the JSON event format as the
+  value, with ``content-type: application/cloudevents+json``. Types survive.
+
+In both modes the record key is the ``partitionkey`` extension encoded as UTF-8 (no key
+when the event has none), and the extension stays in the event as well: Kafka sends
+records with one key to one partition, which is how eventmesh keeps per-key order.
+
+:func:`from_message` reads any record and tells the modes apart as the binding says: a
+``content-type`` header of ``application/cloudevents+json`` (any parameters, any case)
+means structured; otherwise a record with at least one ``ce_`` header is binary. A
+record key becomes the ``partitionkey`` extension when the event does not carry one
+already (bytes that are not UTF-8 are replaced with U+FFFD).
+
+**Records that are not CloudEvents** (no ``ce_`` header, not structured; for example
+what a plain Kafka producer writes) are never dropped. :func:`wrap_message` turns them
+into an event by this rule:
+
+========================  ==============================================================
+``id``                    ``"{topic}-{partition}-{offset}"``, unique per record
+``source``                ``"kafka://{topic}"``
+``type``                  ``"io.eventmesh.kafka.message"``
+``time``                  the record's timestamp, when known; otherwise absent
+``datacontenttype``       the ``content-type`` header, when present
+``data``                  the value under the shared binary rules: JSON when the content
+                          type is JSON (or absent) and it parses, text for ``text/*``,
+                          otherwise the bytes as they are; no value gives no data
+``partitionkey``          the record key, when there is one
+``cloudeventerror``       why the record was not read as a CloudEvent, when it claimed to
+                          be one (see below)
+========================  ==============================================================
+
+A record that claims to be a CloudEvent but breaks the spec (a ``ce_`` header with a bad
+``ce_time``, a structured value that is not a JSON event, ...) makes :func:`from_message`
+raise :class:`~eventmesh.errors.EventValidationError` naming the attribute; the Kafka
+connector then delivers it wrapped by the same rule, with the reason in the
+``cloudeventerror`` extension, so one bad record cannot block its partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Final, Literal, TypeAlias
+
+import msgspec
+
+from eventmesh.bindings._common import decode_attribute, decode_data, encode_attribute, encode_data
+from eventmesh.errors import EventValidationError
+from eventmesh.event import Event, ExtensionValue, decode_json, encode_json
+
+__all__ = [
+    "CE_PREFIX",
+    "CONTENT_TYPE",
+    "MESSAGE_TYPE",
+    "STRUCTURED_CONTENT_TYPE",
+    "Headers",
+    "Message",
+    "content_mode",
+    "from_message",
+    "to_binary",
+    "to_structured",
+    "wrap_message",
+]
+
+Headers: TypeAlias = list[tuple[str, bytes]]
+"""Kafka record headers as aiokafka takes and returns them: (name, value) pairs."""
+
+Message: TypeAlias = tuple[bytes | None, bytes | None, Headers]
+"""A record as ``(key, value, headers)``."""
+
+CE_PREFIX: Final = "ce_"
+"""The prefix of the header that carries each attribute in binary mode."""
+CONTENT_TYPE: Final = "content-type"
+"""The header that carries ``datacontenttype`` (binary) or the event format (structured)."""
+STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
+"""The media type of the JSON event format, which marks a structured-mode record."""
+MESSAGE_TYPE: Final = "io.eventmesh.kafka.message"
+"""The ``type`` given to a record that is not a CloudEvent (see :func:`wrap_message`)."""
+
+_STRUCTURED_HEADERS: Final[Headers] = [(CONTENT_TYPE, STRUCTURED_CONTENT_TYPE.encode("ascii"))]
+_REQUIRED: Final = ("specversion", "id", "source", "type")
+
+
+def _key(event: Event) -> bytes | None:
+    key = event.partitionkey
+    return None if key is None else key.encode("utf-8")
+
+
+def to_binary(event: Event) -> Message:
+    """The binary-mode record for ``event``: ``(key, value, headers)``.
+
+    ``value`` is None for an event without data. Raises ``EventValidationError`` when
+    the data cannot be encoded under its content type.
+    """
+    # Written out rather than looped over event.attributes(): this runs once per event
+    # on the publish path. The order is the same.
+    try:
+        headers: Headers = [
+            ("ce_specversion", event.specversion.encode()),
+            ("ce_id", event.id.encode()),
+            ("ce_source", event.source.encode()),
+            ("ce_type", event.type.encode()),
+        ]
+        if event.datacontenttype is not None:
+            headers.append((CONTENT_TYPE, event.datacontenttype.encode()))
+        if event.dataschema is not None:
+            headers.append(("ce_dataschema", event.dataschema.encode()))
+        if event.subject is not None:
+            headers.append(("ce_subject", event.subject.encode()))
+        if event.time is not None:
+            headers.append(("ce_time", encode_attribute(event.time).encode()))
+        for name, attr in event.extensions.items():
+            text = attr if type(attr) is str else encode_attribute(attr)
+            headers.append((CE_PREFIX + name, text.encode()))
+        key = _key(event)
+    except UnicodeEncodeError as exc:
+        raise _not_utf8(event, exc) from exc
+    value = None if event.data is None else encode_data(event)
+    return key, value, headers
+
+
+def _not_utf8(event: Event, exc: UnicodeEncodeError) -> EventValidationError:
+    return EventValidationError(
+        f"an attribute of event {event.id!r} cannot be sent as UTF-8, as Kafka headers "
+        f"must be: {exc}"
+    )
+
+
+def to_structured(event: Event) -> Message:
+    """The structured-mode record for ``event``: the JSON event format as the value.
+
+    Raises ``EventValidationError`` when the event cannot be written as JSON.
+    """
+    try:
+        return _key(event), encode_json(event), list(_STRUCTURED_HEADERS)
+    except UnicodeEncodeError as exc:
+        raise _not_utf8(event, exc) from exc
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise EventValidationError(
+            f"the data of event {event.id!r} cannot be encoded as JSON: {exc}", attribute="data"
+        ) from exc
+
+
+def content_mode(
+    headers: Iterable[tuple[str, bytes | None]],
+) -> Literal["binary", "structured", "foreign"]:
+    """How a record with these headers is read: as a binary or structured CloudEvent,
+    or as a foreign record to wrap."""
+    return _scan(headers)[0]
+
+
+_STRUCTURED_MEDIA: Final = STRUCTURED_CONTENT_TYPE.encode("ascii")
+# The headers nearly every binary record has, by name: one dict lookup instead of case
+# folding and prefix tests (any other spelling takes the general path).
+_KNOWN: Final = {
+    CE_PREFIX + name: name
+    for name in ("specversion", "id", "source", "type", "time", "subject", "dataschema")
+}
+
+
+def _scan(
+    headers: Iterable[tuple[str, bytes | None]],
+) -> tuple[Literal["binary", "structured", "foreign"], dict[str, bytes | None], bytes | None]:
+    """One pass over the headers: the mode, the raw ce_ attributes, the content type."""
+    attrs: dict[str, bytes | None] = {}
+    content_type: bytes | None = None
+    known = _KNOWN
+    for name, raw in headers:
+        attr = known.get(name)
+        if attr is None:
+            if not name.startswith(CE_PREFIX) or not name.islower():  # names ignore case
+                name = name.lower()
+                if name == CONTENT_TYPE:
+                    content_type = raw
+                    continue
+                if not name.startswith(CE_PREFIX):
+                    continue
+            attr = name[3:]
+        attrs[attr] = raw
+    if content_type is not None:
+        media = content_type.split(b";", 1)[0].strip().lower()
+        if media == _STRUCTURED_MEDIA:
+            return "structured", attrs, content_type
+    return ("binary" if attrs else "foreign"), attrs, content_type
+
+
+def from_message(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes | None]],
+    *,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    timestamp: float | None = None,
+) -> Event:
+    """The event a Kafka record carries, in either content mode.
+
+    A record that is not a CloudEvent is wrapped by :func:`wrap_message`, which needs
+    ``topic``, ``partition`` and ``offset`` (``timestamp`` in seconds since the epoch is
+    used for its ``time``). Raises ``EventValidationError`` when the record claims to be
+    a CloudEvent but is not a valid one, or is foreign and its position is not given.
+    """
+    mode, attrs, content_type = _scan(headers)
+    if mode == "binary":
+        return _from_binary(key, value, attrs, content_type)
+    if mode == "structured":
+        return _from_structured(key, value)
+    if topic is None or partition is None or offset is None:
+        raise EventValidationError(
+            "the record is not a CloudEvent (no ce_ headers and no content-type "
+            f"{STRUCTURED_CONTENT_TYPE}); pass its topic, partition and offset to wrap it"
+        )
+    return wrap_message(
+        key,
+        value,
+        headers,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=timestamp,
+    )
+
+
+def _key_text(key: bytes) -> str:
+    return key.decode("utf-8", errors="replace")
+
+
+def _from_binary(
+    key: bytes | None,
+    value: bytes | None,
+    raw_attrs: dict[str, bytes | None],
+    raw_content_type: bytes | None,
+) -> Event:
+    try:
+        attrs = {name: raw.decode() if raw else "" for name, raw in raw_attrs.items()}
+        content_type = None if raw_content_type is None else raw_content_type.decode()
+    except UnicodeDecodeError as exc:
+        bad = next((n for n, raw in raw_attrs.items() if raw and not _is_utf8(raw)), None)
+        where = f"header {CE_PREFIX}{bad}" if bad else f"header {CONTENT_TYPE}"
+        raise EventValidationError(
+            f"{where} is not UTF-8 text, as the Kafka binding requires: {exc}", attribute=bad
+        ) from exc
+    for required in _REQUIRED:
+        if required not in attrs:
+            raise EventValidationError(
+                f"required attribute {required!r} is missing: the record has ce_ headers "
+                f"but no {CE_PREFIX}{required} header",
+                attribute=required,
+            )
+    specversion = attrs.pop("specversion")
+    id_ = attrs.pop("id")
+    source = attrs.pop("source")
+    type_ = attrs.pop("type")
+    # Some producers send ce_datacontenttype; the content-type header wins.
+    found = attrs.pop("datacontenttype", None)
+    if content_type is None:
+        content_type = found
+    dataschema = attrs.pop("dataschema", None)
+    subject = attrs.pop("subject", None)
+    time = attrs.pop("time", None)
+    extensions: dict[str, ExtensionValue] = dict(attrs)
+    if key is not None and "partitionkey" not in extensions:
+        extensions["partitionkey"] = _key_text(key)
+    return Event(
+        specversion=specversion,
+        id=id_,
+        source=source,
+        type=type_,
+        datacontenttype=content_type,
+        dataschema=dataschema,
+        subject=subject,
+        time=None if time is None else decode_attribute("time", time),
+        data=None if not value else decode_data(value, content_type),
+        extensions=extensions,
+    )
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _from_structured(key: bytes | None, value: bytes | None) -> Event:
+    if not value:
+        raise EventValidationError(
+            f"the record is marked {STRUCTURED_CONTENT_TYPE} but has no value"
+        )
+    event = decode_json(value)
+    if key is not None and "partitionkey" not in event.extensions:
+        event = event.replace(extensions={**event.extensions, "partitionkey": _key_text(key)})
+    return event
+
+
+def wrap_message(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes | None]],
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp: float | None = None,
+    error: str | None = None,
+) -> Event:
+    """An event for a record that is not a CloudEvent, by the rule in the module docstring.
+
+    ``timestamp`` is the record's timestamp in seconds since the epoch, if known;
+    ``error`` why a record that claimed to be a CloudEvent could not be read as one.
+    """
+    content_type: str | None = None
+    for name, raw in headers:
+        if name.lower() == CONTENT_TYPE and raw is not None:
+            content_type = raw.decode("utf-8", errors="replace") or None
+    extensions: dict[str, ExtensionValue] = {}
+    if key is not None:
+        extensions["partitionkey"] = _key_text(key)
+    if error is not None:
+        extensions["cloudeventerror"] = error
+    return Event(
+        id=f"{topic}-{partition}-{offset}",
+        source=f"kafka://{topic}",
+        type=MESSAGE_TYPE,
+        time=None if timestamp is None else datetime.fromtimestamp(timestamp, UTC),
+        datacontenttype=content_type,
+        data=decode_data(value or b"", content_type),
+        extensions=extensions,
+    )

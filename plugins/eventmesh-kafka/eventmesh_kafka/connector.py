@@ -1,0 +1,290 @@
+"""The Kafka connector: publish with ``acks=all``, subscribe as Kafka consumer groups.
+
+One idempotent producer (``acks=all``, ``enable_idempotence``) per connector publishes
+every event of a call at once and returns when the broker acknowledged all of them, so a
+returned ``publish`` means written to every in-sync replica. Each :meth:`subscribe` is
+one member of a Kafka consumer group (see :mod:`eventmesh_kafka.consumer`). With
+``create_topics`` an admin client creates a topic with ``partitions`` partitions the
+first time it is used; the topics known to exist are remembered for the connector's life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import anyio
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
+
+from eventmesh.bindings.kafka import Message, to_binary, to_structured
+from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition
+from eventmesh.errors import ConnectError, ConnectorError, PublishError, SubscribeError
+from eventmesh.event import Event
+from eventmesh_kafka._errors import (
+    is_success,
+    refused,
+    tolerated,
+    translate,
+    translated,
+)
+from eventmesh_kafka.config import KafkaConfig
+from eventmesh_kafka.consumer import KafkaConsumer
+
+__all__ = ["KafkaConnector"]
+
+log = logging.getLogger(__name__)
+
+_CAPABILITIES: Final = Capabilities(
+    durable=True, ordered_by_key=True, replay=True, consumer_groups=True, redelivery=True
+)
+_TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
+_HEALTH_TIMEOUT: Final = 5.0
+
+
+def check_topic(topic: object, kind: type[ConnectorError]) -> str:
+    """``topic`` if Kafka accepts it as a topic name, else ``kind`` saying why not."""
+    if not isinstance(topic, str) or not _TOPIC.match(topic) or topic in (".", ".."):
+        raise kind(
+            f"{topic!r} is not a valid Kafka topic name: use 1 to 249 ASCII letters, digits, "
+            "'.', '_' and '-' (and not '.' or '..' alone)"
+        )
+    return topic
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a send's outcome as seen, so asyncio does not warn about an unread error."""
+    if not future.cancelled():
+        future.exception()
+
+
+class KafkaConnector(Connector):
+    """Apache Kafka as an eventmesh backend (``type: kafka``), built on aiokafka."""
+
+    Config = KafkaConfig
+    config: KafkaConfig
+
+    def __init__(self, config: KafkaConfig | None = None, *, name: str | None = None) -> None:
+        super().__init__(config, name=name or "kafka")
+        self._producer: Any = None
+        self._admin: Any = None
+        self._client_options: dict[str, Any] = {}
+        self._encode = to_structured if self.config.mode == "structured" else to_binary
+        self._topics: set[str] = set()
+        self._topic_locks: dict[str, anyio.Lock] = {}
+        self._replicas = 1
+        self._consumers: set[KafkaConsumer] = set()
+        self._producer_lock = anyio.Lock()
+        self._broken: Any = None  # the producer whose sends failed, until it is replaced
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return _CAPABILITIES
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        config = self.config
+        where = f"connecting to Kafka at {config.bootstrap_servers}"
+        with translated(ConnectError, where, setup=True):
+            ssl_context = None
+            if config.security_protocol in ("SSL", "SASL_SSL"):
+                ssl_context = create_ssl_context(
+                    cafile=config.ssl_cafile,
+                    certfile=config.ssl_certfile,
+                    keyfile=config.ssl_keyfile,
+                )
+            self._client_options = {
+                "bootstrap_servers": config.servers,
+                "client_id": config.client_id,
+                "request_timeout_ms": config.request_timeout_ms,
+                "security_protocol": config.security_protocol,
+                "ssl_context": ssl_context,
+                "sasl_mechanism": config.sasl_mechanism or "PLAIN",
+                "sasl_plain_username": config.sasl_plain_username,
+                "sasl_plain_password": config.sasl_plain_password,
+            }
+            producer = self._new_producer()
+            admin = AIOKafkaAdminClient(**self._client_options)
+        try:
+            with translated(ConnectError, where):
+                await producer.start()
+                await admin.start()
+                if config.create_topics and config.replication_factor is None:
+                    cluster = await admin.describe_cluster()
+                    self._replicas = max(1, min(3, len(cluster.get("brokers", ()))))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._stop_clients(producer, admin)
+            raise
+        self._producer = producer
+        self._admin = admin
+
+    def _new_producer(self) -> Any:
+        config = self.config
+        return AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=config.linger_ms,
+            max_batch_size=config.max_batch_size,
+            max_request_size=config.max_request_size,
+            compression_type=config.compression_type,
+            **self._client_options,
+        )
+
+    async def _renew_producer(self) -> None:
+        """Replace a producer whose requests failed by a new one (a new producer id).
+
+        After a request timed out, an idempotent aiokafka producer's sequence numbers no
+        longer match the broker's and every later send fails with
+        OutOfOrderSequenceNumber; a new producer starts a fresh sequence.
+        """
+        async with self._producer_lock:
+            old = self._producer
+            if old is None or self._broken is not old:
+                return  # renewed meanwhile (or closed)
+            where = f"publishing to Kafka at {self.config.bootstrap_servers} (new producer)"
+            with translated(PublishError, where, setup=True):
+                new = self._new_producer()
+            try:
+                with translated(PublishError, where):
+                    await new.start()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._stop_clients(new, None)
+                raise
+            self._producer, self._broken = new, None
+            log.info("connector %r: replaced its Kafka producer after failed sends", self.name)
+        with anyio.CancelScope(shield=True):
+            await self._stop_clients(old, None)
+
+    async def _close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.close()
+        producer, admin = self._producer, self._admin
+        self._producer = self._admin = self._broken = None
+        with anyio.CancelScope(shield=True):
+            await self._stop_clients(producer, admin)
+
+    async def _stop_clients(self, producer: Any, admin: Any) -> None:
+        # Stopping the producer first sends what it still holds (publish calls that were
+        # cancelled while waiting for their acknowledgements).
+        if producer is not None:
+            with tolerated(f"connector {self.name!r}: stopping the Kafka producer"):
+                await producer.stop()
+        if admin is not None:
+            with tolerated(f"connector {self.name!r}: closing the Kafka admin client"):
+                await admin.close()
+
+    async def health(self) -> bool:
+        """True while a broker answers a metadata request within a few seconds."""
+        if not self.is_open:
+            return False
+        try:
+            with translated(ConnectError, "checking Kafka"), anyio.fail_after(_HEALTH_TIMEOUT):
+                await self._admin.describe_cluster()
+        except ConnectError as exc:
+            log.info("connector %r is not healthy: %s", self.name, exc)
+            return False
+        return True
+
+    # -- topics --------------------------------------------------------------------------
+
+    async def ensure_topic(self, topic: str, kind: type[ConnectorError]) -> None:
+        """With ``create_topics``, create ``topic`` unless it is known to exist."""
+        if not self.config.create_topics or topic in self._topics:
+            return
+        lock = self._topic_locks.setdefault(topic, anyio.Lock())
+        async with lock:
+            if topic in self._topics:
+                return
+            config = self.config
+            replicas = config.replication_factor or self._replicas
+            where = (
+                f"creating Kafka topic {topic!r} ({config.partitions} partitions, "
+                f"replication factor {replicas})"
+            )
+            with translated(kind, where):
+                response = await self._admin.create_topics(
+                    [NewTopic(topic, config.partitions, replicas)]
+                )
+            for name, code, *rest in response.topic_errors:
+                if not is_success(code, exists_ok=True):
+                    raise refused(kind, where, code, rest[0] if rest else None)
+                log.debug("connector %r: topic %r is there", self.name, name)
+            self._topics.add(topic)
+            self._topic_locks.pop(topic, None)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish(self, topic: str, events: Sequence[Event]) -> None:
+        """Send every event, then wait until the broker acknowledged all of them.
+
+        Events with one ``partitionkey`` share a record key, hence a partition, and keep
+        their order. Raises ``PublishError`` naming the topic and the broker's reason when
+        any event may not be stored (then others of the call may have been stored),
+        ``EventValidationError`` when an event's data cannot be encoded.
+        """
+        self._check_open()
+        check_topic(topic, PublishError)
+        if not events:
+            return
+        encode = self._encode
+        messages: list[Message] = [encode(event) for event in events]
+        await self.ensure_topic(topic, PublishError)
+        if self._broken is not None:
+            await self._renew_producer()
+        producer = self._producer
+        where = f"publishing to Kafka topic {topic!r}"
+        send = producer.send
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            with translated(PublishError, where):
+                for key, value, headers in messages:
+                    if value is None and key is None:
+                        # aiokafka refuses a record with neither key nor value; an
+                        # empty value reads back as "no data" just the same.
+                        value = b""
+                    futures.append(await send(topic, value=value, key=key, headers=headers))
+                results = await asyncio.gather(*futures, return_exceptions=True)
+        except BaseException:
+            for future in futures:
+                future.add_done_callback(_retrieve)
+            raise
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            self._broken = producer
+            count = f"{len(failed)} of {len(events)} events were not stored"
+            raise translate(failed[0], PublishError, f"{where} ({count})") from failed[0]
+
+    # -- subscribing ---------------------------------------------------------------------
+
+    def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
+        """A member of Kafka consumer group ``group`` on ``topic``; see KafkaConsumer."""
+        self._check_open()
+        check_topic(topic, SubscribeError)
+        if not isinstance(group, str) or not group:
+            raise SubscribeError(f"group must be a non-empty string, got {group!r}")
+        if start not in ("earliest", "latest") and not isinstance(start, datetime):
+            raise SubscribeError(f"start must be 'earliest', 'latest' or a datetime, got {start!r}")
+        return KafkaConsumer(self, topic, group, start)
+
+    # -- for the consumers ---------------------------------------------------------------
+
+    def client_options(self) -> dict[str, Any]:
+        """The connection settings every aiokafka client of this connector shares."""
+        self._check_open()
+        return dict(self._client_options)
+
+    def register(self, consumer: KafkaConsumer) -> None:
+        """Track a started consumer, so closing the connector closes it."""
+        self._consumers.add(consumer)
+
+    def unregister(self, consumer: KafkaConsumer) -> None:
+        """Forget a closed consumer."""
+        self._consumers.discard(consumer)

@@ -1,0 +1,94 @@
+"""Fixtures for the Kafka connector's tests: a real Apache Kafka broker on 127.0.0.1.
+
+``kafka_bootstrap`` is the broker: ``KAFKA_BOOTSTRAP`` when set, else one started by
+``scripts/kafka.sh start``. Without a broker the tests that need one skip, unless
+``CI=true``, where a missing broker is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from eventmesh_kafka import KafkaConfig, KafkaConnector
+
+REPO = Path(__file__).resolve().parents[3]
+KAFKA_SH = REPO / "scripts" / "kafka.sh"
+START_TIMEOUT = 300  # a first start downloads Kafka from Maven Central
+
+FAST_GROUPS: dict[str, Any] = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 300}
+"""Group timings for tests: rebalances settle in a fraction of a second (6 s is the
+broker's smallest allowed session timeout)."""
+
+
+@pytest.fixture
+def anyio_backend() -> Any:
+    """asyncio with uvloop, the loop eventmesh uses by default."""
+    return ("asyncio", {"use_uvloop": True})
+
+
+def _unavailable(reason: str) -> NoReturn:
+    message = f"Kafka broker not available: {reason}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def start_broker() -> str:
+    """``host:port`` of the broker scripts/kafka.sh runs (starting it if need be)."""
+    result = subprocess.run(
+        [str(KAFKA_SH), "start"],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines or not lines[-1].startswith("KAFKA_BOOTSTRAP="):
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"scripts/kafka.sh start exited {result.returncode}: {tail}")
+    return lines[-1].split("=", 1)[1]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The bootstrap address of a running broker (started here if need be)."""
+    address = os.environ.get("KAFKA_BOOTSTRAP")
+    if address:
+        return address
+    if not KAFKA_SH.exists():
+        _unavailable(f"{KAFKA_SH} is missing")
+    try:
+        return start_broker()
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        _unavailable(str(exc))
+
+
+@pytest.fixture
+def kafka_config(kafka_bootstrap: str) -> KafkaConfig:
+    """Settings for a connector to the test broker: topics of 4 partitions, fast groups."""
+    return KafkaConfig(
+        bootstrap_servers=kafka_bootstrap,
+        partitions=4,
+        request_timeout_ms=10_000,
+        **FAST_GROUPS,
+    )
+
+
+@pytest.fixture
+async def kafka(kafka_config: KafkaConfig) -> AsyncIterator[KafkaConnector]:
+    """An open Kafka connector."""
+    async with KafkaConnector(kafka_config) as connector:
+        yield connector
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic name no other test uses."""
+    return f"test-{uuid.uuid4().hex[:12]}"
