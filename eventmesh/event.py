@@ -100,26 +100,31 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     extensions: dict[str, ExtensionValue] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("id", "source", "type"):
-            value = getattr(self, name)
-            if type(value) is not str or not value:
-                raise EventValidationError(
-                    f"attribute {name!r} must be a non-empty string, got {value!r}",
-                    attribute=name,
-                )
+        # Unrolled: this runs for every event decoded or built, so no getattr loops.
+        if type(self.id) is not str or not self.id:
+            _bad_required("id", self.id)
+        if type(self.source) is not str or not self.source:
+            _bad_required("source", self.source)
+        if type(self.type) is not str or not self.type:
+            _bad_required("type", self.type)
         if self.specversion != SPECVERSION:
             raise EventValidationError(
                 f"attribute 'specversion' must be {SPECVERSION!r}, got {self.specversion!r}; "
                 "eventmesh speaks CloudEvents 1.0",
                 attribute="specversion",
             )
-        for name in ("datacontenttype", "dataschema", "subject"):
-            value = getattr(self, name)
-            if value is not None and (type(value) is not str or not value):
-                raise EventValidationError(
-                    f"attribute {name!r} must be a non-empty string when set, got {value!r}",
-                    attribute=name,
-                )
+        if (
+            self.datacontenttype is not None
+            or self.dataschema is not None
+            or (self.subject is not None)
+        ):
+            for name in ("datacontenttype", "dataschema", "subject"):
+                value = getattr(self, name)
+                if value is not None and (type(value) is not str or not value):
+                    raise EventValidationError(
+                        f"attribute {name!r} must be a non-empty string when set, got {value!r}",
+                        attribute=name,
+                    )
         time = self.time
         if time is not None and (not isinstance(time, datetime) or time.tzinfo is None):
             raise EventValidationError(
@@ -267,6 +272,12 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return CloudEvent(attributes=self.attributes(), data=data)
 
 
+def _bad_required(name: str, value: Any) -> None:
+    raise EventValidationError(
+        f"attribute {name!r} must be a non-empty string, got {value!r}", attribute=name
+    )
+
+
 def _check_extensions(extensions: Mapping[str, Any]) -> None:
     if not isinstance(extensions, dict):
         raise EventValidationError(
@@ -323,6 +334,13 @@ def parse_time(value: Any) -> datetime:
             f"attribute 'time' must be an RFC 3339 string, got {type(value).__name__}",
             attribute="time",
         )
+    if ("T" in value or "t" in value) and len(value) <= 32:
+        try:  # the common case, parsed in C: up to microseconds, with a zone
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
     text = value
     dot = text.find(".")
     if dot != -1:  # Python keeps microseconds; CloudEvents producers may send nanoseconds
