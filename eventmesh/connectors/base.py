@@ -119,11 +119,14 @@ class Consumer(abc.ABC):
     """One member of a consumer group on one topic, returned by :meth:`Connector.subscribe`.
 
     Use it as an async context manager: entering joins the group, leaving it leaves the
-    group; deliveries not acked by then are delivered again to the group.
+    group; deliveries not acked by then are delivered again to the group. The lifecycle
+    (start once, close idempotently, refuse use after close) is kept here; a connector
+    implements :meth:`_start`, :meth:`_close` and :meth:`fetch`.
     """
 
     topic: str
     group: str
+    _lifecycle: Literal["new", "started", "closed"] = "new"
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -137,10 +140,46 @@ class Consumer(abc.ABC):
     ) -> None:
         await self.close()
 
-    @abc.abstractmethod
     async def start(self) -> None:
         """Join the group. Raises ``SubscribeError`` when the backend refuses,
         ``LifecycleError`` when already started, ``ClosedError`` after close."""
+        if self._lifecycle == "closed":
+            raise ClosedError(f"{self._describe()} is closed")
+        if self._lifecycle == "started":
+            raise LifecycleError(f"{self._describe()} was started twice")
+        self._lifecycle = "started"
+        await self._start()
+
+    async def close(self) -> None:
+        """Leave the group, committing what was acked. Idempotent."""
+        if self._lifecycle == "closed":
+            return
+        self._lifecycle = "closed"
+        await self._close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._lifecycle == "closed"
+
+    def _check_fetch(self) -> None:
+        """Raise what :meth:`fetch` must raise before start or after close."""
+        if self._lifecycle != "started":
+            if self._lifecycle == "closed":
+                raise ClosedError(f"{self._describe()} is closed")
+            raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
+
+    def _describe(self) -> str:
+        return f"consumer of {self.topic!r} (group {self.group!r})"
+
+    @abc.abstractmethod
+    async def _start(self) -> None:
+        """Join the group (called once, by :meth:`start`); raise ``SubscribeError``."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Leave the group and release everything (called once, by :meth:`close`, also
+        for a consumer that was never started or whose start failed)."""
 
     @abc.abstractmethod
     async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
@@ -148,13 +187,9 @@ class Consumer(abc.ABC):
 
         Returns as soon as at least one is available; returns ``[]`` when ``timeout``
         seconds pass first, or when the consumer is closed while waiting. Raises
-        ``ClosedError`` when called after close and ``SubscribeError`` when the backend
-        fails.
+        ``ClosedError`` when called after close (see :meth:`_check_fetch`) and
+        ``SubscribeError`` when the backend fails.
         """
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Leave the group, committing what was acked. Idempotent."""
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         """Deliveries one at a time until the consumer is closed."""
@@ -167,11 +202,6 @@ class Consumer(abc.ABC):
                 return
             for delivery in batch:
                 yield delivery
-
-    @property
-    @abc.abstractmethod
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
 
 
 class Connector(abc.ABC):

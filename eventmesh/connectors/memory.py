@@ -27,8 +27,6 @@ import msgspec
 from eventmesh._duration import Duration
 from eventmesh.connectors.base import Capabilities, Connector, Consumer, Delivery, StartPosition
 from eventmesh.errors import (
-    ClosedError,
-    LifecycleError,
     PublishError,
     SubscribeError,
     TopicFullError,
@@ -333,16 +331,11 @@ class _MemoryConsumer(Consumer):
         self._connector = connector
         self.topic = topic
         self.group = group
-        self._start = start
+        self._start_at = start
         self._group: _Group | None = None
         self._wakeup: anyio.Event | None = None
-        self._closed = False
         self.partitions: list[int] = []
         self.cursor = 0
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def wake(self) -> None:
         wakeup = self._wakeup
@@ -350,22 +343,16 @@ class _MemoryConsumer(Consumer):
             self._wakeup = None
             wakeup.set()
 
-    async def start(self) -> None:
-        if self._closed:
-            raise ClosedError(f"consumer of {self.topic!r} (group {self.group!r}) is closed")
-        if self._group is not None:
-            raise LifecycleError(f"consumer of {self.topic!r} (group {self.group!r}) started twice")
+    async def _start(self) -> None:
         self._group = self._connector._join(self)
 
     async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
+        self._check_fetch()
         group = self._group
-        if self._closed:
-            raise ClosedError(f"consumer of {self.topic!r} (group {self.group!r}) is closed")
-        if group is None:
-            raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
+        assert group is not None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self._closed:
+            if self.closed:
                 return []
             batch = group.take(self, max_events)
             if batch:
@@ -386,10 +373,7 @@ class _MemoryConsumer(Consumer):
                 with anyio.move_on_after(wait):
                     await wakeup.wait()
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _close(self) -> None:
         if self._group is not None:
             self._group.leave(self)
         self._connector._consumers.discard(self)
@@ -433,7 +417,7 @@ class MemoryConnector(Connector):
         topic = self._topic(consumer.topic)
         group = topic.groups.get(consumer.group)
         if group is None:
-            group = topic.groups[consumer.group] = _Group(topic, consumer.group, consumer._start)
+            group = topic.groups[consumer.group] = _Group(topic, consumer.group, consumer._start_at)
         group.join(consumer)
         self._consumers.add(consumer)
         return group

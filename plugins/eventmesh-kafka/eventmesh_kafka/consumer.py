@@ -28,14 +28,14 @@ import logging
 import time
 from collections import deque
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 from eventmesh.bindings.kafka import from_message, wrap_message
 from eventmesh.connectors.base import Consumer, Delivery, StartPosition
-from eventmesh.errors import ClosedError, EventValidationError, LifecycleError, SubscribeError
+from eventmesh.errors import EventValidationError, SubscribeError
 from eventmesh.event import Event
 from eventmesh_kafka._errors import tolerated, translated
 
@@ -139,9 +139,8 @@ class KafkaConsumer(Consumer):
         self.group = group
         self._connector = connector
         self._config = connector.config
-        self._start = start
+        self._start_at = start
         self._where = f"consumer group {group!r} on Kafka topic {topic!r}"
-        self._state: Literal["new", "started", "closed"] = "new"
         self._client: Any = None
         self._ready = anyio.Event()
         self._parts: dict[int, _Partition] = {}
@@ -155,20 +154,11 @@ class KafkaConsumer(Consumer):
         self._committing = False
         self._generation = 0  # counts rebalance callbacks, so a stale _settle gives up
 
-    @property
-    def closed(self) -> bool:
-        return self._state == "closed"
-
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Join the group; return once this member holds its partitions and knows where
         each starts. Raises ``SubscribeError`` when Kafka refuses or does not answer."""
-        if self._state == "closed":
-            raise ClosedError(f"the {self._where} is closed")
-        if self._state == "started":
-            raise LifecycleError(f"the {self._where} was started twice")
-        self._state = "started"
         connector = self._connector
         try:
             await connector.ensure_topic(self.topic, SubscribeError)
@@ -202,11 +192,8 @@ class KafkaConsumer(Consumer):
             await self.close()
             raise
 
-    async def close(self) -> None:
-        """Commit what was acked, then leave the group. Idempotent."""
-        if self._state == "closed":
-            return
-        self._state = "closed"
+    async def _close(self) -> None:
+        """Commit what was acked, then leave the group."""
         if self._wake is not None:
             self._wake.cancel()
         client, self._client = self._client, None
@@ -225,10 +212,7 @@ class KafkaConsumer(Consumer):
     # -- fetching ------------------------------------------------------------------------
 
     async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
-        if self._state == "closed":
-            raise ClosedError(f"the {self._where} is closed")
-        if self._state == "new":
-            raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
+        self._check_fetch()
         max_events = max(1, max_events)
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
@@ -487,7 +471,7 @@ class KafkaConsumer(Consumer):
         return {tp: int(await client.position(tp)) for tp in tps}
 
     async def _start_offsets(self, client: Any, fresh: list[Any]) -> dict[Any, int]:
-        start = self._start
+        start = self._start_at
         if start == "earliest":
             return dict(await client.beginning_offsets(fresh))
         if start == "latest" or not isinstance(start, datetime):

@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from eventmesh.connectors.base import Consumer, Delivery, StartPosition
-from eventmesh.errors import ClosedError, LifecycleError, PublishError, SubscribeError
+from eventmesh.errors import PublishError, SubscribeError
 from eventmesh.event import Event
 from eventmesh_nats._errors import NATS_ERRORS, tolerated, translated
 from eventmesh_nats.config import escape_name
@@ -112,7 +112,7 @@ class CoreConsumer(Consumer):
         self._connector = connector
         self.topic = topic
         self.group = group
-        self._start = start
+        self._start_at = start
         self._limit = connector.config.core.buffer
         self._buffer: deque[CoreDelivery] = deque()
         self._later: list[tuple[float, int, _Held]] = []  # nacked, by due time
@@ -121,27 +121,13 @@ class CoreConsumer(Consumer):
         self._subs: list[Subscription] = []
         self._not_before: float | None = None
         self._offset = 0
-        self._started = False
-        self._closed = False
         self.outstanding: set[CoreDelivery] = set()
         self.handoff_subject = ""
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _name(self) -> str:
-        return f"consumer of {self.topic!r} (group {self.group!r})"
-
-    async def start(self) -> None:
-        if self._closed:
-            raise ClosedError(f"{self._name()} is closed")
-        if self._started:
-            raise LifecycleError(f"{self._name()} started twice")
-        self._started = True
+    async def _start(self) -> None:
         connector = self._connector
         subject, _ = connector.route(self.topic, SubscribeError)
-        start = self._start
+        start = self._start_at
         if isinstance(start, datetime):
             self._not_before = start.timestamp()
         elif start not in ("earliest", "latest"):
@@ -189,7 +175,7 @@ class CoreConsumer(Consumer):
         if wakeup is not None:
             self._wakeup = None
             wakeup.set()
-        while len(self._buffer) >= self._limit and not self._closed:
+        while len(self._buffer) >= self._limit and not self.closed:
             # Back-pressure: nats-py queues behind us (core.pending_limit), then drops.
             self._room = room = anyio.Event()
             await room.wait()
@@ -197,7 +183,7 @@ class CoreConsumer(Consumer):
     async def _on_handoff(self, msg: Msg) -> None:
         attempt = int((msg.headers or {}).get(_ATTEMPT_HEADER, "1"))
         event = self._connector.decode(msg, None, None)
-        if self._closed:
+        if self.closed:
             return  # no answer: the sender keeps it
         self._take(_Held(event, attempt, 0.0))
         with tolerated("answering a hand-off"):
@@ -213,7 +199,7 @@ class CoreConsumer(Consumer):
 
     async def put_back(self, held: _Held) -> None:
         """A nacked event: hold it again, or hand it on when this member has left."""
-        if self._closed:
+        if self.closed:
             await self._connector.core_groups.hand_over(self, [held])
         else:
             self._take(held)
@@ -221,14 +207,11 @@ class CoreConsumer(Consumer):
     # -- fetching -----------------------------------------------------------------------------
 
     async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
-        if self._closed:
-            raise ClosedError(f"{self._name()} is closed")
-        if not self._started:
-            raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
+        self._check_fetch()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             batch = self._take_batch(max(1, max_events))
-            if batch or self._closed:
+            if batch or self.closed:
                 return cast("list[Delivery]", batch)
             now = time.monotonic()
             wait = None if deadline is None else deadline - now
@@ -263,10 +246,7 @@ class CoreConsumer(Consumer):
 
     # -- leaving ------------------------------------------------------------------------------
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _close(self) -> None:
         for signal in (self._wakeup, self._room):
             if signal is not None:
                 signal.set()

@@ -36,7 +36,6 @@ from nats.js.api import (
 
 from eventmesh.connectors.base import Consumer, Delivery, StartPosition
 from eventmesh.errors import (
-    ClosedError,
     ConnectorError,
     LifecycleError,
     PublishError,
@@ -389,27 +388,13 @@ class JetStreamConsumer(Consumer):
         self._connector = connector
         self.topic = topic
         self.group = group
-        self._start = start
+        self._start_at = start
         self._psub: JetStreamContext.PullSubscription | None = None
-        self._started = False
-        self._closed = False
         self._scope: anyio.CancelScope | None = None
         self._alive = 0.0  # when the consumer last gave something, or was checked
         self.outstanding: set[JetStreamDelivery] = set()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _name(self) -> str:
-        return f"consumer of {self.topic!r} (group {self.group!r})"
-
-    async def start(self) -> None:
-        if self._closed:
-            raise ClosedError(f"{self._name()} is closed")
-        if self._started:
-            raise LifecycleError(f"{self._name()} started twice")
-        self._started = True
+    async def _start(self) -> None:
         connector = self._connector
         subject, stream = connector.route(self.topic, SubscribeError)
         await connector.streams.ensure(self.topic, subject, stream, SubscribeError)
@@ -432,7 +417,7 @@ class JetStreamConsumer(Consumer):
         connector = self._connector
         subject, stream = connector.route(self.topic, SubscribeError)
         durable = escape_name(self.group)
-        with translated(SubscribeError, f"checking the consumer of {self._name()}"):
+        with translated(SubscribeError, f"checking the consumer of {self._describe()}"):
             try:
                 await connector.js.consumer_info(stream, durable)
                 return
@@ -442,7 +427,7 @@ class JetStreamConsumer(Consumer):
         log.warning(
             "the JetStream consumer %r of %s on stream %r is gone; making it again",
             durable,
-            self._name(),
+            self._describe(),
             stream,
         )
         connector.streams.forget(self.topic)
@@ -463,7 +448,7 @@ class JetStreamConsumer(Consumer):
             _check_consumer(info.config, subject, where)
             return
         settings = self._connector.config.consumer
-        start = self._start
+        start = self._start_at
         config = ConsumerConfig(
             name=durable,
             durable_name=durable,
@@ -494,8 +479,7 @@ class JetStreamConsumer(Consumer):
             _check_consumer(info.config, subject, where)
 
     async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
-        if self._closed:
-            raise ClosedError(f"{self._name()} is closed")
+        self._check_fetch()
         psub = self._psub
         if psub is None:
             raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
@@ -507,7 +491,7 @@ class JetStreamConsumer(Consumer):
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 try:
-                    with translated(SubscribeError, f"fetching for {self._name()}"):
+                    with translated(SubscribeError, f"fetching for {self._describe()}"):
                         try:
                             msgs = await psub.fetch(batch, timeout=max(wait, 0.01))
                         except TIMEOUTS:
@@ -518,7 +502,7 @@ class JetStreamConsumer(Consumer):
             if msgs:
                 self._alive = now
                 return self._deliveries(msgs)
-            if self._closed:
+            if self.closed:
                 return []
             if now - self._alive >= self._connector.config.consumer.recheck:
                 await self._recheck()
@@ -537,10 +521,7 @@ class JetStreamConsumer(Consumer):
             out.append(delivery)
         return out
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _close(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
         self._connector.consumers.discard(self)
