@@ -38,6 +38,7 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
+from eventmesh.bindings import is_json_media_type
 from eventmesh.errors import ConfigError
 from eventmesh.event import CONTEXT_ATTRIBUTES, Event
 
@@ -48,7 +49,6 @@ __all__ = [
     "compile_event_path",
     "compile_path",
     "describe",
-    "is_json_content_type",
     "join_path",
     "json_data",
     "parse_path",
@@ -230,14 +230,6 @@ _JSON_TEXT = re.compile(r"\s*[{\[]")
 _last: tuple[Event | None, Any] = (None, MISSING)
 
 
-def is_json_content_type(content_type: str | None) -> bool:
-    """True for no content type, ``application/json``, ``text/json`` and ``*+json``."""
-    if content_type is None:
-        return True
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media in ("application/json", "text/json") or media.endswith("+json")
-
-
 def json_data(event: Event) -> Any:
     """The event's data as a JSON value, or MISSING when it has none.
 
@@ -265,7 +257,7 @@ def json_data(event: Event) -> Any:
     elif not isinstance(data, bytes | bytearray | memoryview):
         return data
     content_type = event.datacontenttype
-    if content_type is None or not is_json_content_type(content_type):
+    if content_type is None or not is_json_media_type(content_type):
         return data
     last = _last
     if last[0] is event:

@@ -64,13 +64,13 @@ from typing import Any, Final, TypeAlias
 import msgspec
 
 from eventmesh._imports import import_callable
+from eventmesh.bindings import is_json_media_type
 from eventmesh.errors import ConfigError, EventValidationError, PipelineError
 from eventmesh.event import CONTEXT_ATTRIBUTES, Event, parse_time
 from eventmesh.pipeline._jsonpath import (
     MISSING,
     compile_event_path,
     describe,
-    is_json_content_type,
     join_path,
     rfc3339,
 )
@@ -289,7 +289,7 @@ def _text(value: Any) -> str:
 
 
 def _as_data(rendered: str, event: Event) -> Any:
-    if is_json_content_type(event.datacontenttype):
+    if is_json_media_type(event.datacontenttype):
         try:
             return _decoder.decode(rendered)
         except msgspec.DecodeError:
