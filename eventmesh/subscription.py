@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from functools import partial
 from types import TracebackType
@@ -26,10 +25,10 @@ import anyio.to_thread
 
 from eventmesh.connectors.base import Consumer
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
-from eventmesh.delivery.deadletter import dead_letter_event, describe_error, store_dead_letter
+from eventmesh.delivery.deadletter import describe_error
 from eventmesh.delivery.dispatcher import Dispatcher
+from eventmesh.delivery.gate import Gate
 from eventmesh.delivery.policy import DeliveryPolicy
-from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
 from eventmesh.typing import Filter, Sink, Transform
@@ -121,23 +120,24 @@ class Subscription:
         self.topic = topic
         self.group = group
         self.policy = policy
-        self.stats = DeliveryStats()
         self._consumer = consumer
-        self._filter = filter
-        self._transform = transform
+        # One gate for both forms: TTL, filter, transform and dead letters act the same.
+        self._gate = Gate(
+            name=name,
+            topic=topic,
+            group=group,
+            policy=policy,
+            dead_letter=mesh._publish_one,
+            filter=filter,
+            transform=transform,
+        )
+        self.stats = self._gate.stats
         self._dispatcher: Dispatcher | None = None
         self._done: anyio.Event | None = None
         self._scope = anyio.CancelScope()
         if handler is not None:
             self._dispatcher = Dispatcher(
-                name=name,
-                consumer=consumer,
-                sink=_as_sink(handler),
-                policy=policy,
-                dead_letter=mesh._publish_one,
-                filter=filter,
-                transform=transform,
-                stats=self.stats,
+                consumer=consumer, sink=_as_sink(handler), gate=self._gate
             )
         self._state = "new"
 
@@ -228,79 +228,17 @@ class Subscription:
             except ClosedError:
                 return
             for delivery in batch:
-                event = await self._prepare(delivery)
+                event = await self._gate.prepare(delivery)
                 if event is not None:
                     self.stats.received += 1
                     yield Delivery(self, delivery, event)
-
-    async def _prepare(self, delivery: ConnectorDelivery) -> Event | None:
-        """TTL, filter and transform for the iterator form; None when handled here."""
-        event = delivery.event
-        ttl = self.policy.ttl
-        if ttl is not None:
-            born = event.time.timestamp() if event.time is not None else delivery.timestamp
-            if born is not None and time.time() - born > ttl:
-                await self._dead_letter(delivery, "expired", f"older than ttl {ttl}s")
-                return None
-        if self._filter is not None:
-            try:
-                wanted = self._filter(event)
-            except Exception as exc:
-                await self._dead_letter(delivery, "filter", describe_error(exc))
-                return None
-            if not wanted:
-                self.stats.filtered += 1
-                await delivery.ack()
-                return None
-        if self._transform is not None:
-            try:
-                changed = self._transform(event)
-            except Exception as exc:
-                await self._dead_letter(delivery, "transform", describe_error(exc))
-                return None
-            if changed is None:
-                self.stats.dropped += 1
-                await delivery.ack()
-                return None
-            event = changed
-        return event
 
     async def _nack(
         self, delivery: ConnectorDelivery, event: Event, error: BaseException | str | None
     ) -> None:
         self.stats.failed += 1
         if delivery.attempt >= self.policy.max_attempts:
-            await self._dead_letter(delivery, "failed", describe_error(error))
+            await self._gate.give_up(delivery, "failed", describe_error(error))
             return
         self.stats.retried += 1
         await delivery.nack(self.policy.backoff.delay(delivery.attempt))
-
-    async def _dead_letter(self, delivery: ConnectorDelivery, reason: str, error: str) -> None:
-        """Store the event as read on the dead-letter topic (retrying), then ack it."""
-        topic = self.policy.dead_letter_topic(self.topic, self.group)
-        if topic is not None:
-            dead = dead_letter_event(
-                delivery.event,
-                reason=reason,
-                error=error,
-                attempts=delivery.attempt,
-                topic=self.topic,
-                group=self.group,
-            )
-            await store_dead_letter(
-                self._mesh._publish_one,
-                topic,
-                dead,
-                backoff=self.policy.backoff,
-                where=f"subscription {self.name}",
-            )
-        else:
-            log.error(
-                "subscription %s dropped event %s (%s: %s): no dead-letter topic is set",
-                self.name,
-                delivery.event.id,
-                reason,
-                error,
-            )
-        self.stats.dead_lettered += 1
-        await delivery.ack()

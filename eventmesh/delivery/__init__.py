@@ -7,6 +7,7 @@ from eventmesh.delivery.deadletter import (
     store_dead_letter,
 )
 from eventmesh.delivery.dispatcher import Dispatcher
+from eventmesh.delivery.gate import Gate
 from eventmesh.delivery.policy import Backoff, DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
 
@@ -16,6 +17,7 @@ __all__ = [
     "DeliveryPolicy",
     "DeliveryStats",
     "Dispatcher",
+    "Gate",
     "dead_letter_event",
     "describe_error",
     "store_dead_letter",

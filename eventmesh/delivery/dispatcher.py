@@ -13,24 +13,16 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections import deque
 
 import anyio
 import anyio.abc
 
 from eventmesh.connectors.base import Consumer, Delivery
-from eventmesh.delivery.deadletter import (
-    DeadLetterPublisher,
-    dead_letter_event,
-    describe_error,
-    store_dead_letter,
-)
-from eventmesh.delivery.policy import DeliveryPolicy
-from eventmesh.delivery.stats import DeliveryStats
+from eventmesh.delivery.deadletter import describe_error
+from eventmesh.delivery.gate import Gate
 from eventmesh.errors import ClosedError, ConnectorError
-from eventmesh.event import Event
-from eventmesh.typing import Filter, Sink, Transform
+from eventmesh.typing import Sink
 
 __all__ = ["Dispatcher"]
 
@@ -57,27 +49,13 @@ class _Lane:
 class Dispatcher:
     """Runs one subscription: fetch, route to lanes, handle, ack."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        consumer: Consumer,
-        sink: Sink,
-        policy: DeliveryPolicy,
-        dead_letter: DeadLetterPublisher,
-        filter: Filter | None = None,
-        transform: Transform | None = None,
-        stats: DeliveryStats | None = None,
-    ) -> None:
-        self.name = name
+    def __init__(self, *, consumer: Consumer, sink: Sink, gate: Gate) -> None:
         self.consumer = consumer
         self.sink = sink
-        self.policy = policy
-        self.filter = filter
-        self.transform = transform
-        self.stats = stats or DeliveryStats()
-        self._dead_letter = dead_letter
-        self._dlq_topic = policy.dead_letter_topic(consumer.topic, consumer.group)
+        self.gate = gate
+        self.name = gate.name
+        self.policy = policy = gate.policy
+        self.stats = gate.stats
         self._lanes = [_Lane() for _ in range(policy.concurrency)]
         self._round_robin = itertools.cycle(range(policy.concurrency))
         self._in_flight = 0
@@ -191,32 +169,11 @@ class Dispatcher:
                     idle.set()
 
     async def _handle(self, delivery: Delivery) -> None:
-        event = delivery.event
+        gate = self.gate
+        event = await gate.prepare(delivery)
+        if event is None:
+            return  # expired, filtered out, dropped or dead-lettered: already settled
         stats = self.stats
-        if self.policy.ttl is not None and self._expired(delivery):
-            await self._give_up(delivery, event, "expired", f"older than ttl {self.policy.ttl}s")
-            return
-        if self.filter is not None:
-            try:
-                wanted = self.filter(event)
-            except Exception as exc:
-                await self._give_up(delivery, event, "filter", describe_error(exc))
-                return
-            if not wanted:
-                stats.filtered += 1
-                await delivery.ack()
-                return
-        if self.transform is not None:
-            try:
-                changed = self.transform(event)
-            except Exception as exc:  # a PipelineError, or a user callable's own error
-                await self._give_up(delivery, event, "transform", describe_error(exc))
-                return
-            if changed is None:
-                stats.dropped += 1
-                await delivery.ack()
-                return
-            event = changed
         attempt = delivery.attempt
         sink = self.sink
         while True:
@@ -225,9 +182,7 @@ class Dispatcher:
             except Exception as exc:
                 stats.failed += 1
                 if attempt >= self.policy.max_attempts:
-                    await self._give_up(
-                        delivery, event, "failed", describe_error(exc), attempts=attempt
-                    )
+                    await gate.give_up(delivery, "failed", describe_error(exc), attempts=attempt)
                     return
                 log.debug(
                     "subscription %s: attempt %d of event %s failed: %r; retrying",
@@ -239,65 +194,10 @@ class Dispatcher:
                 await anyio.sleep(self.policy.backoff.delay(attempt))
                 attempt += 1
                 stats.retried += 1
-                if self.policy.ttl is not None and self._expired(delivery):
-                    await self._give_up(
-                        delivery, event, "expired", f"older than ttl {self.policy.ttl}s"
-                    )
+                if gate.expired(delivery):
+                    await gate.expire(delivery)
                     return
                 continue
             break
         stats.delivered += 1
-        await delivery.ack()
-
-    def _expired(self, delivery: Delivery) -> bool:
-        ttl = self.policy.ttl
-        assert ttl is not None
-        when = delivery.event.time
-        born = when.timestamp() if when is not None else delivery.timestamp
-        return born is not None and time.time() - born > ttl
-
-    async def _give_up(
-        self,
-        delivery: Delivery,
-        event: Event,
-        reason: str,
-        error: str,
-        *,
-        attempts: int | None = None,
-    ) -> None:
-        """Dead-letter the event as it was read (retrying the store itself), then ack it."""
-        topic = self._dlq_topic
-        if topic is None:
-            log.error(
-                "subscription %s dropped event %s (%s: %s): no dead-letter topic is set",
-                self.name,
-                event.id,
-                reason,
-                error,
-            )
-        else:
-            dead = dead_letter_event(
-                delivery.event,
-                reason=reason,
-                error=error,
-                attempts=attempts if attempts is not None else delivery.attempt,
-                topic=self.consumer.topic,
-                group=self.consumer.group,
-            )
-            await store_dead_letter(
-                self._dead_letter,
-                topic,
-                dead,
-                backoff=self.policy.backoff,
-                where=f"subscription {self.name}",
-            )
-            log.warning(
-                "subscription %s dead-lettered event %s to %s (%s: %s)",
-                self.name,
-                event.id,
-                topic,
-                reason,
-                error,
-            )
-        self.stats.dead_lettered += 1
         await delivery.ack()
