@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import yaml
 
+from eventmesh._loop import backend_options
 from eventmesh._version import __version__
 from eventmesh.config import MeshConfig, load_config
 from eventmesh.errors import ConfigError, EventMeshError
@@ -109,21 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(config.logging.level, config.logging.format)
     try:
-        anyio.run(_run, config, backend="asyncio", backend_options={"use_uvloop": _uvloop()})
+        anyio.run(_run, config, backend="asyncio", backend_options=backend_options())
     except EventMeshError as exc:
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-def _uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ from typing import Any, Self
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from eventmesh._loop import backend_options
 from eventmesh.client.base import Client
 from eventmesh.client.connect import connect
 from eventmesh.config import MeshConfig
@@ -115,9 +116,7 @@ class BlockingClient:
         if self._stack is not None:
             raise LifecycleError("this blocking client is already open")
         with ExitStack() as stack:
-            self._portal = stack.enter_context(
-                start_blocking_portal("asyncio", {"use_uvloop": _uvloop()})
-            )
+            self._portal = stack.enter_context(start_blocking_portal("asyncio", backend_options()))
             stack.enter_context(self._portal.wrap_async_context_manager(self._client))
             self._stack = stack.pop_all()
         return self
@@ -156,11 +155,3 @@ class BlockingClient:
 
         (subscription,) = self.portal.call(make)
         return BlockingSubscription(self.portal, subscription)
-
-
-def _uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True

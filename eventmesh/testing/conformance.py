@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import anyio
 import pytest
 
+from eventmesh._loop import backend_options
 from eventmesh.bindings import encode_attribute
 from eventmesh.connectors.base import Connector, Consumer, Delivery
 from eventmesh.errors import ClosedError, EventMeshError, LifecycleError, PublishError
@@ -95,11 +96,7 @@ class ConnectorConformance:
     @pytest.fixture
     def anyio_backend(self) -> Any:
         """The kit runs on asyncio (with uvloop where it is installed)."""
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            return "asyncio"
-        return ("asyncio", {"use_uvloop": True})
+        return ("asyncio", backend_options())
 
     @pytest.fixture
     def topic(self) -> str:
