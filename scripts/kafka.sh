@@ -14,23 +14,17 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"   # works from any cwd
+SCRIPT=kafka.sh
 CACHE="$ROOT/.cache/kafka"
+PROC='kafka\.Kafka'
+KEPT=data
 LIBS="$CACHE/libs"
-RUN="$CACHE/run"                  # state.env + kafka.pid; survives `stop`, removed by `clean`
 M2="$ROOT/.cache/m2"              # private maven repo: self-contained, no ~/.m2 needed
 KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"   # newest 4.x on Maven Central as of 2026-11
 TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 HEAP="${KAFKA_HEAP:--Xmx512m}"
 
-die() { echo "kafka.sh: error: $*" >&2; exit 1; }
-log() { echo "kafka.sh: $*" >&2; }      # progress to stderr; stdout is only for KEY=VALUE
-
-# Serialise concurrent invocations (e.g. parallel test workers). The fd is closed for the
-# broker itself, otherwise the JVM would inherit and hold the lock forever.
-lock() { mkdir -p "$CACHE"; exec 9>"$CACHE/.lock"; flock -w 300 9 || die "timed out waiting for $CACHE/.lock"; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+. "$ROOT/scripts/_broker.sh"
 
 need_java() {
   command -v java >/dev/null || die "java not found (Kafka 4.x needs Java 17+): apt-get install -y openjdk-17-jre-headless"
@@ -80,12 +74,6 @@ EOF
 }
 
 # Loads PORT CPORT WORK (temp dir with server.properties, data/, kafka.log) from the state file.
-load_state() { [ -f "$RUN/state.env" ] && . "$RUN/state.env"; }
-
-running_pid() {  # prints the pid if our broker is alive (guards against pid reuse)
-  local pid; pid="$(cat "$RUN/kafka.pid" 2>/dev/null)" || return 1
-  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' && echo "$pid"
-}
 
 java_tool() { java -Xmx256m -Dlog4j2.configurationFile="$WORK/log4j2.properties" -cp "$LIBS/*" "$@"; }
 
@@ -152,17 +140,17 @@ cmd_start() {
   write_config   # rewritten on restart too, so the config always matches this script and the state
 
   local logf="$WORK/kafka.log" t0=$SECONDS
-  rm -f "$RUN/kafka.pid"
+  rm -f "$PIDFILE"
   echo "===== kafka.sh start $(date -u +%FT%TZ) =====" >>"$logf"
   # setsid: own session, so the broker survives the caller's shell/terminal going away.
   # 9>&- : do not let the JVM inherit the lock fd. $HEAP is unquoted on purpose (may hold several flags).
   # shellcheck disable=SC2016,SC2086
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$RUN/kafka.pid" \
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" \
     java $HEAP -Xms128m -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$WORK/log4j2.properties" \
     -cp "$LIBS/*" kafka.Kafka "$WORK/server.properties" </dev/null >>"$logf" 2>&1 9>&- &
   log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$PORT (log: $logf)"
-  for _ in $(seq 1 50); do [ -s "$RUN/kafka.pid" ] && break; sleep 0.1; done   # child writes its pid
+  for _ in $(seq 1 50); do [ -s "$PIDFILE" ] && break; sleep 0.1; done   # child writes its pid
 
   # Ready = the port accepts connections AND a real admin/metadata request succeeds.
   local ok=""
@@ -173,42 +161,11 @@ cmd_start() {
     if java_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$PORT" --list \
          >"$WORK/check.log" 2>&1; then ok=1; break; fi
   done
-  if [ -z "$ok" ]; then
-    log "---- last 40 lines of $logf ----"; tail -n 40 "$logf" >&2 || true
-    pid="$(running_pid)" && kill -9 "$pid" 2>/dev/null
-    rm -f "$RUN/kafka.pid"
-    die "broker did not come up within ${TIMEOUT}s"
-  fi
-  log "ready after $(( SECONDS - t0 ))s (pid $(cat "$RUN/kafka.pid"))"
+  [ -n "$ok" ] || fail_start "$logf" "broker did not come up within ${TIMEOUT}s"
+  log "ready after $(( SECONDS - t0 ))s (pid $(cat "$PIDFILE"))"
   echo "KAFKA_BOOTSTRAP=127.0.0.1:$PORT"
 }
 
-cmd_stop() {
-  local pid
-  if pid="$(running_pid)"; then
-    kill -TERM "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done   # 30 s grace
-    if kill -0 "$pid" 2>/dev/null; then log "no exit after SIGTERM, sending SIGKILL"; kill -KILL "$pid"; fi
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
-    log "stopped (pid $pid); data kept for restart"
-  else
-    log "not running"
-  fi
-  rm -f "$RUN/kafka.pid"
-}
+env_line() { echo "KAFKA_BOOTSTRAP=127.0.0.1:$PORT"; }
 
-cmd_env() {
-  running_pid >/dev/null || { log "no running broker started by this script"; exit 1; }
-  load_state; echo "KAFKA_BOOTSTRAP=127.0.0.1:$PORT"
-}
-
-case "${1:-}" in
-  install) lock; cmd_install ;;
-  start)   cmd_start ;;
-  stop)    lock; cmd_stop ;;
-  restart) lock; cmd_stop; cmd_start ;;
-  clean)   lock; cmd_stop; WORK=""; load_state || true
-           [ -n "${WORK:-}" ] && rm -rf "$WORK"; rm -rf "$RUN"; log "cleaned data and state" ;;
-  env)     cmd_env ;;
-  *) echo "usage: $0 {install|start|stop|restart|clean|env}" >&2; exit 2 ;;
-esac
+broker_main "$@"

@@ -14,19 +14,14 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"   # works from any cwd
+SCRIPT=nats.sh
 CACHE="$ROOT/.cache/nats"
-RUN="$CACHE/run"                  # state.env + nats.pid; survives `stop`, removed by `clean`
+PROC='nats-server'
+KEPT=store
 GO_VERSION="${NATS_GO_VERSION:-v2.10.27}"
 TIMEOUT="${NATS_START_TIMEOUT:-30}"
 
-die() { echo "nats.sh: error: $*" >&2; exit 1; }
-log() { echo "nats.sh: $*" >&2; }      # progress to stderr; stdout is only for KEY=VALUE
-
-# Serialise concurrent invocations; the server must not inherit the lock fd (see 9>&- below).
-lock() { mkdir -p "$CACHE"; exec 9>"$CACHE/.lock"; flock -w 300 9 || die "timed out waiting for $CACHE/.lock"; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+. "$ROOT/scripts/_broker.sh"
 
 server_bin() {  # prints the nats-server to use; a go-built one in .cache/nats/bin wins over PATH
   if [ -x "$CACHE/bin/nats-server" ]; then echo "$CACHE/bin/nats-server"; else command -v nats-server; fi
@@ -52,12 +47,6 @@ cmd_install() {
 }
 
 # Loads PORT MPORT WORK (temp dir with store/ and nats.log) from the state file.
-load_state() { [ -f "$RUN/state.env" ] && . "$RUN/state.env"; }
-
-running_pid() {  # prints the pid if our server is alive (guards against pid reuse)
-  local pid; pid="$(cat "$RUN/nats.pid" 2>/dev/null)" || return 1
-  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'nats-server' && echo "$pid"
-}
 
 ready() {  # JetStream-aware health check on the monitoring port; TCP INFO banner if no curl
   if command -v curl >/dev/null; then
@@ -90,16 +79,16 @@ cmd_start() {
   printf 'PORT=%s\nMPORT=%s\nWORK=%s\n' "$PORT" "$MPORT" "$WORK" >"$RUN/state.env"
 
   local logf="$WORK/nats.log" t0=$SECONDS
-  rm -f "$RUN/nats.pid"
+  rm -f "$PIDFILE"
   echo "===== nats.sh start $(date -u +%FT%TZ) =====" >>"$logf"
   # -a binds client AND monitoring listeners to loopback only. A fixed server name (-n)
   # keeps the JetStream identity stable across restarts. setsid: survive the caller's shell.
   # shellcheck disable=SC2016  # $$/$@ are for the inner bash
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$RUN/nats.pid" \
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" \
     "$bin" -a 127.0.0.1 -p "$PORT" -m "$MPORT" -n eventmesh-test -js -sd "$WORK/store" \
     </dev/null >>"$logf" 2>&1 9>&- &
   log "starting $("$bin" --version) on 127.0.0.1:$PORT (monitor :$MPORT, log: $logf)"
-  for _ in $(seq 1 50); do [ -s "$RUN/nats.pid" ] && break; sleep 0.1; done   # child writes its pid
+  for _ in $(seq 1 50); do [ -s "$PIDFILE" ] && break; sleep 0.1; done   # child writes its pid
 
   local ok=""
   while (( SECONDS - t0 < TIMEOUT )); do
@@ -107,42 +96,11 @@ cmd_start() {
     if ready; then ok=1; break; fi
     sleep 0.2
   done
-  if [ -z "$ok" ]; then
-    log "---- last 40 lines of $logf ----"; tail -n 40 "$logf" >&2 || true
-    pid="$(running_pid)" && kill -9 "$pid" 2>/dev/null
-    rm -f "$RUN/nats.pid"
-    die "nats-server did not come up within ${TIMEOUT}s"
-  fi
-  log "ready after $(( SECONDS - t0 ))s (pid $(cat "$RUN/nats.pid"))"
+  [ -n "$ok" ] || fail_start "$logf" "nats-server did not come up within ${TIMEOUT}s"
+  log "ready after $(( SECONDS - t0 ))s (pid $(cat "$PIDFILE"))"
   echo "NATS_URL=nats://127.0.0.1:$PORT"
 }
 
-cmd_stop() {
-  local pid
-  if pid="$(running_pid)"; then
-    kill -TERM "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done   # 30 s grace
-    if kill -0 "$pid" 2>/dev/null; then log "no exit after SIGTERM, sending SIGKILL"; kill -KILL "$pid"; fi
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
-    log "stopped (pid $pid); store kept for restart"
-  else
-    log "not running"
-  fi
-  rm -f "$RUN/nats.pid"
-}
+env_line() { echo "NATS_URL=nats://127.0.0.1:$PORT"; }
 
-cmd_env() {
-  running_pid >/dev/null || { log "no running server started by this script"; exit 1; }
-  load_state; echo "NATS_URL=nats://127.0.0.1:$PORT"
-}
-
-case "${1:-}" in
-  install) lock; cmd_install ;;
-  start)   cmd_start ;;
-  stop)    lock; cmd_stop ;;
-  restart) lock; cmd_stop; cmd_start ;;
-  clean)   lock; cmd_stop; WORK=""; load_state || true
-           [ -n "${WORK:-}" ] && rm -rf "$WORK"; rm -rf "$RUN"; log "cleaned store and state" ;;
-  env)     cmd_env ;;
-  *) echo "usage: $0 {install|start|stop|restart|clean|env}" >&2; exit 2 ;;
-esac
+broker_main "$@"
