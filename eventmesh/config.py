@@ -45,6 +45,7 @@ __all__ = [
     "SinkConfig",
     "SubscriptionConfig",
     "TopicConfig",
+    "WebhookConfig",
     "convert",
     "load_config",
 ]
@@ -71,12 +72,26 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where a configured subscription sends its events: exactly one kind."""
+    """Where a configured subscription sends its events: exactly one kind.
+
+    The settings after ``webhook`` apply to webhook sinks only.
+    """
 
     handler: str | None = None
     """A Python callable, ``"package.module:function"``, taking an Event (async or not)."""
     webhook: str | None = None
-    """Reserved for HTTP push, which the sidecar will serve; refused until then."""
+    """An ``http://`` or ``https://`` URL each event is POSTed to (see docs/sidecar.md)."""
+    mode: Literal["binary", "structured", "batch"] = "binary"
+    """The HTTP content mode of a webhook delivery; ``batch`` POSTs up to ``max_batch``
+    events at once as ``application/cloudevents-batch+json``."""
+    timeout: Duration = Duration(10.0)
+    """How long one attempt may take before it counts as failed and is retried."""
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    """Extra request headers, e.g. an ``Authorization`` the receiver expects."""
+    max_batch: int = 100
+    """With ``mode: batch``, the most events in one request."""
+    batch_window: Duration = Duration(0.01)
+    """With ``mode: batch``, how long to wait for more events before sending a batch."""
 
 
 class SubscriptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -93,6 +108,9 @@ class SubscriptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     """A chain of transform steps (see docs/filters.md)."""
     delivery: DeliveryPolicy = DeliveryPolicy()
     start: Literal["earliest", "latest"] = "latest"
+    reply_to: str | None = None
+    """A topic for the events a sink answers with: a webhook's 200 with a CloudEvent
+    body, or an Event a handler returns. Without it, replies are ignored."""
 
     @property
     def group_name(self) -> str:
@@ -111,6 +129,10 @@ class HttpListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """The HTTP API (Apache EventMesh's port)."""
 
     port: int = 10105
+    max_event_size: int = 1024 * 1024
+    """Bytes; a larger event is refused with 413."""
+    max_request_size: int = 16 * 1024 * 1024
+    """Bytes; a larger request body (a batch) is refused with 413."""
 
 
 class GrpcListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -125,12 +147,24 @@ class AdminListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=T
     port: int = 10106
 
 
+class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the mesh POSTs to webhook sinks, and where it may."""
+
+    allowed_networks: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """Networks (CIDR) a webhook's address may resolve into. Hosts named in this file's
+    webhook sinks are allowed as well; a sink created through the API must resolve into
+    one of these. Checked after DNS resolution, at every connection."""
+    max_connections: int = 100
+    """Keep-alive connections kept open across all webhook sinks."""
+
+
 class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The sidecar daemon's listeners (Apache EventMesh's default ports)."""
 
     http: HttpListener = HttpListener()
     grpc: GrpcListener = GrpcListener()
     admin: AdminListener = AdminListener()
+    webhook: WebhookConfig = WebhookConfig()
     shutdown_timeout: Duration = Duration(30.0)
     """On SIGTERM, how long in-flight deliveries may take to finish."""
 
@@ -461,10 +495,11 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
         kinds = [k for k in ("handler", "webhook") if getattr(sub.sink, k) is not None]
         if len(kinds) != 1:
             raise fail("a sink names exactly one of 'handler' or 'webhook'", [*where, "sink"])
-        if sub.sink.webhook is not None:
+        if sub.sink.webhook is not None and not sub.sink.webhook.startswith(
+            ("http://", "https://")
+        ):
             raise fail(
-                "webhook sinks need HTTP push, which this version of eventmesh does not "
-                "include yet; use 'handler: package.module:function'",
+                f"webhook {sub.sink.webhook!r} must be an http:// or https:// URL",
                 [*where, "sink", "webhook"],
             )
         if sub.sink.handler is not None and ":" not in sub.sink.handler:

@@ -5,6 +5,8 @@ Every error the library raises on purpose is an ``EventMeshError``::
     EventMeshError
     ├── ConfigError              a config file, key or value is wrong (names the key and line)
     ├── EventValidationError     an event breaks the CloudEvents spec (names the attribute)
+    │   ├── ContentTypeError     a message's content type is not one a binding reads
+    │   └── EventTooLargeError   an event or a request is above the configured size limit
     ├── LifecycleError           an object opened twice, or used before it was opened
     │   └── ClosedError          an object used after it was closed
     ├── ConnectorError           a backend could not do what was asked
@@ -16,7 +18,8 @@ Every error the library raises on purpose is an ``EventMeshError``::
     │   ├── PluginNotFoundError  no connector of that name is installed
     │   └── PluginLoadError      a connector is installed but failed to import
     ├── PipelineError            a filter or transform failed on an event
-    └── DeliveryError            an event could not be delivered to its sink
+    └── DeliveryError            an event could not be delivered to its sink (says whether
+                                 a retry may help, and when)
 
 Each connector translates its client library's exceptions into this tree at one
 boundary, with ``raise ... from exc``, so no aiokafka or nats exception escapes it.
@@ -29,8 +32,10 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectorError",
+    "ContentTypeError",
     "DeliveryError",
     "EventMeshError",
+    "EventTooLargeError",
     "EventValidationError",
     "LifecycleError",
     "PipelineError",
@@ -71,6 +76,14 @@ class EventValidationError(EventMeshError):
     def __init__(self, message: str, *, attribute: str | None = None) -> None:
         super().__init__(message)
         self.attribute = attribute
+
+
+class ContentTypeError(EventValidationError):
+    """A message's content type is not one the binding reads (HTTP 415)."""
+
+
+class EventTooLargeError(EventValidationError):
+    """An event, or a request of several, is larger than the configured limit (HTTP 413)."""
 
 
 class LifecycleError(EventMeshError):
@@ -122,4 +135,17 @@ class PipelineError(EventMeshError):
 
 
 class DeliveryError(EventMeshError):
-    """An event could not be delivered to its sink."""
+    """An event could not be delivered to its sink.
+
+    A sink raises it to tell the dispatcher how to go on: ``retryable=False`` sends the
+    event to the dead-letter topic at once (a webhook's 400, say); ``retry_after`` is the
+    least number of seconds to wait before the next attempt (a ``Retry-After`` header).
+    Any other exception from a sink is retried under the policy.
+    """
+
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after

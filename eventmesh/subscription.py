@@ -28,7 +28,7 @@ from eventmesh.connectors.base import Delivery as ConnectorDelivery
 from eventmesh.delivery.deadletter import describe_error
 from eventmesh.delivery.dispatcher import Dispatcher
 from eventmesh.delivery.gate import Gate
-from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.delivery.policy import DeliveryPolicy, retry_delay
 from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
 from eventmesh.typing import Filter, Sink, Transform
@@ -237,8 +237,9 @@ class Subscription:
         self, delivery: ConnectorDelivery, event: Event, error: BaseException | str | None
     ) -> None:
         self.stats.failed += 1
-        if delivery.attempt >= self.policy.max_attempts:
+        delay = retry_delay(self.policy, delivery.attempt, error)
+        if delay is None:
             await self._gate.give_up(delivery, "failed", describe_error(error))
             return
         self.stats.retried += 1
-        await delivery.nack(self.policy.backoff.delay(delivery.attempt))
+        await delivery.nack(delay)

@@ -152,9 +152,9 @@ def test_no_config_means_one_memory_connector() -> None:
     assert config.connectors["default"].type == "memory"
 
 
-def test_webhook_sinks_are_refused_with_their_key(tmp_path: Path) -> None:
-    """A webhook sink is reported at its key and line until HTTP push exists."""
-    text = GOOD.replace('{handler: "json:dumps"}', '{webhook: "http://127.0.0.1:8080/"}')
+def test_a_webhook_that_is_not_an_http_url_is_refused_with_its_key(tmp_path: Path) -> None:
+    """A webhook sink must be an http(s) URL; anything else names its key and line."""
+    text = GOOD.replace('{handler: "json:dumps"}', '{webhook: "ftp://127.0.0.1:8080/"}')
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     assert info.value.key == "subscriptions[0].sink.webhook"

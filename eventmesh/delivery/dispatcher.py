@@ -21,6 +21,7 @@ import anyio.abc
 from eventmesh.connectors.base import Consumer, Delivery
 from eventmesh.delivery.deadletter import describe_error
 from eventmesh.delivery.gate import Gate
+from eventmesh.delivery.policy import retry_delay
 from eventmesh.errors import ClosedError, ConnectorError
 from eventmesh.typing import Sink
 
@@ -181,7 +182,8 @@ class Dispatcher:
                 await sink(event)
             except Exception as exc:
                 stats.failed += 1
-                if attempt >= self.policy.max_attempts:
+                delay = retry_delay(self.policy, attempt, exc)
+                if delay is None:
                     await gate.give_up(delivery, "failed", describe_error(exc), attempts=attempt)
                     return
                 log.debug(
@@ -191,7 +193,7 @@ class Dispatcher:
                     event.id,
                     exc,
                 )
-                await anyio.sleep(self.policy.backoff.delay(attempt))
+                await anyio.sleep(delay)
                 attempt += 1
                 stats.retried += 1
                 if gate.expired(delivery):

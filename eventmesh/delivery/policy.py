@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from eventmesh._duration import Duration
+from eventmesh.errors import DeliveryError
 
-__all__ = ["Backoff", "DeliveryPolicy"]
+__all__ = ["Backoff", "DeliveryPolicy", "retry_delay"]
 
 
 class Backoff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -75,3 +76,19 @@ class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         if self.dead_letter is None:
             return None
         return self.dead_letter.replace("{topic}", topic).replace("{group}", group)
+
+
+def retry_delay(policy: DeliveryPolicy, attempt: int, error: Any) -> float | None:
+    """How long to wait before retrying after failed attempt ``attempt``, or None to give
+    up: when attempts are used up, or the error is a ``DeliveryError`` that says a retry
+    cannot help. A ``DeliveryError.retry_after`` longer than the backoff wins, up to
+    ``backoff.max``."""
+    if attempt >= policy.max_attempts:
+        return None
+    delay = policy.backoff.delay(attempt)
+    if isinstance(error, DeliveryError):
+        if not error.retryable:
+            return None
+        if error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, float(policy.backoff.max)))
+    return delay
