@@ -189,13 +189,15 @@ class Mesh(Client):
         delivery: DeliveryPolicy | Mapping[str, Any] | None = None,
         start: StartPosition = "latest",
         name: str | None = None,
+        reply_to: str | None = None,
     ) -> Subscription:
         """Subscribe to ``topic`` as a member of consumer ``group``.
 
         Without ``handler``, iterate the subscription and ack each delivery. With one,
         the handler is called per event. ``filter`` and ``transform`` take the pipeline's
         specs (docs/filters.md) or Python callables; ``delivery`` a DeliveryPolicy or a
-        mapping shaped like the config's ``delivery:``.
+        mapping shaped like the config's ``delivery:``. With ``reply_to``, the Events a
+        handler returns are published to that topic before the event is acked.
         """
         self._check_open()
         if not isinstance(group, str) or not group:
@@ -214,6 +216,7 @@ class Mesh(Client):
             handler=handler,
             filter=compiled_filter,
             transform=compiled_transform,
+            reply_to=reply_to,
         )
 
     async def _start_configured(self, sub: SubscriptionConfig) -> None:
@@ -231,6 +234,7 @@ class Mesh(Client):
             delivery=sub.delivery,
             start=sub.start,
             name=sub.name,
+            reply_to=sub.reply_to,
         )
         await subscription.start()
 

@@ -99,6 +99,20 @@ def _as_sink(handler: Handler) -> Sink:
     return in_thread
 
 
+def _replying(sink: Sink, mesh: Mesh, reply_to: str) -> Sink:
+    """The sink, publishing what it returns to ``reply_to`` before the event is acked."""
+
+    async def replying(event: Event) -> Any:
+        result = await sink(event)
+        if isinstance(result, Event):
+            await mesh.publish(reply_to, result)
+        elif isinstance(result, list | tuple) and result:
+            await mesh.publish(reply_to, list(result))
+        return result
+
+    return replying
+
+
 class Subscription:
     """A consumer group membership on one topic, in iterator or handler form."""
 
@@ -114,6 +128,7 @@ class Subscription:
         handler: Handler | None,
         filter: Filter | None,
         transform: Transform | None,
+        reply_to: str | None = None,
     ) -> None:
         self._mesh = mesh
         self.name = name
@@ -135,10 +150,12 @@ class Subscription:
         self._dispatcher: Dispatcher | None = None
         self._done: anyio.Event | None = None
         self._scope = anyio.CancelScope()
+        self.reply_to = reply_to
         if handler is not None:
-            self._dispatcher = Dispatcher(
-                consumer=consumer, sink=_as_sink(handler), gate=self._gate
-            )
+            sink = _as_sink(handler)
+            if reply_to is not None:
+                sink = _replying(sink, mesh, reply_to)
+            self._dispatcher = Dispatcher(consumer=consumer, sink=sink, gate=self._gate)
         self._state = "new"
 
     # -- lifecycle -----------------------------------------------------------------------

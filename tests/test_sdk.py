@@ -161,3 +161,32 @@ async def test_a_config_object_can_be_overridden_from_the_environment() -> None:
     config = eventmesh.load_config(base, env={"EVENTMESH__CONNECTORS__DEFAULT__PARTITIONS": "5"})
     assert config.connectors["default"].config.partitions == 5
     assert config.server.http.port == 10105
+
+
+async def test_events_a_handler_returns_are_published_to_reply_to() -> None:
+    """With reply_to, a handler's returned Event and lists of Events land on that topic;
+    returning None publishes nothing."""
+
+    async def enrich(event: Event) -> Event | list[Event] | None:
+        n = event.data["n"]
+        if n == 0:
+            return None
+        reply = Event(type="enriched", source="test", data={"n": n, "double": 2 * n})
+        return reply if n == 1 else [reply, reply.replace(id=reply.id + "-b")]
+
+    async with (
+        eventmesh.Mesh() as mesh,
+        mesh.subscribe("replies", "g", start="earliest") as replies,
+        mesh.subscribe("orders", "g", handler=enrich, reply_to="replies"),
+    ):
+        for n in (0, 1, 2):
+            await mesh.publish("orders", Event(type="order", source="t", data={"n": n}))
+        seen = []
+        with anyio.fail_after(5):
+            async for delivery in replies:
+                seen.append(delivery.event.data)
+                await delivery.ack()
+                if len(seen) == 3:
+                    break
+    assert sorted(d["n"] for d in seen) == [1, 2, 2]
+    assert all(d["double"] == 2 * d["n"] for d in seen)

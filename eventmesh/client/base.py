@@ -54,6 +54,8 @@ class Client(abc.ABC):
         delivery: DeliveryPolicy | Mapping[str, Any] | None = None,
         start: StartPosition = "latest",
         name: str | None = None,
+        reply_to: str | None = None,
     ) -> Subscription:
         """Join consumer ``group`` on ``topic``; raises ``ConfigError`` for a bad filter,
-        transform or policy."""
+        transform or policy. With ``reply_to``, an Event (or a list of them) that the
+        handler returns is published to that topic before the event is acked."""
