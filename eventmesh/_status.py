@@ -102,7 +102,8 @@ def grpc_code(exc: BaseException) -> grpc.StatusCode:
 
 def problem(exc: BaseException, **extra: Any) -> dict[str, Any]:
     """The problem body for an error: ``type`` (the class name), ``title``, ``status``,
-    ``detail`` and, where the error has them, ``attribute``, ``key`` and ``line``."""
+    ``detail`` and, where the error has them, ``attribute``, ``index``, ``key`` and
+    ``line``."""
     status = http_status(exc)
     name = type(exc).__name__ if isinstance(exc, EventMeshError) else "EventMeshError"
     body: dict[str, Any] = {
@@ -111,7 +112,7 @@ def problem(exc: BaseException, **extra: Any) -> dict[str, Any]:
         "status": status,
         "detail": str(exc) if isinstance(exc, EventMeshError) else "internal error",
     }
-    for field in ("attribute", "key", "line"):
+    for field in ("attribute", "index", "key", "line"):
         value = getattr(exc, field, None)
         if value is not None:
             body[field] = value
@@ -142,7 +143,7 @@ def error_from_grpc(code: grpc.StatusCode, details: str | None, kind: str | None
 
 def _build(cls: type[EventMeshError], detail: str, body: dict[str, Any]) -> EventMeshError:
     if issubclass(cls, errors.EventValidationError):
-        return cls(detail, attribute=body.get("attribute"))
+        return cls(detail, attribute=body.get("attribute"), index=body.get("index"))
     if issubclass(cls, errors.ConfigError):
         error = cls.__new__(cls)
         EventMeshError.__init__(error, detail)

@@ -71,11 +71,15 @@ class ConfigError(EventMeshError):
 
 
 class EventValidationError(EventMeshError):
-    """An event is not a valid CloudEvent; ``attribute`` names the offending attribute."""
+    """An event is not a valid CloudEvent; ``attribute`` names the offending attribute
+    and, for an event inside a batch, ``index`` its 0-based position."""
 
-    def __init__(self, message: str, *, attribute: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, attribute: str | None = None, index: int | None = None
+    ) -> None:
         super().__init__(message)
         self.attribute = attribute
+        self.index = index
 
 
 class ContentTypeError(EventValidationError):
