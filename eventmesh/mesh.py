@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.abc
@@ -26,6 +26,9 @@ from eventmesh.errors import ClosedError, ConfigError, EventValidationError, Lif
 from eventmesh.event import Event
 from eventmesh.pipeline.compile import compile_pipeline
 from eventmesh.subscription import Handler, Subscription
+
+if TYPE_CHECKING:
+    from eventmesh.delivery.webhook import WebhookSession
 
 __all__ = ["Mesh"]
 
@@ -56,6 +59,7 @@ class Mesh(Client):
         self._subscriptions: dict[int, Subscription] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._webhooks: WebhookSession | None = None
         self._state = "new"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -67,6 +71,9 @@ class Mesh(Client):
         async with AsyncExitStack() as stack:
             for connector in self._connectors.values():
                 await stack.enter_async_context(connector)
+            if any(s.sink is not None and s.sink.webhook for s in self.config.subscriptions):
+                # Before the task group, so it closes after the last delivery ends.
+                self._webhooks = await stack.enter_async_context(self._new_webhook_session())
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
         self._state = "open"
@@ -220,11 +227,31 @@ class Mesh(Client):
         )
 
     async def _start_configured(self, sub: SubscriptionConfig) -> None:
-        assert sub.sink is not None
-        assert sub.sink.handler is not None  # the config check refuses other sinks
-        from eventmesh._imports import import_callable
+        sink = sub.sink
+        assert sink is not None  # the config check refuses a subscription without one
+        where = f"subscription {sub.name!r}"
+        handler: Handler
+        if sink.webhook is not None:
+            from eventmesh.delivery.webhook import WebhookSink
 
-        handler = import_callable(sub.sink.handler, where=f"subscription {sub.name!r}")
+            try:
+                handler = WebhookSink(
+                    sink.webhook,
+                    session=self.webhooks,
+                    mode=sink.mode,
+                    timeout=sink.timeout,
+                    headers=sink.headers,
+                    max_batch=sink.max_batch,
+                    batch_window=sink.batch_window,
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+        else:
+            assert sink.handler is not None  # the config check wants exactly one kind
+            from eventmesh._imports import import_callable
+
+            handler = import_callable(sink.handler, where=where)
+        # The dispatcher's lanes (delivery.concurrency) bound the requests in flight.
         subscription = self.subscribe(
             sub.topic,
             sub.group_name,
@@ -237,6 +264,48 @@ class Mesh(Client):
             reply_to=sub.reply_to,
         )
         await subscription.start()
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    @property
+    def webhooks(self) -> WebhookSession:
+        """The HTTP client every webhook sink of this mesh POSTs through.
+
+        One keep-alive pool of ``server.webhook.max_connections`` connections, which
+        reach only addresses inside ``server.webhook.allowed_networks`` (checked after
+        DNS resolution) or the hosts named by the configuration's webhook sinks. It is
+        created with the mesh when the configuration has webhook sinks, else at first
+        use, and closed with the mesh. A webhook given at run time is checked, then
+        given a sink on this session::
+
+            await mesh.webhooks.check_url(url)  # ConfigError when it may not be reached
+            mesh.subscribe(topic, group, handler=WebhookSink(url, session=mesh.webhooks))
+        """
+        self._check_open()
+        if self._webhooks is None:
+            assert self._stack is not None
+            session = self._new_webhook_session()
+            self._stack.push_async_callback(session.close)
+            self._webhooks = session
+        return self._webhooks
+
+    def _new_webhook_session(self) -> WebhookSession:
+        from urllib.parse import urlsplit
+
+        from eventmesh.delivery.webhook import WebhookSession
+
+        settings = self.config.server.webhook
+        hosts = {
+            urlsplit(sub.sink.webhook).hostname or ""
+            for sub in self.config.subscriptions
+            if sub.sink is not None and sub.sink.webhook
+        }
+        return WebhookSession(
+            allowed_networks=settings.allowed_networks,
+            allowed_hosts=hosts - {""},
+            max_connections=settings.max_connections,
+            config_prefix="server.webhook.",
+        )
 
     def _register(self, subscription: Subscription) -> None:
         self._subscriptions[id(subscription)] = subscription

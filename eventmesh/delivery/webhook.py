@@ -1,0 +1,427 @@
+"""Webhook sinks: each event POSTed to a URL, with retries as Knative does them.
+
+:class:`WebhookSession` is the one HTTP client of a mesh: a keep-alive connection pool
+and the allow-list of destinations (:mod:`eventmesh.delivery._netcheck`).
+:class:`WebhookSink` is a sink (:data:`eventmesh.typing.Sink`) that POSTs to one URL
+through it and tells the dispatcher what the answer means:
+
+==================================  =====================================================
+answer                              outcome
+==================================  =====================================================
+2xx                                 delivered; a 200 or 201 whose body is a CloudEvent
+                                    (binary or structured, or a batch) is the reply
+connection error, timeout, 404,     ``DeliveryError(retryable=True)``, with the
+408, 409, 429, 5xx                  ``Retry-After`` header (seconds or an HTTP-date) as
+                                    ``retry_after``
+any other status (3xx, other 4xx)   ``DeliveryError(retryable=False)``: dead-lettered now
+a destination outside the allow-    ``DeliveryError(retryable=False)``, with no
+list                                connection attempt
+==================================  =====================================================
+
+Redirects are not followed: a redirect could lead outside the allow-list, so a 3xx is
+an answer like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Final, Literal, NamedTuple, Self, TypeAlias
+
+import aiohttp
+import anyio
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from eventmesh._version import __version__
+from eventmesh.bindings.http import content_mode, from_http, to_batch, to_binary, to_structured
+from eventmesh.delivery._netcheck import (
+    DEFAULT_NETWORKS,
+    AddressRefused,
+    AllowList,
+    AllowListResolver,
+)
+from eventmesh.errors import (
+    ClosedError,
+    ConfigError,
+    DeliveryError,
+    EventMeshError,
+    LifecycleError,
+)
+from eventmesh.event import Event
+
+__all__ = ["RETRYABLE_STATUSES", "Mode", "WebhookSession", "WebhookSink", "retry_after_seconds"]
+
+log = logging.getLogger(__name__)
+
+Mode: TypeAlias = Literal["binary", "structured", "batch"]
+"""The HTTP content mode of a webhook's requests."""
+
+RETRYABLE_STATUSES: Final = frozenset({404, 408, 409, 429})
+"""Statuses below 500 that are retried (every 5xx is, too), as Knative retries them."""
+
+_SNIPPET: Final = 256
+"""Bytes of an error answer's body quoted in the error."""
+
+
+class _Answer(NamedTuple):
+    status: int
+    reason: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    truncated: bool
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for: a number of seconds or an HTTP-date
+    (a date in the past is 0). None when there is no header or it cannot be read."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _display(url: URL) -> str:
+    """A URL for messages and dead letters: no password, no query string."""
+    shown = url.with_password(None).with_query(None).with_fragment(None)
+    return str(shown) + ("?..." if url.query_string else "")
+
+
+class WebhookSession:
+    """The HTTP client every webhook of a mesh POSTs through.
+
+    One keep-alive pool of at most ``max_connections`` connections, shared by every
+    sink; connections go only to addresses inside ``allowed_networks`` (CIDR strings;
+    loopback by default), checked after DNS resolution at every new connection, or to
+    the ``allowed_hosts``, trusted by name whatever they resolve to. A bad setting
+    raises ConfigError naming its key, after ``config_prefix`` (``"server.webhook."``).
+
+    Use it as ``async with WebhookSession(...) as session``; it may also be used
+    without, then :meth:`close` it. The HTTP client is created at the first request.
+    Entering it twice raises ``LifecycleError``, using it after close ``ClosedError``.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_networks: Iterable[str] = DEFAULT_NETWORKS,
+        allowed_hosts: Iterable[str] = (),
+        max_connections: int = 100,
+        config_prefix: str = "",
+    ) -> None:
+        if max_connections < 1:
+            raise ConfigError(
+                f"must be at least 1, got {max_connections}", key=f"{config_prefix}max_connections"
+            )
+        self.allow = AllowList(
+            allowed_networks, allowed_hosts, key=f"{config_prefix}allowed_networks"
+        )
+        self.max_connections = max_connections
+        self._client: aiohttp.ClientSession | None = None
+        self._resolver: AllowListResolver | None = None
+        self._state = "new"
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise LifecycleError("a WebhookSession can be entered once; create a new one")
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every pooled connection. Idempotent."""
+        self._state = "closed"
+        client, self._client = self._client, None
+        resolver, self._resolver = self._resolver, None
+        if client is not None:
+            await client.close()
+        if resolver is not None:
+            await resolver.close()  # aiohttp closes only a resolver it made itself
+
+    @property
+    def closed(self) -> bool:
+        """True once the session was closed."""
+        return self._state == "closed"
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._state == "closed":
+            raise ClosedError(
+                "the webhook session is closed: webhooks are not sent after their mesh closes"
+            )
+        if self._client is None:
+            self._resolver = AllowListResolver(self.allow, aiohttp.ThreadedResolver())
+            connector = aiohttp.TCPConnector(limit=self.max_connections, resolver=self._resolver)
+            self._client = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": f"eventmesh/{__version__}"},
+                trust_env=False,  # no proxy from the environment: it would skip the allow-list
+            )
+        return self._client
+
+    async def check_url(self, url: str) -> None:
+        """Raise ConfigError unless ``url`` is an http(s) URL this session may reach: a
+        host trusted by name, a literal IP inside the allowed networks, or a name that
+        resolves to at least one address inside them (only those are ever connected to).
+
+        Call it when a webhook is given at run time (an API subscription).
+        """
+        parsed = _parse_url(url)
+        assert parsed.raw_host is not None
+        assert parsed.port is not None
+        await self.allow.check(parsed.raw_host, parsed.port)
+
+    async def _post(
+        self, url: URL, body: bytes, headers: Mapping[str, str], *, timeout: float, limit: int
+    ) -> _Answer:
+        """POST once; the answer with up to ``limit`` bytes of a 2xx body (a few of any
+        other). Every failure to get an answer is a ``DeliveryError``."""
+        where = _display(url)
+        refused = self.allow.refuse_literal(url.raw_host or "")
+        if refused is not None:
+            raise DeliveryError(f"POST {where} refused: {refused}", retryable=False)
+        http = self._http()
+        try:
+            async with http.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+                skip_auto_headers=("Content-Type",),
+            ) as response:
+                cap = limit if 200 <= response.status < 300 else _SNIPPET
+                data, truncated = await _read(response, cap)
+                return _Answer(
+                    response.status, response.reason or "", response.headers, data, truncated
+                )
+        except TimeoutError as exc:
+            raise DeliveryError(
+                f"POST {where} timed out after {timeout:g}s (the sink's timeout); retrying"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, AddressRefused):
+                raise DeliveryError(
+                    f"POST {where} refused: {exc.os_error}", retryable=False
+                ) from exc
+            raise DeliveryError(f"POST {where} failed: {exc}; retrying") from exc
+        except aiohttp.InvalidURL as exc:
+            raise DeliveryError(
+                f"POST {where} failed: invalid URL ({exc})", retryable=False
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise DeliveryError(
+                f"POST {where} failed: {type(exc).__name__}: {exc}; retrying"
+            ) from exc
+
+
+async def _read(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of the body, and whether there was more."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await response.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    data = b"".join(chunks)
+    return data[:limit], size > limit
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        parsed = URL(url)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"webhook {url!r} is not a URL ({exc})") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+        raise ConfigError(f"webhook {url!r} must be an http:// or https:// URL with a host")
+    return parsed
+
+
+class _Batch:
+    """Events gathered for one batch request, and its outcome for every caller."""
+
+    __slots__ = ("done", "events", "full", "outcome")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.full = anyio.Event()
+        self.done = anyio.Event()
+        self.outcome: list[Event] | DeliveryError = DeliveryError(
+            "the batch request was cancelled before it was answered; retrying"
+        )
+
+
+class WebhookSink:
+    """A sink that POSTs events to ``url`` through ``session`` and returns the replies.
+
+    ``mode`` is the HTTP content mode: ``binary`` (attributes as ``ce-`` headers),
+    ``structured`` (``application/cloudevents+json``) or ``batch``: calls made while a
+    batch is open (up to ``max_batch`` events, for at most ``batch_window`` seconds
+    after the first) go as one ``application/cloudevents-batch+json`` request, and every
+    caller gets its outcome. ``timeout`` bounds one attempt, ``headers`` are added to
+    every request (the binding's own headers win), and a reply body above
+    ``max_reply_size`` bytes is logged and dropped.
+
+    Calling it returns the events the receiver answered with (a 200 or 201 whose body
+    is a CloudEvent, or a batch of them), else an empty list; in batch mode the reply
+    goes to the first event of the batch only, so it is published once. It raises
+    ``DeliveryError`` as the table in the module docstring says.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        session: WebhookSession,
+        mode: Mode = "binary",
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        max_batch: int = 100,
+        batch_window: float = 0.01,
+        max_reply_size: int = 1024 * 1024,
+    ) -> None:
+        self.url = _parse_url(url)
+        if mode not in ("binary", "structured", "batch"):
+            raise ConfigError(f"mode must be binary, structured or batch, got {mode!r}")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be above 0 seconds, got {timeout!r}")
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be at least 1, got {max_batch!r}")
+        if batch_window < 0:
+            raise ConfigError(f"batch_window cannot be negative, got {batch_window!r}")
+        self.session = session
+        self.mode: Mode = mode
+        self.timeout = float(timeout)
+        self.max_batch = max_batch
+        self.batch_window = float(batch_window)
+        self.max_reply_size = max_reply_size
+        self.where = _display(self.url)
+        self._headers: CIMultiDict[str] = CIMultiDict(headers or {})
+        self._open: _Batch | None = None
+
+    def __repr__(self) -> str:
+        return f"<WebhookSink {self.mode} {self.where}>"
+
+    async def __call__(self, event: Event) -> list[Event]:
+        """Deliver ``event``; the replies, or an empty list."""
+        if self.mode == "batch":
+            return await self._batched(event)
+        encode = to_binary if self.mode == "binary" else to_structured
+        try:
+            headers, body = encode(event)
+        except EventMeshError as exc:
+            raise DeliveryError(
+                f"event {event.id} cannot be sent to {self.where}: {exc}", retryable=False
+            ) from exc
+        return await self._send(headers, body)
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def _send(self, headers: Mapping[str, str], body: bytes) -> list[Event]:
+        merged = CIMultiDict(self._headers)
+        merged.update(headers)
+        answer = await self.session._post(
+            self.url, body, merged, timeout=self.timeout, limit=self.max_reply_size
+        )
+        status = answer.status
+        if 200 <= status < 300:
+            return self._replies(answer) if status in (200, 201) else []
+        text = f"POST {self.where} answered {status} {answer.reason}".rstrip()
+        if answer.body:
+            snippet = answer.body.decode("utf-8", "replace")
+            text += f": {snippet!r}{'...' if answer.truncated else ''}"
+        if status >= 500 or status in RETRYABLE_STATUSES:
+            retry_after = retry_after_seconds(answer.headers.get("Retry-After"))
+            raise DeliveryError(f"{text}; retrying", retry_after=retry_after)
+        raise DeliveryError(
+            f"{text}; not retried: the receiver refuses the event (only connection errors, "
+            "timeouts, 404, 408, 409, 429 and 5xx are retried)",
+            retryable=False,
+        )
+
+    def _replies(self, answer: _Answer) -> list[Event]:
+        if content_mode(answer.headers) is None:
+            return []  # an answer that is not a CloudEvent is no reply
+        if answer.truncated:
+            log.warning(
+                "webhook %s replied with more than %d bytes; the reply is dropped",
+                self.where,
+                self.max_reply_size,
+            )
+            return []
+        try:
+            return from_http(answer.headers, answer.body)
+        except EventMeshError as exc:
+            log.warning(
+                "webhook %s replied with a CloudEvent that cannot be read (%s); the reply "
+                "is dropped",
+                self.where,
+                exc,
+            )
+            return []
+
+    # -- batch mode ----------------------------------------------------------------------
+
+    async def _batched(self, event: Event) -> list[Event]:
+        batch = self._open
+        leader = batch is None
+        if batch is None:
+            batch = self._open = _Batch()
+        batch.events.append(event)
+        if len(batch.events) >= self.max_batch:
+            self._open = None
+            batch.full.set()
+        if not leader:
+            await batch.done.wait()
+            outcome = batch.outcome
+            if isinstance(outcome, DeliveryError):
+                # A fresh error per caller: one exception object raised in many tasks
+                # would collect all their tracebacks.
+                raise DeliveryError(
+                    str(outcome), retryable=outcome.retryable, retry_after=outcome.retry_after
+                )
+            return []  # a reply to the batch goes to its first event, the leader's
+        try:
+            with anyio.move_on_after(self.batch_window):
+                await batch.full.wait()
+            if self._open is batch:
+                self._open = None
+            batch.outcome = await self._send_batch(batch.events)
+        except DeliveryError as exc:
+            batch.outcome = exc
+            raise
+        except Exception as exc:
+            batch.outcome = DeliveryError(f"POST {self.where} failed: {exc!r}; retrying")
+            raise
+        finally:
+            batch.done.set()
+        return batch.outcome
+
+    async def _send_batch(self, events: Sequence[Event]) -> list[Event]:
+        try:
+            headers, body = to_batch(events)
+        except EventMeshError as exc:
+            raise DeliveryError(
+                f"a batch of {len(events)} events cannot be sent to {self.where}: {exc}",
+                retryable=False,
+            ) from exc
+        return await self._send(headers, body)
