@@ -149,6 +149,11 @@ class Mesh(Client):
         return self._connectors
 
     @property
+    def topics(self) -> list[str]:
+        """The topics published to or subscribed since the mesh started."""
+        return list(self._routes)
+
+    @property
     def subscriptions(self) -> list[Subscription]:
         """The subscriptions currently open."""
         return list(self._subscriptions.values())

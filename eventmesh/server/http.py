@@ -1,0 +1,329 @@
+"""The sidecar's HTTP API: routes that translate between the wire and Mesh calls.
+
+=======  ================================  ==============================================
+method   path                              does
+=======  ================================  ==============================================
+POST     /topics/{topic}/events            publish (binary, structured or batch mode)
+POST     /eventmesh/publish/{topic}        the same, Apache EventMesh's path
+POST     /subscriptions                    create a push (HTTP) or pull subscription
+GET      /subscriptions                    list them, config file's included
+GET      /subscriptions/{id}               one subscription, with its stats
+DELETE   /subscriptions/{id}               close it
+GET      /subscriptions/{id}/events        pull: a long poll (``max``, ``wait``)
+POST     /subscriptions/{id}/ack           ack pulled deliveries by id
+POST     /subscriptions/{id}/nack          nack them: retried under the delivery policy
+GET      /subscriptions/{id}/stream        pull as Server-Sent Events
+=======  ================================  ==============================================
+
+Every JSON body in or out goes through msgspec. Errors are problem bodies
+(``application/problem+json``) from :mod:`eventmesh._status`, the one table from error
+class to status. A publish is answered 202 only once the connector has stored every
+event; a request body above ``max_request_size`` is refused with 413 as soon as that is
+known, without reading the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from eventmesh._status import PROBLEM_CONTENT_TYPE, http_status, problem
+from eventmesh.bindings.http import from_http
+from eventmesh.config import HttpListener
+from eventmesh.errors import (
+    ClosedError,
+    ConfigError,
+    ConnectorError,
+    EventMeshError,
+    EventTooLargeError,
+    EventValidationError,
+    LifecycleError,
+)
+from eventmesh.event import encode_json
+from eventmesh.mesh import Mesh
+from eventmesh.server.pull import Handout, PullQueue
+from eventmesh.server.subscriptions import Record, Registry, convert_body
+
+__all__ = ["KEEPALIVE_INTERVAL", "MAX_PULL", "MAX_WAIT", "create_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_PULL: Final = 1000
+"""The most deliveries one ``GET /subscriptions/{id}/events`` returns."""
+MAX_WAIT: Final = 30.0
+"""The longest a long poll waits, in seconds."""
+KEEPALIVE_INTERVAL: Final = 15.0
+"""Seconds between ``: keepalive`` comments on an idle event stream."""
+
+_JSON: Final = "application/json"
+_CHUNK: Final = 64 * 1024
+_T = TypeVar("_T")
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Settle(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of an ack."""
+
+    delivery_ids: list[str]
+
+
+class _Nack(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of a nack."""
+
+    delivery_ids: list[str]
+    error: str | None = None
+
+
+def create_app(
+    mesh: Mesh,
+    registry: Registry,
+    settings: HttpListener,
+    *,
+    keepalive: float = KEEPALIVE_INTERVAL,
+) -> web.Application:
+    """The HTTP API over a running ``mesh`` and its subscription ``registry``.
+
+    ``settings`` gives the size limits; ``keepalive`` the seconds between comments on an
+    idle event stream. Long polls and streams end when the registry closes, so close it
+    before the app's runner.
+    """
+    api = _Api(mesh, registry, settings, keepalive)
+    app = web.Application(middlewares=[_problems], client_max_size=settings.max_request_size)
+    app.add_routes(
+        [
+            web.post("/topics/{topic}/events", api.publish),
+            web.post("/eventmesh/publish/{topic}", api.publish),
+            web.post("/subscriptions", api.create),
+            web.get("/subscriptions", api.list, allow_head=False),
+            web.get("/subscriptions/{id}", api.get, allow_head=False),
+            web.delete("/subscriptions/{id}", api.delete),
+            web.get("/subscriptions/{id}/events", api.pull, allow_head=False),
+            web.post("/subscriptions/{id}/ack", api.ack),
+            web.post("/subscriptions/{id}/nack", api.nack),
+            web.get("/subscriptions/{id}/stream", api.stream, allow_head=False),
+        ]
+    )
+    return app
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(body), status=status, content_type=_JSON, headers=headers
+    )
+
+
+def _problem(exc: BaseException, **extra: Any) -> web.Response:
+    response = web.Response(
+        body=_encoder.encode(problem(exc, **extra)),
+        status=http_status(exc),
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+    if isinstance(exc, EventTooLargeError):
+        response.force_close()  # do not drain a body we refused for its size
+    return response
+
+
+@web.middleware
+async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every EventMeshError as its problem body; anything else as a 500 that says nothing."""
+    try:
+        return await handler(request)
+    except EventMeshError as exc:
+        return _problem(exc)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return _problem(exc)
+
+
+def _delivery(handout: Handout) -> dict[str, Any]:
+    return {
+        "delivery_id": handout.delivery_id,
+        "attempt": handout.attempt,
+        "event": msgspec.Raw(encode_json(handout.event)),
+    }
+
+
+# -- reading requests ------------------------------------------------------------------------
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, or EventTooLargeError as soon as it is known to be above ``limit``."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _too_large(f"{length} bytes", limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(_CHUNK)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"more than {limit} bytes", limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: str, limit: int) -> EventTooLargeError:
+    return EventTooLargeError(
+        f"the request body is {size}, above the limit of {limit} bytes "
+        "(server.http.max_request_size); send fewer events per request"
+    )
+
+
+def _decode(body: bytes, kind: type[_T]) -> _T:
+    """A JSON body checked against ``kind``; ConfigError naming the key otherwise."""
+    try:
+        data = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("the request body must be a JSON object")
+    return convert_body(data, kind)
+
+
+def _number(request: web.Request, name: str, default: float, high: float, *, whole: bool) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    low = 1 if whole else 0
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        kind = "an integer" if whole else "a number of seconds"
+        raise ConfigError(f"must be {kind} from {low} to {high:g}, got {raw!r}", key=name)
+    return value
+
+
+def _queue(record: Record) -> PullQueue:
+    if record.pull is None:
+        raise LifecycleError(
+            f"subscription {record.id!r} pushes to its sink (protocol "
+            f"{record.fields.get('protocol')}); only pull subscriptions are read here"
+        )
+    return record.pull
+
+
+# -- the routes ------------------------------------------------------------------------------
+
+
+class _Api:
+    def __init__(
+        self, mesh: Mesh, registry: Registry, settings: HttpListener, keepalive: float
+    ) -> None:
+        self.mesh = mesh
+        self.registry = registry
+        self.settings = settings
+        self.keepalive = keepalive
+
+    async def publish(self, request: web.Request) -> web.Response:
+        topic = request.match_info["topic"]
+        body = await _read_body(request, self.settings.max_request_size)
+        try:
+            events = from_http(request.headers, body, max_event_size=self.settings.max_event_size)
+        except EventValidationError as exc:
+            index = getattr(exc, "index", None)
+            return _problem(exc, **({} if index is None else {"index": index}))
+        ids = [event.id for event in events]
+        try:
+            await self.mesh.publish(topic, events)
+        except (ConnectorError, ClosedError) as exc:
+            log.debug("publish of %d events to %s failed: %s", len(ids), topic, exc)
+            return _problem(exc, not_stored=ids)
+        return _json({"stored": len(ids), "ids": ids}, status=202)
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await _read_body(request, self.settings.max_request_size)
+        try:
+            spec = _decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"the request body is not valid JSON: {exc}") from exc
+        record = await self.registry.create(spec)
+        return _json(
+            self.registry.resource(record),
+            status=201,
+            headers={"Location": f"/subscriptions/{record.id}"},
+        )
+
+    async def list(self, request: web.Request) -> web.Response:
+        registry = self.registry
+        return _json({"subscriptions": [registry.resource(r) for r in registry.list()]})
+
+    async def get(self, request: web.Request) -> web.Response:
+        record = self.registry.get(request.match_info["id"])
+        return _json(self.registry.resource(record))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        await self.registry.delete(request.match_info["id"])
+        return web.Response(status=204)
+
+    async def pull(self, request: web.Request) -> web.Response:
+        queue = _queue(self.registry.get(request.match_info["id"]))
+        max_events = int(_number(request, "max", 1, MAX_PULL, whole=True))
+        wait = _number(request, "wait", 0.0, MAX_WAIT, whole=False)
+        handouts = await queue.take(max_events, wait, alive=_connected(request))
+        return _json({"deliveries": [_delivery(h) for h in handouts]})
+
+    async def ack(self, request: web.Request) -> web.Response:
+        queue = _queue(self.registry.get(request.match_info["id"]))
+        body = _decode(await _read_body(request, self.settings.max_request_size), _Settle)
+        acked, unknown = await queue.ack(body.delivery_ids)
+        return _json({"acked": acked, "unknown": unknown})
+
+    async def nack(self, request: web.Request) -> web.Response:
+        queue = _queue(self.registry.get(request.match_info["id"]))
+        body = _decode(await _read_body(request, self.settings.max_request_size), _Nack)
+        nacked, unknown = await queue.nack(body.delivery_ids, body.error)
+        return _json({"nacked": nacked, "unknown": unknown})
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        queue = _queue(self.registry.get(request.match_info["id"]))
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # proxies must not hold events back
+            }
+        )
+        await response.prepare(request)
+        alive = _connected(request)
+        try:
+            while not queue.closed and alive():
+                handouts = await queue.take(queue.max_in_flight, self.keepalive, alive=alive)
+                if handouts:
+                    await response.write(b"".join(map(_frame, handouts)))
+                elif not queue.closed:
+                    await response.write(b": keepalive\n\n")
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away; what it was handed comes back after its deadline
+        return response
+
+
+def _connected(request: web.Request) -> Callable[[], bool]:
+    """Whether the client of ``request`` is still connected (it may leave a long poll)."""
+
+    def connected() -> bool:
+        transport = request.transport
+        return transport is not None and not transport.is_closing()
+
+    return connected
+
+
+def _frame(handout: Handout) -> bytes:
+    data = _encoder.encode(_delivery(handout))
+    return b"event: delivery\nid: %s\ndata: %s\n\n" % (handout.delivery_id.encode(), data)

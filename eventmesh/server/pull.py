@@ -1,0 +1,260 @@
+"""Pull delivery for the sidecar: delivery ids, ack deadlines and flow control.
+
+A pull subscription is an iterator-form :class:`~eventmesh.subscription.Subscription`
+with a :class:`PullQueue` in front of it. The queue reads from the subscription only
+while a long poll or a stream is waiting and there is room: at most
+``delivery.max_in_flight`` deliveries are fetched and not yet acked or nacked. Each
+delivery handed out gets a fresh delivery id and an ack deadline; one reaper task nacks
+those whose deadline passes with the error ``"ack deadline exceeded"``, so the attempt
+counts and the subscription's policy (backoff, ``max_attempts``, dead letter) decides
+what happens next, as for any nack. An ack or nack for an id that is not outstanding
+(settled already, or redelivered after its deadline) is reported back as unknown.
+
+Deliveries wait in the queue (``ready``) between the fetch and a poller taking them:
+the fetch may finish after the poller that asked for it has gone. The next poller gets
+them first; their ack deadline starts only when they are handed out.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from eventmesh.errors import ClosedError
+from eventmesh.event import Event
+from eventmesh.subscription import Delivery, Subscription
+
+__all__ = ["ACK_DEADLINE_ERROR", "Handout", "PullQueue"]
+
+log = logging.getLogger(__name__)
+
+ACK_DEADLINE_ERROR = "ack deadline exceeded"
+"""The error recorded on a delivery that was neither acked nor nacked in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handout:
+    """One delivery as a puller sees it: its id, the attempt number and the event."""
+
+    delivery_id: str
+    attempt: int
+    event: Event
+
+
+class _Signal:
+    """Wakes every task waiting on it (an anyio.Event that re-arms itself)."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def fire(self) -> None:
+        event, self._event = self._event, anyio.Event()
+        event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class PullQueue:
+    """The outstanding deliveries of one pull subscription, and the tasks that keep them.
+
+    Start :meth:`run` in a task group; it returns once :meth:`close` was called or the
+    subscription ended. Closing wakes every waiting poller and stream.
+    """
+
+    def __init__(self, subscription: Subscription, *, ack_deadline: float) -> None:
+        self.subscription = subscription
+        self.ack_deadline = ack_deadline
+        self.max_in_flight = subscription.policy.max_in_flight
+        self._ready: deque[Delivery] = deque()
+        self._outstanding: dict[str, tuple[Delivery, float]] = {}
+        self._wanted = 0  # deliveries asked for by the pollers and streams now waiting
+        self._waiting = 0
+        self._demand = _Signal()  # someone waits, or room was made: the fetcher may go on
+        self._arrived = _Signal()  # a delivery is ready, or the queue closed
+        self._handed = _Signal()  # the first outstanding delivery appeared: for the reaper
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the queue was closed (or its subscription ended)."""
+        return self._closed
+
+    @property
+    def waiting(self) -> int:
+        """Long polls and streams waiting for a delivery right now."""
+        return self._waiting
+
+    @property
+    def outstanding(self) -> int:
+        """Deliveries handed out and not yet acked, nacked or past their deadline."""
+        return len(self._outstanding)
+
+    def _room(self) -> int:
+        return self.max_in_flight - len(self._outstanding) - len(self._ready)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Fetch on demand and reap expired deliveries until closed."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reap)
+            task_status.started()
+            try:
+                await self._fetch()
+            finally:
+                self._close()
+                tg.cancel_scope.cancel()
+
+    def close(self) -> None:
+        """Stop handing out deliveries and wake every waiter. What is not acked goes back
+        to the group when the subscription closes. Idempotent."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._arrived.fire()
+        self._demand.fire()
+        self._handed.fire()
+
+    # -- the fetcher and the reaper ------------------------------------------------------
+
+    async def _fetch(self) -> None:
+        deliveries: AsyncIterator[Delivery] = aiter(self.subscription)
+        try:
+            while not self._closed:
+                if len(self._ready) >= self._wanted or self._room() <= 0:
+                    await self._demand.wait()
+                    continue
+                try:
+                    delivery = await anext(deliveries)
+                except (StopAsyncIteration, ClosedError):
+                    return
+                self._ready.append(delivery)
+                self._arrived.fire()
+        finally:
+            if isinstance(deliveries, AsyncGenerator):
+                with anyio.CancelScope(shield=True):
+                    await deliveries.aclose()
+
+    async def _reap(self) -> None:
+        outstanding = self._outstanding
+        while not self._closed:
+            if not outstanding:
+                await self._handed.wait()
+                continue
+            # One deadline for the whole queue, so insertion order is deadline order.
+            delivery_id, (delivery, deadline) = next(iter(outstanding.items()))
+            now = anyio.current_time()
+            if deadline > now:
+                await anyio.sleep(deadline - now)
+                continue
+            del outstanding[delivery_id]
+            self._demand.fire()
+            log.info(
+                "subscription %s: delivery %s of event %s was not acked within %.1fs",
+                self.subscription.name,
+                delivery_id,
+                delivery.event.id,
+                self.ack_deadline,
+            )
+            await delivery.nack(ACK_DEADLINE_ERROR)
+
+    # -- pollers and streams -------------------------------------------------------------
+
+    async def take(
+        self, max_events: int, wait: float | None, *, alive: Callable[[], bool] | None = None
+    ) -> list[Handout]:
+        """Up to ``max_events`` deliveries; waits up to ``wait`` seconds (None: until
+        closed) for the first, then returns at once with what it has.
+
+        With ``wait`` 0 it answers at once with the deliveries at hand, after letting the
+        fetch run once; that may be none while events are on their way from the
+        backend, so pollers should wait a little. An empty list once closed, and when
+        ``alive`` says the caller has gone by then (what it would have been handed stays
+        for the next one, its attempt not counted).
+        """
+        if not self._ready and not self._closed:
+            self._wanted += max_events
+            self._waiting += 1
+            self._demand.fire()
+            try:
+                if wait is not None and wait <= 0:
+                    await anyio.lowlevel.checkpoint()
+                else:
+                    with anyio.move_on_after(wait):
+                        while not self._ready and not self._closed:
+                            await self._arrived.wait()
+            finally:
+                self._wanted -= max_events
+                self._waiting -= 1
+        if alive is not None and not alive():
+            return []
+        return self._hand_out(max_events)
+
+    def _hand_out(self, max_events: int) -> list[Handout]:
+        if self._closed:
+            return []
+        out: list[Handout] = []
+        ready = self._ready
+        deadline = anyio.current_time() + self.ack_deadline
+        first = not self._outstanding
+        while ready and len(out) < max_events:
+            delivery = ready.popleft()
+            delivery_id = uuid.uuid4().hex
+            self._outstanding[delivery_id] = (delivery, deadline)
+            out.append(Handout(delivery_id, delivery.attempt, delivery.event))
+        if out and first:
+            self._handed.fire()
+        return out
+
+    # -- settling ------------------------------------------------------------------------
+
+    async def ack(self, delivery_ids: Iterable[str]) -> tuple[int, list[str]]:
+        """Ack each outstanding delivery; returns how many, and the ids not outstanding."""
+        acked = 0
+        unknown: list[str] = []
+        for delivery_id in delivery_ids:
+            entry = self._outstanding.pop(delivery_id, None)
+            if entry is None:
+                unknown.append(delivery_id)
+                continue
+            await entry[0].ack()
+            acked += 1
+        if acked:
+            self._demand.fire()
+        return acked, unknown
+
+    async def nack(
+        self, delivery_ids: Iterable[str], error: str | None = None
+    ) -> tuple[int, list[str]]:
+        """Nack each outstanding delivery (retried or dead-lettered under the policy);
+        returns how many, and the ids not outstanding."""
+        nacked = 0
+        unknown: list[str] = []
+        entries: list[Delivery] = []
+        for delivery_id in delivery_ids:
+            entry = self._outstanding.pop(delivery_id, None)
+            if entry is None:
+                unknown.append(delivery_id)
+                continue
+            entries.append(entry[0])
+        if entries:
+            self._demand.fire()
+        for delivery in entries:
+            await delivery.nack(error)
+            nacked += 1
+        return nacked, unknown

@@ -1,0 +1,479 @@
+"""The sidecar's subscriptions: those made through its API, and those of the config file.
+
+A :class:`Registry` turns a subscription spec (the JSON body of ``POST /subscriptions``,
+shaped after the CloudEvents Subscriptions API) into a running mesh subscription:
+
+* ``protocol: HTTP`` - a push subscription: a handler-form subscription whose sink is a
+  :class:`~eventmesh.delivery.webhook.WebhookSink` POSTing to ``sink`` through the mesh's
+  webhook session (so its allow-list applies);
+* ``protocol: pull`` - an iterator-form subscription with a
+  :class:`~eventmesh.server.pull.PullQueue` in front, read through the pull endpoints.
+
+Filters and transforms are compiled by the mesh (:func:`eventmesh.pipeline.compile.
+compile_pipeline`), so they take exactly the forms the config file takes. Subscriptions
+of the config file are listed too, with ``origin: config`` and their name as id; the
+mesh runs them, and only editing the file removes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self, TypeAlias, TypeVar
+
+import anyio
+import anyio.abc
+import msgspec
+
+from eventmesh._duration import Duration
+from eventmesh._status import NotFoundError
+from eventmesh.config import SinkConfig, SubscriptionConfig, convert
+from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.delivery.stats import DeliveryStats
+from eventmesh.errors import ClosedError, ConfigError, LifecycleError
+from eventmesh.mesh import Mesh
+from eventmesh.server.pull import PullQueue
+from eventmesh.subscription import Subscription
+
+__all__ = ["Origin", "Record", "Registry", "SubscriptionSpec", "convert_body"]
+
+log = logging.getLogger(__name__)
+
+Origin: TypeAlias = Literal["config", "api", "grpc"]
+"""Who made a subscription: the config file, the HTTP API, or the gRPC API."""
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
+_DEFAULT_ACK_DEADLINE = 30.0
+_T = TypeVar("_T")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+class SubscriptionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /subscriptions`` (see docs/sidecar.md)."""
+
+    topic: str
+    id: str | None = None
+    group: str | None = None
+    """The consumer group; defaults to the id."""
+    protocol: Literal["HTTP", "pull"] | None = None
+    """``HTTP`` pushes to ``sink``; ``pull`` is read through the pull endpoints. Default:
+    ``HTTP`` when there is a sink, else ``pull``."""
+    sink: str | None = None
+    protocolsettings: dict[str, Any] | None = None
+    """For ``HTTP``: ``headers``, ``mode``, ``timeout``, ``max_batch``, ``batch_window``."""
+    filters: list[Any] | None = None
+    """CloudEvents Subscriptions API filters: every one must match."""
+    filter: Any = None
+    """One filter (an alternative to ``filters``)."""
+    transform: list[Any] | None = None
+    delivery: DeliveryPolicy = DeliveryPolicy()
+    start: Literal["earliest", "latest"] = "latest"
+    reply_to: str | None = None
+    """For ``HTTP``: the topic a webhook's CloudEvent answers are published to."""
+    ack_deadline: Duration | None = None
+    """For ``pull``: how long a delivery may stay unacked (30 s by default)."""
+
+
+@dataclass(eq=False)
+class Record:
+    """One subscription the sidecar knows of, with what runs it."""
+
+    id: str
+    origin: Origin
+    fields: dict[str, Any]
+    """The resource's fields as stored (everything but ``origin`` and ``stats``)."""
+    subscription: Subscription | None = None
+    """The running subscription (for a config one, looked up by name when needed)."""
+    pull: PullQueue | None = None
+    """The queue of a pull subscription."""
+    done: anyio.Event | None = None
+    """Set once the pull queue's task has returned (None for other kinds)."""
+
+
+class Registry:
+    """The subscriptions of a sidecar; an async context manager owning their tasks.
+
+    :meth:`close` (or leaving the ``async with``) closes every subscription made through
+    the API: long polls and streams waiting on them return at once.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self._records: dict[str, Record] = {}
+        self._config: dict[str, Record] = {
+            sub.name: Record(sub.name, "config", _config_fields(sub))
+            for sub in mesh.config.subscriptions
+        }
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._state = "new"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise LifecycleError("a Registry can be entered once; create a new one")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Close every API subscription, all at once: push deliveries in hand finish for
+        up to ``timeout`` seconds (30 by default), pull waiters return, and what was not
+        acked goes back to the group. Idempotent.
+
+        This also leaves the registry's task group, so, as for the Mesh, call it where
+        the ``async with`` would end it: not from inside a task group or cancel scope
+        entered after the registry.
+        """
+        if self._state != "open":
+            self._state = "closed"
+            return
+        self._state = "closing"
+        records = list(self._records.values())
+        self._records.clear()
+        try:
+            with anyio.CancelScope(shield=True):
+                for record in records:
+                    if record.pull is not None:
+                        record.pull.close()
+                async with anyio.create_task_group() as tg:
+                    for record in records:
+                        tg.start_soon(self._stop, record, timeout)
+        finally:
+            self._state = "closed"
+            tasks, self._tg = self._tg, None
+            if tasks is not None:
+                tasks.cancel_scope.cancel()  # nothing should be left; never wait on it
+                await tasks.__aexit__(None, None, None)
+
+    def _check_open(self) -> anyio.abc.TaskGroup:
+        if self._state != "open" or self._tg is None:
+            if self._state in ("closing", "closed"):
+                raise ClosedError("the sidecar is shutting down; no new subscriptions")
+            raise LifecycleError("the registry is not open; use it as 'async with Registry(mesh)'")
+        return self._tg
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, id: str) -> Record:
+        """The subscription with this id; NotFoundError when there is none."""
+        record = self._records.get(id) or self._config.get(id)
+        if record is None:
+            raise NotFoundError(
+                f"no subscription {id!r} on this sidecar; GET /subscriptions lists them"
+            )
+        return record
+
+    def list(self) -> list[Record]:
+        """Every subscription: the config file's first, then the API's in creation order."""
+        return [*self._config.values(), *self._records.values()]
+
+    def resource(self, record: Record) -> dict[str, Any]:
+        """The JSON resource of a subscription: its fields, ``origin`` and ``stats``."""
+        subscription = record.subscription
+        if subscription is None and record.origin == "config":
+            subscription = next((s for s in self.mesh.subscriptions if s.name == record.id), None)
+        stats = subscription.stats if subscription is not None else DeliveryStats()
+        return {**record.fields, "origin": record.origin, "stats": stats.as_dict()}
+
+    # -- creating and deleting -------------------------------------------------------------
+
+    async def create(self, spec: Mapping[str, Any], *, origin: Origin = "api") -> Record:
+        """Start a subscription from a spec; ConfigError naming the key for a bad one,
+        LifecycleError when the id is taken."""
+        tg = self._check_open()
+        if not isinstance(spec, Mapping):
+            raise ConfigError(
+                f"a subscription is a JSON object, got {type(spec).__name__}",
+            )
+        parsed = _parse(spec)
+        sub_id = parsed.id if parsed.id is not None else uuid.uuid4().hex
+        if not _ID.match(sub_id):
+            raise ConfigError(
+                f"{sub_id!r} is not a usable id: use up to 200 letters, digits, '.', '_' "
+                "and '-', starting with a letter or digit",
+                key="id",
+            )
+        if sub_id in self._records or sub_id in self._config:
+            raise LifecycleError(
+                f"a subscription with id {sub_id!r} exists already; choose another id, or "
+                f"DELETE /subscriptions/{sub_id} first"
+            )
+        protocol = parsed.protocol or ("HTTP" if parsed.sink is not None else "pull")
+        settings = _sink_settings(parsed) if protocol == "HTTP" else None
+        fields = _fields(parsed, sub_id, protocol, settings)
+        record = Record(sub_id, origin, fields)
+        self._records[sub_id] = record  # reserved now: a second create with it gets 409
+        try:
+            if settings is not None:
+                record.subscription = await self._push(parsed, sub_id, fields, settings)
+                await record.subscription.start()
+                self._still_wanted(record)
+            else:
+                subscription = self._subscribe(parsed, sub_id, fields, handler=None)
+                record.subscription = subscription
+                await subscription.start()
+                tg = self._still_wanted(record)
+                record.pull = PullQueue(subscription, ack_deadline=fields["ack_deadline"])
+                record.done = anyio.Event()
+                await tg.start(self._run_pull, record)
+        except BaseException:
+            self._records.pop(sub_id, None)
+            if record.pull is not None:
+                record.pull.close()
+            if record.subscription is not None:
+                with anyio.CancelScope(shield=True):
+                    await record.subscription.close()
+            raise
+        log.info("subscription %s created (%s, topic %s)", sub_id, protocol, parsed.topic)
+        return record
+
+    def _still_wanted(self, record: Record) -> anyio.abc.TaskGroup:
+        """After an await in create: raise when the registry closed or the subscription
+        was deleted meanwhile (the caller then closes what it started)."""
+        tg = self._check_open()
+        if self._records.get(record.id) is not record:
+            raise LifecycleError(
+                f"subscription {record.id!r} was deleted while it was being created"
+            )
+        return tg
+
+    async def _run_pull(
+        self, record: Record, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert record.pull is not None
+        assert record.done is not None
+        try:
+            await record.pull.run(task_status=task_status)
+        except Exception:
+            log.exception("pull subscription %s stopped on an unexpected error", record.id)
+        finally:
+            record.done.set()
+
+    async def _push(
+        self, spec: SubscriptionSpec, sub_id: str, fields: dict[str, Any], settings: SinkConfig
+    ) -> Subscription:
+        from eventmesh.delivery.webhook import WebhookSink
+
+        session = self.mesh.webhooks
+        url = fields["sink"]
+        try:
+            await session.check_url(url)
+            sink = WebhookSink(
+                url,
+                session=session,
+                mode=settings.mode,
+                timeout=float(settings.timeout),
+                headers=settings.headers,
+                max_batch=settings.max_batch,
+                batch_window=float(settings.batch_window),
+            )
+        except ConfigError as exc:
+            message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
+            raise ConfigError(message, key="sink") from exc
+        return self._subscribe(spec, sub_id, fields, handler=sink)
+
+    def _subscribe(
+        self, spec: SubscriptionSpec, sub_id: str, fields: dict[str, Any], *, handler: Any
+    ) -> Subscription:
+        filter_spec = spec.filters if spec.filters is not None else spec.filter
+        try:
+            return self.mesh.subscribe(
+                spec.topic,
+                fields["group"],
+                handler=handler,
+                filter=filter_spec,
+                transform=spec.transform,
+                delivery=spec.delivery,
+                start=spec.start,
+                name=sub_id,
+                reply_to=spec.reply_to,
+            )
+        except ConfigError as exc:
+            raise _rekey(exc, spec.topic, fields["group"], spec.filters is not None) from exc
+
+    async def delete(self, id: str) -> None:
+        """Close an API subscription: deliveries in hand finish or go back to the group.
+        NotFoundError for an unknown id, LifecycleError for one of the config file."""
+        if id in self._config:
+            raise LifecycleError(
+                f"subscription {id!r} is defined in the config file; remove it there and "
+                "restart the sidecar"
+            )
+        record = self._records.pop(id, None)
+        if record is None:
+            raise NotFoundError(
+                f"no subscription {id!r} on this sidecar; GET /subscriptions lists them"
+            )
+        if record.pull is not None:
+            record.pull.close()
+        with anyio.CancelScope(shield=True):
+            await self._stop(record, None)
+        log.info("subscription %s deleted", id)
+
+    async def _stop(self, record: Record, timeout: float | None) -> None:
+        if record.subscription is not None:
+            await record.subscription.close(timeout)
+        if record.done is not None:
+            await record.done.wait()
+
+
+# -- specs ---------------------------------------------------------------------------------
+
+
+def convert_body(data: Any, kind: type[_T]) -> _T:
+    """A decoded JSON request body checked against a struct; ConfigError naming the key
+    inside the body (``delivery.max_attempts``) otherwise."""
+    try:
+        return convert(data, kind, key="body")
+    except ConfigError as exc:
+        key = (exc.key or "").removeprefix("body").removeprefix(".")
+        message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
+        missing = _MISSING.search(message)
+        if missing:
+            key = f"{key}.{missing.group(1)}" if key else missing.group(1)
+        raise ConfigError(message, key=key or None) from exc
+
+
+def _parse(spec: Mapping[str, Any]) -> SubscriptionSpec:
+    parsed = convert_body(dict(spec), SubscriptionSpec)
+    if not parsed.topic:
+        raise ConfigError("a topic name must be a non-empty string", key="topic")
+    if parsed.group is not None and not parsed.group:
+        raise ConfigError("a group must be a non-empty string when given", key="group")
+    if parsed.filters is not None and parsed.filter is not None:
+        raise ConfigError(
+            "give 'filters' (a list, all must match) or 'filter', not both", key="filters"
+        )
+    if parsed.protocol == "HTTP" or (parsed.protocol is None and parsed.sink is not None):
+        if parsed.sink is None:
+            raise ConfigError("a subscription with protocol HTTP needs a 'sink' URL", key="sink")
+        if parsed.ack_deadline is not None:
+            raise ConfigError(
+                "'ack_deadline' applies to pull subscriptions; an HTTP sink acks by answering",
+                key="ack_deadline",
+            )
+    else:
+        for name in ("sink", "protocolsettings", "reply_to"):
+            if getattr(parsed, name) is not None:
+                raise ConfigError(
+                    f"{name!r} applies to push subscriptions (protocol HTTP); a pull "
+                    "subscription is read through GET /subscriptions/{id}/events",
+                    key=name,
+                )
+        if parsed.ack_deadline is not None and parsed.ack_deadline <= 0:
+            raise ConfigError("must be longer than 0 seconds", key="ack_deadline")
+    return parsed
+
+
+def _sink_settings(spec: SubscriptionSpec) -> SinkConfig:
+    settings = dict(spec.protocolsettings or {})
+    for reserved in ("handler", "webhook"):
+        if reserved in settings:
+            raise ConfigError(
+                f"unknown key {reserved!r}; the URL is the subscription's 'sink'",
+                key=f"protocolsettings.{reserved}",
+            )
+    settings["webhook"] = spec.sink
+    try:
+        config = convert(settings, SinkConfig, key="protocolsettings")
+    except ConfigError as exc:
+        message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
+        raise ConfigError(message, key=exc.key) from exc
+    if config.max_batch < 1:
+        raise ConfigError("must be at least 1", key="protocolsettings.max_batch")
+    if config.timeout <= 0:
+        raise ConfigError("must be longer than 0 seconds", key="protocolsettings.timeout")
+    return config
+
+
+def _fields(
+    spec: SubscriptionSpec, sub_id: str, protocol: str, settings: SinkConfig | None
+) -> dict[str, Any]:
+    """The resource's fields: what was asked for, with defaults filled in."""
+    fields: dict[str, Any] = {
+        "id": sub_id,
+        "topic": spec.topic,
+        "group": spec.group or sub_id,
+        "protocol": protocol,
+    }
+    if settings is not None:
+        fields["sink"] = spec.sink
+        fields["protocolsettings"] = _settings_fields(settings)
+    if spec.filters is not None:
+        fields["filters"] = spec.filters
+    if spec.filter is not None:
+        fields["filter"] = spec.filter
+    if spec.transform is not None:
+        fields["transform"] = spec.transform
+    fields["delivery"] = _builtins(spec.delivery)
+    fields["start"] = spec.start
+    if protocol == "HTTP":
+        fields["reply_to"] = spec.reply_to
+    else:
+        fields["ack_deadline"] = float(
+            spec.ack_deadline if spec.ack_deadline is not None else _DEFAULT_ACK_DEADLINE
+        )
+    return fields
+
+
+def _config_fields(sub: SubscriptionConfig) -> dict[str, Any]:
+    fields: dict[str, Any] = {"id": sub.name, "topic": sub.topic, "group": sub.group_name}
+    sink = sub.sink
+    if sink is not None and sink.webhook is not None:
+        fields["protocol"] = "HTTP"
+        fields["sink"] = sink.webhook
+        fields["protocolsettings"] = _settings_fields(sink)
+    else:
+        fields["protocol"] = "handler"
+        fields["handler"] = sink.handler if sink is not None else None
+    if sub.filter is not None:
+        fields["filter"] = sub.filter
+    if sub.transform is not None:
+        fields["transform"] = sub.transform
+    fields["delivery"] = _builtins(sub.delivery)
+    fields["start"] = sub.start
+    fields["reply_to"] = sub.reply_to
+    return fields
+
+
+def _settings_fields(sink: SinkConfig) -> dict[str, Any]:
+    return {
+        "headers": dict(sink.headers),
+        "mode": sink.mode,
+        "timeout": float(sink.timeout),
+        "max_batch": sink.max_batch,
+        "batch_window": float(sink.batch_window),
+    }
+
+
+def _builtins(policy: DeliveryPolicy) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(policy, enc_hook=float)
+    return data
+
+
+def _rekey(exc: ConfigError, topic: str, group: str, from_filters: bool) -> ConfigError:
+    """The mesh's error with its key said as the request's (``filters[1].exact``)."""
+    prefix = f"subscribe({topic!r}, group={group!r})."
+    key = exc.key
+    if key is None or not key.startswith(prefix):
+        return exc
+    inner = key[len(prefix) :]
+    if from_filters and inner.startswith("filter"):
+        inner = "filters" + inner[len("filter") :]
+    message = str(exc).removeprefix(f"{key}: ")
+    return ConfigError(message, key=inner)
