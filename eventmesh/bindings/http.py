@@ -330,11 +330,14 @@ def from_http(
     """
     content_type, attrs = _scan(headers)
     mode = _detect(content_type, attrs)
-    if mode == "batch":
-        return _from_batch(body, max_event_size)
-    if mode == "structured":
-        return [_from_structured(body, max_event_size)]
-    return [_from_binary(attrs, content_type, body, max_event_size)]
+    try:
+        if mode == "batch":
+            return _from_batch(body, max_event_size)
+        if mode == "structured":
+            return [_from_structured(body, max_event_size)]
+        return [_from_binary(attrs, content_type, body, max_event_size)]
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise _undecodable(exc) from exc
 
 
 def from_http_one(
@@ -351,9 +354,20 @@ def from_http_one(
             f"a batch ({BATCH_CONTENT_TYPE}) is not accepted here: send one event, in "
             f"binary mode (ce- headers) or as {STRUCTURED_CONTENT_TYPE}"
         )
-    if mode == "structured":
-        return _from_structured(body, max_event_size)
-    return _from_binary(attrs, content_type, body, max_event_size)
+    try:
+        if mode == "structured":
+            return _from_structured(body, max_event_size)
+        return _from_binary(attrs, content_type, body, max_event_size)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise _undecodable(exc) from exc
+
+
+def _undecodable(exc: BaseException) -> EventValidationError:
+    """msgspec raises these, not DecodeError, for bytes that are not UTF-8 and for JSON
+    nested deeper than Python's recursion limit."""
+    if isinstance(exc, RecursionError):
+        return EventValidationError("the body is JSON nested too deeply to read")
+    return EventValidationError(f"the body is not valid UTF-8: {exc}")
 
 
 def _too_large(what: str, size: int, limit: int) -> EventTooLargeError:
@@ -392,6 +406,14 @@ def _from_binary(
     found = values.pop("datacontenttype", None)
     if content_type is None:
         content_type = found
+    if content_type is not None and not (content_type.isascii() and content_type.isprintable()):
+        # It could never be sent on as a header, so refuse it now rather than store an
+        # event no binary-mode sink can receive.
+        raise EventValidationError(
+            f"Content-Type {content_type!r} is not printable ASCII; send a media type "
+            "such as application/json",
+            attribute="datacontenttype",
+        )
     dataschema = values.pop("dataschema", None)
     subject = values.pop("subject", None)
     time = values.pop("time", None)

@@ -61,6 +61,7 @@ KEEPALIVE_INTERVAL: Final = 15.0
 
 _JSON: Final = "application/json"
 _CHUNK: Final = 64 * 1024
+_LIMIT: Final = web.AppKey("max_request_size", int)
 _T = TypeVar("_T")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -96,11 +97,12 @@ def create_app(
     """
     api = _Api(mesh, registry, settings, keepalive)
     app = web.Application(middlewares=[_problems], client_max_size=settings.max_request_size)
+    app[_LIMIT] = settings.max_request_size
     app.add_routes(
         [
-            web.post("/topics/{topic}/events", api.publish),
-            web.post("/eventmesh/publish/{topic}", api.publish),
-            web.post("/subscriptions", api.create),
+            web.post("/topics/{topic}/events", api.publish, expect_handler=_expect),
+            web.post("/eventmesh/publish/{topic}", api.publish, expect_handler=_expect),
+            web.post("/subscriptions", api.create, expect_handler=_expect),
             web.get("/subscriptions", api.list, allow_head=False),
             web.get("/subscriptions/{id}", api.get, allow_head=False),
             web.delete("/subscriptions/{id}", api.delete),
@@ -140,11 +142,46 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except EventMeshError as exc:
         return _problem(exc)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # The router's own 404 and 405 answer in the same problem format as ours.
+        kind = "NotFoundError" if exc.status == 404 else "EventMeshError"
+        body = {
+            "type": kind,
+            "title": exc.reason,
+            "status": exc.status,
+            "detail": f"{request.method} {request.path}: {exc.reason}",
+        }
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        return web.Response(
+            body=_encoder.encode(body),
+            status=exc.status,
+            headers=headers,
+            content_type=PROBLEM_CONTENT_TYPE,
+        )
+    except ConnectionError:
+        # The client went away mid-request: nothing to answer, nothing worth an error log
+        # (any client could flood the log this way).
+        log.debug("%s %s: the client disconnected", request.method, request.path)
+        return web.Response(status=400)
     except Exception as exc:
         log.exception("%s %s failed", request.method, request.path)
         return _problem(exc)
+
+
+async def _expect(request: web.Request) -> web.Response | None:
+    """Answer ``Expect: 100-continue`` with 413 at once when the declared body is above
+    the limit, rather than invite the client to send it first."""
+    limit = request.app[_LIMIT]
+    length = request.content_length
+    if length is not None and length > limit:
+        return _problem(_too_large(f"{length} bytes", limit))
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return _problem(ConfigError(f"unknown Expect: {request.headers.get('Expect')!r}"))
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
 
 
 def _delivery(handout: Handout) -> dict[str, Any]:
@@ -187,8 +224,8 @@ def _decode(body: bytes, kind: type[_T]) -> _T:
     """A JSON body checked against ``kind``; ConfigError naming the key otherwise."""
     try:
         data = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ConfigError(f"the request body is not valid JSON: {exc}") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"the request body is not valid JSON: {exc!r}") from exc
     if not isinstance(data, dict):
         raise ConfigError("the request body must be a JSON object")
     return convert_body(data, kind)
@@ -250,8 +287,8 @@ class _Api:
         body = await _read_body(request, self.settings.max_request_size)
         try:
             spec = _decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise ConfigError(f"the request body is not valid JSON: {exc}") from exc
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ConfigError(f"the request body is not valid JSON: {exc!r}") from exc
         record = await self.registry.create(spec)
         return _json(
             self.registry.resource(record),

@@ -254,7 +254,14 @@ async def test_publishing_to_a_closed_connector_is_503(serve: Any) -> None:
     assert answer.body["not_stored"] == ["z"]
 
 
-async def test_unknown_paths_are_404(serve: Any) -> None:
-    """A path the API does not have is 404."""
-    async with serve() as api, api.session.get(api.url + "/nope") as response:
-        assert response.status == 404
+async def test_unknown_paths_and_methods_answer_with_problem_bodies(serve: Any) -> None:
+    """A path the API does not have is 404 and a wrong method 405, both as problem+json."""
+    async with serve() as api:
+        async with api.session.get(api.url + "/nope") as response:
+            assert response.status == 404
+            assert response.content_type == "application/problem+json"
+            assert (await response.json(content_type=None))["type"] == "NotFoundError"
+        async with api.session.put(api.url + "/topics/t/events") as response:
+            assert response.status == 405
+            assert response.content_type == "application/problem+json"
+            assert "POST" in response.headers["Allow"]
