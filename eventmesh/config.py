@@ -18,8 +18,9 @@ caller passes them (the CLI passes ``os.environ``; library code never reads it):
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -502,6 +503,10 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
                 f"webhook {sub.sink.webhook!r} must be an http:// or https:// URL",
                 [*where, "sink", "webhook"],
             )
+        if sub.sink.max_batch < 1:
+            raise fail("max_batch must be at least 1", [*where, "sink", "max_batch"])
+        if float(sub.sink.timeout) <= 0:
+            raise fail("a webhook timeout must be more than 0s", [*where, "sink", "timeout"])
         if sub.sink.handler is not None and ":" not in sub.sink.handler:
             raise fail(
                 f"handler {sub.sink.handler!r} must look like 'package.module:function'",
@@ -521,9 +526,32 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
             raise ConfigError(
                 f"subscription {sub.name!r}: {message}", key=key, line=_line(nodes, path)
             ) from exc
+    _check_server(config, fail)
     if config.functions:
         raise fail(
             "'functions' is reserved for the serverless trigger layer, which this version "
             "does not include yet; remove the key",
             ["functions"],
         )
+
+
+def _check_server(config: MeshConfig, fail: Callable[[str, list[str | int]], ConfigError]) -> None:
+    """The listeners' ports and limits, and the webhook allow-list."""
+    server = config.server
+    for name in ("http", "grpc", "admin"):
+        listener = getattr(server, name)
+        if not 0 <= listener.port <= 65535:
+            raise fail("a port is between 0 (any free port) and 65535", ["server", name, "port"])
+    for key in ("max_event_size", "max_request_size"):
+        if getattr(server.http, key) < 1:
+            raise fail("a size limit is a number of bytes above 0", ["server", "http", key])
+    if server.webhook.max_connections < 1:
+        raise fail("max_connections must be at least 1", ["server", "webhook", "max_connections"])
+    for i, network in enumerate(server.webhook.allowed_networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise fail(
+                f"{network!r} is not a network; write it as CIDR, e.g. 10.0.0.0/8",
+                ["server", "webhook", "allowed_networks", i],
+            ) from None

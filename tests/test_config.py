@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +192,28 @@ def test_a_bad_filter_names_its_exact_key_and_line(tmp_path: Path) -> None:
     assert info.value.key.startswith("subscriptions[0].filter.all[1]")
     assert info.value.line == 13
     assert "subscription 'billing'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"server": {"http": {"port": 70000}}}, "server.http.port"),
+        ({"server": {"http": {"max_event_size": 0}}}, "server.http.max_event_size"),
+        ({"server": {"webhook": {"max_connections": 0}}}, "server.webhook.max_connections"),
+        ({"server": {"webhook": {"allowed_networks": ["10.0.0.0/8", "nope"]}}},
+         "server.webhook.allowed_networks[1]"),
+        ({"subscriptions": [{"name": "s", "topic": "t",
+                             "sink": {"webhook": "http://127.0.0.1/", "max_batch": 0}}]},
+         "subscriptions[0].sink.max_batch"),
+        ({"subscriptions": [{"name": "s", "topic": "t",
+                             "sink": {"webhook": "http://127.0.0.1/", "timeout": "0s"}}]},
+         "subscriptions[0].sink.timeout"),
+    ],
+)  # fmt: skip
+def test_server_and_webhook_values_are_checked_when_the_file_loads(
+    override: dict[str, Any], key: str
+) -> None:
+    """Ports, size limits, the allow-list and webhook settings fail at load, naming the key."""
+    with pytest.raises(ConfigError) as info:
+        load_config(override)
+    assert info.value.key == key
