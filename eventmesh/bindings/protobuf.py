@@ -1,0 +1,315 @@
+"""The CloudEvents protobuf format: pure functions between ``io.cloudevents.v1`` messages
+and events.
+
+The schema is the official one (``eventmesh/_proto/io/cloudevents/v1/cloudevents.proto``,
+CloudEvents Protobuf Event Format 1.0): ``id``, ``source``, ``spec_version`` and ``type``
+are fields; every other attribute is an entry of the ``attributes`` map holding a typed
+value; the data is one of ``binary_data``, ``text_data`` or ``proto_data``. Unlike the
+binary-mode bindings, the format is typed, so most values keep their type:
+
+==================== ====================================================================
+``datacontenttype``  ``ce_string``
+``dataschema``       ``ce_uri``
+``subject``          ``ce_string``
+``time``             ``ce_timestamp`` (read back in UTC, to the microsecond)
+extension ``bool``   ``ce_boolean``
+extension ``int``    ``ce_integer``
+extension ``str``    ``ce_string``
+``bytes`` data       ``binary_data``, whatever the content type; read back as bytes
+JSON data            with a JSON ``datacontenttype`` (or none, which CloudEvents reads as
+                     JSON): ``text_data`` holding its JSON encoding, strings included
+                     (``"hi"`` travels as ``"\\"hi\\""``); read back parsed, or as the
+                     text itself when it is not JSON
+text data            with any other content type: a ``str`` as ``text_data``, any other
+                     value JSON-encoded (as the binary-mode bindings do); read back as text
+protobuf data        ``bytes`` under ``application/protobuf`` with a ``dataschema`` (the
+                     message's type URL, as the format asks) travel as ``proto_data``, an
+                     ``Any`` of that type URL; ``proto_data`` is read back as the packed
+                     message's bytes, with ``datacontenttype`` ``application/protobuf``
+                     and ``dataschema`` the type URL when the event does not set them
+==================== ====================================================================
+
+On the way in, extensions of the types eventmesh does not keep (``ce_bytes``, ``ce_uri``,
+``ce_uri_ref``, ``ce_timestamp``) become their canonical strings: base64, the URI, RFC
+3339 with ``Z``. A string attribute also accepts ``ce_uri`` and ``ce_uri_ref``, and
+``time`` accepts an RFC 3339 ``ce_string``, since other producers write them so. Anything
+else that breaks the spec raises :class:`~eventmesh.errors.EventValidationError` naming
+the attribute.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from eventmesh._generated.io.cloudevents.v1.cloudevents_pb2 import CloudEvent, CloudEventBatch
+from eventmesh.bindings._common import encode_attribute, is_json_media_type
+from eventmesh.errors import EventValidationError
+from eventmesh.event import Event, ExtensionValue, parse_time
+
+__all__ = [
+    "BATCH_CONTENT_TYPE",
+    "CONTENT_TYPE",
+    "PROTOBUF_DATA_CONTENT_TYPE",
+    "CloudEvent",
+    "CloudEventBatch",
+    "decode",
+    "decode_batch",
+    "encode",
+    "encode_batch",
+    "from_proto",
+    "from_proto_batch",
+    "to_proto",
+    "to_proto_batch",
+]
+
+CONTENT_TYPE: Final = "application/cloudevents+protobuf"
+"""The media type of one event in the protobuf format."""
+BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+protobuf"
+"""The media type of a ``CloudEventBatch``."""
+PROTOBUF_DATA_CONTENT_TYPE: Final = "application/protobuf"
+"""The ``datacontenttype`` of data that is itself a protobuf message."""
+
+_AttributeValue = CloudEvent.CloudEventAttributeValue
+_STRINGS: Final = frozenset({"ce_string", "ce_uri", "ce_uri_ref"})
+_REQUIRED_FIELDS: Final = frozenset({"id", "source", "specversion", "type"})
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+# -- Event -> CloudEvent ------------------------------------------------------------------
+
+
+def to_proto(event: Event) -> CloudEvent:
+    """The ``io.cloudevents.v1.CloudEvent`` for ``event``.
+
+    Raises ``EventValidationError`` when the data cannot be encoded (not JSON-encodable
+    under a JSON content type) or an attribute does not fit the format.
+    """
+    msg = CloudEvent(
+        id=event.id, source=event.source, spec_version=event.specversion, type=event.type
+    )
+    attrs = msg.attributes
+    if event.datacontenttype is not None:
+        attrs["datacontenttype"].ce_string = event.datacontenttype
+    if event.dataschema is not None:
+        attrs["dataschema"].ce_uri = event.dataschema
+    if event.subject is not None:
+        attrs["subject"].ce_string = event.subject
+    if event.time is not None:
+        try:
+            attrs["time"].ce_timestamp.FromDatetime(event.time)
+        except (ValueError, OverflowError) as exc:
+            raise EventValidationError(
+                f"attribute 'time' of event {event.id!r} cannot be a protobuf Timestamp: {exc}",
+                attribute="time",
+            ) from exc
+    for name, value in event.extensions.items():
+        if isinstance(value, str):
+            attrs[name].ce_string = value
+        elif isinstance(value, bool):  # before int: a bool is an int
+            attrs[name].ce_boolean = value
+        else:
+            attrs[name].ce_integer = value
+    if event.data is not None:
+        _set_data(msg, event)
+    return msg
+
+
+def _set_data(msg: CloudEvent, event: Event) -> None:
+    data = event.data
+    content_type = event.datacontenttype
+    if isinstance(data, bytes | bytearray | memoryview):
+        if (
+            event.dataschema is not None
+            and content_type is not None
+            and content_type.split(";", 1)[0].strip().lower() == PROTOBUF_DATA_CONTENT_TYPE
+        ):
+            msg.proto_data.CopyFrom(AnyMessage(type_url=event.dataschema, value=bytes(data)))
+        else:
+            msg.binary_data = bytes(data)
+        return
+    if type(data) is str and not is_json_media_type(content_type):
+        msg.text_data = data
+        return
+    try:
+        msg.text_data = _encoder.encode(data).decode("utf-8")
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise EventValidationError(
+            f"the data of event {event.id!r} cannot be encoded as JSON: {exc}", attribute="data"
+        ) from exc
+
+
+def to_proto_batch(events: Iterable[Event]) -> CloudEventBatch:
+    """The ``CloudEventBatch`` of ``events``, in order."""
+    return CloudEventBatch(events=[to_proto(event) for event in events])
+
+
+def encode(event: Event) -> bytes:
+    """``event`` serialized in the protobuf format (``application/cloudevents+protobuf``)."""
+    return to_proto(event).SerializeToString()
+
+
+def encode_batch(events: Iterable[Event]) -> bytes:
+    """``events`` serialized as a ``CloudEventBatch``."""
+    return to_proto_batch(events).SerializeToString()
+
+
+# -- CloudEvent -> Event ------------------------------------------------------------------
+
+
+def from_proto(msg: CloudEvent) -> Event:
+    """The event an ``io.cloudevents.v1.CloudEvent`` carries.
+
+    Raises ``EventValidationError``, naming the attribute, when it is not a valid
+    CloudEvents 1.0 event.
+    """
+    for name, required in (
+        ("id", msg.id),
+        ("source", msg.source),
+        ("specversion", msg.spec_version),
+        ("type", msg.type),
+    ):
+        if not required:
+            raise EventValidationError(
+                f"required attribute {name!r} is missing or empty", attribute=name
+            )
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    subject: str | None = None
+    time: datetime | None = None
+    extensions: dict[str, ExtensionValue] = {}
+    for name, value in msg.attributes.items():
+        kind = value.WhichOneof("attr")
+        if kind is None:
+            raise EventValidationError(f"attribute {name!r} has no value", attribute=name)
+        if name == "datacontenttype":
+            datacontenttype = _string(name, value, kind)
+        elif name == "dataschema":
+            dataschema = _string(name, value, kind)
+        elif name == "subject":
+            subject = _string(name, value, kind)
+        elif name == "time":
+            time = _time(value, kind)
+        elif name in _REQUIRED_FIELDS:
+            raise EventValidationError(
+                f"attribute {name!r} belongs in the CloudEvent's own field, not in its "
+                "attributes map",
+                attribute=name,
+            )
+        else:
+            extensions[name] = _extension(value, kind)
+    data: Any = None
+    which = msg.WhichOneof("data")
+    if which == "binary_data":
+        data = msg.binary_data
+    elif which == "text_data":
+        data = _text(msg.text_data, datacontenttype)
+    elif which == "proto_data":
+        data = msg.proto_data.value
+        datacontenttype = datacontenttype or PROTOBUF_DATA_CONTENT_TYPE
+        dataschema = dataschema or msg.proto_data.type_url or None
+    return Event(
+        id=msg.id,
+        source=msg.source,
+        specversion=msg.spec_version,
+        type=msg.type,
+        datacontenttype=datacontenttype,
+        dataschema=dataschema,
+        subject=subject,
+        time=time,
+        data=data,
+        extensions=extensions,
+    )
+
+
+def _string(name: str, value: Any, kind: str) -> str:
+    if kind not in _STRINGS:
+        raise EventValidationError(
+            f"attribute {name!r} must be a string (ce_string), got {kind}", attribute=name
+        )
+    text: str = getattr(value, kind)
+    return text
+
+
+def _time(value: Any, kind: str) -> datetime:
+    if kind == "ce_timestamp":
+        stamp: Timestamp = value.ce_timestamp
+        try:
+            return stamp.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError) as exc:
+            raise EventValidationError(
+                f"attribute 'time' is not a valid timestamp: {exc}", attribute="time"
+            ) from exc
+    if kind == "ce_string":
+        return parse_time(value.ce_string)
+    raise EventValidationError(
+        f"attribute 'time' must be a timestamp (ce_timestamp), got {kind}", attribute="time"
+    )
+
+
+def _extension(value: Any, kind: str) -> ExtensionValue:
+    if kind == "ce_string" or kind == "ce_uri" or kind == "ce_uri_ref":
+        text: str = getattr(value, kind)
+        return text
+    if kind == "ce_boolean":
+        return bool(value.ce_boolean)
+    if kind == "ce_integer":
+        return int(value.ce_integer)
+    if kind == "ce_bytes":
+        return base64.b64encode(value.ce_bytes).decode("ascii")
+    stamp: Timestamp = value.ce_timestamp  # the last kind the schema has
+    return encode_attribute(stamp.ToDatetime(tzinfo=UTC))
+
+
+def _text(text: str, content_type: str | None) -> Any:
+    if not is_json_media_type(content_type):
+        return text
+    try:
+        return _decoder.decode(text)
+    except msgspec.DecodeError:
+        return text  # a producer that sent plain text without saying so
+
+
+def from_proto_batch(batch: CloudEventBatch | Sequence[CloudEvent]) -> list[Event]:
+    """The events of a ``CloudEventBatch`` (or of a list of ``CloudEvent``), in order.
+
+    Raises ``EventValidationError`` naming the first invalid event and its attribute.
+    """
+    messages = batch.events if isinstance(batch, CloudEventBatch) else batch
+    events = []
+    for index, msg in enumerate(messages):
+        try:
+            events.append(from_proto(msg))
+        except EventValidationError as exc:
+            raise EventValidationError(
+                f"event {index} of the batch: {exc}", attribute=exc.attribute
+            ) from exc
+    return events
+
+
+def decode(payload: bytes) -> Event:
+    """One event from its protobuf serialization; raises ``EventValidationError``."""
+    msg = CloudEvent()
+    try:
+        msg.ParseFromString(payload)
+    except DecodeError as exc:
+        raise EventValidationError(f"the body is not a protobuf CloudEvent: {exc}") from exc
+    return from_proto(msg)
+
+
+def decode_batch(payload: bytes) -> list[Event]:
+    """The events of a serialized ``CloudEventBatch``; raises ``EventValidationError``."""
+    msg = CloudEventBatch()
+    try:
+        msg.ParseFromString(payload)
+    except DecodeError as exc:
+        raise EventValidationError(f"the body is not a protobuf CloudEventBatch: {exc}") from exc
+    return from_proto_batch(msg)

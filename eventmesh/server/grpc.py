@@ -1,0 +1,314 @@
+"""The sidecar's gRPC API: the ``eventmesh.v1.EventMesh`` service in front of a Mesh.
+
+The service (``eventmesh/_proto/eventmesh/v1/eventmesh.proto``) only translates: events
+arrive and leave in the CloudEvents protobuf format (:mod:`eventmesh.bindings.protobuf`)
+and every call becomes a call on the running :class:`~eventmesh.Mesh`.
+
+* ``Publish`` / ``PublishBatch`` call ``mesh.publish`` and answer once it returned, that
+  is once the topic's connector stored every event.
+* ``Subscribe`` is one bidirectional stream per subscriber. Its first request opens an
+  iterating subscription (``mesh.subscribe`` without a handler); the server then sends a
+  delivery for each event while the client holds credits, keeps each one by its delivery
+  id, and acks or nacks it when the client says (a nack goes through the subscription's
+  policy: a retry after backoff, or the dead-letter topic). When the stream ends or
+  breaks, the subscription is closed, so what was not acked goes back to the group.
+
+An error answers with the gRPC code of ``eventmesh._status`` (the one table), the
+message, and the error class name in the trailing metadata ``eventmesh-error`` (and the
+attribute an ``EventValidationError`` names in ``eventmesh-attribute``); the SDK raises
+the same class again. Anything that is not an ``EventMeshError`` is logged and answered
+``INTERNAL`` without its details.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias
+
+import anyio
+import grpc
+import grpc.aio
+import msgspec
+from grpc.aio import EOF as _EOF  # type: ignore[attr-defined]  # grpc-stubs lacks it
+
+from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
+from eventmesh._status import grpc_code
+from eventmesh.bindings.protobuf import from_proto, from_proto_batch, to_proto
+from eventmesh.connectors.base import StartPosition
+from eventmesh.errors import (
+    ClosedError,
+    ConfigError,
+    DeliveryError,
+    EventMeshError,
+    EventValidationError,
+    LifecycleError,
+)
+
+if TYPE_CHECKING:
+    from eventmesh.mesh import Mesh
+    from eventmesh.subscription import Delivery, Subscription
+
+__all__ = [
+    "ATTRIBUTE_METADATA_KEY",
+    "ERROR_METADATA_KEY",
+    "SERVICE_NAME",
+    "EventMeshServicer",
+    "add_to_server",
+]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["EventMesh"].full_name
+"""The full name of the gRPC service."""
+# The same names are read by eventmesh.client.grpc; they are part of the wire protocol.
+ERROR_METADATA_KEY: Final = "eventmesh-error"
+"""Trailing metadata: the class name of the error that failed the call."""
+ATTRIBUTE_METADATA_KEY: Final = "eventmesh-attribute"
+"""Trailing metadata: the attribute an ``EventValidationError`` names."""
+
+_PublishContext: TypeAlias = "grpc.aio.ServicerContext[Any, pb.PublishResponse]"
+_StreamContext: TypeAlias = "grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]"
+_json = msgspec.json.Decoder()
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+    """End the call with the status of ``exc``, as the module docstring says."""
+    if isinstance(exc, EventMeshError):
+        kind, detail = type(exc).__name__, str(exc)
+    else:
+        log.error("gRPC call failed on an unexpected error", exc_info=exc)
+        kind, detail = "EventMeshError", "internal error"
+    metadata = [(ERROR_METADATA_KEY, kind)]
+    attribute = getattr(exc, "attribute", None)
+    if isinstance(attribute, str) and attribute.isascii() and attribute.isprintable():
+        metadata.append((ATTRIBUTE_METADATA_KEY, attribute))
+    await context.abort(grpc_code(exc), detail, trailing_metadata=tuple(metadata))
+
+
+class EventMeshServicer:
+    """The ``eventmesh.v1.EventMesh`` service over ``mesh``, which must be open."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+
+    async def publish(
+        self, request: pb.PublishRequest, context: _PublishContext
+    ) -> pb.PublishResponse:
+        """Store one event; answer once it is stored."""
+        try:
+            if not request.HasField("event"):
+                raise EventValidationError("the PublishRequest has no event")
+            event = from_proto(request.event)
+            await self.mesh.publish(request.topic, event)
+        except Exception as exc:
+            await _abort(context, exc)
+        return pb.PublishResponse(stored=1, ids=[event.id])
+
+    async def publish_batch(
+        self, request: pb.PublishBatchRequest, context: _PublishContext
+    ) -> pb.PublishResponse:
+        """Store several events in order; answer once all are stored."""
+        try:
+            events = from_proto_batch(request.batch)
+            if events:
+                await self.mesh.publish(request.topic, events)
+            else:
+                self.mesh.connector(request.topic)  # an empty batch still names a topic
+        except Exception as exc:
+            await _abort(context, exc)
+        return pb.PublishResponse(stored=len(events), ids=[event.id for event in events])
+
+    async def subscribe(
+        self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: _StreamContext
+    ) -> None:
+        """Run one subscriber's stream (see the module docstring)."""
+        first = await context.read()
+        if first is _EOF:
+            return
+        if first.WhichOneof("request") != "open":
+            await _abort(
+                context,
+                LifecycleError("the first request of a Subscribe stream must be 'open'"),
+            )
+        subscription: Subscription | None = None
+        error: BaseException | None = None
+        try:
+            subscription = self._subscription(first.open)
+            await subscription.start()
+            await context.write(
+                pb.SubscribeResponse(subscribed=pb.Subscribed(name=subscription.name))
+            )
+            stream = _Stream(subscription, context, first.open.credits)
+            await stream.run()
+            error = stream.error
+        except Exception as exc:
+            error = exc
+        finally:
+            if subscription is not None:  # unacked deliveries go back to the group
+                with anyio.CancelScope(shield=True):
+                    await subscription.close()
+        if error is not None and not context.done():
+            await _abort(context, error)
+
+    def _subscription(self, request: pb.Open) -> Subscription:
+        where = f"open of subscription to {request.topic!r}"
+        start: StartPosition = "latest"
+        which = request.WhichOneof("start")
+        if which == "time":
+            start = request.time.ToDatetime(tzinfo=UTC)
+        elif which == "position" and request.position == pb.START_POSITION_EARLIEST:
+            start = "earliest"
+        return self.mesh.subscribe(
+            request.topic,
+            request.group,
+            filter=_json_field(request.filter_json, f"{where}: filter_json"),
+            transform=_json_field(request.transform_json, f"{where}: transform_json"),
+            delivery=_json_field(request.delivery_json, f"{where}: delivery_json"),
+            start=start,
+            name=request.name or None,
+        )
+
+
+def _json_field(text: str, where: str) -> Any:
+    if not text:
+        return None
+    try:
+        return _json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{where} is not valid JSON: {exc}") from exc
+
+
+def _nack_error(nack: pb.Nack) -> BaseException | str | None:
+    """The error to nack with, so that the policy sees what the client's handler raised."""
+    if nack.give_up or nack.HasField("retry_after"):
+        return DeliveryError(
+            nack.error or "nacked",
+            retryable=not nack.give_up,
+            retry_after=nack.retry_after if nack.HasField("retry_after") else None,
+        )
+    return nack.error or None
+
+
+class _Stream:
+    """One Subscribe stream: deliveries out while credits last, settlements in."""
+
+    def __init__(self, subscription: Subscription, context: _StreamContext, credits: int) -> None:
+        self.subscription = subscription
+        self.context = context
+        self.credits = credits
+        self.error: BaseException | None = None
+        self._pending: dict[int, Delivery] = {}
+        self._ids = itertools.count(1)
+        self._credited: anyio.Event | None = None
+
+    async def run(self) -> None:
+        """Until the client half-closes, the subscription ends, or either side fails."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._guard, self._send, tg.cancel_scope)
+            await self._guard(self._receive, tg.cancel_scope)
+
+    async def _guard(self, fn: Any, scope: anyio.CancelScope) -> None:
+        try:
+            await fn()
+        except Exception as exc:
+            if self.error is None:
+                self.error = exc
+        finally:
+            scope.cancel()  # either side ending ends the stream
+
+    async def _send(self) -> None:
+        iterator = aiter(self.subscription)
+        try:
+            await self._send_from(iterator)
+        finally:
+            if isinstance(iterator, AsyncGenerator):  # finish it here, not in the GC
+                with anyio.CancelScope(shield=True):
+                    await iterator.aclose()
+
+    async def _send_from(self, iterator: AsyncIterator[Delivery]) -> None:
+        context = self.context
+        while True:
+            while self.credits <= 0:
+                self._credited = credited = anyio.Event()
+                await credited.wait()
+            delivery = await anext(iterator, None)
+            if delivery is None:  # the mesh closed the subscription
+                raise ClosedError("the sidecar is shutting down; subscribe again later")
+            try:
+                event = to_proto(delivery.event)
+            except EventValidationError as exc:
+                await delivery.nack(
+                    DeliveryError(f"the event cannot be sent over gRPC: {exc}", retryable=False)
+                )
+                continue
+            self.credits -= 1
+            delivery_id = next(self._ids)
+            self._pending[delivery_id] = delivery
+            await context.write(
+                pb.SubscribeResponse(
+                    delivery=pb.Delivery(
+                        delivery_id=delivery_id,
+                        attempt=delivery.attempt,
+                        event=event,
+                        topic=delivery.topic,
+                    )
+                )
+            )
+
+    async def _receive(self) -> None:
+        context = self.context
+        pending = self._pending
+        while True:
+            request = await context.read()
+            if request is _EOF:
+                return  # the client is done: leave the group
+            kind = request.WhichOneof("request")
+            if kind == "ack":
+                for delivery_id in request.ack.delivery_ids:
+                    delivery = pending.pop(delivery_id, None)
+                    if delivery is not None:  # settling twice does nothing
+                        await delivery.ack()
+            elif kind == "nack":
+                error = _nack_error(request.nack)
+                for delivery_id in request.nack.delivery_ids:
+                    delivery = pending.pop(delivery_id, None)
+                    if delivery is not None:
+                        await delivery.nack(error)
+            elif kind == "credit":
+                self.credits += request.credit.n
+                credited, self._credited = self._credited, None
+                if credited is not None:
+                    credited.set()
+            else:
+                raise LifecycleError(
+                    f"a Subscribe stream takes ack, nack and credit after 'open', got {kind}"
+                )
+
+
+def add_to_server(server: grpc.aio.Server, mesh: Mesh) -> None:
+    """Serve the ``eventmesh.v1.EventMesh`` service of ``mesh`` on ``server``.
+
+    ``mesh`` must be open while the server serves; stop the server before closing it.
+    """
+    servicer = EventMeshServicer(mesh)
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Publish": grpc.unary_unary_rpc_method_handler(
+            servicer.publish,
+            request_deserializer=pb.PublishRequest.FromString,
+            response_serializer=pb.PublishResponse.SerializeToString,
+        ),
+        "PublishBatch": grpc.unary_unary_rpc_method_handler(
+            servicer.publish_batch,
+            request_deserializer=pb.PublishBatchRequest.FromString,
+            response_serializer=pb.PublishResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.stream_stream_rpc_method_handler(
+            servicer.subscribe,
+            request_deserializer=pb.SubscribeRequest.FromString,
+            response_serializer=pb.SubscribeResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
