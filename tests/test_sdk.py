@@ -78,12 +78,15 @@ async def test_iterating_a_handler_subscription_is_an_error() -> None:
             aiter(sub)
 
 
-async def test_unknown_connector_types_and_remote_addresses_say_what_to_do() -> None:
-    """A missing plugin names the install command; a remote address is refused clearly."""
+async def test_unknown_connector_types_and_bad_addresses_say_what_to_do() -> None:
+    """A missing plugin names the install command; an address of no known scheme, or a
+    sidecar address with a config, is refused clearly."""
     with pytest.raises(ConfigError, match="pip install eventmesh-rabbit"):
         eventmesh.connect(config={"connectors": {"default": {"type": "rabbit"}}})
-    with pytest.raises(ConfigError, match="embedded only"):
-        eventmesh.connect("http://127.0.0.1:10105")
+    with pytest.raises(ConfigError, match="http:// or grpc://"):
+        eventmesh.connect("amqp://127.0.0.1:5672")
+    with pytest.raises(ConfigError, match="has its own configuration"):
+        eventmesh.connect("http://127.0.0.1:10105", config={})
     from eventmesh.connectors import load_connector
 
     with pytest.raises(PluginNotFoundError, match="Did you mean 'memory'"):

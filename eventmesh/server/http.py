@@ -38,6 +38,7 @@ from eventmesh.errors import (
     ClosedError,
     ConfigError,
     ConnectorError,
+    DeliveryError,
     EventMeshError,
     EventTooLargeError,
     EventValidationError,
@@ -80,6 +81,10 @@ class _Nack(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     delivery_ids: list[str]
     error: str | None = None
+    give_up: bool = False
+    """Dead-letter now: a retry cannot help (a ``DeliveryError(retryable=False)``)."""
+    retry_after: float | None = None
+    """Wait at least this many seconds before the retry."""
 
 
 def create_app(
@@ -324,7 +329,14 @@ class _Api:
     async def nack(self, request: web.Request) -> web.Response:
         queue = _queue(self.registry.get(request.match_info["id"]))
         body = _decode(await _read_body(request, self.settings.max_request_size), _Nack)
-        nacked, unknown = await queue.nack(body.delivery_ids, body.error)
+        error: str | DeliveryError | None = body.error
+        if body.give_up or body.retry_after is not None:
+            error = DeliveryError(
+                body.error or "nacked by the client",
+                retryable=not body.give_up,
+                retry_after=body.retry_after,
+            )
+        nacked, unknown = await queue.nack(body.delivery_ids, error)
         return _json({"nacked": nacked, "unknown": unknown})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:

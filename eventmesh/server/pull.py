@@ -239,7 +239,7 @@ class PullQueue:
         return acked, unknown
 
     async def nack(
-        self, delivery_ids: Iterable[str], error: str | None = None
+        self, delivery_ids: Iterable[str], error: str | BaseException | None = None
     ) -> tuple[int, list[str]]:
         """Nack each outstanding delivery (retried or dead-lettered under the policy);
         returns how many, and the ids not outstanding."""
