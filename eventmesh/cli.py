@@ -2,9 +2,15 @@
 
 ::
 
-    eventmesh run [-c mesh.yaml] [--set key=value ...]   run a mesh until SIGTERM or Ctrl-C
+    eventmesh run [-c mesh.yaml] [--set key=value ...]   run the sidecar until SIGTERM or Ctrl-C
+    eventmesh publish TOPIC --type T --source S [--data JSON] [--url URL]
+    eventmesh subscribe TOPIC [--group G] [--start earliest] [--url URL]
     eventmesh check-config mesh.yaml                      check a config file and exit
     eventmesh version                                     print the version
+
+``publish`` and ``subscribe`` talk to a running sidecar (``--url``, by default
+``$EVENTMESH_URL`` or ``http://127.0.0.1:10105``). ``subscribe`` shows a readable live
+view on a terminal and writes one JSON event per line when its output is piped.
 
 Configuration precedence: ``--set`` flags, then ``EVENTMESH__...`` environment variables,
 then the file, then the defaults (see eventmesh.config).
@@ -21,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import msgspec
 import yaml
 
 from eventmesh._loop import backend_options
@@ -32,13 +39,15 @@ __all__ = ["main"]
 
 log = logging.getLogger("eventmesh")
 
+DEFAULT_URL = "http://127.0.0.1:10105"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eventmesh", description="A CloudEvents mesh for Python services."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("run", help="run a mesh until SIGTERM or Ctrl-C")
+    run = commands.add_parser("run", help="run the sidecar until SIGTERM or Ctrl-C")
     run.add_argument("-c", "--config", help="YAML config file (default: one in-memory connector)")
     run.add_argument(
         "--set",
@@ -47,6 +56,26 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set logging.level=debug (repeatable)",
     )
+    url = os.environ.get("EVENTMESH_URL", DEFAULT_URL)
+    publish = commands.add_parser("publish", help="publish one event to a running sidecar")
+    publish.add_argument("topic")
+    publish.add_argument("--type", required=True, help="the event's type attribute")
+    publish.add_argument("--source", required=True, help="the event's source attribute")
+    publish.add_argument("--data", help="the data, as JSON (a bare word is taken as a string)")
+    publish.add_argument("--id", help="the event id (default: a new UUID)")
+    publish.add_argument("--subject", help="the subject attribute")
+    publish.add_argument("--key", help="the partitionkey extension (per-key order)")
+    publish.add_argument(
+        "--ext", action="append", default=[], metavar="NAME=VALUE", help="an extension"
+    )
+    publish.add_argument("--url", default=url, help=f"the sidecar (default {url})")
+    subscribe = commands.add_parser("subscribe", help="watch a topic on a running sidecar")
+    subscribe.add_argument("topic")
+    subscribe.add_argument("--group", default="eventmesh-cli", help="consumer group")
+    subscribe.add_argument("--start", choices=["earliest", "latest"], default="latest")
+    subscribe.add_argument("--filter", help="a filter spec as JSON (see docs/filters.md)")
+    subscribe.add_argument("--count", type=int, help="stop after this many events")
+    subscribe.add_argument("--url", default=url, help=f"the sidecar (default {url})")
     check = commands.add_parser("check-config", help="check a config file and exit")
     check.add_argument("file", help="the YAML config file")
     commands.add_parser("version", help="print the version")
@@ -68,24 +97,123 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 async def _run(config: MeshConfig) -> None:
-    from eventmesh.mesh import Mesh
+    from eventmesh._loop import tune_gc
+    from eventmesh.server.sidecar import Sidecar
 
     # Install the signal handlers first, so a SIGTERM that arrives while starting is not
     # the default one that kills the process without closing anything.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with Mesh(config) as mesh:
+        async with Sidecar(config) as sidecar:
+            tune_gc()
             names = ", ".join(f"{n} ({c.type})" for n, c in config.connectors.items())
             log.info(
-                "eventmesh %s running: connectors %s; %d subscriptions",
+                "eventmesh %s running: http %s, grpc %s, admin %s; connectors %s; %d subscriptions",
                 __version__,
+                sidecar.http_url,
+                sidecar.grpc_target,
+                sidecar.admin_url,
                 names,
                 len(config.subscriptions),
             )
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 break
-            await mesh.close(timeout=float(config.server.shutdown_timeout))
+            await sidecar.close()
     log.info("eventmesh stopped")
+
+
+def _json_arg(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return msgspec.json.decode(text.encode())
+    except msgspec.DecodeError:
+        if what == "--data":
+            return text  # a bare word is a string, as curl users expect
+        raise ConfigError(f"{what} must be JSON, got {text!r}") from None
+
+
+async def _publish(args: argparse.Namespace) -> None:
+    from eventmesh.client.connect import connect
+    from eventmesh.event import Event
+
+    extensions: dict[str, Any] = {}
+    for pair in args.ext:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--ext takes NAME=VALUE, got {pair!r}")
+        extensions[name] = value
+    if args.key is not None:
+        extensions["partitionkey"] = args.key
+    fields: dict[str, Any] = {"type": args.type, "source": args.source}
+    if args.id:
+        fields["id"] = args.id
+    if args.subject:
+        fields["subject"] = args.subject
+    data = _json_arg(args.data, "--data")
+    if data is not None:
+        fields["data"] = data
+    event = Event(**fields, extensions=extensions)
+    async with connect(args.url) as client:
+        await client.publish(args.topic, event)
+    print(event.id)
+
+
+async def _subscribe(args: argparse.Namespace) -> None:
+    from eventmesh.client.connect import connect
+    from eventmesh.event import encode_json
+
+    view = _LiveView() if sys.stdout.isatty() else None
+    seen = 0
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with connect(args.url) as client, anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(stop_on_signal)
+            sub = client.subscribe(
+                args.topic,
+                args.group,
+                filter=_json_arg(args.filter, "--filter"),
+                start=args.start,
+                name=f"cli {args.topic}/{args.group}",
+            )
+            async with sub:
+                async for delivery in sub:
+                    if view is not None:
+                        view.show(delivery.event, delivery.attempt)
+                    else:
+                        sys.stdout.write(encode_json(delivery.event).decode() + "\n")
+                        sys.stdout.flush()
+                    await delivery.ack()
+                    seen += 1
+                    if args.count is not None and seen >= args.count:
+                        break
+            tg.cancel_scope.cancel()
+
+
+class _LiveView:
+    """One readable line per event, with its data below, for a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+
+    def show(self, event: Any, attempt: int) -> None:
+        from rich.pretty import Pretty
+
+        when = event.time.isoformat(timespec="seconds") if event.time else "-"
+        retry = f" [yellow](attempt {attempt})[/]" if attempt > 1 else ""
+        self.console.print(
+            f"[dim]{when}[/] [bold cyan]{event.type}[/] [green]{event.source}[/] "
+            f"[dim]id={event.id}[/]{retry}"
+        )
+        if event.data is not None:
+            self.console.print(Pretty(event.data), style="default")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,6 +221,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(f"eventmesh {__version__}")
+        return 0
+    if args.command in ("publish", "subscribe"):
+        command = _publish if args.command == "publish" else _subscribe
+        try:
+            anyio.run(command, args, backend="asyncio", backend_options=backend_options())
+        except EventMeshError as exc:
+            print(f"eventmesh {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
         return 0
     try:
         if args.command == "check-config":

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,23 +47,77 @@ def test_check_config_reports_the_line(tmp_path: Path) -> None:
     assert run("check-config", str(good)).returncode == 0
 
 
-def test_run_stops_cleanly_on_sigterm() -> None:
-    """'eventmesh run' starts an in-memory mesh and exits 0 on SIGTERM, logging JSON."""
+FREE_PORTS = [
+    "--set",
+    "server.http.port=0",
+    "--set",
+    "server.grpc.port=0",
+    "--set",
+    "server.admin.port=0",
+]
+
+
+def start_sidecar(*extra: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """'eventmesh run' on free ports; returns the process and its 'running' log record."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventmesh.cli", "run"],
+        [sys.executable, "-m", "eventmesh.cli", "run", *FREE_PORTS, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    deadline = time.monotonic() + 30
+    line = ""
+    while "running" not in line and time.monotonic() < deadline:
+        line = proc.stderr.readline()  # type: ignore[union-attr]
+        if not line and proc.poll() is not None:
+            break
+    assert '"message":"eventmesh' in line, line
+    record: dict[str, Any] = json.loads(line)
+    return proc, record
+
+
+def test_run_serves_and_stops_cleanly_on_sigterm() -> None:
+    """'eventmesh run' logs its addresses as JSON, answers /healthz, and exits 0 on
+    SIGTERM."""
+    proc, record = start_sidecar()
     try:
-        deadline = time.monotonic() + 30
-        line = ""
-        while "running" not in line and time.monotonic() < deadline:
-            line = proc.stderr.readline()  # type: ignore[union-attr]
-        assert '"message":"eventmesh' in line
+        admin = re.search(r"admin (http://\S+?);", record["message"])
+        assert admin is not None
+        with urllib.request.urlopen(admin.group(1) + "/healthz", timeout=10) as response:
+            assert response.status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
+        proc.kill()
+
+
+def test_publish_and_subscribe_commands_talk_to_a_running_sidecar() -> None:
+    """'eventmesh publish' stores an event that 'eventmesh subscribe' prints as a JSON
+    line when piped."""
+    proc, record = start_sidecar()
+    try:
+        http = re.search(r"http (http://\S+?),", record["message"])
+        assert http is not None
+        url = http.group(1)
+        published = run(
+            "publish", "orders", "--type", "order.created", "--source", "/cli",
+            "--data", '{"n": 7}', "--key", "k1", "--url", url,
+        )  # fmt: skip
+        assert published.returncode == 0, published.stderr
+        event_id = published.stdout.strip()
+        watched = run("subscribe", "orders", "--start", "earliest", "--count", "1", "--url", url)
+        assert watched.returncode == 0, watched.stderr
+        event = json.loads(watched.stdout.strip())
+        assert (event["id"], event["type"], event["data"]) == (event_id, "order.created", {"n": 7})
+        assert event["partitionkey"] == "k1"
+        refused = run(
+            "publish", "orders", "--type", "t", "--source", "s", "--url", "http://127.0.0.1:9"
+        )
+        assert refused.returncode == 1
+        assert "eventmesh publish:" in refused.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
         proc.kill()
 
 

@@ -1,0 +1,143 @@
+"""The admin API (Apache EventMesh's port 10106): probes for Kubernetes and what is running.
+
+======================  =====================================================================
+``GET /healthz``        200 while the process serves requests (liveness)
+``GET /readyz``         200 when every connector reaches its backend, 503 naming those that do
+                        not, and 503 once shutdown has begun (readiness)
+``GET /topics``         the topics the config names and those used since start, with their
+                        connector
+``GET /subscriptions``  every subscription, as the HTTP API lists them
+``GET /connectors``     each connector: type, capabilities, open, healthy
+``GET /metrics``        Prometheus text format
+======================  =====================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from eventmesh.connectors.base import Connector
+    from eventmesh.mesh import Mesh
+    from eventmesh.server.subscriptions import Registry
+
+__all__ = ["Metrics", "create_admin_app", "subscription_metrics"]
+
+_encoder = msgspec.json.Encoder()
+
+Metrics = Callable[[], str]
+"""Renders the ``/metrics`` page in the Prometheus text format."""
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+
+
+def create_admin_app(
+    mesh: Mesh,
+    registry: Registry,
+    *,
+    metrics: Metrics,
+    stopping: Callable[[], bool],
+    probe_timeout: float = 2.0,
+) -> web.Application:
+    """The admin application over a running mesh and its registry.
+
+    ``metrics`` renders ``/metrics``; ``stopping`` says whether shutdown has begun (then
+    ``/readyz`` answers 503 so a load balancer stops sending work).
+    """
+
+    async def probe(connector: Connector) -> bool:
+        with anyio.move_on_after(probe_timeout):
+            try:
+                return await connector.health()
+            except Exception:
+                return False
+        return False
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if stopping():
+            return _json({"status": "stopping"}, status=503)
+        down = [name for name, c in mesh.connectors.items() if not await probe(c)]
+        if down:
+            return _json({"status": "unavailable", "connectors_down": down}, status=503)
+        return _json({"status": "ready"})
+
+    async def topics(request: web.Request) -> web.Response:
+        names = set(mesh.config.topics) | set(mesh.topics)
+        listed = [{"name": n, "connector": mesh.config.connector_for(n)} for n in sorted(names)]
+        return _json({"topics": listed})
+
+    async def subscriptions(request: web.Request) -> web.Response:
+        return _json({"subscriptions": [registry.resource(r) for r in registry.list()]})
+
+    async def connectors(request: web.Request) -> web.Response:
+        listed = []
+        for name, connector in mesh.connectors.items():
+            spec = mesh.config.connectors.get(name)
+            listed.append(
+                {
+                    "name": name,
+                    "type": spec.type if spec is not None else type(connector).__name__,
+                    "capabilities": msgspec.structs.asdict(connector.capabilities),
+                    "open": connector.is_open,
+                    "healthy": await probe(connector),
+                }
+            )
+        return _json({"connectors": listed})
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        return web.Response(
+            text=metrics(), content_type="text/plain", charset="utf-8", headers=_PROM_HEADERS
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/topics", topics)
+    app.router.add_get("/subscriptions", subscriptions)
+    app.router.add_get("/connectors", connectors)
+    app.router.add_get("/metrics", metrics_page)
+    return app
+
+
+_PROM_HEADERS = {"X-Content-Type-Options": "nosniff"}
+
+_COUNTERS = (
+    ("received", "events fetched for a subscription"),
+    ("delivered", "events a subscription's sink handled"),
+    ("failed", "failed delivery attempts"),
+    ("retried", "delivery attempts that were retried"),
+    ("dead_lettered", "events sent to a dead-letter topic (or dropped without one)"),
+    ("filtered", "events a subscription's filter left out"),
+    ("dropped", "events a subscription's transform dropped"),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def subscription_metrics(mesh: Mesh) -> str:
+    """The subscriptions' delivery counters in the Prometheus text format."""
+    lines: list[str] = []
+    subs = mesh.subscriptions
+    for field, help_text in _COUNTERS:
+        name = f"eventmesh_subscription_{field}_total"
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} counter")
+        for sub in subs:
+            labels = (
+                f'subscription="{_label(sub.name)}",topic="{_label(sub.topic)}",'
+                f'group="{_label(sub.group)}"'
+            )
+            lines.append(f"{name}{{{labels}}} {getattr(sub.stats, field)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,207 @@
+"""The sidecar: one Mesh with its HTTP, gRPC and admin servers, started and stopped together.
+
+``eventmesh run`` is ``async with Sidecar(config)`` until SIGTERM. Shutdown goes in this
+order, all within ``server.shutdown_timeout``:
+
+1. ``/readyz`` turns 503 and the HTTP and gRPC listeners close: nothing new comes in;
+2. requests in progress finish (a publish is answered once its events are stored), and
+   gRPC streams get the grace period;
+3. pull and push subscriptions stop: deliveries in hand finish, what was not acked goes
+   back to the group;
+4. the mesh closes: configured subscriptions finish theirs, acked positions are
+   committed, connectors close;
+5. the admin server stops last, so probes answer until the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from aiohttp import web
+
+from eventmesh.config import Listener, MeshConfig, load_config
+from eventmesh.connectors.base import Connector
+from eventmesh.errors import ConfigError, LifecycleError
+from eventmesh.mesh import Mesh
+from eventmesh.server.admin import Metrics, create_admin_app, subscription_metrics
+from eventmesh.server.grpc import add_to_server
+from eventmesh.server.http import create_app
+from eventmesh.server.subscriptions import Registry
+
+__all__ = ["Sidecar"]
+
+log = logging.getLogger(__name__)
+
+
+class Sidecar:
+    """A mesh served over HTTP, gRPC and the admin port; an async context manager.
+
+    ``config`` is what :class:`~eventmesh.Mesh` takes. A listener port of 0 picks a free
+    port; the bound addresses are :attr:`http_url`, :attr:`grpc_target` and
+    :attr:`admin_url` once entered.
+    """
+
+    def __init__(
+        self,
+        config: MeshConfig | Mapping[str, Any] | str | Path | None = None,
+        *,
+        connectors: Mapping[str, Connector] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = load_config(config)
+        self.mesh = Mesh(self.config, connectors=connectors)
+        self.registry = Registry(self.mesh)
+        self._metrics = metrics or (lambda: subscription_metrics(self.mesh))
+        self._stack: AsyncExitStack | None = None
+        self._http: web.AppRunner | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._admin: web.AppRunner | None = None
+        self._ports: dict[str, int] = {}
+        self._state = "new"
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def _address(self, name: str, listener: Listener) -> str:
+        if name not in self._ports:
+            raise LifecycleError("the sidecar is not running; enter it first")
+        host = listener.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self._ports[name]}"
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP API's base URL, e.g. ``http://127.0.0.1:10105``."""
+        return "http://" + self._address("http", self.config.server.http)
+
+    @property
+    def grpc_target(self) -> str:
+        """The gRPC API's ``host:port``."""
+        return self._address("grpc", self.config.server.grpc)
+
+    @property
+    def admin_url(self) -> str:
+        """The admin API's base URL."""
+        return "http://" + self._address("admin", self.config.server.admin)
+
+    @property
+    def stopping(self) -> bool:
+        """True from the start of shutdown."""
+        return self._state != "open"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise LifecycleError("a Sidecar can be entered once; create a new one")
+        self._state = "opening"
+        server = self.config.server
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.mesh)
+            await stack.enter_async_context(self.registry)
+            self._admin = await self._serve_http(
+                "admin",
+                create_admin_app(
+                    self.mesh, self.registry, metrics=self._metrics, stopping=lambda: self.stopping
+                ),
+                server.admin,
+            )
+            self._http = await self._serve_http(
+                "http", create_app(self.mesh, self.registry, server.http), server.http
+            )
+            self._grpc = await self._serve_grpc(server.grpc)
+            self._stack = stack.pop_all()
+        self._state = "open"
+        log.info(
+            "sidecar listening: http %s, grpc %s, admin %s",
+            self.http_url,
+            self.grpc_target,
+            self.admin_url,
+        )
+        return self
+
+    async def _serve_http(
+        self, name: str, app: web.Application, listener: Listener
+    ) -> web.AppRunner:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(runner, listener.host, listener.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {listener.host}:{listener.port} for the {name} API: "
+                f"{exc.strerror or exc}; choose another port (server.{name}.port)",
+                key=f"server.{name}.port",
+            ) from exc
+        sockets = runner.addresses
+        self._ports[name] = int(sockets[0][1]) if sockets else listener.port
+        return runner
+
+    async def _serve_grpc(self, listener: Listener) -> grpc.aio.Server:
+        server = grpc.aio.server()
+        add_to_server(server, self.mesh)
+        host = f"[{listener.host}]" if ":" in listener.host else listener.host
+        try:
+            port = server.add_insecure_port(f"{host}:{listener.port}")
+        except RuntimeError as exc:
+            port = 0
+            error: Exception | None = exc
+        else:
+            error = None
+        if not port:
+            raise ConfigError(
+                f"cannot listen on {listener.host}:{listener.port} for the gRPC API; "
+                "choose another port (server.grpc.port)",
+                key="server.grpc.port",
+            ) from error
+        await server.start()
+        self._ports["grpc"] = port
+        return server
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop taking work, finish what is in hand within ``timeout`` seconds (the
+        config's ``server.shutdown_timeout`` by default), then stop. Idempotent."""
+        if self._state != "open":
+            self._state = "closed"
+            return
+        self._state = "closing"
+        budget = float(self.config.server.shutdown_timeout) if timeout is None else timeout
+        deadline = time.monotonic() + budget
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        stack, self._stack = self._stack, None
+        try:
+            if self._http is not None:
+                for site in list(self._http.sites):
+                    await site.stop()  # no new connections; requests in progress go on
+            if self._grpc is not None:
+                await self._grpc.stop(grace=min(left(), 5.0))
+            await self.registry.close(timeout=left())
+            if self._http is not None:
+                await self._http.cleanup()
+            await self.mesh.close(timeout=left())
+            if self._admin is not None:
+                await self._admin.cleanup()
+        finally:
+            self._state = "closed"
+            if stack is not None:
+                await stack.aclose()
