@@ -171,16 +171,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a JSON-format object: attributes at the top, ``data`` or ``data_base64``."""
-        obj = self.attributes()
-        time = self.time
-        if time is not None:
+        obj = _json_object(self)
+        time = obj.get("time")
+        if time is not None and type(time) is not str:
             obj["time"] = _format_time(time)
-        data = self.data
-        if data is not None:
-            if isinstance(data, bytes | bytearray | memoryview):
-                obj["data_base64"] = base64.b64encode(data).decode("ascii")
-            else:
-                obj["data"] = data
         return obj
 
     @classmethod
@@ -278,25 +272,36 @@ def _bad_required(name: str, value: Any) -> None:
     )
 
 
+# Extension names that passed the check in _check_extensions, which then skips it for
+# them: events carry the same few names over and over. Bounded, so made-up names cannot
+# grow it without limit.
+_CHECKED_NAMES: Final[set[str]] = {"partitionkey"}
+_CHECKED_NAMES_MAX: Final = 1024
+
+
 def _check_extensions(extensions: Mapping[str, Any]) -> None:
     if not isinstance(extensions, dict):
         raise EventValidationError(
             f"'extensions' must be a dict, got {type(extensions).__name__}",
             attribute="extensions",
         )
+    checked = _CHECKED_NAMES
     for name, value in extensions.items():
-        if type(name) is not str or not _NAME.match(name):
-            raise EventValidationError(
-                f"extension name {name!r} is invalid: CloudEvents attribute names use only "
-                "lower-case ASCII letters and digits",
-                attribute=str(name),
-            )
-        if name in _RESERVED:
-            raise EventValidationError(
-                f"extension name {name!r} is reserved by the CloudEvents spec; "
-                f"set it as a field of the event instead",
-                attribute=name,
-            )
+        if type(name) is not str or name not in checked:
+            if type(name) is not str or not _NAME.match(name):
+                raise EventValidationError(
+                    f"extension name {name!r} is invalid: CloudEvents attribute names use "
+                    "only lower-case ASCII letters and digits",
+                    attribute=str(name),
+                )
+            if name in _RESERVED:
+                raise EventValidationError(
+                    f"extension name {name!r} is reserved by the CloudEvents spec; "
+                    f"set it as a field of the event instead",
+                    attribute=name,
+                )
+            if len(checked) < _CHECKED_NAMES_MAX:
+                checked.add(name)
         kind = type(value)
         if kind is int:
             if not _INT32_MIN <= value <= _INT32_MAX:
@@ -369,18 +374,87 @@ def _format_time(value: datetime) -> str:
 
 # -- whole-message helpers (structured mode) --------------------------------------------
 
+
+def _json_object(event: Event) -> dict[str, Any]:
+    """The event as a JSON-format object, keys in the format's order. A UTC ``time``
+    stays a datetime, which msgspec writes as the very text ``_format_time`` makes (and
+    :meth:`Event.to_dict` formats itself)."""
+    obj: dict[str, Any] = {
+        "specversion": event.specversion,
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+    }
+    value = event.datacontenttype
+    if value is not None:
+        obj["datacontenttype"] = value
+    value = event.dataschema
+    if value is not None:
+        obj["dataschema"] = value
+    value = event.subject
+    if value is not None:
+        obj["subject"] = value
+    time = event.time
+    if time is not None:
+        # msgspec writes other offsets to the minute only; Python keeps their seconds.
+        obj["time"] = time if time.tzinfo is UTC and type(time) is datetime else _format_time(time)
+    if event.extensions:
+        obj.update(event.extensions)
+    data = event.data
+    if data is not None:
+        if isinstance(data, bytes | bytearray | memoryview):
+            obj["data_base64"] = base64.b64encode(data).decode("ascii")
+        else:
+            obj["data"] = data
+    return obj
+
+
+# Keys of a JSON-format object that are not extensions (data_base64 takes the general path).
+_NOT_EXTENSIONS: Final = CONTEXT_ATTRIBUTES | {"data"}
+
+
+def _from_json_object(obj: Any) -> Event:
+    """:meth:`Event.from_dict` for an object the JSON decoder returned, the common case
+    without copying it; anything else (and every error) goes to ``from_dict`` itself."""
+    if type(obj) is not dict or "data_base64" in obj:
+        return Event.from_dict(obj)
+    get = obj.get
+    id_ = get("id")
+    source = get("source")
+    type_ = get("type")
+    if get("specversion") != SPECVERSION or id_ is None or source is None or type_ is None:
+        return Event.from_dict(obj)
+    raw_time = get("time")
+    not_extensions = _NOT_EXTENSIONS
+    return Event(
+        id=id_,
+        source=source,
+        type=type_,
+        datacontenttype=get("datacontenttype"),
+        dataschema=get("dataschema"),
+        subject=get("subject"),
+        time=None if raw_time is None else parse_time(raw_time),
+        data=get("data"),
+        extensions={
+            name: value
+            for name, value in obj.items()
+            if name not in not_extensions and value is not None  # null is absent
+        },
+    )
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
 
 def encode_json(event: Event) -> bytes:
     """Encode an event in the JSON event format (``application/cloudevents+json``)."""
-    return _encoder.encode(event.to_dict())
+    return _encoder.encode(_json_object(event))
 
 
 def encode_json_batch(events: list[Event]) -> bytes:
     """Encode events in the JSON batch format (``application/cloudevents-batch+json``)."""
-    return _encoder.encode([event.to_dict() for event in events])
+    return _encoder.encode([_json_object(event) for event in events])
 
 
 def decode_json(payload: bytes | str) -> Event:
@@ -389,7 +463,7 @@ def decode_json(payload: bytes | str) -> Event:
         obj = _decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise EventValidationError(f"the event is not valid JSON: {exc}") from exc
-    return Event.from_dict(obj)
+    return _from_json_object(obj)
 
 
 def decode_json_batch(payload: bytes | str) -> list[Event]:
@@ -403,7 +477,7 @@ def decode_json_batch(payload: bytes | str) -> list[Event]:
     events = []
     for index, obj in enumerate(objs):
         try:
-            events.append(Event.from_dict(obj))
+            events.append(_from_json_object(obj))
         except EventValidationError as exc:
             raise EventValidationError(
                 f"event {index} of the batch: {exc}", attribute=exc.attribute

@@ -453,3 +453,132 @@ def test_an_event_that_cannot_be_utf8_is_refused(encode: Any) -> None:
     """A lone surrogate cannot travel as UTF-8: EventValidationError, not UnicodeError."""
     with pytest.raises(EventValidationError, match="UTF-8"):
         encode(Event(type="t", source="/s", subject="a\udc80b"))
+
+
+# -- the fast path for common binary records -------------------------------------------
+
+_HEADER_NAMES = [
+    "ce_specversion",
+    "ce_id",
+    "ce_source",
+    "ce_type",
+    "ce_time",
+    "ce_subject",
+    "ce_dataschema",
+    "ce_datacontenttype",
+    "content-type",
+    "ce_partitionkey",
+    "ce_traceparent",
+    "ce_count",
+    "ce_data",
+    "ce_",
+    "ce_a-b",
+    "ce_123",
+    "CE_ID",
+    "Content-Type",
+    "ce_partitionKey",
+    "x-trace",
+    "X-Trace",
+    "123",
+]
+_HEADER_VALUES = [
+    None,
+    b"",
+    b"1.0",
+    b"0.3",
+    b"/s",
+    b"t",
+    b"\xff",
+    "\u00e9t\u00e9".encode(),
+    b"2024-05-01T12:00:00Z",
+    b"2024-05-01T12:00:00.123456+02:00",
+    b"2024-05-01T12:00:00",
+    b"2024-05-01T12:00:00.123456789Z",
+    b"2024-05-01",
+    b"yesterday",
+    b"application/json",
+    b"text/plain; charset=utf-8",
+    b"application/octet-stream",
+    b" Application/CloudEvents+JSON ; charset=utf-8",
+    b"\xc2\xa0application/cloudevents+json",
+]
+_VALID = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"/s"), ("ce_type", b"t")]
+
+
+@st.composite
+def records(draw: st.DrawFn) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]:
+    """Records near and far from what producers write: valid cores with odd extras,
+    missing or repeated headers, other cases, bad values."""
+    headers: list[tuple[str, bytes | None]] = []
+    if draw(st.booleans()):
+        headers += _VALID
+    extra = st.tuples(st.sampled_from(_HEADER_NAMES), st.sampled_from(_HEADER_VALUES))
+    headers += draw(st.lists(extra, max_size=5))
+    headers = draw(st.permutations(headers))
+    key = draw(st.sampled_from([None, b"", b"k1", b"\xffk"]))
+    value = draw(
+        st.sampled_from([None, b"", b'{"a": 1}', b'"text"', b"not json", b"\xff\xfe", b"42"])
+    )
+    return key, value, headers
+
+
+class _Headers:
+    """The same headers as an iterable that is neither a list nor a tuple: the general path."""
+
+    def __init__(self, headers: list[tuple[str, bytes | None]]) -> None:
+        self._headers = headers
+
+    def __iter__(self) -> Any:
+        return iter(self._headers)
+
+
+def _read(
+    key: bytes | None, value: bytes | None, headers: Any
+) -> tuple[str, Any, list[str], type] | tuple[str, str, str | None]:
+    try:
+        event = from_message(key, value, headers, topic="t", partition=1, offset=2, timestamp=3.0)
+    except EventValidationError as exc:
+        return ("error", str(exc), exc.attribute)
+    return ("event", event, list(event.extensions), type(event.data))
+
+
+@given(records())
+@settings(max_examples=1500, deadline=None)
+def test_the_fast_path_reads_every_record_as_the_general_path_does(
+    record: tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]],
+) -> None:
+    """A list or tuple of headers (the fast path) gives the event, the extension order and
+    the error that any other iterable of the same headers (the general path) gives."""
+    key, value, headers = record
+    general = _read(key, value, _Headers(headers))
+    assert _read(key, value, headers) == general
+    assert _read(key, value, tuple(headers)) == general
+
+
+def test_the_fast_path_reads_what_to_binary_writes() -> None:
+    """Records as eventmesh writes them come back equal, extensions in their order."""
+    event = Event(
+        type="t",
+        source="/s",
+        subject="sub",
+        dataschema="https://example.com/s",
+        datacontenttype="application/json",
+        data={"a": [1, 2]},
+        extensions={"zeta": "1", "partitionkey": "k", "alpha": "2"},
+    )
+    key, value, headers = to_binary(event)
+    back = from_message(key, value, tuple(headers))
+    assert back == event
+    assert list(back.extensions) == ["zeta", "partitionkey", "alpha"]
+
+
+def test_an_invalid_extension_name_is_refused_after_valid_ones_were_seen() -> None:
+    """Names that passed are remembered; a bad one still raises, every time."""
+    base = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"/s"), ("ce_type", b"t")]
+    for _ in range(2):
+        assert from_message(None, None, [*base, ("ce_region", b"eu")]).extensions == {
+            "region": "eu"
+        }
+        for bad in ("ce_a-b", "ce_data", "ce_"):
+            with pytest.raises(EventValidationError):
+                from_message(None, None, [*base, (bad, b"x")])
