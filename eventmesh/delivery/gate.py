@@ -53,6 +53,12 @@ class Gate:
         self._publish = dead_letter
         self._dlq_topic = policy.dead_letter_topic(topic, group)
 
+    @property
+    def passes_all(self) -> bool:
+        """True when :meth:`prepare` hands every event through as it is: no TTL, filter
+        or transform is set."""
+        return self.policy.ttl is None and self.filter is None and self.transform is None
+
     def expired(self, delivery: Delivery) -> bool:
         """True when the policy has a ttl and the event is older (by its time, else by
         when it was stored)."""

@@ -65,7 +65,7 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """A member that fetches nothing for this long (its handlers are all stuck) is taken
     out of the group, and its partitions go to the others."""
     commit_interval_ms: int = 100
-    """How often acked positions are committed (and on every 500th ack, on close and
+    """How often acked positions are committed (and on every 5,000th ack, on close and
     when a partition is taken away)."""
 
     # -- topics --------------------------------------------------------------------------

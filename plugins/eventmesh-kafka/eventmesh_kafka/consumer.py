@@ -7,7 +7,7 @@ event, in any order. This module bridges the two:
   acked, in order. The offset to commit is the first of them (or, when all are acked,
   the one after the last handed out), so a commit never passes an unacked event and a
   crash redelivers rather than skips (at-least-once).
-* Commits go out every ``commit_interval_ms`` or 500 acks (from ``fetch`` and ``ack``),
+* Commits go out every ``commit_interval_ms`` or 5,000 acks (from ``fetch`` and ``ack``),
   when the group takes a partition away, and on close. Auto-commit is off.
 * ``nack(delay)`` keeps the event in this process and hands it out again once the delay
   has passed, with ``attempt`` one higher; its offset holds the commit back meanwhile.
@@ -46,7 +46,7 @@ __all__ = ["KafkaConsumer"]
 
 log = logging.getLogger(__name__)
 
-_COMMIT_EVERY: Final = 500
+_COMMIT_EVERY: Final = 5_000
 """Acks after which a commit is due even before ``commit_interval_ms`` passed."""
 _IDLE_POLL: Final = 1.0
 """The longest single wait inside ``fetch`` (it loops), so commits and retries happen."""
@@ -90,8 +90,26 @@ class _Partition:
 class _KafkaDelivery(Delivery):
     __slots__ = ("_consumer", "_part", "_settled")
 
-    def __init__(self, consumer: KafkaConsumer, part: _Partition, event: Event, **kw: Any) -> None:
-        super().__init__(event, **kw)
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        part: _Partition,
+        event: Event,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: str | None,
+        attempt: int,
+        timestamp: float | None,
+    ) -> None:
+        # Delivery.__init__'s assignments, written out: one of these is made per record.
+        self.event = event
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.attempt = attempt
+        self.timestamp = timestamp
         self._consumer = consumer
         self._part = part
         self._settled = False
@@ -284,18 +302,19 @@ class KafkaConsumer(Consumer):
                     self,
                     part,
                     old.event,
-                    topic=self.topic,
-                    partition=old.partition,
-                    offset=old.offset,
-                    key=old.key,
-                    attempt=old.attempt + 1,
-                    timestamp=old.timestamp,
+                    self.topic,
+                    old.partition,
+                    old.offset,
+                    old.key,
+                    old.attempt + 1,
+                    old.timestamp,
                 )
             )
         return out
 
     def _deliveries(self, records: dict[Any, list[Any]]) -> list[Delivery]:
         out: list[Delivery] = []
+        append = out.append
         topic = self.topic
         for tp, batch in records.items():
             part = self._parts.get(tp.partition)
@@ -321,18 +340,8 @@ class KafkaConsumer(Consumer):
                 except EventValidationError as exc:
                     event = self._wrapped(record, stamp, exc)
                 part.handed_out(offset)
-                out.append(
-                    _KafkaDelivery(
-                        self,
-                        part,
-                        event,
-                        topic=topic,
-                        partition=partition,
-                        offset=offset,
-                        key=event.partitionkey,
-                        timestamp=stamp,
-                    )
-                )
+                key = event.partitionkey
+                append(_KafkaDelivery(self, part, event, topic, partition, offset, key, 1, stamp))
         return out
 
     def _wrapped(self, record: Any, stamp: float | None, exc: EventValidationError) -> Event:
