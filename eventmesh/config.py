@@ -140,6 +140,11 @@ class GrpcListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """The gRPC API (Apache EventMesh's port)."""
 
     port: int = 10205
+    max_event_size: int = 1024 * 1024
+    """Bytes of one serialized CloudEvent; a larger one fails the call with
+    RESOURCE_EXHAUSTED."""
+    max_request_size: int = 16 * 1024 * 1024
+    """Bytes; a larger request message (a batch) fails the call with RESOURCE_EXHAUSTED."""
 
 
 class AdminListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -542,9 +547,10 @@ def _check_server(config: MeshConfig, fail: Callable[[str, list[str | int]], Con
         listener = getattr(server, name)
         if not 0 <= listener.port <= 65535:
             raise fail("a port is between 0 (any free port) and 65535", ["server", name, "port"])
-    for key in ("max_event_size", "max_request_size"):
-        if getattr(server.http, key) < 1:
-            raise fail("a size limit is a number of bytes above 0", ["server", "http", key])
+    for name in ("http", "grpc"):
+        for key in ("max_event_size", "max_request_size"):
+            if getattr(getattr(server, name), key) < 1:
+                raise fail("a size limit is a number of bytes above 0", ["server", name, key])
     if server.webhook.max_connections < 1:
         raise fail("max_connections must be at least 1", ["server", "webhook", "max_connections"])
     for i, network in enumerate(server.webhook.allowed_networks):

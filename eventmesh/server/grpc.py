@@ -36,13 +36,14 @@ from grpc.aio import EOF as _EOF  # type: ignore[attr-defined]  # grpc-stubs lac
 
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
 from eventmesh._status import grpc_code
-from eventmesh.bindings.protobuf import from_proto, from_proto_batch, to_proto
+from eventmesh.bindings.protobuf import CloudEvent, from_proto, from_proto_batch, to_proto
 from eventmesh.connectors.base import StartPosition
 from eventmesh.errors import (
     ClosedError,
     ConfigError,
     DeliveryError,
     EventMeshError,
+    EventTooLargeError,
     EventValidationError,
     LifecycleError,
 )
@@ -91,8 +92,17 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 class EventMeshServicer:
     """The ``eventmesh.v1.EventMesh`` service over ``mesh``, which must be open."""
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, max_event_size: int | None = None) -> None:
         self.mesh = mesh
+        self.max_event_size = max_event_size
+
+    def _check_size(self, event: CloudEvent, where: str) -> None:
+        limit = self.max_event_size
+        if limit is not None and (size := event.ByteSize()) > limit:
+            raise EventTooLargeError(
+                f"{where} is {size} bytes, above the limit of {limit} "
+                "(server.grpc.max_event_size); send smaller events, or data by reference"
+            )
 
     async def publish(
         self, request: pb.PublishRequest, context: _PublishContext
@@ -101,6 +111,7 @@ class EventMeshServicer:
         try:
             if not request.HasField("event"):
                 raise EventValidationError("the PublishRequest has no event")
+            self._check_size(request.event, "the event")
             event = from_proto(request.event)
             await self.mesh.publish(request.topic, event)
         except Exception as exc:
@@ -112,6 +123,9 @@ class EventMeshServicer:
     ) -> pb.PublishResponse:
         """Store several events in order; answer once all are stored."""
         try:
+            if self.max_event_size is not None:
+                for index, msg in enumerate(request.batch.events):
+                    self._check_size(msg, f"event {index} of the batch")
             events = from_proto_batch(request.batch)
             if events:
                 await self.mesh.publish(request.topic, events)
@@ -288,12 +302,16 @@ class _Stream:
                 )
 
 
-def add_to_server(server: grpc.aio.Server, mesh: Mesh) -> None:
+def add_to_server(
+    server: grpc.aio.Server, mesh: Mesh, *, max_event_size: int | None = None
+) -> None:
     """Serve the ``eventmesh.v1.EventMesh`` service of ``mesh`` on ``server``.
 
     ``mesh`` must be open while the server serves; stop the server before closing it.
+    A published event larger than ``max_event_size`` bytes (serialized) fails its call
+    with ``EventTooLargeError`` (RESOURCE_EXHAUSTED); None sets no limit of its own.
     """
-    servicer = EventMeshServicer(mesh)
+    servicer = EventMeshServicer(mesh, max_event_size)
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Publish": grpc.unary_unary_rpc_method_handler(
             servicer.publish,

@@ -26,7 +26,7 @@ from typing import Any, Self
 import grpc
 from aiohttp import web
 
-from eventmesh.config import Listener, MeshConfig, load_config
+from eventmesh.config import GrpcListener, Listener, MeshConfig, load_config
 from eventmesh.connectors.base import Connector
 from eventmesh.errors import ConfigError, LifecycleError
 from eventmesh.mesh import Mesh
@@ -146,9 +146,10 @@ class Sidecar:
         self._ports[name] = int(sockets[0][1]) if sockets else listener.port
         return runner
 
-    async def _serve_grpc(self, listener: Listener) -> grpc.aio.Server:
-        server = grpc.aio.server()
-        add_to_server(server, self.mesh)
+    async def _serve_grpc(self, listener: GrpcListener) -> grpc.aio.Server:
+        limit = ("grpc.max_receive_message_length", listener.max_request_size)
+        server = grpc.aio.server(options=[limit])
+        add_to_server(server, self.mesh, max_event_size=listener.max_event_size)
         host = f"[{listener.host}]" if ":" in listener.host else listener.host
         try:
             port = server.add_insecure_port(f"{host}:{listener.port}")

@@ -158,3 +158,27 @@ async def test_a_taken_port_is_a_config_error_naming_the_key() -> None:
             await second.__aenter__()
         with pytest.raises(LifecycleError):
             _ = second.http_url
+
+
+async def test_grpc_refuses_events_and_requests_above_the_configured_sizes() -> None:
+    """Over gRPC an event above server.grpc.max_event_size, or a request above
+    max_request_size, fails with EventTooLargeError and stores nothing of its call."""
+    limits = {"port": 0, "max_event_size": 2_000, "max_request_size": 20_000}
+    conf: dict[str, Any] = {"server": {**FREE_PORTS, "grpc": limits}}
+    small = Event(type="t", source="/s", data="x" * 100)
+    big = Event(type="t", source="/s", data="x" * 3_000)
+    async with Sidecar(conf) as sidecar, eventmesh.connect(f"grpc://{sidecar.grpc_target}") as c:
+        with pytest.raises(eventmesh.EventTooLargeError, match="max_event_size"):
+            await c.publish("t", big)
+        with pytest.raises(eventmesh.EventTooLargeError, match="event 1 of the batch"):
+            await c.publish("t", [small, big])
+        many = [Event(type="t", source="/s", data="x" * 1_000) for _ in range(30)]
+        with pytest.raises(eventmesh.EventTooLargeError):
+            await c.publish("t", many)  # each event fits; the request does not
+        marker = Event(type="t", source="/s", id="marker")
+        await c.publish("t", marker)
+        async with sidecar.mesh.subscribe("t", "reader", start="earliest") as sub:
+            with anyio.fail_after(5):
+                async for delivery in sub:
+                    assert delivery.event.id == "marker"  # the first stored: nothing before it
+                    break
