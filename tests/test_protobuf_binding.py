@@ -207,6 +207,8 @@ def _message(**attributes: Any) -> CloudEvent:
     for name, (kind, value) in attributes.items():
         if kind is None:
             msg.attributes[name].SetInParent()
+        elif isinstance(value, Timestamp):
+            getattr(msg.attributes[name], kind).CopyFrom(value)
         else:
             setattr(msg.attributes[name], kind, value)
     return msg
@@ -227,6 +229,9 @@ def _message(**attributes: Any) -> CloudEvent:
         (_message(empty=(None, None)), "empty"),
         (_message(id=("ce_string", "2")), "id"),
         (_message(Bad=("ce_string", "x")), "Bad"),
+        (_message(time=("ce_timestamp", Timestamp(seconds=253402300800))), "time"),
+        (_message(time=("ce_timestamp", Timestamp(seconds=0, nanos=-1))), "time"),
+        (_message(seen=("ce_timestamp", Timestamp(seconds=-62135596801))), "seen"),
     ],
 )
 def test_invalid_messages_raise_naming_the_attribute(msg: CloudEvent, attribute: str) -> None:
@@ -234,6 +239,20 @@ def test_invalid_messages_raise_naming_the_attribute(msg: CloudEvent, attribute:
     with pytest.raises(EventValidationError) as info:
         from_proto(msg)
     assert info.value.attribute == attribute
+
+
+@given(
+    st.integers(min_value=-62135596800, max_value=253402300799),
+    st.integers(min_value=0, max_value=999_999_999),
+)
+def test_timestamps_read_as_protobufs_own_conversion_reads_them(seconds: int, nanos: int) -> None:
+    """A ce_timestamp time or extension is the instant Timestamp.ToDatetime gives."""
+    stamp = Timestamp(seconds=seconds, nanos=nanos)
+    msg = _message(time=("ce_timestamp", stamp), seen=("ce_timestamp", stamp))
+    event = from_proto(msg)
+    expected = stamp.ToDatetime(tzinfo=UTC)
+    assert event.time == expected
+    assert event.extensions["seen"] == Event(type="t", source="/s", time=expected).to_dict()["time"]
 
 
 def test_data_that_cannot_be_json_is_refused_on_the_way_out() -> None:

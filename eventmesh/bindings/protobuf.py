@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -205,7 +205,7 @@ def from_proto(msg: CloudEvent) -> Event:
                 attribute=name,
             )
         else:
-            extensions[name] = _extension(value, kind)
+            extensions[name] = _extension(name, value, kind)
     data: Any = None
     which = msg.WhichOneof("data")
     if which == "binary_data":
@@ -239,11 +239,22 @@ def _string(name: str, value: Any, kind: str) -> str:
     return text
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _datetime(stamp: Timestamp) -> datetime:
+    """``stamp`` as an aware UTC datetime, to the microsecond (as ``ToDatetime`` gives it,
+    at well under its cost); raises ValueError or OverflowError when out of range."""
+    nanos = stamp.nanos
+    if not 0 <= nanos < 1_000_000_000:
+        raise ValueError(f"nanos {nanos} is not in [0, 1e9)")
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=nanos // 1000)
+
+
 def _time(value: Any, kind: str) -> datetime:
     if kind == "ce_timestamp":
-        stamp: Timestamp = value.ce_timestamp
         try:
-            return stamp.ToDatetime(tzinfo=UTC)
+            return _datetime(value.ce_timestamp)
         except (ValueError, OverflowError) as exc:
             raise EventValidationError(
                 f"attribute 'time' is not a valid timestamp: {exc}", attribute="time"
@@ -255,7 +266,7 @@ def _time(value: Any, kind: str) -> datetime:
     )
 
 
-def _extension(value: Any, kind: str) -> ExtensionValue:
+def _extension(name: str, value: Any, kind: str) -> ExtensionValue:
     if kind == "ce_string" or kind == "ce_uri" or kind == "ce_uri_ref":
         text: str = getattr(value, kind)
         return text
@@ -265,8 +276,13 @@ def _extension(value: Any, kind: str) -> ExtensionValue:
         return int(value.ce_integer)
     if kind == "ce_bytes":
         return base64.b64encode(value.ce_bytes).decode("ascii")
-    stamp: Timestamp = value.ce_timestamp  # the last kind the schema has
-    return encode_attribute(stamp.ToDatetime(tzinfo=UTC))
+    # ce_timestamp, the last kind the schema has
+    try:
+        return encode_attribute(_datetime(value.ce_timestamp))
+    except (ValueError, OverflowError) as exc:
+        raise EventValidationError(
+            f"extension {name!r} is not a valid timestamp: {exc}", attribute=name
+        ) from exc
 
 
 def _text(text: str, content_type: str | None) -> Any:
