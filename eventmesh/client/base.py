@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+import anyio
+import anyio.abc
 
 from eventmesh.connectors.base import StartPosition
 from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
 
 if TYPE_CHECKING:
@@ -22,13 +27,23 @@ class Client(abc.ABC):
 
     Every method raises ``ClosedError`` after the client is closed and
     ``LifecycleError`` before it is entered.
+
+    The lifecycle is kept here, once for every implementation: ``__aenter__`` opens the
+    transport, enters what must close with the client into an ``AsyncExitStack`` (kept as
+    ``_stack``, with the task group ``_tg`` that runs the subscriptions) and sets
+    ``_state`` to ``"open"``; subscriptions register in ``_subscriptions``; :meth:`close`
+    closes them all at once, then the stack, then calls :meth:`_disconnect`.
     """
+
+    _state: Literal["new", "opening", "open", "closing", "closed"] = "new"
+    _stack: AsyncExitStack | None = None
+    _tg: anyio.abc.TaskGroup | None = None
+    _subscriptions: Mapping[Any, Subscription]
 
     @abc.abstractmethod
     async def __aenter__(self) -> Self:
         """Open the client (connect, or start the embedded mesh)."""
 
-    @abc.abstractmethod
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -36,6 +51,52 @@ class Client(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         """Close the client: subscriptions finish the events in hand, then stop."""
+        await self.close()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Close every subscription at once (each finishes the events in hand for up to
+        ``timeout`` seconds, 30 by default; what is not acked by then is delivered
+        again), then the client itself. Idempotent."""
+        if self._state != "open":
+            self._state = "closed"
+            return
+        self._state = "closing"
+        stack, self._stack = self._stack, None
+        try:
+            with anyio.CancelScope(shield=True):
+                # All at once, so shutdown takes one timeout, not one per subscription.
+                async with anyio.create_task_group() as tg:
+                    for sub in list(self._subscriptions.values()):
+                        tg.start_soon(sub.close, timeout)
+        finally:
+            self._state = "closed"
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            if stack is not None:
+                await stack.aclose()
+            with anyio.CancelScope(shield=True):
+                await self._disconnect()
+
+    async def _disconnect(self) -> None:  # noqa: B027  # a hook: most have nothing to release
+        """Release what the exit stack does not hold, once everything else is closed."""
+
+    def _check_open(self) -> None:
+        """Raise unless the client is open: ``ClosedError`` once closing or closed,
+        ``LifecycleError`` before it was entered."""
+        if self._state != "open":
+            if self._state in ("closing", "closed"):
+                raise ClosedError(f"{self._describe()} is closed")
+            raise LifecycleError(
+                f"{self._describe()} is not open; use it as 'async with {self._usage()}'"
+            )
+
+    def _describe(self) -> str:
+        """What the client is, for error messages ("the client of ...")."""
+        return f"the {type(self).__name__}"
+
+    def _usage(self) -> str:
+        """How it is opened, for error messages ("Mesh(...) as mesh")."""
+        return f"{type(self).__name__}(...) as client"
 
     @abc.abstractmethod
     async def publish(self, topic: str, events: Event | Sequence[Event]) -> None:

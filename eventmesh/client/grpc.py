@@ -27,7 +27,6 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
-from types import TracebackType
 from typing import Any, Final, Self
 
 import anyio
@@ -176,45 +175,15 @@ class GrpcClient(Client):
         self._state = "open"
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    async def _disconnect(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
 
-    async def close(self, timeout: float | None = None) -> None:
-        """Close every subscription (each finishes the events in hand for up to
-        ``timeout`` seconds, 30 by default; the rest go back to the group), then
-        disconnect. Idempotent."""
-        if self._state != "open":
-            self._state = "closed"
-            return
-        self._state = "closing"
-        stack, self._stack = self._stack, None
-        try:
-            with anyio.CancelScope(shield=True):
-                async with anyio.create_task_group() as tg:
-                    for sub in list(self._subscriptions.values()):
-                        tg.start_soon(sub.close, timeout)
-        finally:
-            self._state = "closed"
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
-            if stack is not None:
-                await stack.aclose()
-            if self._channel is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._channel.close(None)
+    def _describe(self) -> str:
+        return f"the client of {self.address}"
 
-    def _check_open(self) -> None:
-        if self._state != "open":
-            if self._state in ("closing", "closed"):
-                raise ClosedError(f"the client of {self.address} is closed")
-            raise LifecycleError(
-                "the client is not open; use it as 'async with GrpcClient(address) as client'"
-            )
+    def _usage(self) -> str:
+        return "GrpcClient(address) as client"
 
     # -- publishing ----------------------------------------------------------------------
 

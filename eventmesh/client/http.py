@@ -36,7 +36,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from functools import partial
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -134,42 +133,11 @@ class HttpClient(Client):
         self._state = "open"
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    def _describe(self) -> str:
+        return f"the client of the sidecar at {self.base_url}"
 
-    async def close(self, timeout: float | None = None) -> None:
-        """Close every subscription at once (each finishes the events in hand for up to
-        ``timeout`` seconds, 30 by default, and leaves the sidecar), then the connection.
-        Idempotent."""
-        if self._state != "open":
-            self._state = "closed"
-            return
-        self._state = "closing"
-        stack, self._stack = self._stack, None
-        try:
-            with anyio.CancelScope(shield=True):
-                async with anyio.create_task_group() as tg:
-                    for sub in list(self._subscriptions.values()):
-                        tg.start_soon(sub.close, timeout)
-        finally:
-            self._state = "closed"
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
-            if stack is not None:
-                await stack.aclose()
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            if self._state in ("closing", "closed"):
-                raise ClosedError(f"the client of the sidecar at {self.base_url} is closed")
-            raise LifecycleError(
-                "the client is not open; use it as 'async with eventmesh.connect(url) as client'"
-            )
+    def _usage(self) -> str:
+        return "eventmesh.connect(url) as client"
 
     # -- the wire ------------------------------------------------------------------------
 
