@@ -12,7 +12,6 @@ servicer of the same generated service that answers ``PublishResponse(stored=n)`
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import sys
@@ -23,7 +22,7 @@ from typing import Any, Final
 import grpc
 import grpc.aio
 from bench_http import CONCURRENCY, RUNS, TOPIC, Figure, measure, profile, serve, sidecar_config
-from harness import Row, Section
+from harness import Row, Section, cli
 
 from eventmesh import Event
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
@@ -192,25 +191,10 @@ def main(quick: bool) -> Section:
     return section
 
 
-def _cli() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", action="store_true", help="profile PublishBatch")
-    parser.add_argument("--quick", action="store_true", help="smaller runs")
-    args = parser.parse_args()
-    if args.profile:
-        pool, _ = calls("batch", 50)
-        print(profile("bench_grpc", "sidecar-grpc", load, pool, 300 if args.quick else 1_000))
-        return 0
-    section = main(args.quick)
-    for row in section.rows:
-        print(
-            f"{row.name}: {row.value:,.0f} {row.unit} vs {row.baseline or 0:,.0f} "
-            f"({row.baseline_name}): {row.ratio or 0:.2f}x"
-        )
-    for note in section.notes:
-        print(f"- {note}")
-    return 0
+def _profile(quick: bool) -> str:
+    pool, _ = calls("batch", 50)
+    return profile("bench_grpc", "sidecar-grpc", load, pool, 300 if quick else 1_000)
 
 
 if __name__ == "__main__":
-    sys.exit(_cli())
+    sys.exit(cli(__doc__, main, _profile))

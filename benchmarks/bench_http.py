@@ -15,7 +15,6 @@ bench_grpc.py.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import cProfile
@@ -35,7 +34,7 @@ from typing import Any, Final
 import aiohttp
 import uvloop
 from aiohttp import web
-from harness import Row, Section
+from harness import Row, Section, cli
 
 from eventmesh import Event
 from eventmesh.bindings.http import to_batch, to_binary
@@ -344,25 +343,10 @@ def main(quick: bool) -> Section:
     return section
 
 
-def _cli() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", action="store_true", help="profile the batched path")
-    parser.add_argument("--quick", action="store_true", help="smaller runs")
-    args = parser.parse_args()
-    if args.profile:
-        pool, _ = requests("batch", 50)
-        print(profile("bench_http", "sidecar-http", load, pool, 300 if args.quick else 1_000))
-        return 0
-    section = main(args.quick)
-    for row in section.rows:
-        print(
-            f"{row.name}: {row.value:,.0f} {row.unit} vs {row.baseline or 0:,.0f} "
-            f"({row.baseline_name}): {row.ratio or 0:.2f}x"
-        )
-    for note in section.notes:
-        print(f"- {note}")
-    return 0
+def _profile(quick: bool) -> str:
+    pool, _ = requests("batch", 50)
+    return profile("bench_http", "sidecar-http", load, pool, 300 if quick else 1_000)
 
 
 if __name__ == "__main__":
-    sys.exit(_cli())
+    sys.exit(cli(__doc__, main, _profile))

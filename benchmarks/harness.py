@@ -8,6 +8,7 @@ so the figure that matters is a ratio and not an absolute number from some other
 
 from __future__ import annotations
 
+import argparse
 import gc
 import time
 from collections.abc import Callable
@@ -58,3 +59,24 @@ def per_call_ns(fn: Callable[[], object], calls: int, repeat: int = 5) -> float:
             fn()
         best = min(best, (time.perf_counter_ns() - start) / calls)
     return best
+
+
+def cli(doc: str, main: Callable[[bool], Section], profile: Callable[[bool], str]) -> int:
+    """Run a scenario module on its own: print its rows and notes, or with --profile,
+    what ``profile(quick)`` returns (a profile of the module's hottest path)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--profile", action="store_true", help="profile the hottest path")
+    parser.add_argument("--quick", action="store_true", help="smaller runs")
+    args = parser.parse_args()
+    if args.profile:
+        print(profile(args.quick))
+        return 0
+    section = main(args.quick)
+    for row in section.rows:
+        print(
+            f"{row.name}: {row.value:,.0f} {row.unit} vs {row.baseline or 0:,.0f} "
+            f"({row.baseline_name}): {row.ratio or 0:.2f}x"
+        )
+    for note in section.notes:
+        print(f"- {note}")
+    return 0
