@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from eventmesh.bindings.http import (
     to_structured,
 )
 from eventmesh.errors import ContentTypeError, EventTooLargeError, EventValidationError
-from eventmesh.event import CONTEXT_ATTRIBUTES, Event, encode_json
+from eventmesh.event import Event, encode_json
+from eventmesh.testing.strategies import events
 
 VECTORS = Path(__file__).parent / "conformance_vectors"
 FEATURE = VECTORS / "http-protocol-binding.feature"
@@ -56,61 +57,6 @@ def read_by_sdk(headers: dict[str, str], body: bytes, like: Event) -> Event:
 def one(exc: pytest.ExceptionInfo[EventValidationError]) -> tuple[str | None, int | None]:
     """The attribute and batch index an error names."""
     return exc.value.attribute, getattr(exc.value, "index", None)
-
-
-# -- strategies ---------------------------------------------------------------------------
-
-_names = st.from_regex(r"[a-z][a-z0-9]{0,11}", fullmatch=True).filter(
-    lambda n: n not in CONTEXT_ATTRIBUTES | {"data", "data_base64", "extensions"}
-)
-# Any text: spaces, quotes, percent signs, control characters, non-ASCII, emoji.
-_text = st.text(min_size=1, max_size=30)
-_json = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**53), max_value=2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-_times = st.datetimes(
-    min_value=datetime(1970, 1, 2),
-    max_value=datetime(2200, 1, 1),
-    timezones=st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7))]),
-)
-# Data and a content type under which the binary rules give the data back as it was.
-_data = st.one_of(
-    st.tuples(st.sampled_from([None, "application/json", "application/vnd.x+json"]), _json),
-    st.tuples(st.just("text/plain; charset=utf-8"), st.text(min_size=1, max_size=40)),
-    st.tuples(st.just("application/octet-stream"), st.binary(min_size=1, max_size=40)),
-)
-
-
-@st.composite
-def events(draw: st.DrawFn) -> Event:
-    """Valid events with every optional attribute sometimes set, text of any kind."""
-    content_type, data = draw(_data)
-    extensions = draw(
-        st.dictionaries(
-            _names,
-            st.one_of(_text, st.integers(-(2**31), 2**31 - 1), st.booleans()),
-            max_size=4,
-        )
-    )
-    return Event(
-        type=draw(_text),
-        source=draw(_text),
-        id=draw(_text),
-        time=draw(st.none() | _times),
-        subject=draw(st.none() | _text),
-        dataschema=draw(st.none() | st.just("https://example.com/schema v2")),
-        datacontenttype=content_type,
-        data=data,
-        extensions=extensions,
-    )
 
 
 # -- round trips ----------------------------------------------------------------------------
@@ -273,41 +219,8 @@ def test_a_content_type_that_cannot_be_a_header_is_refused() -> None:
 
 # -- the cloudevents SDK, both ways -----------------------------------------------------------
 
-_sdk_data = st.one_of(
-    st.tuples(st.just("application/json"), st.dictionaries(st.text(max_size=8), _json, max_size=4)),
-    st.tuples(st.just("text/plain"), st.text(min_size=1, max_size=40)),
-    # Not UTF-8: the SDK reads a body that is UTF-8 as a string.
-    st.tuples(
-        st.just("application/octet-stream"),
-        st.binary(min_size=1, max_size=40).map(lambda b: b + b"\xff"),
-    ),
-    st.tuples(st.just(None), st.none()),
-)
-# Text the SDK accepts in every attribute and extension: printable, non-ASCII included.
-_sdk_text = st.text(
-    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=30
-)
 
-
-@st.composite
-def sdk_comparable_events(draw: st.DrawFn) -> Event:
-    """Events both implementations encode alike: data the SDK reads back as we do, a time
-    (the SDK invents one otherwise), and string extensions (the SDK writes a boolean as
-    'True', the spec's form is 'true')."""
-    content_type, data = draw(_sdk_data)
-    return Event(
-        type=draw(_sdk_text),
-        source=draw(_sdk_text),
-        id=draw(_sdk_text),
-        time=draw(_times),
-        subject=draw(st.none() | _sdk_text),
-        datacontenttype=content_type,
-        data=data,
-        extensions=draw(st.dictionaries(_names, _sdk_text, max_size=3)),
-    )
-
-
-@given(sdk_comparable_events())
+@given(events(sdk_comparable=True))
 @settings(max_examples=200, deadline=None)
 def test_we_read_what_the_sdk_writes(event: Event) -> None:
     """from_http reads the SDK's binary and structured messages into the same event."""
@@ -318,7 +231,7 @@ def test_we_read_what_the_sdk_writes(event: Event) -> None:
     assert from_http(structured.headers, structured.body) == [event]
 
 
-@given(sdk_comparable_events())
+@given(events(sdk_comparable=True))
 @settings(max_examples=200, deadline=None)
 def test_the_sdk_reads_what_we_write(event: Event) -> None:
     """The SDK's from_http_event reads to_binary and to_structured into the same event."""
@@ -327,7 +240,7 @@ def test_the_sdk_reads_what_we_write(event: Event) -> None:
         assert read_by_sdk(headers, body, event) == event
 
 
-@given(sdk_comparable_events())
+@given(events(sdk_comparable=True))
 @settings(max_examples=100, deadline=None)
 def test_binary_headers_match_the_sdks(event: Event) -> None:
     """Our binary headers are the SDK's, value for value, and the bodies hold the same data."""

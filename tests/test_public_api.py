@@ -17,6 +17,8 @@ PUBLIC = [
     "eventmesh.pipeline",
     "eventmesh.pipeline.cesql",
     "eventmesh.testing",
+    "eventmesh.testing.strategies",
+    "eventmesh.triggers",
     "eventmesh.typing",
 ]
 

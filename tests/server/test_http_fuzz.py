@@ -32,6 +32,7 @@ from eventmesh.config import HttpListener
 from eventmesh.event import encode_json
 from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
+from eventmesh.testing.strategies import extension_names, json_scalars, json_values
 
 pytestmark = pytest.mark.anyio
 
@@ -237,21 +238,7 @@ bad_time_text = st.one_of(
         ]
     ),
 )
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**62), 2**62),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=10),
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-not_json_object = json_values.filter(lambda v: not isinstance(v, dict))
+not_json_object = json_values().filter(lambda v: not isinstance(v, dict))
 
 
 def _not_nonempty_str(value: Any) -> bool:
@@ -269,30 +256,28 @@ def wrongly_typed(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     )
     if kind == "required":
         name = draw(st.sampled_from(["id", "source", "type"]))
-        obj[name] = draw(json_values.filter(_not_nonempty_str))
+        obj[name] = draw(json_values().filter(_not_nonempty_str))
     elif kind == "specversion":
         name = "specversion"
-        obj[name] = draw(json_values.filter(lambda v: v != "1.0"))
+        obj[name] = draw(json_values().filter(lambda v: v != "1.0"))
     elif kind == "time":
         name = "time"
         obj[name] = draw(
             st.one_of(
                 bad_time_text,
-                json_values.filter(lambda v: v is not None and not isinstance(v, str)),
+                json_values().filter(lambda v: v is not None and not isinstance(v, str)),
             )
         )
     elif kind == "optional":
         name = draw(st.sampled_from(["datacontenttype", "dataschema", "subject"]))
-        obj[name] = draw(json_values.filter(lambda v: v is not None and _not_nonempty_str(v)))
+        obj[name] = draw(json_values().filter(lambda v: v is not None and _not_nonempty_str(v)))
     elif kind == "extension":
-        name = draw(st.from_regex(r"[a-z][a-z0-9]{0,7}", fullmatch=True))
-        if name in obj or name in ("data", "extensions"):
-            name = "ext" + name
+        name = draw(extension_names())
         obj[name] = draw(
             st.one_of(
                 st.floats(allow_nan=False, allow_infinity=False),
-                st.lists(json_scalars, max_size=2),
-                st.dictionaries(st.text(max_size=3), json_scalars, max_size=2),
+                st.lists(json_scalars(), max_size=2),
+                st.dictionaries(st.text(max_size=3), json_scalars(), max_size=2),
                 st.integers(2**31, 2**62),
                 st.integers(-(2**62), -(2**31) - 1),
             )
@@ -302,7 +287,7 @@ def wrongly_typed(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
         obj.pop("data", None)
         obj[name] = draw(
             st.one_of(
-                json_values.filter(lambda v: v is not None and not isinstance(v, str)),
+                json_values().filter(lambda v: v is not None and not isinstance(v, str)),
                 st.sampled_from(["!!!", "abc", "a===", "====", "ab\ncd", "€"]),
             )
         )

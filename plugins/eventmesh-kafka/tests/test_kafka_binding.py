@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from eventmesh.bindings.kafka import (
     wrap_message,
 )
 from eventmesh.errors import EventValidationError
-from eventmesh.event import CONTEXT_ATTRIBUTES, Event
+from eventmesh.event import Event
+from eventmesh.testing.strategies import events
 
 FEATURE = (
     Path(__file__).resolve().parents[3]
@@ -43,60 +44,6 @@ def canonical(event: Event) -> Event:
 def sdk_message(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
     """Our record as the SDK's KafkaMessage."""
     return sdk_kafka.KafkaMessage(headers=dict(headers), key=key, value=value or b"")
-
-
-# -- strategies ---------------------------------------------------------------------------
-
-_names = st.from_regex(r"[a-z][a-z0-9]{0,11}", fullmatch=True).filter(
-    lambda n: n not in CONTEXT_ATTRIBUTES | {"data", "extensions"}
-)
-_text = st.text(min_size=1, max_size=30)
-_json = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**53), max_value=2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-_times = st.datetimes(
-    min_value=datetime(1970, 1, 2),
-    max_value=datetime(2200, 1, 1),
-    timezones=st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-7))]),
-)
-# Data and a content type under which the binary rules give the data back as it was.
-_data = st.one_of(
-    st.tuples(st.sampled_from([None, "application/json", "application/vnd.x+json"]), _json),
-    st.tuples(st.just("text/plain"), st.text(min_size=1, max_size=40)),
-    st.tuples(st.just("application/octet-stream"), st.binary(min_size=1, max_size=40)),
-)
-
-
-@st.composite
-def events(draw: st.DrawFn) -> Event:
-    """Valid events with every optional attribute sometimes set."""
-    content_type, data = draw(_data)
-    extensions = draw(
-        st.dictionaries(
-            _names,
-            st.one_of(_text, st.integers(-(2**31), 2**31 - 1), st.booleans()),
-            max_size=4,
-        )
-    )
-    return Event(
-        type=draw(_text),
-        source=draw(_text),
-        id=draw(_text),
-        time=draw(st.none() | _times),
-        subject=draw(st.none() | _text),
-        dataschema=draw(st.none() | st.just("https://example.com/schema")),
-        datacontenttype=content_type,
-        data=data,
-        extensions=extensions,
-    )
 
 
 # -- round trips ---------------------------------------------------------------------------
@@ -167,31 +114,8 @@ def test_binary_headers_follow_the_spec() -> None:
 
 # -- the cloudevents SDK, both ways ------------------------------------------------------
 
-_sdk_data = st.one_of(
-    st.tuples(st.just("application/json"), st.dictionaries(st.text(max_size=8), _json, max_size=4)),
-    st.tuples(st.just("text/plain"), st.text(min_size=1, max_size=40)),
-    st.tuples(st.just(None), st.none()),
-)
 
-
-@st.composite
-def sdk_comparable_events(draw: st.DrawFn) -> Event:
-    """Events both implementations encode alike: data the SDK reads back as we do, and
-    string extensions (the SDK writes a boolean as 'True', the spec's form is 'true')."""
-    content_type, data = draw(_sdk_data)
-    return Event(
-        type=draw(_text),
-        source=draw(_text),
-        id=draw(_text),
-        time=draw(_times),
-        subject=draw(st.none() | _text),
-        datacontenttype=content_type,
-        data=data,
-        extensions=draw(st.dictionaries(_names, _text, max_size=3)),
-    )
-
-
-@given(sdk_comparable_events())
+@given(events(sdk_comparable=True))
 @settings(max_examples=200, deadline=None)
 def test_sdk_reads_our_binary_records(event: Event) -> None:
     """The SDK's from_binary parses what to_binary writes into the same event."""
@@ -200,7 +124,7 @@ def test_sdk_reads_our_binary_records(event: Event) -> None:
     assert Event.from_cloudevent(parsed) == event
 
 
-@given(sdk_comparable_events())
+@given(events(sdk_comparable=True))
 @settings(max_examples=200, deadline=None)
 def test_we_read_the_sdks_binary_records(event: Event) -> None:
     """from_message parses what the SDK's to_binary writes into the same event."""
@@ -217,7 +141,7 @@ def test_we_read_the_sdks_binary_records(event: Event) -> None:
         assert ours[1] == (sdk.value or None)
 
 
-@given(sdk_comparable_events())
+@given(events(sdk_comparable=True))
 @settings(max_examples=200, deadline=None)
 def test_structured_mode_matches_the_sdk_both_ways(event: Event) -> None:
     """Structured records: same headers and JSON as the SDK's, and each reads the other's."""

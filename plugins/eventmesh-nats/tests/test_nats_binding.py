@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, datetime
 
 import pytest
 from cloudevents.core.bindings import http as sdk_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from eventmesh import Event, EventValidationError
 from eventmesh.bindings import encode_attribute
@@ -21,63 +19,7 @@ from eventmesh.bindings.nats import (
     to_structured,
     wrap_message,
 )
-from eventmesh.event import CONTEXT_ATTRIBUTES
-
-# -- strategies ---------------------------------------------------------------------------
-
-_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30)
-_json_scalar = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-_json = st.recursive(
-    _json_scalar,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
-_times = st.none() | st.datetimes(
-    min_value=datetime(1970, 1, 2),
-    max_value=datetime(2200, 1, 1),
-    timezones=st.sampled_from(
-        [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
-    ),
-)
-_RESERVED = CONTEXT_ATTRIBUTES | {"data", "data_base64", "extensions"}
-_extensions = st.dictionaries(
-    st.from_regex(r"[a-z][a-z0-9]{0,9}", fullmatch=True).filter(lambda n: n not in _RESERVED),
-    _text | st.integers(-(2**31), 2**31 - 1) | st.booleans(),
-    max_size=4,
-)
-
-
-@st.composite
-def _events(draw: Any) -> Event:
-    kind = draw(st.sampled_from(["json", "bytes", "text", "none"]))
-    if kind == "json":
-        content_type = draw(st.sampled_from([None, "application/json", "application/vnd.x+json"]))
-        data = draw(_json)
-    elif kind == "bytes":
-        content_type, data = "application/octet-stream", draw(st.binary(min_size=1, max_size=40))
-    elif kind == "text":
-        content_type, data = "text/plain; charset=utf-8", draw(st.text(min_size=1, max_size=40))
-    else:
-        content_type, data = draw(st.sampled_from([None, "application/json"])), None
-    return Event(
-        id=draw(_text),
-        source=draw(_text),
-        type=draw(_text),
-        time=draw(_times),
-        subject=draw(st.none() | _text),
-        dataschema=draw(st.none() | _text),
-        datacontenttype=content_type,
-        data=data,
-        extensions=draw(_extensions),
-    )
+from eventmesh.testing.strategies import events
 
 
 def _canonical(event: Event) -> Event:
@@ -89,7 +31,7 @@ def _canonical(event: Event) -> Event:
 
 
 @settings(max_examples=300, deadline=None)
-@given(_events())
+@given(events())
 def test_binary_mode_round_trips_any_event(event: Event) -> None:
     """Any event comes back from binary mode as it was, extensions as canonical strings."""
     headers, payload = to_binary(event)
@@ -98,7 +40,7 @@ def test_binary_mode_round_trips_any_event(event: Event) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(_events())
+@given(events())
 def test_structured_mode_round_trips_any_event(event: Event) -> None:
     """Any event comes back from structured mode exactly as it was."""
     headers, payload = to_structured(event)
@@ -106,7 +48,7 @@ def test_structured_mode_round_trips_any_event(event: Event) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(_events())
+@given(events())
 def test_structured_payload_is_what_the_sdk_reads(event: Event) -> None:
     """The cloudevents SDK's JSON format reads our structured payload as the same event."""
     _, payload = to_structured(event)
