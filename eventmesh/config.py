@@ -31,21 +31,25 @@ from eventmesh._duration import Duration, parse_duration
 from eventmesh.connectors.memory import MemoryConfig
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError, EventMeshError
+from eventmesh.triggers.function import FunctionConfig, check_function
 
 __all__ = [
     "ENV_PREFIX",
     "AdminListener",
     "ConnectorSpec",
     "Duration",
+    "FunctionConfig",
     "GrpcListener",
     "HttpListener",
     "Listener",
     "LoggingConfig",
     "MeshConfig",
+    "MetricsConfig",
     "ServerConfig",
     "SinkConfig",
     "SubscriptionConfig",
     "TopicConfig",
+    "TracingConfig",
     "WebhookConfig",
     "convert",
     "load_config",
@@ -178,9 +182,47 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the daemon logs (library code only emits records)."""
 
+    enabled: bool = True
+    """False: the daemon writes no log records at all."""
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
     """``auto``: readable on a terminal, JSON lines otherwise."""
+    payload: bool = False
+    """True: delivery records carry the event's data too (off: it may hold personal data)."""
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The OpenTelemetry metrics served on the admin ``/metrics`` (docs/operations.md)."""
+
+    enabled: bool = True
+    max_label_sets: int = 1000
+    """Distinct topics and subscriptions that get their own labels; beyond this number
+    new ones are counted under ``other``, so a busy mesh cannot grow ``/metrics`` without
+    bound."""
+
+
+class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """OpenTelemetry tracing, exported through OTLP over HTTP (docs/operations.md)."""
+
+    enabled: bool | None = None
+    """None (the default): on when ``endpoint`` is set."""
+    endpoint: str | None = None
+    """The collector's OTLP/HTTP traces URL, e.g. ``http://127.0.0.1:4318/v1/traces``;
+    unset with ``enabled: true``, the exporter's own default and ``OTEL_EXPORTER_OTLP_*``
+    variables apply."""
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    """Sent with every export (e.g. an authorization header)."""
+    sample_ratio: float = 1.0
+    """The share of new traces recorded, 0 to 1; an event that arrives with a sampled
+    ``traceparent`` is recorded whatever the ratio."""
+    service_name: str = "eventmesh"
+    timeout: Duration = Duration(10.0)
+    """How long one export may take."""
+
+    @property
+    def on(self) -> bool:
+        """Whether spans are made and exported."""
+        return self.enabled if self.enabled is not None else self.endpoint is not None
 
 
 def _default_connectors() -> dict[str, ConnectorSpec]:
@@ -195,9 +237,12 @@ class MeshConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     default_connector: str = "default"
     """The connector for topics not listed under ``topics:``."""
     subscriptions: list[SubscriptionConfig] = msgspec.field(default_factory=list)
-    functions: list[Any] = msgspec.field(default_factory=list)
+    functions: list[FunctionConfig] = msgspec.field(default_factory=list)
+    """Functions triggered by events (docs/functions.md)."""
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
 
     def connector_for(self, topic: str) -> str:
         """The name of the connector that stores ``topic``."""
@@ -532,12 +577,8 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
                 f"subscription {sub.name!r}: {message}", key=key, line=_line(nodes, path)
             ) from exc
     _check_server(config, fail)
-    if config.functions:
-        raise fail(
-            "'functions' is reserved for the serverless trigger layer, which this version "
-            "does not include yet; remove the key",
-            ["functions"],
-        )
+    _check_observability(config, fail)
+    _check_functions(config, fail)
 
 
 def _check_server(config: MeshConfig, fail: Callable[[str, list[str | int]], ConfigError]) -> None:
@@ -561,3 +602,47 @@ def _check_server(config: MeshConfig, fail: Callable[[str, list[str | int]], Con
                 f"{network!r} is not a network; write it as CIDR, e.g. 10.0.0.0/8",
                 ["server", "webhook", "allowed_networks", i],
             ) from None
+
+
+def _check_observability(
+    config: MeshConfig, fail: Callable[[str, list[str | int]], ConfigError]
+) -> None:
+    """The metrics label bound and the tracing exporter's settings."""
+    if config.metrics.max_label_sets < 1:
+        raise fail("max_label_sets must be at least 1", ["metrics", "max_label_sets"])
+    tracing = config.tracing
+    if not 0.0 <= tracing.sample_ratio <= 1.0:
+        raise fail(
+            "sample_ratio is a share between 0 and 1, e.g. 0.01 for 1 %",
+            ["tracing", "sample_ratio"],
+        )
+    if tracing.endpoint is not None and not tracing.endpoint.startswith(("http://", "https://")):
+        raise fail(
+            "endpoint is the collector's OTLP/HTTP URL, e.g. http://127.0.0.1:4318/v1/traces",
+            ["tracing", "endpoint"],
+        )
+    if float(tracing.timeout) <= 0:
+        raise fail("timeout must be above 0 seconds", ["tracing", "timeout"])
+
+
+def _check_functions(
+    config: MeshConfig, fail: Callable[[str, list[str | int]], ConfigError]
+) -> None:
+    """Function names are unique (and no subscription's), each declaration consistent."""
+    taken = {sub.name for sub in config.subscriptions}
+    seen: set[str] = set()
+    for i, spec in enumerate(config.functions):
+        where: list[str | int] = ["functions", i]
+        if spec.name in seen:
+            raise fail(f"a function named {spec.name!r} is already defined", [*where, "name"])
+        if spec.name in taken:
+            raise fail(
+                f"a subscription is named {spec.name!r} too; functions and subscriptions "
+                "share one namespace",
+                [*where, "name"],
+            )
+        seen.add(spec.name)
+        problem = check_function(spec)
+        if problem is not None:
+            message, path = problem
+            raise fail(f"function {spec.name!r}: {message}", [*where, *path])

@@ -1,0 +1,137 @@
+"""Helpers to test that trace context crosses a mesh: spans kept in memory, a webhook
+that answers every event with a reply, and a check that spans form one trace.
+
+Used by eventmesh's own tests for each connector; a connector author can run the same
+chain (publish, store, deliver to a webhook, publish its reply, deliver that) over a
+new connector::
+
+    provider, exporter = recording_provider()
+    async with ReplyingWebhook() as hook, Mesh(config, tracer_provider=provider) as mesh:
+        ...
+    assert_one_trace(exporter.get_finished_spans(), {"publish orders": None, ...})
+
+Importing this module needs only eventmesh's own dependencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from eventmesh.bindings.http import from_http, to_binary
+from eventmesh.errors import LifecycleError
+from eventmesh.event import Event
+
+__all__ = ["ReplyingWebhook", "assert_one_trace", "recording_provider"]
+
+
+def recording_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
+    """A tracer provider that samples everything and keeps each finished span in the
+    exporter it returns with it (``exporter.get_finished_spans()``)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+class ReplyingWebhook:
+    """An HTTP receiver on 127.0.0.1 that answers each CloudEvent POSTed to it with a
+    binary-mode CloudEvent reply of type ``<type>.reply``; an async context manager.
+
+    :attr:`received` holds each event and the request's headers, in order.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[tuple[Event, CIMultiDictProxy[str]]] = []
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """Where to POST events (known once entered)."""
+        if self._url is None:
+            raise LifecycleError("enter the webhook first: 'async with ReplyingWebhook()'")
+        return self._url
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        events = from_http(request.headers, await request.read())
+        for event in events:
+            self.received.append((event, request.headers))
+        first = events[0]
+        reply = Event(
+            type=f"{first.type}.reply", source="/replying-webhook", data={"for": first.id}
+        )
+        headers, body = to_binary(reply)
+        return web.Response(status=200, headers=headers, body=body)
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_post("/events", self._receive)
+        self._runner = runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        self._url = f"http://127.0.0.1:{port}/events"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def assert_one_trace(
+    spans: Sequence[ReadableSpan], parents: Mapping[str, str | None]
+) -> dict[str, ReadableSpan]:
+    """Check that the spans named in ``parents`` exist once each, share one trace id,
+    and that each has the named parent (None: none of ``spans`` is its parent: it is
+    the root, or its parent is remote); return them by name.
+
+    Raises AssertionError describing every span when they do not.
+    """
+    by_name: dict[str, list[ReadableSpan]] = {}
+    for span in spans:
+        by_name.setdefault(span.name, []).append(span)
+    found: dict[str, ReadableSpan] = {}
+    for name in parents:
+        matches = by_name.get(name, [])
+        if len(matches) != 1:
+            raise AssertionError(
+                f"expected one span {name!r}, found {len(matches)}; spans: {_describe(spans)}"
+            )
+        found[name] = matches[0]
+    traces = {s.context.trace_id for s in found.values() if s.context is not None}
+    if len(traces) != 1:
+        raise AssertionError(f"the spans are in {len(traces)} traces: {_describe(spans)}")
+    for name, parent_name in parents.items():
+        span = found[name]
+        if parent_name is None:
+            known = {s.context.span_id for s in spans if s.context is not None}
+            if span.parent is not None and span.parent.span_id in known:
+                raise AssertionError(f"{name!r} has a parent here; spans: {_describe(spans)}")
+            continue
+        parent = found[parent_name].context
+        if span.parent is None or parent is None or span.parent.span_id != parent.span_id:
+            raise AssertionError(
+                f"the parent of {name!r} is not {parent_name!r}; spans: {_describe(spans)}"
+            )
+    return found
+
+
+def _describe(spans: Sequence[ReadableSpan]) -> str:
+    ids = {s.context.span_id: s.name for s in spans if s.context is not None}
+    return "; ".join(
+        f"{s.name} (parent: {ids.get(s.parent.span_id, '?') if s.parent else None})" for s in spans
+    )
