@@ -1,0 +1,222 @@
+"""One running function: where every invocation happens, and what its result means.
+
+:meth:`FunctionRunner.invoke` is the one place a function is called, for single
+events, batches and correlated sets alike. In order it: waits for the rate limit,
+takes a concurrency slot (for single events the dispatcher's lanes are the slots),
+calls the invoker under the timeout, counts the outcome on
+:class:`~eventmesh.triggers.stats.FunctionStats`, and publishes the replies. It returns
+when the event(s) may be acked and raises when they must be retried:
+
+==========================  ===========================================================
+the function                outcome
+==========================  ===========================================================
+returns None                acked
+returns an Event or a list  published to ``reply_to``, then acked; each reply gets the
+                            ``causationid`` extension (the id of the event that caused
+                            it) and the cause's ``traceparent``/``tracestate`` unless it
+                            has its own
+raises ``Drop``             acked, counted as dropped, not retried
+raises anything else        retried under the delivery policy, then dead-lettered
+runs past ``timeout``       cancelled (async) or abandoned (thread, process); a failure,
+                            retried
+returns events, no          ``DeliveryError(retryable=False)``: the cause is
+``reply_to``                dead-lettered at once, so the reply is not silently lost
+returns something else      the same: a programming error a retry cannot mend
+==========================  ===========================================================
+
+For a batch or a correlated set, the cause recorded on replies is the first event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import anyio
+
+from eventmesh.errors import DeliveryError
+from eventmesh.event import Event
+from eventmesh.observability.histogram import Histogram
+from eventmesh.observability.tracing import Tracing
+from eventmesh.triggers.function import CAUSATION_EXTENSION, Drop, Function
+from eventmesh.triggers.invoker import Invoke
+from eventmesh.triggers.limits import RateLimiter
+from eventmesh.triggers.process import WorkerPool
+from eventmesh.triggers.stats import FunctionStats
+
+__all__ = ["CAUSATION_EXTENSION", "FunctionRunner", "with_cause"]
+
+log = logging.getLogger(__name__)
+
+
+_TRACE: Final = ("traceparent", "tracestate")
+
+Publish = Callable[[str, Sequence[Event]], Awaitable[None]]
+
+
+def with_cause(reply: Event, cause: Event) -> Event:
+    """``reply`` with ``causationid`` set to the cause's id and the cause's trace context,
+    where the reply does not set them itself."""
+    ext = reply.extensions
+    added: dict[str, Any] = {}
+    if CAUSATION_EXTENSION not in ext:
+        added[CAUSATION_EXTENSION] = cause.id
+    if "traceparent" not in ext:
+        for name in _TRACE:
+            value = cause.extensions.get(name)
+            if value is not None:
+                added[name] = value
+    if not added:
+        return reply
+    return reply.replace(extensions={**ext, **added})
+
+
+class FunctionRunner:
+    """A declared function made runnable: its invoker, limits, stats and reply topic."""
+
+    def __init__(
+        self,
+        function: Function,
+        *,
+        call: Invoke,
+        publish: Publish,
+        kind: str,
+        pool: WorkerPool | None = None,
+        stats: FunctionStats | None = None,
+        tracing: Tracing | None = None,
+        duration: Histogram | None = None,
+    ) -> None:
+        spec = function.spec
+        self.tracing = tracing
+        """Makes a ``function`` span per call (None: tracing off)."""
+        self.duration = duration
+        """Seconds per call, for the metrics (None: metrics off)."""
+        self.function = function
+        self.name = spec.name
+        self.kind = kind
+        """``async``, ``thread``, ``process`` or ``http``."""
+        self.reply_to = spec.reply_to
+        self.timeout = float(spec.timeout) if spec.timeout is not None else None
+        self.stats = stats or FunctionStats()
+        self.pool = pool
+        self._call = call
+        self._publish = publish
+        # A single-event function gets no more events at once than its dispatcher has
+        # lanes (``concurrency``): a limiter would only add two loop round trips per call.
+        # Batches and correlated sets are invoked from more tasks than that, so they
+        # need one.
+        limited = spec.batch is not None or spec.correlate is not None
+        self._limiter = anyio.CapacityLimiter(spec.concurrency) if limited else None
+        self._rate = RateLimiter(spec.rate_limit, spec.burst) if spec.rate_limit else None
+
+    @property
+    def state(self) -> str:
+        """``running`` while an invocation runs; else ``idle``, or for a process function
+        whose workers are stopped ``cold`` (``starting`` during a cold start)."""
+        if self.stats.in_flight:
+            return "running"
+        if self.pool is not None and self.pool.state != "warm":
+            return self.pool.state
+        return "idle"
+
+    def describe(self) -> dict[str, Any]:
+        """What the admin API lists for this function."""
+        spec = self.function.spec
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "topic": spec.trigger.topic,
+            "group": spec.group,
+            "reply_to": spec.reply_to,
+            "state": self.state,
+            "workers": sorted(self.pool.pids) if self.pool is not None else [],
+            **self.stats.as_dict(),
+        }
+
+    async def invoke(self, payload: Event | list[Event]) -> None:
+        """Invoke the function once on an event, a batch or a correlated set; return
+        when the event(s) may be acked, raise when they must be retried (module doc)."""
+        if self.tracing is None:
+            await self._invoke(payload)
+            return
+        cause = payload if isinstance(payload, Event) else payload[0]
+        with self.tracing.function_span(self.name, cause):  # replies become its children
+            await self._invoke(payload)
+
+    async def _invoke(self, payload: Event | list[Event]) -> None:
+        cause = payload if isinstance(payload, Event) else payload[0]
+        if self._rate is not None:
+            await self._rate.acquire(1 if isinstance(payload, Event) else len(payload))
+        if self._limiter is None:
+            await self._run(payload, cause)
+        else:
+            async with self._limiter:
+                await self._run(payload, cause)
+
+    async def _run(self, payload: Event | list[Event], cause: Event) -> None:
+        stats = self.stats
+        stats.invocations += 1
+        stats.in_flight += 1
+        started = time.perf_counter()
+        timed_out = False
+        try:
+            if self.timeout is None:
+                result = await self._call(payload)
+            else:
+                with anyio.move_on_after(self.timeout) as scope:
+                    result = await self._call(payload)
+                timed_out = scope.cancelled_caught
+        except Drop as exc:
+            stats.dropped += 1
+            log.debug("function %s dropped event %s: %s", self.name, cause.id, exc)
+            return
+        except Exception:
+            stats.failures += 1
+            raise
+        finally:
+            stats.in_flight -= 1
+            elapsed = time.perf_counter() - started
+            stats.duration_sum += elapsed
+            if self.duration is not None:
+                self.duration.observe(elapsed)
+        if timed_out:
+            stats.failures += 1
+            stats.timeouts += 1
+            raise DeliveryError(
+                f"function {self.name!r} timed out after {self.timeout:g}s (its timeout); retrying"
+            )
+        replies = self._replies(result)
+        if replies:
+            assert self.reply_to is not None
+            try:
+                await self._publish(self.reply_to, [with_cause(r, cause) for r in replies])
+            except Exception:
+                stats.failures += 1
+                raise
+            stats.replies += len(replies)
+
+    def _replies(self, result: Any) -> list[Event]:
+        if result is None:
+            return []
+        if isinstance(result, Event):
+            replies = [result]
+        elif isinstance(result, list | tuple) and all(isinstance(e, Event) for e in result):
+            replies = list(result)
+        else:
+            self.stats.failures += 1
+            raise DeliveryError(
+                f"function {self.name!r} returned a {type(result).__name__}; return None, "
+                "an Event or a list of Events",
+                retryable=False,
+            )
+        if replies and self.reply_to is None:
+            self.stats.failures += 1
+            raise DeliveryError(
+                f"function {self.name!r} returned {len(replies)} event(s) but has no "
+                "reply_to; set reply_to to publish them (the cause is dead-lettered so the "
+                "reply is not lost)",
+                retryable=False,
+            )
+        return replies
