@@ -30,6 +30,7 @@ from eventmesh.errors import (
 from eventmesh.event import Event
 from eventmesh.mesh import Mesh
 from eventmesh.subscription import Delivery, Subscription
+from eventmesh.triggers.function import Drop, Function
 
 __all__ = [
     "Backoff",
@@ -43,10 +44,12 @@ __all__ = [
     "Delivery",
     "DeliveryError",
     "DeliveryPolicy",
+    "Drop",
     "Event",
     "EventMeshError",
     "EventTooLargeError",
     "EventValidationError",
+    "Function",
     "LifecycleError",
     "Mesh",
     "MeshConfig",

@@ -5,12 +5,15 @@
     eventmesh run [-c mesh.yaml] [--set key=value ...]   run the sidecar until SIGTERM or Ctrl-C
     eventmesh publish TOPIC --type T --source S [--data JSON] [--url URL]
     eventmesh subscribe TOPIC [--group G] [--start earliest] [--url URL]
+    eventmesh functions [--admin-url URL]                 list a running sidecar's functions
     eventmesh check-config mesh.yaml                      check a config file and exit
     eventmesh version                                     print the version
 
 ``publish`` and ``subscribe`` talk to a running sidecar (``--url``, by default
 ``$EVENTMESH_URL`` or ``http://127.0.0.1:10105``). ``subscribe`` shows a readable live
 view on a terminal and writes one JSON event per line when its output is piped.
+``functions`` asks the admin API (``--admin-url``, by default ``$EVENTMESH_ADMIN_URL``
+or ``http://127.0.0.1:10106``) and prints a table on a terminal, JSON lines when piped.
 
 Configuration precedence: ``--set`` flags, then ``EVENTMESH__...`` environment variables,
 then the file, then the defaults (see eventmesh.config).
@@ -40,6 +43,7 @@ __all__ = ["main"]
 log = logging.getLogger("eventmesh")
 
 DEFAULT_URL = "http://127.0.0.1:10105"
+DEFAULT_ADMIN_URL = "http://127.0.0.1:10106"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--filter", help="a filter spec as JSON (see docs/filters.md)")
     subscribe.add_argument("--count", type=int, help="stop after this many events")
     subscribe.add_argument("--url", default=url, help=f"the sidecar (default {url})")
+    admin_url = os.environ.get("EVENTMESH_ADMIN_URL", DEFAULT_ADMIN_URL)
+    functions = commands.add_parser("functions", help="list a running sidecar's functions")
+    functions.add_argument(
+        "--admin-url", default=admin_url, help=f"the sidecar's admin API (default {admin_url})"
+    )
     check = commands.add_parser("check-config", help="check a config file and exit")
     check.add_argument("file", help="the YAML config file")
     commands.add_parser("version", help="print the version")
@@ -107,13 +116,15 @@ async def _run(config: MeshConfig) -> None:
             tune_gc()
             names = ", ".join(f"{n} ({c.type})" for n, c in config.connectors.items())
             log.info(
-                "eventmesh %s running: http %s, grpc %s, admin %s; connectors %s; %d subscriptions",
+                "eventmesh %s running: http %s, grpc %s, admin %s; connectors %s; "
+                "%d subscriptions; %d functions",
                 __version__,
                 sidecar.http_url,
                 sidecar.grpc_target,
                 sidecar.admin_url,
                 names,
                 len(config.subscriptions),
+                len(config.functions),
             )
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
@@ -195,6 +206,45 @@ async def _subscribe(args: argparse.Namespace) -> None:
             tg.cancel_scope.cancel()
 
 
+async def _functions(args: argparse.Namespace) -> None:
+    import aiohttp
+
+    url = args.admin_url.rstrip("/") + "/functions"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.get(url) as response,
+        ):
+            if response.status != 200:
+                raise EventMeshError(f"{url} answered {response.status} {response.reason}")
+            listed = msgspec.json.decode(await response.read())["functions"]
+    except aiohttp.ClientError as exc:
+        raise EventMeshError(f"cannot reach the admin API at {url} ({exc})") from exc
+    if not sys.stdout.isatty():
+        for item in listed:
+            sys.stdout.write(msgspec.json.encode(item).decode() + "\n")
+        sys.stdout.flush()
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "kind", "topic", "state", "invocations", "failures", "timeouts",
+                  "reply to", "workers")  # fmt: skip
+    for item in listed:
+        table.add_row(
+            item["name"],
+            item["kind"],
+            item["topic"],
+            item["state"],
+            str(item["invocations"]),
+            str(item["failures"]),
+            str(item["timeouts"]),
+            item["reply_to"] or "-",
+            " ".join(map(str, item["workers"])) or "-",
+        )
+    Console().print(table)
+
+
 class _LiveView:
     """One readable line per event, with its data below, for a terminal."""
 
@@ -222,8 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"eventmesh {__version__}")
         return 0
-    if args.command in ("publish", "subscribe"):
-        command = _publish if args.command == "publish" else _subscribe
+    if args.command in ("publish", "subscribe", "functions"):
+        command = {"publish": _publish, "subscribe": _subscribe, "functions": _functions}[
+            args.command
+        ]
         try:
             anyio.run(command, args, backend="asyncio", backend_options=backend_options())
         except EventMeshError as exc:
@@ -237,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config(args.file, env=os.environ)
             print(
                 f"{args.file}: ok ({len(config.connectors)} connectors, "
-                f"{len(config.topics)} topics, {len(config.subscriptions)} subscriptions)"
+                f"{len(config.topics)} topics, {len(config.subscriptions)} subscriptions, "
+                f"{len(config.functions)} functions)"
             )
             return 0
         config = load_config(args.config, env=os.environ, overrides=_overrides(args.set))
@@ -246,7 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from eventmesh._logging import configure_logging
 
-    configure_logging(config.logging.level, config.logging.format)
+    configure_logging(
+        config.logging.level,
+        config.logging.format,
+        enabled=config.logging.enabled,
+        payload=config.logging.payload,
+    )
     try:
         anyio.run(_run, config, backend="asyncio", backend_options=backend_options())
     except EventMeshError as exc:

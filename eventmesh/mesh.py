@@ -8,14 +8,15 @@ one. Every task it starts belongs to its task group, which lives exactly as long
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from eventmesh.client.base import Client
 from eventmesh.config import MeshConfig, SubscriptionConfig, convert, load_config
@@ -24,15 +25,24 @@ from eventmesh.connectors.registry import load_connector
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ClosedError, ConfigError, EventValidationError, LifecycleError
 from eventmesh.event import Event
+from eventmesh.observability.metrics import FunctionFigures, MeshMetrics, SubscriptionFigures
+from eventmesh.observability.tracing import Tracing
 from eventmesh.pipeline.compile import compile_pipeline
 from eventmesh.subscription import Handler, Subscription
+from eventmesh.triggers.function import Function
+from eventmesh.triggers.runtime import FunctionRuntime
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from eventmesh.delivery.webhook import WebhookSession
+    from eventmesh.triggers.runner import FunctionRunner
 
 __all__ = ["Mesh"]
 
 log = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class Mesh(Client):
@@ -40,7 +50,11 @@ class Mesh(Client):
 
     ``config`` is a :class:`MeshConfig`, a mapping shaped like the YAML file, or a path
     to one; None gives one in-memory connector. ``connectors`` supplies ready connector
-    instances by name (they replace those the config would build).
+    instances by name (they replace those the config would build). ``tracer_provider``
+    turns tracing on with an OpenTelemetry provider the caller owns (instead of the one
+    ``tracing:`` builds); docs/operations.md describes the spans. ``functions`` are
+    functions declared in code (``Function.declare``), run with those of the config's
+    ``functions:`` (docs/functions.md).
     """
 
     def __init__(
@@ -48,8 +62,24 @@ class Mesh(Client):
         config: MeshConfig | Mapping[str, Any] | str | Path | None = None,
         *,
         connectors: Mapping[str, Connector] | None = None,
+        tracer_provider: TracerProvider | None = None,
+        functions: Sequence[Function] = (),
     ) -> None:
         self.config = load_config(config)
+        self._declared: list[Function] = [Function(spec) for spec in self.config.functions]
+        self._declared.extend(functions)
+        self._functions: FunctionRuntime | None = None
+        self._tracer_provider = tracer_provider
+        self._tracing: Tracing | None = None
+        self.metrics: MeshMetrics | None = None
+        """The mesh's metrics (None with ``metrics.enabled: false``)."""
+        if self.config.metrics.enabled:
+            self.metrics = MeshMetrics(
+                subscriptions=self._figures,
+                functions=self._function_figures,
+                connector_for=self.config.connector_for,
+                max_label_sets=self.config.metrics.max_label_sets,
+            )
         self._connectors: dict[str, Connector] = dict(connectors or {})
         for name, spec in self.config.connectors.items():
             if name not in self._connectors:
@@ -69,17 +99,33 @@ class Mesh(Client):
             raise LifecycleError("a Mesh can be entered once; create a new one")
         self._state = "opening"
         async with AsyncExitStack() as stack:
+            self._tracing = self._new_tracing()
+            if self._tracing is not None:
+                stack.push_async_callback(self._stop_tracing, self._tracing)
             for connector in self._connectors.values():
                 await stack.enter_async_context(connector)
-            if any(s.sink is not None and s.sink.webhook for s in self.config.subscriptions):
+            subs = self.config.subscriptions
+            posts = any(s.sink is not None and s.sink.webhook for s in subs)
+            if posts or any(f.spec.url for f in self._declared):  # webhooks or HTTP functions
                 # Before the task group, so it closes after the last delivery ends.
                 self._webhooks = await stack.enter_async_context(self._new_webhook_session())
+            # Before the task group, so worker pools stop after the last delivery ended
+            # (and outside its cancelled scope).
+            self._functions = await stack.enter_async_context(
+                FunctionRuntime(
+                    self,
+                    self._declared,
+                    tracing=self._tracing,
+                    measure=self.metrics is not None,
+                )
+            )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
         self._state = "open"
         try:
             for sub in self.config.subscriptions:
                 await self._start_configured(sub)
+            await self._functions.start()
         except BaseException:
             # Raised here, outside the task group, so the caller gets the error itself
             # and not an exception group around it. (close() shields what needs it; a
@@ -183,10 +229,70 @@ class Mesh(Client):
             raise EventValidationError(
                 f"publish takes an eventmesh.Event or a list of them, got {type(events).__name__}"
             )
-        await self.connector(topic).publish(topic, batch)
+        await self._store(topic, batch)
 
     async def _publish_one(self, topic: str, event: Event) -> None:
-        await self.connector(topic).publish(topic, (event,))
+        await self._store(topic, (event,))
+
+    async def _store(self, topic: str, batch: Sequence[Event]) -> None:
+        connector = self.connector(topic)
+        if self._tracing is None:
+            await connector.publish(topic, batch)
+        else:
+            name = self.config.connector_for(topic)
+            await self._tracing.publish(topic, name, batch, connector.publish)
+        if self.metrics is not None:
+            counts = self.metrics.published
+            counts[topic] = counts.get(topic, 0) + len(batch)
+
+    # -- observability -------------------------------------------------------------------
+
+    def _new_tracing(self) -> Tracing | None:
+        if self._tracer_provider is not None:
+            return Tracing(self._tracer_provider)
+        settings = self.config.tracing
+        if not settings.on:
+            return None
+        return Tracing.with_otlp(
+            endpoint=settings.endpoint,
+            headers=settings.headers,
+            sample_ratio=settings.sample_ratio,
+            service_name=settings.service_name,
+            timeout=float(settings.timeout),
+        )
+
+    @staticmethod
+    async def _stop_tracing(tracing: Tracing) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(tracing.shutdown)
+
+    def _figures(self) -> list[SubscriptionFigures]:
+        """What each running subscription reports to the metrics at a scrape."""
+        return [
+            SubscriptionFigures(
+                subscription=sub.name,
+                topic=sub.topic,
+                connector=self.config.connector_for(sub.topic),
+                counts=sub.stats.as_dict(),
+                in_flight=sub.in_flight,
+                lag=sub.lag,
+                latency=sub.latency,
+            )
+            for sub in list(self._subscriptions.values())
+        ]
+
+    def _function_figures(self) -> list[FunctionFigures]:
+        """What each running function reports to the metrics at a scrape."""
+        return [
+            FunctionFigures(
+                function=runner.name,
+                invocations=runner.stats.invocations,
+                errors=runner.stats.failures,
+                timeouts=runner.stats.timeouts,
+                duration=runner.duration,
+            )
+            for runner in self.functions
+        ]
 
     # -- subscribing ---------------------------------------------------------------------
 
@@ -270,6 +376,38 @@ class Mesh(Client):
         )
         await subscription.start()
 
+    # -- functions -----------------------------------------------------------------------
+
+    def function(
+        self, topic: str, *, name: str | None = None, **options: Any
+    ) -> Callable[[_F], _F]:
+        """Declare the decorated callable a function triggered by events of ``topic``.
+
+        Sugar for ``Mesh(functions=[Function.declare(fn, topic=topic, ...)])``: the
+        options are those of ``Function.declare`` (``filter``, ``reply_to``,
+        ``concurrency``, ``timeout``, ``batch``, ...). Declare before entering the mesh;
+        the decorated callable is returned unchanged.
+        """
+        if self._state != "new":
+            raise LifecycleError(
+                "declare functions before entering the mesh: @mesh.function(...) on a Mesh "
+                "that is not open yet, or Mesh(functions=[...])"
+            )
+
+        def declare(fn: _F) -> _F:
+            declared = Function.declare(fn, topic=topic, name=name, **options)
+            if any(f.name == declared.name for f in self._declared):
+                raise ConfigError(f"a function named {declared.name!r} is already declared")
+            self._declared.append(declared)
+            return fn
+
+        return declare
+
+    @property
+    def functions(self) -> list[FunctionRunner]:
+        """The running functions (empty until the mesh is open), with state and stats."""
+        return self._functions.runners if self._functions is not None else []
+
     # -- webhooks ------------------------------------------------------------------------
 
     @property
@@ -305,6 +443,7 @@ class Mesh(Client):
             for sub in self.config.subscriptions
             if sub.sink is not None and sub.sink.webhook
         }
+        hosts |= {urlsplit(f.spec.url).hostname or "" for f in self._declared if f.spec.url}
         return WebhookSession(
             allowed_networks=settings.allowed_networks,
             allowed_hosts=hosts - {""},

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from functools import partial
 from types import TracebackType
@@ -31,6 +32,7 @@ from eventmesh.delivery.gate import Gate
 from eventmesh.delivery.policy import DeliveryPolicy, retry_delay
 from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
+from eventmesh.observability.histogram import Histogram
 from eventmesh.typing import Filter, Sink, Transform
 
 if TYPE_CHECKING:
@@ -74,6 +76,9 @@ class Delivery:
         self._settled = True
         self._subscription.stats.delivered += 1
         await self._delivery.ack()
+        latency = self._subscription.latency
+        if latency is not None and self._delivery.timestamp is not None:
+            latency.observe(time.time() - self._delivery.timestamp)
 
     async def nack(self, error: BaseException | str | None = None) -> None:
         """The event failed: retry it after the policy's backoff, or dead-letter it when
@@ -116,6 +121,9 @@ def _replying(sink: Sink, mesh: Mesh, reply_to: str) -> Sink:
 class Subscription:
     """A consumer group membership on one topic, in iterator or handler form."""
 
+    latency: Histogram | None = None
+    """Seconds from stored to acked per delivered event (None with metrics off)."""
+
     def __init__(
         self,
         mesh: Mesh,
@@ -151,11 +159,22 @@ class Subscription:
         self._done: anyio.Event | None = None
         self._scope = anyio.CancelScope()
         self.reply_to = reply_to
+        self.latency = Histogram() if mesh.metrics is not None else None
         if handler is not None:
             sink = _as_sink(handler)
             if reply_to is not None:
                 sink = _replying(sink, mesh, reply_to)
-            self._dispatcher = Dispatcher(consumer=consumer, sink=sink, gate=self._gate)
+            tracing = mesh._tracing
+            traced = None
+            if tracing is not None:  # events with a traceparent are delivered under a span
+                traced = tracing.traced_sink(sink, subscription=name, topic=topic)
+            self._dispatcher = Dispatcher(
+                consumer=consumer,
+                sink=sink,
+                gate=self._gate,
+                latency=self.latency,
+                traced_sink=traced,
+            )
         self._state = "new"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -222,6 +241,23 @@ class Subscription:
     def closed(self) -> bool:
         """True once the subscription was closed."""
         return self._state == "closed"
+
+    @property
+    def in_flight(self) -> int | None:
+        """Deliveries handed to the handler and not yet settled; None without a handler."""
+        return self._dispatcher.in_flight if self._dispatcher is not None else None
+
+    @property
+    def lag(self) -> int | None:
+        """Events stored on the topic that the group has not yet acked, when the
+        connector can tell (else None)."""
+        if self._state != "open":
+            return None
+        try:
+            return self._consumer.lag()
+        except Exception:  # a figure for the metrics must not break a scrape
+            log.debug("subscription %s: the connector could not tell its lag", self.name)
+            return None
 
     # -- iterator form -------------------------------------------------------------------
 

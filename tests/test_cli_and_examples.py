@@ -134,3 +134,20 @@ def test_embedded_example_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "billed orders: [1, 2, 3]" in result.stdout
     assert result.stdout.count("audit saw") == 3
+
+
+def test_functions_example_runs() -> None:
+    """examples/functions_enrich.py enriches each real order onto the reply topic and
+    drops the test order."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "functions_enrich.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "enriched order 1: tier gold (caused by order 1)" in result.stdout
+    assert "enriched order 4: tier standard (caused by order 4)" in result.stdout
+    assert "enrich: 4 invocations, 3 replies, 1 dropped" in result.stdout

@@ -97,7 +97,18 @@ def test_a_good_file_loads_into_typed_structs(tmp_path: Path) -> None:
             9,
             "package.module:function",
         ),
-        (GOOD + "functions: [{name: f}]\n", "functions", 12, "reserved"),
+        (
+            GOOD + "functions: [{name: f, trigger: {topic: t}, handler: m.f}]\n",
+            "functions[0].handler",
+            12,
+            "package.module:function",
+        ),
+        (
+            GOOD + "functions: [{name: f, trigger: {topic: t}, url: http://x, burst: 0}]\n",
+            "functions[0].burst",
+            12,
+            "at least 1",
+        ),
         (GOOD + "surprise: 1\n", "surprise", 12, "unknown key"),
     ],
 )

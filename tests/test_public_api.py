@@ -49,6 +49,8 @@ def test_top_level_surface_is_what_users_are_promised() -> None:
         "EventValidationError",
         "PublishError",
         "ClosedError",
+        "Drop",
+        "Function",
         "__version__",
     }
 

@@ -191,6 +191,12 @@ class Consumer(abc.ABC):
         ``SubscribeError`` when the backend fails.
         """
 
+    def lag(self) -> int | None:
+        """Events stored on the topic that this consumer's group has not yet acked (its
+        partitions' end minus the committed position), or None when the backend cannot
+        tell cheaply. Read by the metrics at each scrape; must not block or raise."""
+        return None
+
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         """Deliveries one at a time until the consumer is closed."""
         while True:

@@ -373,6 +373,13 @@ class _MemoryConsumer(Consumer):
                 with anyio.move_on_after(wait):
                     await wakeup.wait()
 
+    def lag(self) -> int | None:
+        group = self._group
+        if group is None:
+            return None
+        parts = group.topic.partitions  # only this member's: members' lags add up
+        return sum(parts[p].end - group.committed[p] for p in self.partitions)
+
     async def _close(self) -> None:
         if self._group is not None:
             self._group.leave(self)

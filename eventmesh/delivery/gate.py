@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from eventmesh._logging import event_fields
 from eventmesh.connectors.base import Delivery
 from eventmesh.delivery.deadletter import (
     DeadLetterPublisher,
@@ -109,6 +110,7 @@ class Gate:
         """Dead-letter the event as it was read (retrying the store itself), then ack it."""
         event = delivery.event
         topic = self._dlq_topic
+        fields = event_fields(event, self.name, reason=reason, error=error)
         if topic is None:
             log.error(
                 "subscription %s dropped event %s (%s: %s): no dead-letter topic is set",
@@ -116,6 +118,7 @@ class Gate:
                 event.id,
                 reason,
                 error,
+                extra=fields,
             )
         else:
             dead = dead_letter_event(
@@ -140,6 +143,7 @@ class Gate:
                 topic,
                 reason,
                 error,
+                extra={**fields, "dead_letter_topic": topic},
             )
         self.stats.dead_lettered += 1
         await delivery.ack()

@@ -52,6 +52,7 @@ from eventmesh.errors import (
     LifecycleError,
 )
 from eventmesh.event import Event
+from eventmesh.observability.tracing import current_traceparent
 
 __all__ = ["RETRYABLE_STATUSES", "Mode", "WebhookSession", "WebhookSink", "retry_after_seconds"]
 
@@ -339,6 +340,9 @@ class WebhookSink:
     async def _send(self, headers: Mapping[str, str], body: bytes) -> list[Event]:
         merged = CIMultiDict(self._headers)
         merged.update(headers)
+        traceparent = current_traceparent()
+        if traceparent is not None:  # the delivery span, for a traced receiver (W3C)
+            merged["traceparent"] = traceparent
         answer = await self.session._post(
             self.url, body, merged, timeout=self.timeout, limit=self.max_reply_size
         )

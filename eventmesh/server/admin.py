@@ -8,7 +8,9 @@
                         connector
 ``GET /subscriptions``  every subscription, as the HTTP API lists them
 ``GET /connectors``     each connector: type, capabilities, open, healthy
-``GET /metrics``        Prometheus text format
+``GET /functions``      each function: kind, trigger topic, state (``idle``, ``running``,
+                        ``cold``, ``starting``), counters, worker process ids
+``GET /metrics``        the mesh's metrics in the Prometheus text format (docs/operations.md)
 ======================  =====================================================================
 """
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from eventmesh.mesh import Mesh
     from eventmesh.server.subscriptions import Registry
 
-__all__ = ["Metrics", "create_admin_app", "subscription_metrics"]
+__all__ = ["Metrics", "create_admin_app", "mesh_metrics"]
 
 _encoder = msgspec.json.Encoder()
 
@@ -94,6 +96,9 @@ def create_admin_app(
             )
         return _json({"connectors": listed})
 
+    async def functions(request: web.Request) -> web.Response:
+        return _json({"functions": [runner.describe() for runner in mesh.functions]})
+
     async def metrics_page(request: web.Request) -> web.Response:
         return web.Response(
             text=metrics(), content_type="text/plain", charset="utf-8", headers=_PROM_HEADERS
@@ -105,39 +110,15 @@ def create_admin_app(
     app.router.add_get("/topics", topics)
     app.router.add_get("/subscriptions", subscriptions)
     app.router.add_get("/connectors", connectors)
+    app.router.add_get("/functions", functions)
     app.router.add_get("/metrics", metrics_page)
     return app
 
 
 _PROM_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
-_COUNTERS = (
-    ("received", "events fetched for a subscription"),
-    ("delivered", "events a subscription's sink handled"),
-    ("failed", "failed delivery attempts"),
-    ("retried", "delivery attempts that were retried"),
-    ("dead_lettered", "events sent to a dead-letter topic (or dropped without one)"),
-    ("filtered", "events a subscription's filter left out"),
-    ("dropped", "events a subscription's transform dropped"),
-)
 
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def subscription_metrics(mesh: Mesh) -> str:
-    """The subscriptions' delivery counters in the Prometheus text format."""
-    lines: list[str] = []
-    subs = mesh.subscriptions
-    for field, help_text in _COUNTERS:
-        name = f"eventmesh_subscription_{field}_total"
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} counter")
-        for sub in subs:
-            labels = (
-                f'subscription="{_label(sub.name)}",topic="{_label(sub.topic)}",'
-                f'group="{_label(sub.group)}"'
-            )
-            lines.append(f"{name}{{{labels}}} {getattr(sub.stats, field)}")
-    return "\n".join(lines) + "\n"
+def mesh_metrics(mesh: Mesh) -> str:
+    """The mesh's metrics in the Prometheus text format (docs/operations.md lists them);
+    an empty page with ``metrics.enabled: false``."""
+    return mesh.metrics.render() if mesh.metrics is not None else ""

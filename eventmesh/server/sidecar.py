@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from aiohttp import web
@@ -30,10 +30,13 @@ from eventmesh.config import GrpcListener, Listener, MeshConfig, load_config
 from eventmesh.connectors.base import Connector
 from eventmesh.errors import ConfigError, LifecycleError
 from eventmesh.mesh import Mesh
-from eventmesh.server.admin import Metrics, create_admin_app, subscription_metrics
+from eventmesh.server.admin import Metrics, create_admin_app, mesh_metrics
 from eventmesh.server.grpc import add_to_server
 from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["Sidecar"]
 
@@ -43,7 +46,8 @@ log = logging.getLogger(__name__)
 class Sidecar:
     """A mesh served over HTTP, gRPC and the admin port; an async context manager.
 
-    ``config`` is what :class:`~eventmesh.Mesh` takes. A listener port of 0 picks a free
+    ``config``, ``connectors`` and ``tracer_provider`` are what :class:`~eventmesh.Mesh`
+    takes. A listener port of 0 picks a free
     port; the bound addresses are :attr:`http_url`, :attr:`grpc_target` and
     :attr:`admin_url` once entered.
     """
@@ -54,11 +58,12 @@ class Sidecar:
         *,
         connectors: Mapping[str, Connector] | None = None,
         metrics: Metrics | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = load_config(config)
-        self.mesh = Mesh(self.config, connectors=connectors)
+        self.mesh = Mesh(self.config, connectors=connectors, tracer_provider=tracer_provider)
         self.registry = Registry(self.mesh)
-        self._metrics = metrics or (lambda: subscription_metrics(self.mesh))
+        self._metrics = metrics or (lambda: mesh_metrics(self.mesh))
         self._stack: AsyncExitStack | None = None
         self._http: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None

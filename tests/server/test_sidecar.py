@@ -84,8 +84,8 @@ async def test_admin_probes_and_listings_describe_the_running_mesh() -> None:
         status, text = await get(session, admin + "/metrics")
         assert status == 200
         assert (
-            'eventmesh_subscription_delivered_total{subscription="audit",topic="orders",'
-            'group="audit"} 1'
+            'eventmesh_events_delivered_total{connector="default",subscription="audit",'
+            'topic="orders"} 1.0'
         ) in text.splitlines()
 
 

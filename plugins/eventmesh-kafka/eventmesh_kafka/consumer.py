@@ -172,6 +172,20 @@ class KafkaConsumer(Consumer):
         self._committing = False
         self._generation = 0  # counts rebalance callbacks, so a stale _settle gives up
 
+    def lag(self) -> int | None:
+        """Records after the group's commit point in the partitions this member holds,
+        from the high watermark of the last fetch; None before a fetch has told it."""
+        client = self._client
+        if client is None or not self._parts:
+            return None
+        total = 0
+        for part in list(self._parts.values()):
+            highwater = client.highwater(part.tp)
+            if highwater is None:
+                return None
+            total += max(0, highwater - part.commit_to)
+        return total
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def _start(self) -> None:

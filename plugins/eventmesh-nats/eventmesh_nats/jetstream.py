@@ -393,6 +393,7 @@ class JetStreamConsumer(Consumer):
         self._scope: anyio.CancelScope | None = None
         self._alive = 0.0  # when the consumer last gave something, or was checked
         self.outstanding: set[JetStreamDelivery] = set()
+        self._pending: int | None = None  # num_pending of the last message fetched
 
     async def _start(self) -> None:
         connector = self._connector
@@ -519,7 +520,15 @@ class JetStreamConsumer(Consumer):
             delivery = JetStreamDelivery(self, msg, event)
             outstanding.add(delivery)
             out.append(delivery)
+        if msgs:
+            self._pending = msgs[-1].metadata.num_pending
         return out
+
+    def lag(self) -> int | None:
+        """The group consumer's messages not yet delivered (``num_pending`` of the last
+        message fetched) plus those this member holds unacked; None before a fetch."""
+        pending = self._pending
+        return None if pending is None else pending + len(self.outstanding)
 
     async def _close(self) -> None:
         if self._scope is not None:

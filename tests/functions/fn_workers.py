@@ -1,0 +1,42 @@
+"""Handlers the worker-process tests import by path ("fn_workers:name") in a spawned
+worker: the test directory is on the child's sys.path because spawn copies the parent's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from eventmesh import Drop, Event
+
+
+def enrich(event: Event) -> Event:
+    """Reply with the event's data and the worker's pid."""
+    return Event(type="enriched", source="/worker", data={**event.data, "pid": os.getpid()})
+
+
+async def enrich_async(event: Event) -> list[Event]:
+    """An async handler in a worker: two replies."""
+    return [Event(type="a", source="/worker"), Event(type="b", source="/worker")]
+
+
+def drop(event: Event) -> None:
+    """Drop every event."""
+    raise Drop("not for us")
+
+
+def die_once(event: Event) -> Event:
+    """Kill the worker process at the first call for a marker file, succeed after."""
+    marker = Path(event.data["marker"])
+    if not marker.exists():
+        marker.write_text("died", encoding="utf-8")
+        os._exit(3)
+    return Event(type="survived", source="/worker", data={"pid": os.getpid()})
+
+
+def total(events: list[Event]) -> Event:
+    """A batch handler: the sum of the events' n."""
+    return Event(type="total", source="/worker", data={"sum": sum(e.data["n"] for e in events)})
+
+
+def noop(event: Event) -> None:
+    """Do nothing (cold-start benchmarks)."""

@@ -1,0 +1,200 @@
+"""Tracing over the in-memory connector: one trace from an HTTP publish through a webhook
+and its reply, the traceparent extension as the carrier, and nothing when tracing is off."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode
+
+from eventmesh import Event, Mesh
+from eventmesh.bindings.http import to_binary
+from eventmesh.observability.tracing import format_traceparent
+from eventmesh.server.sidecar import Sidecar
+from eventmesh.testing.tracing import ReplyingWebhook, assert_one_trace, recording_provider
+
+pytestmark = pytest.mark.anyio
+
+CHAIN = {
+    "publish orders": None,
+    "store orders": "publish orders",
+    "deliver hook": "publish orders",
+    "publish replies": "deliver hook",
+    "store replies": "publish replies",
+    "deliver function.answer": "publish replies",
+    "function answer": "deliver function.answer",
+    "publish answers": "function answer",
+    "store answers": "publish answers",
+    "deliver collector": "publish answers",
+}
+"""The one trace of an event published over HTTP, delivered to a webhook that replies,
+the reply answered by a function that replies in turn, and that answer delivered to a
+subscriber: each span and its parent."""
+
+
+async def answer(event: Event) -> Event:
+    """The configured function: answers each webhook reply with an event of its own."""
+    return Event(type="order.answered", source="/answer", data={"to": event.id})
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def sidecar_config(webhook: str, **extra: Any) -> dict[str, Any]:
+    free = {"port": 0}
+    return {
+        "server": {"http": free, "grpc": free, "admin": free},
+        "subscriptions": [
+            {
+                "name": "hook",
+                "topic": "orders",
+                "start": "earliest",
+                "sink": {"webhook": webhook},
+                "reply_to": "replies",
+            }
+        ],
+        "functions": [
+            {
+                "name": "answer",
+                "trigger": {"topic": "replies", "start": "earliest"},
+                "handler": "test_tracing:answer",
+                "reply_to": "answers",
+            }
+        ],
+        **extra,
+    }
+
+
+async def post(url: str, event: Event) -> None:
+    headers, body = to_binary(event)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/topics/orders/events", headers=headers, data=body) as response,
+    ):
+        assert response.status == 202, await response.text()
+
+
+async def run_chain(provider: TracerProvider, event: Event) -> tuple[list[Event], ReplyingWebhook]:
+    """POST ``event`` to a sidecar; return the replies the collector got, and the webhook."""
+    replies: list[Event] = []
+
+    async def collect(reply: Event) -> None:
+        replies.append(reply)
+
+    async with (
+        ReplyingWebhook() as hook,
+        Sidecar(sidecar_config(hook.url), tracer_provider=provider) as sidecar,
+    ):
+        await sidecar.mesh.subscribe(
+            "answers", "collector", handler=collect, start="earliest", name="collector"
+        )
+        await post(sidecar.http_url, event)
+        with anyio.fail_after(10):
+            while not replies:
+                await anyio.sleep(0.01)
+    return replies, hook
+
+
+async def test_an_http_publish_its_webhook_delivery_and_the_replies_are_one_trace() -> None:
+    """publish, store, deliver to a webhook, its reply's publish and store, a function
+    answering that reply, and the answer's publish, store and delivery to a subscriber
+    all share one trace, each under the span that caused it."""
+    provider, exporter = recording_provider()
+    replies, hook = await run_chain(provider, Event(type="order", source="/t", id="o1"))
+    spans = assert_one_trace(exporter.get_finished_spans(), CHAIN)
+    assert spans["publish orders"].parent is None
+    assert spans["publish orders"].kind is SpanKind.PRODUCER
+    assert spans["store orders"].kind is SpanKind.CLIENT
+    assert spans["deliver hook"].kind is SpanKind.CONSUMER
+    assert spans["deliver hook"].attributes is not None
+    assert spans["deliver hook"].attributes["messaging.message.id"] == "o1"
+    # The event carries the publish span; the webhook's W3C header is the delivery span.
+    event, headers = hook.received[0]
+    publish, deliver = spans["publish orders"].context, spans["deliver hook"].context
+    assert publish is not None
+    assert deliver is not None
+    assert event.extensions["traceparent"] == format_traceparent(publish)
+    assert headers["traceparent"] == format_traceparent(deliver)
+    answer_publish = spans["publish answers"].context
+    assert answer_publish is not None
+    assert replies[0].type == "order.answered"
+    assert replies[0].extensions["traceparent"] == format_traceparent(answer_publish)
+
+
+async def test_an_incoming_traceparent_is_the_parent_of_the_publish() -> None:
+    """An event that arrives with a traceparent joins that trace: the publish span is the
+    child of the span it names."""
+    provider, exporter = recording_provider()
+    event = Event(type="order", source="/t", extensions={"traceparent": TRACEPARENT})
+    await run_chain(provider, event)
+    spans = assert_one_trace(exporter.get_finished_spans(), CHAIN)
+    publish = spans["publish orders"]
+    assert publish.parent is not None
+    assert publish.parent.trace_id == int("0af7651916cd43dd8448eb211c80319c", 16)
+    assert publish.parent.span_id == int("b7ad6b7169203331", 16)
+
+
+async def test_a_failing_handler_marks_its_delivery_span_as_an_error() -> None:
+    """Each attempt of a handler that raises is a deliver span with status ERROR."""
+    provider, exporter = recording_provider()
+    calls: list[Event] = []
+
+    async def failing(event: Event) -> None:
+        calls.append(event)
+        raise RuntimeError("boom")
+
+    async with Mesh(tracer_provider=provider) as mesh:
+        await mesh.subscribe(
+            "t", "g", handler=failing, delivery={"max_attempts": 2, "backoff": {"initial": 0}}
+        )
+        await mesh.publish("t", Event(type="x", source="/t"))
+        with anyio.fail_after(5):
+            while len(calls) < 2:
+                await anyio.sleep(0.01)
+    delivers = [s for s in exporter.get_finished_spans() if s.name == "deliver t/g"]
+    assert len(delivers) == 2
+    assert all(s.status.status_code is StatusCode.ERROR for s in delivers)
+
+
+async def test_without_tracing_events_carry_no_trace_context() -> None:
+    """With tracing off (the default) a published event is stored as it was given."""
+    got: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        got.append(event)
+
+    async with Mesh() as mesh:
+        assert mesh._tracing is None
+        await mesh.subscribe("t", "g", handler=handler)
+        await mesh.publish("t", Event(type="x", source="/t"))
+        with anyio.fail_after(5):
+            while not got:
+                await anyio.sleep(0.01)
+    assert "traceparent" not in got[0].extensions
+
+
+async def test_an_unsampled_publish_leaves_the_event_untouched_and_records_nothing() -> None:
+    """When the sampler says no, no span is exported and the event gets no traceparent."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    got: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        got.append(event)
+
+    async with Mesh(tracer_provider=provider) as mesh:
+        await mesh.subscribe("t", "g", handler=handler)
+        await mesh.publish("t", Event(type="x", source="/t"))
+        with anyio.fail_after(5):
+            while not got:
+                await anyio.sleep(0.01)
+    assert "traceparent" not in got[0].extensions
+    assert exporter.get_finished_spans() == ()
