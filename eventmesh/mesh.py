@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
@@ -23,7 +22,7 @@ from eventmesh.config import MeshConfig, SubscriptionConfig, convert, load_confi
 from eventmesh.connectors.base import Connector, StartPosition
 from eventmesh.connectors.registry import load_connector
 from eventmesh.delivery.policy import DeliveryPolicy
-from eventmesh.errors import ClosedError, ConfigError, EventValidationError, LifecycleError
+from eventmesh.errors import ConfigError, EventValidationError, LifecycleError
 from eventmesh.event import Event
 from eventmesh.observability.metrics import FunctionFigures, MeshMetrics, SubscriptionFigures
 from eventmesh.observability.tracing import Tracing
@@ -134,49 +133,17 @@ class Mesh(Client):
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self, timeout: float | None = None) -> None:
-        """Stop every subscription, then close the connectors.
-
-        Subscriptions finish the events in hand for up to ``timeout`` seconds (30 by
-        default), all at the same time; what is not acked by then is delivered again.
-        """
-        if self._state != "open":
-            self._state = "closed"
-            return
-        self._state = "closing"
-        stack, self._stack = self._stack, None
-        try:
-            with anyio.CancelScope(shield=True):
-                # All at once, so shutdown takes one timeout, not one per subscription.
-                async with anyio.create_task_group() as tg:
-                    for sub in list(self._subscriptions.values()):
-                        tg.start_soon(sub.close, timeout)
-        finally:
-            self._state = "closed"
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
-            if stack is not None:
-                await stack.aclose()
-
     @property
     def _task_group(self) -> anyio.abc.TaskGroup:
         self._check_open()
         assert self._tg is not None
         return self._tg
 
-    def _check_open(self) -> None:
-        if self._state != "open":
-            if self._state in ("closing", "closed"):
-                raise ClosedError("the mesh is closed")
-            raise LifecycleError("the mesh is not open; use it as 'async with Mesh(...) as mesh'")
+    def _describe(self) -> str:
+        return "the mesh"
+
+    def _usage(self) -> str:
+        return "Mesh(...) as mesh"
 
     # -- routing -------------------------------------------------------------------------
 
