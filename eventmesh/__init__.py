@@ -4,10 +4,12 @@ Publish and subscribe with ``eventmesh.connect()``; run it as a sidecar with
 ``eventmesh run``; add backends as connector plugins.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from eventmesh._version import __version__
-from eventmesh.client import BlockingClient, Client, connect, connect_blocking
-from eventmesh.config import MeshConfig, load_config
-from eventmesh.delivery.policy import Backoff, DeliveryPolicy
 from eventmesh.errors import (
     ClosedError,
     ConfigError,
@@ -28,9 +30,49 @@ from eventmesh.errors import (
     TopicFullError,
 )
 from eventmesh.event import Event
-from eventmesh.mesh import Mesh
-from eventmesh.subscription import Delivery, Subscription
-from eventmesh.triggers.function import Drop, Function
+
+if TYPE_CHECKING:
+    from eventmesh.client.base import Client
+    from eventmesh.client.connect import connect
+    from eventmesh.client.sync import BlockingClient, connect_blocking
+    from eventmesh.config import MeshConfig, load_config
+    from eventmesh.delivery.policy import Backoff, DeliveryPolicy
+    from eventmesh.mesh import Mesh
+    from eventmesh.subscription import Delivery, Subscription
+    from eventmesh.triggers.function import Drop, Function
+
+# The rest is imported on first use: the mesh and its clients bring aiohttp, grpcio and
+# OpenTelemetry with them, which a function's worker process (it needs only the Event)
+# or a short command should not pay for at start-up.
+_LAZY: dict[str, str] = {
+    "Backoff": "eventmesh.delivery.policy",
+    "BlockingClient": "eventmesh.client",
+    "Client": "eventmesh.client",
+    "Delivery": "eventmesh.subscription",
+    "DeliveryPolicy": "eventmesh.delivery.policy",
+    "Drop": "eventmesh.triggers.function",
+    "Function": "eventmesh.triggers.function",
+    "Mesh": "eventmesh.mesh",
+    "MeshConfig": "eventmesh.config",
+    "Subscription": "eventmesh.subscription",
+    "connect": "eventmesh.client",
+    "connect_blocking": "eventmesh.client",
+    "load_config": "eventmesh.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'eventmesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "Backoff",

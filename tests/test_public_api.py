@@ -61,3 +61,26 @@ def test_every_error_is_an_eventmesh_error() -> None:
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.EventMeshError)
+
+
+def test_the_event_and_a_worker_process_load_no_servers_or_telemetry() -> None:
+    """Importing eventmesh, or what a function's worker process runs, loads neither the
+    servers' libraries nor the OpenTelemetry SDK; the mesh's names load on first use."""
+    import subprocess
+    import sys
+
+    heavy = ["aiohttp", "grpc", "opentelemetry.sdk", "prometheus_client"]
+    code = (
+        "import sys, eventmesh, eventmesh.triggers._worker\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
+        "from eventmesh.mesh import Mesh\n"
+        "print(eventmesh.Mesh is Mesh, 'connect' in dir(eventmesh))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split("\n")[:2] == ["[]", "True True"]
+    import eventmesh
+
+    with pytest.raises(AttributeError, match="no attribute 'Meshh'"):
+        _ = eventmesh.Meshh  # type: ignore[attr-defined]
