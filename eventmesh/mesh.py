@@ -180,23 +180,15 @@ class Mesh(Client):
         ``PublishError`` otherwise (then none may be assumed stored, though some may be).
         """
         self._check_open()
-        if type(events) is Event:
-            batch: Sequence[Event] = (events,)
-        elif isinstance(events, list | tuple):
-            batch = events
-            for i, event in enumerate(batch):
-                if type(event) is not Event:
-                    raise EventValidationError(
-                        f"item {i} of the events is a {type(event).__name__}, not an "
-                        "eventmesh.Event (convert SDK events with Event.from_cloudevent)"
-                    )
-        elif isinstance(events, Event):
-            batch = (events,)
-        else:
-            raise EventValidationError(
-                f"publish takes an eventmesh.Event or a list of them, got {type(events).__name__}"
-            )
-        await self._store(topic, batch)
+        await self._store(topic, _as_batch(events))
+
+    async def _publish_internal(self, topic: str, events: Event | Sequence[Event]) -> None:
+        """Store what the mesh publishes on its own behalf (the replies of handlers and
+        functions), checked as :meth:`publish` checks, but also while the mesh closes:
+        the subscriptions draining then must be able to settle their events. Once the
+        connector itself is closed it raises ``ClosedError``; the dispatcher then leaves
+        the event unacked, to be delivered again after a restart."""
+        await self._store(topic, _as_batch(events))
 
     async def _publish_one(self, topic: str, event: Event) -> None:
         await self._store(topic, (event,))
@@ -423,6 +415,25 @@ class Mesh(Client):
 
     def _unregister(self, subscription: Subscription) -> None:
         self._subscriptions.pop(id(subscription), None)
+
+
+def _as_batch(events: Event | Sequence[Event]) -> Sequence[Event]:
+    """The events to publish as a sequence; ``EventValidationError`` for anything else."""
+    if type(events) is Event:
+        return (events,)
+    if isinstance(events, list | tuple):
+        for i, event in enumerate(events):
+            if type(event) is not Event:
+                raise EventValidationError(
+                    f"item {i} of the events is a {type(event).__name__}, not an "
+                    "eventmesh.Event (convert SDK events with Event.from_cloudevent)"
+                )
+        return events
+    if isinstance(events, Event):
+        return (events,)
+    raise EventValidationError(
+        f"publish takes an eventmesh.Event or a list of them, got {type(events).__name__}"
+    )
 
 
 def _policy(delivery: DeliveryPolicy | Mapping[str, Any] | None, where: str) -> DeliveryPolicy:

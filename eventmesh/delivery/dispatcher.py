@@ -250,7 +250,8 @@ class Dispatcher:
 
     async def _retry(self, delivery: Delivery, event: Event, error: Exception) -> None:
         """After a failed attempt: retry with backoff while attempts remain and the event
-        has not expired, then ack it, or dead-letter it."""
+        has not expired, then ack it, or dead-letter it. A ``ClosedError`` while the
+        subscription stops leaves the event unacked."""
         gate = self.gate
         stats = self.stats
         sink = self.sink
@@ -258,6 +259,18 @@ class Dispatcher:
             sink = self.traced_sink
         attempt = delivery.attempt
         while True:
+            if isinstance(error, ClosedError) and (self._stopping or self.consumer.closed):
+                # The mesh closes under the handler (a reply could not be stored): a
+                # retry cannot help and the event is not the handler's fault. Left
+                # unacked, it is delivered again after a restart.
+                log.info(
+                    "subscription %s: event %s left unacked while closing (%s)",
+                    self.name,
+                    event.id,
+                    error,
+                    extra=event_fields(event, self.name, attempt=attempt),
+                )
+                return
             stats.failed += 1
             delay = retry_delay(self.policy, attempt, error)
             if delay is None:

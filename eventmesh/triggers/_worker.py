@@ -2,7 +2,8 @@
 
 Events cross the process boundary as JSON bytes (msgspec), never as pickled objects;
 the answer is a ``(kind, payload)`` pair of plain values, so an exception the handler
-raises never has to be picklable.
+raises never has to be picklable: what the mesh acts on (a ``Drop``'s reason, a
+``DeliveryError``'s ``retryable`` and ``retry_after``) crosses as plain values too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from eventmesh._imports import import_callable
 from eventmesh.delivery.deadletter import describe_error
+from eventmesh.errors import DeliveryError
 from eventmesh.event import Event, decode_json, decode_json_batch, encode_json_batch
 from eventmesh.triggers.function import Drop
 
@@ -36,6 +38,13 @@ def ready(path: str) -> int:
     return os.getpid()
 
 
+def _seconds(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 async def _wait(awaitable: Any) -> Any:
     return await awaitable
 
@@ -44,7 +53,8 @@ def invoke(path: str, batch: bool, payload: bytes) -> tuple[str, Any]:
     """Call the handler on the encoded event (or list of events).
 
     Returns ``("none", b"")``, ``("events", batch_json)``, ``("drop", reason)``,
-    ``("error", "Type: message")`` or ``("invalid", type_name)``.
+    ``("error", ("Type: message", retryable, retry_after))`` (``True, None`` unless the
+    handler raised a ``DeliveryError``) or ``("invalid", type_name)``.
     """
     handler = _load(path)
     argument: Event | list[Event] = decode_json_batch(payload) if batch else decode_json(payload)
@@ -54,8 +64,10 @@ def invoke(path: str, batch: bool, payload: bytes) -> tuple[str, Any]:
             result = asyncio.run(_wait(result))
     except Drop as exc:
         return "drop", str(exc)
+    except DeliveryError as exc:
+        return "error", (describe_error(exc), bool(exc.retryable), _seconds(exc.retry_after))
     except Exception as exc:
-        return "error", describe_error(exc)
+        return "error", (describe_error(exc), True, None)
     if result is None:
         return "none", b""
     if isinstance(result, Event):
