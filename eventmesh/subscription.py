@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import anyio
 import anyio.to_thread
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["Delivery", "Handler", "Subscription"]
 
 log = logging.getLogger(__name__)
+
+Outcome = Literal["delivered", "dead_lettered", "filtered", "dropped"]
+"""What became of an acked event, as the subscription's stats count it."""
 
 Handler = Callable[[Event], Awaitable[Any]] | Callable[[Event], Any]
 """A subscription handler: async functions run on the loop, plain ones in a worker thread
@@ -80,6 +83,35 @@ class Delivery:
         if latency is not None and self._delivery.timestamp is not None:
             latency.observe(time.time() - self._delivery.timestamp)
 
+    async def ack_as(self, outcome: Outcome) -> None:
+        """Ack the event, counted in the subscription's stats as ``outcome`` rather than
+        ``delivered``: for a consumer that settles events itself (a correlation trigger
+        acks its dead letters as ``dead_lettered``, events it leaves out as
+        ``filtered``)."""
+        if outcome == "delivered":
+            await self.ack()
+            return
+        if self._settled:
+            return
+        self._settled = True
+        stats = self._subscription.stats
+        setattr(stats, outcome, getattr(stats, outcome) + 1)
+        await self._delivery.ack()
+
+    async def touch(self) -> None:
+        """Tell the backend the event is still in work, so it does not deliver it again
+        after :attr:`redelivery_timeout`; does nothing once settled, or for a backend
+        without such a timeout."""
+        if not self._settled:
+            await self._delivery.touch()
+
+    @property
+    def redelivery_timeout(self) -> float | None:
+        """Seconds after which the backend delivers the event again by itself unless it
+        was settled or touched (JetStream's ``ack_wait``); None when it never does while
+        this member lives."""
+        return self._subscription._consumer.redelivery_timeout
+
     async def nack(self, error: BaseException | str | None = None) -> None:
         """The event failed: retry it after the policy's backoff, or dead-letter it when
         this was the last attempt. ``error`` is recorded on the dead letter."""
@@ -105,14 +137,13 @@ def _as_sink(handler: Handler) -> Sink:
 
 
 def _replying(sink: Sink, mesh: Mesh, reply_to: str) -> Sink:
-    """The sink, publishing what it returns to ``reply_to`` before the event is acked."""
+    """The sink, publishing what it returns to ``reply_to`` before the event is acked
+    (through the mesh's internal path, which still stores while the mesh closes)."""
 
     async def replying(event: Event) -> Any:
         result = await sink(event)
-        if isinstance(result, Event):
-            await mesh.publish(reply_to, result)
-        elif isinstance(result, list | tuple) and result:
-            await mesh.publish(reply_to, list(result))
+        if isinstance(result, Event) or (isinstance(result, list | tuple) and result):
+            await mesh._publish_internal(reply_to, result)
         return result
 
     return replying

@@ -108,6 +108,11 @@ class Delivery(abc.ABC):
         The position is not committed past it until a later delivery of it is acked.
         """
 
+    async def touch(self) -> None:  # noqa: B027  # an optional hook: a no-op by default
+        """Say the event is still in work: the backend restarts its
+        :attr:`Consumer.redelivery_timeout` for it. Does nothing by default (a backend
+        without such a timeout) and raises nothing, as :meth:`ack`."""
+
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} {self.topic}[{self.partition}]@{self.offset} "
@@ -126,6 +131,11 @@ class Consumer(abc.ABC):
 
     topic: str
     group: str
+    redelivery_timeout: float | None = None
+    """Seconds after which the backend delivers an event again by itself when this member
+    has neither acked, nacked nor touched it (JetStream's ``ack_wait``), or None when it
+    never does while the member lives. A connector that sets it implements
+    :meth:`Delivery.touch`."""
     _lifecycle: Literal["new", "started", "closed"] = "new"
 
     async def __aenter__(self) -> Self:

@@ -9,7 +9,7 @@
 ``GET /subscriptions``  every subscription, as the HTTP API lists them
 ``GET /connectors``     each connector: type, capabilities, open, healthy
 ``GET /functions``      each function: kind, trigger topic, state (``idle``, ``running``,
-                        ``cold``, ``starting``), counters, worker process ids
+                        ``cold``, ``starting``, ``failed``), counters, worker process ids
 ``GET /metrics``        the mesh's metrics in the Prometheus text format (docs/operations.md)
 ======================  =====================================================================
 """

@@ -8,33 +8,47 @@ is given to the function as a list in filter order, once; its events are acked w
 the function returned, or dead-lettered (reason ``failed``) when every attempt under
 the delivery policy failed. A set still incomplete when its window ends has its events
 dead-lettered with reason ``uncorrelated``; so has an event without the ``by``
-attribute. An event no filter matches is acked and left out.
+attribute. An event no filter matches is acked and left out (counted ``filtered``).
 
 **Acks are held** while a set waits: an event is acked only after its set fired or was
 dead-lettered, so nothing is lost at a crash. After a restart the held events are
 delivered again and wait anew, with a new window from their redelivery; events of
 sets that had fired may come again too (where the backend commits positions in order),
-so a correlated function should be idempotent. At most ``max_pending`` events are held;
-beyond that, reading waits until sets fire or expire.
+so a correlated function should be idempotent. A copy of an event (same ``source`` and
+``id``) delivered again while its set is held joins that set and is acked with it
+(counted ``dropped``), so a redelivery never opens a second set. Where the backend
+redelivers what is held too long (JetStream's ``ack_wait``), held deliveries are
+touched every third of that time so it does not.
+
+A set is forgotten the moment it fires or expires. At most ``max_pending`` events are
+held, in open and in firing sets; beyond that, reading waits until sets fire or expire
+(so an event behind the limit may miss its set, which then expires). A transient
+backend error while reading is retried with the policy's backoff, as the dispatcher
+does; any other error stops the trigger (the runtime marks the function failed).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 
 from eventmesh.delivery.deadletter import dead_letter_event, describe_error, store_dead_letter
 from eventmesh.delivery.policy import DeliveryPolicy, retry_delay
+from eventmesh.delivery.stats import DeliveryStats
+from eventmesh.errors import ConnectorError
 from eventmesh.event import Event
 from eventmesh.subscription import Delivery
 from eventmesh.triggers.function import CorrelateConfig
 from eventmesh.triggers.stats import FunctionStats
 from eventmesh.typing import Filter
+
+if TYPE_CHECKING:
+    from eventmesh.subscription import Subscription
 
 __all__ = ["Correlator"]
 
@@ -44,16 +58,20 @@ DeadLetter = Callable[[str, Event], Awaitable[None]]
 
 
 class _Set:
-    __slots__ = ("deadline", "done", "key", "slots")
+    __slots__ = ("copies", "deadline", "ids", "key", "slots")
 
     def __init__(self, key: str, size: int, deadline: float) -> None:
         self.key = key
         self.slots: list[Delivery | None] = [None] * size
+        self.copies: list[Delivery] = []  # deliveries again of events it holds
+        self.ids: list[tuple[str, str]] = []
         self.deadline = deadline
-        self.done = False
 
     def complete(self) -> bool:
         return all(d is not None for d in self.slots)
+
+    def held(self) -> list[Delivery]:
+        return [d for d in self.slots if d is not None] + self.copies
 
 
 class Correlator:
@@ -71,37 +89,82 @@ class Correlator:
         topic: str,
         group: str,
         stats: FunctionStats,
+        delivery_stats: DeliveryStats,
     ) -> None:
         self.spec = spec
         self.filters = filters
         self.name = name
         self.window = float(spec.window)
         self.stats = stats
+        self.delivery_stats = delivery_stats
+        """The subscription's counters: failed attempts and retries of sets go here."""
         self._invoke = invoke
         self._policy = policy
         self._publish = dead_letter
         self._topic = topic
         self._group = group
         self._dlq = policy.dead_letter_topic(topic, group)
-        self._open: dict[str, list[_Set]] = {}
-        self._order: deque[_Set] = deque()
+        self._open: dict[str, list[_Set]] = {}  # open sets by key, oldest first
+        self._sets: dict[_Set, None] = {}  # open sets, oldest (soonest to expire) first
+        self._settling: dict[_Set, None] = {}  # fired or expired, not yet settled
+        self._ids: dict[tuple[str, str], _Set] = {}  # (source, id) -> the set holding it
         self._held = 0
+        self._touching = False
         self._changed = anyio.Event()
         self._room = anyio.Event()
 
     @property
     def held(self) -> int:
-        """Events waiting in incomplete sets."""
+        """Events held unacked, in open sets and in sets being fired or dead-lettered."""
         return self._held
 
-    async def run(self, deliveries: AsyncIterable[Delivery], tg: anyio.abc.TaskGroup) -> None:
-        """Read ``deliveries`` until they end; fired sets and expiry run in ``tg``."""
+    async def run(self, subscription: Subscription, tg: anyio.abc.TaskGroup) -> None:
+        """Read ``subscription`` until it closes; fired sets and expiry run in ``tg``.
+
+        A :class:`~eventmesh.errors.ConnectorError` while reading is logged and reading
+        resumes after the policy's backoff; any other error is raised.
+        """
         tg.start_soon(self._expire_loop, tg)
-        async for delivery in deliveries:
-            while self._held >= self.spec.max_pending:
-                self._room = anyio.Event()
-                await self._room.wait()
-            await self._add(delivery, tg)
+        failures = 0
+        while not subscription.closed:
+            try:
+                async for delivery in subscription:
+                    failures = 0
+                    if not self._touching:
+                        self._start_touching(delivery, tg)
+                    while self._held >= self.spec.max_pending:
+                        self._room = anyio.Event()
+                        await self._room.wait()
+                    await self._add(delivery, tg)
+                    del delivery  # keep nothing of a settled set while the next is awaited
+                return
+            except ConnectorError as exc:
+                # The backend may come back (a broker restart, a network blip): keep the
+                # group membership and the held sets, and read again after a backoff.
+                failures += 1
+                delay = self._policy.backoff.delay(min(failures, 10))
+                log.warning(
+                    "function %s could not read its trigger topic %s (%s); retrying in %.1fs",
+                    self.name,
+                    self._topic,
+                    exc,
+                    delay,
+                )
+                await anyio.sleep(delay)
+
+    def _start_touching(self, delivery: Delivery, tg: anyio.abc.TaskGroup) -> None:
+        self._touching = True
+        timeout = delivery.redelivery_timeout
+        if timeout is not None:
+            tg.start_soon(self._touch_loop, timeout / 3)
+
+    async def _touch_loop(self, every: float) -> None:
+        """Tell the backend the held events are still in work, before it redelivers them."""
+        while True:
+            await anyio.sleep(every)
+            for item in [*self._sets, *self._settling]:
+                for delivery in item.held():
+                    await delivery.touch()
 
     async def _add(self, delivery: Delivery, tg: anyio.abc.TaskGroup) -> None:
         event = delivery.event
@@ -111,6 +174,12 @@ class Correlator:
                 delivery, "uncorrelated", f"the event has no {self.spec.by!r} attribute"
             )
             return
+        ident = (event.source, event.id)
+        holder = self._ids.get(ident)
+        if holder is not None:  # delivered again while held: settled with its set
+            holder.copies.append(delivery)
+            self._hold(1)
+            return
         key = str(key)
         try:
             wanted = [i for i, f in enumerate(self.filters) if f(event)]
@@ -118,7 +187,7 @@ class Correlator:
             await self._give_up(delivery, "filter", describe_error(exc))
             return
         if not wanted:
-            await delivery.ack()
+            await delivery.ack_as("filtered")
             return
         target: _Set | None = None
         index = wanted[0]
@@ -130,29 +199,46 @@ class Correlator:
         if target is None:
             target = _Set(key, len(self.filters), time.monotonic() + self.window)
             self._open.setdefault(key, []).append(target)
-            self._order.append(target)
+            self._sets[target] = None
+            self.stats.sets_open = len(self._sets)
             self._changed.set()
         target.slots[index] = delivery
-        self._held += 1
+        target.ids.append(ident)
+        self._ids[ident] = target
+        self._hold(1)
         if target.complete():
             self._close(target)
             tg.start_soon(self._fire, target)
 
-    def _close(self, item: _Set) -> None:
-        item.done = True
-        sets = self._open.get(item.key)
-        if sets is not None:
-            sets.remove(item)
-            if not sets:
-                del self._open[item.key]
+    def _hold(self, count: int) -> None:
+        self._held += count
+        self.stats.events_held = self._held
+        if count < 0:
+            self._room.set()
 
-    def _release(self, count: int) -> None:
-        self._held -= count
-        self._room.set()
+    def _close(self, item: _Set) -> None:
+        """The set takes no more events: it fires or expires now."""
+        del self._sets[item]
+        self.stats.sets_open = len(self._sets)
+        self._settling[item] = None
+        sets = self._open[item.key]
+        sets.remove(item)
+        if not sets:
+            del self._open[item.key]
+
+    def _forget(self, item: _Set) -> None:
+        """The set is settled (or abandoned at shutdown): drop everything of it."""
+        del self._settling[item]
+        for ident in item.ids:
+            self._ids.pop(ident, None)
+        self._hold(-(len(item.ids) + len(item.copies)))
+        item.slots.clear()
+        item.copies.clear()
 
     async def _fire(self, item: _Set) -> None:
         deliveries = [d for d in item.slots if d is not None]
         events = [d.event for d in deliveries]
+        counts = self.delivery_stats
         self.stats.sets_fired += 1
         attempt = max(d.attempt for d in deliveries)
         try:
@@ -160,36 +246,38 @@ class Correlator:
                 try:
                     await self._invoke(events)
                 except Exception as exc:
+                    counts.failed += len(deliveries)
                     delay = retry_delay(self._policy, attempt, exc)
                     if delay is None:
                         for d in deliveries:
                             await self._give_up(d, "failed", describe_error(exc), attempt)
-                        return
+                        break
                     await anyio.sleep(delay)
                     attempt += 1
+                    counts.retried += len(deliveries)
                     continue
                 for d in deliveries:
                     await d.ack()
-                return
+                break
+            for d in item.copies:
+                await d.ack_as("dropped")
         finally:
-            self._release(len(deliveries))
+            self._forget(item)
 
     async def _expire_loop(self, tg: anyio.abc.TaskGroup) -> None:
-        order = self._order
+        sets = self._sets
         while True:
-            while order and order[0].done:
-                order.popleft()
-            if not order:
+            if not sets:
                 self._changed = anyio.Event()
                 await self._changed.wait()
                 continue
-            wait = order[0].deadline - time.monotonic()
+            oldest = next(iter(sets))  # every set has the same window: the first ends first
+            wait = oldest.deadline - time.monotonic()
             if wait > 0:
                 await anyio.sleep(wait)
                 continue
-            item = order.popleft()
-            self._close(item)
-            tg.start_soon(self._expire, item)
+            self._close(oldest)
+            tg.start_soon(self._expire, oldest)
 
     async def _expire(self, item: _Set) -> None:
         deliveries = [d for d in item.slots if d is not None]
@@ -202,8 +290,10 @@ class Correlator:
         try:
             for d in deliveries:
                 await self._give_up(d, "uncorrelated", error)
+            for d in item.copies:
+                await d.ack_as("dropped")
         finally:
-            self._release(len(deliveries))
+            self._forget(item)
 
     async def _give_up(
         self, delivery: Delivery, reason: str, error: str, attempts: int | None = None
@@ -242,4 +332,4 @@ class Correlator:
                 reason,
                 error,
             )
-        await delivery.ack()
+        await delivery.ack_as("dead_lettered")

@@ -97,7 +97,8 @@ class CorrelateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     by: str = "subject"
     window: Duration = Duration(30.0)
     max_pending: int = 10_000
-    """Events held in incomplete sets at most; beyond it reading waits (back-pressure)."""
+    """Events held unacked (in open sets and sets being fired) at most; at the limit
+    reading waits until a set fires or expires (back-pressure)."""
 
 
 class FunctionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -109,4 +109,6 @@ class Batcher:
             batch.error = exc
             raise
         finally:
+            if self._open is batch:  # the leader was cancelled: nobody runs this batch
+                self._open = None
             batch.done.set()

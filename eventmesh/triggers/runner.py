@@ -18,7 +18,8 @@ returns an Event or a list  published to ``reply_to``, then acked; each reply ge
 raises ``Drop``             acked, counted as dropped, not retried
 raises anything else        retried under the delivery policy, then dead-lettered
 runs past ``timeout``       cancelled (async) or abandoned (thread, process); a failure,
-                            retried
+                            retried. A process function's cold start comes before
+                            the timeout starts (it has its own bound)
 returns events, no          ``DeliveryError(retryable=False)``: the cause is
 ``reply_to``                dead-lettered at once, so the reply is not silently lost
 returns something else      the same: a programming error a retry cannot mend
@@ -111,10 +112,17 @@ class FunctionRunner:
         self._limiter = anyio.CapacityLimiter(spec.concurrency) if limited else None
         self._rate = RateLimiter(spec.rate_limit, spec.burst) if spec.rate_limit else None
 
+    failed = False
+    """True once the function's trigger stopped for good (a correlation trigger's
+    unexpected error): it reads no more events."""
+
     @property
     def state(self) -> str:
-        """``running`` while an invocation runs; else ``idle``, or for a process function
-        whose workers are stopped ``cold`` (``starting`` during a cold start)."""
+        """``failed`` once the trigger stopped for good; ``running`` while an invocation
+        runs; else ``idle``, or for a process function whose workers are stopped ``cold``
+        (``starting`` during a cold start)."""
+        if self.failed:
+            return "failed"
         if self.stats.in_flight:
             return "running"
         if self.pool is not None and self.pool.state != "warm":
@@ -157,6 +165,15 @@ class FunctionRunner:
 
     async def _run(self, payload: Event | list[Event], cause: Event) -> None:
         stats = self.stats
+        if self.pool is not None and self.pool.state != "warm":
+            # The cold start is bounded on its own (process.COLD_START_TIMEOUT), not
+            # by the invocation's timeout, which starts once a worker is ready.
+            try:
+                await self.pool.ready()
+            except Exception:
+                stats.invocations += 1
+                stats.failures += 1
+                raise
         stats.invocations += 1
         stats.in_flight += 1
         started = time.perf_counter()

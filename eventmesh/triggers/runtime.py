@@ -59,6 +59,9 @@ class Host(Protocol):
 
     async def publish(self, topic: str, events: Event | Sequence[Event]) -> None: ...
 
+    async def _publish_internal(self, topic: str, events: Event | Sequence[Event]) -> None:
+        """Publish replies and dead letters; unlike ``publish``, also while closing."""
+
     def subscribe(
         self,
         topic: str,
@@ -98,6 +101,7 @@ class FunctionRuntime:
                 raise ConfigError(f"a function named {function.name!r} is declared twice")
             seen.add(function.name)
         self._runners: dict[str, FunctionRunner] = {}
+        self._pools: list[WorkerPool] = []
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._state = "new"
@@ -133,6 +137,11 @@ class FunctionRuntime:
         stack, self._stack = self._stack, None
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
+        if self._pools:  # all at once: N stuck pools take one grace period, not N
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as tg:
+                    for pool in self._pools:
+                        tg.start_soon(pool.close)
         if stack is not None:
             await stack.aclose()  # each pool shields its own stop
 
@@ -165,6 +174,7 @@ class FunctionRuntime:
                 idle_timeout=float(spec.idle_timeout),
             )
             await self._stack.enter_async_context(pool)
+            self._pools.append(pool)
             self._tg.start_soon(pool.watch)
             call, kind = process_invoker(pool, spec.name), "process"
         else:
@@ -174,11 +184,12 @@ class FunctionRuntime:
 
                 assert spec.handler is not None  # check_function wants handler or url
                 handler = import_callable(spec.handler, where=where)
-            call, kind = python_invoker(handler), ("async" if is_async(handler) else "thread")
+            call = python_invoker(handler, threads=spec.concurrency)
+            kind = "async" if is_async(handler) else "thread"
         runner = FunctionRunner(
             function,
             call=call,
-            publish=self._host.publish,
+            publish=self._host._publish_internal,
             kind=kind,
             pool=pool,
             tracing=self._tracing,
@@ -216,8 +227,9 @@ class FunctionRuntime:
                 topic=trigger.topic,
                 group=spec.group,
                 stats=runner.stats,
+                delivery_stats=subscription.stats,
             )
-            self._tg.start_soon(self._correlate, correlator, subscription)
+            self._tg.start_soon(self._correlate, correlator, subscription, runner)
         else:
             handler_sink: Handler = runner.invoke
             if spec.batch is not None:
@@ -237,14 +249,24 @@ class FunctionRuntime:
         log.info("function %s (%s) listens on %s", spec.name, kind, trigger.topic)
 
     async def _dead_letter(self, topic: str, event: Event) -> None:
-        await self._host.publish(topic, event)
+        await self._host._publish_internal(topic, event)
 
-    async def _correlate(self, correlator: Correlator, subscription: Subscription) -> None:
+    async def _correlate(
+        self, correlator: Correlator, subscription: Subscription, runner: FunctionRunner
+    ) -> None:
         async with anyio.create_task_group() as tg:
             try:
-                await correlator.run(subscription, tg)
+                await correlator.run(subscription, tg)  # a backend error is retried in it
             except Exception:
-                log.exception("function %s stopped on an unexpected error", correlator.name)
+                log.exception(
+                    "function %s stopped on an unexpected error; it leaves its group, so "
+                    "the events it held go to the group's other members",
+                    correlator.name,
+                )
+                runner.failed = True
+                tg.cancel_scope.cancel()  # the sets in hand are not acked
+                with anyio.CancelScope(shield=True):
+                    await subscription.close()
             tg.cancel_scope.cancel()
 
 

@@ -37,6 +37,11 @@ class FunctionStats:
     """Correlated sets that were complete and given to the function."""
     sets_expired: int = 0
     """Correlated sets that did not complete in their window (dead-lettered)."""
+    sets_open: int = 0
+    """Correlated sets waiting for events now."""
+    events_held: int = 0
+    """Events a correlation trigger holds unacked now, in open sets and in sets being
+    fired or dead-lettered (at most ``correlate.max_pending``)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The counters by name."""

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+
 import anyio
 import pytest
 from fn_support import FAST, read, until
 
 from eventmesh import Event, Mesh
+from eventmesh.connectors.memory import MemoryConnector
+from eventmesh.errors import SubscribeError
+from eventmesh.subscription import Delivery, Subscription
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +120,165 @@ async def test_a_failing_set_is_retried_then_dead_lettered_whole() -> None:
     assert calls == 3
     assert {d.type for d in dead} == {"order.placed", "payment.received"}
     assert all(d.extensions["deadletterreason"] == "failed" for d in dead)
+
+
+def shop_subscription(mesh: Mesh) -> Subscription:
+    """The subscription of the function 'ship'."""
+    return next(s for s in mesh.subscriptions if s.name == "function.ship")
+
+
+async def test_a_fired_set_is_let_go_at_once() -> None:
+    """A set that fired keeps none of its deliveries until its window ends, even behind
+    an older set still open: the trigger then holds that open set's event only."""
+    fired: list[list[Event]] = []
+    mesh = Mesh()
+
+    @mesh.function(topic="shop", correlate={"window": "60s", "match": MATCH})
+    async def ship(events: list[Event]) -> None:
+        fired.append(events)
+
+    async with mesh:
+        sub = shop_subscription(mesh)
+        lonely = ev("order.placed", "o-open")
+        await mesh.publish("shop", lonely)
+        await until(lambda: sub.stats.received == 1)
+        for i in range(50):
+            pair = [ev("order.placed", f"o-{i}"), ev("payment.received", f"o-{i}")]
+            await mesh.publish("shop", pair)
+        await until(lambda: sub.stats.delivered == 100)
+        gc.collect()
+        held = [o for o in gc.get_objects() if isinstance(o, Delivery) and o.topic == "shop"]
+        assert [d.event.id for d in held] == [lonely.id]
+        assert mesh.functions[0].stats.events_held == 1
+        assert mesh.functions[0].stats.sets_open == 1
+    assert len(fired) == 50
+
+
+async def test_at_max_pending_reading_waits_until_sets_fire_or_expire() -> None:
+    """With max_pending events held in open sets the trigger reads no further until
+    sets fire or expire, so an event behind the limit can miss its set."""
+    fired: list[list[Event]] = []
+    mesh = Mesh()
+
+    @mesh.function(topic="shop", correlate={"window": "300ms", "max_pending": 2, "match": MATCH})
+    async def ship(events: list[Event]) -> None:
+        fired.append(events)
+
+    async with mesh:
+        await mesh.publish(
+            "shop",
+            [
+                ev("order.placed", "o-1"),
+                ev("order.placed", "o-2"),
+                ev("payment.received", "o-1"),
+                ev("payment.received", "o-2"),
+            ],
+        )
+        dead = await read(mesh, "shop.dlq", 4)
+        assert mesh.functions[0].stats.sets_expired == 4
+    assert fired == []
+    assert {d.extensions["deadletterreason"] for d in dead} == {"uncorrelated"}
+
+
+class FlakyFetch(MemoryConnector):
+    """A memory connector whose consumers' fetches fail as ``failures`` says."""
+
+    def __init__(self, failures: list[BaseException]) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
+        consumer = super().subscribe(topic, group, start=start)
+        real_fetch = consumer.fetch
+        failures = self.failures
+
+        async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
+            if topic == "shop" and failures:
+                raise failures.pop(0)
+            return await real_fetch(max_events, timeout)
+
+        consumer.fetch = fetch  # type: ignore[method-assign]
+        return consumer
+
+
+async def test_a_failed_fetch_is_retried_and_sets_still_fire() -> None:
+    """A backend error while the trigger reads is retried after a backoff: the
+    function keeps running and fires for the events that come next."""
+    fired: list[list[Event]] = []
+    mesh = Mesh(connectors={"default": FlakyFetch([SubscribeError("broker away")] * 2)})
+    correlated(mesh, fired, window="10s")
+    async with mesh:
+        await mesh.publish("shop", [ev("order.placed", "o-1"), ev("payment.received", "o-1")])
+        await until(lambda: len(fired) == 1)
+        assert mesh.functions[0].state == "idle"
+        assert not shop_subscription(mesh).closed
+
+
+async def test_a_trigger_that_stops_for_good_shows_failed_and_leaves_its_group() -> None:
+    """An unexpected error that stops a correlation trigger marks the function failed
+    and closes its subscription, so its group's other members get the events."""
+    fired: list[list[Event]] = []
+    mesh = Mesh(connectors={"default": FlakyFetch([RuntimeError("connector bug")])})
+    correlated(mesh, fired, window="10s")
+    async with mesh:
+        await until(lambda: mesh.functions[0].state == "failed")
+        await until(lambda: not any(s.name == "function.ship" for s in mesh.subscriptions))
+        assert mesh.functions[0].describe()["state"] == "failed"
+
+
+async def test_a_redelivered_copy_of_a_held_event_joins_its_set() -> None:
+    """An event delivered again while its set is open (here after a rebalance) does not
+    open a second set: each set fires once and nothing expires."""
+    fired: list[list[Event]] = []
+    mesh = Mesh()
+    correlated(mesh, fired)
+    async with mesh:
+        sub = shop_subscription(mesh)
+        placed = [ev("order.placed", f"o-{i}") for i in range(8)]  # one per partition
+        await mesh.publish("shop", placed)
+        await until(lambda: sub.stats.received == 8)
+        async with mesh.subscribe("shop", "ship"):  # takes half the partitions...
+            pass  # ...and gives them back unacked: the held events come again
+        await until(lambda: sub.stats.received > 8)
+        await mesh.publish("shop", [ev("payment.received", f"o-{i}") for i in range(8)])
+        await until(lambda: len(fired) == 8)
+        await anyio.sleep(0.6)  # two windows: a second set would have expired by now
+        assert mesh.functions[0].stats.sets_expired == 0
+        assert sub.stats.dead_lettered == 0
+        assert sub.stats.delivered == 16
+        assert sub.stats.dropped == sub.stats.received - 16  # the copies
+    assert len(fired) == 8
+
+
+async def test_the_subscription_counts_what_became_of_each_event() -> None:
+    """The trigger's subscription counts unmatched events as filtered, dead letters as
+    dead_lettered, each failed attempt of a set's events as failed and each retry as
+    retried; only the events of sets that fired count as delivered."""
+    mesh = Mesh()
+
+    @mesh.function(topic="shop", correlate={"match": MATCH, "window": "10s"}, delivery=FAST)
+    async def ship(events: list[Event]) -> None:
+        raise RuntimeError("warehouse offline")
+
+    async with mesh:
+        sub = shop_subscription(mesh)
+        await mesh.publish(
+            "shop",
+            [
+                ev("order.placed", "o-5"),
+                ev("payment.received", "o-5"),
+                ev("refund.issued", "o-5"),
+                ev("order.placed", None),
+            ],
+        )
+        await read(mesh, "shop.dlq", 3)
+        await until(lambda: sub.stats.dead_lettered == 3)
+        assert sub.stats.as_dict() == {
+            "received": 4,
+            "delivered": 0,
+            "failed": 6,  # two events, three attempts
+            "retried": 4,
+            "dead_lettered": 3,
+            "filtered": 1,
+            "dropped": 0,
+        }

@@ -371,6 +371,12 @@ class JetStreamDelivery(Delivery):
         with tolerated("nack"):
             await self._msg.nak(delay=delay if delay > 0 else None)
 
+    async def touch(self) -> None:
+        """Restart the consumer's ``ack_wait`` for this message (a JetStream progress ack)."""
+        if not self._settled:
+            with tolerated("progress ack"):
+                await self._msg.in_progress()
+
     async def give_back(self) -> None:
         """Nack at once, for a member that leaves without having acked."""
         if not self._settled:
@@ -394,6 +400,7 @@ class JetStreamConsumer(Consumer):
         self._alive = 0.0  # when the consumer last gave something, or was checked
         self.outstanding: set[JetStreamDelivery] = set()
         self._pending: int | None = None  # num_pending of the last message fetched
+        self.redelivery_timeout = float(connector.config.consumer.ack_wait)
 
     async def _start(self) -> None:
         connector = self._connector
@@ -447,6 +454,7 @@ class JetStreamConsumer(Consumer):
                 raise
         else:
             _check_consumer(info.config, subject, where)
+            self._redelivery_from(info.config)
             return
         settings = self._connector.config.consumer
         start = self._start_at
@@ -478,6 +486,13 @@ class JetStreamConsumer(Consumer):
             except NATS_ERRORS:
                 raise exc from None
             _check_consumer(info.config, subject, where)
+            self._redelivery_from(info.config)
+
+    def _redelivery_from(self, config: ConsumerConfig) -> None:
+        """The group's consumer was made before (maybe with another ``ack_wait``): its
+        own setting is what the server applies."""
+        if config.ack_wait:
+            self.redelivery_timeout = float(config.ack_wait)
 
     async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
         self._check_fetch()
