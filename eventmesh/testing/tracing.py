@@ -1,24 +1,29 @@
 """Helpers to test that trace context crosses a mesh: spans kept in memory, a webhook
 that answers every event with a reply, and a check that spans form one trace.
 
-Used by eventmesh's own tests for each connector; a connector author can run the same
-chain (publish, store, deliver to a webhook, publish its reply, deliver that) over a
-new connector::
+Used by eventmesh's own tests for each connector; a connector author runs the same
+chain over a new connector with :func:`run_chain`: an event POSTed to a sidecar, stored,
+delivered to a webhook whose reply is stored and answered by a function, whose answer
+is stored and delivered to a subscriber, must be one trace::
+
+    from eventmesh.server.sidecar import Sidecar
 
     provider, exporter = recording_provider()
-    async with ReplyingWebhook() as hook, Mesh(config, tracer_provider=provider) as mesh:
-        ...
-    assert_one_trace(exporter.get_finished_spans(), {"publish orders": None, ...})
+    answers, hook = await run_chain({"default": {"type": "mine"}}, Sidecar, provider)
+    assert_one_trace(exporter.get_finished_spans(), chain("orders"))
 
 Importing this module needs only eventmesh's own dependencies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
+import aiohttp
+import anyio
 from aiohttp import web
 from multidict import CIMultiDictProxy
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -29,7 +34,21 @@ from eventmesh.bindings.http import from_http, to_binary
 from eventmesh.errors import LifecycleError
 from eventmesh.event import Event
 
-__all__ = ["ReplyingWebhook", "assert_one_trace", "recording_provider"]
+if TYPE_CHECKING:
+    from eventmesh.mesh import Mesh
+
+__all__ = [
+    "CHAIN_FUNCTION",
+    "ReplyingWebhook",
+    "answer",
+    "assert_one_trace",
+    "chain",
+    "recording_provider",
+    "run_chain",
+]
+
+CHAIN_FUNCTION: Final = "eventmesh.testing.tracing:answer"
+"""The handler of the chain's function (:func:`answer`)."""
 
 
 def recording_provider() -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -135,3 +154,112 @@ def _describe(spans: Sequence[ReadableSpan]) -> str:
     return "; ".join(
         f"{s.name} (parent: {ids.get(s.parent.span_id, '?') if s.parent else None})" for s in spans
     )
+
+
+# -- the chain ------------------------------------------------------------------------------
+
+
+async def answer(event: Event) -> Event:
+    """The chain's function: answers each webhook reply with an event of its own."""
+    return Event(type="order.answered", source="/answer", data={"to": event.id})
+
+
+def chain(orders: str) -> dict[str, str | None]:
+    """The spans of the chain :func:`run_chain` runs on topic ``orders``, each with the
+    name of its parent (for :func:`assert_one_trace`). Replies go to ``<orders>-replies``
+    and the function's answers to ``<orders>-answers``."""
+    replies, answers = f"{orders}-replies", f"{orders}-answers"
+    return {
+        f"publish {orders}": None,
+        f"store {orders}": f"publish {orders}",
+        "deliver hook": f"publish {orders}",
+        f"publish {replies}": "deliver hook",
+        f"store {replies}": f"publish {replies}",
+        "deliver function.answer": f"publish {replies}",
+        "function answer": "deliver function.answer",
+        f"publish {answers}": "function answer",
+        f"store {answers}": f"publish {answers}",
+        "deliver collector": f"publish {answers}",
+    }
+
+
+class Served(Protocol):
+    """What :func:`run_chain` needs of a running sidecar."""
+
+    @property
+    def http_url(self) -> str: ...
+
+    @property
+    def mesh(self) -> Mesh: ...
+
+
+async def run_chain(
+    connectors: Mapping[str, Any],
+    serve: Callable[..., AbstractAsyncContextManager[Served]],
+    provider: TracerProvider,
+    *,
+    orders: str = "orders",
+    event: Event | None = None,
+    timeout: float = 60.0,
+) -> tuple[list[Event], ReplyingWebhook]:
+    """POST ``event`` (by default a new one) to ``orders`` on a sidecar over
+    ``connectors`` that traces with ``provider``: a subscription delivers it to a
+    :class:`ReplyingWebhook` whose reply goes to ``<orders>-replies``; a function
+    (:func:`answer`) answers that to ``<orders>-answers``; a subscriber collects the
+    answers. Returns once an answer arrived and the webhook's subscription has no lag
+    left: the answers and the webhook (its requests and their headers).
+
+    ``serve`` is the sidecar class (``eventmesh.server.sidecar.Sidecar``), called as
+    ``serve(config, tracer_provider=provider)``.
+    """
+    replies, answers = f"{orders}-replies", f"{orders}-answers"
+    got: list[Event] = []
+    arrived = anyio.Event()
+
+    async def collect(answer: Event) -> None:
+        got.append(answer)
+        arrived.set()
+
+    free = {"port": 0}
+    async with ReplyingWebhook() as hook:
+        config: dict[str, Any] = {
+            "connectors": dict(connectors),
+            "server": {"http": free, "grpc": free, "admin": free},
+            "subscriptions": [
+                {
+                    "name": "hook",
+                    "topic": orders,
+                    "start": "earliest",
+                    "sink": {"webhook": hook.url},
+                    "reply_to": replies,
+                }
+            ],
+            "functions": [
+                {
+                    "name": "answer",
+                    "trigger": {"topic": replies, "start": "earliest"},
+                    "handler": CHAIN_FUNCTION,
+                    "reply_to": answers,
+                }
+            ],
+        }
+        async with serve(config, tracer_provider=provider) as sidecar:
+            mesh = sidecar.mesh
+            await mesh.subscribe(
+                answers, "collector", handler=collect, start="earliest", name="collector"
+            )
+            headers, body = to_binary(event or Event(type="order", source="/t"))
+            url = f"{sidecar.http_url}/topics/{orders}/events"
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(url, headers=headers, data=body) as response,
+            ):
+                if response.status != 202:
+                    raise AssertionError(f"the sidecar answered {response.status}")
+            with anyio.fail_after(timeout):
+                await arrived.wait()
+                # The connector tells the lag: nothing is left once the event is acked.
+                hook_sub = next(s for s in mesh.subscriptions if s.name == "hook")
+                while hook_sub.lag != 0:  # noqa: ASYNC110  # a figure read from the broker
+                    await anyio.sleep(0.02)
+    return got, hook

@@ -3,9 +3,6 @@ and its reply, the traceparent extension as the carrier, and nothing when tracin
 
 from __future__ import annotations
 
-from typing import Any
-
-import aiohttp
 import anyio
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,91 +12,19 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from eventmesh import Event, Mesh
-from eventmesh.bindings.http import to_binary
 from eventmesh.observability.tracing import format_traceparent
 from eventmesh.server.sidecar import Sidecar
-from eventmesh.testing.tracing import ReplyingWebhook, assert_one_trace, recording_provider
+from eventmesh.testing.tracing import assert_one_trace, chain, recording_provider, run_chain
 
 pytestmark = pytest.mark.anyio
 
-CHAIN = {
-    "publish orders": None,
-    "store orders": "publish orders",
-    "deliver hook": "publish orders",
-    "publish replies": "deliver hook",
-    "store replies": "publish replies",
-    "deliver function.answer": "publish replies",
-    "function answer": "deliver function.answer",
-    "publish answers": "function answer",
-    "store answers": "publish answers",
-    "deliver collector": "publish answers",
-}
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+MEMORY = {"default": {"type": "memory"}}
+CHAIN = chain("orders")
 """The one trace of an event published over HTTP, delivered to a webhook that replies,
 the reply answered by a function that replies in turn, and that answer delivered to a
 subscriber: each span and its parent."""
-
-
-async def answer(event: Event) -> Event:
-    """The configured function: answers each webhook reply with an event of its own."""
-    return Event(type="order.answered", source="/answer", data={"to": event.id})
-
-
-TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-def sidecar_config(webhook: str, **extra: Any) -> dict[str, Any]:
-    free = {"port": 0}
-    return {
-        "server": {"http": free, "grpc": free, "admin": free},
-        "subscriptions": [
-            {
-                "name": "hook",
-                "topic": "orders",
-                "start": "earliest",
-                "sink": {"webhook": webhook},
-                "reply_to": "replies",
-            }
-        ],
-        "functions": [
-            {
-                "name": "answer",
-                "trigger": {"topic": "replies", "start": "earliest"},
-                "handler": "test_tracing:answer",
-                "reply_to": "answers",
-            }
-        ],
-        **extra,
-    }
-
-
-async def post(url: str, event: Event) -> None:
-    headers, body = to_binary(event)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url + "/topics/orders/events", headers=headers, data=body) as response,
-    ):
-        assert response.status == 202, await response.text()
-
-
-async def run_chain(provider: TracerProvider, event: Event) -> tuple[list[Event], ReplyingWebhook]:
-    """POST ``event`` to a sidecar; return the replies the collector got, and the webhook."""
-    replies: list[Event] = []
-
-    async def collect(reply: Event) -> None:
-        replies.append(reply)
-
-    async with (
-        ReplyingWebhook() as hook,
-        Sidecar(sidecar_config(hook.url), tracer_provider=provider) as sidecar,
-    ):
-        await sidecar.mesh.subscribe(
-            "answers", "collector", handler=collect, start="earliest", name="collector"
-        )
-        await post(sidecar.http_url, event)
-        with anyio.fail_after(10):
-            while not replies:
-                await anyio.sleep(0.01)
-    return replies, hook
 
 
 async def test_an_http_publish_its_webhook_delivery_and_the_replies_are_one_trace() -> None:
@@ -107,7 +32,8 @@ async def test_an_http_publish_its_webhook_delivery_and_the_replies_are_one_trac
     answering that reply, and the answer's publish, store and delivery to a subscriber
     all share one trace, each under the span that caused it."""
     provider, exporter = recording_provider()
-    replies, hook = await run_chain(provider, Event(type="order", source="/t", id="o1"))
+    event = Event(type="order", source="/t", id="o1")
+    replies, hook = await run_chain(MEMORY, Sidecar, provider, event=event)
     spans = assert_one_trace(exporter.get_finished_spans(), CHAIN)
     assert spans["publish orders"].parent is None
     assert spans["publish orders"].kind is SpanKind.PRODUCER
@@ -122,7 +48,7 @@ async def test_an_http_publish_its_webhook_delivery_and_the_replies_are_one_trac
     assert deliver is not None
     assert event.extensions["traceparent"] == format_traceparent(publish)
     assert headers["traceparent"] == format_traceparent(deliver)
-    answer_publish = spans["publish answers"].context
+    answer_publish = spans["publish orders-answers"].context
     assert answer_publish is not None
     assert replies[0].type == "order.answered"
     assert replies[0].extensions["traceparent"] == format_traceparent(answer_publish)
@@ -133,7 +59,7 @@ async def test_an_incoming_traceparent_is_the_parent_of_the_publish() -> None:
     child of the span it names."""
     provider, exporter = recording_provider()
     event = Event(type="order", source="/t", extensions={"traceparent": TRACEPARENT})
-    await run_chain(provider, event)
+    await run_chain(MEMORY, Sidecar, provider, event=event)
     spans = assert_one_trace(exporter.get_finished_spans(), CHAIN)
     publish = spans["publish orders"]
     assert publish.parent is not None
