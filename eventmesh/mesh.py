@@ -184,14 +184,11 @@ class Mesh(Client):
 
     async def _publish_internal(self, topic: str, events: Event | Sequence[Event]) -> None:
         """Store what the mesh publishes on its own behalf (the replies of handlers and
-        functions), checked as :meth:`publish` checks, but also while the mesh closes:
-        the subscriptions draining then must be able to settle their events. Once the
-        connector itself is closed it raises ``ClosedError``; the dispatcher then leaves
-        the event unacked, to be delivered again after a restart."""
+        functions, and dead letters), checked as :meth:`publish` checks, but also while
+        the mesh closes: the subscriptions draining then must be able to settle their
+        events. Once the connector itself is closed it raises ``ClosedError``; the
+        dispatcher then leaves the event unacked, to be delivered again after a restart."""
         await self._store(topic, _as_batch(events))
-
-    async def _publish_one(self, topic: str, event: Event) -> None:
-        await self._store(topic, (event,))
 
     async def _store(self, topic: str, batch: Sequence[Event]) -> None:
         connector = self.connector(topic)

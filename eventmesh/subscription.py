@@ -181,7 +181,7 @@ class Subscription:
             topic=topic,
             group=group,
             policy=policy,
-            dead_letter=mesh._publish_one,
+            dead_letter=mesh._publish_internal,
             filter=filter,
             transform=transform,
         )
