@@ -23,10 +23,17 @@ from typing import TypeAlias
 
 import anyio
 
+from eventmesh._logging import event_fields
 from eventmesh.delivery.policy import Backoff
 from eventmesh.event import Event
 
-__all__ = ["DeadLetterPublisher", "dead_letter_event", "describe_error", "store_dead_letter"]
+__all__ = [
+    "DeadLetterPublisher",
+    "dead_letter",
+    "dead_letter_event",
+    "describe_error",
+    "store_dead_letter",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +92,50 @@ async def store_dead_letter(
             )
             await anyio.sleep(delay)
             attempt += 1
+
+
+async def dead_letter(
+    publish: DeadLetterPublisher,
+    dlq_topic: str | None,
+    event: Event,
+    *,
+    reason: str,
+    error: str,
+    attempts: int,
+    topic: str,
+    group: str,
+    backoff: Backoff,
+    kind: str,
+    name: str,
+    logger: logging.Logger,
+) -> None:
+    """Give ``event`` up: store it on ``dlq_topic`` as a dead letter (retrying the store
+    until it holds), or, with no dead-letter topic, log that it is dropped. ``kind`` and
+    ``name`` say who gives it up ("subscription", "billing"); the records go to the
+    caller's ``logger`` with the event's fields. The caller acks the event afterwards.
+    """
+    owner = f"{kind} {name}"
+    fields = event_fields(event, name, reason=reason, error=error)
+    if dlq_topic is None:
+        logger.error(
+            "%s dropped event %s (%s: %s): no dead-letter topic is set",
+            owner,
+            event.id,
+            reason,
+            error,
+            extra=fields,
+        )
+        return
+    dead = dead_letter_event(
+        event, reason=reason, error=error, attempts=attempts, topic=topic, group=group
+    )
+    await store_dead_letter(publish, dlq_topic, dead, backoff=backoff, where=owner)
+    logger.warning(
+        "%s dead-lettered event %s to %s (%s: %s)",
+        owner,
+        event.id,
+        dlq_topic,
+        reason,
+        error,
+        extra={**fields, "dead_letter_topic": dlq_topic},
+    )

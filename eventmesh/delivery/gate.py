@@ -11,14 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
-from eventmesh._logging import event_fields
 from eventmesh.connectors.base import Delivery
-from eventmesh.delivery.deadletter import (
-    DeadLetterPublisher,
-    dead_letter_event,
-    describe_error,
-    store_dead_letter,
-)
+from eventmesh.delivery.deadletter import DeadLetterPublisher, dead_letter, describe_error
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.event import Event
@@ -108,42 +102,19 @@ class Gate:
         self, delivery: Delivery, reason: str, error: str, *, attempts: int | None = None
     ) -> None:
         """Dead-letter the event as it was read (retrying the store itself), then ack it."""
-        event = delivery.event
-        topic = self._dlq_topic
-        fields = event_fields(event, self.name, reason=reason, error=error)
-        if topic is None:
-            log.error(
-                "subscription %s dropped event %s (%s: %s): no dead-letter topic is set",
-                self.name,
-                event.id,
-                reason,
-                error,
-                extra=fields,
-            )
-        else:
-            dead = dead_letter_event(
-                event,
-                reason=reason,
-                error=error,
-                attempts=attempts if attempts is not None else delivery.attempt,
-                topic=self.topic,
-                group=self.group,
-            )
-            await store_dead_letter(
-                self._publish,
-                topic,
-                dead,
-                backoff=self.policy.backoff,
-                where=f"subscription {self.name}",
-            )
-            log.warning(
-                "subscription %s dead-lettered event %s to %s (%s: %s)",
-                self.name,
-                event.id,
-                topic,
-                reason,
-                error,
-                extra={**fields, "dead_letter_topic": topic},
-            )
+        await dead_letter(
+            self._publish,
+            self._dlq_topic,
+            delivery.event,
+            reason=reason,
+            error=error,
+            attempts=attempts if attempts is not None else delivery.attempt,
+            topic=self.topic,
+            group=self.group,
+            backoff=self.policy.backoff,
+            kind="subscription",
+            name=self.name,
+            logger=log,
+        )
         self.stats.dead_lettered += 1
         await delivery.ack()

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from eventmesh.delivery.deadletter import dead_letter_event, describe_error, store_dead_letter
+from eventmesh.delivery.deadletter import dead_letter, describe_error
 from eventmesh.delivery.policy import DeliveryPolicy, retry_delay
 from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import ConnectorError
@@ -299,37 +299,18 @@ class Correlator:
         self, delivery: Delivery, reason: str, error: str, attempts: int | None = None
     ) -> None:
         """Dead-letter the event (retrying the store), then ack it."""
-        event = delivery.event
-        if self._dlq is None:
-            log.error(
-                "function %s dropped event %s (%s: %s): no dead-letter topic is set",
-                self.name,
-                event.id,
-                reason,
-                error,
-            )
-        else:
-            dead = dead_letter_event(
-                event,
-                reason=reason,
-                error=error,
-                attempts=attempts if attempts is not None else delivery.attempt,
-                topic=self._topic,
-                group=self._group,
-            )
-            await store_dead_letter(
-                self._publish,
-                self._dlq,
-                dead,
-                backoff=self._policy.backoff,
-                where=f"function {self.name}",
-            )
-            log.warning(
-                "function %s dead-lettered event %s to %s (%s: %s)",
-                self.name,
-                event.id,
-                self._dlq,
-                reason,
-                error,
-            )
+        await dead_letter(
+            self._publish,
+            self._dlq,
+            delivery.event,
+            reason=reason,
+            error=error,
+            attempts=attempts if attempts is not None else delivery.attempt,
+            topic=self._topic,
+            group=self._group,
+            backoff=self._policy.backoff,
+            kind="function",
+            name=self.name,
+            logger=log,
+        )
         await delivery.ack_as("dead_lettered")
