@@ -22,10 +22,12 @@ given as ``Mesh(tracer_provider=...)``): OpenTelemetry's global provider is not 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
+import msgspec
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -116,7 +118,12 @@ def _with_context(event: Event, traceparent: str, tracestate: str) -> Event:
         extensions["tracestate"] = tracestate
     else:
         extensions.pop("tracestate", None)
-    return event.replace(extensions=extensions)
+    # The event was checked when it was built and both values are valid string
+    # extensions: a shallow copy given the new mapping skips checking every attribute
+    # again (a third of the cost of Event.replace), once per event of a sampled publish.
+    traced = copy.copy(event)
+    msgspec.structs.force_setattr(traced, "extensions", extensions)
+    return traced
 
 
 def _event_attributes(event: Event) -> dict[str, Any]:
@@ -228,20 +235,32 @@ class Tracing:
         tracer = self.tracer
         name = f"deliver {subscription}"
         consumer = SpanKind.CONSUMER
+        # The events of one sampled publish share its traceparent: the parent context
+        # read from the last one is kept, and the next usually reuses it unparsed.
+        last_carried: tuple[Any, Any] | None = None
+        last_parent = otel_context.Context()
 
         async def traced(event: Event) -> Any:
-            value = event.extensions.get("traceparent")
-            if not isinstance(value, str) or not _sampled(value):
-                return await sink(event)
-            parent = event_span_context(event)
-            if parent is None:
-                return await sink(event)
+            nonlocal last_carried, last_parent
+            extensions = event.extensions
+            carried = (extensions.get("traceparent"), extensions.get("tracestate"))
+            if carried == last_carried:
+                parent = last_parent
+            else:
+                value = carried[0]
+                if not isinstance(value, str) or not _sampled(value):
+                    return await sink(event)
+                remote = event_span_context(event)
+                if remote is None:
+                    return await sink(event)
+                parent = trace.set_span_in_context(NonRecordingSpan(remote))
+                last_carried, last_parent = carried, parent
             # start_span and attach by hand: start_as_current_span's two context managers
             # cost more than the span's attributes, on every sampled event. Two attributes
             # only (the subscription is in the name): each is checked per span.
             span = tracer.start_span(
                 name,
-                context=trace.set_span_in_context(NonRecordingSpan(parent)),
+                context=parent,
                 kind=consumer,
                 attributes={"messaging.destination.name": topic, "messaging.message.id": event.id},
             )

@@ -124,3 +124,45 @@ async def test_an_unsampled_publish_leaves_the_event_untouched_and_records_nothi
                 await anyio.sleep(0.01)
     assert "traceparent" not in got[0].extensions
     assert exporter.get_finished_spans() == ()
+
+
+async def test_each_delivery_span_is_under_the_publish_of_its_own_event() -> None:
+    """Events of three sampled publishes and one with an unsampled traceparent, delivered
+    in turn to one subscription: each deliver span is the child of its own event's
+    publish (the same event id published twice gets two parents), the unsampled event
+    gets none, and a carried event keeps its other attributes."""
+    provider, exporter = recording_provider()
+    got: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        got.append(event)
+
+    unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    first = [Event(type="a", source="/t", id=f"a{i}", subject="s") for i in range(3)]
+    second = [Event(type="b", source="/t", id=f"b{i}", extensions={"k": 1}) for i in range(3)]
+    async with Mesh(tracer_provider=provider) as mesh:
+        await mesh.subscribe("t", "g", handler=handler, delivery={"concurrency": 1})
+        await mesh.publish("t", first)
+        await mesh.publish("t", Event(type="c", source="/t", extensions={"traceparent": unsampled}))
+        await mesh.publish("t", second)
+        await mesh.publish("t", first[0])
+        with anyio.fail_after(5):
+            while len(got) < 8:
+                await anyio.sleep(0.01)
+    spans = exporter.get_finished_spans()
+    publishes = {
+        format_traceparent(s.context) for s in spans if s.name == "publish t" and s.context
+    }
+    assert len(publishes) == 3  # the unsampled parent's publish is not sampled either
+    delivered = {
+        ((s.attributes or {})["messaging.message.id"], format_traceparent(s.parent))
+        for s in spans
+        if s.name == "deliver t/g" and s.parent is not None
+    }
+    carried = {(e.id, e.extensions["traceparent"]) for e in got if e.type != "c"}
+    assert len(carried) == 7
+    assert delivered == carried
+    assert {traceparent for _, traceparent in carried} == publishes
+    assert [e.extensions["traceparent"] for e in got if e.type == "c"] == [unsampled]
+    assert [e.subject for e in got if e.type == "a"] == ["s"] * 4
+    assert [e.extensions["k"] for e in got if e.type == "b"] == [1] * 3
