@@ -214,7 +214,9 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Sent with every export (e.g. an authorization header)."""
     sample_ratio: float = 1.0
     """The share of new traces recorded, 0 to 1; an event that arrives with a sampled
-    ``traceparent`` is recorded whatever the ratio."""
+    ``traceparent`` is recorded whatever the ratio. The mesh draws for each new trace
+    itself, also with a ``tracer_provider`` of your own, whose sampler then sees only
+    the traces kept (leave it at 1 to let that sampler decide alone)."""
     service_name: str = "eventmesh"
     timeout: Duration = Duration(10.0)
     """How long one export may take."""

@@ -204,9 +204,9 @@ class Mesh(Client):
     # -- observability -------------------------------------------------------------------
 
     def _new_tracing(self) -> Tracing | None:
-        if self._tracer_provider is not None:
-            return Tracing(self._tracer_provider)
         settings = self.config.tracing
+        if self._tracer_provider is not None:
+            return Tracing(self._tracer_provider, sample_ratio=settings.sample_ratio)
         if not settings.on:
             return None
         return Tracing.with_otlp(

@@ -9,6 +9,11 @@ extension (``traceparent``, ``tracestate``), so it crosses every binding and con
   sampled its context is written into every event it publishes; an unsampled publish
   leaves the events as they are, so 99 of 100 events at 1 % sampling cost one sampling
   decision per publish call and nothing more.
+* A publish or function call with neither starts a new trace, and the mesh draws for it
+  itself, keeping ``sample_ratio`` of them (``tracing.sample_ratio``): one left out costs
+  a random number and touches no OpenTelemetry code, whose unsampled span costs a
+  hundred times that. The provider's sampler decides the rest (the mesh builds its own
+  with ``ParentBased(ALWAYS_ON)``: children follow their parent).
 * ``store <topic>`` (CLIENT) is its child, around the connector's publish.
 * ``deliver <subscription>`` (CONSUMER) starts under the event's sampled ``traceparent``
   and wraps the subscription's sink, so what the handler publishes (a reply, a
@@ -23,6 +28,7 @@ given as ``Mesh(tracer_provider=...)``): OpenTelemetry's global provider is not 
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
@@ -33,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -135,12 +141,29 @@ class Tracing:
 
     ``owned``: the mesh built the provider and shuts it down (flushing the exporter)
     when it closes; a provider given to the mesh is left to its owner.
+    ``sample_ratio``: the share of new traces the mesh keeps, drawing for each itself
+    before the provider's sampler sees it (1: every one goes to the sampler).
     """
 
-    def __init__(self, provider: trace.TracerProvider, *, owned: bool = False) -> None:
+    def __init__(
+        self, provider: trace.TracerProvider, *, owned: bool = False, sample_ratio: float = 1.0
+    ) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer("eventmesh", __version__)
         self.owned = owned
+        self.sample_ratio = sample_ratio
+        self.rng = random.Random()
+        """The draw for new traces (seed it to make a run's sampling repeatable)."""
+
+    def _keeps_new_trace(self) -> bool:
+        return self.sample_ratio >= 1.0 or self.rng.random() < self.sample_ratio
+
+    def _unsampled_context(self) -> NonRecordingSpan:
+        """A span for a new trace the draw left out: valid and unsampled, so that what is
+        published under it follows the decision instead of drawing again."""
+        rng = self.rng
+        context = SpanContext(rng.getrandbits(128) or 1, rng.getrandbits(64) or 1, is_remote=False)
+        return NonRecordingSpan(context)
 
     @classmethod
     def with_otlp(
@@ -152,12 +175,13 @@ class Tracing:
         service_name: str,
         timeout: float,
     ) -> Tracing:
-        """A provider that samples ``sample_ratio`` of new traces (and whatever a
-        sampled parent asks for) and exports through OTLP/HTTP in batches."""
+        """Tracing that keeps ``sample_ratio`` of new traces (and whatever a sampled
+        parent asks for) and exports through OTLP/HTTP in batches. The mesh draws for new
+        traces, so the provider's sampler keeps every root it is shown."""
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+            sampler=ParentBased(ALWAYS_ON),
             resource=Resource.create({"service.name": service_name}),
             shutdown_on_exit=False,
         )
@@ -165,7 +189,7 @@ class Tracing:
             endpoint=endpoint, headers=dict(headers) or None, timeout=timeout
         )
         provider.add_span_processor(BatchSpanProcessor(exporter))
-        return cls(provider, owned=True)
+        return cls(provider, owned=True, sample_ratio=sample_ratio)
 
     def shutdown(self) -> None:
         """Flush and stop an owned provider (blocking: call it in a worker thread)."""
@@ -187,6 +211,9 @@ class Tracing:
                 first = carried[0]
                 parent = trace.set_span_in_context(NonRecordingSpan(first))
                 links = [Link(c) for c in carried[1:] if c != first] or None
+            elif not self._keeps_new_trace():
+                await store(topic, events)  # a new trace the draw left out: no span at all
+                return
         span = self.tracer.start_span(
             f"publish {topic}", context=parent, kind=SpanKind.PRODUCER, links=links
         )
@@ -288,6 +315,10 @@ class Tracing:
             carried = event_span_context(event)
             if carried is not None:
                 parent = trace.set_span_in_context(NonRecordingSpan(carried))
+            elif not self._keeps_new_trace():
+                with trace.use_span(self._unsampled_context()) as unsampled:
+                    yield unsampled
+                return
         with self.tracer.start_as_current_span(
             f"function {function}",
             context=parent,

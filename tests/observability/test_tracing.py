@@ -3,6 +3,9 @@ and its reply, the traceparent extension as the carrier, and nothing when tracin
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
+
 import anyio
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -12,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from eventmesh import Event, Mesh
-from eventmesh.observability.tracing import format_traceparent
+from eventmesh.observability.tracing import Tracing, format_traceparent
 from eventmesh.server.sidecar import Sidecar
 from eventmesh.testing.tracing import assert_one_trace, chain, recording_provider, run_chain
 
@@ -166,3 +169,101 @@ async def test_each_delivery_span_is_under_the_publish_of_its_own_event() -> Non
     assert [e.extensions["traceparent"] for e in got if e.type == "c"] == [unsampled]
     assert [e.subject for e in got if e.type == "a"] == ["s"] * 4
     assert [e.extensions["k"] for e in got if e.type == "b"] == [1] * 3
+
+
+async def test_the_mesh_draws_for_new_traces_at_the_configured_ratio() -> None:
+    """With tracing.sample_ratio below 1, the mesh keeps that share of new traces by its
+    own draw: the publish calls its seeded generator keeps are traced, the others make no
+    span and leave their events untouched."""
+    provider, exporter = recording_provider()  # the provider itself keeps every root
+    got: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        got.append(event)
+
+    draws = random.Random(5)
+    kept = [draws.random() < 0.3 for _ in range(40)]
+    assert 0 < sum(kept) < 40
+    async with Mesh({"tracing": {"sample_ratio": 0.3}}, tracer_provider=provider) as mesh:
+        assert mesh._tracing is not None
+        mesh._tracing.rng.seed(5)
+        await mesh.subscribe("t", "g", handler=handler, delivery={"concurrency": 1})
+        for i in range(40):
+            await mesh.publish("t", Event(type="x", source="/t", id=f"e{i}"))
+        with anyio.fail_after(5):
+            while len(got) < 40:
+                await anyio.sleep(0.01)
+    traced = {e.id for e in got if "traceparent" in e.extensions}
+    assert traced == {f"e{i}" for i, keep in enumerate(kept) if keep}
+    spans = exporter.get_finished_spans()
+    assert len([s for s in spans if s.name == "publish t"]) == sum(kept)
+    assert {
+        (s.attributes or {})["messaging.message.id"] for s in spans if s.name == "deliver t/g"
+    } == traced
+
+
+async def test_a_sampled_traceparent_is_followed_whatever_the_draw() -> None:
+    """An event that arrives with a sampled traceparent continues its trace even when the
+    mesh keeps no new trace at all (sample_ratio 0)."""
+    provider, exporter = recording_provider()
+    got: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        got.append(event)
+
+    async with Mesh({"tracing": {"sample_ratio": 0.0}}, tracer_provider=provider) as mesh:
+        await mesh.subscribe("t", "g", handler=handler, delivery={"concurrency": 1})
+        await mesh.publish("t", Event(type="x", source="/t", id="new"))
+        await mesh.publish(
+            "t", Event(type="x", source="/t", id="carried", extensions={"traceparent": TRACEPARENT})
+        )
+        with anyio.fail_after(5):
+            while len(got) < 2:
+                await anyio.sleep(0.01)
+    by_id = {e.id: e for e in got}
+    assert "traceparent" not in by_id["new"].extensions
+    assert by_id["carried"].extensions["traceparent"][:35] == TRACEPARENT[:35]
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["deliver t/g", "publish t", "store t"]
+    assert all(
+        s.context is not None and s.context.trace_id == int(TRACEPARENT[3:35], 16) for s in spans
+    )
+
+
+async def test_what_a_left_out_function_call_publishes_stays_out_of_traces() -> None:
+    """A function call that starts a new trace the draw leaves out runs under a valid,
+    unsampled context: what it publishes follows that decision and is not drawn again."""
+    provider, exporter = recording_provider()
+    tracing = Tracing(provider, sample_ratio=0.0)
+    stored: list[Event] = []
+
+    async def store(topic: str, events: Sequence[Event]) -> None:
+        stored.extend(events)
+
+    with tracing.function_span("f", Event(type="x", source="/t")) as span:
+        context = span.get_span_context()
+        assert context.is_valid
+        assert not context.trace_flags.sampled
+        tracing.sample_ratio = 1.0  # a new trace would now be kept; this is not a new one
+        await tracing.publish("t", "default", [Event(type="y", source="/t")], store)
+    assert exporter.get_finished_spans() == ()
+    assert "traceparent" not in stored[0].extensions
+
+
+def test_configured_tracing_draws_new_traces_and_its_sampler_follows_parents() -> None:
+    """The provider built from tracing: config keeps every root it is shown (the mesh
+    has drawn for it) and follows the parent otherwise."""
+    tracing = Tracing.with_otlp(
+        endpoint="http://127.0.0.1:9/v1/traces",
+        headers={},
+        sample_ratio=0.25,
+        service_name="s",
+        timeout=1.0,
+    )
+    try:
+        assert tracing.sample_ratio == 0.25
+        provider = tracing.provider
+        assert isinstance(provider, TracerProvider)
+        assert provider.sampler.get_description().startswith("ParentBased{root:AlwaysOnSampler")
+    finally:
+        tracing.shutdown()
