@@ -32,6 +32,7 @@ from eventmesh.triggers.function import Function
 from eventmesh.triggers.runtime import FunctionRuntime
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.trace import TracerProvider
 
     from eventmesh.delivery.webhook import WebhookSession
@@ -51,7 +52,10 @@ class Mesh(Client):
     to one; None gives one in-memory connector. ``connectors`` supplies ready connector
     instances by name (they replace those the config would build). ``tracer_provider``
     turns tracing on with an OpenTelemetry provider the caller owns (instead of the one
-    ``tracing:`` builds); docs/operations.md describes the spans. ``functions`` are
+    ``tracing:`` builds); ``span_processor`` turns it on with the mesh's own provider,
+    as ``tracing:`` configures it, its spans going to that processor instead of OTLP
+    (the mesh shuts it down when it closes). docs/operations.md describes the spans.
+    ``functions`` are
     functions declared in code (``Function.declare``), run with those of the config's
     ``functions:`` (docs/functions.md).
     """
@@ -62,13 +66,20 @@ class Mesh(Client):
         *,
         connectors: Mapping[str, Connector] | None = None,
         tracer_provider: TracerProvider | None = None,
+        span_processor: SpanProcessor | None = None,
         functions: Sequence[Function] = (),
     ) -> None:
+        if tracer_provider is not None and span_processor is not None:
+            raise ConfigError(
+                "give the mesh a tracer_provider or a span_processor, not both: a "
+                "span_processor goes to the mesh's own provider"
+            )
         self.config = load_config(config)
         self._declared: list[Function] = [Function(spec) for spec in self.config.functions]
         self._declared.extend(functions)
         self._functions: FunctionRuntime | None = None
         self._tracer_provider = tracer_provider
+        self._span_processor = span_processor
         self._tracing: Tracing | None = None
         self.metrics: MeshMetrics | None = None
         """The mesh's metrics (None with ``metrics.enabled: false``)."""
@@ -207,6 +218,12 @@ class Mesh(Client):
         settings = self.config.tracing
         if self._tracer_provider is not None:
             return Tracing(self._tracer_provider, sample_ratio=settings.sample_ratio)
+        if self._span_processor is not None:
+            return Tracing.with_processor(
+                self._span_processor,
+                sample_ratio=settings.sample_ratio,
+                service_name=settings.service_name,
+            )
         if not settings.on:
             return None
         return Tracing.with_otlp(

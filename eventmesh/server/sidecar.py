@@ -36,6 +36,7 @@ from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.trace import TracerProvider
 
 __all__ = ["Sidecar"]
@@ -46,8 +47,8 @@ log = logging.getLogger(__name__)
 class Sidecar:
     """A mesh served over HTTP, gRPC and the admin port; an async context manager.
 
-    ``config``, ``connectors`` and ``tracer_provider`` are what :class:`~eventmesh.Mesh`
-    takes. A listener port of 0 picks a free
+    ``config``, ``connectors``, ``tracer_provider`` and ``span_processor`` are what
+    :class:`~eventmesh.Mesh` takes. A listener port of 0 picks a free
     port; the bound addresses are :attr:`http_url`, :attr:`grpc_target` and
     :attr:`admin_url` once entered.
     """
@@ -59,9 +60,15 @@ class Sidecar:
         connectors: Mapping[str, Connector] | None = None,
         metrics: Metrics | None = None,
         tracer_provider: TracerProvider | None = None,
+        span_processor: SpanProcessor | None = None,
     ) -> None:
         self.config = load_config(config)
-        self.mesh = Mesh(self.config, connectors=connectors, tracer_provider=tracer_provider)
+        self.mesh = Mesh(
+            self.config,
+            connectors=connectors,
+            tracer_provider=tracer_provider,
+            span_processor=span_processor,
+        )
         self.registry = Registry(self.mesh)
         self._metrics = metrics or (lambda: mesh_metrics(self.mesh))
         self._stack: AsyncExitStack | None = None

@@ -9,6 +9,7 @@ import anyio
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from eventmesh import Event, Mesh
 from eventmesh.config import load_config
@@ -55,7 +56,7 @@ async def test_configured_tracing_exports_spans_to_the_otlp_endpoint() -> None:
                     await anyio.sleep(0.01)
     finally:
         await runner.cleanup()
-    names = set()
+    spans = {}
     services = set()
     for message in requests:
         for resource_spans in message.resource_spans:
@@ -63,9 +64,18 @@ async def test_configured_tracing_exports_spans_to_the_otlp_endpoint() -> None:
                 if attribute.key == "service.name":
                     services.add(attribute.value.string_value)
             for scope_spans in resource_spans.scope_spans:
-                names |= {span.name for span in scope_spans.spans}
-    assert names == {"publish t", "store t", "deliver t/g"}
+                spans |= {span.name: span for span in scope_spans.spans}
+    assert set(spans) == {"publish t", "store t", "deliver t/g"}
     assert services == {"billing-sidecar"}
+    # The delivery span (recorded by the mesh for its own provider) is the publish's
+    # child in the same trace, a consumer span naming the event.
+    publish, deliver = spans["publish t"], spans["deliver t/g"]
+    assert deliver.trace_id == publish.trace_id
+    assert deliver.parent_span_id == publish.span_id
+    assert deliver.kind == Span.SpanKind.SPAN_KIND_CONSUMER
+    attributes = {a.key: a.value.string_value for a in deliver.attributes}
+    assert attributes == {"messaging.destination.name": "t", "messaging.message.id": got[0].id}
+    assert deliver.start_time_unix_nano <= deliver.end_time_unix_nano
 
 
 @pytest.mark.parametrize(
