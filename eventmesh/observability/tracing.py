@@ -5,11 +5,13 @@ extension (``traceparent``, ``tracestate``), so it crosses every binding and con
 (HTTP ``ce-`` headers, Kafka ``ce_`` headers, NATS headers) without them knowing:
 
 * ``publish <topic>`` (PRODUCER) starts under the active span, or, with none, under the
-  ``traceparent`` the first event arrived with (the others' become links). When it is
+  ``traceparent`` the first event arrived with (the others' become links), or else
+  under the W3C ``traceparent`` header of the request that brought the events to the
+  sidecar (:func:`transport_parent`): an instrumented client's span. When it is
   sampled its context is written into every event it publishes; an unsampled publish
   leaves the events as they are, so 99 of 100 events at 1 % sampling cost one sampling
   decision per publish call and nothing more.
-* A publish or function call with neither starts a new trace, and the mesh draws for it
+* A publish or function call with none of these starts a new trace, and the mesh draws for it
   itself, keeping ``sample_ratio`` of them (``tracing.sample_ratio``): one left out costs
   a random number and touches no OpenTelemetry code, whose unsampled span costs a
   hundred times that. The provider's sampler decides the rest (the mesh builds its own
@@ -34,6 +36,7 @@ import copy
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Final
 
 import msgspec
@@ -62,7 +65,13 @@ from eventmesh._version import __version__
 from eventmesh.event import Event
 from eventmesh.observability.spans import DeliveryRecorder, DeliverySpan
 
-__all__ = ["Tracing", "current_traceparent", "event_span_context", "format_traceparent"]
+__all__ = [
+    "Tracing",
+    "current_traceparent",
+    "event_span_context",
+    "format_traceparent",
+    "transport_parent",
+]
 
 Store = Callable[[str, Sequence[Event]], Awaitable[None]]
 """A connector's publish: stores the events on the topic or raises."""
@@ -81,10 +90,14 @@ def event_span_context(event: Event) -> SpanContext | None:
     """The span context in ``event``'s ``traceparent``/``tracestate``, None when it has
     none or it cannot be read."""
     extensions = event.extensions
-    value = extensions.get("traceparent")
+    return parse_traceparent(extensions.get("traceparent"), extensions.get("tracestate"))
+
+
+def parse_traceparent(value: object, state: object = None) -> SpanContext | None:
+    """The remote span context a W3C ``traceparent`` (and ``tracestate``) value names,
+    None when there is none or it cannot be read."""
     if not isinstance(value, str):
         return None
-    state = extensions.get("tracestate")
     if len(value) == 55 and value.startswith("00-"):
         # The version in use, read directly: the propagator's regular expressions cost
         # more than the rest of a sampled delivery's bookkeeping.
@@ -108,6 +121,26 @@ def event_span_context(event: Event) -> SpanContext | None:
         carrier["tracestate"] = state
     context = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
     return context if context.is_valid else None
+
+
+_transport: ContextVar[tuple[str, str | None] | None] = ContextVar(
+    "eventmesh_transport_parent", default=None
+)
+
+
+@contextmanager
+def transport_parent(traceparent: str | None, tracestate: str | None = None) -> Iterator[None]:
+    """Within, a publish with no active span and no ``traceparent`` on its first event
+    continues the trace these W3C headers name: the span of the client that sent the
+    request. The values are read only if a publish needs them (tracing on)."""
+    if traceparent is None:
+        yield
+        return
+    token = _transport.set((traceparent, tracestate))
+    try:
+        yield
+    finally:
+        _transport.reset(token)
 
 
 def current_traceparent() -> str | None:
@@ -255,6 +288,10 @@ class Tracing:
                 first = carried[0]
                 parent = trace.set_span_in_context(NonRecordingSpan(first))
                 links = [Link(c) for c in carried[1:] if c != first] or None
+            elif (transport := _transport.get()) is not None and (
+                remote := parse_traceparent(*transport)
+            ) is not None:
+                parent = trace.set_span_in_context(NonRecordingSpan(remote))
             elif not self._keeps_new_trace():
                 await store(topic, events)  # a new trace the draw left out: no span at all
                 return

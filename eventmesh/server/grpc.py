@@ -47,6 +47,7 @@ from eventmesh.errors import (
     EventValidationError,
     LifecycleError,
 )
+from eventmesh.observability.tracing import transport_parent
 
 if TYPE_CHECKING:
     from eventmesh.mesh import Mesh
@@ -73,6 +74,18 @@ ATTRIBUTE_METADATA_KEY: Final = "eventmesh-attribute"
 _PublishContext: TypeAlias = "grpc.aio.ServicerContext[Any, pb.PublishResponse]"
 _StreamContext: TypeAlias = "grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]"
 _json = msgspec.json.Decoder()
+
+
+def _trace_headers(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str | None, str | None]:
+    """The W3C ``traceparent`` and ``tracestate`` of the call's metadata (an instrumented
+    client's span), for :func:`~eventmesh.observability.tracing.transport_parent`."""
+    traceparent = tracestate = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" and isinstance(value, str):
+            traceparent = value
+        elif key == "tracestate" and isinstance(value, str):
+            tracestate = value
+    return traceparent, tracestate
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
@@ -113,7 +126,8 @@ class EventMeshServicer:
                 raise EventValidationError("the PublishRequest has no event")
             self._check_size(request.event, "the event")
             event = from_proto(request.event)
-            await self.mesh.publish(request.topic, event)
+            with transport_parent(*_trace_headers(context)):
+                await self.mesh.publish(request.topic, event)
         except Exception as exc:
             await _abort(context, exc)
         return pb.PublishResponse(stored=1, ids=[event.id])
@@ -128,7 +142,8 @@ class EventMeshServicer:
                     self._check_size(msg, f"event {index} of the batch")
             events = from_proto_batch(request.batch)
             if events:
-                await self.mesh.publish(request.topic, events)
+                with transport_parent(*_trace_headers(context)):
+                    await self.mesh.publish(request.topic, events)
             else:
                 self.mesh.connector(request.topic)  # an empty batch still names a topic
         except Exception as exc:

@@ -46,6 +46,7 @@ from eventmesh.errors import (
 )
 from eventmesh.event import encode_json
 from eventmesh.mesh import Mesh
+from eventmesh.observability.tracing import transport_parent
 from eventmesh.server.pull import Handout, PullQueue
 from eventmesh.server.subscriptions import Record, Registry, convert_body
 
@@ -281,8 +282,12 @@ class _Api:
             index = getattr(exc, "index", None)
             return _problem(exc, **({} if index is None else {"index": index}))
         ids = [event.id for event in events]
+        headers = request.headers
         try:
-            await self.mesh.publish(topic, events)
+            # An instrumented client's W3C headers: the publish continues its trace
+            # when the events carry none of their own.
+            with transport_parent(headers.get("traceparent"), headers.get("tracestate")):
+                await self.mesh.publish(topic, events)
         except (ConnectorError, ClosedError) as exc:
             log.debug("publish of %d events to %s failed: %s", len(ids), topic, exc)
             return _problem(exc, not_stored=ids)

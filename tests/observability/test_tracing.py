@@ -6,15 +6,22 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import aiohttp
 import anyio
+import grpc
+import grpc.aio
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from eventmesh import Event, Mesh
+from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
+from eventmesh._generated.eventmesh.v1.eventmesh_pb2_grpc import EventMeshStub
+from eventmesh.bindings.http import to_batch
+from eventmesh.bindings.protobuf import to_proto_batch
 from eventmesh.observability.tracing import Tracing, format_traceparent
 from eventmesh.server.sidecar import Sidecar
 from eventmesh.testing.tracing import assert_one_trace, chain, recording_provider, run_chain
@@ -267,3 +274,60 @@ def test_configured_tracing_draws_new_traces_and_its_sampler_follows_parents() -
         assert provider.sampler.get_description().startswith("ParentBased{root:AlwaysOnSampler")
     finally:
         tracing.shutdown()
+
+
+CLIENT_SPAN = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+"""The W3C traceparent an instrumented HTTP or gRPC client sends with its request."""
+
+
+async def _published_through_sidecar(events: list[Event], *, grpc_call: bool) -> ReadableSpan:
+    """``events`` posted to a sidecar (HTTP, or gRPC PublishBatch) with the client's
+    W3C traceparent header or metadata: the publish span it made."""
+    provider, exporter = recording_provider()
+    free = {"port": 0}
+    config = {"server": {"http": free, "grpc": free, "admin": free}}
+    async with Sidecar(config, tracer_provider=provider) as sidecar:
+        trace_headers = {"traceparent": CLIENT_SPAN, "tracestate": "client=1"}
+        if grpc_call:
+            async with grpc.aio.insecure_channel(sidecar.grpc_target) as channel:
+                await EventMeshStub(channel).PublishBatch(
+                    pb.PublishBatchRequest(topic="t", batch=to_proto_batch(events)),
+                    metadata=tuple(trace_headers.items()),
+                )
+        else:
+            headers, body = to_batch(events)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"{sidecar.http_url}/topics/t/events",
+                    headers={**headers, **trace_headers},
+                    data=body,
+                ) as response,
+            ):
+                assert response.status == 202
+    (publish,) = [s for s in exporter.get_finished_spans() if s.name == "publish t"]
+    return publish
+
+
+@pytest.mark.parametrize("grpc_call", [False, True], ids=["http", "grpc"])
+async def test_a_publish_continues_the_trace_of_the_client_that_sent_it(grpc_call: bool) -> None:
+    """Events that carry no trace context, sent with W3C traceparent/tracestate headers
+    (HTTP) or metadata (gRPC): the publish span is the child of the client's span."""
+    publish = await _published_through_sidecar(
+        [Event(type="x", source="/t"), Event(type="y", source="/t")], grpc_call=grpc_call
+    )
+    assert publish.parent is not None
+    assert format_traceparent(publish.parent) == CLIENT_SPAN
+    assert publish.parent.is_remote
+    assert publish.context is not None
+    assert publish.context.trace_state.to_header() == "client=1"
+
+
+@pytest.mark.parametrize("grpc_call", [False, True], ids=["http", "grpc"])
+async def test_an_event_s_own_traceparent_comes_before_the_client_s(grpc_call: bool) -> None:
+    """The traceparent an event carries is its trace: the request's headers are the
+    transport's, and give way to it."""
+    carried = Event(type="x", source="/t", extensions={"traceparent": TRACEPARENT})
+    publish = await _published_through_sidecar([carried], grpc_call=grpc_call)
+    assert publish.parent is not None
+    assert format_traceparent(publish.parent) == TRACEPARENT
