@@ -217,6 +217,13 @@ class Mesh(Client):
     def _new_tracing(self) -> Tracing | None:
         settings = self.config.tracing
         if self._tracer_provider is not None:
+            if settings.sample_ratio < 1.0:
+                log.warning(
+                    "tracing.sample_ratio %s is drawn before the sampler of the "
+                    "tracer_provider given to the mesh: new traces are sampled by both; "
+                    "leave the ratio at 1 to let that sampler decide alone",
+                    settings.sample_ratio,
+                )
             return Tracing(self._tracer_provider, sample_ratio=settings.sample_ratio)
         if self._span_processor is not None:
             return Tracing.with_processor(

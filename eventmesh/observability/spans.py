@@ -19,15 +19,18 @@ SDK's spans: its sampler and processors are its own.
 
 from __future__ import annotations
 
+import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from time import time_ns
+from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event as SpanEvent
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
@@ -37,10 +40,16 @@ __all__ = ["DeliveryRecorder", "DeliverySpan"]
 
 _UNSET: Final = Status(StatusCode.UNSET)
 
+QUIET_AT_START: Final = (BatchSpanProcessor, SimpleSpanProcessor)
+"""The processors a :class:`DeliverySpan` may be given: they do nothing when a span
+starts or is ending, the two calls it does not make. Any other processor gets the SDK's
+spans."""
+
 
 class DeliveryRecorder:
     """What the delivery spans of one mesh-built provider share: where they go when they
-    end, the provider's resource and limits, and the mesh's instrumentation scope."""
+    end (one of :data:`QUIET_AT_START`), the provider's resource and limits, and the
+    mesh's instrumentation scope."""
 
     __slots__ = ("limits", "processor", "resource", "scope")
 
@@ -61,8 +70,11 @@ class DeliveryRecorder:
 class DeliverySpan(Span):
     """One delivery of one event (kind CONSUMER), started when it is made.
 
-    ``attributes`` are the mesh's own, known to be valid strings: they are kept as given.
-    What the handler sets is checked and bounded as the SDK does.
+    ``attributes`` are the mesh's own: kept as given when no limit could cut them, else
+    checked and bounded as the SDK does, as is everything the handler sets. A lock makes
+    a change from another thread (a sync handler's) and the end one after the other.
+    The current span during a delivery, it reads as the SDK's span does (``name``,
+    ``attributes``, ``status``, ...), but is not an instance of the SDK's class.
     """
 
     __slots__ = (
@@ -71,6 +83,7 @@ class DeliverySpan(Span):
         "_end_time",
         "_events",
         "_links",
+        "_lock",
         "_name",
         "_parent",
         "_recorder",
@@ -90,13 +103,18 @@ class DeliverySpan(Span):
         self._name = name
         self._context = context
         self._parent = parent
-        limit = recorder.limits.max_span_attributes
+        limits = recorder.limits
+        count = limits.max_span_attributes
         self._attributes: dict[str, Any] | BoundedAttributes = (
-            attributes if limit is None or len(attributes) <= limit else self._bounded(attributes)
+            attributes
+            if limits.max_span_attribute_length is None
+            and (count is None or len(attributes) <= count)
+            else self._bounded(attributes)
         )
-        self._events: list[SpanEvent] | None = None
-        self._links: list[Link] | None = None
+        self._events: BoundedList[SpanEvent] | None = None
+        self._links: BoundedList[Link] | None = None
         self._status = _UNSET
+        self._lock = threading.Lock()
         self._start_time = time_ns()
         self._end_time: int | None = None
 
@@ -107,6 +125,37 @@ class DeliverySpan(Span):
 
     def is_recording(self) -> bool:
         return self._end_time is None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def kind(self) -> SpanKind:
+        return SpanKind.CONSUMER
+
+    @property
+    def parent(self) -> SpanContext:
+        return self._parent
+
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        return MappingProxyType(self._attributes)
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def start_time(self) -> int:
+        return self._start_time
+
+    @property
+    def end_time(self) -> int | None:
+        return self._end_time
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(name="{self._name}", context={self._context})'
 
     # -- what the handler adds -----------------------------------------------------------
 
@@ -126,14 +175,16 @@ class DeliverySpan(Span):
         return attributes
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
-        if self._end_time is None:
-            checked = self._checked_attributes()
-            for key, value in attributes.items():
-                checked[key] = value
+        with self._lock:
+            if self._end_time is None:
+                checked = self._checked_attributes()
+                for key, value in attributes.items():
+                    checked[key] = value
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
-        if self._end_time is None:
-            self._checked_attributes()[key] = value
+        with self._lock:
+            if self._end_time is None:
+                self._checked_attributes()[key] = value
 
     def add_event(
         self,
@@ -141,8 +192,6 @@ class DeliverySpan(Span):
         attributes: types.Attributes = None,
         timestamp: int | None = None,
     ) -> None:
-        if self._end_time is not None:
-            return
         limits = self._recorder.limits
         bounded = BoundedAttributes(
             limits.max_event_attributes,
@@ -150,12 +199,16 @@ class DeliverySpan(Span):
             immutable=True,
             max_value_len=limits.max_attribute_length,
         )
-        if self._events is None:
-            self._events = []
-        self._events.append(SpanEvent(name, bounded, timestamp))
+        event = SpanEvent(name, bounded, timestamp)
+        with self._lock:
+            if self._end_time is None:
+                if self._events is None:
+                    self._events = BoundedList(limits.max_events)
+                self._events.append(event)
 
     def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
-        if self._end_time is not None or not (context.is_valid or attributes):
+        # As the SDK: a link needs a valid context, attributes or a trace state.
+        if not (context.is_valid or attributes or context.trace_state):
             return
         limits = self._recorder.limits
         bounded = BoundedAttributes(
@@ -164,22 +217,28 @@ class DeliverySpan(Span):
             immutable=True,
             max_value_len=limits.max_attribute_length,
         )
-        if self._links is None:
-            self._links = []
-        self._links.append(Link(context, bounded))
+        with self._lock:
+            if self._end_time is None:
+                if self._links is None:
+                    self._links = BoundedList(limits.max_links)
+                self._links.append(Link(context, bounded))
 
     def update_name(self, name: str) -> None:
-        if self._end_time is None:
-            self._name = name
+        with self._lock:
+            if self._end_time is None:
+                self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        # As the SDK: OK is final, and UNSET never replaces a status.
-        if self._end_time is not None or self._status.status_code is StatusCode.OK:
-            return
         if isinstance(status, StatusCode):
             status = Status(status, description)
-        if status.status_code is not StatusCode.UNSET:
-            self._status = status
+        with self._lock:
+            # As the SDK: OK is final, and UNSET never replaces a status.
+            if (
+                self._end_time is None
+                and self._status.status_code is not StatusCode.OK
+                and status.status_code is not StatusCode.UNSET
+            ):
+                self._status = status
 
     def record_exception(
         self,
@@ -202,25 +261,37 @@ class DeliverySpan(Span):
             described.update(attributes)
         self.add_event("exception", described, timestamp)
 
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        # As the SDK's span used as a context manager: an escaping exception is recorded.
+        if exc_val is not None and exc_type is not None and self.is_recording():
+            self.record_exception(exc_val, escaped=True)
+            self.set_status(Status(StatusCode.ERROR, f"{exc_type.__name__}: {exc_val}"))
+        super().__exit__(exc_type, exc_val, exc_tb)
+
     # -- ending --------------------------------------------------------------------------
 
     def end(self, end_time: int | None = None) -> None:
         """Hand the finished span to the provider's processor (once; later calls do
-        nothing)."""
-        if self._end_time is not None:
-            return
-        self._end_time = end = end_time if end_time is not None else time_ns()
+        nothing, and nothing changes it after this)."""
+        with self._lock:
+            if self._end_time is not None:
+                return
+            self._end_time = end = end_time if end_time is not None else time_ns()
         recorder = self._recorder
-        limits = recorder.limits
         recorder.processor.on_end(
             ReadableSpan(
                 name=self._name,
                 context=self._context,
                 parent=self._parent,
                 resource=recorder.resource,
-                attributes=self._attributes,  # read-only from here: set_* check the end
-                events=_bounded_list(limits.max_events, self._events),
-                links=_bounded_list(limits.max_links, self._links),
+                attributes=self._attributes,
+                events=self._events if self._events is not None else (),
+                links=self._links if self._links is not None else (),
                 kind=SpanKind.CONSUMER,
                 status=self._status,
                 start_time=self._start_time,
@@ -228,9 +299,3 @@ class DeliverySpan(Span):
                 instrumentation_scope=recorder.scope,
             )
         )
-
-
-def _bounded_list(limit: int | None, items: Sequence[Any] | None) -> Sequence[Any]:
-    if not items:
-        return ()
-    return BoundedList.from_seq(limit, items)

@@ -63,7 +63,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from eventmesh._version import __version__
 from eventmesh.event import Event
-from eventmesh.observability.spans import DeliveryRecorder, DeliverySpan
+from eventmesh.observability.spans import QUIET_AT_START, DeliveryRecorder, DeliverySpan
 
 __all__ = [
     "Tracing",
@@ -147,14 +147,6 @@ def current_traceparent() -> str | None:
     """The ``traceparent`` of the active span, None when there is none (tracing off)."""
     context = trace.get_current_span().get_span_context()
     return format_traceparent(context) if context.is_valid else None
-
-
-def _sampled(traceparent: str) -> bool:
-    # version-traceid-parentid-flags: the flags' lowest bit says "sampled".
-    try:
-        return bool(int(traceparent[53:55], 16) & 1)
-    except ValueError:
-        return False
 
 
 def _with_context(event: Event, traceparent: str, tracestate: str) -> Event:
@@ -253,19 +245,26 @@ class Tracing:
         spans need no sampler then, and are recorded by
         :class:`~eventmesh.observability.spans.DeliverySpan`."""
         limits = SpanLimits()
-        provider = TracerProvider(
+        provider: TracerProvider = TracerProvider(
             sampler=ParentBased(ALWAYS_ON),
             resource=Resource.create({"service.name": service_name}),
             span_limits=limits,
             shutdown_on_exit=False,
         )
         provider.add_span_processor(processor)
-        recorder = DeliveryRecorder(
-            processor,
-            resource=provider.resource,
-            limits=limits,
-            scope=InstrumentationScope("eventmesh", __version__),
-        )
+        recorder = None
+        # The mesh records delivery spans itself for the SDK's own processors, which do
+        # nothing at a span's start, and not when the SDK is disabled (OTEL_SDK_DISABLED:
+        # no spans at all).
+        if type(processor) in QUIET_AT_START and not isinstance(
+            provider.get_tracer("eventmesh"), trace.NoOpTracer
+        ):
+            recorder = DeliveryRecorder(
+                processor,
+                resource=provider.resource,
+                limits=limits,
+                scope=InstrumentationScope("eventmesh", __version__),
+            )
         return cls(provider, owned=True, sample_ratio=sample_ratio, recorder=recorder)
 
     def shutdown(self) -> None:
@@ -339,7 +338,8 @@ class Tracing:
         subscription: str,
         topic: str,
     ) -> Callable[[Event], Awaitable[Any]]:
-        """``sink``, run under a ``deliver`` span for events with a sampled traceparent."""
+        """``sink``, run under a ``deliver`` span for events with a sampled traceparent,
+        and under their unsampled parent for those with an unsampled one."""
         tracer = self.tracer
         recorder = self._recorder
         name = f"deliver {subscription}"
@@ -356,17 +356,22 @@ class Tracing:
             extensions = event.extensions
             carried = (extensions.get("traceparent"), extensions.get("tracestate"))
             if carried != last_carried:
-                value = carried[0]
-                if not isinstance(value, str) or not _sampled(value):
-                    return await sink(event)
                 remote = event_span_context(event)
                 if remote is None:
-                    return await sink(event)
+                    return await sink(event)  # nothing readable to follow
                 last_remote = remote
                 last_parent = trace.set_span_in_context(NonRecordingSpan(remote))
                 # A child keeps the sampled flag and the parent's random-trace-id flag.
                 last_flags = TraceFlags(remote.trace_flags & _CHILD_FLAGS)
                 last_carried = carried
+            if not last_flags.sampled:
+                # No span under an unsampled parent, but what the handler publishes
+                # follows it (unsampled too) rather than drawing a new trace.
+                token = otel_context.attach(last_parent)
+                try:
+                    return await sink(event)
+                finally:
+                    otel_context.detach(token)
             attributes = {"messaging.destination.name": topic, "messaging.message.id": event.id}
             span: Span
             if recorder is not None:  # the mesh's own provider: no sampler to ask

@@ -64,6 +64,8 @@ def _exported(span: ReadableSpan) -> dict[str, Any]:
             for e in span.events
         ],
         "links": [(link.context.span_id, dict(link.attributes or {})) for link in span.links],
+        "dropped_events": span.dropped_events,
+        "dropped_links": span.dropped_links,
         "resource": dict(span.resource.attributes),
         "scope": (span.instrumentation_scope.name, span.instrumentation_scope.version)
         if span.instrumentation_scope
@@ -71,12 +73,14 @@ def _exported(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-async def _deliver(sink: Callable[[Event], Awaitable[Any]]) -> list[dict[str, Any]]:
+async def _deliver(
+    sink: Callable[[Event], Awaitable[Any]], event_id: str = "e1"
+) -> list[dict[str, Any]]:
     results = []
     event = Event(
         type="x",
         source="/t",
-        id="e1",
+        id=event_id,
         extensions={"traceparent": TRACEPARENT, "tracestate": TRACESTATE},
     )
     for tracing, exporter in _both():
@@ -160,18 +164,140 @@ async def test_a_delivery_span_ignores_changes_once_ended() -> None:
     kept: list[trace.Span] = []
 
     async def keep(event: Event) -> None:
-        kept.append(trace.get_current_span())
+        span = trace.get_current_span()
+        span.set_attribute("app.k", 1)  # the exported span shares these containers
+        span.add_event("in time")
+        kept.append(span)
 
     traced = tracing.traced_sink(keep, subscription="t/g", topic="t")
     await traced(Event(type="x", source="/t", extensions={"traceparent": TRACEPARENT}))
     span = kept[0]
     span.set_attribute("late", 1)
+    span.set_attributes({"later": 2})
     span.add_event("late")
+    span.update_name("late")
+    span.set_status(StatusCode.ERROR, "late")
     span.end()
     (exported,) = exporter.get_finished_spans()
-    assert "late" not in (exported.attributes or {})
-    assert exported.events == ()
+    assert set(exported.attributes or {}) == {
+        "messaging.destination.name",
+        "messaging.message.id",
+        "app.k",
+    }
+    assert [e.name for e in exported.events] == ["in time"]
+    assert exported.name == "deliver t/g"
+    assert exported.status.status_code is StatusCode.UNSET
     tracing.shutdown()
+
+
+async def test_the_otel_limits_bound_a_delivery_span_as_they_bound_the_sdk_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the OTEL_* limits set, the mesh's own attributes are cut as the SDK cuts
+    them, and what the handler adds is bounded the same."""
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "1")
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "3")
+
+    async def annotate(event: Event) -> None:
+        span = trace.get_current_span()
+        span.add_event("first")
+        span.add_event("second", {"long": "abcdefgh"})
+        span.set_attributes({"app.a": "abcdefgh", "app.b": 2})
+
+    sdk, own = await _deliver(annotate)
+    assert own == sdk
+    assert "messaging.destination.name" not in own["attributes"]  # the oldest goes first
+    assert own["attributes"]["app.a"] == "abcd"
+    assert len(own["attributes"]) == 3
+    assert own["dropped_attributes"] == 1
+    assert [name for name, _ in own["events"]] == ["second"]  # the oldest goes first
+    assert own["dropped_events"] == 1
+    assert own["events"][0][1] == {"long": "abcd"}
+
+
+async def test_long_ids_are_cut_to_the_attribute_length_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The mesh's own attributes too: an event id longer than the limit is cut."""
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4")
+
+    async def nothing(event: Event) -> None:
+        pass
+
+    sdk, own = await _deliver(nothing, event_id="order-12345")
+    assert own == sdk
+    assert own["attributes"]["messaging.message.id"] == "orde"
+    assert own["attributes"]["messaging.destination.name"] == "t"
+
+
+async def test_with_the_sdk_disabled_no_delivery_span_is_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTEL_SDK_DISABLED turns every span off, the mesh's delivery spans included."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    exporter = InMemorySpanExporter()
+    got: list[Event] = []
+
+    async def handler(event: Event) -> None:
+        got.append(event)
+
+    async with Mesh(span_processor=SimpleSpanProcessor(exporter)) as mesh:
+        await mesh.subscribe("t", "g", handler=handler)
+        await mesh.publish(
+            "t", Event(type="x", source="/t", extensions={"traceparent": TRACEPARENT})
+        )
+        with anyio.fail_after(5):
+            while not got:
+                await anyio.sleep(0.01)
+    assert exporter.get_finished_spans() == ()
+
+
+class _Tagging(SimpleSpanProcessor):
+    """A processor that adds an attribute when a span starts."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        span.set_attribute("tenant", "a")
+
+
+async def test_a_processor_that_works_at_the_start_gets_the_sdk_s_delivery_spans() -> None:
+    """Only the SDK's own processors, which do nothing at a span's start, are given the
+    mesh's delivery spans; another processor sees every span start as it expects."""
+    exporter = InMemorySpanExporter()
+    seen: list[trace.Span] = []
+
+    async def handler(event: Event) -> None:
+        seen.append(trace.get_current_span())
+
+    async with Mesh(span_processor=_Tagging(exporter)) as mesh:
+        await mesh.subscribe("t", "g", handler=handler)
+        await mesh.publish("t", Event(type="x", source="/t"))
+        with anyio.fail_after(5):
+            while not seen:
+                await anyio.sleep(0.01)
+    assert not isinstance(seen[0], DeliverySpan)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert (spans["deliver t/g"].attributes or {})["tenant"] == "a"
+
+
+async def test_a_sync_handler_annotates_its_delivery_span_from_its_thread() -> None:
+    """A plain function handler runs in a worker thread; what it sets on the current
+    span is on the exported delivery span."""
+    exporter = InMemorySpanExporter()
+    got: list[Event] = []
+
+    def handler(event: Event) -> None:
+        trace.get_current_span().set_attribute("app.thread", "worker")
+        got.append(event)
+
+    async with Mesh(span_processor=SimpleSpanProcessor(exporter)) as mesh:
+        await mesh.subscribe("t", "g", handler=handler)
+        await mesh.publish("t", Event(type="x", source="/t"))
+        with anyio.fail_after(5):
+            while not got:
+                await anyio.sleep(0.01)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert (spans["deliver t/g"].attributes or {})["app.thread"] == "worker"
 
 
 class _Recording(InMemorySpanExporter):

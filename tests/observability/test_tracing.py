@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
 import anyio
@@ -136,12 +137,26 @@ async def test_an_unsampled_publish_leaves_the_event_untouched_and_records_nothi
     assert exporter.get_finished_spans() == ()
 
 
-async def test_each_delivery_span_is_under_the_publish_of_its_own_event() -> None:
+def _tracing(kind: str) -> tuple[dict[str, Any], InMemorySpanExporter]:
+    """Mesh options that trace everything, and where the spans go: a provider of the
+    caller's (the SDK's spans) or the mesh's own provider (its delivery spans)."""
+    if kind == "given provider":
+        provider, exporter = recording_provider()
+        return {"tracer_provider": provider}, exporter
+    exporter = InMemorySpanExporter()
+    return {"span_processor": SimpleSpanProcessor(exporter)}, exporter
+
+
+BOTH = pytest.mark.parametrize("kind", ["given provider", "own provider"])
+
+
+@BOTH
+async def test_each_delivery_span_is_under_the_publish_of_its_own_event(kind: str) -> None:
     """Events of three sampled publishes and one with an unsampled traceparent, delivered
     in turn to one subscription: each deliver span is the child of its own event's
     publish (the same event id published twice gets two parents), the unsampled event
     gets none, and a carried event keeps its other attributes."""
-    provider, exporter = recording_provider()
+    options, exporter = _tracing(kind)
     got: list[Event] = []
 
     async def handler(event: Event) -> None:
@@ -150,7 +165,7 @@ async def test_each_delivery_span_is_under_the_publish_of_its_own_event() -> Non
     unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
     first = [Event(type="a", source="/t", id=f"a{i}", subject="s") for i in range(3)]
     second = [Event(type="b", source="/t", id=f"b{i}", extensions={"k": 1}) for i in range(3)]
-    async with Mesh(tracer_provider=provider) as mesh:
+    async with Mesh(**options) as mesh:
         await mesh.subscribe("t", "g", handler=handler, delivery={"concurrency": 1})
         await mesh.publish("t", first)
         await mesh.publish("t", Event(type="c", source="/t", extensions={"traceparent": unsampled}))
@@ -331,3 +346,47 @@ async def test_an_event_s_own_traceparent_comes_before_the_client_s(grpc_call: b
     publish = await _published_through_sidecar([carried], grpc_call=grpc_call)
     assert publish.parent is not None
     assert format_traceparent(publish.parent) == TRACEPARENT
+
+
+@BOTH
+async def test_what_a_handler_replies_to_an_unsampled_event_stays_unsampled(kind: str) -> None:
+    """An event that arrives with an unsampled traceparent gets no span, and the reply
+    its handler returns follows that decision rather than drawing a new trace (which
+    would be kept here: these providers keep every new trace)."""
+    options, exporter = _tracing(kind)
+    replies: list[Event] = []
+
+    async def handler(event: Event) -> Event:
+        return Event(type="reply", source="/t")
+
+    async def collect(event: Event) -> None:
+        replies.append(event)
+
+    unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+    async with Mesh(**options) as mesh:
+        await mesh.subscribe("t", "g", handler=handler, reply_to="r")
+        await mesh.subscribe("r", "c", handler=collect)
+        await mesh.publish("t", Event(type="x", source="/t", extensions={"traceparent": unsampled}))
+        with anyio.fail_after(5):
+            while not replies:
+                await anyio.sleep(0.01)
+    assert exporter.get_finished_spans() == ()
+    assert "traceparent" not in replies[0].extensions
+
+
+async def test_a_chain_through_the_mesh_s_own_provider_is_one_trace() -> None:
+    """The HTTP publish, webhook delivery, reply, function and answer chain, with the
+    mesh's own provider (its delivery spans) instead of a given one."""
+    exporter = InMemorySpanExporter()
+
+    def serve(config: dict[str, Any], *, tracer_provider: Any) -> Sidecar:
+        return Sidecar(config, span_processor=SimpleSpanProcessor(exporter))
+
+    provider, _ = recording_provider()  # run_chain's parameter; the sidecar uses its own
+    replies, hook = await run_chain(MEMORY, serve, provider)
+    spans = assert_one_trace(exporter.get_finished_spans(), CHAIN)
+    deliver = spans["deliver hook"].context
+    assert deliver is not None
+    _, headers = hook.received[0]
+    assert headers["traceparent"] == format_traceparent(deliver)
+    assert replies[0].type == "order.answered"
