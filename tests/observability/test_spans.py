@@ -95,6 +95,16 @@ async def _deliver(
     return results
 
 
+async def _handled(mesh: Mesh, handler: Any, topic: str, event: Event, seen: list[Any]) -> None:
+    """Subscribe ``handler`` to ``topic`` as group g, publish ``event``, and return once
+    the handler put something in ``seen``."""
+    await mesh.subscribe(topic, "g", handler=handler)
+    await mesh.publish(topic, event)
+    with anyio.fail_after(5):
+        while not seen:
+            await anyio.sleep(0.01)
+
+
 async def test_an_annotated_delivery_exports_as_the_sdk_span_would() -> None:
     """Attributes, an event, a link, a new name and a status set by the handler on
     the current span; the parent's trace, flags and state carried on."""
@@ -243,13 +253,13 @@ async def test_with_the_sdk_disabled_no_delivery_span_is_recorded(
         got.append(event)
 
     async with Mesh(span_processor=SimpleSpanProcessor(exporter)) as mesh:
-        await mesh.subscribe("t", "g", handler=handler)
-        await mesh.publish(
-            "t", Event(type="x", source="/t", extensions={"traceparent": TRACEPARENT})
+        await _handled(
+            mesh,
+            handler,
+            "t",
+            Event(type="x", source="/t", extensions={"traceparent": TRACEPARENT}),
+            got,
         )
-        with anyio.fail_after(5):
-            while not got:
-                await anyio.sleep(0.01)
     assert exporter.get_finished_spans() == ()
 
 
@@ -270,11 +280,7 @@ async def test_a_processor_that_works_at_the_start_gets_the_sdk_s_delivery_spans
         seen.append(trace.get_current_span())
 
     async with Mesh(span_processor=_Tagging(exporter)) as mesh:
-        await mesh.subscribe("t", "g", handler=handler)
-        await mesh.publish("t", Event(type="x", source="/t"))
-        with anyio.fail_after(5):
-            while not seen:
-                await anyio.sleep(0.01)
+        await _handled(mesh, handler, "t", Event(type="x", source="/t"), seen)
     assert not isinstance(seen[0], DeliverySpan)
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert (spans["deliver t/g"].attributes or {})["tenant"] == "a"
@@ -291,11 +297,7 @@ async def test_a_sync_handler_annotates_its_delivery_span_from_its_thread() -> N
         got.append(event)
 
     async with Mesh(span_processor=SimpleSpanProcessor(exporter)) as mesh:
-        await mesh.subscribe("t", "g", handler=handler)
-        await mesh.publish("t", Event(type="x", source="/t"))
-        with anyio.fail_after(5):
-            while not got:
-                await anyio.sleep(0.01)
+        await _handled(mesh, handler, "t", Event(type="x", source="/t"), got)
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert (spans["deliver t/g"].attributes or {})["app.thread"] == "worker"
 
@@ -323,11 +325,7 @@ async def test_a_span_processor_receives_the_mesh_s_own_spans() -> None:
 
     mesh = Mesh({"tracing": {"service_name": "svc"}}, span_processor=SimpleSpanProcessor(exporter))
     async with mesh:
-        await mesh.subscribe("t", "g", handler=handler)
-        await mesh.publish("t", Event(type="x", source="/t", id="e1"))
-        with anyio.fail_after(5):
-            while not got:
-                await anyio.sleep(0.01)
+        await _handled(mesh, handler, "t", Event(type="x", source="/t", id="e1"), got)
         assert not exporter.closed
     assert exporter.closed
     spans = {s.name: s for s in exporter.get_finished_spans()}
