@@ -18,12 +18,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from functools import partial
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import anyio
 import anyio.to_thread
 
+from eventmesh._lifecycle import ClosedOnExit
 from eventmesh.connectors.base import Consumer
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
 from eventmesh.delivery.deadletter import describe_error
@@ -149,7 +149,7 @@ def _replying(sink: Sink, mesh: Mesh, reply_to: str) -> Sink:
     return replying
 
 
-class Subscription:
+class Subscription(ClosedOnExit):
     """A consumer group membership on one topic, in iterator or handler form."""
 
     latency: Histogram | None = None
@@ -238,14 +238,6 @@ class Subscription:
 
     async def __aenter__(self) -> Self:
         return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop: finish the events in hand (up to ``timeout`` seconds, 30 by default),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import anyio
 import anyio.abc
 
+from eventmesh._lifecycle import ClosedOnExit
 from eventmesh.connectors.base import StartPosition
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ClosedError, LifecycleError
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["Client"]
 
 
-class Client(abc.ABC):
+class Client(ClosedOnExit, abc.ABC):
     """Publish and subscribe. Use it as an async context manager.
 
     Every method raises ``ClosedError`` after the client is closed and
@@ -43,15 +43,6 @@ class Client(abc.ABC):
     @abc.abstractmethod
     async def __aenter__(self) -> Self:
         """Open the client (connect, or start the embedded mesh)."""
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the client: subscriptions finish the events in hand, then stop."""
-        await self.close()
 
     async def close(self, timeout: float | None = None) -> None:
         """Close every subscription at once (each finishes the events in hand for up to
@@ -77,7 +68,7 @@ class Client(abc.ABC):
             with anyio.CancelScope(shield=True):
                 await self._disconnect()
 
-    async def _disconnect(self) -> None:  # noqa: B027  # a hook: most have nothing to release
+    async def _disconnect(self) -> None:  # a hook: most have nothing to release
         """Release what the exit stack does not hold, once everything else is closed."""
 
     def _check_open(self) -> None:

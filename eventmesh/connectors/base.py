@@ -22,11 +22,11 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from types import TracebackType
 from typing import Any, ClassVar, Literal, Self, TypeAlias
 
 import msgspec
 
+from eventmesh._lifecycle import ClosedOnExit
 from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
 
@@ -120,7 +120,7 @@ class Delivery(abc.ABC):
         )
 
 
-class Consumer(abc.ABC):
+class Consumer(ClosedOnExit, abc.ABC):
     """One member of a consumer group on one topic, returned by :meth:`Connector.subscribe`.
 
     Use it as an async context manager: entering joins the group, leaving it leaves the
@@ -141,14 +141,6 @@ class Consumer(abc.ABC):
     async def __aenter__(self) -> Self:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Join the group. Raises ``SubscribeError`` when the backend refuses,
@@ -220,7 +212,7 @@ class Consumer(abc.ABC):
                 yield delivery
 
 
-class Connector(abc.ABC):
+class Connector(ClosedOnExit, abc.ABC):
     """A backend that stores events on topics and delivers them to consumer groups.
 
     A connector is constructed from its own typed config (``Config``), then opened and
@@ -244,14 +236,6 @@ class Connector(abc.ABC):
     async def __aenter__(self) -> Self:
         await self.open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Connect to the backend. Raises ``ConnectError``; ``LifecycleError`` if open."""

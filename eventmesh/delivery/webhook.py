@@ -28,7 +28,6 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import TracebackType
 from typing import Final, Literal, NamedTuple, Self, TypeAlias
 
 import aiohttp
@@ -36,6 +35,7 @@ import anyio
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from eventmesh._lifecycle import ClosedOnExit
 from eventmesh._version import __version__
 from eventmesh.bindings.http import content_mode, from_http, to_batch, to_binary, to_structured
 from eventmesh.delivery._netcheck import (
@@ -99,7 +99,7 @@ def _display(url: URL) -> str:
     return str(shown) + ("?..." if url.query_string else "")
 
 
-class WebhookSession:
+class WebhookSession(ClosedOnExit):
     """The HTTP client every webhook of a mesh POSTs through.
 
     One keep-alive pool of at most ``max_connections`` connections, shared by every
@@ -138,14 +138,6 @@ class WebhookSession:
             raise LifecycleError("a WebhookSession can be entered once; create a new one")
         self._state = "open"
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Close every pooled connection. Idempotent."""

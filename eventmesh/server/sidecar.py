@@ -20,12 +20,12 @@ import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from aiohttp import web
 
+from eventmesh._lifecycle import ClosedOnExit
 from eventmesh.config import GrpcListener, Listener, MeshConfig, load_config
 from eventmesh.connectors.base import Connector
 from eventmesh.errors import ConfigError, LifecycleError
@@ -44,7 +44,7 @@ __all__ = ["Sidecar"]
 log = logging.getLogger(__name__)
 
 
-class Sidecar:
+class Sidecar(ClosedOnExit):
     """A mesh served over HTTP, gRPC and the admin port; an async context manager.
 
     ``config``, ``connectors``, ``tracer_provider`` and ``span_processor`` are what
@@ -179,14 +179,6 @@ class Sidecar:
         await server.start()
         self._ports["grpc"] = port
         return server
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self, timeout: float | None = None) -> None:
         """Stop taking work, finish what is in hand within ``timeout`` seconds (the

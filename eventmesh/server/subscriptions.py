@@ -22,7 +22,6 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias, TypeVar
 
 import anyio
@@ -30,6 +29,7 @@ import anyio.abc
 import msgspec
 
 from eventmesh._duration import Duration
+from eventmesh._lifecycle import ClosedOnExit
 from eventmesh._status import NotFoundError
 from eventmesh.config import SinkConfig, SubscriptionConfig, convert
 from eventmesh.delivery.policy import DeliveryPolicy
@@ -94,7 +94,7 @@ class Record:
     """Set once the pull queue's task has returned (None for other kinds)."""
 
 
-class Registry:
+class Registry(ClosedOnExit):
     """The subscriptions of a sidecar; an async context manager owning their tasks.
 
     :meth:`close` (or leaving the ``async with``) closes every subscription made through
@@ -121,14 +121,6 @@ class Registry:
         self._tg = tg
         self._state = "open"
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self, timeout: float | None = None) -> None:
         """Close every API subscription, all at once: push deliveries in hand finish for

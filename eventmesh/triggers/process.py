@@ -27,12 +27,12 @@ import multiprocessing
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import anyio
 import anyio.to_thread
 
+from eventmesh._lifecycle import ClosedOnExit
 from eventmesh.errors import ClosedError, DeliveryError, LifecycleError
 from eventmesh.triggers import _worker
 from eventmesh.triggers.stats import FunctionStats
@@ -48,7 +48,7 @@ COLD_START_TIMEOUT = 120.0
 """Seconds a cold start (spawning the workers and importing the handler) may take."""
 
 
-class WorkerPool:
+class WorkerPool(ClosedOnExit):
     """Worker processes running the handler ``path`` (``"module:function"``).
 
     An async context manager; entering starts no process, closing stops them all.
@@ -102,14 +102,6 @@ class WorkerPool:
             raise LifecycleError(f"the worker pool of {self.name!r} was entered twice")
         self._state = "open"
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Stop the workers (terminating any still busy after a grace period)."""

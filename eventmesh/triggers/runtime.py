@@ -15,13 +15,13 @@ import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import anyio
 import anyio.abc
 import msgspec
 
+from eventmesh._lifecycle import ClosedOnExit
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError, LifecycleError
 from eventmesh.event import Event
@@ -80,7 +80,7 @@ class Host(Protocol):
     def webhooks(self) -> WebhookSession: ...
 
 
-class FunctionRuntime:
+class FunctionRuntime(ClosedOnExit):
     """Runs ``functions`` on ``host``; enter it, then :meth:`start` once the host is open."""
 
     def __init__(
@@ -119,14 +119,6 @@ class FunctionRuntime:
             self._stack = stack.pop_all()
         self._state = "open"
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Stop the correlation tasks and every worker pool. Idempotent."""
