@@ -192,23 +192,31 @@ class FunctionRuntime(ClosedOnExit):
         trigger = spec.trigger
         lanes = spec.concurrency * (spec.batch.max if spec.batch is not None else 1)
         policy = msgspec.structs.replace(trigger.delivery, concurrency=lanes)
-        name = f"function.{spec.name}"
+        # A correlation reads the trigger through the subscription's iterator form; the
+        # others hand each event (or batch) to the runner.
+        handler_sink: Handler | None = None
+        filters: list[Filter] = []  # a correlation's, checked before anything starts
         if spec.correlate is not None:
-            filters: list[Filter] = []
             for i, match in enumerate(spec.correlate.match):
                 compiled, _ = compile_pipeline(match, None, where=f"{where}.correlate.match[{i}]")
                 assert compiled is not None
                 filters.append(compiled)
-            subscription = self._host.subscribe(
-                trigger.topic,
-                spec.group,
-                filter=trigger.filter,
-                transform=trigger.transform,
-                delivery=policy,
-                start=trigger.start,
-                name=name,
-            )
-            await subscription.start()
+        else:
+            handler_sink = runner.invoke
+            if spec.batch is not None:
+                handler_sink = Batcher(spec.batch.max, float(spec.batch.window), runner.invoke)
+        subscription = self._host.subscribe(
+            trigger.topic,
+            spec.group,
+            handler=handler_sink,
+            filter=trigger.filter,
+            transform=trigger.transform,
+            delivery=policy,
+            start=trigger.start,
+            name=f"function.{spec.name}",
+        )
+        await subscription.start()
+        if spec.correlate is not None:
             correlator = Correlator(
                 spec.correlate,
                 filters,
@@ -222,21 +230,6 @@ class FunctionRuntime(ClosedOnExit):
                 delivery_stats=subscription.stats,
             )
             self._tg.start_soon(self._correlate, correlator, subscription, runner)
-        else:
-            handler_sink: Handler = runner.invoke
-            if spec.batch is not None:
-                handler_sink = Batcher(spec.batch.max, float(spec.batch.window), runner.invoke)
-            subscription = self._host.subscribe(
-                trigger.topic,
-                spec.group,
-                handler=handler_sink,
-                filter=trigger.filter,
-                transform=trigger.transform,
-                delivery=policy,
-                start=trigger.start,
-                name=name,
-            )
-            await subscription.start()
         self._runners[spec.name] = runner
         log.info("function %s (%s) listens on %s", spec.name, kind, trigger.topic)
 
