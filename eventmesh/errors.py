@@ -81,6 +81,13 @@ class EventValidationError(EventMeshError):
         self.attribute = attribute
         self.index = index
 
+    def in_batch(self, index: int) -> EventValidationError:
+        """This error again, said of event ``index`` of a batch: the same class and
+        attribute, with ``index`` set (raise it ``from`` this one)."""
+        return type(self)(
+            f"event {index} of the batch: {self}", attribute=self.attribute, index=index
+        )
+
 
 class ContentTypeError(EventValidationError):
     """A message's content type is not one the binding reads (HTTP 415)."""

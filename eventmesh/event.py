@@ -479,7 +479,5 @@ def decode_json_batch(payload: bytes | str) -> list[Event]:
         try:
             events.append(_from_json_object(obj))
         except EventValidationError as exc:
-            raise EventValidationError(
-                f"event {index} of the batch: {exc}", attribute=exc.attribute
-            ) from exc
+            raise exc.in_batch(index) from exc
     return events

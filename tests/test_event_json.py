@@ -93,7 +93,7 @@ def _outcome(read: Any, payload: Any) -> tuple[str, Any]:
     try:
         return ("event", read(payload))
     except EventValidationError as exc:
-        return ("error", (str(exc), exc.attribute))
+        return ("error", (str(exc), exc.attribute, exc.index))
 
 
 @given(_objects)
@@ -108,4 +108,4 @@ def test_decode_json_reads_every_object_as_from_dict_does(obj: Any) -> None:
         assert batch == ("event", [expected[1]])
     else:
         assert batch[0] == "error"
-        assert batch[1] == (f"event 0 of the batch: {expected[1][0]}", expected[1][1])
+        assert batch[1] == (f"event 0 of the batch: {expected[1][0]}", expected[1][1], 0)

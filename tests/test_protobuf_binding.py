@@ -283,6 +283,7 @@ def test_batch_errors_name_the_event_and_bad_bytes_are_validation_errors() -> No
     with pytest.raises(EventValidationError, match="event 1 of the batch") as info:
         from_proto_batch(batch)
     assert info.value.attribute == "id"
+    assert info.value.index == 1
     with pytest.raises(EventValidationError):
         decode(b"\xff\xff\xff")
     with pytest.raises(EventValidationError):

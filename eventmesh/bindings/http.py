@@ -232,7 +232,7 @@ def to_batch(events: Sequence[Event]) -> tuple[dict[str, str], bytes]:
             try:
                 _encode_one(event)
             except EventValidationError as exc:
-                raise _in_batch(exc, index) from exc
+                raise exc.in_batch(index) from exc
         raise
     return {CONTENT_TYPE: BATCH_CONTENT_TYPE}, body
 
@@ -476,7 +476,7 @@ def _from_batch(body: bytes, max_event_size: int | None) -> list[Event]:
         try:
             append(from_dict(obj))  # checks that obj is an object
         except EventValidationError as exc:
-            raise _in_batch(exc, index) from exc
+            raise exc.in_batch(index) from exc
     return events
 
 
@@ -488,10 +488,3 @@ def _not_an_array(value: Any) -> EventValidationError:
     return EventValidationError(
         f"a CloudEvents batch ({BATCH_CONTENT_TYPE}) must be a JSON array of events, got {got}"
     )
-
-
-def _in_batch(exc: EventValidationError, index: int) -> EventValidationError:
-    """``exc`` again, said of event ``index`` of a batch, with ``index`` set."""
-    err = type(exc)(f"event {index} of the batch: {exc}", attribute=exc.attribute)
-    err.index = index
-    return err

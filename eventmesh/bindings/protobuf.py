@@ -305,9 +305,7 @@ def from_proto_batch(batch: CloudEventBatch | Sequence[CloudEvent]) -> list[Even
         try:
             events.append(from_proto(msg))
         except EventValidationError as exc:
-            raise EventValidationError(
-                f"event {index} of the batch: {exc}", attribute=exc.attribute
-            ) from exc
+            raise exc.in_batch(index) from exc
     return events
 
 
