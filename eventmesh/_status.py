@@ -13,6 +13,8 @@ EventTooLargeError      413     RESOURCE_EXHAUSTED   above the configured size l
 EventValidationError    400     INVALID_ARGUMENT     the event breaks the CloudEvents spec
 ConfigError             400     INVALID_ARGUMENT     a bad subscription, filter or policy
 PluginNotFoundError     400     INVALID_ARGUMENT     the request names a connector not here
+RejectedError           400     INVALID_ARGUMENT     the backend never takes this; do not retry
+LimitExceededError      429     RESOURCE_EXHAUSTED   a configured bound (topics, subscriptions)
 NotFoundError           404     NOT_FOUND            no such subscription or delivery
 TopicFullError          503     UNAVAILABLE          retention is full; retry later
 ConnectError            503     UNAVAILABLE          the backend is unreachable; retry later
@@ -60,6 +62,8 @@ _TABLE: Final[tuple[tuple[type[EventMeshError], int, grpc.StatusCode], ...]] = (
     (errors.EventValidationError, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ConfigError, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.PluginNotFoundError, 400, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.RejectedError, 400, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.LimitExceededError, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotFoundError, 404, grpc.StatusCode.NOT_FOUND),
     (errors.TopicFullError, 503, grpc.StatusCode.UNAVAILABLE),
     (errors.ConnectError, 503, grpc.StatusCode.UNAVAILABLE),
@@ -152,6 +156,8 @@ def _build(cls: type[EventMeshError], detail: str, body: dict[str, Any]) -> Even
         return error
     if issubclass(cls, errors.PipelineError):
         return cls(detail, step=body.get("step"))
+    if issubclass(cls, errors.LimitExceededError):
+        return cls(detail, key=body.get("key"))
     return cls(detail)
 
 
@@ -159,6 +165,7 @@ _TITLES: Final = {
     400: "Bad Request",
     404: "Not Found",
     409: "Conflict",
+    429: "Too Many Requests",
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",

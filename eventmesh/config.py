@@ -31,6 +31,7 @@ from eventmesh._duration import Duration, parse_duration
 from eventmesh.connectors.memory import MemoryConfig
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError, EventMeshError
+from eventmesh.pipeline.limits import FilterLimits
 from eventmesh.triggers.function import FunctionConfig, check_function
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "FunctionConfig",
     "GrpcListener",
     "HttpListener",
+    "LimitsConfig",
     "Listener",
     "LoggingConfig",
     "MeshConfig",
@@ -227,6 +229,24 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return self.enabled if self.enabled is not None else self.endpoint is not None
 
 
+class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Bounds on the state a mesh keeps for names its clients choose (docs/operations.md)."""
+
+    max_topics: int = 10_000
+    """Distinct topics one mesh publishes to or subscribes to; one more is refused (429)."""
+    max_subscriptions: int = 1_000
+    """Subscriptions one mesh holds at once (config file, API and SDK together)."""
+    max_name_length: int = 249
+    """Characters of a topic, subscription or group name (Kafka's own topic limit)."""
+    filters: FilterLimits = FilterLimits()
+    """Size, nesting and evaluation bounds of filter and transform specs."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_topics", "max_subscriptions", "max_name_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
 def _default_connectors() -> dict[str, ConnectorSpec]:
     return {"default": ConnectorSpec(type="memory", config=MemoryConfig())}
 
@@ -245,6 +265,7 @@ class MeshConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def connector_for(self, topic: str) -> str:
         """The name of the connector that stores ``topic``."""

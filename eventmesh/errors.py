@@ -13,7 +13,11 @@ Every error the library raises on purpose is an ``EventMeshError``::
     │   ├── ConnectError         the backend cannot be reached
     │   ├── PublishError         an event was not stored; the caller must not assume it was
     │   │   └── TopicFullError   the topic is at its retention limit and is set to fail
+    │   ├── RejectedError        the backend will never store this as sent (a topic name it
+    │   │                        refuses, a batch larger than it can hold): do not retry
     │   └── SubscribeError       a subscription could not be started or continued
+    ├── LimitExceededError       a configured bound of the mesh is reached (topics,
+    │                            subscriptions): names the limit and its config key
     ├── PluginError
     │   ├── PluginNotFoundError  no connector of that name is installed
     │   └── PluginLoadError      a connector is installed but failed to import
@@ -38,11 +42,13 @@ __all__ = [
     "EventTooLargeError",
     "EventValidationError",
     "LifecycleError",
+    "LimitExceededError",
     "PipelineError",
     "PluginError",
     "PluginLoadError",
     "PluginNotFoundError",
     "PublishError",
+    "RejectedError",
     "SubscribeError",
     "TopicFullError",
 ]
@@ -121,8 +127,23 @@ class TopicFullError(PublishError):
     """The topic holds as many unconsumed events as its retention allows."""
 
 
+class RejectedError(ConnectorError):
+    """The backend will never store this request as sent: a topic name it refuses, a
+    batch larger than it can hold. Unlike PublishError, retrying the same request cannot
+    help; the message names the rule that was broken."""
+
+
 class SubscribeError(ConnectorError):
     """A subscription could not be started or continued."""
+
+
+class LimitExceededError(EventMeshError):
+    """A configured bound on what the mesh holds is reached (the number of topics or of
+    subscriptions); ``key`` names the config key that sets it."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class PluginError(EventMeshError):
