@@ -29,6 +29,7 @@ import yaml
 
 from eventmesh._duration import Duration, parse_duration
 from eventmesh.connectors.memory import MemoryConfig
+from eventmesh.delivery._sinkcheck import sink_problem
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError, EventMeshError
 from eventmesh.pipeline.limits import FilterLimits
@@ -92,13 +93,28 @@ class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """The HTTP content mode of a webhook delivery; ``batch`` POSTs up to ``max_batch``
     events at once as ``application/cloudevents-batch+json``."""
     timeout: Duration = Duration(10.0)
-    """How long one attempt may take before it counts as failed and is retried."""
+    """How long one attempt may take before it counts as failed and is retried (above 0,
+    at most 1 day)."""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-    """Extra request headers, e.g. an ``Authorization`` the receiver expects."""
+    """Extra request headers, e.g. an ``Authorization`` the receiver expects (then not
+    also credentials in the URL)."""
     max_batch: int = 100
-    """With ``mode: batch``, the most events in one request."""
+    """With ``mode: batch``, the most events in one request (1 to 10,000)."""
     batch_window: Duration = Duration(0.01)
-    """With ``mode: batch``, how long to wait for more events before sending a batch."""
+    """With ``mode: batch``, how long to wait for more events before sending a batch
+    (0 to 60 s)."""
+
+    def problem(self) -> tuple[str, str] | None:
+        """The key and message of what is wrong with these settings (a range, a header
+        with a control character, credentials in both the URL and a header), or None.
+        The config loader and the sidecar's API both ask (docs/delivery.md)."""
+        return sink_problem(
+            self.webhook,
+            timeout=self.timeout,
+            max_batch=self.max_batch,
+            batch_window=self.batch_window,
+            headers=self.headers,
+        )
 
 
 class SubscriptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -554,9 +570,24 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
                 f"under 'connectors' (defined: {', '.join(config.connectors)})",
                 ["topics", topic, "connector"],
             )
+    limits = config.limits
+    if len(config.subscriptions) > limits.max_subscriptions:
+        raise fail(
+            f"{len(config.subscriptions)} subscriptions, more than limits.max_subscriptions "
+            f"({limits.max_subscriptions}) allows; raise the limit",
+            ["subscriptions"],
+        )
     seen: set[str] = set()
     for i, sub in enumerate(config.subscriptions):
         where: list[str | int] = ["subscriptions", i]
+        for name_key in ("name", "topic", "group", "reply_to"):
+            value = getattr(sub, name_key)
+            if value is not None and len(value) > limits.max_name_length:
+                raise fail(
+                    f"{len(value)} characters, more than limits.max_name_length "
+                    f"({limits.max_name_length}) allows",
+                    [*where, name_key],
+                )
         if sub.name in seen:
             raise fail(f"a subscription named {sub.name!r} is already defined", [*where, "name"])
         seen.add(sub.name)
@@ -576,10 +607,10 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
                 f"webhook {sub.sink.webhook!r} must be an http:// or https:// URL",
                 [*where, "sink", "webhook"],
             )
-        if sub.sink.max_batch < 1:
-            raise fail("max_batch must be at least 1", [*where, "sink", "max_batch"])
-        if float(sub.sink.timeout) <= 0:
-            raise fail("a webhook timeout must be more than 0s", [*where, "sink", "timeout"])
+        problem = sub.sink.problem()
+        if problem is not None:
+            key, message = problem
+            raise fail(message, [*where, "sink", *key.split(".", 1)])
         if sub.sink.handler is not None and ":" not in sub.sink.handler:
             raise fail(
                 f"handler {sub.sink.handler!r} must look like 'package.module:function'",

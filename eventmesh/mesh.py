@@ -8,6 +8,7 @@ one. Every task it starts belongs to its task group, which lives exactly as long
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -22,7 +23,13 @@ from eventmesh.config import MeshConfig, SubscriptionConfig, convert, load_confi
 from eventmesh.connectors.base import Connector, StartPosition
 from eventmesh.connectors.registry import load_connector
 from eventmesh.delivery.policy import DeliveryPolicy
-from eventmesh.errors import ConfigError, EventValidationError, LifecycleError
+from eventmesh.errors import (
+    ConfigError,
+    EventValidationError,
+    LifecycleError,
+    LimitExceededError,
+    RejectedError,
+)
 from eventmesh.event import Event
 from eventmesh.observability.metrics import FunctionFigures, MeshMetrics, SubscriptionFigures
 from eventmesh.observability.tracing import Tracing
@@ -96,7 +103,13 @@ class Mesh(Client):
                 cls = load_connector(spec.type)
                 self._connectors[name] = cls(spec.config, name=name)
         self._routes: dict[str, Connector] = {}
+        """Each topic admitted (named well, allowed by its connector), with its connector:
+        at most ``limits.max_topics`` of them, the mesh's only per-topic state besides
+        the metrics' counts of the same topics."""
         self._subscriptions: dict[int, Subscription] = {}
+        self._held: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        """Subscriptions made and not closed (started or not), counted against
+        ``limits.max_subscriptions``; one made and dropped unstarted leaves with its object."""
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._webhooks: WebhookSession | None = None
@@ -159,12 +172,39 @@ class Mesh(Client):
     # -- routing -------------------------------------------------------------------------
 
     def connector(self, topic: str) -> Connector:
-        """The connector that stores ``topic``."""
+        """The connector that stores ``topic``.
+
+        A topic is checked the first time the mesh sees it, and the verdict kept: a name
+        longer than ``limits.max_name_length`` or one its connector refuses
+        (:meth:`Connector.check_topic`) raises ``RejectedError`` naming the rule; a new
+        topic beyond ``limits.max_topics`` raises ``LimitExceededError``. Names refused
+        are not remembered, so they cost no memory.
+        """
         connector = self._routes.get(topic)
         if connector is None:
-            if not isinstance(topic, str) or not topic:
-                raise ConfigError(f"a topic name must be a non-empty string, got {topic!r}")
-            connector = self._routes[topic] = self._connectors[self.config.connector_for(topic)]
+            connector = self._admit(topic)
+        return connector
+
+    def _admit(self, topic: str) -> Connector:
+        if not isinstance(topic, str) or not topic:
+            raise ConfigError(f"a topic name must be a non-empty string, got {topic!r}")
+        limits = self.config.limits
+        if len(topic) > limits.max_name_length:
+            raise RejectedError(
+                f"topic name {topic[:40]!r}... is {len(topic)} characters, more than "
+                f"limits.max_name_length ({limits.max_name_length}) allows; use a shorter name"
+            )
+        connector = self._connectors[self.config.connector_for(topic)]
+        connector.check_topic(topic)
+        if len(self._routes) >= limits.max_topics:
+            raise LimitExceededError(
+                f"topic {topic!r} would be topic number {len(self._routes) + 1} of this mesh, "
+                f"more than limits.max_topics ({limits.max_topics}) allows; reuse topics "
+                "(a topic per entity belongs in an attribute such as subject) or raise the "
+                "limit",
+                key="limits.max_topics",
+            )
+        self._routes[topic] = connector
         return connector
 
     @property
@@ -301,10 +341,31 @@ class Mesh(Client):
         if not isinstance(group, str) or not group:
             raise ConfigError(f"group must be a non-empty string, got {group!r}")
         where = f"subscribe({topic!r}, group={group!r})"
+        limits = self.config.limits
+        for key, value in (("group", group), ("name", name)):
+            if value is not None and len(value) > limits.max_name_length:
+                raise ConfigError(
+                    f"the {key} is {len(value)} characters, more than "
+                    f"limits.max_name_length ({limits.max_name_length}) allows",
+                    key=f"{where}.{key}",
+                )
+        if len(self._held) >= limits.max_subscriptions:
+            raise LimitExceededError(
+                f"the mesh holds {len(self._held)} subscriptions, as many as "
+                f"limits.max_subscriptions allows; close one first or raise the limit",
+                key="limits.max_subscriptions",
+            )
         policy = _policy(delivery, where)
         compiled_filter, compiled_transform = compile_pipeline(filter, transform, where=where)
-        consumer = self.connector(topic).subscribe(topic, group, start=start)
-        return Subscription(
+        connector = self.connector(topic)
+        # The topics this subscription may publish to are admitted now, so a name their
+        # connector refuses or the topic bound fails the subscribe, not a delivery.
+        dead_letter = policy.dead_letter_topic(topic, group)
+        for extra in (dead_letter, reply_to):
+            if extra is not None:
+                self.connector(extra)
+        consumer = connector.subscribe(topic, group, start=start)
+        subscription = Subscription(
             self,
             name=name or f"{topic}/{group}",
             topic=topic,
@@ -316,6 +377,8 @@ class Mesh(Client):
             transform=compiled_transform,
             reply_to=reply_to,
         )
+        self._held.add(subscription)
+        return subscription
 
     async def _start_configured(self, sub: SubscriptionConfig) -> None:
         sink = sub.sink
@@ -436,6 +499,7 @@ class Mesh(Client):
 
     def _unregister(self, subscription: Subscription) -> None:
         self._subscriptions.pop(id(subscription), None)
+        self._held.discard(subscription)
 
 
 def _as_batch(events: Event | Sequence[Event]) -> Sequence[Event]:

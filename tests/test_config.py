@@ -64,7 +64,7 @@ def test_a_good_file_loads_into_typed_structs(tmp_path: Path) -> None:
             GOOD.replace("max_attempts: 3", "max_attempts: 0"),
             "subscriptions[0].delivery",
             10,
-            "at least 1",
+            "max_attempts must be between 1 and 10,000",
         ),
         (
             GOOD.replace("initial: 250ms", "initial: soon"),

@@ -559,6 +559,6 @@ async def test_the_mesh_session_serves_api_subscriptions_and_closes_with_the_mes
 
 async def test_a_bad_sink_setting_is_a_config_error_naming_the_subscription() -> None:
     """A webhook sink with a zero timeout is refused when the config loads, naming its key."""
-    with pytest.raises(ConfigError, match=r"more than 0s") as info:
+    with pytest.raises(ConfigError, match=r"above 0s") as info:
         configured("http://127.0.0.1:1/", sink={"timeout": 0})
     assert info.value.key == "subscriptions[0].sink.timeout"

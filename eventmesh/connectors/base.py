@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal, Self, TypeAlias
 import msgspec
 
 from eventmesh._lifecycle import ClosedOnExit
-from eventmesh.errors import ClosedError, LifecycleError
+from eventmesh.errors import ClosedError, LifecycleError, RejectedError
 from eventmesh.event import Event
 
 __all__ = [
@@ -280,7 +280,9 @@ class Connector(ClosedOnExit, abc.ABC):
         """Store ``events`` on ``topic``; return only once all of them are stored.
 
         Raises ``PublishError`` (with the backend's reason) when any event may not be
-        stored, ``ClosedError`` after close, and ``EventValidationError`` before sending
+        stored and trying again may help, ``RejectedError`` when it never can as sent (a
+        topic name :meth:`check_topic` refuses, an event larger than the backend holds),
+        ``ClosedError`` after close, and ``EventValidationError`` before sending
         anything when an event cannot be encoded for the backend (the caller's error).
         Events with the same ``partitionkey`` keep their order when the connector claims
         ``ordered_by_key``.
@@ -289,6 +291,19 @@ class Connector(ClosedOnExit, abc.ABC):
     @abc.abstractmethod
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         """A consumer in ``group`` on ``topic``; use it as an async context manager."""
+
+    def check_topic(self, topic: str) -> None:
+        """Raise ``RejectedError`` naming the rule when the backend can never store events
+        under the topic name ``topic`` (Kafka's character set, a NATS subject's tokens).
+
+        Called by the mesh once per topic, before the first publish or subscribe, and the
+        verdict cached by name; it must not block, do I/O or depend on the connection,
+        and ``publish``/``subscribe`` should refuse the same names with the same error.
+        The mesh bounds the name's length itself (``limits.max_name_length``). This
+        default allows any non-empty string.
+        """
+        if not isinstance(topic, str) or not topic:
+            raise RejectedError(f"a topic name must be a non-empty string, got {topic!r}")
 
     async def health(self) -> bool:
         """True while the backend is reachable (used by the sidecar's readiness probe)."""

@@ -1,7 +1,28 @@
-"""The delivery policy of a subscription: retries, backoff, dead letter, TTL, ordering."""
+"""The delivery policy of a subscription: retries, backoff, dead letter, TTL, ordering.
+
+Every number has a range, checked when the policy is made (from a config file, the
+sidecar's API or the SDK), so no client can ask for a million lanes or a delay of
+1e308 seconds. The ranges (docs/delivery.md):
+
+==================  ==============================  =========
+key                 range                           default
+==================  ==============================  =========
+max_attempts        1 to 10,000                     6
+concurrency         1 to 1,000                      16
+prefetch            0 (32 x concurrency) to 100,000 0
+ttl                 above 0 to 365 days, or null    null
+backoff.initial     0 to 1 day                      0.2 s
+backoff.max         0 to 1 day                      30 s
+backoff.multiplier  1 to 100                        2
+backoff.jitter      0 to 1                          0.2
+==================  ==============================  =========
+
+NaN and infinities are refused everywhere.
+"""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Literal
 
@@ -10,7 +31,49 @@ import msgspec
 from eventmesh._duration import Duration
 from eventmesh.errors import DeliveryError
 
-__all__ = ["Backoff", "DeliveryPolicy", "retry_delay"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "MAX_CONCURRENCY",
+    "MAX_DELAY",
+    "MAX_PREFETCH",
+    "MAX_TTL",
+    "Backoff",
+    "DeliveryPolicy",
+    "check_range",
+    "retry_delay",
+]
+
+MAX_ATTEMPTS = 10_000
+"""The most attempts per event ``max_attempts`` may ask for."""
+MAX_CONCURRENCY = 1_000
+"""The most events one subscription may handle at once in one process."""
+MAX_PREFETCH = 100_000
+"""The most events one subscription may fetch ahead of its handlers."""
+MAX_DELAY = 86_400.0
+"""One day, in seconds: the longest backoff delay and the longest timeout of a sink."""
+MAX_TTL = 365 * 86_400.0
+"""365 days, in seconds: the longest ``ttl``."""
+
+
+def check_range(
+    name: str, value: float, low: float, high: float, *, above: bool = False, unit: str = ""
+) -> None:
+    """ValueError naming ``name`` and its range unless ``low <= value <= high`` (``low <
+    value`` with ``above``) and finite. For the ``__post_init__`` of config structs, whose
+    ValueError the loader reports as a ConfigError at the struct's key."""
+    number = float(value)
+    ok = math.isfinite(number) and (low < number if above else low <= number) and number <= high
+    if not ok:
+        span = (
+            f"above {_fmt(low)}{unit} and at most {_fmt(high)}{unit}"
+            if above
+            else f"between {_fmt(low)}{unit} and {_fmt(high)}{unit}"
+        )
+        raise ValueError(f"{name} must be {span}, got {value!r}")
+
+
+def _fmt(number: float) -> str:
+    return f"{int(number):,}" if number == int(number) else f"{number:g}"
 
 
 class Backoff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -26,10 +89,10 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """Up to this fraction is taken off each delay at random, so retries spread out."""
 
     def __post_init__(self) -> None:
-        if self.multiplier < 1:
-            raise ValueError("backoff.multiplier must be at least 1")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("backoff.jitter must be between 0 and 1")
+        check_range("initial", self.initial, 0, MAX_DELAY, unit="s")
+        check_range("max", self.max, 0, MAX_DELAY, unit="s")
+        check_range("multiplier", self.multiplier, 1, 100)
+        check_range("jitter", self.jitter, 0, 1)
 
     def delay(self, attempt: int) -> float:
         """The wait after failed attempt number ``attempt`` (1-based)."""
@@ -59,12 +122,11 @@ class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Events fetched ahead of the handlers; 0 means 32 per unit of concurrency."""
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        if self.prefetch < 0:
-            raise ValueError("prefetch cannot be negative")
+        check_range("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
+        check_range("concurrency", self.concurrency, 1, MAX_CONCURRENCY)
+        check_range("prefetch", self.prefetch, 0, MAX_PREFETCH)
+        if self.ttl is not None:
+            check_range("ttl", self.ttl, 0, MAX_TTL, above=True, unit="s")
 
     @property
     def max_in_flight(self) -> int:

@@ -44,6 +44,7 @@ from eventmesh.delivery._netcheck import (
     AllowList,
     AllowListResolver,
 )
+from eventmesh.delivery._sinkcheck import sink_problem
 from eventmesh.errors import (
     ClosedError,
     ConfigError,
@@ -272,7 +273,9 @@ class WebhookSink:
     after the first) go as one ``application/cloudevents-batch+json`` request, and every
     caller gets its outcome. ``timeout`` bounds one attempt, ``headers`` are added to
     every request (the binding's own headers win), and a reply body above
-    ``max_reply_size`` bytes is logged and dropped.
+    ``max_reply_size`` bytes is logged and dropped. The settings are checked as the
+    config's ``SinkConfig`` checks them (ranges, headers, credentials given once):
+    ``ConfigError`` otherwise.
 
     Calling it returns the events the receiver answered with (a 200 or 201 whose body
     is a CloudEvent, or a batch of them), else an empty list; in batch mode the reply
@@ -295,12 +298,15 @@ class WebhookSink:
         self.url = _parse_url(url)
         if mode not in ("binary", "structured", "batch"):
             raise ConfigError(f"mode must be binary, structured or batch, got {mode!r}")
-        if timeout <= 0:
-            raise ConfigError(f"timeout must be above 0 seconds, got {timeout!r}")
-        if max_batch < 1:
-            raise ConfigError(f"max_batch must be at least 1, got {max_batch!r}")
-        if batch_window < 0:
-            raise ConfigError(f"batch_window cannot be negative, got {batch_window!r}")
+        problem = sink_problem(
+            url,
+            timeout=timeout,
+            max_batch=max_batch,
+            batch_window=batch_window,
+            headers=headers or {},
+        )
+        if problem is not None:
+            raise ConfigError(problem[1], key=problem[0])
         self.session = session
         self.mode: Mode = mode
         self.timeout = float(timeout)

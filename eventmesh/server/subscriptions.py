@@ -32,7 +32,7 @@ from eventmesh._duration import Duration
 from eventmesh._lifecycle import ClosedOnExit
 from eventmesh._status import NotFoundError
 from eventmesh.config import SinkConfig, SubscriptionConfig, convert
-from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.delivery.policy import MAX_DELAY, DeliveryPolicy, check_range
 from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import ClosedError, ConfigError, LifecycleError
 from eventmesh.mesh import Mesh
@@ -367,8 +367,11 @@ def _parse(spec: Mapping[str, Any]) -> SubscriptionSpec:
                     "subscription is read through GET /subscriptions/{id}/events",
                     key=name,
                 )
-        if parsed.ack_deadline is not None and parsed.ack_deadline <= 0:
-            raise ConfigError("must be longer than 0 seconds", key="ack_deadline")
+        if parsed.ack_deadline is not None:
+            try:
+                check_range("ack_deadline", parsed.ack_deadline, 0, MAX_DELAY, above=True, unit="s")
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="ack_deadline") from None
     return parsed
 
 
@@ -386,10 +389,10 @@ def _sink_settings(spec: SubscriptionSpec) -> SinkConfig:
     except ConfigError as exc:
         message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
         raise ConfigError(message, key=exc.key) from exc
-    if config.max_batch < 1:
-        raise ConfigError("must be at least 1", key="protocolsettings.max_batch")
-    if config.timeout <= 0:
-        raise ConfigError("must be longer than 0 seconds", key="protocolsettings.timeout")
+    problem = config.problem()
+    if problem is not None:
+        key, message = problem
+        raise ConfigError(message, key=f"protocolsettings.{key}")
     return config
 
 

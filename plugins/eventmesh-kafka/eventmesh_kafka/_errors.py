@@ -10,6 +10,7 @@ What aiokafka raises, and what it becomes::
 
     aiokafka.errors.KafkaError (broker answers, timeouts, connections) -> the given kind
     aiokafka.errors.ConsumerStoppedError, IllegalOperation            -> the given kind
+    MessageSizeTooLargeError, RecordTooLargeError (while publishing)   -> RejectedError
     asyncio.TimeoutError (waits inside aiokafka)                       -> the given kind
     OSError, ssl.SSLError (sockets, certificate files)                 -> the given kind
     ValueError, RuntimeError (only while building clients: a setting   -> the given kind
@@ -29,11 +30,12 @@ from contextlib import contextmanager
 
 import aiokafka.errors as kafka_errors
 
-from eventmesh.errors import ConnectorError
+from eventmesh.errors import ConnectorError, PublishError, RejectedError
 
 __all__ = [
     "CLIENT_ERRORS",
     "SETUP_ERRORS",
+    "TOO_LARGE",
     "describe",
     "is_success",
     "refused",
@@ -148,9 +150,24 @@ def describe(exc: BaseException) -> str:
     return text if name in text else f"{name}: {text}"
 
 
+TOO_LARGE: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+)
+"""What aiokafka and the broker raise for a record larger than they take: the same
+record can never be stored, so a publish failing with one is a ``RejectedError``."""
+
+
 def translate(exc: BaseException, kind: type[ConnectorError], where: str) -> ConnectorError:
-    """``exc`` as a ``kind`` whose message says where, the reason, and what to do."""
+    """``exc`` as a ``kind`` whose message says where, the reason, and what to do.
+
+    A record too large for the producer or the broker becomes ``RejectedError`` instead
+    of a ``PublishError``: retrying the same event cannot help.
+    """
     hint = _hint(exc)
+    if kind is PublishError and isinstance(exc, TOO_LARGE):
+        kind = RejectedError
     return kind(f"{where}: {describe(exc)}" + (f"; {hint}" if hint else ""))
 
 

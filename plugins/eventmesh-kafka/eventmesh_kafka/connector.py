@@ -21,10 +21,17 @@ import anyio
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from eventmesh.bindings.kafka import Message, to_binary, to_structured
 from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition
-from eventmesh.errors import ConnectError, ConnectorError, PublishError, SubscribeError
+from eventmesh.errors import (
+    ConnectError,
+    ConnectorError,
+    PublishError,
+    RejectedError,
+    SubscribeError,
+)
 from eventmesh.event import Event
 from eventmesh_kafka._errors import (
     is_success,
@@ -45,14 +52,24 @@ _CAPABILITIES: Final = Capabilities(
 )
 _TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 _HEALTH_TIMEOUT: Final = 5.0
+_HEADROOM: Final = 4096
+"""Bytes a record's key, headers and framing may add to its value before the exact
+size is worth computing (events carry their attributes as headers)."""
 
 
-def check_topic(topic: object, kind: type[ConnectorError]) -> str:
-    """``topic`` if Kafka accepts it as a topic name, else ``kind`` saying why not."""
+def _check_name(topic: object) -> str:
+    """``topic`` if Kafka accepts it as a topic name, else ``RejectedError`` saying why
+    not (Kafka's rule: 1 to 249 of ``[a-zA-Z0-9._-]``, not ``.`` or ``..``)."""
     if not isinstance(topic, str) or not _TOPIC.match(topic) or topic in (".", ".."):
-        raise kind(
-            f"{topic!r} is not a valid Kafka topic name: use 1 to 249 ASCII letters, digits, "
-            "'.', '_' and '-' (and not '.' or '..' alone)"
+        shown = (
+            repr(topic)
+            if not isinstance(topic, str) or len(topic) <= 60
+            else (f"{topic[:40]!r}... ({len(topic)} characters)")
+        )
+        raise RejectedError(
+            f"{shown} is not a valid Kafka topic name: use 1 to 249 ASCII letters, digits, "
+            "'.', '_' and '-' (and not '.' or '..' alone); Kafka never stores it, so do "
+            "not retry"
         )
     return topic
 
@@ -85,6 +102,10 @@ class KafkaConnector(Connector):
     @property
     def capabilities(self) -> Capabilities:
         return _CAPABILITIES
+
+    def check_topic(self, topic: str) -> None:
+        """``RejectedError`` for a name Kafka refuses (see :func:`_check_name`)."""
+        _check_name(topic)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -231,11 +252,12 @@ class KafkaConnector(Connector):
         ``EventValidationError`` when an event's data cannot be encoded.
         """
         self._check_open()
-        check_topic(topic, PublishError)
+        _check_name(topic)
         if not events:
             return
         encode = self._encode
         messages: list[Message] = [encode(event) for event in events]
+        self._check_sizes(topic, messages)
         await self.ensure_topic(topic, PublishError)
         if self._broken is not None:
             await self._renew_producer()
@@ -262,12 +284,30 @@ class KafkaConnector(Connector):
             count = f"{len(failed)} of {len(events)} events were not stored"
             raise translate(failed[0], PublishError, f"{where} ({count})") from failed[0]
 
+    def _check_sizes(self, topic: str, messages: list[Message]) -> None:
+        """``RejectedError`` before anything is sent when a record is larger than
+        ``max_request_size``, as aiokafka would find only once earlier events of the call
+        were sent. A comparison per event; the exact size only for those near the bound."""
+        limit = self.config.max_request_size
+        near = limit - _HEADROOM
+        for i, (key, value, headers) in enumerate(messages):
+            if value is None or len(value) <= near:
+                continue
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+            if size > limit:
+                raise RejectedError(
+                    f"publishing to Kafka topic {topic!r}: event {i} of the call is {size} "
+                    f"bytes as a Kafka record, more than max_request_size ({limit}) allows; "
+                    "Kafka never stores it as sent: send smaller events, or raise "
+                    "max_request_size and the topic's max.message.bytes together"
+                )
+
     # -- subscribing ---------------------------------------------------------------------
 
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         """A member of Kafka consumer group ``group`` on ``topic``; see KafkaConsumer."""
         self._check_open()
-        check_topic(topic, SubscribeError)
+        _check_name(topic)
         if not isinstance(group, str) or not group:
             raise SubscribeError(f"group must be a non-empty string, got {group!r}")
         if start not in ("earliest", "latest") and not isinstance(start, datetime):

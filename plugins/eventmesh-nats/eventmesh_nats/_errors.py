@@ -7,6 +7,7 @@ logged and swallowed). Nothing from ``nats`` escapes the connector.
 
 What nats-py raises, and what it becomes::
 
+    nats.errors.MaxPayloadError (while publishing)                  -> RejectedError
     nats.errors.Error (every nats-py error, JetStream's included)  -> the given kind
     asyncio.TimeoutError (some waits inside nats-py)                -> the given kind
     OSError, ssl.SSLError (sockets, certificate files)              -> the given kind
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 import nats.errors
 import nats.js.errors
 
-from eventmesh.errors import ConnectorError
+from eventmesh.errors import ConnectorError, PublishError, RejectedError
 
 __all__ = [
     "NATS_ERRORS",
@@ -104,7 +105,13 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def translate(kind: type[ConnectorError], what: str, exc: BaseException) -> ConnectorError:
-    """The eventmesh error for a nats-py failure while doing ``what``; raise it ``from exc``."""
+    """The eventmesh error for a nats-py failure while doing ``what``; raise it ``from exc``.
+
+    A message above the server's ``max_payload`` becomes ``RejectedError`` instead of a
+    ``PublishError``: the same message can never be stored, so retrying cannot help.
+    """
+    if kind is PublishError and isinstance(exc, nats.errors.MaxPayloadError):
+        kind = RejectedError
     return kind(f"{what}: {describe(exc)}")
 
 

@@ -25,6 +25,7 @@ from eventmesh.errors import (
     ConnectorError,
     EventValidationError,
     PublishError,
+    RejectedError,
     SubscribeError,
 )
 from eventmesh.event import Event
@@ -191,8 +192,16 @@ class NatsConnector(Connector):
 
     # -- topics and the binding --------------------------------------------------------------
 
+    def check_topic(self, topic: str) -> None:
+        """``RejectedError`` for a topic that cannot be a NATS subject (empty tokens,
+        whitespace, ``*`` or ``>``, anything outside printable ASCII) or, in JetStream
+        mode, whose stream name would be too long (see :meth:`NatsConfig.subject_for`)."""
+        self.route(topic, RejectedError)
+
     def route(self, topic: str, error: type[ConnectorError]) -> tuple[str, str]:
-        """The subject and stream of ``topic``; ``error`` when the topic cannot be mapped."""
+        """The subject and stream of ``topic``; ``error`` when the topic cannot be mapped.
+
+        Known topics are remembered; the mesh bounds how many (``limits.max_topics``)."""
         found = self._routes.get(topic)
         if found is None:
             try:
@@ -224,11 +233,12 @@ class NatsConnector(Connector):
 
     async def publish(self, topic: str, events: Sequence[Event]) -> None:
         self._check_open()
-        subject, stream = self.route(topic, PublishError)
+        subject, stream = self.route(topic, RejectedError)
         if not events:
             return
         encode = self.encode
         messages = [encode(event) for event in events]
+        self._check_sizes(topic, messages)
         if self.config.mode == "core":
             await publish_core(self, subject, messages, f"publishing to topic {topic!r}")
             return
@@ -239,13 +249,45 @@ class NatsConnector(Connector):
         await self.streams.ensure(topic, subject, stream, PublishError)
         await self._publisher.publish(topic, subject, stream, messages)
 
+    def _check_sizes(self, topic: str, messages: list[tuple[dict[str, str], bytes]]) -> None:
+        """``RejectedError`` before anything is sent when a message is larger than the
+        server's ``max_payload`` (headers included): the server would refuse it, and
+        nats-py checks only the payload. A comparison per message; the exact size only
+        for those near the bound."""
+        limit = self.nc.max_payload
+        near = limit - _HEADROOM
+        for i, (headers, payload) in enumerate(messages):
+            if len(payload) <= near:
+                continue
+            size = len(payload) + _header_size(headers)
+            if size > limit:
+                raise RejectedError(
+                    f"publishing to topic {topic!r}: event {i} of the call is {size} bytes "
+                    f"as a NATS message, more than the server's max_payload ({limit}) "
+                    "allows; NATS never stores it as sent: send smaller events, or raise "
+                    "max_payload in the server's configuration"
+                )
+
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         self._check_open()
+        self.route(topic, RejectedError)
         if not isinstance(group, str) or not group:
             raise SubscribeError(f"group must be a non-empty string, got {group!r}")
         if self.config.mode == "core":
             return CoreConsumer(self, topic, group, start)
         return JetStreamConsumer(self, topic, group, start)
+
+
+_HEADROOM = 4096
+"""Bytes a message's headers may add to its payload before the exact size is worth
+computing (events carry their attributes as headers)."""
+
+
+def _header_size(headers: dict[str, str]) -> int:
+    """Bytes of ``headers`` on the wire (``NATS/1.0``, a line each, a blank line)."""
+    if not headers:
+        return 0
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def _tls_context(config: NatsConfig) -> ssl.SSLContext:
