@@ -3,9 +3,18 @@
 It is the default backend and a real implementation of the connector contract, not a
 test double: a topic is split into partitions by ``partitionkey``; each group keeps a
 committed position per partition and hands partitions to its members the way a Kafka
-group does; a nacked event comes back after its delay; a topic holds at most
-``max_events`` events that some group has not yet committed, and publishing into a full
-topic waits (or fails, as configured) rather than dropping anything.
+group does; a nacked event comes back after its delay.
+
+Retention keeps its word. What every group has committed is freed as the groups move on
+(in steps of ``_TRIM_STEP`` events per partition, so it costs nothing per event). An
+event some group has not committed stays, whether the group has members or not, until
+the group reads it, the group is deleted (:meth:`MemoryConnector.delete_group`), or a
+limit the configuration names releases it: ``max_age``, or ``max_events`` under
+``when_full: drop_oldest``. Whatever a limit releases is counted per topic
+(:meth:`MemoryConnector.topic_stats`). At ``max_events`` the default is back-pressure:
+``publish`` waits (``when_full: wait``) or raises ``TopicFullError`` (``fail``). A topic
+no group has joined keeps its newest events, up to its limits, for groups that start
+at 'earliest'.
 
 What it does not promise: durability. Events live in this process and die with it.
 """
@@ -15,11 +24,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import anyio
 import msgspec
@@ -28,18 +38,28 @@ from eventmesh._duration import Duration
 from eventmesh.connectors.base import Capabilities, Connector, Consumer, Delivery, StartPosition
 from eventmesh.errors import (
     PublishError,
+    RejectedError,
     SubscribeError,
     TopicFullError,
 )
 from eventmesh.event import Event
 
-__all__ = ["MemoryConfig", "MemoryConnector"]
+__all__ = ["MemoryConfig", "MemoryConnector", "TopicStats"]
 
 log = logging.getLogger(__name__)
 
 _CAPABILITIES = Capabilities(
     durable=False, ordered_by_key=True, replay=True, consumer_groups=True, redelivery=True
 )
+
+_TRIM_STEP = 256
+"""A partition looks for committed events to free each time its slowest group has moved
+this many events on: one ``min`` over the groups per step, never per event."""
+_NEVER = 1 << 62
+"""An offset no partition reaches: the trim mark of every group but the slowest."""
+_AGE_SLACK = 1 / 16
+"""Expired events are released together, at most this fraction of ``max_age`` late, so
+that checking the age costs one comparison per publish or fetch."""
 
 
 class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -48,9 +68,13 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     partitions: int = 8
     """Partitions per topic: how many members of one group can share a topic's work."""
     max_events: int = 100_000
-    """Events a topic retains that some group has not committed yet."""
-    when_full: Literal["wait", "fail"] = "wait"
-    """At ``max_events``: make publishers wait for consumers (back-pressure), or fail."""
+    """Events a topic retains: those some group has not committed yet (on a topic no
+    group has joined, its newest events, kept for groups that start at 'earliest')."""
+    max_age: Duration | None = None
+    """Release events older than this, read or not, and count them (None: no age limit)."""
+    when_full: Literal["wait", "fail", "drop_oldest"] = "wait"
+    """At ``max_events``: make publishers wait for the groups (back-pressure), fail with
+    TopicFullError, or release the oldest retained events and count them."""
     full_timeout: Duration | None = None
     """With ``wait``: fail with TopicFullError after this many seconds (None: wait on)."""
 
@@ -59,6 +83,24 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError("partitions must be at least 1")
         if self.max_events < 1:
             raise ValueError("max_events must be at least 1")
+        if self.max_age is not None and not 0 < self.max_age < math.inf:
+            raise ValueError("max_age must be a positive duration such as '10m' (or null)")
+
+
+class TopicStats(NamedTuple):
+    """What one topic of the memory connector holds, from :meth:`MemoryConnector.topic_stats`."""
+
+    retained: int
+    """Events some group has not committed yet (with no group: the events kept for groups
+    that start at 'earliest'); what ``max_events`` bounds."""
+    held: int
+    """Events in memory: the retained ones and committed ones not yet freed (at most about
+    ``_TRIM_STEP`` per partition, or a third of the retained ones)."""
+    released: int
+    """Events released under a limit before every group had read them: by ``max_age``,
+    by ``when_full: drop_oldest``, or, on a topic no group has joined, by ``max_events``."""
+    groups: int
+    """Consumer groups on the topic, with members or not."""
 
 
 class _Partition:
@@ -67,82 +109,139 @@ class _Partition:
     def __init__(self) -> None:
         self.base = 0  # the offset of events[0]
         self.events: list[Event] = []
-        self.stamps: list[float] = []  # store time of each event, for start-at-time
+        self.stamps: list[float] = []  # store time of each event, for start-at-time and age
 
     @property
     def end(self) -> int:
         return self.base + len(self.events)
 
+    def free(self, offset: int) -> None:
+        """Drop the events below ``offset`` from memory."""
+        dead = offset - self.base
+        if dead > 0:
+            del self.events[:dead]
+            del self.stamps[:dead]
+            self.base = offset
+
 
 class _Topic:
-    def __init__(self, name: str, partitions: int) -> None:
+    def __init__(self, name: str, partitions: int, max_age: float | None) -> None:
         self.name = name
         self.partitions = [_Partition() for _ in range(partitions)]
         self.groups: dict[str, _Group] = {}
         self.space: anyio.Event | None = None  # set when a commit may have freed room
         self.headroom = 0  # events that surely fit; recomputed only when used up
         self.round_robin = itertools.cycle(range(partitions))
+        self.max_age = max_age
+        self.expire_at = math.inf if max_age is None else 0.0  # time.time() of the next look
+        self.released = 0  # events released under a limit before every group read them
+        self.warned = False  # the first release under drop_oldest is logged, later counted
 
-    def low(self, p: int, *, active_only: bool = False) -> int:
-        """The lowest offset of partition p that some group still needs.
-
-        Without groups every retained event is kept, for groups that may come and start
-        at 'earliest'. With ``active_only`` only groups that have members count, and a
-        topic no such group reads needs nothing.
-        """
-        part = self.partitions[p]
-        groups = [g for g in self.groups.values() if g.members or not active_only]
+    def start(self, p: int) -> int:
+        """The first retained offset of partition p: the lowest position a group has
+        committed, or, without groups, the oldest event kept for groups to come."""
+        groups = self.groups
         if not groups:
-            return part.end if active_only else part.base
-        return max(part.base, min(g.committed[p] for g in groups))
+            return self.partitions[p].base
+        return min(g.committed[p] for g in groups.values())
 
-    def retained(self, *, active_only: bool = False) -> int:
-        """Events some group (some group with members, with ``active_only``) still needs."""
-        total = 0
-        for p, part in enumerate(self.partitions):
-            total += part.end - self.low(p, active_only=active_only)
-        return total
+    def retained(self) -> int:
+        """Events some group still needs (without groups: every event kept)."""
+        return sum(part.end - self.start(p) for p, part in enumerate(self.partitions))
 
-    def release(self) -> int:
-        """Drop the events no group with members still needs; return how many.
+    def held(self) -> int:
+        return sum(len(part.events) for part in self.partitions)
 
-        Groups without members move past them (and say so when they rejoin nothing is
-        replayed): a reader that went away, or never came, must not stop producers for
-        ever. It is logged as a warning with the count, never done silently.
-        """
-        released = 0
-        for p, part in enumerate(self.partitions):
-            target = self.low(p, active_only=True)
+    def trim(self, p: int) -> None:
+        """Free what every group has committed in partition p, when that is at least a
+        quarter of what it holds (amortised O(1) per event), and make the slowest group
+        the one whose commits call this again, ``_TRIM_STEP`` events on."""
+        groups = self.groups
+        if not groups:
+            return
+        slowest = min(groups.values(), key=lambda g: g.committed[p])
+        low = slowest.committed[p]
+        for group in groups.values():
+            group.trim_at[p] = _NEVER
+        slowest.trim_at[p] = low + _TRIM_STEP
+        part = self.partitions[p]
+        dead = low - part.base
+        if dead > 0 and dead * 4 >= len(part.events):
+            part.free(low)
+
+    def trim_all(self) -> None:
+        for p in range(len(self.partitions)):
+            self.trim(p)
+
+    def release_to(self, p: int, offset: int) -> int:
+        """Release partition p's retained events below ``offset``; return how many."""
+        first = self.start(p)
+        if offset <= first:
+            return 0
+        if self.groups:
             for group in self.groups.values():
-                if not group.members and group.committed[p] < target:
-                    group.committed[p] = group.next[p] = target
-                    group.acked[p].clear()
-                    group.redeliver[p].clear()
-            dead = target - part.base
-            if dead > 0:
-                released += dead
-                del part.events[:dead]
-                del part.stamps[:dead]
-                part.base = target
-        if released:
-            idle = sorted(g.name for g in self.groups.values() if not g.members)
-            log.warning(
-                "topic %r is full: released %d events that no group with members still "
-                "needed (groups without members: %s)",
-                self.name,
-                released,
-                ", ".join(idle) or "none",
-            )
+                group.skip_to(p, offset)
+            self.trim(p)
+        else:
+            self.partitions[p].free(offset)
+        return offset - first
+
+    def release_oldest(self, count: int) -> int:
+        """Release the ``count`` oldest retained events (by store time, across
+        partitions), count them, and return how many there were."""
+        parts = self.partitions
+        cut = [self.start(p) for p in range(len(parts))]
+        heap = [
+            (part.stamps[cut[p] - part.base], p)
+            for p, part in enumerate(parts)
+            if cut[p] < part.end
+        ]
+        heapq.heapify(heap)
+        left = count
+        while left > 0 and heap:
+            p = heap[0][1]
+            part = parts[p]
+            offset = cut[p] = cut[p] + 1
+            left -= 1
+            if offset < part.end:
+                heapq.heapreplace(heap, (part.stamps[offset - part.base], p))
+            else:
+                heapq.heappop(heap)
+        released = sum(self.release_to(p, offset) for p, offset in enumerate(cut))
+        self.released += released
         return released
 
-    def compact(self) -> None:
-        """Drop the events every group has committed, in chunks (amortised O(1) each)."""
+    def expire(self, now: float) -> int:
+        """Release the retained events stored more than ``max_age`` ago; count them, and
+        say when to look again. Return how many were released."""
+        max_age = self.max_age
+        assert max_age is not None
+        cutoff = now - max_age
+        released = 0
+        oldest = now
         for p, part in enumerate(self.partitions):
-            dead = self.low(p) - part.base
-            if dead > 0 and dead * 2 >= len(part.events):
-                del part.events[:dead]
-                del part.stamps[:dead]
-                part.base += dead
+            first = self.start(p)
+            offset = part.base + bisect_left(part.stamps, cutoff, first - part.base)
+            released += self.release_to(p, offset)
+            first = self.start(p)
+            part.free(first)  # and what every group read, whatever its amount
+            if first < part.end:
+                oldest = min(oldest, part.stamps[first - part.base])
+        self.expire_at = oldest + max_age * (1 + _AGE_SLACK)
+        if released:
+            self.released += released
+            log.debug("topic %r: released %d events older than %ss", self.name, released, max_age)
+        return released
+
+    def holders(self) -> str:
+        """The groups that hold the oldest retained events, for error messages."""
+        lows = {name: min(g.committed) for name, g in self.groups.items()}
+        low = min(lows.values(), default=0)
+        names = []
+        for name, group in self.groups.items():
+            if lows[name] == low:
+                names.append(f"{name!r}" + ("" if group.members else " (no members)"))
+        return ", ".join(sorted(names)) or "none"
 
     def notify_space(self) -> None:
         space = self.space
@@ -163,17 +262,19 @@ class _Group:
         self.attempts: dict[tuple[int, int], int] = {}
         self.members: list[_MemoryConsumer] = []
         self.owner: list[_MemoryConsumer | None] = [None] * n
+        self.trim_at = [_NEVER] * n  # a commit reaching it frees what all groups committed
         self._seq = itertools.count()
 
     def _start_offset(self, p: int, start: StartPosition) -> int:
         part = self.topic.partitions[p]
         if start == "latest":
             return part.end
+        first = self.topic.start(p)  # the oldest event still retained, as Kafka's earliest
         if start == "earliest":
-            return part.base  # the oldest event still held, as Kafka's earliest
+            return first
         if isinstance(start, datetime):
             stamp = start.timestamp()
-            return part.base + bisect_left(part.stamps, stamp)
+            return part.base + bisect_left(part.stamps, stamp, first - part.base)
         raise SubscribeError(f"start must be 'earliest', 'latest' or a datetime, got {start!r}")
 
     def join(self, member: _MemoryConsumer) -> None:
@@ -185,7 +286,25 @@ class _Group:
         if member in self.members:
             self.members.remove(member)
             self._rebalance()
-        self.topic.notify_space()  # a group without members no longer holds producers
+
+    def skip_to(self, p: int, offset: int) -> None:
+        """Move past the events of partition p below ``offset``, which a limit released."""
+        if self.committed[p] >= offset:
+            return
+        acked = {o for o in self.acked[p] if o >= offset}
+        while offset in acked:
+            acked.remove(offset)
+            offset += 1
+        self.acked[p] = acked
+        self.committed[p] = offset
+        self.next[p] = max(self.next[p], offset)
+        heap = self.redeliver[p]
+        if heap:
+            self.redeliver[p] = [entry for entry in heap if entry[2] >= offset]
+            heapq.heapify(self.redeliver[p])
+        if self.attempts:
+            for key in [k for k in self.attempts if k[0] == p and k[1] < offset]:
+                del self.attempts[key]
 
     def _rebalance(self) -> None:
         """Give partitions round-robin to members; a moved partition restarts at its commit."""
@@ -210,6 +329,8 @@ class _Group:
     def take(self, member: _MemoryConsumer, max_events: int) -> list[Delivery]:
         out: list[Delivery] = []
         topic = self.topic
+        if topic.expire_at != math.inf and time.time() >= topic.expire_at:
+            topic.expire(time.time())
         now = time.monotonic()
         for p in member.partitions:
             heap = self.redeliver[p]
@@ -293,6 +414,8 @@ class _Group:
             acked.remove(committed)
             committed += 1
         self.committed[p] = committed
+        if committed >= self.trim_at[p]:
+            self.topic.trim(p)
         self.topic.notify_space()
 
     def nack(self, p: int, offset: int, attempt: int, delay: float) -> None:
@@ -416,7 +539,7 @@ class MemoryConnector(Connector):
         if topic is None:
             if not name or not isinstance(name, str):
                 raise PublishError(f"topic name must be a non-empty string, got {name!r}")
-            topic = self._topics[name] = _Topic(name, self.config.partitions)
+            topic = self._topics[name] = _Topic(name, self.config.partitions, self.config.max_age)
         return topic
 
     def _join(self, consumer: _MemoryConsumer) -> _Group:
@@ -424,10 +547,66 @@ class MemoryConnector(Connector):
         topic = self._topic(consumer.topic)
         group = topic.groups.get(consumer.group)
         if group is None:
-            group = topic.groups[consumer.group] = _Group(topic, consumer.group, consumer._start_at)
+            if time.time() >= topic.expire_at:
+                topic.expire(time.time())
+            group = _Group(topic, consumer.group, consumer._start_at)
+            topic.groups[consumer.group] = group
+            topic.trim_all()  # the new group may be the slowest of some partitions
         group.join(consumer)
         self._consumers.add(consumer)
         return group
+
+    # -- what the topics hold --------------------------------------------------------------
+
+    def topic_stats(self) -> dict[str, TopicStats]:
+        """What each topic holds and has released, by name (read by the sidecar's
+        ``/topics``). Costs a look at every partition of every topic: not for a hot path."""
+        now = time.time()
+        stats = {}
+        for name, topic in self._topics.items():
+            if now >= topic.expire_at:
+                topic.expire(now)
+            stats[name] = TopicStats(
+                retained=topic.retained(),
+                held=topic.held(),
+                released=topic.released,
+                groups=len(topic.groups),
+            )
+        return stats
+
+    def released(self) -> dict[str, int]:
+        """Events released under a limit before every group read them, for each topic
+        that released any (``eventmesh_events_released_total``); cheap enough for a scrape."""
+        return {name: t.released for name, t in self._topics.items() if t.released}
+
+    async def delete_group(self, topic: str, group: str) -> bool:
+        """Forget consumer ``group`` on ``topic``: its positions go, and the events only it
+        still needed are freed (they are not counted as released: nobody needs them).
+
+        Returns False when the topic has no such group. Raises ``SubscribeError`` while
+        the group has members: close them first (Kafka refuses to delete a non-empty
+        group for the same reason).
+        """
+        self._check_open()
+        t = self._topics.get(topic)
+        g = t.groups.get(group) if t is not None else None
+        if t is None or g is None:
+            return False
+        if g.members:
+            raise SubscribeError(
+                f"group {group!r} on topic {topic!r} has {len(g.members)} members; close "
+                "its subscriptions before deleting it"
+            )
+        del t.groups[group]
+        for p, part in enumerate(t.partitions):
+            part.free(t.start(p) if t.groups else part.end)
+        t.trim_all()
+        t.headroom = 0  # recomputed by the next publish
+        t.notify_space()
+        log.info("group %r on topic %r deleted", group, topic)
+        return True
+
+    # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, topic: str, events: Sequence[Event]) -> None:
         self._check_open()
@@ -435,19 +614,12 @@ class MemoryConnector(Connector):
         count = len(events)
         if not count:
             return
-        limit = self.config.max_events
-        if count > limit:
-            raise PublishError(
-                f"a batch of {count} events is larger than topic {topic!r} can hold "
-                f"(max_events={limit}); publish smaller batches or raise max_events"
-            )
         if t.headroom < count:
-            t.headroom = limit - t.retained()
-            if t.headroom < count:
-                await self._wait_for_space(t, count)
-                t.headroom = limit - t.retained()
+            await self._make_room(t, count)
         t.headroom -= count
         stamp = time.time()
+        if stamp >= t.expire_at:
+            t.expire(stamp)
         partitions = t.partitions
         n = len(partitions)
         for event in events:
@@ -459,34 +631,76 @@ class MemoryConnector(Connector):
             for member in group.members:
                 member.wake()
 
-    async def _wait_for_space(self, t: _Topic, count: int) -> None:
-        limit = self.config.max_events
-        t.compact()
-        if t.retained() + count <= limit:
+    def _fits(self, t: _Topic, count: int) -> bool:
+        t.headroom = self.config.max_events - t.retained()
+        return t.headroom >= count
+
+    async def _make_room(self, t: _Topic, count: int) -> None:
+        """Return once ``count`` more events fit in topic t, as ``when_full`` says."""
+        config = self.config
+        limit = config.max_events
+        if count > limit:
+            raise RejectedError(
+                f"a batch of {count} events is more than topic {t.name!r} can ever hold "
+                f"(max_events={limit}); publish it in batches of at most {limit} events, "
+                "or raise max_events"
+            )
+        now = time.time()
+        if now >= t.expire_at:
+            t.expire(now)
+        if self._fits(t, count):
             return
-        if t.retained(active_only=True) + count <= limit:
-            t.release()
+        if not t.groups or config.when_full == "drop_oldest":
+            self._drop_oldest(t, count)
             return
-        if self.config.when_full == "fail":
+        if config.when_full == "fail":
             raise TopicFullError(
                 f"topic {t.name!r} holds {t.retained()} events that its groups have not "
-                f"consumed (max_events={limit}, when_full=fail); add consumers, raise "
+                f"consumed (max_events={limit}, when_full=fail; the oldest are held by "
+                f"{t.holders()}); add consumers, delete groups nobody reads, raise "
                 "max_events, or set when_full: wait"
             )
-        with anyio.move_on_after(self.config.full_timeout) as scope:
-            while t.retained(active_only=True) + count > limit:
+        with anyio.move_on_after(config.full_timeout) as scope:
+            while True:
                 if t.space is None:
                     t.space = anyio.Event()
-                await t.space.wait()
+                space = t.space
+                wait = t.expire_at - time.time()
+                with anyio.move_on_after(None if wait == math.inf else max(wait, 0.0)):
+                    await space.wait()
                 self._check_open()
-                t.compact()
-        if scope.cancelled_caught:
-            raise TopicFullError(
-                f"topic {t.name!r} stayed full for {self.config.full_timeout}s "
-                f"(max_events={limit}); its consumers are too slow or gone"
+                now = time.time()
+                if now >= t.expire_at:
+                    t.expire(now)
+                if self._fits(t, count):
+                    return
+                if not t.groups:  # every group was deleted meanwhile
+                    self._drop_oldest(t, count)
+                    return
+        assert scope.cancelled_caught
+        raise TopicFullError(
+            f"topic {t.name!r} stayed full for {config.full_timeout}s (max_events={limit}; "
+            f"the oldest events are held by {t.holders()}); its consumers are too slow or "
+            "gone: add consumers or delete groups nobody reads"
+        )
+
+    def _drop_oldest(self, t: _Topic, count: int) -> None:
+        """Make room by releasing the oldest retained events, counted. A topic no group
+        has joined frees an eighth of ``max_events`` at least, so that it does so seldom."""
+        limit = self.config.max_events
+        excess = count - t.headroom
+        released = t.release_oldest(excess if t.groups else max(excess, limit // 8))
+        self._fits(t, count)
+        if t.groups and not t.warned:
+            t.warned = True
+            log.warning(
+                "topic %r is full (max_events=%d, when_full=drop_oldest): released its %d "
+                "oldest events unread; releases are counted in "
+                "eventmesh_events_released_total and on GET /topics",
+                t.name,
+                limit,
+                released,
             )
-        if t.retained() + count > limit:
-            t.release()
 
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         self._check_open()

@@ -1,4 +1,5 @@
-"""What the memory connector does beyond the kit: retention, back-pressure, rebalancing."""
+"""What the memory connector does beyond the kit: back-pressure, rebalancing (retention and
+its limits: test_memory_retention.py)."""
 
 from __future__ import annotations
 
@@ -41,20 +42,6 @@ async def test_a_member_closed_while_fetching_gets_nothing_and_loses_nothing() -
         assert sorted(d.event.data for d in got) == list(range(20))
 
 
-async def test_a_topic_nobody_reads_never_blocks_its_producer(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Without groups a full topic releases its oldest events, with a warning, not a hang."""
-    async with MemoryConnector(MemoryConfig(partitions=1, max_events=100)) as connector:
-        with anyio.fail_after(5):
-            for _ in range(5):
-                await connector.publish("unread", events(50))
-        assert "released" in caplog.text
-        async with connector.subscribe("unread", "late", start="earliest") as consumer:
-            got = await collect(consumer, 200, timeout=0.5)
-        assert 0 < len(got) <= 100
-
-
 async def test_a_slow_active_group_makes_producers_wait() -> None:
     """With when_full: wait a producer blocks until a group with members makes room."""
     async with (
@@ -84,16 +71,6 @@ async def test_when_full_fail_raises_topic_full() -> None:
         await connector.publish("t", events(10))
         with pytest.raises(TopicFullError, match="max_events=10"):
             await connector.publish("t", events(1))
-
-
-async def test_a_group_without_members_is_released_when_the_topic_fills() -> None:
-    """A group whose members left does not hold producers back for ever."""
-    async with MemoryConnector(MemoryConfig(partitions=1, max_events=10)) as connector:
-        async with connector.subscribe("t", "gone"):
-            pass
-        with anyio.fail_after(5):
-            await connector.publish("t", events(10))
-            await connector.publish("t", events(10))
 
 
 async def test_subscribing_to_an_empty_topic_name_is_a_subscribe_error() -> None:
