@@ -13,7 +13,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 __all__ = [
     "ANY",
@@ -51,6 +51,7 @@ ZERO: Final[dict[type, Value]] = {bool: False, int: 0, str: ""}
 """The zero value of each CESQL type (v1.0 section 3.1)."""
 _TYPE_NAMES: Final[dict[type, str]] = {bool: "Boolean", int: "Integer", str: "String"}
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+_LONGEST_INTEGER: Final = 64
 # Characters with the Unicode White_Space property; str.strip() would also take the
 # ASCII separators U+001C..U+001F, which are control characters TRIM must keep.
 _WHITESPACE: Final = (
@@ -99,8 +100,12 @@ def to_string(value: Value) -> str:
 
 
 def parse_int(text: str) -> int | None:
-    """A base-10 32-bit integer with an optional sign, or None."""
-    if not _INTEGER.match(text):
+    """A base-10 32-bit integer with an optional sign, or None.
+
+    A String longer than 64 characters is never one (it would need over 50 leading
+    zeros): refusing it at once keeps a cast of a long attribute from reading it all.
+    """
+    if len(text) > _LONGEST_INTEGER or not _INTEGER.match(text):
         return None
     number = int(text)
     return number if INT32_MIN <= number <= INT32_MAX else None
@@ -131,9 +136,10 @@ def cast(
         if number is not None:
             return number
     elif kind is str:
-        lowered = value.lower()  # type: ignore[union-attr]
-        if lowered == "true" or lowered == "false":
-            return lowered == "true"
+        if 4 <= len(value) <= 5:  # type: ignore[arg-type]  # no lower() of a long string
+            lowered = value.lower()  # type: ignore[union-attr]
+            if lowered == "true" or lowered == "false":
+                return lowered == "true"
     elif explicit:
         return value != 0
     hint = "; use BOOL(x) to test an integer" if kind is int and not explicit else ""
@@ -189,11 +195,20 @@ def arithmetic(op: str, left: Value, right: Value, where: str) -> int:
 _LIKE_TOKEN = re.compile(r"\\[%_\\]|.", re.DOTALL)
 
 
-def like_matcher(pattern: str) -> Callable[[str], bool]:
-    """A predicate for ``x LIKE pattern``, built once; matching is linear, no backtracking.
+def like_matcher(pattern: str) -> tuple[Callable[[str], bool], int]:
+    """A predicate for ``x LIKE pattern``, built once, and the work it does per character.
 
     ``%`` is any run of characters, ``_`` one character; ``\\%``, ``\\_`` and ``\\\\``
     stand for ``%``, ``_`` and a backslash; any other backslash is itself.
+
+    Matching never backtracks. The pattern is split at each ``%`` into runs; the first
+    and the last are anchored at the ends, and each run between them is placed at its
+    leftmost fit after the one before (one ``str.find``, or for a run with ``_`` between
+    literal characters a fixed-length regex search), which is optimal because a run has a
+    fixed length. The second value is the work per character of the value: 0 when the
+    work depends on the pattern only (``'abc'``, ``'ab%'``, ``'%bc'``, ``'a%c'``), 1 for
+    a window that ``str.find`` crosses once, and the longest run with inner ``_``
+    otherwise (a search that may compare that many characters at each position).
     """
     # The pattern, split at each unescaped %, into runs of literals and "_" wildcards.
     runs: list[list[str | None]] = [[]]  # None marks "_"
@@ -205,15 +220,15 @@ def like_matcher(pattern: str) -> Callable[[str], bool]:
     if all(None not in run for run in runs):
         texts = ["".join(run) for run in runs]  # type: ignore[arg-type]
         if len(texts) == 1:
-            return texts[0].__eq__
+            return texts[0].__eq__, 0
         first, last = texts[0], texts[-1]
         if len(texts) == 2 and not last:
-            return lambda s: s.startswith(first)
+            return (lambda s: s.startswith(first)), 0
         if len(texts) == 2 and not first:
-            return lambda s: s.endswith(last)
+            return (lambda s: s.endswith(last)), 0
         if len(texts) == 3 and not first and not last:
             middle = texts[1]
-            return lambda s: middle in s
+            return (lambda s: middle in s), 1
     return _general_matcher(runs)
 
 
@@ -221,15 +236,40 @@ def _run_regex(run: list[str | None]) -> re.Pattern[str]:
     return re.compile("".join("." if c is None else re.escape(c) for c in run), re.DOTALL)
 
 
-def _general_matcher(runs: list[list[str | None]]) -> Callable[[str], bool]:
+class _Middle(NamedTuple):
+    """A run between two ``%``: ``lead`` and ``trail`` wildcards around a core that
+    starts and ends with a literal character (``_`` next to ``%`` only shifts it)."""
+
+    lead: int
+    text: str | None  # the core when it has no "_": found with str.find
+    regex: re.Pattern[str] | None  # otherwise
+    size: int
+    trail: int
+
+
+def _middle(run: list[str | None]) -> _Middle:
+    lead = 0
+    while lead < len(run) and run[lead] is None:
+        lead += 1
+    trail = 0
+    while trail < len(run) - lead and run[len(run) - 1 - trail] is None:
+        trail += 1
+    core = run[lead : len(run) - trail]
+    if None in core:
+        return _Middle(lead, None, _run_regex(core), len(core), trail)
+    return _Middle(lead, "".join(core), None, len(core), trail)  # type: ignore[arg-type]
+
+
+def _general_matcher(runs: list[list[str | None]]) -> tuple[Callable[[str], bool], int]:
     if len(runs) == 1:
-        whole = _run_regex(runs[0])
-        return lambda s: whole.fullmatch(s) is not None
-    head, *middle, tail = runs
+        whole, size = _run_regex(runs[0]), len(runs[0])
+        return (lambda s: len(s) == size and whole.match(s) is not None), 0
+    head, *inner, tail = runs
     head_re, tail_re = _run_regex(head), _run_regex(tail)
-    middle_res = [_run_regex(run) for run in middle if run]
+    middles = tuple(_middle(run) for run in inner if run)
     min_length = sum(len(run) for run in runs)
-    tail_length = len(tail)
+    head_length, tail_length = len(head), len(tail)
+    weight = max((m.size for m in middles if m.regex is not None), default=1 if middles else 0)
 
     def match(s: str) -> bool:
         if len(s) < min_length or head_re.match(s) is None:
@@ -237,15 +277,20 @@ def _general_matcher(runs: list[list[str | None]]) -> Callable[[str], bool]:
         end = len(s) - tail_length
         if tail_re.match(s, end) is None:
             return False
-        position = len(head)
-        for run_re in middle_res:  # leftmost placement of each fixed-length run is optimal
-            found = run_re.search(s, position, end)
-            if found is None:
+        position = head_length
+        for lead, text, regex, size, trail in middles:
+            if text is not None:
+                found = s.find(text, position + lead, end - trail)
+            else:
+                assert regex is not None
+                hit = regex.search(s, position + lead, end - trail)
+                found = -1 if hit is None else hit.start()
+            if found < 0:
                 return False
-            position = found.end()
+            position = found + size + trail
         return True
 
-    return match
+    return match, weight
 
 
 # -- operators: closures over the compiled operands --------------------------------
@@ -441,7 +486,10 @@ def _explicit_cast(target: ValueType) -> Callable[[Value], Value]:
 
 
 def _is_bool(x: Value) -> bool:
-    return type(x) is bool or (type(x) is str and x.lower() in ("true", "false"))
+    return type(x) is bool or (type(x) is str and 4 <= len(x) <= 5 and x.lower() in _BOOLS)
+
+
+_BOOLS: Final = ("true", "false")
 
 
 def _is_int(x: Value) -> bool:

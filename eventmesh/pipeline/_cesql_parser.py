@@ -32,13 +32,15 @@ __all__ = [
     "Node",
     "ParseError",
     "Unary",
+    "children",
     "parse",
 ]
 
 INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1
-MAX_NESTING: Final = 64
-"""Parentheses, calls, sets and prefix operators nested deeper than this are rejected."""
+MAX_NESTING: Final = 32
+"""The default bound on parentheses, calls, sets and prefix operators nested in one
+another (``limits.filters.max_depth``); deeper is a ParseError before any recursion."""
 MAX_HEIGHT: Final = 256
 """An expression tree taller than this (a very long operator chain) is rejected."""
 
@@ -53,6 +55,8 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
+_SHOWN: Final = 80
+"""Characters of the expression's line an error message shows around the problem."""
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9]+\Z")
 _FUNCTION_NAME = re.compile(r"[A-Za-z][A-Za-z_]*\Z")
@@ -77,9 +81,15 @@ class ParseError(ConfigError):
         where = f"column {column}"
         if "\n" in expression:
             where = f"line {expression.count(chr(10), 0, position) + 1}, {where}"
+        shown, caret = line_text, column - 1
+        if len(line_text) > _SHOWN:  # a window around the problem, not the whole line
+            low = max(0, caret - _SHOWN // 2)
+            high = min(len(line_text), low + _SHOWN)
+            shown = ("..." if low else "") + line_text[low:high]
+            shown += "..." if high < len(line_text) else ""
+            caret = caret - low + (3 if low else 0)
         super().__init__(
-            f"invalid CESQL expression at {where}: {problem}\n"
-            f"    {line_text}\n    {' ' * (column - 1)}^"
+            f"invalid CESQL expression at {where}: {problem}\n    {shown}\n    {' ' * caret}^"
         )
         self.expression = expression
         self.position = position
@@ -206,9 +216,13 @@ def _describe(token: _Token) -> str:
 # -- the parser -----------------------------------------------------------------------
 
 
-def parse(source: str) -> Node:
-    """Parse a CESQL expression into its AST; raises :class:`ParseError`."""
-    parser = _Parser(source)
+def parse(source: str, max_depth: int = MAX_NESTING) -> Node:
+    """Parse a CESQL expression into its AST; raises :class:`ParseError`.
+
+    Parentheses, calls, sets and prefix operators nested more than ``max_depth`` deep
+    are refused when the parser reaches the level too many, before it recurses into it.
+    """
+    parser = _Parser(source, max_depth)
     node = parser.logic()
     token = parser.peek()
     if token.kind != "end":
@@ -221,11 +235,12 @@ def parse(source: str) -> Node:
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, max_depth: int) -> None:
         self.source = source
         self.tokens = _tokenize(source)
         self.index = 0
         self.depth = 0
+        self.max_depth = max_depth
 
     # -- helpers
 
@@ -259,9 +274,12 @@ class _Parser:
 
     def enter(self, token: _Token) -> None:
         self.depth += 1
-        if self.depth > MAX_NESTING:
+        if self.depth > self.max_depth:
             raise ParseError(
-                self.source, token.start, f"the expression nests more than {MAX_NESTING} levels"
+                self.source,
+                token.start,
+                f"the expression nests more than {self.max_depth} levels "
+                "(limits.filters.max_depth); flatten it",
             )
 
     # -- grammar, loosest binding first
@@ -422,7 +440,7 @@ class _Parser:
         return Literal(value, start, token.end)
 
 
-def _children(node: Node) -> tuple[Node, ...]:
+def children(node: Node) -> tuple[Node, ...]:
     if isinstance(node, Unary | Like):
         return (node.operand,)
     if isinstance(node, Binary):
@@ -441,5 +459,5 @@ def _height(root: Node) -> int:
     while stack:
         node, level = stack.pop()
         height = max(height, level)
-        stack.extend((child, level + 1) for child in _children(node))
+        stack.extend((child, level + 1) for child in children(node))
     return height

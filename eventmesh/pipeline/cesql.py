@@ -100,8 +100,10 @@ from eventmesh.pipeline._cesql_parser import (
     Node,
     ParseError,
     Unary,
+    children,
     parse,
 )
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
 
 if TYPE_CHECKING:
     from eventmesh.event import Event
@@ -160,11 +162,24 @@ class Expression:
         return f"cesql.compile({self.source!r})"
 
 
-def compile(source: str) -> Expression:  # shadows the builtin on purpose: used as cesql.compile
-    """Compile a CESQL expression; raises :class:`ParseError` when it is not valid."""
+def compile(  # shadows the builtin on purpose: used as cesql.compile
+    source: str, *, limits: FilterLimits = DEFAULT_LIMITS
+) -> Expression:
+    """Compile a CESQL expression; raises :class:`ParseError` when it is not valid.
+
+    An expression longer than ``limits.max_size`` characters, or nesting deeper than
+    ``limits.max_depth``, is a ParseError too; the length is checked before parsing.
+    """
+    if len(source) > limits.max_size:
+        raise ParseError(
+            source,
+            0,
+            f"the expression is {len(source)} characters, more than {limits.max_size} "
+            "(limits.filters.max_size); split it across subscriptions, or raise the limit",
+        )
     try:
-        tree = parse(source)
-        code = _Compiler(source).compile(tree)
+        tree = parse(source, limits.max_depth)
+        code = _Compiler(source, limits, tree).compile(tree)
     except RecursionError:
         raise ParseError(source, 0, "the expression nests too deeply") from None
     return Expression(source, code.fn)
@@ -196,9 +211,30 @@ def _rfc3339(value: Any) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+_BUILDERS: Final = frozenset(
+    {"CONCAT", "CONCAT_WS", "LEFT", "LOWER", "RIGHT", "SUBSTRING", "TRIM", "UPPER"}
+)
+"""The functions that build a new string from their String arguments."""
+
+
+def _scanners(root: Node) -> int:
+    """How many LIKEs and string-building calls the tree holds (walked without recursion)."""
+    count, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Like) or (isinstance(node, Call) and node.name in _BUILDERS):
+            count += 1
+        stack.extend(children(node))
+    return count
+
+
 class _Compiler:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, limits: FilterLimits, tree: Node) -> None:
         self.source = source
+        self.max_string = limits.max_string
+        # What each LIKE or string function may read per evaluation: their shares of
+        # max_scan, so that all of them together read at most max_scan characters.
+        self.allowance = min(limits.max_string, limits.max_scan // max(1, _scanners(tree)))
 
     def where(self, node: Node) -> str:
         text = self.source[node.start : node.end]
@@ -347,8 +383,17 @@ class _Compiler:
         return _Code(binary(lf, rf, 0, apply_arithmetic, constant_right=right.constant))
 
     def like(self, node: Like, operand: _Code) -> _Code:
-        of, negated, match = operand.fn, node.negated, like_matcher(node.pattern)
-
+        of, negated = operand.fn, node.negated
+        match, weight = like_matcher(node.pattern)
+        # A value longer than this would cost more than this LIKE's share of max_scan.
+        longest = self.allowance // weight if weight else None
+        too_long = (
+            EvaluationError(
+                "generic",
+                f"LIKE reads at most {longest} characters here (limits.filters.max_scan, "
+                f"shared by the expression's LIKEs and string functions){self.where(node)}",
+            ),
+        )
         name, missing = operand.attribute, operand.missing
 
         def like(event: Any) -> Value:
@@ -363,6 +408,8 @@ class _Compiler:
                     raise Failed(False, failed.errors) from None
             if type(value) is not str:
                 value = to_string(value)
+            if longest is not None and len(value) > longest:
+                raise Failed(False, too_long)
             return match(value) is not negated
 
         return _Code(like)
@@ -428,6 +475,8 @@ class _Compiler:
         params = function.params + (function.variadic or ANY,) * (len(args) - len(function.params))
         targets = tuple(enumerate(params))
         impl, zero = function.impl, ZERO[function.returns]
+        name, allowance, max_string = node.name, self.allowance, self.max_string
+        builds = name in _BUILDERS
 
         def call(event: Any) -> Value:
             values: list[Any] = []
@@ -443,13 +492,28 @@ class _Compiler:
             for index, target in targets:
                 if target is not ANY and type(values[index]) is not target:
                     values[index] = cast(values[index], target, errors, where)
+            if builds:  # never build a string over max_string, nor read more than a share
+                size = sum(len(v) for v in values if type(v) is str)
+                if size > allowance:
+                    raise Failed(zero, (*errors, _too_long(name, size, allowance, where)))
             try:
                 value = impl(*values)
             except Failed as failed:
                 located = tuple(EvaluationError(e.kind, e.message + where) for e in failed.errors)
                 raise Failed(failed.value, (*errors, *located)) from None
+            if builds and len(value) > max_string:  # type: ignore[arg-type]  # UPPER of 'ß'
+                too_long = _too_long(name, len(value), max_string, where)  # type: ignore[arg-type]
+                raise Failed(zero, (*errors, too_long))
             if errors:
                 raise Failed(value, tuple(errors))
             return value
 
         return _Code(call)
+
+
+def _too_long(name: str, size: int, limit: int, where: str) -> EvaluationError:
+    return EvaluationError(
+        "functionEvaluation",
+        f"{name} would read or build {size} characters, more than the {limit} it may here "
+        "(limits.filters.max_string, and a share of limits.filters.max_scan)" + where,
+    )

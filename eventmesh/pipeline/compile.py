@@ -10,15 +10,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
 from eventmesh.typing import Filter, Transform
 
 __all__ = ["compile_pipeline"]
 
 
 def compile_pipeline(
-    filter: Any = None, transform: Any = None, *, where: str = "subscription"
+    filter: Any = None,
+    transform: Any = None,
+    *,
+    where: str = "subscription",
+    limits: FilterLimits = DEFAULT_LIMITS,
 ) -> tuple[Filter | None, Transform | None]:
-    """Compile a filter spec and a transform chain; raises ConfigError naming ``where``."""
+    """Compile a filter spec and a transform chain; raises ConfigError naming ``where``.
+
+    A spec over one of ``limits`` (its size as JSON, its nesting) is a ConfigError that
+    names the limit's config key; the size is checked before anything is parsed.
+    """
     compiled_filter: Filter | None
     if filter is None:
         compiled_filter = None
@@ -27,7 +36,7 @@ def compile_pipeline(
     else:
         from eventmesh.pipeline.filters import compile_filter
 
-        compiled_filter = compile_filter(filter, where=f"{where}.filter")
+        compiled_filter = compile_filter(filter, where=f"{where}.filter", limits=limits)
     compiled_transform: Transform | None
     if transform is None:
         compiled_transform = None
@@ -37,7 +46,7 @@ def compile_pipeline(
         from eventmesh.pipeline.transforms import compile_transforms
 
         steps = [transform] if isinstance(transform, Mapping) else list(transform)
-        compiled_transform = compile_transforms(steps, where=f"{where}.transform")
+        compiled_transform = compile_transforms(steps, where=f"{where}.transform", limits=limits)
     return compiled_filter, compiled_transform
 
 

@@ -21,8 +21,11 @@ matches, so ``{"not": {"exact": {"x": "1"}}}`` matches every event without ``x``
 :func:`compile_filter` checks the whole spec before returning and raises
 :class:`~eventmesh.errors.ConfigError` naming the path of the first problem inside it,
 for example ``subscriptions[0].filter.all[1].exact: expected a mapping of attribute to
-string``. The compiled filter is a closure specialised for its dialect: ``exact`` on one
-context attribute is a single attribute read and comparison.
+string``. A spec larger than ``limits.filters.max_size`` characters as JSON is refused
+before anything in it is read, and one that nests ``all``/``any``/``not`` (or a list)
+more than ``limits.filters.max_depth`` levels is refused at the level that goes too deep
+(:mod:`eventmesh.pipeline.limits`). The compiled filter is a closure specialised for its
+dialect: ``exact`` on one context attribute is a single attribute read and comparison.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from eventmesh.pipeline._combine import all_of, any_of
 from eventmesh.pipeline._jsonpath import describe as _kind
 from eventmesh.pipeline._jsonpath import join_path as _join
 from eventmesh.pipeline._jsonpath import rfc3339
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits, check_depth, check_size
 from eventmesh.typing import Filter
 
 __all__ = ["DIALECTS", "Filter", "compile_filter", "match_all"]
@@ -55,23 +59,31 @@ def match_all(event: Event) -> bool:
 
 
 def compile_filter(
-    spec: Mapping[str, Any] | Sequence[Any] | None, *, where: str = "filter"
+    spec: Mapping[str, Any] | Sequence[Any] | None,
+    *,
+    where: str = "filter",
+    limits: FilterLimits = DEFAULT_LIMITS,
 ) -> Filter:
     """Compile a filter spec into a :data:`Filter`; ``None`` matches every event.
 
     Raises ConfigError naming the path inside the spec (prefixed with ``where``) for
     anything that cannot be compiled: an unknown dialect (the message lists the known
-    ones), a malformed dialect body, or an invalid CESQL expression or pattern.
+    ones), a malformed dialect body, an invalid CESQL expression or pattern, or a spec
+    over one of ``limits``.
     """
     if spec is None:
         return match_all
-    return _compile(spec, where)
+    check_size(spec, limits, what="the filter", where=where)
+    return _compile(spec, where, limits, 1)
 
 
-def _compile(spec: Any, path: str) -> Filter:
+def _compile(spec: Any, path: str, limits: FilterLimits, depth: int) -> Filter:
+    check_depth(depth, limits, what="the filter", where=path)
     if isinstance(spec, Sequence) and not isinstance(spec, str | bytes):
         # The Subscriptions API's ``filters`` array: every filter must match; none is true.
-        return _all([_compile(item, f"{path}[{i}]") for i, item in enumerate(spec)])
+        return _all(
+            [_compile(item, f"{path}[{i}]", limits, depth + 1) for i, item in enumerate(spec)]
+        )
     if not isinstance(spec, Mapping):
         raise ConfigError(
             f"a filter is a mapping naming one dialect ({_known()}), got {_kind(spec)}",
@@ -88,7 +100,7 @@ def _compile(spec: Any, path: str) -> Filter:
     compile_dialect = DIALECTS.get(dialect) if isinstance(dialect, str) else None
     if compile_dialect is None:
         raise ConfigError(f"unknown filter dialect {dialect!r}; known: {_known()}", key=path)
-    return compile_dialect(body, _join(path, dialect))
+    return compile_dialect(body, _join(path, dialect), limits, depth)
 
 
 # -- exact, prefix, suffix ---------------------------------------------------------------
@@ -148,7 +160,7 @@ def _text_getter(name: str) -> Callable[[Event], str | None]:
     return extension
 
 
-def _compile_exact(body: Any, path: str) -> Filter:
+def _compile_exact(body: Any, path: str, limits: FilterLimits, depth: int) -> Filter:
     pairs = _attributes(body, path)
     context = [(n, v) for n, v in pairs if n in _STRING_CONTEXT]
     others = [_exact_one(n, v) for n, v in pairs if n not in _STRING_CONTEXT]
@@ -185,11 +197,11 @@ def _exact_one(name: str, value: str) -> Filter:
     return exact
 
 
-def _compile_prefix(body: Any, path: str) -> Filter:
+def _compile_prefix(body: Any, path: str, limits: FilterLimits, depth: int) -> Filter:
     return _all([_starts_with(_text_getter(n), v) for n, v in _attributes(body, path)])
 
 
-def _compile_suffix(body: Any, path: str) -> Filter:
+def _compile_suffix(body: Any, path: str, limits: FilterLimits, depth: int) -> Filter:
     return _all([_ends_with(_text_getter(n), v) for n, v in _attributes(body, path)])
 
 
@@ -204,24 +216,24 @@ def _ends_with(get: Callable[[Event], str | None], value: str) -> Filter:
 # -- all, any, not -----------------------------------------------------------------------
 
 
-def _nested_list(body: Any, path: str) -> list[Filter]:
+def _nested_list(body: Any, path: str, limits: FilterLimits, depth: int) -> list[Filter]:
     if not isinstance(body, Sequence) or isinstance(body, str | bytes) or not body:
         raise ConfigError(f"expected a non-empty list of filters, got {_kind(body)}", key=path)
-    return [_compile(item, f"{path}[{i}]") for i, item in enumerate(body)]
+    return [_compile(item, f"{path}[{i}]", limits, depth + 1) for i, item in enumerate(body)]
 
 
-def _compile_all(body: Any, path: str) -> Filter:
-    return _all(_nested_list(body, path))
+def _compile_all(body: Any, path: str, limits: FilterLimits, depth: int) -> Filter:
+    return _all(_nested_list(body, path, limits, depth))
 
 
-def _compile_any(body: Any, path: str) -> Filter:
-    return any_of(_nested_list(body, path))
+def _compile_any(body: Any, path: str, limits: FilterLimits, depth: int) -> Filter:
+    return any_of(_nested_list(body, path, limits, depth))
 
 
-def _compile_not(body: Any, path: str) -> Filter:
+def _compile_not(body: Any, path: str, limits: FilterLimits, depth: int) -> Filter:
     if not isinstance(body, Mapping):
         raise ConfigError(f"expected one filter (a mapping), got {_kind(body)}", key=path)
-    inner = _compile(body, path)
+    inner = _compile(body, path, limits, depth + 1)
     return lambda event: not inner(event)
 
 
@@ -232,25 +244,25 @@ def _all(filters: list[Filter]) -> Filter:
 # -- sql and pattern ---------------------------------------------------------------------
 
 
-def _compile_sql(body: Any, path: str) -> Filter:
+def _compile_sql(body: Any, path: str, limits: FilterLimits, depth: int) -> Filter:
     if not isinstance(body, str) or not body.strip():
         raise ConfigError(f"expected a CESQL expression (a string), got {_kind(body)}", key=path)
     from eventmesh.pipeline import cesql  # imported here: most configs never use it
 
     try:
-        expression = cesql.compile(body)
+        expression = cesql.compile(body, limits=limits)
     except ConfigError as exc:  # cesql.ParseError, with the column
         raise ConfigError(str(exc), key=path) from exc
     return expression.matches
 
 
-def _compile_pattern(body: Any, path: str) -> Filter:
+def _compile_pattern(body: Any, path: str, limits: FilterLimits, depth: int) -> Filter:
     from eventmesh.pipeline.patterns import compile_pattern
 
-    return compile_pattern(body, where=path)
+    return compile_pattern(body, where=path, limits=limits, checked=True)
 
 
-DIALECTS: Final[Mapping[str, Callable[[Any, str], Filter]]] = {
+DIALECTS: Final[Mapping[str, Callable[[Any, str, FilterLimits, int], Filter]]] = {
     "all": _compile_all,
     "any": _compile_any,
     "exact": _compile_exact,
@@ -260,7 +272,8 @@ DIALECTS: Final[Mapping[str, Callable[[Any, str], Filter]]] = {
     "sql": _compile_sql,
     "suffix": _compile_suffix,
 }
-"""The dialect names :func:`compile_filter` knows, each with its compile function."""
+"""The dialect names :func:`compile_filter` knows, each with its compile function
+(taking the body, its path, the limits and the nesting depth of the filter it is)."""
 
 
 def _known() -> str:

@@ -3,13 +3,28 @@
 Every spec can come from a client of the sidecar, so its size, its nesting and the work
 one evaluation may do are bounded; a spec over a bound is a ConfigError that names the
 bound and its config key (``limits.filters.*``, docs/operations.md).
+
+Why compiling and evaluating are then cheap by construction:
+
+- the size is measured first, by a walk that stops as soon as the spec is over
+  ``max_size`` (so it visits at most ``max_size`` values), before anything is parsed;
+- every compiler does work linear in the spec, and nests at most ``max_depth`` levels,
+  so no spec can exhaust the Python stack;
+- evaluation visits each compiled node once per event; wildcards and LIKE match in
+  linear time; a CESQL function never builds a string longer than ``max_string``, and
+  the string-reading operators of one CESQL expression share ``max_scan`` characters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import msgspec
 
-__all__ = ["FilterLimits"]
+from eventmesh.errors import ConfigError
+
+__all__ = ["FilterLimits", "check_depth", "check_size", "json_size_exceeds"]
 
 
 class FilterLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -21,8 +36,73 @@ class FilterLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Nesting of ``all``/``any``/``not``, of CESQL sub-expressions and of patterns."""
     max_string: int = 64 * 1024
     """Characters of any string one CESQL evaluation may build (CONCAT, SUBSTRING, ...)."""
+    max_scan: int = 1024 * 1024
+    """Characters the LIKE operators and string functions of one CESQL expression may
+    read in one evaluation, shared evenly among them (each also at most ``max_string``)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_size", "max_depth", "max_string"):
+        for name in ("max_size", "max_depth", "max_string", "max_scan"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+
+
+DEFAULT_LIMITS = FilterLimits()
+
+
+def json_size_exceeds(value: Any, limit: int) -> bool:
+    """True when ``value`` written as JSON would be longer than ``limit`` characters.
+
+    An estimate that never undercounts structure (escapes inside strings aside), and a
+    walk without recursion that stops as soon as the total passes ``limit``: every value
+    it visits adds at least one character, so it visits at most ``limit`` values.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str or kind is bytes:
+            total += len(item) + 2
+        elif kind is bool or item is None:
+            total += 5
+        elif kind is int:
+            total += item.bit_length() // 3 + 1  # no str(): huge ints are slow to format
+        elif kind is float:
+            total += 8
+        elif isinstance(item, Mapping):
+            total += 1 + 2 * len(item)  # braces, colons and commas
+            if total > limit:
+                return True
+            for key, member in item.items():
+                stack.append(key)
+                stack.append(member)
+        elif isinstance(item, list | tuple):
+            total += 1 + len(item)
+            if total > limit:
+                return True
+            stack.extend(item)
+        else:
+            total += 8  # not JSON: the compiler that reads it will say so
+        if total > limit:
+            return True
+    return False
+
+
+def check_size(spec: Any, limits: FilterLimits, *, what: str, where: str) -> None:
+    """Raise ConfigError when ``spec`` is over ``limits.max_size`` characters as JSON."""
+    if json_size_exceeds(spec, limits.max_size):
+        raise ConfigError(
+            f"{what} is more than {limits.max_size} characters as JSON "
+            "(limits.filters.max_size); split it across subscriptions, or raise the limit",
+            key=where,
+        )
+
+
+def check_depth(depth: int, limits: FilterLimits, *, what: str, where: str) -> None:
+    """Raise ConfigError when ``depth`` is over ``limits.max_depth``."""
+    if depth > limits.max_depth:
+        raise ConfigError(
+            f"{what} nests more than {limits.max_depth} levels (limits.filters.max_depth); "
+            "flatten it",
+            key=where,
+        )

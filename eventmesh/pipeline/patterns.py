@@ -30,7 +30,8 @@ The rules
   ``{"suffix": ".png"}``                       likewise at the end
   ``{"equals-ignore-case": "nl"}``             a string equal but for case
   ``{"wildcard": "orders/*/lines/*"}``         ``*`` is any run of characters; ``\\*`` a
-                                               star and ``\\\\`` a backslash
+                                               star and ``\\\\`` a backslash; matched in
+                                               linear time, never backtracking
   ``{"anything-but": v}``                      a present value that is not ``v``: a value,
                                                a list of values, or ``{"prefix": s}``,
                                                ``{"suffix": s}``, ``{"equals-ignore-case":
@@ -83,6 +84,7 @@ from eventmesh.errors import ConfigError
 from eventmesh.event import CONTEXT_ATTRIBUTES, Event
 from eventmesh.pipeline._combine import all_of, any_of
 from eventmesh.pipeline._jsonpath import MISSING, attribute_getter, describe, join_path, json_data
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits, check_depth, check_size
 from eventmesh.typing import Filter
 
 __all__ = ["compile_pattern"]
@@ -103,11 +105,19 @@ _NUMERIC_OPERATORS: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
 }
 
 
-def compile_pattern(pattern: Mapping[str, Any], *, where: str) -> Filter:
+def compile_pattern(
+    pattern: Mapping[str, Any],
+    *,
+    where: str,
+    limits: FilterLimits = DEFAULT_LIMITS,
+    checked: bool = False,
+) -> Filter:
     """Compile a content pattern into a :data:`Filter`.
 
     Raises ConfigError naming the path inside the pattern (prefixed with ``where``)
-    for anything that is not a valid pattern.
+    for anything that is not a valid pattern, and for a pattern larger than
+    ``limits.max_size`` characters as JSON (not measured again when ``checked``: the
+    filter holding it was) or nesting objects and ``$or`` more than ``limits.max_depth``.
     """
     if not isinstance(pattern, Mapping) or not pattern:
         raise ConfigError(
@@ -115,13 +125,18 @@ def compile_pattern(pattern: Mapping[str, Any], *, where: str) -> Filter:
             f"got {describe(pattern)}",
             key=where,
         )
-    return all_of(_event_checks(pattern, where))
+    if not checked:
+        check_size(pattern, limits, what="the pattern", where=where)
+    return all_of(_event_checks(pattern, where, limits, 1))
 
 
 # -- the event level: attributes, data, $or -------------------------------------------
 
 
-def _event_checks(pattern: Mapping[str, Any], path: str) -> list[Filter]:
+def _event_checks(
+    pattern: Mapping[str, Any], path: str, limits: FilterLimits, depth: int
+) -> list[Filter]:
+    check_depth(depth, limits, what="the pattern", where=path)
     attributes: list[Filter] = []
     data: list[Filter] = []
     alternatives: list[Filter] = []
@@ -129,14 +144,14 @@ def _event_checks(pattern: Mapping[str, Any], path: str) -> list[Filter]:
         at = join_path(path, key)
         if key == "$or":
             branches = [
-                all_of(_event_checks(branch, f"{at}[{i}]"))
+                all_of(_event_checks(branch, f"{at}[{i}]", limits, depth + 1))
                 for i, branch in enumerate(_branches(spec, at))
             ]
             alternatives.append(any_of(branches))
         elif key == "data" and isinstance(spec, Mapping):
-            data.append(_on_data_object(_fields(spec, at)))
+            data.append(_on_data_object(_fields(spec, at, limits, depth + 1)))
         elif key == "data":
-            data.append(_on_data(_node(spec, at)))
+            data.append(_on_data(_node(spec, at, limits, depth + 1)))
         else:
             attributes.append(_attribute_check(key, spec, path, at))
     # Cheap checks first; fields are ANDed, so the order changes only the cost.
@@ -195,9 +210,9 @@ def _branches(spec: Any, path: str) -> list[Mapping[str, Any]]:
 # -- inside data: nested objects and value lists ----------------------------------------
 
 
-def _node(spec: Any, path: str) -> Match:
+def _node(spec: Any, path: str, limits: FilterLimits, depth: int) -> Match:
     if isinstance(spec, Mapping):
-        return _object(spec, path)
+        return _object(spec, path, limits, depth)
     if isinstance(spec, list):
         return _values(spec, path)
     raise ConfigError(
@@ -207,12 +222,13 @@ def _node(spec: Any, path: str) -> Match:
     )
 
 
-def _object(pattern: Mapping[str, Any], path: str) -> Match:
-    return _over_value(_fields(pattern, path))
+def _object(pattern: Mapping[str, Any], path: str, limits: FilterLimits, depth: int) -> Match:
+    return _over_value(_fields(pattern, path, limits, depth))
 
 
-def _fields(pattern: Mapping[str, Any], path: str) -> Match:
+def _fields(pattern: Mapping[str, Any], path: str, limits: FilterLimits, depth: int) -> Match:
     """A nested pattern's test of one JSON object (a dict): every field, every $or."""
+    check_depth(depth, limits, what="the pattern", where=path)
     if not pattern:
         raise ConfigError("an empty nested pattern; leave the key out instead", key=path)
     checks: list[Match] = []
@@ -223,13 +239,14 @@ def _fields(pattern: Mapping[str, Any], path: str) -> Match:
             raise ConfigError(f"JSON member names are strings, got {describe(key)}", key=at)
         if key == "$or":
             branches = [
-                _object(branch, f"{at}[{i}]") for i, branch in enumerate(_branches(spec, at))
+                _object(branch, f"{at}[{i}]", limits, depth + 1)
+                for i, branch in enumerate(_branches(spec, at))
             ]
             alternatives.append(any_of(branches))
         elif isinstance(spec, list):
             checks.append(_values(spec, at, member=key))
         else:
-            checks.append(_member(key, _node(spec, at)))
+            checks.append(_member(key, _node(spec, at, limits, depth + 1)))
     return all_of(checks + alternatives)
 
 
@@ -238,16 +255,28 @@ def _member(key: str, match: Match) -> Match:
 
 
 def _over_value(fields: Match) -> Match:
-    """A nested pattern's test of whatever value the event holds there."""
+    """A nested pattern's test of whatever value the event holds there.
+
+    Arrays inside arrays are walked without recursion, so data nested deeper than the
+    Python stack is just more elements to look at.
+    """
 
     def match(value: Any) -> bool:
         kind = type(value)
         if kind is dict:
             return fields(value)
         if kind is list and value:
-            for element in value:  # noqa: SIM110 - a loop is 2x faster than a generator
-                if match(element):
-                    return True
+            pending = [value]
+            while pending:
+                for element in pending.pop():
+                    element_kind = type(element)
+                    if element_kind is list:
+                        if element:
+                            pending.append(element)
+                        elif fields(_EMPTY):
+                            return True
+                    elif fields(element if element_kind is dict else _EMPTY):
+                        return True
             return False
         return fields(_EMPTY)  # absent, or not an object: every field is absent
 
@@ -430,7 +459,8 @@ def _ignore_case_form(argument: Mapping[str, Any], path: str) -> str:
 def _prefix(argument: Any, path: str) -> Match:
     if isinstance(argument, Mapping):
         folded = _ignore_case_form(argument, path).casefold()
-        return lambda value: type(value) is str and value.casefold().startswith(folded)
+        size = len(folded)  # casefold maps each character on its own, to 1 or more
+        return lambda value: type(value) is str and value[:size].casefold().startswith(folded)
     prefix = _string(argument, path)
     return lambda value: type(value) is str and value.startswith(prefix)
 
@@ -438,14 +468,18 @@ def _prefix(argument: Any, path: str) -> Match:
 def _suffix(argument: Any, path: str) -> Match:
     if isinstance(argument, Mapping):
         folded = _ignore_case_form(argument, path).casefold()
-        return lambda value: type(value) is str and value.casefold().endswith(folded)
+        size = len(folded)
+        return lambda value: (
+            type(value) is str and value[len(value) - size :].casefold().endswith(folded)
+        )
     suffix = _string(argument, path)
     return lambda value: type(value) is str and value.endswith(suffix)
 
 
 def _equals_ignore_case(argument: Any, path: str) -> Match:
     folded = _string(argument, path).casefold()
-    return lambda value: type(value) is str and value.casefold() == folded
+    size = len(folded)  # a longer value cannot fold to it: folding never shortens
+    return lambda value: type(value) is str and len(value) <= size and value.casefold() == folded
 
 
 def _wildcard(argument: Any, path: str) -> Match:
@@ -465,9 +499,36 @@ def _wildcard(argument: Any, path: str) -> Match:
     if len(pieces) == 3 and not pieces[0] and not pieces[2]:
         middle = pieces[1]
         return lambda value: type(value) is str and middle in value
-    regex = re.compile(".*".join(map(re.escape, pieces)), re.DOTALL)
-    fullmatch = regex.fullmatch
-    return lambda value: type(value) is str and fullmatch(value) is not None
+    return _glob(pieces[0], tuple(pieces[1:-1]), pieces[-1])
+
+
+def _glob(head: str, middle: tuple[str, ...], tail: str) -> Match:
+    """``head*middle[0]*...*tail`` in linear time, without backtracking.
+
+    With only ``*`` as a wildcard, placing each middle piece at its leftmost occurrence
+    after the previous one is optimal: any match can be slid left onto it. So one
+    ``str.find`` per piece, over a window that only moves right, decides the match.
+    """
+    least = len(head) + sum(map(len, middle)) + len(tail)
+    start, tail_length = len(head), len(tail)
+
+    def glob(value: Any) -> bool:
+        if (
+            type(value) is not str
+            or len(value) < least
+            or not value.startswith(head)
+            or not value.endswith(tail)
+        ):
+            return False
+        position, end = start, len(value) - tail_length
+        for piece in middle:
+            found = value.find(piece, position, end)
+            if found < 0:
+                return False
+            position = found + len(piece)
+        return True
+
+    return glob
 
 
 def _wildcard_pieces(text: str, path: str) -> list[str]:

@@ -74,6 +74,7 @@ from eventmesh.pipeline._jsonpath import (
     join_path,
     rfc3339,
 )
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits, check_depth, check_size
 from eventmesh.typing import Transform
 
 __all__ = ["STEP_KINDS", "Transform", "compile_transforms"]
@@ -90,16 +91,22 @@ _decoder = msgspec.json.Decoder()
 
 
 def compile_transforms(
-    steps: Sequence[Mapping[str, Any]] | None, *, where: str
+    steps: Sequence[Mapping[str, Any]] | None,
+    *,
+    where: str,
+    limits: FilterLimits = DEFAULT_LIMITS,
 ) -> Transform | None:
     """Compile a chain of transform steps; None when there is nothing to do.
 
     ``where`` prefixes the paths in error messages (``subscriptions[0].transform``).
-    Raises ConfigError for a malformed step. The returned transform raises
-    PipelineError, naming the step, when a step fails on an event.
+    Raises ConfigError for a malformed step, and for a chain larger than
+    ``limits.max_size`` characters as JSON (measured before anything is read) or a
+    ``constant`` nested more than ``limits.max_depth`` levels. The returned transform
+    raises PipelineError, naming the step, when a step fails on an event.
     """
     if steps is None:
         return None
+    check_size(steps, limits, what="the transform", where=where)
     if isinstance(steps, Mapping | str | bytes) or not isinstance(steps, Sequence):
         raise ConfigError(f"expected a list of transform steps, got {describe(steps)}", key=where)
     compiled: list[tuple[str, Step]] = []
@@ -117,6 +124,8 @@ def compile_transforms(
         if compile_step is None:
             raise ConfigError(f"unknown transform step {kind!r}; known: {_known()}", key=at)
         name = join_path(at, kind)
+        if kind == "constant":
+            check_depth(_json_depth(body), limits, what="the constant", where=name)
         fn = compile_step(body, name)
         if fn is not None:
             compiled.append((name, fn))
@@ -156,6 +165,19 @@ def _failed(step: str, exc: Exception) -> PipelineError:
 
 
 # -- original, constant, template --------------------------------------------------------
+
+
+def _json_depth(value: Any) -> int:
+    """How deeply lists and mappings nest in ``value`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            item = list(item.values())
+        if isinstance(item, list | tuple):
+            deepest = max(deepest, depth)
+            stack.extend((member, depth + 1) for member in item)
+    return deepest
 
 
 def _compile_original(body: Any, path: str) -> None:
