@@ -32,6 +32,8 @@ __all__ = [
     "CONTEXT_ATTRIBUTES",
     "Event",
     "ExtensionValue",
+    "MAX_DATA_DEPTH",
+    "check_data_depth",
     "decode_json",
     "decode_json_batch",
     "encode_json",
@@ -446,23 +448,84 @@ def _from_json_object(obj: Any) -> Event:
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
+MAX_DATA_DEPTH: Final = 64
+"""The deepest nesting of arrays and objects an event's JSON data may have, as every
+binding reads it (``[[1]]`` is 2 deep): deeper data is refused with
+``EventValidationError`` on ``data``, the same on every connector (docs/sidecar.md)."""
+
+
+def _may_nest(payload: bytes | str, limit: int) -> bool:
+    """False when ``payload`` holds too few ``[`` and ``{`` to nest deeper than ``limit``:
+    two scans at memchr speed, so a normal event never pays for :func:`check_data_depth`."""
+    if isinstance(payload, str):
+        return payload.count("[") + payload.count("{") > limit
+    return payload.count(b"[") + payload.count(b"{") > limit
+
+
+def _too_deep(data: Any, limit: int) -> bool:
+    """True when decoded JSON ``data`` nests lists and dicts more than ``limit`` deep.
+    Iterative, so the check itself cannot exhaust the stack."""
+    if type(data) is not dict and type(data) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            kind = type(child)
+            if kind is dict or kind is list:
+                push((child, depth + 1))
+    return False
+
+
+def check_data_depth(data: Any, payload: bytes | str | None = None) -> None:
+    """``EventValidationError`` on ``data`` when decoded JSON ``data`` nests deeper than
+    :data:`MAX_DATA_DEPTH`. Given the ``payload`` it was decoded from, a payload with too
+    few brackets to be that deep skips the walk."""
+    if payload is not None and not _may_nest(payload, MAX_DATA_DEPTH):
+        return
+    if _too_deep(data, MAX_DATA_DEPTH):
+        raise _deep_error()
+
+
+def _deep_error() -> EventValidationError:
+    return EventValidationError(
+        f"the data nests arrays and objects more than {MAX_DATA_DEPTH} deep, the most "
+        "eventmesh reads; flatten it",
+        attribute="data",
+    )
+
 
 def encode_json(event: Event) -> bytes:
-    """Encode an event in the JSON event format (``application/cloudevents+json``)."""
-    return _encoder.encode(_json_object(event))
+    """Encode an event in the JSON event format (``application/cloudevents+json``);
+    ``EventValidationError`` on ``data`` when it nests too deep to encode."""
+    try:
+        return _encoder.encode(_json_object(event))
+    except RecursionError as exc:
+        raise _deep_error() from exc
 
 
 def encode_json_batch(events: list[Event]) -> bytes:
     """Encode events in the JSON batch format (``application/cloudevents-batch+json``)."""
-    return _encoder.encode([_json_object(event) for event in events])
+    try:
+        return _encoder.encode([_json_object(event) for event in events])
+    except RecursionError as exc:
+        raise _deep_error() from exc
 
 
 def decode_json(payload: bytes | str) -> Event:
-    """Decode one event in the JSON event format; raises EventValidationError."""
+    """Decode one event in the JSON event format; raises EventValidationError (also for
+    data nested deeper than :data:`MAX_DATA_DEPTH`)."""
     try:
         obj = _decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise EventValidationError(f"the event is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _deep_error() from exc
+    if type(obj) is dict and _may_nest(payload, MAX_DATA_DEPTH + 1):
+        check_data_depth(obj.get("data"))
     return _from_json_object(obj)
 
 
@@ -472,11 +535,16 @@ def decode_json_batch(payload: bytes | str) -> list[Event]:
         objs = _decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise EventValidationError(f"the batch is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _deep_error() from exc
     if not isinstance(objs, list):
         raise EventValidationError("a CloudEvents batch must be a JSON array of events")
+    deep = _may_nest(payload, MAX_DATA_DEPTH + 2)
     events = []
     for index, obj in enumerate(objs):
         try:
+            if deep and type(obj) is dict:
+                check_data_depth(obj.get("data"))
             events.append(_from_json_object(obj))
         except EventValidationError as exc:
             raise exc.in_batch(index) from exc

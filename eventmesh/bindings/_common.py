@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from eventmesh.errors import EventValidationError
-from eventmesh.event import Event, parse_time
+from eventmesh.event import Event, check_data_depth, parse_time
 
 __all__ = [
     "decode_attribute",
@@ -77,19 +77,36 @@ def encode_data(event: Event) -> bytes:
         return data.encode("utf-8")
     try:
         return _encoder.encode(data)
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, msgspec.EncodeError, RecursionError) as exc:
         raise EventValidationError(
             f"the data of event {event.id!r} cannot be encoded as JSON: {exc}", attribute="data"
         ) from exc
 
 
-def decode_data(body: bytes, content_type: str | None) -> Any:
-    """The data of a binary-mode message with this body and content type."""
+def decode_data(body: bytes, content_type: str | None, *, wrap: bool = False) -> Any:
+    """The data of a binary-mode message with this body and content type.
+
+    JSON nested deeper than :data:`~eventmesh.event.MAX_DATA_DEPTH` raises
+    ``EventValidationError`` on ``data``; with ``wrap`` (a message being wrapped because
+    it is no CloudEvent) it stays bytes instead.
+    """
     if not body:
         return None
     if is_json_media_type(content_type):
         try:
-            return _decoder.decode(body)
+            data = _decoder.decode(body)
+            check_data_depth(data, body)
+            return data
+        except EventValidationError:
+            if wrap:
+                return bytes(body)
+            raise
+        except RecursionError as exc:
+            if wrap:
+                return bytes(body)
+            raise EventValidationError(
+                "the data nests arrays and objects too deep to read", attribute="data"
+            ) from exc
         except msgspec.DecodeError:
             if content_type is None:
                 return bytes(body)

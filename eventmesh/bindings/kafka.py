@@ -462,6 +462,6 @@ def wrap_message(
         type=MESSAGE_TYPE,
         time=None if timestamp is None else datetime.fromtimestamp(timestamp, UTC),
         datacontenttype=content_type,
-        data=decode_data(value or b"", content_type),
+        data=decode_data(value or b"", content_type, wrap=True),
         extensions=extensions,
     )

@@ -248,7 +248,11 @@ def wrap_message(
         type=MESSAGE_TYPE,
         source=f"nats://{subject}",
         datacontenttype=content_type or _OCTET_STREAM,
-        data=decode_data(payload, content_type) if content_type else (bytes(payload) or None),
+        data=(
+            decode_data(payload, content_type, wrap=True)
+            if content_type
+            else (bytes(payload) or None)
+        ),
         extensions={"cloudeventerror": error} if error else {},
         **fields,
     )

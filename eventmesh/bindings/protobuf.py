@@ -52,7 +52,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from eventmesh._generated.io.cloudevents.v1.cloudevents_pb2 import CloudEvent, CloudEventBatch
 from eventmesh.bindings._common import encode_attribute, is_json_media_type
 from eventmesh.errors import EventValidationError
-from eventmesh.event import Event, ExtensionValue, parse_time
+from eventmesh.event import Event, ExtensionValue, check_data_depth, parse_time
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -289,9 +289,15 @@ def _text(text: str, content_type: str | None) -> Any:
     if not is_json_media_type(content_type):
         return text
     try:
-        return _decoder.decode(text)
+        data = _decoder.decode(text)
     except msgspec.DecodeError:
         return text  # a producer that sent plain text without saying so
+    except RecursionError as exc:
+        raise EventValidationError(
+            "the data nests arrays and objects too deep to read", attribute="data"
+        ) from exc
+    check_data_depth(data, text)
+    return data
 
 
 def from_proto_batch(batch: CloudEventBatch | Sequence[CloudEvent]) -> list[Event]:
