@@ -187,8 +187,11 @@ class Sidecar:
         """Bytes the sidecar has written to stderr (its log) so far."""
         return self.stderr_path.stat().st_size
 
-    def log_text(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+    def log_since(self, offset: int) -> str:
+        """What the sidecar logged after it had written ``offset`` bytes."""
+        with self.stderr_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode("utf-8", errors="replace")
 
     @contextmanager
     def watch(self, bound_mb: float = RSS_BOUND_MB) -> Iterator[Watch]:
@@ -315,10 +318,13 @@ class Sidecar:
         return got
 
     async def assert_serves(self, topic: str | None = None) -> None:
-        """After the attack: a normal publish is 202 and a pull subscription delivers it."""
+        """After the attack: a normal publish is 202 and a pull subscription delivers it.
+
+        The subscription has no dead-letter topic, so that it needs no new topic when
+        the attack filled limits.max_topics (pass a ``topic`` that exists then)."""
         topic = topic or f"after-{uuid.uuid4().hex[:8]}"
         sub_id = f"after-{uuid.uuid4().hex[:8]}"
-        created = await self.subscribe(topic, sub_id)
+        created = await self.subscribe(topic, sub_id, delivery={"dead_letter": None})
         assert created.status == 201, created
         published = await self.publish(topic, subject="still serving")
         assert published.status == 202, published
