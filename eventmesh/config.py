@@ -619,7 +619,7 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
         from eventmesh.pipeline.compile import compile_pipeline
 
         try:
-            compile_pipeline(sub.filter, sub.transform, where=_dotted(where))
+            compile_pipeline(sub.filter, sub.transform, where=_dotted(where), limits=limits.filters)
         except ConfigError as exc:
             # The pipeline names the exact spot inside the spec; find its line in the file.
             key = exc.key or _dotted(where)
@@ -696,7 +696,7 @@ def _check_functions(
                 [*where, "name"],
             )
         seen.add(spec.name)
-        problem = check_function(spec)
+        problem = check_function(spec, limits=config.limits.filters)
         if problem is not None:
             message, path = problem
             raise fail(f"function {spec.name!r}: {message}", [*where, *path])

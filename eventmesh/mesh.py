@@ -140,6 +140,7 @@ class Mesh(Client):
                     self._declared,
                     tracing=self._tracing,
                     measure=self.metrics is not None,
+                    filter_limits=self.config.limits.filters,
                 )
             )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -356,7 +357,9 @@ class Mesh(Client):
                 key="limits.max_subscriptions",
             )
         policy = _policy(delivery, where)
-        compiled_filter, compiled_transform = compile_pipeline(filter, transform, where=where)
+        compiled_filter, compiled_transform = compile_pipeline(
+            filter, transform, where=where, limits=self.config.limits.filters
+        )
         connector = self.connector(topic)
         # The topics this subscription may publish to are admitted now, so a name their
         # connector refuses or the topic bound fails the subscribe, not a delivery.

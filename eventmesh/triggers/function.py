@@ -32,6 +32,7 @@ import msgspec
 from eventmesh._duration import Duration
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
 
 __all__ = [
     "CAUSATION_EXTENSION",
@@ -194,7 +195,7 @@ def _dec_hook(kind: type, obj: Any) -> Any:
 
 
 def check_function(
-    spec: FunctionConfig, *, declared_in_code: bool = False
+    spec: FunctionConfig, *, declared_in_code: bool = False, limits: FilterLimits = DEFAULT_LIMITS
 ) -> tuple[str, list[str | int]] | None:
     """The first problem of a declaration that spans keys, with the path of its key
     (relative to the function), or None. Pipelines are compiled to check them."""
@@ -241,10 +242,12 @@ def check_function(
     from eventmesh.pipeline.compile import compile_pipeline
 
     try:
-        compile_pipeline(spec.trigger.filter, spec.trigger.transform, where="trigger")
+        compile_pipeline(
+            spec.trigger.filter, spec.trigger.transform, where="trigger", limits=limits
+        )
         if spec.correlate is not None:
             for i, spec_filter in enumerate(spec.correlate.match):
-                compile_pipeline(spec_filter, None, where=f"correlate.match[{i}]")
+                compile_pipeline(spec_filter, None, where=f"correlate.match[{i}]", limits=limits)
     except ConfigError as exc:
         key = exc.key or "trigger"
         message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)

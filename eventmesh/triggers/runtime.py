@@ -28,6 +28,7 @@ from eventmesh.event import Event
 from eventmesh.observability.histogram import Histogram
 from eventmesh.observability.tracing import Tracing
 from eventmesh.pipeline.compile import compile_pipeline
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
 from eventmesh.triggers.correlate import Correlator
 from eventmesh.triggers.function import Function
 from eventmesh.triggers.invoker import (
@@ -90,8 +91,10 @@ class FunctionRuntime(ClosedOnExit):
         *,
         tracing: Tracing | None = None,
         measure: bool = False,
+        filter_limits: FilterLimits = DEFAULT_LIMITS,
     ) -> None:
         self._host = host
+        self._filter_limits = filter_limits
         self._tracing = tracing
         self._measure = measure  # keep a duration histogram per function (metrics on)
         self._functions = list(functions)
@@ -198,7 +201,12 @@ class FunctionRuntime(ClosedOnExit):
         filters: list[Filter] = []  # a correlation's, checked before anything starts
         if spec.correlate is not None:
             for i, match in enumerate(spec.correlate.match):
-                compiled, _ = compile_pipeline(match, None, where=f"{where}.correlate.match[{i}]")
+                compiled, _ = compile_pipeline(
+                    match,
+                    None,
+                    where=f"{where}.correlate.match[{i}]",
+                    limits=self._filter_limits,
+                )
                 assert compiled is not None
                 filters.append(compiled)
         else:
