@@ -32,7 +32,6 @@ __all__ = [
     "CONTEXT_ATTRIBUTES",
     "Event",
     "ExtensionValue",
-    "MAX_DATA_DEPTH",
     "check_data_depth",
     "decode_json",
     "decode_json_batch",
@@ -502,17 +501,24 @@ def encode_json(event: Event) -> bytes:
     """Encode an event in the JSON event format (``application/cloudevents+json``);
     ``EventValidationError`` on ``data`` when it nests too deep to encode."""
     try:
-        return _encoder.encode(_json_object(event))
+        body = _encoder.encode(_json_object(event))
     except RecursionError as exc:
         raise _deep_error() from exc
+    if _may_nest(body, MAX_DATA_DEPTH + 1):  # what no binding would read back is not sent
+        check_data_depth(event.data)
+    return body
 
 
 def encode_json_batch(events: list[Event]) -> bytes:
     """Encode events in the JSON batch format (``application/cloudevents-batch+json``)."""
     try:
-        return _encoder.encode([_json_object(event) for event in events])
+        body = _encoder.encode([_json_object(event) for event in events])
     except RecursionError as exc:
         raise _deep_error() from exc
+    if _may_nest(body, MAX_DATA_DEPTH + 2):
+        for event in events:
+            check_data_depth(event.data)
+    return body
 
 
 def decode_json(payload: bytes | str) -> Event:

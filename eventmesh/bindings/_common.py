@@ -76,11 +76,13 @@ def encode_data(event: Event) -> bytes:
     if isinstance(data, str) and not is_json_media_type(event.datacontenttype):
         return data.encode("utf-8")
     try:
-        return _encoder.encode(data)
+        body = _encoder.encode(data)
     except (TypeError, msgspec.EncodeError, RecursionError) as exc:
         raise EventValidationError(
             f"the data of event {event.id!r} cannot be encoded as JSON: {exc}", attribute="data"
         ) from exc
+    check_data_depth(data, body)  # what no binding would read back is not sent
+    return body
 
 
 def decode_data(body: bytes, content_type: str | None, *, wrap: bool = False) -> Any:
