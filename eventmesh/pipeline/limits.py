@@ -63,12 +63,14 @@ def json_size_exceeds(value: Any, limit: int) -> bool:
         kind = type(item)
         if kind is str or kind is bytes:
             total += len(item) + 2
-        elif kind is bool or item is None:
+        elif item is None or item is True:
+            total += 4
+        elif item is False:
             total += 5
         elif kind is int:
             total += item.bit_length() // 3 + 1  # no str(): huge ints are slow to format
         elif kind is float:
-            total += 8
+            total += len(repr(item))  # at most 24 characters
         elif isinstance(item, Mapping):
             total += 1 + 2 * len(item)  # braces, colons and commas
             if total > limit:
