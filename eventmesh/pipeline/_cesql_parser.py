@@ -46,6 +46,8 @@ MAX_HEIGHT: Final = 256
 
 _KEYWORDS: Final = frozenset({"AND", "OR", "XOR", "NOT", "LIKE", "IN", "EXISTS", "TRUE", "FALSE"})
 _COMPARISONS: Final = frozenset({"=", "!=", "<>", "<", "<=", ">", ">="})
+_ADDITIVE: Final = frozenset({"+", "-"})
+_MULTIPLICATIVE: Final = frozenset({"*", "/", "%"})
 _TOKEN = re.compile(
     r"""
     (?P<space>[ \t\r\n]+)
@@ -179,26 +181,34 @@ class _Token(NamedTuple):
     text: str
     start: int
     end: int
+    key: str | None = None  # the keyword in upper case, or the operator; found once, here
 
 
 def _tokenize(source: str) -> list[_Token]:
     tokens = []
     position = 0
-    while position < len(source):
-        match = _TOKEN.match(source, position)
-        if match is None:
-            char = source[position]
-            if char in "'\"":
-                problem = f"the string literal starting here has no closing {char}"
-            else:
-                problem = f"unexpected character {char!r}"
-            raise ParseError(source, position, problem)
+    for match in _TOKEN.finditer(source):
+        start, end = match.span()
+        if start != position:  # finditer skipped what no token matches
+            break
         kind = match.lastgroup
-        assert kind is not None
-        if kind != "space":
-            tokens.append(_Token(kind, match.group(), position, match.end()))
-        position = match.end()
-    tokens.append(_Token("end", "", len(source), len(source)))
+        if kind == "word":
+            text = match.group()
+            upper = text.upper()
+            tokens.append(_Token(kind, text, start, end, upper if upper in _KEYWORDS else None))
+        elif kind != "space":
+            text = match.group()
+            tokens.append(_Token(kind, text, start, end, text if kind == "op" else None))  # type: ignore[arg-type]
+        position = end
+    if position < len(source):
+        char = source[position]
+        if char in "'\"":
+            problem = f"the string literal starting here has no closing {char}"
+        else:
+            problem = f"unexpected character {char!r}"
+        raise ParseError(source, position, problem)
+    # Three end tokens, so that looking ahead never runs off the list.
+    tokens += [_Token("end", "", len(source), len(source))] * 3
     return tokens
 
 
@@ -245,7 +255,7 @@ class _Parser:
     # -- helpers
 
     def peek(self, ahead: int = 0) -> _Token:
-        return self.tokens[min(self.index + ahead, len(self.tokens) - 1)]
+        return self.tokens[self.index + ahead]
 
     def advance(self) -> _Token:
         token = self.tokens[self.index]
@@ -253,16 +263,17 @@ class _Parser:
         return token
 
     def keyword(self, ahead: int = 0) -> str | None:
-        token = self.peek(ahead)
-        if token.kind == "word":
-            upper = token.text.upper()
-            if upper in _KEYWORDS:
-                return upper
-        return None
+        token = self.tokens[self.index + ahead]
+        return token.key if token.kind == "word" else None
 
     def is_op(self, text: str, ahead: int = 0) -> bool:
-        token = self.peek(ahead)
-        return token.kind == "op" and token.text == text
+        token = self.tokens[self.index + ahead]
+        return token.kind == "op" and token.key == text
+
+    def op(self, allowed: frozenset[str]) -> str | None:
+        """The operator token next, when it is one of ``allowed``."""
+        token = self.tokens[self.index]
+        return token.key if token.kind == "op" and token.key in allowed else None
 
     def expect(self, text: str, expected: str) -> _Token:
         if not self.is_op(text):
@@ -294,24 +305,24 @@ class _Parser:
 
     def comparison(self) -> Node:
         left = self.additive()
-        while self.peek().kind == "op" and self.peek().text in _COMPARISONS:
-            op = self.advance().text
+        while op := self.op(_COMPARISONS):
+            self.index += 1
             right = self.additive()
             left = Binary(op, left, right, left.start, right.end)
         return left
 
     def additive(self) -> Node:
         left = self.multiplicative()
-        while self.is_op("+") or self.is_op("-"):
-            op = self.advance().text
+        while op := self.op(_ADDITIVE):
+            self.index += 1
             right = self.multiplicative()
             left = Binary(op, left, right, left.start, right.end)
         return left
 
     def multiplicative(self) -> Node:
         left = self.membership()
-        while self.is_op("*") or self.is_op("/") or self.is_op("%"):
-            op = self.advance().text
+        while op := self.op(_MULTIPLICATIVE):
+            self.index += 1
             right = self.membership()
             left = Binary(op, left, right, left.start, right.end)
         return left
