@@ -50,6 +50,7 @@ async def test_empty_topic_over_grpc_is_invalid_argument(sidecar: Sidecar) -> No
     async with grpc.aio.insecure_channel(sidecar.grpc_target) as channel:
         code = await _code(_raw(channel, PUBLISH), request.SerializeToString())
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+    await sidecar.assert_serves()
 
 
 async def test_thousands_of_bad_calls_write_a_few_log_lines(sidecar: Sidecar) -> None:

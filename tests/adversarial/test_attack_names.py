@@ -39,8 +39,8 @@ async def test_topics_past_max_topics_are_refused_with_429(sidecar: Sidecar) -> 
 
 
 async def test_a_one_megabyte_topic_name_is_a_4xx(sidecar: Sidecar) -> None:
-    """A topic name of 1 MB in the URL is refused with a 4xx (the request line is over
-    the server's line limit), never a 5xx, and the sidecar keeps serving."""
+    """A topic name of 1 MB in the URL is refused with a 4xx (400: the request line is
+    over the server's line limit, 8 KB), never a 5xx, and the sidecar keeps serving."""
     with sidecar.watch() as watch:
         answer = await sidecar.publish("t" * 1024 * 1024)
     watch.check()
