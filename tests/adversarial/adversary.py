@@ -50,6 +50,7 @@ instead of hanging the suite."""
 
 MAX_CONNECTIONS = 200
 HEADER_TIMEOUT = 3.0
+BODY_TIMEOUT = 2.0
 MAX_TOPICS = 200
 MAX_SUBSCRIPTIONS = 300
 MAX_EVENTS = 500
@@ -63,6 +64,7 @@ BASE_CONFIG: dict[str, Any] = {
             "max_event_size": MAX_EVENT_SIZE,
             "max_connections": MAX_CONNECTIONS,
             "header_timeout": f"{HEADER_TIMEOUT}s",
+            "body_timeout": f"{BODY_TIMEOUT}s",
         },
         "grpc": {"port": 0},
         "admin": {"port": 0},

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import anyio
 import pytest
-from adversary import HEADER_TIMEOUT, MAX_CONNECTIONS, Sidecar
+from adversary import BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, Sidecar
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +39,8 @@ async def _open(host: str, port: int, into: list[Slow], failed: list[str]) -> No
     try:
         writer.write(b"GET /subscriptions HT")  # half a request line, then nothing
         await writer.drain()
-        await reader.read(1024)  # returns b"" once the server closes
+        while await reader.read(1024):  # b"" once the server closes (after any answer)
+            pass
     except OSError:
         pass
     slow.closed_at = time.monotonic()
@@ -89,3 +90,43 @@ async def test_half_open_connections_are_capped_and_timed_out(sidecar: Sidecar) 
                 tasks.cancel_scope.cancel()
     watch.check()
     await sidecar.assert_serves()
+
+
+async def _slow_body(host: str, port: int, answers: list[bytes]) -> None:
+    """Headers promising 1,000 bytes of body, 10 of them, then nothing: what came back
+    before the server closed (or a note that it never did)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    answer = b""
+    try:
+        writer.write(
+            b"POST /topics/slow/events HTTP/1.1\r\nHost: x\r\n"
+            b"ce-specversion: 1.0\r\nce-id: 1\r\nce-source: /a\r\nce-type: t\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789"
+        )
+        await writer.drain()
+        with anyio.move_on_after(BODY_TIMEOUT + 5) as scope:
+            try:
+                while chunk := await reader.read(1024):
+                    answer += chunk
+            except OSError:
+                pass
+        if scope.cancelled_caught:
+            answer = f"still open {BODY_TIMEOUT + 5} s later".encode()
+    finally:
+        writer.close()
+    answers.append(answer)
+
+
+async def test_a_body_that_never_comes_is_timed_out(sidecar: Sidecar) -> None:
+    """50 requests that send their headers and 10 of 1,000 promised body bytes are
+    answered 408 and disconnected after server.http.body_timeout; /healthz stays fast."""
+    host, port = sidecar.http_url.removeprefix("http://").rsplit(":", 1)
+    answers: list[bytes] = []
+    with sidecar.watch() as watch:
+        async with anyio.create_task_group() as tasks:
+            for _ in range(50):
+                tasks.start_soon(_slow_body, host, int(port), answers)
+    watch.check()
+    statuses = sorted({a.split(b"\r\n", 1)[0].decode() for a in answers})
+    assert statuses == ["HTTP/1.1 408 Request Timeout"], statuses
+    await sidecar.assert_serves(topic="slow")
