@@ -15,6 +15,8 @@ ConfigError             400     INVALID_ARGUMENT     a bad subscription, filter 
 PluginNotFoundError     400     INVALID_ARGUMENT     the request names a connector not here
 RejectedError           400     INVALID_ARGUMENT     the backend never takes this; do not retry
 LimitExceededError      429     RESOURCE_EXHAUSTED   a configured bound (topics, subscriptions)
+UnauthenticatedError    401     UNAUTHENTICATED      no credentials the sidecar accepts
+PermissionDeniedError   403     PERMISSION_DENIED    the principal lacks the grant
 NotFoundError           404     NOT_FOUND            no such subscription or delivery
 TopicFullError          503     UNAVAILABLE          retention is full; retry later
 ConnectError            503     UNAVAILABLE          the backend is unreachable; retry later
@@ -64,6 +66,8 @@ _TABLE: Final[tuple[tuple[type[EventMeshError], int, grpc.StatusCode], ...]] = (
     (errors.PluginNotFoundError, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.RejectedError, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.LimitExceededError, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.UnauthenticatedError, 401, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDeniedError, 403, grpc.StatusCode.PERMISSION_DENIED),
     (NotFoundError, 404, grpc.StatusCode.NOT_FOUND),
     (errors.TopicFullError, 503, grpc.StatusCode.UNAVAILABLE),
     (errors.ConnectError, 503, grpc.StatusCode.UNAVAILABLE),
@@ -163,6 +167,8 @@ def _build(cls: type[EventMeshError], detail: str, body: dict[str, Any]) -> Even
 
 _TITLES: Final = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     409: "Conflict",
     429: "Too Many Requests",

@@ -16,6 +16,8 @@ Every error the library raises on purpose is an ``EventMeshError``::
     │   ├── RejectedError        the backend will never store this as sent (a topic name it
     │   │                        refuses, a batch larger than it can hold): do not retry
     │   └── SubscribeError       a subscription could not be started or continued
+    ├── UnauthenticatedError     the call carries no credentials the sidecar accepts (401)
+    ├── PermissionDeniedError    the caller's principal is not granted what it asked (403)
     ├── LimitExceededError       a configured bound of the mesh is reached (topics,
     │                            subscriptions): names the limit and its config key
     ├── PluginError
@@ -43,6 +45,7 @@ __all__ = [
     "EventValidationError",
     "LifecycleError",
     "LimitExceededError",
+    "PermissionDeniedError",
     "PipelineError",
     "PluginError",
     "PluginLoadError",
@@ -51,6 +54,7 @@ __all__ = [
     "RejectedError",
     "SubscribeError",
     "TopicFullError",
+    "UnauthenticatedError",
 ]
 
 
@@ -135,6 +139,15 @@ class RejectedError(ConnectorError):
 
 class SubscribeError(ConnectorError):
     """A subscription could not be started or continued."""
+
+
+class UnauthenticatedError(EventMeshError):
+    """The call carries no credentials the sidecar accepts. The message says what was
+    missing, never why a given token was wrong."""
+
+
+class PermissionDeniedError(EventMeshError):
+    """The caller's principal is not granted the action on that topic or group."""
 
 
 class LimitExceededError(EventMeshError):

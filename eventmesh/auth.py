@@ -1,0 +1,418 @@
+"""Who a caller is and what it may do: principals and ACL rules (docs/security.md).
+
+A caller proves who it is with a static bearer token, a JWT or a TLS client certificate;
+the name it proves is its *principal*. ``acl:`` rules grant principals actions on topic
+and consumer-group globs. The sidecar's servers ask :class:`Authenticator` and
+:class:`Acl` once per request; nothing here knows HTTP or gRPC, and nothing here holds a
+token in plain text (static tokens are kept as SHA-256 digests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+from eventmesh._duration import Duration
+from eventmesh.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
+
+__all__ = [
+    "ACTIONS",
+    "Acl",
+    "AclRule",
+    "Action",
+    "AuthConfig",
+    "Authenticator",
+    "CertIdentity",
+    "ClientCertConfig",
+    "JwtConfig",
+    "Principal",
+    "TokenSpec",
+    "glob_match",
+    "resolve_tokens",
+]
+
+Action = Literal["publish", "subscribe", "manage", "admin"]
+"""``publish`` and ``subscribe`` on topics (``subscribe`` also needs the group);
+``manage``: read, change and delete other principals' subscriptions on the topics;
+``admin``: the admin port (everything but ``/healthz`` and ``/readyz``)."""
+
+ACTIONS: Final[tuple[Action, ...]] = ("publish", "subscribe", "manage", "admin")
+
+# Asymmetric algorithms only: a JWKS holds public keys, and "none" is never accepted.
+_JWT_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_MAX_TOKEN: Final = 8192  # characters of one bearer token; longer is refused unread
+_CACHE_SIZE: Final = 4096  # verified JWTs and ACL verdicts kept; cleared when full
+
+
+class TokenSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One static bearer token: its principal and exactly one of ``sha256`` (the hex
+    digest of the token), ``file`` (a file that holds the token) or ``env`` (an
+    environment variable that holds it). The token itself never appears in the config."""
+
+    principal: str
+    sha256: str | None = None
+    file: str | None = None
+    env: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.principal:
+            raise ValueError("a token needs a principal name")
+        given = [k for k in ("sha256", "file", "env") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of sha256 (hex digest of the token), file or env, "
+                f"got {given or 'none'}"
+            )
+        if self.sha256 is not None and not _is_digest(self.sha256):
+            raise ValueError(
+                "sha256 must be 64 hex digits: the output of `printf %s TOKEN | sha256sum`"
+            )
+
+
+class JwtConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """JWTs signed by keys of a JWKS: checked for signature, ``exp``, ``nbf``, and, when
+    set here, ``iss`` and ``aud``. The principal is the ``principal_claim`` claim."""
+
+    jwks_file: str | None = None
+    """A JSON Web Key Set file (public keys)."""
+    jwks_url: str | None = None
+    """A JWKS URL, fetched at start and again when a token names a key not yet known."""
+    issuer: str | None = None
+    audience: list[str] = msgspec.field(default_factory=list)
+    principal_claim: str = "sub"
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    leeway: Duration = Duration(30.0)
+    """Clock skew allowed on ``exp`` and ``nbf``."""
+
+    def __post_init__(self) -> None:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks_file or jwks_url")
+        wrong = sorted(set(self.algorithms) - _JWT_ALGORITHMS)
+        if wrong or not self.algorithms:
+            raise ValueError(
+                f"algorithms {wrong or '[]'} are not accepted; "
+                f"choose from {sorted(_JWT_ALGORITHMS)}"
+            )
+
+
+class ClientCertConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """TLS client certificates (mTLS) as credentials: the principal is the subject's
+    common name, or the first DNS or URI subject alternative name."""
+
+    principal: Literal["subject", "san"] = "subject"
+
+
+class AuthConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How callers of the sidecar prove who they are (``auth:``)."""
+
+    tokens: list[TokenSpec] = msgspec.field(default_factory=list)
+    jwt: JwtConfig | None = None
+    client_certs: ClientCertConfig | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any kind of credential is configured (then every call needs one)."""
+        return bool(self.tokens) or self.jwt is not None or self.client_certs is not None
+
+
+class AclRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Grants ``principal`` (a name, or a glob such as ``"*"``) the actions in ``allow``
+    on the ``topics`` globs; ``subscribe`` also needs the consumer group to match one of
+    ``groups``. ``*`` in a glob matches any run of characters, dots included."""
+
+    principal: str
+    allow: list[Action]
+    topics: list[str] = msgspec.field(default_factory=list)
+    groups: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.allow:
+            raise ValueError("allow must name at least one of " + ", ".join(ACTIONS))
+        if any(a in ("publish", "subscribe", "manage") for a in self.allow) and not self.topics:
+            raise ValueError("publish, subscribe and manage need the topics they apply to")
+        if "subscribe" in self.allow and not self.groups:
+            raise ValueError("subscribe needs the consumer groups it may join (groups: [...])")
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """An authenticated caller: its name and how it proved it."""
+
+    name: str
+    via: Literal["token", "jwt", "cert", "anonymous"]
+
+
+ANONYMOUS: Final = Principal("anonymous", "anonymous")
+
+
+class CertIdentity(msgspec.Struct, frozen=True):
+    """What a verified client certificate says of its holder."""
+
+    subject_cn: str | None = None
+    sans: tuple[str, ...] = ()
+
+    @classmethod
+    def from_peercert(cls, cert: Mapping[str, Any] | None) -> CertIdentity | None:
+        """From ``ssl.SSLSocket.getpeercert()`` of a verified peer (None: no certificate)."""
+        if not cert:
+            return None
+        cn = next(
+            (value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"),
+            None,
+        )
+        sans = tuple(v for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "URI"))
+        return cls(cn, sans)
+
+    @classmethod
+    def from_grpc(cls, auth_context: Mapping[str, Iterable[bytes]]) -> CertIdentity | None:
+        """From a gRPC server context's ``auth_context()`` (None: no client certificate)."""
+        cns = [v.decode() for v in auth_context.get("x509_common_name", ())]
+        sans = tuple(v.decode() for v in auth_context.get("x509_subject_alternative_name", ()))
+        if not cns and not sans:
+            return None
+        return cls(cns[0] if cns else None, sans)
+
+
+def resolve_tokens(auth: AuthConfig, env: Mapping[str, str], *, key: str = "auth") -> AuthConfig:
+    """``auth`` with every token from a file or an environment variable replaced by its
+    digest, so the token is read once, at load time, and not kept; ConfigError names the
+    token whose source is missing or empty."""
+    tokens = []
+    for i, spec in enumerate(auth.tokens):
+        where = f"{key}.tokens[{i}]"
+        if spec.sha256 is not None:
+            tokens.append(msgspec.structs.replace(spec, sha256=spec.sha256.lower()))
+            continue
+        if spec.file is not None:
+            try:
+                secret = Path(spec.file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the token file {spec.file!r} ({exc.strerror})", key=where
+                ) from exc
+        else:
+            secret = env.get(spec.env or "", "").strip()
+        if not secret:
+            source = f"file {spec.file!r}" if spec.file else f"environment variable {spec.env}"
+            raise ConfigError(f"the token's {source} is empty or unset", key=where)
+        tokens.append(TokenSpec(principal=spec.principal, sha256=_digest(secret)))
+    return msgspec.structs.replace(auth, tokens=tokens)
+
+
+class Authenticator:
+    """Turns the credentials of one call into a :class:`Principal`, or refuses it.
+
+    With nothing configured every call is :data:`ANONYMOUS`. Refusals are
+    UnauthenticatedError whose message says what was missing, never why a token was
+    wrong. Comparisons of static tokens are constant-time; verified JWTs are cached
+    until they expire.
+    """
+
+    def __init__(self, config: AuthConfig, *, jwks: Mapping[str, Any] | None = None) -> None:
+        self.config = config
+        self._digests = [(bytes.fromhex(t.sha256 or ""), t.principal) for t in config.tokens]
+        self._jwt = config.jwt
+        self._keys: dict[str | None, Any] = {}
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        if jwks is not None:
+            self.set_jwks(jwks)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls must carry credentials."""
+        return self.config.enabled
+
+    def set_jwks(self, jwks: Mapping[str, Any]) -> None:
+        """Use the keys of this JSON Web Key Set from now on (a refreshed JWKS)."""
+        import jwt
+
+        try:
+            keyset = jwt.PyJWKSet.from_dict(dict(jwks))
+        except jwt.PyJWTError as exc:
+            raise ConfigError(f"the JWKS holds no usable key ({exc})", key="auth.jwt") from exc
+        self._keys = {key.key_id: key for key in keyset.keys}
+        self._verified.clear()
+
+    def knows_key(self, kid: str | None) -> bool:
+        """Whether the JWKS in use has a key with this ``kid`` (to decide on a refetch)."""
+        return kid in self._keys or (kid is None and len(self._keys) == 1)
+
+    def authenticate(
+        self, authorization: str | None, *, cert: CertIdentity | None = None
+    ) -> Principal:
+        """The principal of a call from its ``Authorization`` header (or gRPC
+        ``authorization`` metadata) and its verified client certificate."""
+        if not self.enabled:
+            return ANONYMOUS
+        if authorization:
+            scheme, _, token = authorization.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise UnauthenticatedError(
+                    "the authorization must be 'Bearer <token>'; other schemes are not accepted"
+                )
+            if len(token) > _MAX_TOKEN:
+                raise UnauthenticatedError("the bearer token was not accepted")
+            if self._jwt is not None and token.count(".") == 2:
+                return self._from_jwt(token)
+            return self._from_token(token)
+        if cert is not None and self.config.client_certs is not None:
+            return self._from_cert(cert)
+        wanted = []
+        if self._digests or self._jwt is not None:
+            wanted.append("an 'Authorization: Bearer <token>' header")
+        if self.config.client_certs is not None:
+            wanted.append("a TLS client certificate")
+        raise UnauthenticatedError("no credentials: send " + " or ".join(wanted))
+
+    def _from_token(self, token: str) -> Principal:
+        digest = hashlib.sha256(token.encode()).digest()
+        found: str | None = None
+        for expected, principal in self._digests:  # every one, so timing tells nothing
+            if hmac.compare_digest(digest, expected):
+                found = principal
+        if found is None:
+            raise UnauthenticatedError("the bearer token was not accepted")
+        return Principal(found, "token")
+
+    def _from_jwt(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        now = time.time()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        import jwt
+
+        assert self._jwt is not None
+        config = self._jwt
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self._keys.get(kid)
+            if key is None and kid is None and len(self._keys) == 1:
+                key = next(iter(self._keys.values()))
+            if key is None:
+                raise UnauthenticatedError("the bearer token was not accepted")
+            required = (
+                ["exp"] + (["iss"] if config.issuer else []) + (["aud"] if config.audience else [])
+            )
+            claims = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=config.algorithms,
+                audience=config.audience or None,
+                issuer=config.issuer,
+                leeway=config.leeway,
+                options={"require": required},
+            )
+        except jwt.PyJWTError as exc:
+            raise UnauthenticatedError("the bearer token was not accepted") from exc
+        name = claims.get(config.principal_claim)
+        if not isinstance(name, str) or not name:
+            raise UnauthenticatedError("the bearer token was not accepted")
+        principal = Principal(name, "jwt")
+        if len(self._verified) >= _CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, float(claims["exp"]))
+        return principal
+
+    def _from_cert(self, cert: CertIdentity) -> Principal:
+        assert self.config.client_certs is not None
+        if self.config.client_certs.principal == "subject":
+            name = cert.subject_cn
+        else:
+            name = cert.sans[0] if cert.sans else None
+        if not name:
+            raise UnauthenticatedError(
+                "the client certificate has no "
+                + (
+                    "subject common name"
+                    if self.config.client_certs.principal == "subject"
+                    else "DNS or URI SAN"
+                )
+            )
+        return Principal(name, "cert")
+
+
+class Acl:
+    """The ``acl:`` rules, asked once per call: may this principal do this here?
+
+    With auth off (no rules needed) every call is allowed; with auth on, what no rule
+    grants is denied. Verdicts are cached per (principal, action, topic, group).
+    """
+
+    def __init__(self, rules: Sequence[AclRule], *, enforce: bool) -> None:
+        self.rules = list(rules)
+        self.enforce = enforce
+        self._cache: dict[tuple[str, str, str | None, str | None], bool] = {}
+
+    def allows(
+        self, principal: str, action: Action, *, topic: str | None = None, group: str | None = None
+    ) -> bool:
+        """Whether some rule grants ``action`` to ``principal`` on ``topic`` (and, for
+        ``subscribe`` with a group, on ``group``)."""
+        if not self.enforce:
+            return True
+        key = (principal, action, topic, group)
+        verdict = self._cache.get(key)
+        if verdict is None:
+            verdict = any(self._grants(rule, *key) for rule in self.rules)
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = verdict
+        return verdict
+
+    def check(
+        self, principal: str, action: Action, *, topic: str | None = None, group: str | None = None
+    ) -> None:
+        """Raise PermissionDeniedError unless :meth:`allows`."""
+        if self.allows(principal, action, topic=topic, group=group):
+            return
+        what = f"{action} on topic {topic!r}" if topic is not None else action
+        if group is not None:
+            what += f" in group {group!r}"
+        raise PermissionDeniedError(
+            f"principal {principal!r} may not {what}: no acl rule grants it "
+            "(add one to acl: in the sidecar's config)"
+        )
+
+    @staticmethod
+    def _grants(
+        rule: AclRule, principal: str, action: str, topic: str | None, group: str | None
+    ) -> bool:
+        if action not in rule.allow or not glob_match(rule.principal, principal):
+            return False
+        if topic is not None and not any(glob_match(t, topic) for t in rule.topics):
+            return False
+        return group is None or any(glob_match(g, group) for g in rule.groups)
+
+
+def glob_match(pattern: str, text: str) -> bool:
+    """Whether ``text`` matches ``pattern``, where ``*`` is any run of characters (and
+    nothing else is special); linear in ``len(text)``, whatever the pattern."""
+    parts = pattern.split("*")
+    if len(parts) == 1:
+        return pattern == text
+    first, last = parts[0], parts[-1]
+    if len(first) + len(last) > len(text) or not text.startswith(first) or not text.endswith(last):
+        return False
+    pos, end = len(first), len(text) - len(last)
+    for part in parts[1:-1]:
+        found = text.find(part, pos, end)
+        if found < 0:
+            return False
+        pos = found + len(part)
+    return True
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _is_digest(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
