@@ -33,7 +33,7 @@ import pytest
 from eventmesh._loop import backend_options
 from eventmesh.bindings import encode_attribute
 from eventmesh.connectors.base import Connector, Consumer, Delivery
-from eventmesh.errors import ClosedError, EventMeshError, LifecycleError, PublishError
+from eventmesh.errors import ClosedError, LifecycleError, RejectedError
 from eventmesh.event import Event
 
 __all__ = ["ConnectorConformance", "collect"]
@@ -87,7 +87,8 @@ class ConnectorConformance:
     quiet: ClassVar[float] = 1.0
     """Seconds to watch for deliveries that must not arrive."""
     invalid_topic: ClassVar[str] = ""
-    """A topic name the backend must refuse (its error must be a PublishError)."""
+    """A topic name the backend never accepts: ``check_topic``, ``publish`` and
+    ``subscribe`` must refuse it with ``RejectedError`` (400, do not retry)."""
     stress_events: ClassVar[int] = 4_000
     """Events per producer in the stress case (4 producers, 4 consumers)."""
 
@@ -389,12 +390,24 @@ class ConnectorConformance:
             assert await consumer.fetch(10, timeout=0.3) == []
 
     @pytest.mark.anyio
-    async def test_backend_errors_are_translated(self, connector: Connector) -> None:
-        """A topic the backend refuses raises PublishError, not the client's exception."""
-        with pytest.raises(PublishError) as info:
-            await connector.publish(self.invalid_topic, _events(1))
-        assert isinstance(info.value, EventMeshError)
+    async def test_a_topic_name_the_backend_refuses_is_rejected(
+        self, connector: Connector, topic: str
+    ) -> None:
+        """A topic name the backend never accepts raises RejectedError (never retried)
+        from check_topic, publish and subscribe, with a message naming the rule, and
+        nothing of the refused publish reaches a valid topic."""
+        with pytest.raises(RejectedError) as info:
+            connector.check_topic(self.invalid_topic)
         assert str(info.value)
+        connector.check_topic(topic)  # a fine name passes
+        with pytest.raises(RejectedError):
+            await connector.publish(self.invalid_topic, _events(1, tag="refused"))
+        with pytest.raises(RejectedError):
+            await connector.subscribe(self.invalid_topic, "g").start()
+        async with connector.subscribe(topic, "after") as consumer:
+            await connector.publish(topic, _events(1, tag="kept"))
+            got = await collect(consumer, 2, timeout=self.quiet + 1)
+        assert [d.event.subject for d in got] == ["kept"]
 
     # -- load ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 
 import eventmesh
 from eventmesh.connectors import available_connectors, load_connector
-from eventmesh.errors import ConfigError, ConnectError, PublishError, SubscribeError
+from eventmesh.errors import ConfigError, ConnectError, PublishError, RejectedError, SubscribeError
 from eventmesh.event import Event
 from eventmesh.testing import collect
 from eventmesh_kafka import KafkaConfig, KafkaConnector
@@ -95,15 +95,15 @@ async def test_an_unreachable_broker_is_a_connect_error() -> None:
 
 @pytest.mark.kafka
 @pytest.mark.anyio
-async def test_an_event_too_large_is_a_publish_error(kafka_config: KafkaConfig, topic: str) -> None:
-    """The client's MessageSizeTooLargeError arrives as a PublishError naming the topic."""
+async def test_an_event_too_large_is_rejected(kafka_config: KafkaConfig, topic: str) -> None:
+    """An event above max_request_size is a RejectedError (never retried) naming the
+    topic and the setting, raised before it is handed to the client."""
     config = msgspec.structs.replace(kafka_config, max_request_size=2_000)
     async with KafkaConnector(config) as connector:
-        with pytest.raises(PublishError) as info:
+        with pytest.raises(RejectedError) as info:
             await connector.publish(topic, [Event(type="t", source="/s", data="x" * 5_000)])
     assert topic in str(info.value)
     assert "max_request_size" in str(info.value)
-    assert isinstance(info.value.__cause__, KafkaError)
 
 
 @pytest.mark.kafka
@@ -124,10 +124,11 @@ async def test_a_topic_the_broker_cannot_create_is_a_publish_error(
 @pytest.mark.kafka
 @pytest.mark.anyio
 async def test_invalid_names_are_refused_up_front(kafka: KafkaConnector) -> None:
-    """Bad topic and group names raise the connector's errors before reaching Kafka."""
-    with pytest.raises(SubscribeError, match="not a valid Kafka topic name"):
+    """Bad topic and group names raise the connector's errors before reaching Kafka: a
+    topic name Kafka never accepts is RejectedError (400, never retried)."""
+    with pytest.raises(RejectedError, match="not a valid Kafka topic name"):
         kafka.subscribe("a/b", "g")
-    with pytest.raises(PublishError, match="249"):
+    with pytest.raises(RejectedError, match="249"):
         await kafka.publish("x" * 250, [Event(type="t", source="/s")])
     with pytest.raises(SubscribeError, match="group"):
         kafka.subscribe("fine", "")
