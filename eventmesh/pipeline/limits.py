@@ -12,7 +12,8 @@ Why compiling and evaluating are then cheap by construction:
   so no spec can exhaust the Python stack;
 - evaluation visits each compiled node once per event; wildcards and LIKE match in
   linear time; a CESQL function never builds a string longer than ``max_string``, and
-  the string-reading operators of one CESQL expression share ``max_scan`` characters.
+  the string-reading operators of one CESQL expression share ``max_scan`` characters;
+  the arrays and wildcard searches of one content pattern share ``max_steps`` checks.
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ class FilterLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_scan: int = 1024 * 1024
     """Characters the LIKE operators and string functions of one CESQL expression may
     read in one evaluation, shared evenly among them (each also at most ``max_string``)."""
+    max_steps: int = 100_000
+    """Checks one content pattern may make of one event: an array of n elements tested by
+    c conditions takes n x c, a wildcard searching a string one per 64 characters."""
 
     def __post_init__(self) -> None:
-        for name in ("max_size", "max_depth", "max_string", "max_scan"):
+        for name in ("max_size", "max_depth", "max_string", "max_scan", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

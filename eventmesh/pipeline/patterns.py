@@ -95,6 +95,8 @@ Match: TypeAlias = Callable[[Any], bool]
 _NAME: Final = re.compile(r"[a-z0-9]+\Z")
 _STRING_CONTEXT: Final = CONTEXT_ATTRIBUTES - {"time"}
 _EMPTY: Final[dict[str, Any]] = {}
+_CHUNK: Final = 1024
+"""Array elements tried before the steps they cost are taken again (see _Work)."""
 _NUMERIC_OPERATORS: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
     "=": operator.eq,
     "!=": operator.ne,
@@ -127,16 +129,51 @@ def compile_pattern(
         )
     if not checked:
         check_size(pattern, limits, what="the pattern", where=where)
-    return all_of(_event_checks(pattern, where, limits, 1))
+    ctx = _Context(limits)
+    checks = all_of(_event_checks(pattern, where, ctx, 1))
+    # Each entry into the event's values gets an even share of the pattern's steps, so
+    # that all of them together take at most max_steps on one event.
+    ctx.share[0] = limits.max_steps // max(1, ctx.entries)
+    return checks
+
+
+class _Work:
+    """The steps left to the entry being evaluated (one per compiled pattern).
+
+    An entry (the check of ``data`` or of an attribute) sets ``left`` to its share when
+    it starts; every array it walks takes its length times the checks each element
+    gets, and every string a wildcard searches a step per 64 characters. A walk that
+    would go below zero does not happen: the field does not match. Patterns run on the
+    event loop; a compiled pattern evaluated by two threads at once would share this.
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = 0
+
+
+class _Context:
+    """What the compilers of one pattern share: its limits and its work budget."""
+
+    __slots__ = ("entries", "limits", "share", "work")
+
+    def __init__(self, limits: FilterLimits) -> None:
+        self.limits = limits
+        self.work = _Work()
+        self.share = [0]  # set once the whole pattern is compiled and its entries known
+        self.entries = 0
+
+    def entry(self) -> tuple[_Work, list[int]]:
+        self.entries += 1
+        return self.work, self.share
 
 
 # -- the event level: attributes, data, $or -------------------------------------------
 
 
-def _event_checks(
-    pattern: Mapping[str, Any], path: str, limits: FilterLimits, depth: int
-) -> list[Filter]:
-    check_depth(depth, limits, what="the pattern", where=path)
+def _event_checks(pattern: Mapping[str, Any], path: str, ctx: _Context, depth: int) -> list[Filter]:
+    check_depth(depth, ctx.limits, what="the pattern", where=path)
     attributes: list[Filter] = []
     data: list[Filter] = []
     alternatives: list[Filter] = []
@@ -144,28 +181,36 @@ def _event_checks(
         at = join_path(path, key)
         if key == "$or":
             branches = [
-                all_of(_event_checks(branch, f"{at}[{i}]", limits, depth + 1))
+                all_of(_event_checks(branch, f"{at}[{i}]", ctx, depth + 1))
                 for i, branch in enumerate(_branches(spec, at))
             ]
             alternatives.append(any_of(branches))
         elif key == "data" and isinstance(spec, Mapping):
-            data.append(_on_data_object(_fields(spec, at, limits, depth + 1)))
+            data.append(_on_data_object(_fields(spec, at, ctx, depth + 1), spec, ctx))
         elif key == "data":
-            data.append(_on_data(_node(spec, at, limits, depth + 1)))
+            data.append(_on_data(_node(spec, at, ctx, depth + 1), ctx))
         else:
-            attributes.append(_attribute_check(key, spec, path, at))
+            attributes.append(_attribute_check(key, spec, path, at, ctx))
     # Cheap checks first; fields are ANDed, so the order changes only the cost.
     return attributes + data + alternatives
 
 
-def _on_data(match: Match) -> Filter:
-    return lambda event: match(json_data(event))
-
-
-def _on_data_object(fields: Match) -> Filter:
-    whole = _over_value(fields)
+def _on_data(match: Match, ctx: _Context) -> Filter:
+    work, share = ctx.entry()
 
     def on_data(event: Event) -> bool:
+        work.left = share[0]
+        return match(json_data(event))
+
+    return on_data
+
+
+def _on_data_object(fields: Match, spec: Mapping[str, Any], ctx: _Context) -> Filter:
+    work, share = ctx.entry()
+    whole = _over_value(fields, spec, ctx)
+
+    def on_data(event: Event) -> bool:
+        work.left = share[0]
         data = event.data
         if type(data) is dict:  # the common case, read without a call
             return fields(data)
@@ -174,7 +219,7 @@ def _on_data_object(fields: Match) -> Filter:
     return on_data
 
 
-def _attribute_check(name: Any, spec: Any, path: str, at: str) -> Filter:
+def _attribute_check(name: Any, spec: Any, path: str, at: str, ctx: _Context) -> Filter:
     if not isinstance(name, str) or not _NAME.match(name) or name in ("data_base64", "extensions"):
         raise ConfigError(
             f"{name!r} is not an attribute name: a pattern's top-level keys are attributes "
@@ -186,14 +231,33 @@ def _attribute_check(name: Any, spec: Any, path: str, at: str) -> Filter:
         raise ConfigError(
             f"expected a list of values or conditions, got {describe(spec)}{hint}", key=at
         )
-    match = _values(spec, at)
     if name in _STRING_CONTEXT and all(type(item) is str for item in spec):
         # The common case, ``"type": ["a", "b"]``: one attribute read and a set lookup.
+        _values(spec, at, ctx)  # checked all the same
         get = operator.attrgetter(name)
         allowed = frozenset(spec)
         return lambda event: get(event) in allowed
+    match = _values(spec, at, ctx)
     read = attribute_getter(name)
-    return lambda event: match(read(event))
+    if not _searches(spec):  # an attribute is never an array: only a search costs more
+        return lambda event: match(read(event))
+    work, share = ctx.entry()
+
+    def attribute(event: Event) -> bool:
+        work.left = share[0]
+        return match(read(event))
+
+    return attribute
+
+
+def _searches(spec: list[Any]) -> bool:
+    """Whether a field's list holds a wildcard, which may search the whole value."""
+    for item in spec:
+        if isinstance(item, Mapping):
+            excluded = item.get("anything-but")
+            if "wildcard" in item or (isinstance(excluded, Mapping) and "wildcard" in excluded):
+                return True
+    return False
 
 
 def _branches(spec: Any, path: str) -> list[Mapping[str, Any]]:
@@ -210,11 +274,11 @@ def _branches(spec: Any, path: str) -> list[Mapping[str, Any]]:
 # -- inside data: nested objects and value lists ----------------------------------------
 
 
-def _node(spec: Any, path: str, limits: FilterLimits, depth: int) -> Match:
+def _node(spec: Any, path: str, ctx: _Context, depth: int) -> Match:
     if isinstance(spec, Mapping):
-        return _object(spec, path, limits, depth)
+        return _object(spec, path, ctx, depth)
     if isinstance(spec, list):
-        return _values(spec, path)
+        return _values(spec, path, ctx)
     raise ConfigError(
         f"expected a list of values or conditions, or a nested pattern (a mapping), "
         f"got {describe(spec)}",
@@ -222,13 +286,13 @@ def _node(spec: Any, path: str, limits: FilterLimits, depth: int) -> Match:
     )
 
 
-def _object(pattern: Mapping[str, Any], path: str, limits: FilterLimits, depth: int) -> Match:
-    return _over_value(_fields(pattern, path, limits, depth))
+def _object(pattern: Mapping[str, Any], path: str, ctx: _Context, depth: int) -> Match:
+    return _over_value(_fields(pattern, path, ctx, depth), pattern, ctx)
 
 
-def _fields(pattern: Mapping[str, Any], path: str, limits: FilterLimits, depth: int) -> Match:
+def _fields(pattern: Mapping[str, Any], path: str, ctx: _Context, depth: int) -> Match:
     """A nested pattern's test of one JSON object (a dict): every field, every $or."""
-    check_depth(depth, limits, what="the pattern", where=path)
+    check_depth(depth, ctx.limits, what="the pattern", where=path)
     if not pattern:
         raise ConfigError("an empty nested pattern; leave the key out instead", key=path)
     checks: list[Match] = []
@@ -239,14 +303,14 @@ def _fields(pattern: Mapping[str, Any], path: str, limits: FilterLimits, depth: 
             raise ConfigError(f"JSON member names are strings, got {describe(key)}", key=at)
         if key == "$or":
             branches = [
-                _object(branch, f"{at}[{i}]", limits, depth + 1)
+                _object(branch, f"{at}[{i}]", ctx, depth + 1)
                 for i, branch in enumerate(_branches(spec, at))
             ]
             alternatives.append(any_of(branches))
         elif isinstance(spec, list):
-            checks.append(_values(spec, at, member=key))
+            checks.append(_values(spec, at, ctx, member=key))
         else:
-            checks.append(_member(key, _node(spec, at, limits, depth + 1)))
+            checks.append(_member(key, _node(spec, at, ctx, depth + 1)))
     return all_of(checks + alternatives)
 
 
@@ -254,25 +318,37 @@ def _member(key: str, match: Match) -> Match:
     return lambda obj: match(obj.get(key, MISSING))
 
 
-def _over_value(fields: Match) -> Match:
+def _over_value(fields: Match, pattern: Mapping[str, Any], ctx: _Context) -> Match:
     """A nested pattern's test of whatever value the event holds there.
 
     Arrays inside arrays are walked without recursion, so data nested deeper than the
-    Python stack is just more elements to look at.
+    Python stack is just more elements to look at; each element costs the checks the
+    nested pattern makes of it.
     """
+    work, weight = ctx.work, _checks(pattern)
 
     def match(value: Any) -> bool:
         kind = type(value)
         if kind is dict:
             return fields(value)
         if kind is list and value:
-            pending = [value]
+            pending = [(value, 0)]
             while pending:
-                for element in pending.pop():
+                elements, start = pending.pop()
+                end = start + _CHUNK
+                if end < len(elements):  # the rest waits: a match may come first
+                    pending.append((elements, end))
+                    elements = elements[start:end]
+                elif start:
+                    elements = elements[start:]
+                work.left -= len(elements) * weight
+                if work.left < 0:
+                    return False
+                for element in elements:
                     element_kind = type(element)
                     if element_kind is list:
                         if element:
-                            pending.append(element)
+                            pending.append((element, 0))
                         elif fields(_EMPTY):
                             return True
                     elif fields(element if element_kind is dict else _EMPTY):
@@ -283,7 +359,21 @@ def _over_value(fields: Match) -> Match:
     return match
 
 
-def _values(spec: Any, path: str, member: str | None = None) -> Match:
+def _checks(spec: Any) -> int:
+    """About how many checks a pattern makes of one value: its conditions and fields."""
+    count, stack = 0, [spec]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            count += 1
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            count += len(item)
+            stack.extend(item)
+    return max(1, count)
+
+
+def _values(spec: Any, path: str, ctx: _Context, member: str | None = None) -> Match:
     """A field's list of allowed values and conditions, ORed.
 
     The match takes the field's value; with ``member``, it takes the object holding the
@@ -307,21 +397,25 @@ def _values(spec: Any, path: str, member: str | None = None) -> Match:
                     raise ConfigError(f"expected true or false, got {describe(argument)}", key=at)
                 exists.add(argument)
             elif name == "anything-but":
-                exclusions.append(_excluded(argument, at))
+                exclusions.append(_excluded(argument, at, ctx.work))
             else:
-                conditions.append(_OPERATORS[name](argument, at))
+                build = _OPERATORS[name]
+                conditions.append(
+                    _wildcard(argument, at, ctx.work) if build is _wildcard else build(argument, at)
+                )
         else:
             exact.append(_scalar(item, at))
     if exact:
         conditions.insert(0, _exact(exact))
     positive = any_of(conditions) if conditions else None
+    work, weight = ctx.work, len(conditions) + len(exclusions)
     if positive is not None and not exists and not exclusions:
         # No condition matches a missing value, so MISSING needs no test of its own.
         if member is None:
-            return _any_element(positive)
+            return _any_element(positive, work, weight)
         if exact and len(conditions) == 1 and all(type(v) is str for v in exact):
-            return _member_in(member, frozenset(exact))
-        return _member_any_element(member, positive)
+            return _member_in(member, frozenset(exact), work)
+        return _member_any_element(member, positive, work, weight)
     present = True in exists
     absent = False in exists
 
@@ -333,10 +427,11 @@ def _values(spec: Any, path: str, member: str | None = None) -> Match:
         if type(value) is list:
             # Any element may satisfy a positive condition; anything-but needs every
             # element to be outside what it excludes.
-            if positive is not None:
-                for element in value:
-                    if positive(element):
-                        return True
+            if positive is not None and _any(positive, value, work, weight):
+                return True
+            work.left -= len(value) * len(exclusions)
+            if work.left < 0:
+                return False
             for excluded in exclusions:  # noqa: SIM110 - a loop is 2x faster than a generator
                 if value and not any(map(excluded, value)):
                     return True
@@ -351,37 +446,52 @@ def _values(spec: Any, path: str, member: str | None = None) -> Match:
     return match if member is None else _member(member, match)
 
 
-def _any_element(positive: Match) -> Match:
+def _any_element(positive: Match, work: _Work, weight: int) -> Match:
     def match(value: Any) -> bool:
         if type(value) is list:
-            for element in value:  # noqa: SIM110 - a loop is 2x faster than a generator
-                if positive(element):
-                    return True
-            return False
+            return _any(positive, value, work, weight)
         return positive(value)
 
     return match
 
 
-def _member_any_element(key: str, positive: Match) -> Match:
+def _any(test: Match, elements: list[Any], work: _Work, weight: int) -> bool:
+    """Whether ``test`` holds for an element, taking ``weight`` steps per element tried,
+    a chunk at a time; false when the steps run out first."""
+    if len(elements) > _CHUNK:
+        return any(
+            _any(test, elements[start : start + _CHUNK], work, weight)
+            for start in range(0, len(elements), _CHUNK)
+            if work.left >= 0
+        )
+    work.left -= len(elements) * weight
+    if work.left < 0:
+        return False
+    for element in elements:  # noqa: SIM110 - a loop is 2x faster than a generator
+        if test(element):
+            return True
+    return False
+
+
+def _member_any_element(key: str, positive: Match, work: _Work, weight: int) -> Match:
     def member(obj: dict[str, Any]) -> bool:
         value = obj.get(key, MISSING)
         if type(value) is list:
-            for element in value:  # noqa: SIM110 - a loop is 2x faster than a generator
-                if positive(element):
-                    return True
-            return False
+            return _any(positive, value, work, weight)
         return positive(value)
 
     return member
 
 
-def _member_in(key: str, strings: frozenset[str]) -> Match:
+def _member_in(key: str, strings: frozenset[str], work: _Work) -> Match:
     def member(obj: dict[str, Any]) -> bool:
         value = obj.get(key)
         if type(value) is str:
             return value in strings
         if type(value) is list:
+            work.left -= len(value)
+            if work.left < 0:
+                return False
             for element in value:
                 if type(element) is str and element in strings:
                     return True
@@ -482,7 +592,9 @@ def _equals_ignore_case(argument: Any, path: str) -> Match:
     return lambda value: type(value) is str and len(value) <= size and value.casefold() == folded
 
 
-def _wildcard(argument: Any, path: str) -> Match:
+def _wildcard(argument: Any, path: str, work: _Work | None = None, *, over: bool = False) -> Match:
+    """A wildcard's test; one that searches the value takes a step per 64 characters
+    from ``work`` and answers ``over`` when none are left."""
     pieces = _wildcard_pieces(_string(argument, path), path)
     if len(pieces) == 1:
         (whole,) = pieces
@@ -498,8 +610,21 @@ def _wildcard(argument: Any, path: str) -> Match:
         )
     if len(pieces) == 3 and not pieces[0] and not pieces[2]:
         middle = pieces[1]
-        return lambda value: type(value) is str and middle in value
-    return _glob(pieces[0], tuple(pieces[1:-1]), pieces[-1])
+        search: Match = lambda value: type(value) is str and middle in value  # noqa: E731
+    else:
+        search = _glob(pieces[0], tuple(pieces[1:-1]), pieces[-1])
+    return search if work is None else _charged(search, work, over)
+
+
+def _charged(search: Match, work: _Work, over: bool) -> Match:
+    def charged(value: Any) -> bool:
+        if type(value) is str:
+            work.left -= (len(value) >> 6) + 1
+            if work.left < 0:
+                return over
+        return search(value)
+
+    return charged
 
 
 def _glob(head: str, middle: tuple[str, ...], tail: str) -> Match:
@@ -659,8 +784,9 @@ _EXCLUDABLE: Final[Mapping[str, Callable[[Any, str], Match]]] = {
 }
 
 
-def _excluded(argument: Any, path: str) -> Match:
-    """What ``{"anything-but": argument}`` excludes (the field matches what this rejects)."""
+def _excluded(argument: Any, path: str, work: _Work) -> Match:
+    """What ``{"anything-but": argument}`` excludes (the field matches what this rejects);
+    a wildcard out of steps excludes everything, so that the field does not match."""
     excluded: Match
     if isinstance(argument, Mapping):
         if len(argument) != 1 or next(iter(argument)) not in _EXCLUDABLE:
@@ -675,9 +801,11 @@ def _excluded(argument: Any, path: str) -> Match:
         if isinstance(inner, list) and name in ("equals-ignore-case", "wildcard"):
             if not inner:
                 raise ConfigError("expected a non-empty list of strings", key=at)
-            excluded = any_of([build(item, f"{at}[{i}]") for i, item in enumerate(inner)])
+            excluded = any_of(
+                [_build(build, item, f"{at}[{i}]", work) for i, item in enumerate(inner)]
+            )
         else:
-            excluded = build(inner, at)
+            excluded = _build(build, inner, at, work)
     elif isinstance(argument, list):
         if not argument:
             raise ConfigError("expected a non-empty list of values to exclude", key=path)
@@ -685,6 +813,12 @@ def _excluded(argument: Any, path: str) -> Match:
     else:
         excluded = _exact([_scalar(argument, path)])
     return excluded
+
+
+def _build(build: Callable[[Any, str], Match], argument: Any, path: str, work: _Work) -> Match:
+    if build is _wildcard:
+        return _wildcard(argument, path, work, over=True)
+    return build(argument, path)
 
 
 _OPERATORS: Final[Mapping[str, Callable[[Any, str], Match]]] = {

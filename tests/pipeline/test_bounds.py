@@ -109,6 +109,58 @@ def test_ignore_case_conditions_read_only_what_they_compare() -> None:
     assert same(_event(data={"f": "orders/x.PNG"})) is True
 
 
+def _largest(condition: Any, wrap: Callable[[list[Any]], Any]) -> Any:
+    """The spec holding as many copies of ``condition`` as 8 KiB allows."""
+    import json
+
+    items: list[Any] = []
+    while len(json.dumps(wrap([*items, condition]))) <= 8192:
+        items.append(condition)
+    return wrap(items)
+
+
+ARRAY_EVENT = _event(
+    data={"x": ["a" * 10] * 80_000, "o": [{"k": 1}] * 80_000, "n": [[[[1]]]] * 20_000}
+)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        _largest({"prefix": "b"}, lambda items: {"data": {"x": items}}),
+        _largest({"numeric": [">", 1]}, lambda items: {"data": {"x": items}}),
+        {"data": {"$or": [{"x": ["b"]}] * 300}},
+        {"data": {"o": {"k": [{"numeric": [">", 5]}] * 300}}},
+        _largest({"wildcard": "*b*"}, lambda items: {"subject": items}),
+    ],
+)
+def test_many_conditions_over_a_long_array_stop_after_max_steps(spec: Any) -> None:
+    """Conditions x elements is bounded: 480 prefixes over 80,000 elements took 6 s."""
+    matches = compile_pattern(spec, where="p")
+    result, seconds = _timed(lambda: matches(ARRAY_EVENT))
+    assert result is False
+    assert seconds < GENEROUS
+
+
+def test_steps_are_counted_as_the_array_is_walked() -> None:
+    """A match early in a long array is found; a walk that runs out of steps does not match."""
+    limits = FilterLimits(max_steps=10_000)
+    first = compile_pattern({"data": {"o": {"k": [1]}}}, where="p", limits=limits)
+    assert first(ARRAY_EVENT) is True  # the first element matches
+    late = _event(data={"o": [{"k": 2}] * 20_000 + [{"k": 1}]})
+    assert first(late) is False  # 20,000 elements x 2 checks: out of steps first
+    assert compile_pattern({"data": {"o": {"k": [1]}}}, where="p")(late) is True  # 100,000
+    excluded = compile_pattern(
+        {"data": {"x": [{"anything-but": {"wildcard": "*b*"}}]}}, where="p", limits=limits
+    )
+    assert excluded(_event(data={"x": ["a"] * 100})) is True
+    assert excluded(_event(data={"x": ["a"] * 20_000})) is False  # out of steps: no match
+    deep: Any = [{"k": 1}]
+    for _ in range(3):
+        deep = [deep] * 10
+    assert first(_event(data={"o": deep})) is True
+
+
 # -- CESQL LIKE ---------------------------------------------------------------------------
 
 
