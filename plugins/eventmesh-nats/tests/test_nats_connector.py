@@ -16,6 +16,7 @@ import pytest
 import eventmesh
 from eventmesh import ConfigError, ConnectError, Event, PublishError, SubscribeError
 from eventmesh.connectors import load_connector
+from eventmesh.errors import RejectedError
 from eventmesh.testing import collect
 from eventmesh_nats import (
     ConsumerSettings,
@@ -184,10 +185,11 @@ async def test_server_refusal_is_a_publish_error(make: Factory, topic: str) -> N
 @pytest.mark.nats
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["jetstream", "core"])
-async def test_oversized_event_is_a_publish_error(make: Factory, topic: str, mode: str) -> None:
-    """An event larger than the server's max_payload is refused with a PublishError."""
+async def test_oversized_event_is_rejected(make: Factory, topic: str, mode: str) -> None:
+    """An event larger than the server's max_payload is refused with a RejectedError
+    (never retried), in both modes."""
     async with make(mode=mode) as connector:
-        with pytest.raises(PublishError) as info:
+        with pytest.raises(RejectedError) as info:
             await connector.publish(topic, [Event(type="t", source="/s", data=b"x" * 2_000_000)])
     assert "max_payload" in str(info.value)
 
@@ -195,8 +197,8 @@ async def test_oversized_event_is_a_publish_error(make: Factory, topic: str, mod
 @pytest.mark.nats
 @pytest.mark.anyio
 async def test_topic_that_is_no_subject_is_refused_on_subscribe(connector: NatsConnector) -> None:
-    """Joining a group on a topic NATS cannot carry raises SubscribeError."""
-    with pytest.raises(SubscribeError):
+    """Joining a group on a topic NATS cannot carry raises RejectedError, at once."""
+    with pytest.raises(RejectedError):
         async with connector.subscribe("bad topic", "g"):
             pass
 
