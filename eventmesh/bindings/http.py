@@ -374,7 +374,12 @@ def _undecodable(exc: BaseException) -> EventValidationError:
     """msgspec raises these, not DecodeError, for bytes that are not UTF-8 and for JSON
     nested deeper than Python's recursion limit."""
     if isinstance(exc, RecursionError):
-        return EventValidationError("the body is JSON nested too deeply to read")
+        # Only data can nest: the envelope of an event, or a batch of them, is 1-2 deep.
+        return EventValidationError(
+            f"the body is JSON nested too deeply to read; event data may nest at most "
+            f"{MAX_DATA_DEPTH} deep",
+            attribute="data",
+        )
     return EventValidationError(f"the body is not valid UTF-8: {exc}")
 
 
