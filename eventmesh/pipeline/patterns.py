@@ -73,38 +73,36 @@ objects, one element must match all the fields of a nested pattern on its own.
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import operator
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, Final, TypeAlias
+from collections.abc import Mapping
+from typing import Any, Final
 
 from eventmesh.errors import ConfigError
 from eventmesh.event import CONTEXT_ATTRIBUTES, Event
 from eventmesh.pipeline._combine import all_of, any_of
+from eventmesh.pipeline._conditions import (
+    OPERATORS,
+    Match,
+    Work,
+    exact_values,
+    excluded_by,
+    one_operator,
+    scalar,
+    wildcard,
+)
 from eventmesh.pipeline._jsonpath import MISSING, attribute_getter, describe, join_path, json_data
 from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits, check_depth, check_size
 from eventmesh.typing import Filter
 
 __all__ = ["compile_pattern"]
 
-Match: TypeAlias = Callable[[Any], bool]
-"""Takes the value found in the event (MISSING when absent); True when it matches."""
 
 _NAME: Final = re.compile(r"[a-z0-9]+\Z")
 _STRING_CONTEXT: Final = CONTEXT_ATTRIBUTES - {"time"}
 _EMPTY: Final[dict[str, Any]] = {}
 _CHUNK: Final = 1024
-"""Array elements tried before the steps they cost are taken again (see _Work)."""
-_NUMERIC_OPERATORS: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
-    "=": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
+"""Array elements tried before the steps they cost are taken again (see Work)."""
 
 
 def compile_pattern(
@@ -137,22 +135,6 @@ def compile_pattern(
     return checks
 
 
-class _Work:
-    """The steps left to the entry being evaluated (one per compiled pattern).
-
-    An entry (the check of ``data`` or of an attribute) sets ``left`` to its share when
-    it starts; every array it walks takes its length times the checks each element
-    gets, and every string a wildcard searches a step per 64 characters. A walk that
-    would go below zero does not happen: the field does not match. Patterns run on the
-    event loop; a compiled pattern evaluated by two threads at once would share this.
-    """
-
-    __slots__ = ("left",)
-
-    def __init__(self) -> None:
-        self.left = 0
-
-
 class _Context:
     """What the compilers of one pattern share: its limits and its work budget."""
 
@@ -160,11 +142,11 @@ class _Context:
 
     def __init__(self, limits: FilterLimits) -> None:
         self.limits = limits
-        self.work = _Work()
+        self.work = Work()
         self.share = [0]  # set once the whole pattern is compiled and its entries known
         self.entries = 0
 
-    def entry(self) -> tuple[_Work, list[int]]:
+    def entry(self) -> tuple[Work, list[int]]:
         self.entries += 1
         return self.work, self.share
 
@@ -390,23 +372,23 @@ def _values(spec: Any, path: str, ctx: _Context, member: str | None = None) -> M
     for i, item in enumerate(spec):
         at = f"{path}[{i}]"
         if isinstance(item, Mapping):
-            name, argument = _one_operator(item, at)
+            name, argument = one_operator(item, at)
             at = join_path(at, name)
             if name == "exists":
                 if not isinstance(argument, bool):
                     raise ConfigError(f"expected true or false, got {describe(argument)}", key=at)
                 exists.add(argument)
             elif name == "anything-but":
-                exclusions.append(_excluded(argument, at, ctx.work))
+                exclusions.append(excluded_by(argument, at, ctx.work))
             else:
-                build = _OPERATORS[name]
+                build = OPERATORS[name]
                 conditions.append(
-                    _wildcard(argument, at, ctx.work) if build is _wildcard else build(argument, at)
+                    wildcard(argument, at, ctx.work) if build is wildcard else build(argument, at)
                 )
         else:
-            exact.append(_scalar(item, at))
+            exact.append(scalar(item, at))
     if exact:
-        conditions.insert(0, _exact(exact))
+        conditions.insert(0, exact_values(exact))
     positive = any_of(conditions) if conditions else None
     work, weight = ctx.work, len(conditions) + len(exclusions)
     if positive is not None and not exists and not exclusions:
@@ -446,7 +428,7 @@ def _values(spec: Any, path: str, ctx: _Context, member: str | None = None) -> M
     return match if member is None else _member(member, match)
 
 
-def _any_element(positive: Match, work: _Work, weight: int) -> Match:
+def _any_element(positive: Match, work: Work, weight: int) -> Match:
     def match(value: Any) -> bool:
         if type(value) is list:
             return _any(positive, value, work, weight)
@@ -455,7 +437,7 @@ def _any_element(positive: Match, work: _Work, weight: int) -> Match:
     return match
 
 
-def _any(test: Match, elements: list[Any], work: _Work, weight: int) -> bool:
+def _any(test: Match, elements: list[Any], work: Work, weight: int) -> bool:
     """Whether ``test`` holds for an element, taking ``weight`` steps per element tried,
     a chunk at a time; false when the steps run out first."""
     if len(elements) > _CHUNK:
@@ -473,7 +455,7 @@ def _any(test: Match, elements: list[Any], work: _Work, weight: int) -> bool:
     return False
 
 
-def _member_any_element(key: str, positive: Match, work: _Work, weight: int) -> Match:
+def _member_any_element(key: str, positive: Match, work: Work, weight: int) -> Match:
     def member(obj: dict[str, Any]) -> bool:
         value = obj.get(key, MISSING)
         if type(value) is list:
@@ -483,7 +465,7 @@ def _member_any_element(key: str, positive: Match, work: _Work, weight: int) -> 
     return member
 
 
-def _member_in(key: str, strings: frozenset[str], work: _Work) -> Match:
+def _member_in(key: str, strings: frozenset[str], work: Work) -> Match:
     def member(obj: dict[str, Any]) -> bool:
         value = obj.get(key)
         if type(value) is str:
@@ -498,347 +480,3 @@ def _member_in(key: str, strings: frozenset[str], work: _Work) -> Match:
         return False
 
     return member
-
-
-def _one_operator(item: Mapping[str, Any], path: str) -> tuple[str, Any]:
-    if len(item) != 1:
-        raise ConfigError(
-            f"a condition holds one operator, got {len(item)} ({', '.join(map(str, item))}); "
-            "list them as separate items to OR them",
-            key=path,
-        )
-    ((name, argument),) = item.items()
-    if name not in _KNOWN:
-        raise ConfigError(f"unknown operator {name!r}; known: {', '.join(_KNOWN)}", key=path)
-    return name, argument
-
-
-def _scalar(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, str | bool):
-        return value
-    if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"expected a finite number, got {value!r}", key=path)
-        return value
-    raise ConfigError(
-        f"expected a string, number, boolean, null or a condition such as "
-        f"{{'prefix': 'x'}}, got {describe(value)}",
-        key=path,
-    )
-
-
-def _exact(values: list[Any]) -> Match:
-    """Equality that keeps JSON types apart: 1 is not true, 5 is not "5", 5 is 5.0."""
-    strings = frozenset(v for v in values if type(v) is str)
-    numbers = frozenset(v for v in values if type(v) is int or type(v) is float)
-    bools = frozenset(v for v in values if type(v) is bool)
-    null = any(v is None for v in values)
-    if strings and not (numbers or bools or null):
-        return lambda value: type(value) is str and value in strings
-
-    def exact(value: Any) -> bool:
-        kind = type(value)
-        if kind is str:
-            return value in strings
-        if kind is int or kind is float:
-            return value in numbers
-        if kind is bool:
-            return value in bools
-        return value is None and null
-
-    return exact
-
-
-# -- operators ---------------------------------------------------------------------------
-
-
-def _string(argument: Any, path: str) -> str:
-    if not isinstance(argument, str):
-        raise ConfigError(f"expected a string, got {describe(argument)}", key=path)
-    return argument
-
-
-def _ignore_case_form(argument: Mapping[str, Any], path: str) -> str:
-    if set(argument) != {"equals-ignore-case"}:
-        raise ConfigError(
-            "expected a string, or {'equals-ignore-case': string} to ignore case", key=path
-        )
-    return _string(argument["equals-ignore-case"], join_path(path, "equals-ignore-case"))
-
-
-def _prefix(argument: Any, path: str) -> Match:
-    if isinstance(argument, Mapping):
-        folded = _ignore_case_form(argument, path).casefold()
-        size = len(folded)  # casefold maps each character on its own, to 1 or more
-        return lambda value: type(value) is str and value[:size].casefold().startswith(folded)
-    prefix = _string(argument, path)
-    return lambda value: type(value) is str and value.startswith(prefix)
-
-
-def _suffix(argument: Any, path: str) -> Match:
-    if isinstance(argument, Mapping):
-        folded = _ignore_case_form(argument, path).casefold()
-        size = len(folded)
-        return lambda value: (
-            type(value) is str and value[len(value) - size :].casefold().endswith(folded)
-        )
-    suffix = _string(argument, path)
-    return lambda value: type(value) is str and value.endswith(suffix)
-
-
-def _equals_ignore_case(argument: Any, path: str) -> Match:
-    folded = _string(argument, path).casefold()
-    size = len(folded)  # a longer value cannot fold to it: folding never shortens
-    return lambda value: type(value) is str and len(value) <= size and value.casefold() == folded
-
-
-def _wildcard(argument: Any, path: str, work: _Work | None = None, *, over: bool = False) -> Match:
-    """A wildcard's test; one that searches the value takes a step per 64 characters
-    from ``work`` and answers ``over`` when none are left."""
-    pieces = _wildcard_pieces(_string(argument, path), path)
-    if len(pieces) == 1:
-        (whole,) = pieces
-        return lambda value: type(value) is str and value == whole
-    if len(pieces) == 2:
-        head, tail = pieces
-        least = len(head) + len(tail)
-        return lambda value: (
-            type(value) is str
-            and len(value) >= least
-            and value.startswith(head)
-            and value.endswith(tail)
-        )
-    if len(pieces) == 3 and not pieces[0] and not pieces[2]:
-        middle = pieces[1]
-        search: Match = lambda value: type(value) is str and middle in value  # noqa: E731
-    else:
-        search = _glob(pieces[0], tuple(pieces[1:-1]), pieces[-1])
-    return search if work is None else _charged(search, work, over)
-
-
-def _charged(search: Match, work: _Work, over: bool) -> Match:
-    def charged(value: Any) -> bool:
-        if type(value) is str:
-            work.left -= (len(value) >> 6) + 1
-            if work.left < 0:
-                return over
-        return search(value)
-
-    return charged
-
-
-def _glob(head: str, middle: tuple[str, ...], tail: str) -> Match:
-    """``head*middle[0]*...*tail`` in linear time, without backtracking.
-
-    With only ``*`` as a wildcard, placing each middle piece at its leftmost occurrence
-    after the previous one is optimal: any match can be slid left onto it. So one
-    ``str.find`` per piece, over a window that only moves right, decides the match.
-    """
-    least = len(head) + sum(map(len, middle)) + len(tail)
-    start, tail_length = len(head), len(tail)
-    if len(middle) == 1:  # the common 'reports/*/summary.*': one search, no loop
-        (piece,) = middle
-        return lambda value: (
-            type(value) is str
-            and len(value) >= least
-            and value.startswith(head)
-            and value.endswith(tail)
-            and value.find(piece, start, len(value) - tail_length) >= 0
-        )
-
-    def glob(value: Any) -> bool:
-        if (
-            type(value) is not str
-            or len(value) < least
-            or not value.startswith(head)
-            or not value.endswith(tail)
-        ):
-            return False
-        position, end = start, len(value) - tail_length
-        for piece in middle:
-            found = value.find(piece, position, end)
-            if found < 0:
-                return False
-            position = found + len(piece)
-        return True
-
-    return glob
-
-
-def _wildcard_pieces(text: str, path: str) -> list[str]:
-    """The literal runs between unescaped stars."""
-    pieces = [""]
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            following = text[i + 1 : i + 2]
-            if following not in ("*", "\\"):
-                raise ConfigError(
-                    f"wildcard {text!r}: a backslash escapes only '*' or '\\' (column {i + 1})",
-                    key=path,
-                )
-            pieces[-1] += following
-            i += 2
-            continue
-        if char == "*":
-            if text[i + 1 : i + 2] == "*":
-                raise ConfigError(
-                    f"wildcard {text!r}: consecutive '*' at column {i + 1}; one matches "
-                    "any run of characters",
-                    key=path,
-                )
-            pieces.append("")
-        else:
-            pieces[-1] += char
-        i += 1
-    return pieces
-
-
-def _numeric(argument: Any, path: str) -> Match:
-    if not isinstance(argument, list) or not argument or len(argument) % 2:
-        raise ConfigError(
-            "expected operator and number pairs such as ['>', 0, '<=', 5], "
-            f"got {describe(argument)}"
-            + (f" of {len(argument)} items" if isinstance(argument, list) and argument else ""),
-            key=path,
-        )
-    comparisons: list[tuple[Callable[[Any, Any], bool], int | float]] = []
-    for i in range(0, len(argument), 2):
-        name, number = argument[i], argument[i + 1]
-        compare = _NUMERIC_OPERATORS.get(name) if isinstance(name, str) else None
-        if compare is None:
-            raise ConfigError(
-                f"unknown numeric operator {name!r}; known: {' '.join(_NUMERIC_OPERATORS)}",
-                key=f"{path}[{i}]",
-            )
-        if (
-            not isinstance(number, int | float)
-            or isinstance(number, bool)
-            or not math.isfinite(number)
-        ):
-            raise ConfigError(
-                f"expected a number after {name!r}, got {describe(number)}",
-                key=f"{path}[{i + 1}]",
-            )
-        comparisons.append((compare, number))
-    if len(comparisons) == 1:
-        return _NUMERIC_ONE[argument[0]](comparisons[0][1])
-    if len(comparisons) == 2:
-        (first, low), (second, high) = comparisons
-        return lambda value: (
-            (type(value) is int or type(value) is float)
-            and first(value, low)
-            and second(value, high)
-        )
-
-    def numeric(value: Any) -> bool:
-        if type(value) is not int and type(value) is not float:
-            return False
-        for compare, bound in comparisons:  # noqa: SIM110 - a loop is 2x faster than a generator
-            if not compare(value, bound):
-                return False
-        return True
-
-    return numeric
-
-
-_NUMERIC_ONE: Final[Mapping[str, Callable[[float], Match]]] = {
-    "=": lambda n: lambda v: (type(v) is int or type(v) is float) and v == n,
-    "!=": lambda n: lambda v: (type(v) is int or type(v) is float) and v != n,
-    "<": lambda n: lambda v: (type(v) is int or type(v) is float) and v < n,
-    "<=": lambda n: lambda v: (type(v) is int or type(v) is float) and v <= n,
-    ">": lambda n: lambda v: (type(v) is int or type(v) is float) and v > n,
-    ">=": lambda n: lambda v: (type(v) is int or type(v) is float) and v >= n,
-}
-"""One comparison, written out: a third faster than calling ``operator.gt``."""
-
-
-def _cidr(argument: Any, path: str) -> Match:
-    text = _string(argument, path)
-    try:
-        network = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{text!r} is not a CIDR block such as '10.0.0.0/24' or '2001:db8::/32': {exc}",
-            key=path,
-        ) from None
-
-    def cidr(value: Any) -> bool:
-        if type(value) is not str:
-            return False
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            return False
-        return address in network
-
-    return cidr
-
-
-_EXCLUDABLE: Final[Mapping[str, Callable[[Any, str], Match]]] = {
-    "equals-ignore-case": _equals_ignore_case,
-    "prefix": _prefix,
-    "suffix": _suffix,
-    "wildcard": _wildcard,
-}
-
-
-def _excluded(argument: Any, path: str, work: _Work) -> Match:
-    """What ``{"anything-but": argument}`` excludes (the field matches what this rejects);
-    a wildcard out of steps excludes everything, so that the field does not match."""
-    excluded: Match
-    if isinstance(argument, Mapping):
-        if len(argument) != 1 or next(iter(argument)) not in _EXCLUDABLE:
-            raise ConfigError(
-                "expected a value, a list of values, or one of "
-                + ", ".join(f"{{{name!r}: ...}}" for name in _EXCLUDABLE),
-                key=path,
-            )
-        ((name, inner),) = argument.items()
-        at = join_path(path, name)
-        build = _EXCLUDABLE[name]
-        if isinstance(inner, list) and name in ("equals-ignore-case", "wildcard"):
-            if not inner:
-                raise ConfigError("expected a non-empty list of strings", key=at)
-            excluded = any_of(
-                [_build(build, item, f"{at}[{i}]", work) for i, item in enumerate(inner)]
-            )
-        else:
-            excluded = _build(build, inner, at, work)
-    elif isinstance(argument, list):
-        if not argument:
-            raise ConfigError("expected a non-empty list of values to exclude", key=path)
-        excluded = _exact([_scalar(item, f"{path}[{i}]") for i, item in enumerate(argument)])
-    else:
-        excluded = _exact([_scalar(argument, path)])
-    return excluded
-
-
-def _build(build: Callable[[Any, str], Match], argument: Any, path: str, work: _Work) -> Match:
-    if build is _wildcard:
-        return _wildcard(argument, path, work, over=True)
-    return build(argument, path)
-
-
-_OPERATORS: Final[Mapping[str, Callable[[Any, str], Match]]] = {
-    "cidr": _cidr,
-    "equals-ignore-case": _equals_ignore_case,
-    "numeric": _numeric,
-    "prefix": _prefix,
-    "suffix": _suffix,
-    "wildcard": _wildcard,
-}
-_KNOWN: Final = (
-    "anything-but",
-    "cidr",
-    "equals-ignore-case",
-    "exists",
-    "numeric",
-    "prefix",
-    "suffix",
-    "wildcard",
-)
-
-
-# -- combining ---------------------------------------------------------------------------
