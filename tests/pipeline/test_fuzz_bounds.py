@@ -213,7 +213,8 @@ def test_any_cesql_text_parses_or_is_a_parse_error(
     result = expression.evaluate(event)
     elapsed = time.perf_counter() - start
     assert type(result.value) in (bool, int, str)
-    assert all(error.kind != "generic" for error in result.errors), result.errors
+    internal = [e for e in result.errors if e.kind == "generic" and "limits." not in e.message]
+    assert not internal, internal  # a generic error is a limit met, never a failure
     assert elapsed < CAP
     _timed_bool(expression.matches, event)
 
