@@ -47,14 +47,14 @@ def sink_problem(
 ) -> tuple[str, str] | None:
     """What is wrong with these webhook settings, as the key (``timeout``,
     ``headers.Authorization``, ...) and a message, or None when nothing is."""
-    ranges = (
+    ranges: tuple[tuple[str, float, float, float, bool, str], ...] = (
         ("timeout", timeout, 0.0, MAX_DELAY, True, "s"),
         ("max_batch", max_batch, 1, MAX_BATCH, False, ""),
         ("batch_window", batch_window, 0.0, MAX_BATCH_WINDOW, False, "s"),
     )
-    for key, value, low, high, above, unit in ranges:
+    for key, number, low, high, above, unit in ranges:
         try:
-            check_range(key, value, low, high, above=above, unit=unit)
+            check_range(key, number, low, high, above=above, unit=unit)
         except ValueError as exc:
             return key, str(exc)
     if len(headers) > MAX_HEADERS:
