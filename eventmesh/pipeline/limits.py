@@ -43,9 +43,13 @@ class FilterLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_steps: int = 100_000
     """Checks one content pattern may make of one event: an array of n elements tested by
     c conditions takes n x c, a wildcard searching a string one per 64 characters."""
+    max_render: int = 1024 * 1024
+    """Characters one transform template may render for one event; over it, the step
+    fails and the event is dead-lettered."""
 
     def __post_init__(self) -> None:
-        for name in ("max_size", "max_depth", "max_string", "max_scan", "max_steps"):
+        names = ("max_size", "max_depth", "max_string", "max_scan", "max_steps", "max_render")
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 

@@ -126,7 +126,11 @@ def compile_transforms(
         name = join_path(at, kind)
         if kind == "constant":
             check_depth(_json_depth(body), limits, what="the constant", where=name)
-        fn = compile_step(body, name)
+        fn: Step | None
+        if kind == "template":
+            fn = _compile_template(body, name, limits.max_render)
+        else:
+            fn = compile_step(body, name)
         if fn is not None:
             compiled.append((name, fn))
     return _chain(compiled) if compiled else None
@@ -201,7 +205,7 @@ def _compile_constant(body: Any, path: str) -> Step:
     return lambda event: event.replace(data=_decoder.decode(encoded))
 
 
-def _compile_template(body: Any, path: str) -> Step:
+def _compile_template(body: Any, path: str, max_render: int = DEFAULT_LIMITS.max_render) -> Step:
     if not isinstance(body, Mapping) or "template" not in body:
         raise ConfigError(
             "expected {'template': '...${name}...', 'variables': {'name': '$.data.path'}}, "
@@ -244,11 +248,29 @@ def _compile_template(body: Any, path: str) -> Step:
     literal = [part for part in parts if isinstance(part, str)]
     if len(literal) == len(parts):  # no placeholders: the same text for every event
         return _compile_constant_text("".join(literal))
+    # Each variable is rendered once per event however often it is used, and the size of
+    # the result is known before it is built: a long value used a thousand times is an
+    # error of the step, not a string of a thousand copies.
+    index: dict[Callable[[Event], Any], int] = {}
+    layout: list[str | int] = []
+    for part in parts:
+        layout.append(part if isinstance(part, str) else index.setdefault(part, len(index)))
+    used = list(index)
+    uses = [0] * len(used)
+    for slot in layout:
+        if not isinstance(slot, str):
+            uses[slot] += 1
+    fixed = sum(map(len, literal))
 
     def template(event: Event) -> Event:
-        rendered = "".join(
-            [part if isinstance(part, str) else _text(part(event)) for part in parts]
-        )
+        texts = [_text(getter(event)) for getter in used]
+        size = fixed + sum(len(text) * count for text, count in zip(texts, uses, strict=True))
+        if size > max_render:
+            raise ValueError(
+                f"the template would render {size} characters, more than "
+                f"limits.filters.max_render ({max_render})"
+            )
+        rendered = "".join([part if isinstance(part, str) else texts[part] for part in layout])
         return event.replace(data=_as_data(rendered, event))
 
     return template

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import eventmesh
-from eventmesh.errors import ConfigError
+from eventmesh.errors import ConfigError, PipelineError
 from eventmesh.event import Event
 from eventmesh.pipeline import cesql, compile_filter, compile_pattern, compile_pipeline
 from eventmesh.pipeline.limits import FilterLimits, json_size_exceeds
@@ -245,6 +245,34 @@ def test_casts_of_long_strings_are_cast_errors_not_failures() -> None:
     assert [e.kind for e in result.errors] == ["cast"]
     assert cesql.compile("INT(subject) = 7").matches(_event("+0000007")) is True
     assert cesql.compile("BOOL(subject)").evaluate(_event("t" * 100_000)).errors[0].kind == "cast"
+
+
+# -- transform templates --------------------------------------------------------------------
+
+
+def test_a_template_never_renders_more_than_max_render() -> None:
+    """2,000 uses of a 1 MB value fail the step at once, instead of building 2 GB."""
+    template = {"variables": {"a": "$.data.s"}, "template": "${a}" * 2000}
+    _, change = compile_pipeline(None, [{"template": template}], where="t")
+    assert change is not None
+    tracemalloc.start()
+    try:
+        with pytest.raises(PipelineError, match=r"limits\.filters\.max_render") as raised:
+            change(_event(data={"s": "x" * 1_000_000}))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert raised.value.step == "t.transform[0].template"
+    assert peak < 10 * 1024 * 1024
+    small = change(_event(data={"s": "ab"}))
+    assert small is not None
+    assert small.data == "ab" * 2000
+    once = {"variables": {"a": "$.data.s"}, "template": '{"payload": "${a}", "again": "${a}"}'}
+    _, wrap = compile_pipeline(None, [{"template": once}])
+    assert wrap is not None
+    wrapped = wrap(_event(data={"s": "y" * 500_000}))
+    assert wrapped is not None
+    assert wrapped.data == {"payload": "y" * 500_000, "again": "y" * 500_000}
 
 
 # -- sizes --------------------------------------------------------------------------------
