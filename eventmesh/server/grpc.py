@@ -16,15 +16,21 @@ and every call becomes a call on the running :class:`~eventmesh.Mesh`.
 An error answers with the gRPC code of ``eventmesh._status`` (the one table), the
 message, and the error class name in the trailing metadata ``eventmesh-error`` (and the
 attribute an ``EventValidationError`` names in ``eventmesh-attribute``); the SDK raises
-the same class again. Anything that is not an ``EventMeshError`` is logged and answered
-``INTERNAL`` without its details.
+the same class again. A request message that does not decode is answered
+``INVALID_ARGUMENT`` (an ``EventValidationError``), with one rate-limited warning line
+and no traceback. Anything that is not an ``EventMeshError`` is logged (at most one line
+with its traceback per second) and answered ``INTERNAL`` without its details.
+
+:func:`grpc_options` turns ``server.grpc`` into the server's channel options: the caps
+on connections, calls and streams, the handshake deadline, the idle timeout and the
+keepalive pings that find dead peers (docs/sidecar.md).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias
 
@@ -32,11 +38,13 @@ import anyio
 import grpc
 import grpc.aio
 import msgspec
+from google.protobuf.message import DecodeError
 from grpc.aio import EOF as _EOF  # type: ignore[attr-defined]  # grpc-stubs lacks it
 
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
 from eventmesh._status import grpc_code
 from eventmesh.bindings.protobuf import CloudEvent, from_proto, from_proto_batch, to_proto
+from eventmesh.config import GrpcListener
 from eventmesh.connectors.base import StartPosition
 from eventmesh.errors import (
     ClosedError,
@@ -48,6 +56,7 @@ from eventmesh.errors import (
     LifecycleError,
 )
 from eventmesh.observability.tracing import transport_parent
+from eventmesh.server._ratelimit import LogLimit
 
 if TYPE_CHECKING:
     from eventmesh.mesh import Mesh
@@ -59,9 +68,11 @@ __all__ = [
     "SERVICE_NAME",
     "EventMeshServicer",
     "add_to_server",
+    "grpc_options",
 ]
 
 log = logging.getLogger(__name__)
+_limit = LogLimit(log)
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["EventMesh"].full_name
 """The full name of the gRPC service."""
@@ -74,6 +85,65 @@ ATTRIBUTE_METADATA_KEY: Final = "eventmesh-attribute"
 _PublishContext: TypeAlias = "grpc.aio.ServicerContext[Any, pb.PublishResponse]"
 _StreamContext: TypeAlias = "grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]"
 _json = msgspec.json.Decoder()
+
+_KEEPALIVE_MS: Final = 60_000
+"""Ping a connection silent for this long, to find peers that went away without a word."""
+_KEEPALIVE_TIMEOUT_MS: Final = 20_000
+"""Close the connection when the ping is not answered within this."""
+
+
+def grpc_options(listener: GrpcListener) -> list[tuple[str, int]]:
+    """The gRPC server's channel options for ``server.grpc`` (docs/sidecar.md)."""
+    return [
+        ("grpc.max_receive_message_length", listener.max_request_size),
+        ("grpc.max_allowed_incoming_connections", listener.max_connections),
+        ("grpc.max_concurrent_streams", listener.max_concurrent_streams),
+        ("grpc.server_handshake_timeout_ms", int(listener.header_timeout * 1000)),
+        ("grpc.max_connection_idle_ms", int(listener.idle_timeout * 1000)),
+        ("grpc.keepalive_time_ms", _KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+        # Not set, so gRPC's defaults hold: a client pinging more often than every
+        # 5 minutes without calls gets GOAWAY after 2 strikes.
+    ]
+
+
+class _Undecodable:
+    """What a request deserializer returns for bytes that are not its message, so that
+    the handler answers INVALID_ARGUMENT (gRPC itself would log a traceback and answer
+    UNKNOWN or INTERNAL)."""
+
+    __slots__ = ("error", "message")
+
+    def __init__(self, message: str, error: Exception) -> None:
+        self.message = message
+        self.error = error
+
+    def refusal(self) -> EventValidationError:
+        """The error to answer with, after one rate-limited warning line."""
+        _limit.warning(
+            "undecodable",
+            "gRPC: a request is not a valid %s message (%s); answered INVALID_ARGUMENT",
+            self.message,
+            self.error,
+        )
+        return EventValidationError(
+            f"the request is not a valid {self.message} message ({self.error}); "
+            "send the message the method's .proto declares"
+        )
+
+
+def _decoder(cls: Any) -> Callable[[bytes], Any]:
+    """``cls.FromString`` that returns an :class:`_Undecodable` instead of raising."""
+    parse = cls.FromString
+    name = cls.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except (DecodeError, RecursionError, ValueError) as exc:
+            return _Undecodable(name, exc)
+
+    return decode
 
 
 def _trace_headers(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str | None, str | None]:
@@ -93,7 +163,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
     if isinstance(exc, EventMeshError):
         kind, detail = type(exc).__name__, str(exc)
     else:
-        log.error("gRPC call failed on an unexpected error", exc_info=exc)
+        _limit.log(
+            logging.ERROR, "unexpected", "gRPC call failed on an unexpected error", exc_info=exc
+        )
         kind, detail = "EventMeshError", "internal error"
     metadata = [(ERROR_METADATA_KEY, kind)]
     attribute = getattr(exc, "attribute", None)
@@ -118,10 +190,12 @@ class EventMeshServicer:
             )
 
     async def publish(
-        self, request: pb.PublishRequest, context: _PublishContext
+        self, request: pb.PublishRequest | _Undecodable, context: _PublishContext
     ) -> pb.PublishResponse:
         """Store one event; answer once it is stored."""
         try:
+            if isinstance(request, _Undecodable):
+                raise request.refusal()
             if not request.HasField("event"):
                 raise EventValidationError("the PublishRequest has no event")
             self._check_size(request.event, "the event")
@@ -133,10 +207,12 @@ class EventMeshServicer:
         return pb.PublishResponse(stored=1, ids=[event.id])
 
     async def publish_batch(
-        self, request: pb.PublishBatchRequest, context: _PublishContext
+        self, request: pb.PublishBatchRequest | _Undecodable, context: _PublishContext
     ) -> pb.PublishResponse:
         """Store several events in order; answer once all are stored."""
         try:
+            if isinstance(request, _Undecodable):
+                raise request.refusal()
             if self.max_event_size is not None:
                 for index, msg in enumerate(request.batch.events):
                     self._check_size(msg, f"event {index} of the batch")
@@ -157,6 +233,8 @@ class EventMeshServicer:
         first = await context.read()
         if first is _EOF:
             return
+        if isinstance(first, _Undecodable):
+            await _abort(context, first.refusal())
         if first.WhichOneof("request") != "open":
             await _abort(
                 context,
@@ -294,6 +372,8 @@ class _Stream:
             request = await context.read()
             if request is _EOF:
                 return  # the client is done: leave the group
+            if isinstance(request, _Undecodable):
+                raise request.refusal()
             kind = request.WhichOneof("request")
             if kind == "ack":
                 for delivery_id in request.ack.delivery_ids:
@@ -330,17 +410,17 @@ def add_to_server(
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Publish": grpc.unary_unary_rpc_method_handler(
             servicer.publish,
-            request_deserializer=pb.PublishRequest.FromString,
+            request_deserializer=_decoder(pb.PublishRequest),
             response_serializer=pb.PublishResponse.SerializeToString,
         ),
         "PublishBatch": grpc.unary_unary_rpc_method_handler(
             servicer.publish_batch,
-            request_deserializer=pb.PublishBatchRequest.FromString,
+            request_deserializer=_decoder(pb.PublishBatchRequest),
             response_serializer=pb.PublishResponse.SerializeToString,
         ),
         "Subscribe": grpc.stream_stream_rpc_method_handler(
             servicer.subscribe,
-            request_deserializer=pb.SubscribeRequest.FromString,
+            request_deserializer=_decoder(pb.SubscribeRequest),
             response_serializer=pb.SubscribeResponse.SerializeToString,
         ),
     }

@@ -20,14 +20,22 @@ Every JSON body in or out goes through msgspec. Errors are problem bodies
 class to status. A publish is answered 202 only once the connector has stored every
 event; a request body above ``max_request_size`` is refused with 413 as soon as that is
 known, without reading the rest.
+
+A body with ``Content-Encoding: gzip`` or ``deflate`` is decompressed here, not by
+aiohttp, a piece at a time: one that does not decompress is a 400, one whose output
+passes ``max_request_size`` (a gzip bomb) a 413 as soon as it does, without inflating
+the rest; any other coding is a 415. A body not in within ``body_timeout`` seconds is a
+408 and the connection is closed. Each of these writes one rate-limited warning line.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
+import anyio
 import msgspec
 from aiohttp import web
 
@@ -38,6 +46,7 @@ from eventmesh.errors import (
     ClosedError,
     ConfigError,
     ConnectorError,
+    ContentTypeError,
     DeliveryError,
     EventMeshError,
     EventTooLargeError,
@@ -47,12 +56,14 @@ from eventmesh.errors import (
 from eventmesh.event import encode_json
 from eventmesh.mesh import Mesh
 from eventmesh.observability.tracing import transport_parent
+from eventmesh.server._ratelimit import LogLimit
 from eventmesh.server.pull import Handout, PullQueue
 from eventmesh.server.subscriptions import Record, Registry, convert_body
 
 __all__ = ["KEEPALIVE_INTERVAL", "MAX_PULL", "MAX_WAIT", "create_app"]
 
 log = logging.getLogger(__name__)
+_limit = LogLimit(log)
 
 MAX_PULL: Final = 1000
 """The most deliveries one ``GET /subscriptions/{id}/events`` returns."""
@@ -64,6 +75,8 @@ KEEPALIVE_INTERVAL: Final = 15.0
 _JSON: Final = "application/json"
 _CHUNK: Final = 64 * 1024
 _LIMIT: Final = web.AppKey("max_request_size", int)
+_WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 0}
+"""zlib's window bits per Content-Encoding; ``deflate`` is settled by its first byte."""
 _T = TypeVar("_T")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -102,7 +115,12 @@ def create_app(
     before the app's runner.
     """
     api = _Api(mesh, registry, settings, keepalive)
-    app = web.Application(middlewares=[_problems], client_max_size=settings.max_request_size)
+    app = web.Application(
+        middlewares=[_problems],
+        client_max_size=settings.max_request_size,
+        # Compressed bodies are inflated by _read_body, bounded by max_request_size.
+        handler_args={"auto_decompress": False},
+    )
     app[_LIMIT] = settings.max_request_size
     app.add_routes(
         [
@@ -130,13 +148,19 @@ def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None
     )
 
 
-def _problem(exc: BaseException, **extra: Any) -> web.Response:
+class _BodyTimeout(Exception):
+    """The client did not send its body within ``body_timeout``: 408, then close."""
+
+
+def _problem(exc: BaseException, *, read: bool = False, **extra: Any) -> web.Response:
+    """The problem answer for ``exc``; ``read``: the request's body was read to its end,
+    so the connection may be kept."""
     response = web.Response(
         body=_encoder.encode(problem(exc, **extra)),
         status=http_status(exc),
         content_type=PROBLEM_CONTENT_TYPE,
     )
-    if isinstance(exc, EventTooLargeError):
+    if isinstance(exc, EventTooLargeError) and not read:
         response.force_close()  # do not drain a body we refused for its size
     return response
 
@@ -147,7 +171,22 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
     try:
         return await handler(request)
     except EventMeshError as exc:
-        return _problem(exc)
+        return _problem(exc, read=request.content.is_eof())
+    except _BodyTimeout as exc:
+        response = web.Response(
+            body=_encoder.encode(
+                {
+                    "type": "EventMeshError",
+                    "title": "Request Timeout",
+                    "status": 408,
+                    "detail": str(exc),
+                }
+            ),
+            status=408,
+            content_type=PROBLEM_CONTENT_TYPE,
+        )
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -172,7 +211,9 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         log.debug("%s %s: the client disconnected", request.method, request.path)
         return web.Response(status=400)
     except Exception as exc:
-        log.exception("%s %s failed", request.method, request.path)
+        _limit.log(
+            logging.ERROR, "unexpected", "%s %s failed", request.method, request.path, exc_info=exc
+        )
         return _problem(exc)
 
 
@@ -201,22 +242,85 @@ def _delivery(handout: Handout) -> dict[str, Any]:
 # -- reading requests ------------------------------------------------------------------------
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The body, or EventTooLargeError as soon as it is known to be above ``limit``."""
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The body, decompressed as its ``Content-Encoding`` says: EventTooLargeError as soon
+    as it is known to be above ``limit`` bytes (as sent or decompressed), _BodyTimeout
+    when it is not all in within ``timeout`` seconds (module docstring)."""
     length = request.content_length
     if length is not None and length > limit:
         raise _too_large(f"{length} bytes", limit)
-    chunks: list[bytes] = []
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding not in _WBITS and coding not in ("identity", ""):
+        _limit.warning("coding", "http: a request body in Content-Encoding %.40r refused", coding)
+        raise ContentTypeError(
+            f"Content-Encoding {coding[:40]!r} is not one the sidecar reads; send the body "
+            "uncompressed, or as gzip or deflate"
+        )
+    try:
+        with anyio.fail_after(timeout):
+            if coding in _WBITS:
+                return await _inflate(request, coding, limit)
+            return b"".join([chunk async for chunk in _chunks(request, limit)])
+    except TimeoutError:
+        _limit.warning("body", "http: a request body took more than %gs; answered 408", timeout)
+        raise _BodyTimeout(
+            f"the request body did not arrive within {timeout:g}s "
+            "(server.http.body_timeout); send it at once, or in smaller requests"
+        ) from None
+
+
+async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's bytes as sent, refused once they pass ``limit``."""
     size = 0
-    while True:
-        chunk = await request.content.read(_CHUNK)
-        if not chunk:
-            break
+    while chunk := await request.content.read(_CHUNK):
         size += len(chunk)
         if size > limit:
             raise _too_large(f"more than {limit} bytes", limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def _inflate(request: web.Request, coding: str, limit: int) -> bytes:
+    """A gzip or deflate body inflated a piece at a time, never more than ``limit + 1``
+    bytes of output (gzip members one after another, as RFC 1952 allows)."""
+    wbits = _WBITS[coding]
+    inflater: Any = None
+    out: list[bytes] = []
+    size = 0
+    chunks = _chunks(request, limit)
+    try:
+        async for chunk in chunks:
+            data = chunk
+            while data:
+                if inflater is None or inflater.eof:
+                    if inflater is not None and coding == "deflate":
+                        raise zlib.error("data after the end of the deflate stream")
+                    if not wbits:  # deflate: zlib-wrapped as RFC 9110 says, or raw
+                        wbits = zlib.MAX_WBITS if data[0] & 0x0F == 8 else -zlib.MAX_WBITS
+                    inflater = zlib.decompressobj(wbits)
+                piece = inflater.decompress(data, limit - size + 1)
+                size += len(piece)
+                if size > limit:
+                    await _drain(chunks)
+                    raise _too_large(f"more than {limit} bytes when decompressed", limit)
+                out.append(piece)
+                data = inflater.unconsumed_tail or (inflater.unused_data if inflater.eof else b"")
+        if inflater is not None and not inflater.eof:
+            raise zlib.error("the compressed data ends early")
+    except zlib.error as exc:
+        await _drain(chunks)
+        _limit.warning("encoding", "http: a request body is not valid %s (%s)", coding, exc)
+        raise EventValidationError(
+            f"the request body is not valid {coding} data ({exc}), as its Content-Encoding "
+            "says; send it compressed as that header says, or without the header"
+        ) from exc
+    return b"".join(out)
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read the rest of a refused body as sent, without inflating it, so the answer can
+    be read by a client still sending; refused for size past ``limit`` as sent."""
+    async for _ in chunks:
+        pass
 
 
 def _too_large(size: str, limit: int) -> EventTooLargeError:
@@ -273,9 +377,13 @@ class _Api:
         self.settings = settings
         self.keepalive = keepalive
 
+    async def _body(self, request: web.Request) -> bytes:
+        settings = self.settings
+        return await _read_body(request, settings.max_request_size, settings.body_timeout)
+
     async def publish(self, request: web.Request) -> web.Response:
         topic = request.match_info["topic"]
-        body = await _read_body(request, self.settings.max_request_size)
+        body = await self._body(request)
         try:
             events = from_http(request.headers, body, max_event_size=self.settings.max_event_size)
         except EventValidationError as exc:
@@ -294,7 +402,7 @@ class _Api:
         return _json({"stored": len(ids), "ids": ids}, status=202)
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await _read_body(request, self.settings.max_request_size)
+        body = await self._body(request)
         try:
             spec = _decoder.decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -327,13 +435,13 @@ class _Api:
 
     async def ack(self, request: web.Request) -> web.Response:
         queue = _queue(self.registry.get(request.match_info["id"]))
-        body = _decode(await _read_body(request, self.settings.max_request_size), _Settle)
+        body = _decode(await self._body(request), _Settle)
         acked, unknown = await queue.ack(body.delivery_ids)
         return _json({"acked": acked, "unknown": unknown})
 
     async def nack(self, request: web.Request) -> web.Response:
         queue = _queue(self.registry.get(request.match_info["id"]))
-        body = _decode(await _read_body(request, self.settings.max_request_size), _Nack)
+        body = _decode(await self._body(request), _Nack)
         error: str | DeliveryError | None = body.error
         if body.give_up or body.retry_after is not None:
             error = DeliveryError(

@@ -20,18 +20,21 @@ import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import grpc
+import msgspec
 from aiohttp import web
 
 from eventmesh._lifecycle import ClosedOnExit
-from eventmesh.config import GrpcListener, Listener, MeshConfig, load_config
+from eventmesh._status import PROBLEM_CONTENT_TYPE
+from eventmesh.config import GrpcListener, Listener, MeshConfig, ServerConfig, load_config
 from eventmesh.connectors.base import Connector
 from eventmesh.errors import ConfigError, LifecycleError
 from eventmesh.mesh import Mesh
+from eventmesh.server._listener import GuardedSite, refusal
 from eventmesh.server.admin import Metrics, create_admin_app, mesh_metrics
-from eventmesh.server.grpc import add_to_server
+from eventmesh.server.grpc import add_to_server, grpc_options
 from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
 
@@ -42,6 +45,63 @@ if TYPE_CHECKING:
 __all__ = ["Sidecar"]
 
 log = logging.getLogger(__name__)
+
+_ADMIN_KEEPALIVE: Final = 75.0
+"""Seconds the admin port keeps an idle connection open."""
+_RESERVED_FILES: Final = 256
+"""File descriptors kept for what is not a client connection: connectors, logs, DNS."""
+
+
+def _busy(name: str) -> bytes:
+    """The problem body of the 503 that a connection above the cap gets."""
+    return msgspec.json.encode(
+        {
+            "type": "EventMeshError",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": f"the {name} port holds as many connections as it may "
+            f"(server.{name}.max_connections); retry shortly",
+        }
+    )
+
+
+def check_file_limit(server: ServerConfig) -> None:
+    """Make room for every connection the listeners may hold: raise the soft
+    ``RLIMIT_NOFILE`` towards the hard one when the caps need it, and warn when even the
+    hard limit is too low (then a flood on the public ports could starve the admin port
+    and the connectors of file descriptors)."""
+    needed = (
+        server.http.max_connections
+        + server.grpc.max_connections
+        + server.admin.max_connections
+        + server.webhook.max_connections
+        + _RESERVED_FILES
+    )
+    try:
+        import resource
+    except ImportError:  # not on this platform: nothing to check
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise RLIMIT_NOFILE to %d: %s", target, exc)
+        else:
+            log.info("raised the open-file limit from %d to %d for the listeners", soft, target)
+            soft = target
+    if soft < needed:
+        log.warning(
+            "the open-file limit is %d, below the %d that the listeners' max_connections "
+            "(server.http, server.grpc, server.admin), the webhook connections and %d "
+            "spare need; lower those caps or raise the limit (ulimit -n)",
+            soft,
+            needed,
+            _RESERVED_FILES,
+        )
 
 
 class Sidecar(ClosedOnExit):
@@ -115,6 +175,7 @@ class Sidecar(ClosedOnExit):
             raise LifecycleError("a Sidecar can be entered once; create a new one")
         self._state = "opening"
         server = self.config.server
+        check_file_limit(server)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.mesh)
             await stack.enter_async_context(self.registry)
@@ -142,9 +203,20 @@ class Sidecar(ClosedOnExit):
     async def _serve_http(
         self, name: str, app: web.Application, listener: Listener
     ) -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        keepalive = getattr(listener, "keepalive_timeout", _ADMIN_KEEPALIVE)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=5.0, keepalive_timeout=float(keepalive)
+        )
         await runner.setup()
-        site = web.TCPSite(runner, listener.host, listener.port)
+        site = GuardedSite(
+            runner,
+            listener.host,
+            listener.port,
+            name=name,
+            max_connections=listener.max_connections,
+            header_timeout=float(listener.header_timeout),
+            refusal=refusal(_busy(name), PROBLEM_CONTENT_TYPE),
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -154,13 +226,13 @@ class Sidecar(ClosedOnExit):
                 f"{exc.strerror or exc}; choose another port (server.{name}.port)",
                 key=f"server.{name}.port",
             ) from exc
-        sockets = runner.addresses
-        self._ports[name] = int(sockets[0][1]) if sockets else listener.port
+        self._ports[name] = site.port
         return runner
 
     async def _serve_grpc(self, listener: GrpcListener) -> grpc.aio.Server:
-        limit = ("grpc.max_receive_message_length", listener.max_request_size)
-        server = grpc.aio.server(options=[limit])
+        server = grpc.aio.server(
+            options=grpc_options(listener), maximum_concurrent_rpcs=listener.max_concurrent_rpcs
+        )
         add_to_server(server, self.mesh, max_event_size=listener.max_event_size)
         host = f"[{listener.host}]" if ":" in listener.host else listener.host
         try:
