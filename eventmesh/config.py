@@ -142,10 +142,23 @@ class SubscriptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 
 
 class Listener(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One server socket of the sidecar."""
+    """One server socket of the sidecar, and what one client may hold of it."""
 
     host: str = "127.0.0.1"
     port: int = 0
+    max_connections: int = 1000
+    """Connections open at once; a new one above this is closed at once (HTTP answers it
+    503 first), so a flood of idle clients cannot take every file descriptor."""
+    header_timeout: Duration = Duration(10.0)
+    """Seconds a request may take to send its headers, from its first byte (from the
+    connection's start for the first request); a slower one is disconnected. On the gRPC
+    port, the time a new connection has to finish its HTTP/2 handshake."""
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if not 0 < float(self.header_timeout) <= 3600:
+            raise ValueError("header_timeout must be above 0s and at most 1h")
 
 
 class HttpListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -155,7 +168,20 @@ class HttpListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_event_size: int = 1024 * 1024
     """Bytes; a larger event is refused with 413."""
     max_request_size: int = 16 * 1024 * 1024
-    """Bytes; a larger request body (a batch) is refused with 413."""
+    """Bytes; a larger request body (a batch) is refused with 413. A compressed body
+    (``Content-Encoding: gzip`` or ``deflate``) is held to it both as sent and as
+    decompressed."""
+    body_timeout: Duration = Duration(30.0)
+    """Seconds a request may take to send its body once its headers are in; a slower
+    one is answered 408 and disconnected."""
+    keepalive_timeout: Duration = Duration(75.0)
+    """Seconds an idle connection is kept open for the client's next request."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("body_timeout", "keepalive_timeout"):
+            if not 0 < float(getattr(self, name)) <= 3600:
+                raise ValueError(f"{name} must be above 0s and at most 1h")
 
 
 class GrpcListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -167,12 +193,29 @@ class GrpcListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     RESOURCE_EXHAUSTED."""
     max_request_size: int = 16 * 1024 * 1024
     """Bytes; a larger request message (a batch) fails the call with RESOURCE_EXHAUSTED."""
+    max_concurrent_rpcs: int = 1000
+    """Calls in progress at once over all connections (each Subscribe stream is one);
+    one more fails at once with RESOURCE_EXHAUSTED."""
+    max_concurrent_streams: int = 100
+    """Calls in progress at once on one connection (HTTP/2 streams)."""
+    idle_timeout: Duration = Duration(300.0)
+    """Seconds a connection with no call in progress is kept open."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("max_concurrent_rpcs", "max_concurrent_streams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not 0 < float(self.idle_timeout) <= 86400:
+            raise ValueError("idle_timeout must be above 0s and at most 24h")
 
 
 class AdminListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Health, readiness and metrics (Apache EventMesh's admin port)."""
+    """Health, readiness and metrics (Apache EventMesh's admin port). It has its own
+    connection cap, so probes answer while the public ports are saturated."""
 
     port: int = 10106
+    max_connections: int = 100
 
 
 class WebhookConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
