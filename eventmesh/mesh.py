@@ -21,6 +21,7 @@ import anyio.to_thread
 from eventmesh.client.base import Client
 from eventmesh.config import MeshConfig, SubscriptionConfig, convert, load_config
 from eventmesh.connectors.base import Connector, StartPosition
+from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.connectors.registry import load_connector
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import (
@@ -94,6 +95,7 @@ class Mesh(Client):
             self.metrics = MeshMetrics(
                 subscriptions=self._figures,
                 functions=self._function_figures,
+                released=self._released,
                 connector_for=self.config.connector_for,
                 max_label_sets=self.config.metrics.max_label_sets,
             )
@@ -300,6 +302,15 @@ class Mesh(Client):
                 latency=sub.latency,
             )
             for sub in list(self._subscriptions.values())
+        ]
+
+    def _released(self) -> list[tuple[str, int]]:
+        """Events each memory topic released under a retention limit, for the metrics."""
+        return [
+            item
+            for connector in self._connectors.values()
+            if isinstance(connector, MemoryConnector)
+            for item in connector.released().items()
         ]
 
     def _function_figures(self) -> list[FunctionFigures]:

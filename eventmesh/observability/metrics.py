@@ -11,7 +11,10 @@ Prometheus reader renders those; the histograms are rendered beside them into th
 
 Labels are ``topic``, ``subscription`` and ``connector``. Topics and subscriptions made
 through the API are chosen by users, so each family keeps its own labels for the first
-``max_label_sets`` label sets it sees; later ones are summed under ``other``.
+``max_label_sets`` label sets it sees; later ones are summed under ``other``. A label
+value is cut to ``MAX_LABEL_LENGTH`` characters (names are bounded where they are made;
+this is the metrics' own guard), so what one scrape renders is bounded whatever clients
+name.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from eventmesh._version import __version__
 from eventmesh.observability.histogram import Histogram
 
 __all__ = [
+    "MAX_LABEL_LENGTH",
     "OTHER",
     "FunctionFigures",
     "LabelLimit",
@@ -38,6 +42,8 @@ __all__ = [
 
 OTHER: Final = "other"
 """The label value that stands for every topic or subscription beyond the limit."""
+MAX_LABEL_LENGTH: Final = 256
+"""Characters of a label value; a longer topic, subscription or function name is cut."""
 
 _SUBSCRIPTION_COUNTERS: Final = (
     ("received", "eventmesh.events.received", "events fetched from the connector"),
@@ -91,7 +97,8 @@ class FunctionFigures(NamedTuple):
 class LabelLimit:
     """Admits the first ``limit`` label sets it is shown; later ones become ``other``.
 
-    The connector label (from the configuration, so bounded) is kept as it is.
+    Each name is cut to :data:`MAX_LABEL_LENGTH` characters first. The connector label
+    (from the configuration, so bounded) is kept as it is.
     """
 
     __slots__ = ("_admitted", "limit")
@@ -102,6 +109,8 @@ class LabelLimit:
 
     def __call__(self, names: tuple[str, ...], connector: str | None = None) -> tuple[str, ...]:
         """``names`` (plus ``connector``) if admitted, else ``other`` for each name."""
+        if any(len(name) > MAX_LABEL_LENGTH for name in names):
+            names = tuple(name[:MAX_LABEL_LENGTH] for name in names)
         if names in self._admitted:
             pass
         elif len(self._admitted) < self.limit:
@@ -115,6 +124,9 @@ SubscriptionSource = Callable[[], Iterable[SubscriptionFigures]]
 """Lists the running subscriptions' figures (the mesh's ``subscriptions``)."""
 FunctionSource = Callable[[], Iterable[FunctionFigures]]
 """Lists the running functions' figures (the mesh's ``functions``)."""
+ReleasedSource = Callable[[], Iterable[tuple[str, int]]]
+"""Lists ``(topic, count)``: events a connector released under a retention limit before
+every group read them (the memory connector's ``released()``)."""
 
 
 class MeshMetrics:
@@ -131,10 +143,12 @@ class MeshMetrics:
         subscriptions: SubscriptionSource,
         connector_for: Callable[[str], str],
         functions: FunctionSource = tuple,
+        released: ReleasedSource = tuple,
         max_label_sets: int = 1000,
     ) -> None:
         self._subscriptions = subscriptions
         self._functions = functions
+        self._released = released
         self._connector_for = connector_for
         self.published: dict[str, int] = {}
         """Events stored per topic (the mesh adds to it on every publish)."""
@@ -171,6 +185,12 @@ class MeshMetrics:
             "eventmesh.events.published",
             callbacks=[self._observe_published],
             description="events stored on a topic by publish (including replies and dead letters)",
+        )
+        meter.create_observable_counter(
+            "eventmesh.events.released",
+            callbacks=[self._observe_released],
+            description="events a connector released under a retention limit (max_age, "
+            "when_full: drop_oldest) before every group read them",
         )
         for field, name, description in _SUBSCRIPTION_COUNTERS:
             meter.create_observable_counter(
@@ -222,6 +242,13 @@ class MeshMetrics:
             (label, connector) = self._topic_labels((topic,), self._connector_for(topic))
             values.append(({"topic": label, "connector": connector}, count))
         yield from self._summed(values)
+
+    def _observe_released(self, options: CallbackOptions) -> list[Observation]:
+        values = []
+        for topic, count in self._released():
+            (label, connector) = self._topic_labels((topic,), self._connector_for(topic))
+            values.append(({"topic": label, "connector": connector}, count))
+        return self._summed(values)
 
     def _counter_callback(self, field: str) -> Callable[[CallbackOptions], list[Observation]]:
         def observe(options: CallbackOptions) -> list[Observation]:

@@ -5,7 +5,8 @@
 ``GET /readyz``         200 when every connector reaches its backend, 503 naming those that do
                         not, and 503 once shutdown has begun (readiness)
 ``GET /topics``         the topics the config names and those used since start, with their
-                        connector
+                        connector (and, on the memory connector, the events ``retained``
+                        and those ``released`` under a retention limit)
 ``GET /subscriptions``  every subscription, as the HTTP API lists them
 ``GET /connectors``     each connector: type, capabilities, open, healthy
 ``GET /functions``      each function: kind, trigger topic, state (``idle``, ``running``,
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 from aiohttp import web
+
+from eventmesh.connectors.memory import MemoryConnector
 
 if TYPE_CHECKING:
     from eventmesh.connectors.base import Connector
@@ -75,7 +78,19 @@ def create_admin_app(
 
     async def topics(request: web.Request) -> web.Response:
         names = set(mesh.config.topics) | set(mesh.topics)
-        listed = [{"name": n, "connector": mesh.config.connector_for(n)} for n in sorted(names)]
+        held = {
+            name: connector.topic_stats()
+            for name, connector in mesh.connectors.items()
+            if isinstance(connector, MemoryConnector)
+        }
+        listed: list[dict[str, Any]] = []
+        for n in sorted(names):
+            connector_name = mesh.config.connector_for(n)
+            entry: dict[str, Any] = {"name": n, "connector": connector_name}
+            stats = held.get(connector_name, {}).get(n)
+            if stats is not None:  # a memory topic: what it retains, what limits released
+                entry["retained"], entry["released"] = stats.retained, stats.released
+            listed.append(entry)
         return _json({"topics": listed})
 
     async def subscriptions(request: web.Request) -> web.Response:
