@@ -32,7 +32,6 @@ from eventmesh.server._ratelimit import LogLimit
 __all__ = ["GuardedSite", "refusal"]
 
 log = logging.getLogger(__name__)
-_limit = LogLimit(log)
 
 
 def refusal(body: bytes, content_type: str) -> bytes:
@@ -60,6 +59,7 @@ class _Guard:
         self.open: dict[asyncio.BaseProtocol, _Connection] = {}
         """aiohttp's protocol of each admitted connection -> its wrapper."""
         self.refused = 0
+        self.logs = LogLimit(log)
         self.timed_out = 0
 
 
@@ -82,7 +82,7 @@ class _Connection(asyncio.Protocol):
         guard = self._guard
         if len(guard.open) >= guard.max_connections:
             guard.refused += 1
-            _limit.warning(
+            guard.logs.warning(
                 "cap:" + guard.name,
                 "%s: %d connections open, the limit (server.%s.max_connections); "
                 "closing new ones until some close",
@@ -146,7 +146,7 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         guard = self._guard
         guard.timed_out += 1
-        _limit.warning(
+        guard.logs.warning(
             "headers:" + guard.name,
             "%s: a client did not send a request's headers within %gs "
             "(server.%s.header_timeout); disconnected it",

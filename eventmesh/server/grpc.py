@@ -72,7 +72,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_limit = LogLimit(log)
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["EventMesh"].full_name
 """The full name of the gRPC service."""
@@ -118,9 +117,9 @@ class _Undecodable:
         self.message = message
         self.error = error
 
-    def refusal(self) -> EventValidationError:
+    def refusal(self, logs: LogLimit) -> EventValidationError:
         """The error to answer with, after one rate-limited warning line."""
-        _limit.warning(
+        logs.warning(
             "undecodable",
             "gRPC: a request is not a valid %s message (%s); answered INVALID_ARGUMENT",
             self.message,
@@ -158,12 +157,14 @@ def _trace_headers(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str | N
     return traceparent, tracestate
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, logs: LogLimit
+) -> NoReturn:
     """End the call with the status of ``exc``, as the module docstring says."""
     if isinstance(exc, EventMeshError):
         kind, detail = type(exc).__name__, str(exc)
     else:
-        _limit.log(
+        logs.log(
             logging.ERROR, "unexpected", "gRPC call failed on an unexpected error", exc_info=exc
         )
         kind, detail = "EventMeshError", "internal error"
@@ -180,6 +181,8 @@ class EventMeshServicer:
     def __init__(self, mesh: Mesh, max_event_size: int | None = None) -> None:
         self.mesh = mesh
         self.max_event_size = max_event_size
+        self.logs = LogLimit(log)
+        """At most one line per second per kind of bad request."""
 
     def _check_size(self, event: CloudEvent, where: str) -> None:
         limit = self.max_event_size
@@ -195,7 +198,7 @@ class EventMeshServicer:
         """Store one event; answer once it is stored."""
         try:
             if isinstance(request, _Undecodable):
-                raise request.refusal()
+                raise request.refusal(self.logs)
             if not request.HasField("event"):
                 raise EventValidationError("the PublishRequest has no event")
             self._check_size(request.event, "the event")
@@ -203,7 +206,7 @@ class EventMeshServicer:
             with transport_parent(*_trace_headers(context)):
                 await self.mesh.publish(request.topic, event)
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.logs)
         return pb.PublishResponse(stored=1, ids=[event.id])
 
     async def publish_batch(
@@ -212,7 +215,7 @@ class EventMeshServicer:
         """Store several events in order; answer once all are stored."""
         try:
             if isinstance(request, _Undecodable):
-                raise request.refusal()
+                raise request.refusal(self.logs)
             if self.max_event_size is not None:
                 for index, msg in enumerate(request.batch.events):
                     self._check_size(msg, f"event {index} of the batch")
@@ -223,7 +226,7 @@ class EventMeshServicer:
             else:
                 self.mesh.connector(request.topic)  # an empty batch still names a topic
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.logs)
         return pb.PublishResponse(stored=len(events), ids=[event.id for event in events])
 
     async def subscribe(
@@ -234,11 +237,12 @@ class EventMeshServicer:
         if first is _EOF:
             return
         if isinstance(first, _Undecodable):
-            await _abort(context, first.refusal())
+            await _abort(context, first.refusal(self.logs), self.logs)
         if first.WhichOneof("request") != "open":
             await _abort(
                 context,
                 LifecycleError("the first request of a Subscribe stream must be 'open'"),
+                self.logs,
             )
         subscription: Subscription | None = None
         error: BaseException | None = None
@@ -248,7 +252,7 @@ class EventMeshServicer:
             await context.write(
                 pb.SubscribeResponse(subscribed=pb.Subscribed(name=subscription.name))
             )
-            stream = _Stream(subscription, context, first.open.credits)
+            stream = _Stream(subscription, context, first.open.credits, self.logs)
             await stream.run()
             error = stream.error
         except Exception as exc:
@@ -258,7 +262,7 @@ class EventMeshServicer:
                 with anyio.CancelScope(shield=True):
                     await subscription.close()
         if error is not None and not context.done():
-            await _abort(context, error)
+            await _abort(context, error, self.logs)
 
     def _subscription(self, request: pb.Open) -> Subscription:
         where = f"open of subscription to {request.topic!r}"
@@ -302,7 +306,10 @@ def _nack_error(nack: pb.Nack) -> BaseException | str | None:
 class _Stream:
     """One Subscribe stream: deliveries out while credits last, settlements in."""
 
-    def __init__(self, subscription: Subscription, context: _StreamContext, credits: int) -> None:
+    def __init__(
+        self, subscription: Subscription, context: _StreamContext, credits: int, logs: LogLimit
+    ) -> None:
+        self.logs = logs
         self.subscription = subscription
         self.context = context
         self.credits = credits
@@ -373,7 +380,7 @@ class _Stream:
             if request is _EOF:
                 return  # the client is done: leave the group
             if isinstance(request, _Undecodable):
-                raise request.refusal()
+                raise request.refusal(self.logs)
             kind = request.WhichOneof("request")
             if kind == "ack":
                 for delivery_id in request.ack.delivery_ids:

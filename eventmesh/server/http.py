@@ -30,12 +30,12 @@ the rest; any other coding is a 415. A body not in within ``body_timeout`` secon
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-import anyio
 import msgspec
 from aiohttp import web
 
@@ -63,7 +63,6 @@ from eventmesh.server.subscriptions import Record, Registry, convert_body
 __all__ = ["KEEPALIVE_INTERVAL", "MAX_PULL", "MAX_WAIT", "create_app"]
 
 log = logging.getLogger(__name__)
-_limit = LogLimit(log)
 
 MAX_PULL: Final = 1000
 """The most deliveries one ``GET /subscriptions/{id}/events`` returns."""
@@ -75,6 +74,8 @@ KEEPALIVE_INTERVAL: Final = 15.0
 _JSON: Final = "application/json"
 _CHUNK: Final = 64 * 1024
 _LIMIT: Final = web.AppKey("max_request_size", int)
+_LOGS: Final = web.AppKey("logs", LogLimit)
+"""The app's rate limit on warning lines about bad requests."""
 _WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 0}
 """zlib's window bits per Content-Encoding; ``deflate`` is settled by its first byte."""
 _T = TypeVar("_T")
@@ -122,6 +123,7 @@ def create_app(
         handler_args={"auto_decompress": False},
     )
     app[_LIMIT] = settings.max_request_size
+    app[_LOGS] = LogLimit(log)
     app.add_routes(
         [
             web.post("/topics/{topic}/events", api.publish, expect_handler=_expect),
@@ -152,16 +154,24 @@ class _BodyTimeout(Exception):
     """The client did not send its body within ``body_timeout``: 408, then close."""
 
 
-def _problem(exc: BaseException, *, read: bool = False, **extra: Any) -> web.Response:
-    """The problem answer for ``exc``; ``read``: the request's body was read to its end,
-    so the connection may be kept."""
-    response = web.Response(
+def _problem(exc: BaseException, **extra: Any) -> web.Response:
+    return web.Response(
         body=_encoder.encode(problem(exc, **extra)),
         status=http_status(exc),
         content_type=PROBLEM_CONTENT_TYPE,
     )
-    if isinstance(exc, EventTooLargeError) and not read:
-        response.force_close()  # do not drain a body we refused for its size
+
+
+async def _closing(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` and close the connection at once, without reading the rest of
+    the body (aiohttp would linger reading it for up to 10 s)."""
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass
+    request.protocol.force_close()  # what was written is still sent
     return response
 
 
@@ -171,7 +181,9 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
     try:
         return await handler(request)
     except EventMeshError as exc:
-        return _problem(exc, read=request.content.is_eof())
+        if isinstance(exc, EventTooLargeError) and not request.content.is_eof():
+            return await _closing(request, _problem(exc))  # not a byte more of it
+        return _problem(exc)
     except _BodyTimeout as exc:
         response = web.Response(
             body=_encoder.encode(
@@ -185,8 +197,7 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
             status=408,
             content_type=PROBLEM_CONTENT_TYPE,
         )
-        response.force_close()
-        return response
+        return await _closing(request, response)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -211,7 +222,7 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         log.debug("%s %s: the client disconnected", request.method, request.path)
         return web.Response(status=400)
     except Exception as exc:
-        _limit.log(
+        request.app[_LOGS].log(
             logging.ERROR, "unexpected", "%s %s failed", request.method, request.path, exc_info=exc
         )
         return _problem(exc)
@@ -223,7 +234,7 @@ async def _expect(request: web.Request) -> web.Response | None:
     limit = request.app[_LIMIT]
     length = request.content_length
     if length is not None and length > limit:
-        return _problem(_too_large(f"{length} bytes", limit))
+        return await _closing(request, _problem(_too_large(f"{length} bytes", limit)))
     if request.headers.get("Expect", "").lower() != "100-continue":
         return _problem(ConfigError(f"unknown Expect: {request.headers.get('Expect')!r}"))
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -250,19 +261,20 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     if length is not None and length > limit:
         raise _too_large(f"{length} bytes", limit)
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    logs = request.app[_LOGS]
     if coding not in _WBITS and coding not in ("identity", ""):
-        _limit.warning("coding", "http: a request body in Content-Encoding %.40r refused", coding)
+        logs.warning("coding", "http: a request body in Content-Encoding %.40r refused", coding)
         raise ContentTypeError(
             f"Content-Encoding {coding[:40]!r} is not one the sidecar reads; send the body "
             "uncompressed, or as gzip or deflate"
         )
     try:
-        with anyio.fail_after(timeout):
+        async with asyncio.timeout(timeout):
             if coding in _WBITS:
-                return await _inflate(request, coding, limit)
+                return await _inflate(request, coding, limit, logs)
             return b"".join([chunk async for chunk in _chunks(request, limit)])
     except TimeoutError:
-        _limit.warning("body", "http: a request body took more than %gs; answered 408", timeout)
+        logs.warning("body", "http: a request body took more than %gs; answered 408", timeout)
         raise _BodyTimeout(
             f"the request body did not arrive within {timeout:g}s "
             "(server.http.body_timeout); send it at once, or in smaller requests"
@@ -279,7 +291,7 @@ async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _inflate(request: web.Request, coding: str, limit: int) -> bytes:
+async def _inflate(request: web.Request, coding: str, limit: int, logs: LogLimit) -> bytes:
     """A gzip or deflate body inflated a piece at a time, never more than ``limit + 1``
     bytes of output (gzip members one after another, as RFC 1952 allows)."""
     wbits = _WBITS[coding]
@@ -308,7 +320,7 @@ async def _inflate(request: web.Request, coding: str, limit: int) -> bytes:
             raise zlib.error("the compressed data ends early")
     except zlib.error as exc:
         await _drain(chunks)
-        _limit.warning("encoding", "http: a request body is not valid %s (%s)", coding, exc)
+        logs.warning("encoding", "http: a request body is not valid %s (%s)", coding, exc)
         raise EventValidationError(
             f"the request body is not valid {coding} data ({exc}), as its Content-Encoding "
             "says; send it compressed as that header says, or without the header"

@@ -48,8 +48,32 @@ log = logging.getLogger(__name__)
 
 _ADMIN_KEEPALIVE: Final = 75.0
 """Seconds the admin port keeps an idle connection open."""
+_SCRAPE_MAX_AGE: Final = 1.0
+"""Seconds one rendering of ``/metrics`` is served again (see :class:`_ScrapeCache`)."""
 _RESERVED_FILES: Final = 256
 """File descriptors kept for what is not a client connection: connectors, logs, DNS."""
+
+
+class _ScrapeCache:
+    """The ``/metrics`` page rendered at most once per ``max_age`` seconds, or per ten
+    times as long as the last render took when that is longer: a flood of scrapes costs
+    one render per second, and rendering never takes more than a tenth of the loop."""
+
+    __slots__ = ("_expires", "_render", "_text", "max_age")
+
+    def __init__(self, render: Metrics, max_age: float = _SCRAPE_MAX_AGE) -> None:
+        self._render = render
+        self.max_age = max_age
+        self._text = ""
+        self._expires = -1.0
+
+    def __call__(self) -> str:
+        now = time.monotonic()
+        if now >= self._expires:
+            self._text = self._render()
+            took = time.monotonic() - now
+            self._expires = now + max(self.max_age, 10 * took)
+        return self._text
 
 
 def _busy(name: str) -> bytes:
@@ -65,7 +89,7 @@ def _busy(name: str) -> bytes:
     )
 
 
-def check_file_limit(server: ServerConfig) -> None:
+def _check_file_limit(server: ServerConfig) -> None:
     """Make room for every connection the listeners may hold: raise the soft
     ``RLIMIT_NOFILE`` towards the hard one when the caps need it, and warn when even the
     hard limit is too low (then a flood on the public ports could starve the admin port
@@ -130,7 +154,7 @@ class Sidecar(ClosedOnExit):
             span_processor=span_processor,
         )
         self.registry = Registry(self.mesh)
-        self._metrics = metrics or (lambda: mesh_metrics(self.mesh))
+        self._metrics = _ScrapeCache(metrics or (lambda: mesh_metrics(self.mesh)))
         self._stack: AsyncExitStack | None = None
         self._http: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -175,7 +199,7 @@ class Sidecar(ClosedOnExit):
             raise LifecycleError("a Sidecar can be entered once; create a new one")
         self._state = "opening"
         server = self.config.server
-        check_file_limit(server)
+        _check_file_limit(server)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.mesh)
             await stack.enter_async_context(self.registry)
