@@ -17,6 +17,7 @@ mesh runs them, and only editing the file removes them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -32,9 +33,10 @@ from eventmesh._duration import Duration
 from eventmesh._lifecycle import ClosedOnExit
 from eventmesh._status import NotFoundError
 from eventmesh.config import SinkConfig, SubscriptionConfig, convert
+from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.delivery.policy import MAX_DELAY, DeliveryPolicy, check_range
 from eventmesh.delivery.stats import DeliveryStats
-from eventmesh.errors import ClosedError, ConfigError, LifecycleError
+from eventmesh.errors import ClosedError, ConfigError, LifecycleError, SubscribeError
 from eventmesh.mesh import Mesh
 from eventmesh.server.pull import PullQueue
 from eventmesh.subscription import Subscription
@@ -92,6 +94,10 @@ class Record:
     """The queue of a pull subscription."""
     done: anyio.Event | None = None
     """Set once the pull queue's task has returned (None for other kinds)."""
+    owns_group: bool = False
+    """Its group is named after a generated id, so nobody can mean to join it again:
+    deleting the subscription deletes the group on the memory connector, which frees
+    the events only it still needed."""
 
 
 class Registry(ClosedOnExit):
@@ -208,7 +214,7 @@ class Registry(ClosedOnExit):
         protocol = parsed.protocol or ("HTTP" if parsed.sink is not None else "pull")
         settings = _sink_settings(parsed) if protocol == "HTTP" else None
         fields = _fields(parsed, sub_id, protocol, settings)
-        record = Record(sub_id, origin, fields)
+        record = Record(sub_id, origin, fields, owns_group=parsed.id is None and not parsed.group)
         self._records[sub_id] = record  # reserved now: a second create with it gets 409
         try:
             if settings is not None:
@@ -315,6 +321,10 @@ class Registry(ClosedOnExit):
             record.pull.close()
         with anyio.CancelScope(shield=True):
             await self._stop(record, None)
+            connector = self.mesh.connector(record.fields["topic"])
+            if record.owns_group and isinstance(connector, MemoryConnector):
+                with contextlib.suppress(SubscribeError):  # joined by another: it stays
+                    await connector.delete_group(record.fields["topic"], record.fields["group"])
         log.info("subscription %s deleted", id)
 
     async def _stop(self, record: Record, timeout: float | None) -> None:

@@ -1,15 +1,18 @@
-"""The admin API reports what the memory connector retains and what its limits released:
-``GET /topics`` per topic, ``/metrics`` as eventmesh_events_released_total."""
+"""The sidecar and the memory connector's retention: the admin API reports what a topic
+retains and what its limits released (``GET /topics``, eventmesh_events_released_total),
+and deleting an API subscription deletes the group only it could name."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import aiohttp
+import anyio
 import msgspec
 import pytest
 
 from eventmesh import Event
+from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.server.sidecar import Sidecar
 
 pytestmark = pytest.mark.anyio
@@ -53,3 +56,25 @@ async def test_topics_and_metrics_report_what_drop_oldest_released() -> None:
         assert 'topic="quiet"' not in "".join(
             line for line in text.splitlines() if line.startswith("eventmesh_events_released")
         )
+
+
+async def test_deleting_an_api_subscription_without_a_group_deletes_its_group(
+    serve: Any,
+) -> None:
+    """DELETE of a subscription whose group was named after its generated id frees the
+    events only that group needed; one with a group of its own keeps it for a comeback."""
+    with anyio.fail_after(10):
+        async with serve() as api:
+            memory = api.mesh.connectors["default"]
+            assert isinstance(memory, MemoryConnector)
+            anonymous = (await api.call("POST", "/subscriptions", json={"topic": "a"})).body
+            named = {"topic": "b", "group": "billing"}
+            kept = (await api.call("POST", "/subscriptions", json=named)).body
+            for topic in ("a", "b"):
+                await api.mesh.publish(topic, [Event(type="t", source="/s") for _ in range(3)])
+            for sub in (anonymous, kept):
+                assert (await api.call("DELETE", f"/subscriptions/{sub['id']}")).status == 204
+            held = memory.topic_stats()
+            assert (held["a"].groups, held["a"].held) == (0, 0)
+            assert (held["b"].groups, held["b"].retained) == (1, 3)
+            await api.registry.close()
