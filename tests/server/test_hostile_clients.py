@@ -21,6 +21,8 @@ import grpc.aio
 import msgspec
 import pytest
 
+from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
+from eventmesh._generated.eventmesh.v1.eventmesh_pb2_grpc import EventMeshStub
 from eventmesh.config import load_config
 from eventmesh.errors import ConfigError
 from eventmesh.observability.metrics import MAX_LABEL_LENGTH
@@ -247,6 +249,59 @@ async def test_undecodable_grpc_requests_are_invalid_argument() -> None:
             async for _ in stream(iter([GARBAGE]), timeout=5):
                 pass
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_grpc_connections_above_the_cap_are_closed_and_silent_ones_time_out() -> None:
+    """server.grpc.max_connections 2: two connections get the server's HTTP/2 settings,
+    a third is closed at once; a connection that never sends its preface is closed once
+    server.grpc.header_timeout has passed."""
+    config = settings(grpc={"max_connections": 2, "header_timeout": 3})
+    async with running(config) as (sidecar, _):
+        url = "http://" + sidecar.grpc_target
+        held = [await connect(url) for _ in range(2)]
+        with anyio.fail_after(2):
+            for stream in held:
+                assert await stream.receive()  # the server's SETTINGS frame
+            assert await read_to_close(await connect(url)) == b""
+        with anyio.fail_after(10):
+            for stream in held:
+                assert b"handshake timeout" in await read_to_close(stream)
+
+
+async def test_calls_above_max_concurrent_rpcs_are_resource_exhausted() -> None:
+    """With server.grpc.max_concurrent_rpcs 2 and two Subscribe streams open, a Publish
+    fails at once with RESOURCE_EXHAUSTED; once a stream ends, it succeeds."""
+    async with (
+        running(settings(grpc={"max_concurrent_rpcs": 2})) as (sidecar, _),
+        grpc.aio.insecure_channel(sidecar.grpc_target) as channel,
+    ):
+        stub = EventMeshStub(channel)
+        streams = []
+        for i in range(2):
+            call = stub.Subscribe()
+            opening = pb.Open(topic="t", group=f"g{i}", credits=1, name=f"s{i}")
+            await call.write(pb.SubscribeRequest(open=opening))
+            with anyio.fail_after(5):
+                assert (await call.read()).subscribed.name == f"s{i}"
+            streams.append(call)
+        event = pb.PublishRequest(topic="t")
+        event.event.id, event.event.source, event.event.type = "1", "/s", "t"
+        event.event.spec_version = "1.0"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Publish(event, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await streams[0].done_writing()
+        with anyio.fail_after(5):
+            assert await streams[0].code() == grpc.StatusCode.OK
+            while True:  # the server frees the slot a moment after the stream ends
+                try:
+                    assert (await stub.Publish(event, timeout=5)).stored == 1
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    await anyio.sleep(0.05)
+        await streams[1].done_writing()
 
 
 async def test_a_flood_of_bad_requests_is_a_few_warning_lines_without_tracebacks(
