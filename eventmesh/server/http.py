@@ -268,17 +268,23 @@ async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
             f"Content-Encoding {coding[:40]!r} is not one the sidecar reads; send the body "
             "uncompressed, or as gzip or deflate"
         )
+    if request.content.is_eof():  # all in already, the usual case: no clock to set
+        return await _body(request, coding, limit, logs)
     try:
         async with asyncio.timeout(timeout):
-            if coding in _WBITS:
-                return await _inflate(request, coding, limit, logs)
-            return b"".join([chunk async for chunk in _chunks(request, limit)])
+            return await _body(request, coding, limit, logs)
     except TimeoutError:
         logs.warning("body", "http: a request body took more than %gs; answered 408", timeout)
         raise _BodyTimeout(
             f"the request body did not arrive within {timeout:g}s "
             "(server.http.body_timeout); send it at once, or in smaller requests"
         ) from None
+
+
+async def _body(request: web.Request, coding: str, limit: int, logs: LogLimit) -> bytes:
+    if coding in _WBITS:
+        return await _inflate(request, coding, limit, logs)
+    return b"".join([chunk async for chunk in _chunks(request, limit)])
 
 
 async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
