@@ -55,6 +55,7 @@ MAX_TOPICS = 200
 MAX_SUBSCRIPTIONS = 300
 MAX_EVENTS = 500
 MAX_EVENT_SIZE = 2 * 1024 * 1024
+MAX_LABEL_SETS = 50
 
 BASE_CONFIG: dict[str, Any] = {
     "connectors": {"default": {"type": "memory", "max_events": MAX_EVENTS}},
@@ -71,6 +72,7 @@ BASE_CONFIG: dict[str, Any] = {
         "shutdown_timeout": "5s",
     },
     "logging": {"format": "json"},
+    "metrics": {"max_label_sets": MAX_LABEL_SETS},
     "limits": {"max_topics": MAX_TOPICS, "max_subscriptions": MAX_SUBSCRIPTIONS},
 }
 
@@ -124,7 +126,12 @@ class Answer:
 
     status: int
     body: Any
-    size: int = 0
+    raw: bytes = b""
+
+    @property
+    def size(self) -> int:
+        """Bytes of the body as received."""
+        return len(self.raw)
 
     def __repr__(self) -> str:
         text = f"Answer(status={self.status}, body={self.body!r})"
@@ -274,7 +281,7 @@ class Sidecar:
             body = msgspec.json.decode(raw) if raw else None
         except msgspec.DecodeError:
             body = None
-        return Answer(response.status, body, len(raw))
+        return Answer(response.status, body, raw)
 
     async def publish(self, topic: str, **attributes: Any) -> Answer:
         """Publish one event in the structured JSON format; attributes as given."""

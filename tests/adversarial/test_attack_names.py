@@ -4,6 +4,7 @@ many subscriptions do not make /metrics grow without bound."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import Counter
@@ -11,7 +12,7 @@ from collections import Counter
 import anyio
 import msgspec
 import pytest
-from adversary import MAX_EVENTS, MAX_SUBSCRIPTIONS, MAX_TOPICS, Sidecar
+from adversary import MAX_EVENTS, MAX_LABEL_SETS, MAX_SUBSCRIPTIONS, MAX_TOPICS, Sidecar
 
 pytestmark = pytest.mark.anyio
 
@@ -86,7 +87,9 @@ async def test_a_batch_larger_than_the_store_is_400_not_503(sidecar: Sidecar) ->
 
 async def test_subscriptions_are_bounded_and_metrics_stay_small(sidecar: Sidecar) -> None:
     """Subscriptions with long ids up to limits.max_subscriptions are created, the next
-    ones are 429, and a /metrics scrape stays under 1 MB after events reached them all."""
+    ones are 429, and a /metrics scrape stays under 1 MB after events reached them all:
+    past metrics.max_label_sets (50 here; a scrape costs about 17 KB per label set of the
+    longest names) they are summed under 'other'."""
     statuses: Counter[int] = Counter()
     refused = None
     prefix = "s" * 180
@@ -113,6 +116,9 @@ async def test_subscriptions_are_bounded_and_metrics_stay_small(sidecar: Sidecar
     assert "max_subscriptions" in str(refused.body), refused
     assert scrape.status == 200
     assert scrape.size < METRICS_BOUND, f"/metrics is {scrape.size} bytes"
+    labels = set(re.findall(r'subscription="([^"]*)"', scrape.raw.decode()))
+    assert "other" in labels, sorted(labels)[:5]
+    assert len(labels) <= MAX_LABEL_SETS + 1, len(labels)
     deleted = await sidecar.call("DELETE", f"/subscriptions/{prefix}-0000")
     assert deleted.status == 204, deleted
     await sidecar.assert_serves(topic="many")
