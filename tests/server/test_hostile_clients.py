@@ -26,6 +26,7 @@ from eventmesh._generated.eventmesh.v1.eventmesh_pb2_grpc import EventMeshStub
 from eventmesh.config import load_config
 from eventmesh.errors import ConfigError
 from eventmesh.observability.metrics import MAX_LABEL_LENGTH
+from eventmesh.server._ratelimit import LogLimit
 from eventmesh.server.grpc import ERROR_METADATA_KEY, SERVICE_NAME
 from eventmesh.server.sidecar import Sidecar
 
@@ -328,6 +329,25 @@ async def test_a_flood_of_bad_requests_is_a_few_warning_lines_without_tracebacks
     messages = " ".join(r.getMessage() for r in records)
     assert "not a valid eventmesh.v1.PublishRequest" in messages
     assert "not valid gzip" in messages
+
+
+def test_the_log_limit_writes_one_line_per_kind_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Within the interval only the first line of a kind is written (other kinds keep
+    their own turn); the next line written says how many were left out."""
+    caplog.set_level(logging.WARNING)
+    limit = LogLimit(logging.getLogger("test.limit"), interval=3600)
+    for i in range(5):
+        limit.warning("a", "bad thing %d", i)
+    limit.warning("b", "other thing")
+    limit.interval = 0
+    limit.warning("a", "bad thing %d", 5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad thing 0",
+        "other thing",
+        "bad thing 5 (and 4 more like it not logged since the last line)",
+    ]
 
 
 # -- /metrics --------------------------------------------------------------------------------
