@@ -196,16 +196,16 @@ async def test_an_endless_body_is_refused_without_being_read_to_its_end(serve: A
 
 
 async def test_a_full_topic_is_503_listing_every_id_not_stored(serve: Any) -> None:
-    """When the connector refuses (a batch above max_events, or a full topic set to fail),
-    the answer is 503 with the ids of every event of the request as not_stored."""
+    """A full topic set to fail answers 503 with the ids of every event of the request as
+    not_stored; a batch above max_events, which can never fit, is 400 naming it."""
     config = {"connectors": {"default": {"type": "memory", "max_events": 2, "when_full": "fail"}}}
     async with serve(config) as api:
         three = [Event(type="t", source="/s", id=f"e{i}") for i in range(3)]
         headers, body = to_batch(three)
         too_big = await api.call("POST", "/topics/t/events", data=body, headers=headers)
-        assert too_big.status == 503
-        assert too_big.body["type"] == "PublishError"
-        assert too_big.body["not_stored"] == ["e0", "e1", "e2"]
+        assert too_big.status == 400
+        assert too_big.body["type"] == "RejectedError"
+        assert "max_events=2" in too_big.body["detail"]
 
         async with api.mesh.subscribe("t", "slow", start="earliest"):  # holds what it reads
             headers, body = to_batch(three[:2])
