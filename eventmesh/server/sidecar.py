@@ -11,6 +11,11 @@ order, all within ``server.shutdown_timeout``:
 4. the mesh closes: configured subscriptions finish theirs, acked positions are
    committed, connectors close;
 5. the admin server stops last, so probes answer until the end.
+
+Each listener bounds what a client may hold of it (``server.<name>.max_connections``,
+``header_timeout``; :mod:`eventmesh.server._listener` for HTTP and admin, gRPC's own
+options for gRPC), the open-file limit is checked against those caps at start, and
+``/metrics`` is rendered at most once a second (:class:`_ScrapeCache`).
 """
 
 from __future__ import annotations
