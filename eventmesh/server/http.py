@@ -163,8 +163,8 @@ def _problem(exc: BaseException, **extra: Any) -> web.Response:
 
 
 async def _closing(request: web.Request, response: web.Response) -> web.Response:
-    """Send ``response`` and close the connection at once, without reading the rest of
-    the body (aiohttp would linger reading it for up to 10 s)."""
+    """Send ``response`` and close the connection at once: the client is too slow to
+    wait for (aiohttp would linger reading the body for up to 10 s more)."""
     response.force_close()
     try:
         await response.prepare(request)
@@ -181,9 +181,12 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
     try:
         return await handler(request)
     except EventMeshError as exc:
+        response = _problem(exc)
         if isinstance(exc, EventTooLargeError) and not request.content.is_eof():
-            return await _closing(request, _problem(exc))  # not a byte more of it
-        return _problem(exc)
+            # Not kept alive: aiohttp reads what is on its way for at most 10 s (so the
+            # client gets this answer, not a reset), then closes.
+            response.force_close()
+        return response
     except _BodyTimeout as exc:
         response = web.Response(
             body=_encoder.encode(
@@ -234,7 +237,9 @@ async def _expect(request: web.Request) -> web.Response | None:
     limit = request.app[_LIMIT]
     length = request.content_length
     if length is not None and length > limit:
-        return await _closing(request, _problem(_too_large(f"{length} bytes", limit)))
+        response = _problem(_too_large(f"{length} bytes", limit))
+        response.force_close()
+        return response
     if request.headers.get("Expect", "").lower() != "100-continue":
         return _problem(ConfigError(f"unknown Expect: {request.headers.get('Expect')!r}"))
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
