@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import logging
 import re
+import resource
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -162,6 +163,21 @@ async def test_the_admin_port_has_its_own_cap() -> None:
         with anyio.fail_after(5):
             assert (await read_to_close(second)).startswith(b"HTTP/1.1 503")
         await first.aclose()
+
+
+async def test_the_open_file_limit_is_raised_to_hold_every_cap() -> None:
+    """A soft RLIMIT_NOFILE below what the caps need (HTTP 3,000 + gRPC 1,000 + admin
+    100 + webhooks 100 + 256 spare) is raised when the hard limit allows it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 3000 + 1000 + 100 + 100 + 256
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"the hard open-file limit is {hard}, below {needed}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        async with running(settings(http={"max_connections": 3000})):
+            assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= needed
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_listener_bounds_are_checked_at_load_time() -> None:
