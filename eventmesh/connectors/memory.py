@@ -269,12 +269,11 @@ class _Group:
         part = self.topic.partitions[p]
         if start == "latest":
             return part.end
-        first = self.topic.start(p)  # the oldest event still retained, as Kafka's earliest
         if start == "earliest":
-            return first
+            return part.base  # the oldest event still held, as Kafka's earliest
         if isinstance(start, datetime):
             stamp = start.timestamp()
-            return part.base + bisect_left(part.stamps, stamp, first - part.base)
+            return part.base + bisect_left(part.stamps, stamp)
         raise SubscribeError(f"start must be 'earliest', 'latest' or a datetime, got {start!r}")
 
     def join(self, member: _MemoryConsumer) -> None:
