@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any, cast
 
 from aiohttp import web
@@ -177,9 +178,10 @@ class GuardedSite(web.BaseSite):
         max_connections: int,
         header_timeout: float,
         refusal: bytes,
+        ssl_context: ssl.SSLContext | None = None,
         backlog: int = 128,
     ) -> None:
-        super().__init__(runner, backlog=backlog)
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
         self._guard = _Guard(name, max_connections, header_timeout, refusal)
@@ -187,7 +189,8 @@ class GuardedSite(web.BaseSite):
     @property
     def name(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def port(self) -> int:
@@ -234,5 +237,11 @@ class GuardedSite(web.BaseSite):
 
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            protocol, self._host, self._port, backlog=self._backlog
+            protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            ssl=self._ssl_context,
+            # A TLS handshake is held to the same deadline as the headers that follow it.
+            ssl_handshake_timeout=guard.header_timeout if self._ssl_context else None,
         )
