@@ -58,7 +58,7 @@ async def test_a_slow_active_group_makes_producers_wait() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
-            await anyio.sleep(0.1)
+            await anyio.wait_all_tasks_blocked()
             assert not published.is_set()  # still waiting: nothing was consumed
             got = await collect(consumer, 15, timeout=5)
             await published.wait()
