@@ -8,9 +8,9 @@ group does; a nacked event comes back after its delay.
 Retention keeps its word. What every group has committed is freed as the groups move on
 (in steps of ``_TRIM_STEP`` events per partition, so it costs nothing per event). An
 event some group has not committed stays, whether the group has members or not, until
-the group reads it, the group is deleted (:meth:`MemoryConnector.delete_group`), or a
-limit the configuration names releases it: ``max_age``, or ``max_events`` under
-``when_full: drop_oldest``. Whatever a limit releases is counted per topic
+the group reads it, the group is deleted (:meth:`MemoryConnector.delete_group`, or
+``inactive_threshold`` after its last member left), or a limit the configuration names
+releases it: ``max_age``, or ``max_events`` under ``when_full: drop_oldest``. Whatever a limit releases is counted per topic
 (:meth:`MemoryConnector.topic_stats`). At ``max_events`` the default is back-pressure:
 ``publish`` waits (``when_full: wait``) or raises ``TopicFullError`` (``fail``). A topic
 no group has joined keeps its newest events, up to its limits, for groups that start
@@ -77,6 +77,9 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     TopicFullError, or release the oldest retained events and count them."""
     full_timeout: Duration | None = None
     """With ``wait``: fail with TopicFullError after this many seconds (None: wait on)."""
+    inactive_threshold: Duration | None = None
+    """Delete a group that has had no member this long, releasing (and counting) the
+    events only it still needed (None: keep it until it is deleted)."""
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -85,6 +88,10 @@ class MemoryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError("max_events must be at least 1")
         if self.max_age is not None and not 0 < self.max_age < math.inf:
             raise ValueError("max_age must be a positive duration such as '10m' (or null)")
+        if self.inactive_threshold is not None and not 0 < self.inactive_threshold < math.inf:
+            raise ValueError(
+                "inactive_threshold must be a positive duration such as '1h' (or null)"
+            )
 
 
 class TopicStats(NamedTuple):
@@ -98,7 +105,8 @@ class TopicStats(NamedTuple):
     ``_TRIM_STEP`` per partition, or a third of the retained ones)."""
     released: int
     """Events released under a limit before every group had read them: by ``max_age``,
-    by ``when_full: drop_oldest``, or, on a topic no group has joined, by ``max_events``."""
+    by ``when_full: drop_oldest``, by ``inactive_threshold`` (what only the deleted group
+    needed), or, on a topic no group has joined, by ``max_events``."""
     groups: int
     """Consumer groups on the topic, with members or not."""
 
@@ -233,6 +241,32 @@ class _Topic:
             log.debug("topic %r: released %d events older than %ss", self.name, released, max_age)
         return released
 
+    def drop_groups(self, names: Sequence[str]) -> int:
+        """Forget these groups and free what only they still needed; return how many
+        retained events that was (a topic left without groups frees every event)."""
+        before = self.retained()
+        for name in names:
+            del self.groups[name]
+        for p, part in enumerate(self.partitions):
+            part.free(self.start(p) if self.groups else part.end)
+        self.trim_all()
+        self.headroom = 0  # recomputed by the next publish
+        self.notify_space()
+        return before - self.retained()
+
+    def idle(self, threshold: float, now: float) -> tuple[list[str], float]:
+        """The groups without members for ``threshold`` seconds or more at ``now``
+        (monotonic), and when the next of the others will be."""
+        gone, due = [], math.inf
+        for name, group in self.groups.items():
+            if not group.members:
+                deadline = group.idle_since + threshold
+                if deadline <= now:
+                    gone.append(name)
+                else:
+                    due = min(due, deadline)
+        return gone, due
+
     def holders(self) -> str:
         """The groups that hold the oldest retained events, for error messages."""
         lows = {name: min(g.committed) for name, g in self.groups.items()}
@@ -263,6 +297,7 @@ class _Group:
         self.members: list[_MemoryConsumer] = []
         self.owner: list[_MemoryConsumer | None] = [None] * n
         self.trim_at = [_NEVER] * n  # a commit reaching it frees what all groups committed
+        self.idle_since = time.monotonic()  # since when it has had no member
         self._seq = itertools.count()
 
     def _start_offset(self, p: int, start: StartPosition) -> int:
@@ -285,6 +320,8 @@ class _Group:
         if member in self.members:
             self.members.remove(member)
             self._rebalance()
+            if not self.members:
+                self.idle_since = time.monotonic()
 
     def skip_to(self, p: int, offset: int) -> None:
         """Move past the events of partition p below ``offset``, which a limit released."""
@@ -565,6 +602,7 @@ class MemoryConnector(Connector):
         for name, topic in self._topics.items():
             if now >= topic.expire_at:
                 topic.expire(now)
+            self._forget_idle(topic)
             stats[name] = TopicStats(
                 retained=topic.retained(),
                 held=topic.held(),
@@ -596,14 +634,29 @@ class MemoryConnector(Connector):
                 f"group {group!r} on topic {topic!r} has {len(g.members)} members; close "
                 "its subscriptions before deleting it"
             )
-        del t.groups[group]
-        for p, part in enumerate(t.partitions):
-            part.free(t.start(p) if t.groups else part.end)
-        t.trim_all()
-        t.headroom = 0  # recomputed by the next publish
-        t.notify_space()
+        t.drop_groups([group])
         log.info("group %r on topic %r deleted", group, topic)
         return True
+
+    def _forget_idle(self, t: _Topic) -> float:
+        """Delete t's groups idle for ``inactive_threshold``, counting what only they
+        needed as released; return when (monotonic) the next one will be due."""
+        threshold = self.config.inactive_threshold
+        if threshold is None or not t.groups:
+            return math.inf
+        gone, due = t.idle(threshold, time.monotonic())
+        if gone:
+            released = t.drop_groups(gone)
+            t.released += released
+            log.info(
+                "topic %r: deleted groups %s, without members for %ss (inactive_threshold), "
+                "releasing %d events only they still needed",
+                t.name,
+                ", ".join(sorted(gone)),
+                threshold,
+                released,
+            )
+        return due
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -647,6 +700,7 @@ class MemoryConnector(Connector):
         now = time.time()
         if now >= t.expire_at:
             t.expire(now)
+        self._forget_idle(t)
         if self._fits(t, count):
             return
         if not t.groups or config.when_full == "drop_oldest":
@@ -664,13 +718,15 @@ class MemoryConnector(Connector):
                 if t.space is None:
                     t.space = anyio.Event()
                 space = t.space
-                wait = t.expire_at - time.time()
+                idle_due = self._forget_idle(t) - time.monotonic()
+                wait = min(t.expire_at - time.time(), idle_due)
                 with anyio.move_on_after(None if wait == math.inf else max(wait, 0.0)):
                     await space.wait()
                 self._check_open()
                 now = time.time()
                 if now >= t.expire_at:
                     t.expire(now)
+                self._forget_idle(t)
                 if self._fits(t, count):
                     return
                 if not t.groups:  # every group was deleted meanwhile

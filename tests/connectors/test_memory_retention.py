@@ -249,3 +249,29 @@ async def test_a_new_group_at_earliest_gets_what_another_group_still_needs() -> 
         async with connector.subscribe("t", "later", start="earliest") as consumer:
             got = await collect(consumer, 5, timeout=5)
         assert [d.event.data for d in got] == list(range(5))
+
+
+async def test_inactive_threshold_deletes_an_idle_group_and_counts_its_events() -> None:
+    """A group without members for inactive_threshold is deleted when its events are in
+    the way: the waiting producer goes on, and the events only it needed are counted."""
+    config = MemoryConfig(partitions=1, max_events=5, inactive_threshold=0.2)
+    async with MemoryConnector(config) as connector:
+        async with connector.subscribe("t", "gone"):
+            pass
+        await connector.publish("t", events(5))
+        with anyio.fail_after(5):
+            await connector.publish("t", events(1, 5))
+        assert stats(connector) == TopicStats(retained=1, held=1, released=5, groups=0)
+
+
+async def test_a_group_back_within_inactive_threshold_keeps_everything() -> None:
+    """A group whose member comes back before inactive_threshold loses nothing."""
+    config = MemoryConfig(partitions=1, inactive_threshold=60)
+    async with MemoryConnector(config) as connector:
+        async with connector.subscribe("t", "g"):
+            pass
+        await connector.publish("t", events(5))
+        async with connector.subscribe("t", "g") as consumer:
+            got = await collect(consumer, 5, timeout=5)
+        assert [d.event.data for d in got] == list(range(5))
+        assert stats(connector).released == 0
