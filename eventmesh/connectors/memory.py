@@ -10,11 +10,11 @@ Retention keeps its word. What every group has committed is freed as the groups 
 event some group has not committed stays, whether the group has members or not, until
 the group reads it, the group is deleted (:meth:`MemoryConnector.delete_group`, or
 ``inactive_threshold`` after its last member left), or a limit the configuration names
-releases it: ``max_age``, or ``max_events`` under ``when_full: drop_oldest``. Whatever a limit releases is counted per topic
-(:meth:`MemoryConnector.topic_stats`). At ``max_events`` the default is back-pressure:
-``publish`` waits (``when_full: wait``) or raises ``TopicFullError`` (``fail``). A topic
-no group has joined keeps its newest events, up to its limits, for groups that start
-at 'earliest'.
+releases it: ``max_age``, or ``max_events`` under ``when_full: drop_oldest``. Whatever
+a limit releases is counted per topic (:meth:`MemoryConnector.topic_stats`). At
+``max_events`` the default is back-pressure: ``publish`` waits (``when_full: wait``) or
+raises ``TopicFullError`` (``fail``). A topic no group has joined keeps its newest
+events, up to its limits, for groups that start at 'earliest'.
 
 What it does not promise: durability. Events live in this process and die with it.
 """
