@@ -160,6 +160,10 @@ class Watch:
 
     def check(self) -> None:
         """Every probe answered 200 within 1 s, and peak RSS stayed under the bound."""
+        print(  # shown with a failure, or with pytest -s
+            f"/healthz: {len(self.latencies)} probes, worst {self.worst:.3f} s; "
+            f"peak RSS {self.peak_kb / 1024:.0f} MiB"
+        )
         assert self.latencies, "no /healthz probe was made"
         assert not self.failures, f"/healthz failed during the attack: {self.failures[:5]}"
         assert self.worst < HEALTHZ_BOUND, (
