@@ -268,14 +268,18 @@ class _Topic:
         return gone, due
 
     def holders(self) -> str:
-        """The groups that hold the oldest retained events, for error messages."""
-        lows = {name: min(g.committed) for name, g in self.groups.items()}
-        low = min(lows.values(), default=0)
-        names = []
-        for name, group in self.groups.items():
-            if lows[name] == low:
-                names.append(f"{name!r}" + ("" if group.members else " (no members)"))
-        return ", ".join(sorted(names)) or "none"
+        """The groups furthest behind in the partition that retains the most, for error
+        messages; those without members are marked."""
+        if not self.groups:
+            return "none"
+        p = max(range(len(self.partitions)), key=lambda p: self.partitions[p].end - self.start(p))
+        low = self.start(p)
+        names = [
+            f"{name!r}" + ("" if group.members else " (no members)")
+            for name, group in self.groups.items()
+            if group.committed[p] == low
+        ]
+        return ", ".join(sorted(names))
 
     def notify_space(self) -> None:
         space = self.space
