@@ -23,6 +23,7 @@ from eventmesh.errors import ConfigError, PermissionDeniedError, Unauthenticated
 
 __all__ = [
     "ACTIONS",
+    "ANONYMOUS",
     "Acl",
     "AclRule",
     "Action",
@@ -30,6 +31,7 @@ __all__ = [
     "Authenticator",
     "CertIdentity",
     "ClientCertConfig",
+    "Guard",
     "JwtConfig",
     "Principal",
     "TokenSpec",
@@ -217,6 +219,13 @@ class Authenticator:
 
     def __init__(self, config: AuthConfig, *, jwks: Mapping[str, Any] | None = None) -> None:
         self.config = config
+        for i, spec in enumerate(config.tokens):
+            if spec.sha256 is None:
+                raise ConfigError(
+                    "a token from file: or env: is read by load_config (resolve_tokens) "
+                    "before the sidecar uses it",
+                    key=f"auth.tokens[{i}]",
+                )
         self._digests = [(bytes.fromhex(t.sha256 or ""), t.principal) for t in config.tokens]
         self._jwt = config.jwt
         self._keys: dict[str | None, Any] = {}
@@ -416,3 +425,49 @@ def _digest(secret: str) -> str:
 
 def _is_digest(value: str) -> bool:
     return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+class Guard:
+    """What the sidecar's servers ask of every call: who is it (:meth:`principal`), and
+    may it do this (:meth:`check`, :meth:`may_manage`). Built once from ``auth:`` and
+    ``acl:``; with no ``auth:`` every call is :data:`ANONYMOUS` and allowed."""
+
+    def __init__(
+        self,
+        auth: AuthConfig | None = None,
+        acl: Sequence[AclRule] = (),
+        *,
+        jwks: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.auth = auth or AuthConfig()
+        self.authenticator = Authenticator(self.auth, jwks=jwks)
+        self.acl = Acl(acl, enforce=self.auth.enabled)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls must carry credentials and are checked against the ACL."""
+        return self.auth.enabled
+
+    def principal(self, authorization: str | None, cert: CertIdentity | None = None) -> Principal:
+        """The caller, or UnauthenticatedError (see :meth:`Authenticator.authenticate`)."""
+        return self.authenticator.authenticate(authorization, cert=cert)
+
+    def check(
+        self,
+        principal: Principal,
+        action: Action,
+        *,
+        topic: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        """PermissionDeniedError unless the ACL grants ``action`` here."""
+        self.acl.check(principal.name, action, topic=topic, group=group)
+
+    def may_manage(self, principal: Principal, owner: str | None, topic: str) -> bool:
+        """Whether ``principal`` may read, change or delete a subscription of ``owner``
+        on ``topic``: its own (with auth on, one it made), or any with ``manage``."""
+        if not self.enabled:
+            return True
+        if owner is not None and owner == principal.name:
+            return True
+        return self.acl.allows(principal.name, "manage", topic=topic)

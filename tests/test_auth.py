@@ -23,7 +23,9 @@ from eventmesh.auth import (
     Authenticator,
     CertIdentity,
     ClientCertConfig,
+    Guard,
     JwtConfig,
+    Principal,
     TokenSpec,
     glob_match,
     resolve_tokens,
@@ -368,3 +370,29 @@ def test_acl_rules_must_say_where_they_apply() -> None:
 def test_glob_match(pattern: str, text: str, matched: bool) -> None:
     """'*' matches any run, prefix and suffix may not overlap, no backtracking blow-up."""
     assert glob_match(pattern, text) is matched
+
+
+def test_an_unresolved_token_source_cannot_be_used() -> None:
+    """A file:/env: token that load_config did not resolve is a ConfigError, not a
+    token that silently never matches."""
+    with pytest.raises(ConfigError, match=r"auth\.tokens\[0\]"):
+        Authenticator(AuthConfig(tokens=[TokenSpec(principal="a", env="X")]))
+
+
+def test_the_guard_lets_owners_and_managers_at_a_subscription() -> None:
+    """With auth on, a subscription is its owner's or a manager's; with auth off, anyone's."""
+    config = AuthConfig(tokens=[TokenSpec(principal="billing", sha256=digest(SECRET))])
+    guard = Guard(config, RULES)
+    billing = guard.principal(f"Bearer {SECRET}")
+    assert guard.may_manage(billing, "billing", "orders")
+    assert not guard.may_manage(billing, "shipping", "orders")
+    assert not guard.may_manage(billing, None, "orders")  # the config file's
+    assert guard.may_manage(Principal("ops-1", "token"), "shipping", "orders")
+    guard.check(billing, "publish", topic="orders")
+    with pytest.raises(PermissionDeniedError):
+        guard.check(billing, "publish", topic="payments")
+    open_guard = Guard()
+    assert not open_guard.enabled
+    anyone = open_guard.principal(None)
+    assert open_guard.may_manage(anyone, "billing", "orders")
+    open_guard.check(anyone, "admin")
