@@ -458,6 +458,8 @@ def _may_nest(payload: bytes | str, limit: int) -> bool:
     two scans at memchr speed, so a normal event never pays for :func:`check_data_depth`."""
     if isinstance(payload, str):
         return payload.count("[") + payload.count("{") > limit
+    if not isinstance(payload, bytes | bytearray):
+        payload = bytes(memoryview(payload))  # a msgspec.Raw, a memoryview
     return payload.count(b"[") + payload.count(b"{") > limit
 
 
