@@ -578,7 +578,7 @@ class MemoryConnector(Connector):
         topic = self._topics.get(name)
         if topic is None:
             if not name or not isinstance(name, str):
-                raise PublishError(f"topic name must be a non-empty string, got {name!r}")
+                raise RejectedError(f"topic name must be a non-empty string, got {name!r}")
             topic = self._topics[name] = _Topic(name, self.config.partitions, self.config.max_age)
         return topic
 
@@ -764,7 +764,7 @@ class MemoryConnector(Connector):
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         self._check_open()
         if not isinstance(topic, str) or not topic:
-            raise SubscribeError(f"topic name must be a non-empty string, got {topic!r}")
+            raise RejectedError(f"topic name must be a non-empty string, got {topic!r}")
         if not isinstance(group, str) or not group:
             raise SubscribeError(f"group must be a non-empty string, got {group!r}")
         return _MemoryConsumer(self, topic, group, start)
