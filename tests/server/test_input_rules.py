@@ -9,8 +9,10 @@ from urllib.parse import quote
 
 import pytest
 
+import eventmesh
 from eventmesh import Event
 from eventmesh.bindings.http import to_binary
+from eventmesh.errors import LimitExceededError, RejectedError
 
 pytestmark = pytest.mark.anyio
 
@@ -164,3 +166,17 @@ async def test_refused_names_do_not_use_up_the_topic_bound(serve: Any) -> None:
         assert api.mesh.topics == []
         answer = await api.call("POST", "/topics/ok/events", headers=headers, data=body)
         assert answer.status == 202
+
+
+async def test_the_remote_sdk_raises_the_same_errors_again(serve: Any) -> None:
+    """Over HTTP, the SDK raises RejectedError for a name too long and LimitExceededError
+    with its key for a topic past the bound, as the embedded mesh does."""
+    event = Event(type="com.example.rule", source="/test", data=1)
+    limits = {"limits": {"max_topics": 1}}
+    async with serve(limits) as api, eventmesh.connect(api.url) as client:
+        with pytest.raises(RejectedError, match="max_name_length"):
+            await client.publish("x" * 300, event)
+        await client.publish("first", event)
+        with pytest.raises(LimitExceededError) as info:
+            await client.publish("second", event)
+        assert info.value.key == "limits.max_topics"
