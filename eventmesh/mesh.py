@@ -375,9 +375,12 @@ class Mesh(Client):
         # The topics this subscription may publish to are admitted now, so a name their
         # connector refuses or the topic bound fails the subscribe, not a delivery.
         dead_letter = policy.dead_letter_topic(topic, group)
-        for extra in (dead_letter, reply_to):
+        for extra, key in ((dead_letter, "delivery.dead_letter"), (reply_to, "reply_to")):
             if extra is not None:
-                self.connector(extra)
+                try:
+                    self.connector(extra)
+                except RejectedError as exc:
+                    raise RejectedError(f"{where}: the {key} topic is refused: {exc}") from exc
         consumer = connector.subscribe(topic, group, start=start)
         subscription = Subscription(
             self,

@@ -246,3 +246,13 @@ def test_data_64_deep_is_read() -> None:
     """64 levels, the documented bound, are accepted."""
     event = from_http_one({**_HEADERS, "content-type": "application/json"}, b"[" * 64 + b"]" * 64)
     assert event.data == _nested(64)
+
+
+async def test_a_dead_letter_topic_over_the_name_bound_fails_the_subscribe_naming_it() -> None:
+    """A 249-character topic is fine, but its default dead-letter topic (253 characters)
+    is not: the subscribe says it is the dead-letter topic; without one it works."""
+    async with Mesh() as mesh:
+        with pytest.raises(RejectedError, match=r"the delivery\.dead_letter topic is refused"):
+            mesh.subscribe("t" * 249, "g")
+        async with mesh.subscribe("t" * 249, "g", delivery={"dead_letter": None}):
+            pass
