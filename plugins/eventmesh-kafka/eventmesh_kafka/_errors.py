@@ -11,6 +11,7 @@ What aiokafka raises, and what it becomes::
     aiokafka.errors.KafkaError (broker answers, timeouts, connections) -> the given kind
     aiokafka.errors.ConsumerStoppedError, IllegalOperation            -> the given kind
     MessageSizeTooLargeError, RecordTooLargeError (while publishing)   -> RejectedError
+    InvalidTopicError (a name the broker refuses, e.g. a collision)    -> RejectedError
     asyncio.TimeoutError (waits inside aiokafka)                       -> the given kind
     OSError, ssl.SSLError (sockets, certificate files)                 -> the given kind
     ValueError, RuntimeError (only while building clients: a setting   -> the given kind
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 
 import aiokafka.errors as kafka_errors
 
-from eventmesh.errors import ConnectorError, PublishError, RejectedError
+from eventmesh.errors import ConnectorError, PublishError, RejectedError, SubscribeError
 
 __all__ = [
     "CLIENT_ERRORS",
@@ -81,7 +82,8 @@ _HINTS: dict[type[BaseException], str] = {
         "the topic does not exist: create it, or set create_topics: true"
     ),
     kafka_errors.InvalidTopicError: (
-        "topic names use ASCII letters, digits, '.', '_' and '-', at most 249 of them"
+        "topic names use ASCII letters, digits, '.', '_' and '-', at most 249 of them, "
+        "and may not differ from an existing topic only by '.' against '_'"
     ),
     kafka_errors.TopicAuthorizationFailedError: (
         "this client may not use the topic: check the broker's ACLs for it"
@@ -157,6 +159,7 @@ TOO_LARGE: tuple[type[BaseException], ...] = (
 )
 """What aiokafka and the broker raise for a record larger than they take: the same
 record can never be stored, so a publish failing with one is a ``RejectedError``."""
+_INVALID_TOPIC = kafka_errors.InvalidTopicError
 
 
 def translate(exc: BaseException, kind: type[ConnectorError], where: str) -> ConnectorError:
@@ -168,6 +171,8 @@ def translate(exc: BaseException, kind: type[ConnectorError], where: str) -> Con
     hint = _hint(exc)
     if kind is PublishError and isinstance(exc, TOO_LARGE):
         kind = RejectedError
+    elif kind in (PublishError, SubscribeError) and isinstance(exc, _INVALID_TOPIC):
+        kind = RejectedError  # a name the broker refuses (one colliding with another)
     return kind(f"{where}: {describe(exc)}" + (f"; {hint}" if hint else ""))
 
 

@@ -138,3 +138,15 @@ async def test_data_nested_too_deep_is_refused_as_on_memory(
         assert info.value.attribute == "data"
         await mesh.publish(topic, _event(fine))
         assert (await _first(mesh, topic)).data == fine
+
+
+async def test_a_name_colliding_with_an_existing_topic_is_rejected(
+    kafka_config: KafkaConfig,
+) -> None:
+    """Kafka refuses a topic differing from an existing one only by '.' against '_': the
+    broker's InvalidTopicError is RejectedError (400), not a retryable PublishError."""
+    suffix = uuid.uuid4().hex[:8]
+    async with Mesh({"connectors": _connectors(kafka_config)}) as mesh:
+        await mesh.publish(f"rules.{suffix}", _event())
+        with pytest.raises(RejectedError, match="collides"):
+            await mesh.publish(f"rules_{suffix}", _event())
