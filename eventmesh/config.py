@@ -607,6 +607,12 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
             ["default_connector"],
         )
     for topic, spec in config.topics.items():
+        if len(topic) > config.limits.max_name_length:
+            raise fail(
+                f"the topic name is {len(topic)} characters, more than "
+                f"limits.max_name_length ({config.limits.max_name_length}) allows",
+                ["topics", topic[:40]],
+            )
         if spec.connector is not None and spec.connector not in config.connectors:
             raise fail(
                 f"topic {topic!r} names connector {spec.connector!r}, which is not defined "

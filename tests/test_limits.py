@@ -112,6 +112,8 @@ def test_the_config_file_is_held_to_the_same_name_and_count_bounds() -> None:
     with pytest.raises(ConfigError, match="max_name_length") as info:
         load_config({"subscriptions": [{"name": "s", "topic": "t" * 250, "sink": sink}]})
     assert info.value.key == "subscriptions[0].topic"
+    with pytest.raises(ConfigError, match="max_name_length"):
+        load_config({"topics": {"t" * 250: {"connector": "default"}}})
 
 
 # -- delivery settings -----------------------------------------------------------------------
