@@ -37,7 +37,6 @@ import msgspec
 from eventmesh._duration import Duration
 from eventmesh.connectors.base import Capabilities, Connector, Consumer, Delivery, StartPosition
 from eventmesh.errors import (
-    PublishError,
     RejectedError,
     SubscribeError,
     TopicFullError,
