@@ -38,6 +38,7 @@ from eventmesh.pipeline.compile import compile_pipeline
 from eventmesh.subscription import Handler, Subscription
 from eventmesh.triggers.function import Function
 from eventmesh.triggers.runtime import FunctionRuntime
+from eventmesh.typing import Filter, Transform
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
@@ -396,6 +397,21 @@ class Mesh(Client):
         )
         self._held.add(subscription)
         return subscription
+
+    async def compile_specs(
+        self, topic: str, group: str, filter: Any = None, transform: Any = None
+    ) -> tuple[Filter | None, Transform | None]:
+        """Compile filter and transform specs in a worker thread, with the errors and
+        limits :meth:`subscribe` would give: for specs from the network, whose compile
+        (a few ms up to ``limits.filters.max_size``) must not hold the event loop. Pass
+        the callables it returns to :meth:`subscribe`."""
+        if filter is None and transform is None:
+            return None, None
+        where = f"subscribe({topic!r}, group={group!r})"
+        limits = self.config.limits.filters
+        return await anyio.to_thread.run_sync(
+            lambda: compile_pipeline(filter, transform, where=where, limits=limits)
+        )
 
     async def _start_configured(self, sub: SubscriptionConfig) -> None:
         sink = sub.sink

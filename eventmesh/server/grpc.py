@@ -247,7 +247,7 @@ class EventMeshServicer:
         subscription: Subscription | None = None
         error: BaseException | None = None
         try:
-            subscription = self._subscription(first.open)
+            subscription = await self._subscription(first.open)
             await subscription.start()
             await context.write(
                 pb.SubscribeResponse(subscribed=pb.Subscribed(name=subscription.name))
@@ -264,7 +264,7 @@ class EventMeshServicer:
         if error is not None and not context.done():
             await _abort(context, error, self.logs)
 
-    def _subscription(self, request: pb.Open) -> Subscription:
+    async def _subscription(self, request: pb.Open) -> Subscription:
         where = f"open of subscription to {request.topic!r}"
         start: StartPosition = "latest"
         which = request.WhichOneof("start")
@@ -272,11 +272,18 @@ class EventMeshServicer:
             start = request.time.ToDatetime(tzinfo=UTC)
         elif which == "position" and request.position == pb.START_POSITION_EARLIEST:
             start = "earliest"
+        # Compiled in a worker thread: the spec came from the network.
+        compiled_filter, compiled_transform = await self.mesh.compile_specs(
+            request.topic,
+            request.group,
+            _json_field(request.filter_json, f"{where}: filter_json"),
+            _json_field(request.transform_json, f"{where}: transform_json"),
+        )
         return self.mesh.subscribe(
             request.topic,
             request.group,
-            filter=_json_field(request.filter_json, f"{where}: filter_json"),
-            transform=_json_field(request.transform_json, f"{where}: transform_json"),
+            filter=compiled_filter,
+            transform=compiled_transform,
             delivery=_json_field(request.delivery_json, f"{where}: delivery_json"),
             start=start,
             name=request.name or None,

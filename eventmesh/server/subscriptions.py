@@ -222,7 +222,7 @@ class Registry(ClosedOnExit):
                 await record.subscription.start()
                 self._still_wanted(record)
             else:
-                subscription = self._subscribe(parsed, sub_id, fields, handler=None)
+                subscription = await self._subscribe(parsed, sub_id, fields, handler=None)
                 record.subscription = subscription
                 await subscription.start()
                 tg = self._still_wanted(record)
@@ -283,19 +283,23 @@ class Registry(ClosedOnExit):
         except ConfigError as exc:
             message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
             raise ConfigError(message, key="sink") from exc
-        return self._subscribe(spec, sub_id, fields, handler=sink)
+        return await self._subscribe(spec, sub_id, fields, handler=sink)
 
-    def _subscribe(
+    async def _subscribe(
         self, spec: SubscriptionSpec, sub_id: str, fields: dict[str, Any], *, handler: Any
     ) -> Subscription:
         filter_spec = spec.filters if spec.filters is not None else spec.filter
         try:
+            # Compiled in a worker thread: the spec came from the network.
+            compiled_filter, compiled_transform = await self.mesh.compile_specs(
+                spec.topic, fields["group"], filter_spec, spec.transform
+            )
             return self.mesh.subscribe(
                 spec.topic,
                 fields["group"],
                 handler=handler,
-                filter=filter_spec,
-                transform=spec.transform,
+                filter=compiled_filter,
+                transform=compiled_transform,
                 delivery=spec.delivery,
                 start=spec.start,
                 name=sub_id,
