@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -230,6 +230,8 @@ class Authenticator:
         self._jwt = config.jwt
         self._keys: dict[str | None, Any] = {}
         self._verified: dict[str, tuple[Principal, float]] = {}
+        self.unknown_key: Callable[[str | None], None] | None = None
+        """Called with the ``kid`` of a JWT signed by a key the JWKS in use lacks."""
         if jwks is not None:
             self.set_jwks(jwks)
 
@@ -306,6 +308,8 @@ class Authenticator:
             if key is None and kid is None and len(self._keys) == 1:
                 key = next(iter(self._keys.values()))
             if key is None:
+                if self.unknown_key is not None:
+                    self.unknown_key(kid)  # a rotated JWKS: its owner may fetch it again
                 raise UnauthenticatedError("the bearer token was not accepted")
             required = (
                 ["exp"] + (["iss"] if config.issuer else []) + (["aud"] if config.audience else [])

@@ -28,11 +28,13 @@ import msgspec
 import yaml
 
 from eventmesh._duration import Duration, parse_duration
+from eventmesh.auth import AclRule, AuthConfig, resolve_tokens
 from eventmesh.connectors.memory import MemoryConfig
 from eventmesh.delivery._sinkcheck import sink_problem
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError, EventMeshError
 from eventmesh.pipeline.limits import FilterLimits
+from eventmesh.tls import TlsConfig
 from eventmesh.triggers.function import FunctionConfig, check_function
 
 __all__ = [
@@ -153,6 +155,9 @@ class Listener(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Seconds a request may take to send its headers, from its first byte (from the
     connection's start for the first request); a slower one is disconnected. On the gRPC
     port, the time a new connection has to finish its HTTP/2 handshake."""
+    tls: TlsConfig | None = None
+    """Serve TLS with this certificate and key; with ``client_ca_file``, mTLS
+    (docs/security.md). Files are read again when they change."""
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
@@ -238,6 +243,28 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     webhook: WebhookConfig = WebhookConfig()
     shutdown_timeout: Duration = Duration(30.0)
     """On SIGTERM, how long in-flight deliveries may take to finish."""
+    insecure: bool = False
+    """Allow a listener on a non-loopback address without ``auth`` and TLS. Without it,
+    ``eventmesh run`` refuses to start so (docs/security.md)."""
+
+    def exposed(self, *, auth: bool) -> list[str]:
+        """The listeners that would serve beyond this host without both ``auth`` and
+        TLS (empty when each is on loopback, or has TLS while auth is on)."""
+        out = []
+        for name in ("http", "grpc", "admin"):
+            listener: Listener = getattr(self, name)
+            if not _loopback(listener.host) and not (auth and listener.tls is not None):
+                out.append(name)
+        return out
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -325,6 +352,10 @@ class MeshConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    """How callers of the sidecar prove who they are (docs/security.md)."""
+    acl: list[AclRule] = msgspec.field(default_factory=list)
+    """What each principal may do; with ``auth`` on, what no rule grants is denied."""
 
     def connector_for(self, topic: str) -> str:
         """The name of the connector that stores ``topic``."""
@@ -395,6 +426,15 @@ def load_config(
         _set_path(data, [_index(p) for p in dotted.split(".")], value)
     config = _convert(data, nodes)
     _check(config, nodes)
+    if config.auth.tokens:  # tokens from files and variables, read once and kept as digests
+        config = msgspec.structs.replace(config, auth=resolve_tokens(config.auth, env or {}))
+    if config.acl and not config.auth.enabled:
+        raise ConfigError(
+            "acl rules are only enforced for authenticated callers: configure auth "
+            "(tokens, jwt or client_certs) too, or remove acl",
+            key="acl",
+            line=_line(nodes, ["acl"]),
+        )
     return config
 
 

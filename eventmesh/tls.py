@@ -19,7 +19,7 @@ import msgspec
 
 from eventmesh.errors import ConfigError
 
-__all__ = ["CertReloader", "TlsConfig", "client_context", "server_context"]
+__all__ = ["CertReloader", "TlsConfig", "client_context", "file_stamps", "server_context"]
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +106,11 @@ class CertReloader:
         self.context = context
         self.on_reload = on_reload
         self.reloads = 0
-        self._stamp = self._stamps()
-
-    def _stamps(self) -> tuple[tuple[float, int], ...]:
-        out = []
-        for name in self.config.files():
-            try:
-                st = os.stat(name)
-            except OSError:
-                out.append((0.0, 0))
-            else:
-                out.append((st.st_mtime, st.st_size))
-        return tuple(out)
+        self._stamp = file_stamps(config)
 
     def check(self) -> bool:
         """Reload if a file changed since the last load; True when it did reload."""
-        stamp = self._stamps()
+        stamp = file_stamps(self.config)
         if stamp == self._stamp:
             return False
         self._stamp = stamp
@@ -135,3 +124,17 @@ class CertReloader:
         if self.on_reload is not None:
             self.on_reload()
         return True
+
+
+def file_stamps(config: TlsConfig) -> tuple[tuple[float, int], ...]:
+    """The modification time and size of each file ``config`` reads ((0, 0) for one
+    that is missing): a change means the files should be loaded again."""
+    out = []
+    for name in config.files():
+        try:
+            st = os.stat(name)
+        except OSError:
+            out.append((0.0, 0))
+        else:
+            out.append((st.st_mtime, st.st_size))
+    return tuple(out)

@@ -24,6 +24,7 @@ import anyio
 import msgspec
 from aiohttp import web
 
+from eventmesh.auth import Guard
 from eventmesh.connectors.memory import MemoryConnector
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def create_admin_app(
     metrics: Metrics,
     stopping: Callable[[], bool],
     probe_timeout: float = 2.0,
+    guard: Guard | None = None,
 ) -> web.Application:
     """The admin application over a running mesh and its registry.
 

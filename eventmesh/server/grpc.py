@@ -43,6 +43,7 @@ from grpc.aio import EOF as _EOF  # type: ignore[attr-defined]  # grpc-stubs lac
 
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
 from eventmesh._status import grpc_code
+from eventmesh.auth import Guard
 from eventmesh.bindings.protobuf import CloudEvent, from_proto, from_proto_batch, to_proto
 from eventmesh.config import GrpcListener
 from eventmesh.connectors.base import StartPosition
@@ -178,9 +179,12 @@ async def _abort(
 class EventMeshServicer:
     """The ``eventmesh.v1.EventMesh`` service over ``mesh``, which must be open."""
 
-    def __init__(self, mesh: Mesh, max_event_size: int | None = None) -> None:
+    def __init__(
+        self, mesh: Mesh, max_event_size: int | None = None, guard: Guard | None = None
+    ) -> None:
         self.mesh = mesh
         self.max_event_size = max_event_size
+        self.guard = guard or Guard()
         self.logs = LogLimit(log)
         """At most one line per second per kind of bad request."""
 
@@ -412,7 +416,11 @@ class _Stream:
 
 
 def add_to_server(
-    server: grpc.aio.Server, mesh: Mesh, *, max_event_size: int | None = None
+    server: grpc.aio.Server,
+    mesh: Mesh,
+    *,
+    max_event_size: int | None = None,
+    guard: Guard | None = None,
 ) -> None:
     """Serve the ``eventmesh.v1.EventMesh`` service of ``mesh`` on ``server``.
 
@@ -420,7 +428,7 @@ def add_to_server(
     A published event larger than ``max_event_size`` bytes (serialized) fails its call
     with ``EventTooLargeError`` (RESOURCE_EXHAUSTED); None sets no limit of its own.
     """
-    servicer = EventMeshServicer(mesh, max_event_size)
+    servicer = EventMeshServicer(mesh, max_event_size, guard or Guard())
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Publish": grpc.unary_unary_rpc_method_handler(
             servicer.publish,

@@ -40,6 +40,7 @@ import msgspec
 from aiohttp import web
 
 from eventmesh._status import PROBLEM_CONTENT_TYPE, http_status, problem
+from eventmesh.auth import Guard
 from eventmesh.bindings.http import from_http
 from eventmesh.config import HttpListener
 from eventmesh.errors import (
@@ -108,6 +109,7 @@ def create_app(
     settings: HttpListener,
     *,
     keepalive: float = KEEPALIVE_INTERVAL,
+    guard: Guard | None = None,
 ) -> web.Application:
     """The HTTP API over a running ``mesh`` and its subscription ``registry``.
 

@@ -21,27 +21,33 @@ options for gRPC), the open-file limit is checked against those caps at start, a
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
+import anyio
+import anyio.abc
 import grpc
 import msgspec
 from aiohttp import web
 
 from eventmesh._lifecycle import ClosedOnExit
 from eventmesh._status import PROBLEM_CONTENT_TYPE
+from eventmesh.auth import Guard
 from eventmesh.config import GrpcListener, Listener, MeshConfig, ServerConfig, load_config
 from eventmesh.connectors.base import Connector
 from eventmesh.errors import ConfigError, LifecycleError
 from eventmesh.mesh import Mesh
+from eventmesh.server._jwks import JwksSource
 from eventmesh.server._listener import GuardedSite, refusal
 from eventmesh.server.admin import Metrics, create_admin_app, mesh_metrics
 from eventmesh.server.grpc import add_to_server, grpc_options
 from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
+from eventmesh.tls import CertReloader, TlsConfig, file_stamps, server_context
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
@@ -57,6 +63,8 @@ _SCRAPE_MAX_AGE: Final = 1.0
 """Seconds one rendering of ``/metrics`` is served again (see :class:`_ScrapeCache`)."""
 _RESERVED_FILES: Final = 256
 """File descriptors kept for what is not a client connection: connectors, logs, DNS."""
+_TLS_CHECK_EVERY: Final = 10.0
+"""Seconds between looks at the listeners' certificate files (a renewed one is loaded)."""
 
 
 class _ScrapeCache:
@@ -158,7 +166,14 @@ class Sidecar(ClosedOnExit):
             tracer_provider=tracer_provider,
             span_processor=span_processor,
         )
-        self.registry = Registry(self.mesh)
+        self.guard = Guard(self.config.auth, self.config.acl)
+        """Who may call, and what each caller may do (``auth:`` and ``acl:``)."""
+        jwt = self.config.auth.jwt
+        self._jwks = JwksSource(self.guard.authenticator, jwt) if jwt is not None else None
+        self.registry = Registry(self.mesh, guard=self.guard)
+        self._reloaders: list[CertReloader] = []
+        self._tasks: anyio.abc.TaskGroup | None = None
+        """Refreshes the JWKS and reloads certificates; never end by themselves."""
         self._metrics = _ScrapeCache(metrics or (lambda: mesh_metrics(self.mesh)))
         self._stack: AsyncExitStack | None = None
         self._http: web.AppRunner | None = None
@@ -179,8 +194,8 @@ class Sidecar(ClosedOnExit):
 
     @property
     def http_url(self) -> str:
-        """The HTTP API's base URL, e.g. ``http://127.0.0.1:10105``."""
-        return "http://" + self._address("http", self.config.server.http)
+        """The HTTP API's base URL, e.g. ``http://127.0.0.1:10105`` (``https://`` with TLS)."""
+        return _scheme(self.config.server.http) + self._address("http", self.config.server.http)
 
     @property
     def grpc_target(self) -> str:
@@ -190,7 +205,7 @@ class Sidecar(ClosedOnExit):
     @property
     def admin_url(self) -> str:
         """The admin API's base URL."""
-        return "http://" + self._address("admin", self.config.server.admin)
+        return _scheme(self.config.server.admin) + self._address("admin", self.config.server.admin)
 
     @property
     def stopping(self) -> bool:
@@ -204,22 +219,53 @@ class Sidecar(ClosedOnExit):
             raise LifecycleError("a Sidecar can be entered once; create a new one")
         self._state = "opening"
         server = self.config.server
+        exposed = server.exposed(auth=self.guard.enabled)
+        if exposed and not server.insecure:
+            raise ConfigError(
+                f"refusing to serve {', '.join(exposed)} beyond this host without auth and "
+                "TLS: configure auth: and server.<name>.tls, listen on 127.0.0.1, or set "
+                "server.insecure: true to accept the risk",
+                key=f"server.{exposed[0]}.host",
+            )
+        if exposed:
+            log.warning(
+                "server.insecure: %s listen beyond this host without auth and TLS; anyone "
+                "who reaches them may publish, subscribe and manage",
+                ", ".join(exposed),
+            )
         _check_file_limit(server)
+        if self._jwks is not None:
+            await self._jwks.load()
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.mesh)
             await stack.enter_async_context(self.registry)
             self._admin = await self._serve_http(
                 "admin",
                 create_admin_app(
-                    self.mesh, self.registry, metrics=self._metrics, stopping=lambda: self.stopping
+                    self.mesh,
+                    self.registry,
+                    metrics=self._metrics,
+                    stopping=lambda: self.stopping,
+                    guard=self.guard,
                 ),
                 server.admin,
             )
             self._http = await self._serve_http(
-                "http", create_app(self.mesh, self.registry, server.http), server.http
+                "http",
+                create_app(self.mesh, self.registry, server.http, guard=self.guard),
+                server.http,
             )
             self._grpc = await self._serve_grpc(server.grpc)
             self._stack = stack.pop_all()
+        if self._jwks is not None or self._reloaders:
+            # Entered last and left first (close()): the innermost cancel scope.
+            tasks = anyio.create_task_group()
+            await tasks.__aenter__()
+            self._tasks = tasks
+            if self._jwks is not None:
+                tasks.start_soon(self._jwks.run)
+            if self._reloaders:
+                tasks.start_soon(self._watch_certificates)
         self._state = "open"
         log.info(
             "sidecar listening: http %s, grpc %s, admin %s",
@@ -237,6 +283,7 @@ class Sidecar(ClosedOnExit):
             app, access_log=None, shutdown_timeout=5.0, keepalive_timeout=float(keepalive)
         )
         await runner.setup()
+        context = self._tls_context(name, listener.tls)
         site = GuardedSite(
             runner,
             listener.host,
@@ -245,6 +292,7 @@ class Sidecar(ClosedOnExit):
             max_connections=listener.max_connections,
             header_timeout=float(listener.header_timeout),
             refusal=refusal(_busy(name), PROBLEM_CONTENT_TYPE),
+            ssl_context=context,
         )
         try:
             await site.start()
@@ -262,10 +310,15 @@ class Sidecar(ClosedOnExit):
         server = grpc.aio.server(
             options=grpc_options(listener), maximum_concurrent_rpcs=listener.max_concurrent_rpcs
         )
-        add_to_server(server, self.mesh, max_event_size=listener.max_event_size)
+        add_to_server(server, self.mesh, max_event_size=listener.max_event_size, guard=self.guard)
         host = f"[{listener.host}]" if ":" in listener.host else listener.host
         try:
-            port = server.add_insecure_port(f"{host}:{listener.port}")
+            if listener.tls is not None:
+                port = server.add_secure_port(
+                    f"{host}:{listener.port}", _grpc_credentials(listener.tls)
+                )
+            else:
+                port = server.add_insecure_port(f"{host}:{listener.port}")
         except RuntimeError as exc:
             port = 0
             error: Exception | None = exc
@@ -281,6 +334,21 @@ class Sidecar(ClosedOnExit):
         self._ports["grpc"] = port
         return server
 
+    def _tls_context(self, name: str, tls: TlsConfig | None) -> ssl.SSLContext | None:
+        if tls is None:
+            return None
+        context = server_context(tls, key=f"server.{name}.tls")
+        self._reloaders.append(CertReloader(tls, context))
+        return context
+
+    async def _watch_certificates(self) -> None:
+        """Load renewed certificate files into the HTTP and admin listeners (gRPC's
+        credentials look at their files on each new connection)."""
+        while True:
+            await anyio.sleep(_TLS_CHECK_EVERY)
+            for reloader in self._reloaders:
+                await anyio.to_thread.run_sync(reloader.check)
+
     async def close(self, timeout: float | None = None) -> None:
         """Stop taking work, finish what is in hand within ``timeout`` seconds (the
         config's ``server.shutdown_timeout`` by default), then stop. Idempotent."""
@@ -295,6 +363,10 @@ class Sidecar(ClosedOnExit):
             return max(0.0, deadline - time.monotonic())
 
         stack, self._stack = self._stack, None
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            tasks.cancel_scope.cancel()
+            await tasks.__aexit__(None, None, None)
         try:
             if self._http is not None:
                 for site in list(self._http.sites):
@@ -311,3 +383,50 @@ class Sidecar(ClosedOnExit):
             self._state = "closed"
             if stack is not None:
                 await stack.aclose()
+
+
+def _scheme(listener: Listener) -> str:
+    return "https://" if listener.tls is not None else "http://"
+
+
+def _grpc_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """Server credentials that read the certificate files again when they change: gRPC
+    asks the fetcher before each new connection's handshake."""
+
+    def configuration() -> grpc.ServerCertificateConfiguration:
+        with open(tls.cert_file, "rb") as cert, open(tls.key_file, "rb") as key:
+            pair = [(key.read(), cert.read())]
+        root = None
+        if tls.client_ca_file is not None:
+            with open(tls.client_ca_file, "rb") as ca:
+                root = ca.read()
+        return grpc.ssl_server_certificate_configuration(pair, root_certificates=root)
+
+    try:
+        server_context(tls, key="server.grpc.tls")  # the same checks and errors as HTTP's
+        initial = configuration()
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}", key="server.grpc.tls") from exc
+    seen = [file_stamps(tls)]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        stamp = file_stamps(tls)
+        if stamp == seen[0]:
+            return None
+        try:
+            server_context(tls, key="server.grpc.tls")
+            fresh = configuration()
+        except (ConfigError, OSError) as exc:
+            log.warning("gRPC TLS files changed but could not be loaded, keeping the old: %s", exc)
+            return None
+        seen[0] = stamp
+        log.info("gRPC TLS certificate %s reloaded", tls.cert_file)
+        return fresh
+
+    # grpc-stubs type the fetcher as never returning None; gRPC documents None as
+    # "no change" (grpc.dynamic_ssl_server_credentials).
+    return grpc.dynamic_ssl_server_credentials(
+        initial,
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=tls.mutual,
+    )

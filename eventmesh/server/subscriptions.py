@@ -32,6 +32,7 @@ import msgspec
 from eventmesh._duration import Duration
 from eventmesh._lifecycle import ClosedOnExit
 from eventmesh._status import NotFoundError
+from eventmesh.auth import Guard
 from eventmesh.config import SinkConfig, SubscriptionConfig, convert
 from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.delivery.policy import MAX_DELAY, DeliveryPolicy, check_range
@@ -107,8 +108,9 @@ class Registry(ClosedOnExit):
     the API: long polls and streams waiting on them return at once.
     """
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, *, guard: Guard | None = None) -> None:
         self.mesh = mesh
+        self.guard = guard or Guard()
         self._records: dict[str, Record] = {}
         self._config: dict[str, Record] = {
             sub.name: Record(sub.name, "config", _config_fields(sub))
