@@ -10,10 +10,16 @@
     eventmesh version                                     print the version
 
 ``publish`` and ``subscribe`` talk to a running sidecar (``--url``, by default
-``$EVENTMESH_URL`` or ``http://127.0.0.1:10105``). ``subscribe`` shows a readable live
-view on a terminal and writes one JSON event per line when its output is piped.
-``functions`` asks the admin API (``--admin-url``, by default ``$EVENTMESH_ADMIN_URL``
-or ``http://127.0.0.1:10106``) and prints a table on a terminal, JSON lines when piped.
+``$EVENTMESH_URL`` or ``http://127.0.0.1:10105``; ``https://``, ``grpc://`` and
+``grpcs://`` too). ``subscribe`` shows a readable live view on a terminal and writes
+one JSON event per line when its output is piped. ``functions`` asks the admin API
+(``--admin-url``, by default ``$EVENTMESH_ADMIN_URL`` or ``http://127.0.0.1:10106``) and
+prints a table on a terminal, JSON lines when piped.
+
+Every command that talks to a sidecar sends ``--token`` (default ``$EVENTMESH_TOKEN``)
+as a bearer token, trusts ``--ca-file`` (``$EVENTMESH_CA_FILE``) for TLS, and presents
+``--cert-file`` and ``--key-file`` (``$EVENTMESH_CERT_FILE``, ``$EVENTMESH_KEY_FILE``)
+to a sidecar that asks for a client certificate.
 
 Configuration precedence: ``--set`` flags, then ``EVENTMESH__...`` environment variables,
 then the file, then the defaults (see eventmesh.config).
@@ -27,7 +33,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -38,12 +44,35 @@ from eventmesh._version import __version__
 from eventmesh.config import MeshConfig, load_config
 from eventmesh.errors import ConfigError, EventMeshError
 
+if TYPE_CHECKING:
+    from eventmesh.client.base import Client
+
 __all__ = ["main"]
 
 log = logging.getLogger("eventmesh")
 
 DEFAULT_URL = "http://127.0.0.1:10105"
 DEFAULT_ADMIN_URL = "http://127.0.0.1:10106"
+
+
+def _add_credentials(command: argparse.ArgumentParser) -> None:
+    """--token, --ca-file, --cert-file and --key-file, with their environment defaults.
+    The token's value is never shown (not even in --help)."""
+    env = os.environ
+    command.add_argument(
+        "--token",
+        default=env.get("EVENTMESH_TOKEN") or None,
+        help="bearer token for the sidecar (default $EVENTMESH_TOKEN, which keeps it out "
+        "of the process list)",
+    )
+    for flag, variable, what in (
+        ("--ca-file", "EVENTMESH_CA_FILE", "CA that signed the sidecar's TLS certificate"),
+        ("--cert-file", "EVENTMESH_CERT_FILE", "client certificate, for mTLS"),
+        ("--key-file", "EVENTMESH_KEY_FILE", "key of the client certificate, for mTLS"),
+    ):
+        command.add_argument(
+            flag, default=env.get(variable) or None, help=f"PEM file: the {what} (${variable})"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ext", action="append", default=[], metavar="NAME=VALUE", help="an extension"
     )
     publish.add_argument("--url", default=url, help=f"the sidecar (default {url})")
+    _add_credentials(publish)
     subscribe = commands.add_parser("subscribe", help="watch a topic on a running sidecar")
     subscribe.add_argument("topic")
     subscribe.add_argument("--group", default="eventmesh-cli", help="consumer group")
@@ -80,11 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--filter", help="a filter spec as JSON (see docs/filters.md)")
     subscribe.add_argument("--count", type=int, help="stop after this many events")
     subscribe.add_argument("--url", default=url, help=f"the sidecar (default {url})")
+    _add_credentials(subscribe)
     admin_url = os.environ.get("EVENTMESH_ADMIN_URL", DEFAULT_ADMIN_URL)
     functions = commands.add_parser("functions", help="list a running sidecar's functions")
     functions.add_argument(
         "--admin-url", default=admin_url, help=f"the sidecar's admin API (default {admin_url})"
     )
+    _add_credentials(functions)
     check = commands.add_parser("check-config", help="check a config file and exit")
     check.add_argument("file", help="the YAML config file")
     commands.add_parser("version", help="print the version")
@@ -133,6 +165,19 @@ async def _run(config: MeshConfig) -> None:
     log.info("eventmesh stopped")
 
 
+def _connect(args: argparse.Namespace) -> Client:
+    """The SDK client for ``--url`` with the credentials of the command line."""
+    from eventmesh.client.connect import connect
+
+    return connect(
+        args.url,
+        token=args.token,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+    )
+
+
 def _json_arg(text: str | None, what: str) -> Any:
     if text is None:
         return None
@@ -145,7 +190,6 @@ def _json_arg(text: str | None, what: str) -> Any:
 
 
 async def _publish(args: argparse.Namespace) -> None:
-    from eventmesh.client.connect import connect
     from eventmesh.event import Event
 
     extensions: dict[str, Any] = {}
@@ -165,19 +209,18 @@ async def _publish(args: argparse.Namespace) -> None:
     if data is not None:
         fields["data"] = data
     event = Event(**fields, extensions=extensions)
-    async with connect(args.url) as client:
+    async with _connect(args) as client:
         await client.publish(args.topic, event)
     print(event.id)
 
 
 async def _subscribe(args: argparse.Namespace) -> None:
-    from eventmesh.client.connect import connect
     from eventmesh.event import encode_json
 
     view = _LiveView() if sys.stdout.isatty() else None
     seen = 0
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with connect(args.url) as client, anyio.create_task_group() as tg:
+        async with _connect(args) as client, anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:
                 async for _ in signals:
@@ -209,15 +252,36 @@ async def _subscribe(args: argparse.Namespace) -> None:
 async def _functions(args: argparse.Namespace) -> None:
     import aiohttp
 
-    url = args.admin_url.rstrip("/") + "/functions"
+    from eventmesh._status import error_from_problem
+    from eventmesh.client._remote import bearer, check_tls_files, ssl_context, warn_clear_text
+
+    base = args.admin_url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ConfigError(f"--admin-url must be http://host:port or https://host:port, got {base}")
+    tls = base.startswith("https://")
+    files = {"ca_file": args.ca_file, "cert_file": args.cert_file, "key_file": args.key_file}
+    check_tls_files(base, tls=tls, **files)
+    headers = {}
+    if args.token is not None:
+        headers["Authorization"] = bearer(args.token)
+        warn_clear_text(base)
+    url = base + "/functions"
+    connector = aiohttp.TCPConnector(ssl=ssl_context(*files.values())) if tls else None
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10), headers=headers, connector=connector
+            ) as http,
             http.get(url) as response,
         ):
+            body = await response.read()
             if response.status != 200:
-                raise EventMeshError(f"{url} answered {response.status} {response.reason}")
-            listed = msgspec.json.decode(await response.read())["functions"]
+                try:
+                    problem = msgspec.json.decode(body)
+                except msgspec.DecodeError:
+                    problem = {"detail": f"{url} answered {response.status} {response.reason}"}
+                raise error_from_problem(problem, response.status)
+            listed = msgspec.json.decode(body)["functions"]
     except aiohttp.ClientError as exc:
         raise EventMeshError(f"cannot reach the admin API at {url} ({exc})") from exc
     if not sys.stdout.isatty():
@@ -266,6 +330,18 @@ class _LiveView:
             self.console.print(Pretty(event.data), style="default")
 
 
+def _only_error(group: BaseExceptionGroup[BaseException]) -> EventMeshError | None:
+    """The first of a group's errors when every one is an EventMeshError (a refusal to
+    tell in one line), else None (a bug, whose traceback should show)."""
+    errors, rest = group.split(EventMeshError)
+    while errors is not None and rest is None:
+        first = errors.exceptions[0]
+        if not isinstance(first, BaseExceptionGroup):
+            return first if isinstance(first, EventMeshError) else None
+        errors = first
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -280,6 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             anyio.run(command, args, backend="asyncio", backend_options=backend_options())
         except EventMeshError as exc:
             print(f"eventmesh {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except BaseExceptionGroup as group:  # from subscribe's task group
+            error = _only_error(group)
+            if error is None:
+                raise
+            print(f"eventmesh {args.command}: {error}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             return 130

@@ -17,6 +17,10 @@ def connect(
     target: str | None = None,
     *,
     config: MeshConfig | Mapping[str, Any] | str | Path | None = None,
+    token: str | None = None,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
 ) -> Client:
     """A client to use as ``async with eventmesh.connect() as mesh``.
 
@@ -24,8 +28,20 @@ def connect(
     YAML path, a mapping or a MeshConfig; by default one in-memory connector). With
     ``"http://host:port"`` or ``"grpc://host:port"`` the client talks to a sidecar
     (``eventmesh run``) with the same API; ``config`` is then not used.
+    ``"https://..."`` and ``"grpcs://..."`` speak TLS, trusting ``ca_file`` (the
+    system's CAs when None) and presenting ``cert_file`` and ``key_file`` to a sidecar
+    that asks for a client certificate. ``token`` is sent as a bearer token on every
+    request. Raises ``ConfigError`` for a bad address, token or TLS file.
     """
     if target is None:
+        remote = {"token": token, "ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
+        named = [name for name, value in remote.items() if value is not None]
+        if named:
+            verb = "is" if len(named) == 1 else "are"
+            raise ConfigError(
+                f"{', '.join(n + '=' for n in named)} {verb} only for a sidecar address "
+                "(connect('https://host:port', ...)); an embedded mesh needs no credentials"
+            )
         from eventmesh.mesh import Mesh
 
         return Mesh(config)
@@ -37,15 +53,19 @@ def connect(
     if target.startswith(("http://", "https://")):
         from eventmesh.client.http import HttpClient
 
-        return HttpClient(target)
-    if target.startswith("grpc://"):
+        return HttpClient(
+            target, token=token, ca_file=ca_file, cert_file=cert_file, key_file=key_file
+        )
+    if target.startswith(("grpc://", "grpcs://")):
         from eventmesh.client.grpc import GrpcClient
 
-        address = target.removeprefix("grpc://").rstrip("/")
-        if not address:
-            raise ConfigError(f"{target!r} names no host: use grpc://host:port")
-        return GrpcClient(address)
+        scheme, _, address = target.partition("://")
+        if not address.rstrip("/"):
+            raise ConfigError(f"{target!r} names no host: use {scheme}://host:port")
+        return GrpcClient(
+            target, token=token, ca_file=ca_file, cert_file=cert_file, key_file=key_file
+        )
     raise ConfigError(
         f"cannot connect to {target!r}: use no address for an embedded mesh, or an "
-        "http:// or grpc:// sidecar address"
+        "http:// or grpc:// sidecar address (https:// or grpcs:// for TLS)"
     )

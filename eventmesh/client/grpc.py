@@ -16,8 +16,11 @@ What differs from the embedded mesh: ``filter`` and ``transform`` must be specs 
 run in the sidecar, so a Python callable cannot be sent); a bad spec raises
 ``ConfigError`` when the subscription starts rather than when ``subscribe`` is called;
 and a failed handler call is retried by redelivery from the sidecar after the backoff.
-Errors the sidecar answers are raised as the same ``eventmesh.errors`` class; a sidecar
-that cannot be reached raises ``ConnectError`` naming the address.
+Errors the sidecar answers are raised as the same ``eventmesh.errors`` class
+(``UNAUTHENTICATED`` as ``UnauthenticatedError``, ``PERMISSION_DENIED`` as
+``PermissionDeniedError``); a sidecar that cannot be reached raises ``ConnectError``
+naming the address. With ``token=`` every call and stream carries ``authorization:
+Bearer <token>`` metadata; ``grpcs://`` (or ``tls=True``) speaks TLS.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final, Self
 
 import anyio
@@ -39,6 +43,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
 from eventmesh._status import error_from_grpc
 from eventmesh.bindings.protobuf import from_proto, to_proto, to_proto_batch
+from eventmesh.client._remote import bearer, check_tls_files, read_file, warn_clear_text
 from eventmesh.client.base import Client
 from eventmesh.config import convert
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
@@ -109,11 +114,16 @@ async def _connect(channel: grpc.aio.Channel, timeout: float) -> bool:
 
 class GrpcClient(Client):
     """A client of the eventmesh sidecar at ``address`` (``host:port``, optionally with a
-    ``grpc://`` prefix), to use as ``async with GrpcClient("127.0.0.1:10205") as client``.
+    ``grpc://`` prefix, or ``grpcs://`` for TLS), to use as
+    ``async with GrpcClient("127.0.0.1:10205") as client``.
 
     ``window`` is how many deliveries each subscription may hold unsettled;
     ``connect_timeout`` how long entering waits for the sidecar before ``ConnectError``;
-    ``options`` are passed to ``grpc.aio.insecure_channel``.
+    ``options`` are passed to the gRPC channel. ``token`` is sent as ``authorization:
+    Bearer <token>`` metadata on every call and stream. ``tls`` (implied by ``grpcs://``)
+    speaks TLS, trusting ``ca_file`` (the system's CAs when None) and presenting
+    ``cert_file`` and ``key_file`` when the sidecar asks for a client certificate (mTLS).
+    Raises ``ConfigError`` for a bad token or TLS file.
     """
 
     def __init__(
@@ -123,13 +133,43 @@ class GrpcClient(Client):
         window: int = 64,
         connect_timeout: float = 10.0,
         options: Sequence[tuple[str, Any]] | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
     ) -> None:
         if window < 1:
             raise ConfigError(f"window must be at least 1, got {window}")
-        self.address = address.removeprefix("grpc://")
+        if address.startswith("grpcs://"):
+            tls = True
+        self.address = address.removeprefix("grpcs://").removeprefix("grpc://").rstrip("/")
+        self.tls = tls
         self.window = window
         self.connect_timeout = connect_timeout
         self._options = list(options or ())
+        scheme = "grpcs" if tls else "grpc"
+        check_tls_files(
+            f"{scheme}://{self.address}",
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+        self._credentials = (
+            grpc.ssl_channel_credentials(
+                root_certificates=None if ca_file is None else read_file(ca_file, "ca_file"),
+                private_key=None if key_file is None else read_file(key_file, "key_file"),
+                certificate_chain=None if cert_file is None else read_file(cert_file, "cert_file"),
+            )
+            if tls
+            else None
+        )
+        # The token lives only in the metadata every call sends.
+        self._metadata: tuple[tuple[str, str], ...] | None = None
+        if token is not None:
+            self._metadata = (("authorization", bearer(token)),)
+            warn_clear_text(f"{scheme}://{self.address}")
         self._channel: grpc.aio.Channel | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -142,7 +182,12 @@ class GrpcClient(Client):
         if self._state != "new":
             raise LifecycleError("a GrpcClient can be entered once; create a new one")
         self._state = "opening"
-        channel = grpc.aio.insecure_channel(self.address, options=self._options)
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(self.address, options=self._options)
+        else:
+            channel = grpc.aio.secure_channel(
+                self.address, self._credentials, options=self._options
+            )
         try:
             ready = await _connect(channel, self.connect_timeout)
         except BaseException:
@@ -152,9 +197,16 @@ class GrpcClient(Client):
         if not ready:
             await channel.close(None)
             self._state = "closed"
+            hint = "is 'eventmesh run' serving gRPC there?"
+            if self.tls:
+                hint = (
+                    "is 'eventmesh run' serving gRPC with TLS there, does ca_file hold the CA "
+                    "that signed its certificate, and does it want a client certificate "
+                    "(cert_file, key_file)?"
+                )
             raise ConnectError(
                 f"cannot reach the eventmesh sidecar at {self.address} within "
-                f"{self.connect_timeout:g}s; is 'eventmesh run' serving gRPC there?"
+                f"{self.connect_timeout:g}s; {hint}"
             )
         self._channel = channel
         response = pb.PublishResponse.FromString
@@ -195,7 +247,8 @@ class GrpcClient(Client):
             raise ConfigError(f"a topic name must be a non-empty string, got {topic!r}")
         try:
             if isinstance(events, Event):
-                await self._publish(pb.PublishRequest(topic=topic, event=to_proto(events)))
+                request = pb.PublishRequest(topic=topic, event=to_proto(events))
+                await self._publish(request, metadata=self._metadata)
                 return
             if not isinstance(events, list | tuple):
                 raise EventValidationError(
@@ -209,7 +262,9 @@ class GrpcClient(Client):
                         "eventmesh.Event (convert SDK events with Event.from_cloudevent)"
                     )
             batch = to_proto_batch(events)
-            await self._publish_batch(pb.PublishBatchRequest(topic=topic, batch=batch))
+            await self._publish_batch(
+                pb.PublishBatchRequest(topic=topic, batch=batch), metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.address) from exc
 
@@ -355,7 +410,7 @@ class GrpcSubscription(Subscription):
         client = self._client
         client._check_open()
         self._state = "open"
-        self._call = call = client._subscribe(None)  # written to below
+        self._call = call = client._subscribe(None, metadata=client._metadata)  # written below
         try:
             await call.write(pb.SubscribeRequest(open=self._request))
             response = await call.read()

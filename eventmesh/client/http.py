@@ -20,6 +20,11 @@ The sidecar's ack deadline (30 s) runs from the moment it hands a delivery out, 
 subscription holds at most ``delivery.prefetch`` unsettled deliveries, or twice its
 ``concurrency`` when ``prefetch`` is 0 (32 by default); a slow iterator sets it lower.
 
+With ``token=``, every request (publish, subscribe, poll, ack, nack, delete) carries
+``Authorization: Bearer <token>``; an ``https://`` address speaks TLS with the
+``ca_file`` given (and ``cert_file``/``key_file`` for mTLS). A 401 raises
+``UnauthenticatedError``, a 403 ``PermissionDeniedError``.
+
 Filters and transforms travel as specs (docs/filters.md) and the sidecar compiles them:
 a bad spec raises ``ConfigError`` when the subscription starts, and a Python callable,
 which cannot travel, is refused by :meth:`HttpClient.subscribe`.
@@ -36,8 +41,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import anyio
@@ -49,6 +55,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from eventmesh._status import NotFoundError, error_from_problem
 from eventmesh.bindings._common import encode_attribute
 from eventmesh.bindings.http import to_batch, to_structured
+from eventmesh.client._remote import bearer, check_tls_files, ssl_context, warn_clear_text
 from eventmesh.client.base import Client
 from eventmesh.config import convert
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
@@ -99,17 +106,51 @@ _decode_pull = msgspec.json.Decoder(_Pull).decode
 class HttpClient(Client):
     """Publish and subscribe through an ``eventmesh run`` sidecar's HTTP API.
 
-    ``base_url`` is the sidecar's address (``http://127.0.0.1:10105``); ``timeout`` is
-    how many seconds one request may take (a long poll gets its wait on top).
+    ``base_url`` is the sidecar's address (``http://127.0.0.1:10105``, or ``https://``
+    for a listener with TLS); ``timeout`` is how many seconds one request may take (a
+    long poll gets its wait on top). ``token`` is sent as ``Authorization: Bearer
+    <token>`` on every request. Over ``https://``, ``ca_file`` is the CA that signed the
+    sidecar's certificate (the system's CAs when None), and ``cert_file`` and
+    ``key_file`` are this client's certificate and key when the sidecar asks for one
+    (mTLS). Raises ``ConfigError`` for a bad address, token or TLS file.
     """
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+    ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"the sidecar address must be http://host:port, got {base_url!r}")
         if not timeout > 0:
             raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        parts = urlsplit(base_url)
+        if parts.username is not None or parts.password is not None:
+            # Not echoed: the address holds a credential.
+            raise ConfigError(
+                "the sidecar address carries a user or password; pass the token as token= "
+                "and the address without it"
+            )
+        tls = parts.scheme == "https"
+        check_tls_files(
+            f"{parts.scheme}://{parts.netloc}",
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
         self.base_url = base_url.rstrip("/")
         self.timeout = float(timeout)
+        self._ssl = ssl_context(ca_file, cert_file, key_file) if tls else None
+        # The token lives only in the session's default headers.
+        self._headers = {} if token is None else {"Authorization": bearer(token)}
+        if token is not None:
+            warn_clear_text(self.base_url)
         self._session: aiohttp.ClientSession | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -126,7 +167,11 @@ class HttpClient(Client):
             raise LifecycleError("an HttpClient can be entered once; create a new one")
         async with AsyncExitStack() as stack:
             self._session = await stack.enter_async_context(
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    headers=self._headers,
+                    connector=None if self._ssl is None else aiohttp.TCPConnector(ssl=self._ssl),
+                )
             )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
@@ -171,15 +216,29 @@ class HttpClient(Client):
         try:
             async with session.request(method, url, data=data, headers=headers, **options) as r:
                 body, status = await r.read(), r.status
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise ConnectError(
+                f"the sidecar at {self.base_url} presented a certificate this client does "
+                f"not trust ({exc.certificate_error}); pass ca_file=, the CA that signed it"
+            ) from exc
+        except aiohttp.ClientSSLError as exc:
+            raise ConnectError(
+                f"TLS with the sidecar at {self.base_url} failed ({exc.os_error}); check "
+                "ca_file, and cert_file and key_file if it asks for a client certificate"
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise ConnectError(
                 f"cannot reach the eventmesh sidecar at {self.base_url} ({exc.os_error}); "
                 "start it with 'eventmesh run', or check the address"
             ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
+            hint = "check that the sidecar is running, then retry"
+            if self._ssl is not None and isinstance(exc, aiohttp.ServerDisconnectedError):
+                # Under TLS 1.3 a refused client certificate shows only as a hang-up.
+                hint += " (a sidecar that requires a client certificate hangs up on a "
+                hint += "client without one: pass cert_file= and key_file=)"
             raise failure(
-                f"{method} {url} failed ({type(exc).__name__}: {exc or 'timed out'}); "
-                "check that the sidecar is running, then retry"
+                f"{method} {url} failed ({type(exc).__name__}: {exc or 'timed out'}); {hint}"
             ) from exc
         if status >= 300:
             try:

@@ -36,9 +36,23 @@ def connect_blocking(
     target: str | None = None,
     *,
     config: MeshConfig | Mapping[str, Any] | str | Path | None = None,
+    token: str | None = None,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
 ) -> BlockingClient:
-    """The blocking twin of :func:`eventmesh.connect`; use it in a ``with`` block."""
-    return BlockingClient(connect(target, config=config))
+    """The blocking twin of :func:`eventmesh.connect` (the same arguments); use it in a
+    ``with`` block."""
+    return BlockingClient(
+        connect(
+            target,
+            config=config,
+            token=token,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+    )
 
 
 class BlockingDelivery:
