@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -134,8 +135,19 @@ class AclRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     allow: list[Action]
     topics: list[str] = msgspec.field(default_factory=list)
     groups: list[str] = msgspec.field(default_factory=list)
+    webhook_networks: list[str] = msgspec.field(default_factory=list)
+    """CIDRs the webhooks of a matching principal must point into, besides
+    ``server.webhook.allowed_networks`` (empty: no narrowing)."""
 
     def __post_init__(self) -> None:
+        for text in self.webhook_networks:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"webhook_networks: {text!r} is not a network; write it in CIDR form, "
+                    "such as '10.0.0.0/8' or '::1/128'"
+                ) from None
         if not self.allow:
             raise ValueError("allow must name at least one of " + ", ".join(ACTIONS))
         if any(a in ("publish", "subscribe", "manage") for a in self.allow) and not self.topics:
@@ -446,6 +458,11 @@ class Guard:
         self.auth = auth or AuthConfig()
         self.authenticator = Authenticator(self.auth, jwks=jwks)
         self.acl = Acl(acl, enforce=self.auth.enabled)
+        self._networks = [
+            (rule.principal, [ipaddress.ip_network(n, strict=False) for n in rule.webhook_networks])
+            for rule in self.acl.rules
+            if rule.webhook_networks
+        ]
 
     @property
     def enabled(self) -> bool:
@@ -466,6 +483,21 @@ class Guard:
     ) -> None:
         """PermissionDeniedError unless the ACL grants ``action`` here."""
         self.acl.check(principal.name, action, topic=topic, group=group)
+
+    def webhook_networks(
+        self, principal: Principal
+    ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+        """The networks ``principal``'s webhooks must point into (the union of the
+        ``webhook_networks`` of the rules that match it), or None when none narrows."""
+        if not self.enabled:
+            return None
+        found = [
+            net
+            for pattern, nets in self._networks
+            if glob_match(pattern, principal.name)
+            for net in nets
+        ]
+        return found or None
 
     def may_manage(self, principal: Principal, owner: str | None, topic: str) -> bool:
         """Whether ``principal`` may read, change or delete a subscription of ``owner``

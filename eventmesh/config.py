@@ -28,6 +28,7 @@ import msgspec
 import yaml
 
 from eventmesh._duration import Duration, parse_duration
+from eventmesh._redact import redact_url
 from eventmesh.auth import AclRule, AuthConfig, resolve_tokens
 from eventmesh.connectors.memory import MemoryConfig
 from eventmesh.delivery._sinkcheck import sink_problem
@@ -105,17 +106,23 @@ class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     batch_window: Duration = Duration(0.01)
     """With ``mode: batch``, how long to wait for more events before sending a batch
     (0 to 60 s)."""
+    signing_secret: str | None = None
+    """Sign every delivery as Standard Webhooks does (``webhook-id``,
+    ``webhook-timestamp``, ``webhook-signature``) with this secret: ``whsec_`` and base64
+    of at least 24 random bytes (docs/security.md). Never shown by the API or logs."""
 
     def problem(self) -> tuple[str, str] | None:
         """The key and message of what is wrong with these settings (a range, a header
-        with a control character, credentials in both the URL and a header), or None.
-        The config loader and the sidecar's API both ask (docs/delivery.md)."""
+        with a control character, credentials in both the URL and a header, a signing
+        secret that is not one), or None. The config loader and the sidecar's API both
+        ask (docs/delivery.md)."""
         return sink_problem(
             self.webhook,
             timeout=self.timeout,
             max_batch=self.max_batch,
             batch_window=self.batch_window,
             headers=self.headers,
+            signing_secret=self.signing_secret,
         )
 
 
@@ -693,7 +700,7 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
             ("http://", "https://")
         ):
             raise fail(
-                f"webhook {sub.sink.webhook!r} must be an http:// or https:// URL",
+                f"webhook {redact_url(sub.sink.webhook)!r} must be an http:// or https:// URL",
                 [*where, "sink", "webhook"],
             )
         problem = sub.sink.problem()

@@ -430,6 +430,7 @@ class Mesh(Client):
                     headers=sink.headers,
                     max_batch=sink.max_batch,
                     batch_window=sink.batch_window,
+                    signing_secret=sink.signing_secret,
                 )
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from exc

@@ -3,8 +3,10 @@ sidecar's API and :class:`~eventmesh.delivery.webhook.WebhookSink`.
 
 Checked when a sink is made, never per event: a timeout or batch size a client may set
 has a range, headers cannot smuggle a second header or request (no CR, LF or other
-control character), and credentials are given once, in the URL or in an
-``Authorization`` header, not both.
+control character), credentials are given once, in the URL or in an
+``Authorization`` header, not both, and a signing secret is one
+:class:`~eventmesh.delivery.signing.WebhookSigner` takes. Messages never quote a header
+value, a URL or a secret.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from eventmesh.delivery.policy import MAX_DELAY, check_range
+from eventmesh.delivery.signing import WebhookSigner
 
 __all__ = [
     "MAX_BATCH",
@@ -44,6 +47,7 @@ def sink_problem(
     max_batch: int,
     batch_window: float,
     headers: Mapping[str, str],
+    signing_secret: str | None = None,
 ) -> tuple[str, str] | None:
     """What is wrong with these webhook settings, as the key (``timeout``,
     ``headers.Authorization``, ...) and a message, or None when nothing is."""
@@ -83,4 +87,9 @@ def sink_problem(
                 "ambiguous credentials: the webhook URL has a user:password@ part and an "
                 "Authorization header is set too; give the credentials once, in the header"
             )
+    if signing_secret is not None:
+        try:
+            WebhookSigner(signing_secret)
+        except ValueError as exc:
+            return "signing_secret", str(exc)
     return None

@@ -20,10 +20,16 @@ list                                connection attempt
 
 Redirects are not followed: a redirect could lead outside the allow-list, so a 3xx is
 an answer like any other.
+
+A sink with a ``signing_secret`` signs every request as Standard Webhooks does
+(:mod:`eventmesh.delivery.signing`): computed on the exact body bytes sent, with the
+same ``webhook-id`` on every retry of a delivery. Messages and log lines show the URL
+without its password or query string, and never a header value.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -36,6 +42,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from eventmesh._lifecycle import ClosedOnExit
+from eventmesh._redact import redact_url
 from eventmesh._version import __version__
 from eventmesh.bindings.http import content_mode, from_http, to_batch, to_binary, to_structured
 from eventmesh.delivery._netcheck import (
@@ -45,6 +52,7 @@ from eventmesh.delivery._netcheck import (
     AllowListResolver,
 )
 from eventmesh.delivery._sinkcheck import sink_problem
+from eventmesh.delivery.signing import WebhookSigner, delivery_id
 from eventmesh.errors import (
     ClosedError,
     ConfigError,
@@ -97,7 +105,29 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
 def _display(url: URL) -> str:
     """A URL for messages and dead letters: no password, no query string."""
     shown = url.with_password(None).with_query(None).with_fragment(None)
+    if url.password is not None:
+        shown = shown.with_password("***")
     return str(shown) + ("?..." if url.query_string else "")
+
+
+_Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _Narrowed(AllowList):
+    """An allow-list inside another: an address must lie in both ``outer``'s networks
+    and ``networks``, and no host is trusted by name (a principal's
+    ``webhook_networks``)."""
+
+    def __init__(self, outer: AllowList, networks: Iterable[_Network]) -> None:
+        super().__init__((), ())
+        self.networks = tuple(networks)
+        self.outer = outer
+
+    def allows_address(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return super().allows_address(address) and self.outer.allows_address(address)
+
+    def describe(self) -> str:
+        return f"{super().describe()}, within {self.outer.describe()}"
 
 
 class WebhookSession(ClosedOnExit):
@@ -132,6 +162,7 @@ class WebhookSession(ClosedOnExit):
         self.max_connections = max_connections
         self._client: aiohttp.ClientSession | None = None
         self._resolver: AllowListResolver | None = None
+        self._narrowed: dict[frozenset[_Network], WebhookSession] = {}
         self._state = "new"
 
     async def __aenter__(self) -> Self:
@@ -141,8 +172,11 @@ class WebhookSession(ClosedOnExit):
         return self
 
     async def close(self) -> None:
-        """Close every pooled connection. Idempotent."""
+        """Close every pooled connection, the narrowed sessions' too. Idempotent."""
         self._state = "closed"
+        narrowed, self._narrowed = list(self._narrowed.values()), {}
+        for session in narrowed:
+            await session.close()
         client, self._client = self._client, None
         resolver, self._resolver = self._resolver, None
         if client is not None:
@@ -154,6 +188,24 @@ class WebhookSession(ClosedOnExit):
     def closed(self) -> bool:
         """True once the session was closed."""
         return self._state == "closed"
+
+    def narrowed(self, networks: Iterable[_Network]) -> WebhookSession:
+        """A session that connects only to addresses inside both this session's networks
+        and ``networks`` (checked after DNS at every connection, as here), trusting no
+        host by name: for webhooks of a principal whose ACL rules narrow where its
+        webhooks may go. One per set of networks, closed with this session."""
+        if self._state == "closed":
+            raise ClosedError(
+                "the webhook session is closed: webhooks are not sent after their mesh closes"
+            )
+        key = frozenset(networks)
+        session = self._narrowed.get(key)
+        if session is None:
+            session = WebhookSession(max_connections=self.max_connections)
+            session.allow = _Narrowed(self.allow, sorted(key, key=str))
+            session._state = "open"
+            self._narrowed[key] = session
+        return session
 
     def _http(self) -> aiohttp.ClientSession:
         if self._state == "closed":
@@ -244,9 +296,11 @@ def _parse_url(url: str) -> URL:
     try:
         parsed = URL(url)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"webhook {url!r} is not a URL ({exc})") from exc
+        raise ConfigError(f"webhook {redact_url(url)!r} is not a URL ({exc})") from exc
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-        raise ConfigError(f"webhook {url!r} must be an http:// or https:// URL with a host")
+        raise ConfigError(
+            f"webhook {redact_url(url)!r} must be an http:// or https:// URL with a host"
+        )
     return parsed
 
 
@@ -273,8 +327,9 @@ class WebhookSink:
     after the first) go as one ``application/cloudevents-batch+json`` request, and every
     caller gets its outcome. ``timeout`` bounds one attempt, ``headers`` are added to
     every request (the binding's own headers win), and a reply body above
-    ``max_reply_size`` bytes is logged and dropped. The settings are checked as the
-    config's ``SinkConfig`` checks them (ranges, headers, credentials given once):
+    ``max_reply_size`` bytes is logged and dropped. With ``signing_secret`` every
+    request is signed (module docstring). The settings are checked as the config's
+    ``SinkConfig`` checks them (ranges, headers, credentials given once, the secret):
     ``ConfigError`` otherwise.
 
     Calling it returns the events the receiver answered with (a 200 or 201 whose body
@@ -294,6 +349,7 @@ class WebhookSink:
         max_batch: int = 100,
         batch_window: float = 0.01,
         max_reply_size: int = 1024 * 1024,
+        signing_secret: str | None = None,
     ) -> None:
         self.url = _parse_url(url)
         if mode not in ("binary", "structured", "batch"):
@@ -304,9 +360,11 @@ class WebhookSink:
             max_batch=max_batch,
             batch_window=batch_window,
             headers=headers or {},
+            signing_secret=signing_secret,
         )
         if problem is not None:
             raise ConfigError(problem[1], key=problem[0])
+        self._signer = WebhookSigner(signing_secret) if signing_secret is not None else None
         self.session = session
         self.mode: Mode = mode
         self.timeout = float(timeout)
@@ -331,16 +389,20 @@ class WebhookSink:
             raise DeliveryError(
                 f"event {event.id} cannot be sent to {self.where}: {exc}", retryable=False
             ) from exc
-        return await self._send(headers, body)
+        return await self._send(headers, body, (event,))
 
     # -- one request ---------------------------------------------------------------------
 
-    async def _send(self, headers: Mapping[str, str], body: bytes) -> list[Event]:
+    async def _send(
+        self, headers: Mapping[str, str], body: bytes, events: Sequence[Event]
+    ) -> list[Event]:
         merged = CIMultiDict(self._headers)
         merged.update(headers)
         traceparent = current_traceparent()
         if traceparent is not None:  # the delivery span, for a traced receiver (W3C)
             merged["traceparent"] = traceparent
+        if self._signer is not None:  # on the bytes sent; the same id on every retry
+            merged.update(self._signer.headers(delivery_id(events), body))
         answer = await self.session._post(
             self.url, body, merged, timeout=self.timeout, limit=self.max_reply_size
         )
@@ -426,4 +488,4 @@ class WebhookSink:
                 f"a batch of {len(events)} events cannot be sent to {self.where}: {exc}",
                 retryable=False,
             ) from exc
-        return await self._send(headers, body)
+        return await self._send(headers, body, events)

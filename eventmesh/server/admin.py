@@ -13,19 +13,28 @@
                         ``cold``, ``starting``, ``failed``), counters, worker process ids
 ``GET /metrics``        the mesh's metrics in the Prometheus text format (docs/operations.md)
 ======================  =====================================================================
+
+With ``auth:`` configured, every route but ``/healthz`` and ``/readyz`` needs a
+principal the ACL grants ``admin`` (401 with ``WWW-Authenticate: Bearer`` without
+acceptable credentials, 403 without the grant, as problem bodies). Nothing shown here
+carries a secret: subscriptions as the HTTP API shows them, and each connector's
+config with its passwords, tokens and credentials as ``***`` (:mod:`eventmesh._redact`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 from aiohttp import web
 
-from eventmesh.auth import Guard
+from eventmesh._redact import redact_config
+from eventmesh._status import PROBLEM_CONTENT_TYPE, http_status, problem
+from eventmesh.auth import CertIdentity, Guard
 from eventmesh.connectors.memory import MemoryConnector
+from eventmesh.errors import PermissionDeniedError, UnauthenticatedError
 
 if TYPE_CHECKING:
     from eventmesh.connectors.base import Connector
@@ -40,8 +49,43 @@ Metrics = Callable[[], str]
 """Renders the ``/metrics`` page in the Prometheus text format."""
 
 
+_OPEN = frozenset({"/healthz", "/readyz"})
+"""The probes: answered without credentials, whatever ``auth:`` says."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+
+
+def _admin_only(guard: Guard) -> Any:
+    """A middleware that lets through the probes and, otherwise, only principals the ACL
+    grants ``admin``; other callers get a 401 or 403 problem body."""
+
+    @web.middleware
+    async def admin_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in _OPEN:
+            return await handler(request)
+        try:
+            cert = None
+            authorization = request.headers.get("Authorization")
+            if not authorization and request.transport is not None:
+                peer = request.transport.get_extra_info("peercert")
+                cert = CertIdentity.from_peercert(peer)
+            guard.check(guard.principal(authorization, cert), "admin")
+        except (UnauthenticatedError, PermissionDeniedError) as exc:
+            response = web.Response(
+                body=_encoder.encode(problem(exc)),
+                status=http_status(exc),
+                content_type=PROBLEM_CONTENT_TYPE,
+            )
+            if isinstance(exc, UnauthenticatedError):
+                response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return await handler(request)
+
+    return admin_only
 
 
 def create_admin_app(
@@ -102,6 +146,7 @@ def create_admin_app(
         listed = []
         for name, connector in mesh.connectors.items():
             spec = mesh.config.connectors.get(name)
+            config = spec.config if spec is not None else None
             listed.append(
                 {
                     "name": name,
@@ -109,6 +154,7 @@ def create_admin_app(
                     "capabilities": msgspec.structs.asdict(connector.capabilities),
                     "open": connector.is_open,
                     "healthy": await probe(connector),
+                    "config": redact_config(_builtins(config)),
                 }
             )
         return _json({"connectors": listed})
@@ -121,7 +167,8 @@ def create_admin_app(
             text=metrics(), content_type="text/plain", charset="utf-8", headers=_PROM_HEADERS
         )
 
-    app = web.Application()
+    guard = guard or Guard()
+    app = web.Application(middlewares=[_admin_only(guard)] if guard.enabled else [])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/topics", topics)
@@ -133,6 +180,16 @@ def create_admin_app(
 
 
 _PROM_HEADERS = {"X-Content-Type-Options": "nosniff"}
+
+
+def _builtins(config: Any) -> Any:
+    """A connector's config as JSON-ready builtins (None stays None)."""
+    if config is None:
+        return None
+    try:
+        return msgspec.to_builtins(config, enc_hook=str)
+    except (TypeError, msgspec.EncodeError):
+        return {"repr": "<not shown>"}
 
 
 def mesh_metrics(mesh: Mesh) -> str:

@@ -15,6 +15,14 @@ POST     /subscriptions/{id}/nack          nack them: retried under the delivery
 GET      /subscriptions/{id}/stream        pull as Server-Sent Events
 =======  ================================  ==============================================
 
+With ``auth:`` configured, every request carries credentials (an ``Authorization:
+Bearer`` token, or a TLS client certificate): without acceptable ones it is answered
+401 with ``WWW-Authenticate: Bearer`` before its body is read. Publishing needs
+``publish`` on the topic, creating a subscription ``subscribe`` on its topic and group;
+a subscription belongs to its creator, and only it or a principal with ``manage`` on
+the topic may list, read, delete, pull, ack, nack or stream it (403 otherwise;
+docs/security.md). With no ``auth:``, nothing here changes a request.
+
 Every JSON body in or out goes through msgspec. Errors are problem bodies
 (``application/problem+json``) from :mod:`eventmesh._status`, the one table from error
 class to status. A publish is answered 202 only once the connector has stored every
@@ -40,7 +48,7 @@ import msgspec
 from aiohttp import web
 
 from eventmesh._status import PROBLEM_CONTENT_TYPE, http_status, problem
-from eventmesh.auth import Guard
+from eventmesh.auth import ANONYMOUS, CertIdentity, Guard, Principal
 from eventmesh.bindings.http import from_http
 from eventmesh.config import HttpListener
 from eventmesh.errors import (
@@ -53,6 +61,7 @@ from eventmesh.errors import (
     EventTooLargeError,
     EventValidationError,
     LifecycleError,
+    UnauthenticatedError,
 )
 from eventmesh.event import encode_json
 from eventmesh.mesh import Mesh
@@ -77,6 +86,9 @@ _CHUNK: Final = 64 * 1024
 _LIMIT: Final = web.AppKey("max_request_size", int)
 _LOGS: Final = web.AppKey("logs", LogLimit)
 """The app's rate limit on warning lines about bad requests."""
+_GUARD: Final = web.AppKey("guard", Guard)
+_PRINCIPAL: Final = web.RequestKey("principal", Principal)
+"""The caller, set by :func:`_authenticate` (absent with auth off: anonymous)."""
 _WBITS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 0}
 """zlib's window bits per Content-Encoding; ``deflate`` is settled by its first byte."""
 _T = TypeVar("_T")
@@ -117,15 +129,19 @@ def create_app(
     idle event stream. Long polls and streams end when the registry closes, so close it
     before the app's runner.
     """
-    api = _Api(mesh, registry, settings, keepalive)
+    guard = guard or Guard()
+    api = _Api(mesh, registry, settings, keepalive, guard)
+    # With auth off no middleware is added: every request is served as before.
+    middlewares = [_problems, _authenticate] if guard.enabled else [_problems]
     app = web.Application(
-        middlewares=[_problems],
+        middlewares=middlewares,
         client_max_size=settings.max_request_size,
         # Compressed bodies are inflated by _read_body, bounded by max_request_size.
         handler_args={"auto_decompress": False},
     )
     app[_LIMIT] = settings.max_request_size
     app[_LOGS] = LogLimit(log)
+    app[_GUARD] = guard
     app.add_routes(
         [
             web.post("/topics/{topic}/events", api.publish, expect_handler=_expect),
@@ -184,6 +200,8 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except EventMeshError as exc:
         response = _problem(exc)
+        if isinstance(exc, UnauthenticatedError):
+            response.headers["WWW-Authenticate"] = "Bearer"
         if isinstance(exc, EventTooLargeError) and not request.content.is_eof():
             # Not kept alive: aiohttp reads what is on its way for at most 10 s (so the
             # client gets this answer, not a reset), then closes.
@@ -233,9 +251,40 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return _problem(exc)
 
 
+def _principal(request: web.Request) -> Principal:
+    """The caller of ``request``, from its Authorization header or its verified client
+    certificate (UnauthenticatedError when neither is accepted); kept on the request."""
+    principal = request.get(_PRINCIPAL)
+    if principal is None:
+        cert = None
+        authorization = request.headers.get("Authorization")
+        if not authorization and request.transport is not None:
+            cert = CertIdentity.from_peercert(request.transport.get_extra_info("peercert"))
+        principal = request.app[_GUARD].principal(authorization, cert)
+        request[_PRINCIPAL] = principal
+    return principal
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a request without acceptable credentials, before its body is read (only
+    installed with auth on)."""
+    _principal(request)
+    return await handler(request)
+
+
 async def _expect(request: web.Request) -> web.Response | None:
-    """Answer ``Expect: 100-continue`` with 413 at once when the declared body is above
-    the limit, rather than invite the client to send it first."""
+    """Answer ``Expect: 100-continue`` with 401 or 413 at once when the caller has no
+    acceptable credentials or the declared body is above the limit, rather than invite
+    the client to send it first."""
+    if request.app[_GUARD].enabled:
+        try:
+            _principal(request)
+        except UnauthenticatedError as exc:
+            response = _problem(exc)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            response.force_close()
+            return response
     limit = request.app[_LIMIT]
     length = request.content_length
     if length is not None and length > limit:
@@ -395,12 +444,26 @@ def _queue(record: Record) -> PullQueue:
 
 class _Api:
     def __init__(
-        self, mesh: Mesh, registry: Registry, settings: HttpListener, keepalive: float
+        self,
+        mesh: Mesh,
+        registry: Registry,
+        settings: HttpListener,
+        keepalive: float,
+        guard: Guard,
     ) -> None:
         self.mesh = mesh
         self.registry = registry
         self.settings = settings
         self.keepalive = keepalive
+        self.guard = guard
+
+    def _caller(self, request: web.Request) -> Principal | None:
+        """The authenticated caller; None with auth off (the registry checks nothing)."""
+        return request.get(_PRINCIPAL) if self.guard.enabled else None
+
+    def _record(self, request: web.Request) -> Record:
+        """The subscription the path names, if the caller may use it."""
+        return self.registry.get(request.match_info["id"], principal=self._caller(request))
 
     async def _body(self, request: web.Request) -> bytes:
         settings = self.settings
@@ -408,6 +471,8 @@ class _Api:
 
     async def publish(self, request: web.Request) -> web.Response:
         topic = request.match_info["topic"]
+        if self.guard.enabled:
+            self.guard.check(request.get(_PRINCIPAL, ANONYMOUS), "publish", topic=topic)
         body = await self._body(request)
         try:
             events = from_http(request.headers, body, max_event_size=self.settings.max_event_size)
@@ -432,7 +497,7 @@ class _Api:
             spec = _decoder.decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ConfigError(f"the request body is not valid JSON: {exc!r}") from exc
-        record = await self.registry.create(spec)
+        record = await self.registry.create(spec, owner=self._caller(request))
         return _json(
             self.registry.resource(record),
             status=201,
@@ -441,31 +506,31 @@ class _Api:
 
     async def list(self, request: web.Request) -> web.Response:
         registry = self.registry
-        return _json({"subscriptions": [registry.resource(r) for r in registry.list()]})
+        records = registry.list(principal=self._caller(request))
+        return _json({"subscriptions": [registry.resource(r) for r in records]})
 
     async def get(self, request: web.Request) -> web.Response:
-        record = self.registry.get(request.match_info["id"])
-        return _json(self.registry.resource(record))
+        return _json(self.registry.resource(self._record(request)))
 
     async def delete(self, request: web.Request) -> web.Response:
-        await self.registry.delete(request.match_info["id"])
+        await self.registry.delete(request.match_info["id"], principal=self._caller(request))
         return web.Response(status=204)
 
     async def pull(self, request: web.Request) -> web.Response:
-        queue = _queue(self.registry.get(request.match_info["id"]))
+        queue = _queue(self._record(request))
         max_events = int(_number(request, "max", 1, MAX_PULL, whole=True))
         wait = _number(request, "wait", 0.0, MAX_WAIT, whole=False)
         handouts = await queue.take(max_events, wait, alive=_connected(request))
         return _json({"deliveries": [_delivery(h) for h in handouts]})
 
     async def ack(self, request: web.Request) -> web.Response:
-        queue = _queue(self.registry.get(request.match_info["id"]))
+        queue = _queue(self._record(request))
         body = _decode(await self._body(request), _Settle)
         acked, unknown = await queue.ack(body.delivery_ids)
         return _json({"acked": acked, "unknown": unknown})
 
     async def nack(self, request: web.Request) -> web.Response:
-        queue = _queue(self.registry.get(request.match_info["id"]))
+        queue = _queue(self._record(request))
         body = _decode(await self._body(request), _Nack)
         error: str | DeliveryError | None = body.error
         if body.give_up or body.retry_after is not None:
@@ -478,7 +543,7 @@ class _Api:
         return _json({"nacked": nacked, "unknown": unknown})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        queue = _queue(self.registry.get(request.match_info["id"]))
+        queue = _queue(self._record(request))
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",

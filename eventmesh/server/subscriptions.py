@@ -13,6 +13,15 @@ Filters and transforms are compiled by the mesh (:func:`eventmesh.pipeline.compi
 compile_pipeline`), so they take exactly the forms the config file takes. Subscriptions
 of the config file are listed too, with ``origin: config`` and their name as id; the
 mesh runs them, and only editing the file removes them.
+
+With ``auth:`` on, the registry enforces the ACL (:class:`~eventmesh.auth.Guard`) for
+the calls that pass a ``principal``: creating one needs ``subscribe`` on its topic and
+its effective group (and ``publish`` on its ``reply_to``, and on its dead-letter topic
+when that is not the default ``{topic}.dlq``); it
+then belongs to that principal (``owner``), and only it or a principal with
+``manage`` on the topic may see, read, delete or pull it. Resources never show a
+secret: header values, URL credentials and the signing secret are ``***``
+(:mod:`eventmesh._redact`).
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -31,16 +41,26 @@ import msgspec
 
 from eventmesh._duration import Duration
 from eventmesh._lifecycle import ClosedOnExit
+from eventmesh._redact import MASK, redact_headers, redact_url
 from eventmesh._status import NotFoundError
-from eventmesh.auth import Guard
+from eventmesh.auth import Guard, Principal, glob_match
 from eventmesh.config import SinkConfig, SubscriptionConfig, convert
 from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.delivery.policy import MAX_DELAY, DeliveryPolicy, check_range
 from eventmesh.delivery.stats import DeliveryStats
-from eventmesh.errors import ClosedError, ConfigError, LifecycleError, SubscribeError
+from eventmesh.errors import (
+    ClosedError,
+    ConfigError,
+    LifecycleError,
+    PermissionDeniedError,
+    SubscribeError,
+)
 from eventmesh.mesh import Mesh
 from eventmesh.server.pull import PullQueue
 from eventmesh.subscription import Subscription
+
+if TYPE_CHECKING:
+    from eventmesh.delivery.webhook import WebhookSession
 
 __all__ = ["Origin", "Record", "Registry", "SubscriptionSpec", "convert_body"]
 
@@ -51,6 +71,7 @@ Origin: TypeAlias = Literal["config", "api", "grpc"]
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 _DEFAULT_ACK_DEADLINE = 30.0
+_DEFAULT_DEAD_LETTER = DeliveryPolicy().dead_letter
 _T = TypeVar("_T")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
@@ -99,6 +120,9 @@ class Record:
     """Its group is named after a generated id, so nobody can mean to join it again:
     deleting the subscription deletes the group on the memory connector, which frees
     the events only it still needed."""
+    owner: str | None = None
+    """The principal that made it through an API with auth on (None: the config
+    file's, or made with auth off)."""
 
 
 class Registry(ClosedOnExit):
@@ -169,32 +193,68 @@ class Registry(ClosedOnExit):
 
     # -- reading -------------------------------------------------------------------------
 
-    def get(self, id: str) -> Record:
-        """The subscription with this id; NotFoundError when there is none."""
+    def get(self, id: str, *, principal: Principal | None = None) -> Record:
+        """The subscription with this id; NotFoundError when there is none, and, when a
+        ``principal`` is given, PermissionDeniedError unless it may manage it."""
         record = self._records.get(id) or self._config.get(id)
         if record is None:
             raise NotFoundError(
                 f"no subscription {id!r} on this sidecar; GET /subscriptions lists them"
             )
+        if principal is not None:
+            self.authorize(record, principal)
         return record
 
-    def list(self) -> list[Record]:
-        """Every subscription: the config file's first, then the API's in creation order."""
-        return [*self._config.values(), *self._records.values()]
+    def list(self, *, principal: Principal | None = None) -> list[Record]:
+        """Every subscription: the config file's first, then the API's in creation order;
+        with a ``principal``, only those it may manage."""
+        records = [*self._config.values(), *self._records.values()]
+        guard = self.guard
+        if principal is None or not guard.enabled:
+            return records
+        return [r for r in records if guard.may_manage(principal, r.owner, r.fields["topic"])]
+
+    def authorize(self, record: Record, principal: Principal) -> None:
+        """PermissionDeniedError unless ``principal`` may read, delete, pull, ack or
+        stream ``record``: it made it, or has ``manage`` on its topic."""
+        if self.guard.may_manage(principal, record.owner, record.fields["topic"]):
+            return
+        whose = f"principal {record.owner!r}" if record.owner else "the config file"
+        raise PermissionDeniedError(
+            f"principal {principal.name!r} may not use subscription {record.id!r}: it "
+            f"belongs to {whose}, and no acl rule grants manage on topic "
+            f"{record.fields['topic']!r}"
+        )
 
     def resource(self, record: Record) -> dict[str, Any]:
-        """The JSON resource of a subscription: its fields, ``origin`` and ``stats``."""
+        """The JSON resource of a subscription: its fields, ``origin`` and ``stats``
+        (and ``owner`` when it has one), with every secret shown as ``***``."""
         subscription = record.subscription
         if subscription is None and record.origin == "config":
             subscription = next((s for s in self.mesh.subscriptions if s.name == record.id), None)
         stats = subscription.stats if subscription is not None else DeliveryStats()
-        return {**record.fields, "origin": record.origin, "stats": stats.as_dict()}
+        fields = record.fields
+        if "sink" in fields:
+            fields = {**fields, "sink": redact_url(fields["sink"])}
+            settings = fields.get("protocolsettings")
+            if settings is not None:
+                settings = {**settings, "headers": redact_headers(settings["headers"])}
+                if "signing_secret" in settings:
+                    settings["signing_secret"] = MASK
+                fields["protocolsettings"] = settings
+        resource = {**fields, "origin": record.origin, "stats": stats.as_dict()}
+        if record.owner is not None:
+            resource["owner"] = record.owner
+        return resource
 
     # -- creating and deleting -------------------------------------------------------------
 
-    async def create(self, spec: Mapping[str, Any], *, origin: Origin = "api") -> Record:
+    async def create(
+        self, spec: Mapping[str, Any], *, origin: Origin = "api", owner: Principal | None = None
+    ) -> Record:
         """Start a subscription from a spec; ConfigError naming the key for a bad one,
-        LifecycleError when the id is taken."""
+        LifecycleError when the id is taken. With an ``owner`` (the caller), the ACL
+        decides (module docstring): PermissionDeniedError otherwise."""
         tg = self._check_open()
         if not isinstance(spec, Mapping):
             raise ConfigError(
@@ -208,6 +268,8 @@ class Registry(ClosedOnExit):
                 "and '-', starting with a letter or digit",
                 key="id",
             )
+        if owner is not None:  # before anything that tells of other subscriptions
+            self._permit(owner, parsed, parsed.group or sub_id)
         if sub_id in self._records or sub_id in self._config:
             raise LifecycleError(
                 f"a subscription with id {sub_id!r} exists already; choose another id, or "
@@ -216,11 +278,17 @@ class Registry(ClosedOnExit):
         protocol = parsed.protocol or ("HTTP" if parsed.sink is not None else "pull")
         settings = _sink_settings(parsed) if protocol == "HTTP" else None
         fields = _fields(parsed, sub_id, protocol, settings)
-        record = Record(sub_id, origin, fields, owns_group=parsed.id is None and not parsed.group)
+        record = Record(
+            sub_id,
+            origin,
+            fields,
+            owns_group=parsed.id is None and not parsed.group,
+            owner=owner.name if owner is not None and self.guard.enabled else None,
+        )
         self._records[sub_id] = record  # reserved now: a second create with it gets 409
         try:
             if settings is not None:
-                record.subscription = await self._push(parsed, sub_id, fields, settings)
+                record.subscription = await self._push(parsed, sub_id, fields, settings, owner)
                 await record.subscription.start()
                 self._still_wanted(record)
             else:
@@ -264,8 +332,27 @@ class Registry(ClosedOnExit):
         finally:
             record.done.set()
 
+    def _permit(self, owner: Principal, spec: SubscriptionSpec, group: str) -> None:
+        """PermissionDeniedError unless ``owner`` may subscribe to the spec's topic in
+        ``group`` and publish to where it would publish (replies, dead letters)."""
+        guard = self.guard
+        if not guard.enabled:
+            return
+        guard.check(owner, "subscribe", topic=spec.topic, group=group)
+        if spec.reply_to is not None:
+            guard.check(owner, "publish", topic=spec.reply_to)
+        if spec.delivery.dead_letter != _DEFAULT_DEAD_LETTER:  # the default comes with it
+            dead = spec.delivery.dead_letter_topic(spec.topic, group)
+            if dead is not None:
+                guard.check(owner, "publish", topic=dead)
+
     async def _push(
-        self, spec: SubscriptionSpec, sub_id: str, fields: dict[str, Any], settings: SinkConfig
+        self,
+        spec: SubscriptionSpec,
+        sub_id: str,
+        fields: dict[str, Any],
+        settings: SinkConfig,
+        owner: Principal | None = None,
     ) -> Subscription:
         from eventmesh.delivery.webhook import WebhookSink
 
@@ -273,6 +360,8 @@ class Registry(ClosedOnExit):
         url = fields["sink"]
         try:
             await session.check_url(url)
+            if owner is not None:
+                session = await self._narrow(session, url, owner)
             sink = WebhookSink(
                 url,
                 session=session,
@@ -281,11 +370,36 @@ class Registry(ClosedOnExit):
                 headers=settings.headers,
                 max_batch=settings.max_batch,
                 batch_window=float(settings.batch_window),
+                signing_secret=settings.signing_secret,
             )
         except ConfigError as exc:
             message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
             raise ConfigError(message, key="sink") from exc
         return await self._subscribe(spec, sub_id, fields, handler=sink)
+
+    async def _narrow(self, session: WebhookSession, url: str, owner: Principal) -> WebhookSession:
+        """The session ``owner``'s webhooks go through: ``session``, or, when its ACL
+        rules set ``webhook_networks``, one narrowed to them, which ``url`` must reach
+        (PermissionDeniedError naming the rules otherwise)."""
+        networks = self.guard.webhook_networks(owner)
+        if networks is None:
+            return session
+        narrowed = session.narrowed(networks)
+        try:
+            await narrowed.check_url(url)
+        except ConfigError as exc:
+            rules = [
+                f"acl[{i}].webhook_networks"
+                for i, rule in enumerate(self.guard.acl.rules)
+                if rule.webhook_networks and glob_match(rule.principal, owner.name)
+            ]
+            host = urlsplit(url).hostname
+            raise PermissionDeniedError(
+                f"principal {owner.name!r} may send webhooks only into "
+                f"{', '.join(map(str, networks))} ({', '.join(rules)}), and {host!r} is "
+                "not inside them; use a sink there, or have the rule widened"
+            ) from exc
+        return narrowed
 
     async def _subscribe(
         self, spec: SubscriptionSpec, sub_id: str, fields: dict[str, Any], *, handler: Any
@@ -310,9 +424,12 @@ class Registry(ClosedOnExit):
         except ConfigError as exc:
             raise _rekey(exc, spec.topic, fields["group"], spec.filters is not None) from exc
 
-    async def delete(self, id: str) -> None:
+    async def delete(self, id: str, *, principal: Principal | None = None) -> None:
         """Close an API subscription: deliveries in hand finish or go back to the group.
-        NotFoundError for an unknown id, LifecycleError for one of the config file."""
+        NotFoundError for an unknown id, LifecycleError for one of the config file, and,
+        with a ``principal``, PermissionDeniedError unless it may manage it."""
+        if principal is not None:
+            self.get(id, principal=principal)
         if id in self._config:
             raise LifecycleError(
                 f"subscription {id!r} is defined in the config file; remove it there and "
@@ -463,13 +580,16 @@ def _config_fields(sub: SubscriptionConfig) -> dict[str, Any]:
 
 
 def _settings_fields(sink: SinkConfig) -> dict[str, Any]:
-    return {
+    fields: dict[str, Any] = {
         "headers": dict(sink.headers),
         "mode": sink.mode,
         "timeout": float(sink.timeout),
         "max_batch": sink.max_batch,
         "batch_window": float(sink.batch_window),
     }
+    if sink.signing_secret is not None:
+        fields["signing_secret"] = sink.signing_secret  # shown as *** by resource()
+    return fields
 
 
 def _builtins(policy: DeliveryPolicy) -> dict[str, Any]:
