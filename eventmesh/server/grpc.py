@@ -13,6 +13,16 @@ and every call becomes a call on the running :class:`~eventmesh.Mesh`.
   policy: a retry after backoff, or the dead-letter topic). When the stream ends or
   breaks, the subscription is closed, so what was not acked goes back to the group.
 
+With ``auth:`` configured every call is authenticated once, before anything else, from
+its ``authorization`` metadata (``Bearer <token>``: a static token or a JWT) or, under
+mTLS with ``auth.client_certs``, its client certificate; a call without credentials the
+sidecar accepts is answered ``UNAUTHENTICATED``. The ACL is then asked once per call:
+``publish`` on the topic for ``Publish`` and ``PublishBatch``; for ``Subscribe``, when the
+``open`` arrives, ``subscribe`` on the topic and the group, and ``publish`` on the
+dead-letter topic when ``delivery_json`` names one other than ``{topic}.dlq`` (a nack
+publishes there). A denial is ``PERMISSION_DENIED``. A stream is checked when it opens,
+not per message: a token that expires later does not end it (docs/security.md).
+
 An error answers with the gRPC code of ``eventmesh._status`` (the one table), the
 message, and the error class name in the trailing metadata ``eventmesh-error`` (and the
 attribute an ``EventValidationError`` names in ``eventmesh-attribute``); the SDK raises
@@ -43,10 +53,11 @@ from grpc.aio import EOF as _EOF  # type: ignore[attr-defined]  # grpc-stubs lac
 
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
 from eventmesh._status import grpc_code
-from eventmesh.auth import Guard
+from eventmesh.auth import ANONYMOUS, CertIdentity, Guard, Principal
 from eventmesh.bindings.protobuf import CloudEvent, from_proto, from_proto_batch, to_proto
 from eventmesh.config import GrpcListener
 from eventmesh.connectors.base import StartPosition
+from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import (
     ClosedError,
     ConfigError,
@@ -158,6 +169,30 @@ def _trace_headers(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str | N
     return traceparent, tracestate
 
 
+def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The call's ``authorization`` metadata (the first, when it was sent twice)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
+_DEFAULT_POLICY: Final = DeliveryPolicy()
+
+
+def _dead_letter_topic(delivery: Any, topic: str, group: str) -> str | None:
+    """The dead-letter topic ``delivery`` (an Open's ``delivery_json``, decoded) names,
+    when it is not the default ``{topic}.dlq``: a subscriber publishes there by nacking,
+    so it needs ``publish`` on it. The default goes with ``subscribe`` on the topic."""
+    if not isinstance(delivery, dict):
+        return None
+    template = delivery.get("dead_letter")
+    if not isinstance(template, str):  # absent, null (no dead letters), or refused later
+        return None
+    chosen = template.replace("{topic}", topic).replace("{group}", group)
+    return None if chosen == _DEFAULT_POLICY.dead_letter_topic(topic, group) else chosen
+
+
 async def _abort(
     context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, logs: LogLimit
 ) -> NoReturn:
@@ -188,6 +223,16 @@ class EventMeshServicer:
         self.logs = LogLimit(log)
         """At most one line per second per kind of bad request."""
 
+    def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        """Who makes this call, or UnauthenticatedError (ANONYMOUS with auth off)."""
+        guard = self.guard
+        if not guard.enabled:
+            return ANONYMOUS
+        cert = None
+        if guard.auth.client_certs is not None:
+            cert = CertIdentity.from_grpc(context.auth_context())
+        return guard.principal(_authorization(context), cert)
+
     def _check_size(self, event: CloudEvent, where: str) -> None:
         limit = self.max_event_size
         if limit is not None and (size := event.ByteSize()) > limit:
@@ -201,8 +246,11 @@ class EventMeshServicer:
     ) -> pb.PublishResponse:
         """Store one event; answer once it is stored."""
         try:
+            principal = self._principal(context)
             if isinstance(request, _Undecodable):
                 raise request.refusal(self.logs)
+            if self.guard.enabled:
+                self.guard.check(principal, "publish", topic=request.topic)
             if not request.HasField("event"):
                 raise EventValidationError("the PublishRequest has no event")
             self._check_size(request.event, "the event")
@@ -218,8 +266,11 @@ class EventMeshServicer:
     ) -> pb.PublishResponse:
         """Store several events in order; answer once all are stored."""
         try:
+            principal = self._principal(context)
             if isinstance(request, _Undecodable):
                 raise request.refusal(self.logs)
+            if self.guard.enabled:
+                self.guard.check(principal, "publish", topic=request.topic)
             if self.max_event_size is not None:
                 for index, msg in enumerate(request.batch.events):
                     self._check_size(msg, f"event {index} of the batch")
@@ -237,6 +288,10 @@ class EventMeshServicer:
         self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: _StreamContext
     ) -> None:
         """Run one subscriber's stream (see the module docstring)."""
+        try:
+            principal = self._principal(context)  # once per stream, before its first read
+        except Exception as exc:
+            await _abort(context, exc, self.logs)
         first = await context.read()
         if first is _EOF:
             return
@@ -251,7 +306,7 @@ class EventMeshServicer:
         subscription: Subscription | None = None
         error: BaseException | None = None
         try:
-            subscription = await self._subscription(first.open)
+            subscription = await self._subscription(first.open, principal)
             await subscription.start()
             await context.write(
                 pb.SubscribeResponse(subscribed=pb.Subscribed(name=subscription.name))
@@ -268,8 +323,17 @@ class EventMeshServicer:
         if error is not None and not context.done():
             await _abort(context, error, self.logs)
 
-    async def _subscription(self, request: pb.Open) -> Subscription:
+    async def _subscription(self, request: pb.Open, principal: Principal) -> Subscription:
         where = f"open of subscription to {request.topic!r}"
+        guard = self.guard
+        if guard.enabled:  # first: a denied caller learns nothing and costs no compile
+            # The group as sent: the mesh refuses an empty one, so none is made up here.
+            guard.check(principal, "subscribe", topic=request.topic, group=request.group)
+        delivery = _json_field(request.delivery_json, f"{where}: delivery_json")
+        if guard.enabled:
+            dead_letter = _dead_letter_topic(delivery, request.topic, request.group)
+            if dead_letter is not None:
+                guard.check(principal, "publish", topic=dead_letter)
         start: StartPosition = "latest"
         which = request.WhichOneof("start")
         if which == "time":
@@ -288,7 +352,7 @@ class EventMeshServicer:
             request.group,
             filter=compiled_filter,
             transform=compiled_transform,
-            delivery=_json_field(request.delivery_json, f"{where}: delivery_json"),
+            delivery=delivery,
             start=start,
             name=request.name or None,
         )
