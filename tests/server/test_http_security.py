@@ -468,3 +468,51 @@ async def test_a_narrowed_session_refuses_addresses_outside_its_networks_at_conn
         wide = session.narrowed([ipaddress.ip_network("10.0.0.0/8")])
         assert not wide.allow.allows_address("10.1.2.3")  # not in the server's networks
     assert narrowed.closed
+
+
+async def test_a_client_certificate_names_the_principal_over_https(tmp_path: Path) -> None:
+    """Under mTLS with auth.client_certs, the certificate's subject is the principal:
+    billing's certificate may publish to orders, nobody's gets 403, and a bearer token
+    sent along takes precedence over the certificate."""
+    from eventmesh.testing.certs import CertAuthority
+    from eventmesh.tls import client_context
+
+    ca = CertAuthority(tmp_path)
+    issued = ca.issue("sidecar")
+    tls = {
+        "cert_file": str(issued.cert_file),
+        "key_file": str(issued.key_file),
+        "client_ca_file": str(ca.cert_file),
+    }
+    tokens = [{"principal": "ops", "sha256": hashlib.sha256(TOKENS["ops"].encode()).hexdigest()}]
+    config = {
+        "server": {**FREE, "http": {"port": 0, "tls": tls}},
+        "auth": {"tokens": tokens, "client_certs": {"principal": "subject"}},
+        "acl": ACL,
+    }
+
+    async def publish_as(name: str, headers: dict[str, str]) -> tuple[int, Any]:
+        cert = ca.issue(name, client=True)
+        context = client_context(
+            str(ca.cert_file), cert_file=str(cert.cert_file), key_file=str(cert.key_file)
+        )
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                sidecar.http_url + "/topics/orders/events",
+                data=EVENT_BODY,
+                headers={**headers, **EVENT_HEADERS},
+                ssl=context,
+            ) as response,
+        ):
+            return response.status, msgspec.json.decode(await response.read())
+
+    with anyio.fail_after(30):
+        async with Sidecar(config) as sidecar:
+            assert (await publish_as("billing", {}))[0] == 202
+            status, body = await publish_as("nobody", {})
+            assert (status, body["type"]) == (403, "PermissionDeniedError")
+            assert "'nobody'" in body["detail"]
+            status, body = await publish_as("billing", bearer(TOKENS["ops"]))
+            assert (status, body["type"]) == (403, "PermissionDeniedError")
+            assert "'ops'" in body["detail"]
