@@ -23,12 +23,13 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import eventmesh
 from eventmesh import Event
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
 from eventmesh._generated.eventmesh.v1.eventmesh_pb2_grpc import EventMeshStub
 from eventmesh.bindings.protobuf import to_proto, to_proto_batch
 from eventmesh.client.grpc import GrpcClient
-from eventmesh.errors import UnauthenticatedError
+from eventmesh.errors import EventMeshError, UnauthenticatedError
 from eventmesh.server.sidecar import Sidecar
 from eventmesh.testing.certs import CertAuthority
 
@@ -354,6 +355,42 @@ async def test_the_group_is_checked_as_sent(stub: EventMeshStub) -> None:
     assert code == DENIED
     code, kind = await outcome(open_stream(stub, bearer(TOKENS["intruder"]), "other", ""))
     assert (code, kind) == (grpc.StatusCode.INVALID_ARGUMENT, "ConfigError")
+
+
+async def sdk_outcome(target: str, token: str | None, operation: str) -> str:
+    """What the remote SDK does with ``token``: "ok" or the class name of its error."""
+    try:
+        async with eventmesh.connect(f"grpc://{target}", token=token) as client:
+            if operation == "publish":
+                await client.publish("orders", [event(), event()])
+            else:
+                await client.subscribe("orders", "billing-sdk").start()
+    except EventMeshError as exc:
+        return type(exc).__name__
+    return "ok"
+
+
+@pytest.mark.parametrize("operation", ["publish", "subscribe"])
+async def test_the_sdk_raises_the_error_each_credential_gets(
+    sidecar: Sidecar, issuer: Issuer, stranger: Issuer, operation: str
+) -> None:
+    """Through ``connect("grpc://...", token=...)``, each kind of credential raises the
+    error class its status stands for, or works."""
+    tokens = {
+        "none": None,
+        "wrong token": "not-a-token-anyone-has",
+        "expired jwt": issuer.token("billing", expires_in=-3600),
+        "jwt of an unknown key": stranger.token("billing"),
+        "token without the grant": TOKENS["intruder"],
+        "jwt without the grant": issuer.token("shipping"),
+        "token with the grant": TOKENS["billing"],
+        "jwt with the grant": issuer.token("billing"),
+    }
+    got = {
+        name: await sdk_outcome(sidecar.grpc_target, token, operation)
+        for name, token in tokens.items()
+    }
+    assert got == {name: ERROR_CLASS.get(EXPECTED[name], "ok") for name in tokens}
 
 
 async def test_the_sdk_raises_unauthenticated_error(sidecar: Sidecar) -> None:
