@@ -42,7 +42,7 @@ import yaml
 from eventmesh._loop import backend_options
 from eventmesh._version import __version__
 from eventmesh.config import MeshConfig, load_config
-from eventmesh.errors import ConfigError, EventMeshError
+from eventmesh.errors import ConfigError, EventMeshError, UnauthenticatedError
 
 if TYPE_CHECKING:
     from eventmesh.client.base import Client
@@ -330,6 +330,14 @@ class _LiveView:
             self.console.print(Pretty(event.data), style="default")
 
 
+def _told(error: EventMeshError) -> str:
+    """An error as one line for the terminal; a refused credential says how to give one."""
+    text = " ".join(str(error).split())
+    if isinstance(error, UnauthenticatedError):
+        text += " (pass --token, or set EVENTMESH_TOKEN)"
+    return text
+
+
 def _only_error(group: BaseExceptionGroup[BaseException]) -> EventMeshError | None:
     """The first of a group's errors when every one is an EventMeshError (a refusal to
     tell in one line), else None (a bug, whose traceback should show)."""
@@ -355,13 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             anyio.run(command, args, backend="asyncio", backend_options=backend_options())
         except EventMeshError as exc:
-            print(f"eventmesh {args.command}: {exc}", file=sys.stderr)
+            print(f"eventmesh {args.command}: {_told(exc)}", file=sys.stderr)
             return 1
         except BaseExceptionGroup as group:  # from subscribe's task group
             error = _only_error(group)
             if error is None:
                 raise
-            print(f"eventmesh {args.command}: {error}", file=sys.stderr)
+            print(f"eventmesh {args.command}: {_told(error)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             return 130
