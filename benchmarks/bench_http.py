@@ -9,6 +9,10 @@ and a bare aiohttp handler that reads the body and answers 202.
     python benchmarks/run.py http             # the rows of docs/benchmarks.md
     python benchmarks/bench_http.py --profile # cProfile of the batched path, server side
 
+One more row prices authorization: the batched load against a sidecar with ``auth:`` (a
+static token) and an ``acl:`` rule, and against one without, both running, measured in
+turns (off, on, off, on, ...), the best run of each compared.
+
 The child-process helpers here (:func:`serve`, :class:`Server`) are shared with
 bench_grpc.py.
 """
@@ -18,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import functools
+import hashlib
 import importlib
 import io
 import logging
@@ -47,26 +53,35 @@ TOPIC: Final = "bench"
 PATH: Final = f"/topics/{TOPIC}/events"
 MAX_EVENTS: Final = 100_000  # the memory connector's default retention; a full topic
 # without readers releases what it holds (see MemoryConnector), so memory stays bounded.
+AUTH_TOKEN: Final = "bench-0123456789abcdef"
+AUTH_RUNS: Final = 7
+"""Turns of each of auth off and auth on: the difference sought is a few percent."""
 
 
-def sidecar_config() -> dict[str, Any]:
-    """An in-memory sidecar on free ports."""
-    return {
+def sidecar_config(*, auth: bool = False) -> dict[str, Any]:
+    """An in-memory sidecar on free ports; with ``auth``, one static token whose
+    principal an ACL rule allows to publish to the topic."""
+    config: dict[str, Any] = {
         "connectors": {"default": {"type": "memory", "max_events": MAX_EVENTS}},
         "server": {"http": {"port": 0}, "grpc": {"port": 0}, "admin": {"port": 0}},
         "logging": {"level": "warning"},
     }
+    if auth:
+        digest = hashlib.sha256(AUTH_TOKEN.encode()).hexdigest()
+        config["auth"] = {"tokens": [{"principal": "bench", "sha256": digest}]}
+        config["acl"] = [{"principal": "bench", "allow": ["publish"], "topics": [TOPIC]}]
+    return config
 
 
 # -- servers, each run in a child process --------------------------------------------------------
 
 
 @contextlib.asynccontextmanager
-async def _sidecar_http() -> AsyncIterator[str]:
+async def _sidecar_http(auth: bool = False) -> AsyncIterator[str]:
     from eventmesh._loop import tune_gc
     from eventmesh.server.sidecar import Sidecar
 
-    async with Sidecar(sidecar_config()) as sidecar:
+    async with Sidecar(sidecar_config(auth=auth)) as sidecar:
         tune_gc()  # as `eventmesh run` does
         yield sidecar.http_url
 
@@ -90,6 +105,7 @@ async def _bare_http() -> AsyncIterator[str]:
 
 SERVERS: dict[str, Callable[[], AbstractAsyncContextManager[str]]] = {
     "sidecar-http": _sidecar_http,
+    "sidecar-http-auth": functools.partial(_sidecar_http, auth=True),
     "bare-http": _bare_http,
 }
 """Servers by name: each an async context manager giving the address to load."""
@@ -324,6 +340,7 @@ def main(quick: bool) -> Section:
             f"{ours.client_us:,.1f} µs per event on the sidecar run "
             f"({bare.client_us:,.1f} µs on the bare one)."
         )
+    section.rows.append(_authorization(quick, section.notes))
     section.notes += [
         "The server runs in a child process of its own (multiprocessing, spawn, uvloop); "
         "this process is the load generator, so on a 2-core machine each side has a core. "
@@ -341,6 +358,46 @@ def main(quick: bool) -> Section:
         "second per second, the server is the bottleneck; otherwise the client is.",
     ]
     return section
+
+
+def _authorization(quick: bool, notes: list[str]) -> Row:
+    """The batched rate with auth on against auth off: two sidecars running side by side,
+    loaded in turns, the best of ``AUTH_RUNS`` turns each."""
+    batches = 1_000 if quick else 2_000
+    pool, per_request = requests("batch", 50)
+    bearer = f"Bearer {AUTH_TOKEN}"
+    signed = [({**headers, "Authorization": bearer}, body) for headers, body in pool]
+    off: list[Figure] = []
+    on: list[Figure] = []
+    with (
+        serve("bench_http", "sidecar-http") as plain,
+        serve("bench_http", "sidecar-http-auth") as guarded,
+    ):
+        for _ in range(AUTH_RUNS):
+            off.append(_once(plain, pool, per_request, batches, load))
+            on.append(_once(guarded, signed, per_request, batches, load))
+    best_off = max(off, key=lambda figure: figure.rate)
+    best_on = max(on, key=lambda figure: figure.rate)
+    notes.append(
+        f"Authorization, batch mode: each request carries 'Authorization: Bearer <token>' "
+        "to a sidecar configured with auth.tokens (one SHA-256 digest) and one acl rule "
+        "granting publish on the topic; the baseline is the same sidecar without auth:, "
+        f"running at the same time and loaded in turns with it ({AUTH_RUNS} turns each, "
+        f"{batches * per_request:,} events a turn, the best of each compared). CPU per "
+        f"event: {best_on.server_us:,.1f} µs with auth, {best_off.server_us:,.1f} µs "
+        f"without; rates of each turn, off/on: "
+        + ", ".join(f"{a.rate:,.0f}/{b.rate:,.0f}" for a, b in zip(off, on, strict=True))
+        + "."
+    )
+    return Row(
+        name=f"batch mode with auth on (a static token and an ACL rule), "
+        f"{batches * per_request:,} events",
+        value=best_on.rate,
+        unit="events/s",
+        baseline=best_off.rate,
+        baseline_name="the same sidecar without auth, same run, in turns",
+        goal="0.95x or more (authorization costs at most 5 %)",
+    )
 
 
 def _profile(quick: bool) -> str:
