@@ -251,3 +251,13 @@ def test_redact_config_masks_secret_fields_headers_and_urls() -> None:
         "headers": {"X-Anything": "***"},
         "signing_secret": None,
     }
+
+
+def test_a_printed_config_shows_no_webhook_secret() -> None:
+    """The repr of a loaded config (as a debug line or a traceback would print it) masks
+    the webhook's credentials, header values and signing secret."""
+    conf = config()
+    del conf["connectors"]["nats"]  # its plugin's config (not the sidecar's) prints its token
+    shown = repr(load_config(conf))
+    assert_no_secret(shown, "repr(MeshConfig)")
+    assert "'Authorization': '***'" in shown
