@@ -516,3 +516,30 @@ async def test_a_client_certificate_names_the_principal_over_https(tmp_path: Pat
             status, body = await publish_as("billing", bearer(TOKENS["ops"]))
             assert (status, body["type"]) == (403, "PermissionDeniedError")
             assert "'ops'" in body["detail"]
+
+
+async def test_a_principal_cannot_see_another_principals_webhook_secrets(tmp_path: Path) -> None:
+    """billing's webhook credentials reach no other caller: other gets 403 and an empty
+    listing, and even a manager, who may read it, sees the header value as ***."""
+    secret = "Bearer billing-receiver-credential"
+    async with running(tmp_path) as (client, _):
+        await client.create(
+            "billing",
+            {
+                "id": "billing-hook",
+                "topic": "orders",
+                "sink": "http://127.0.0.1:9/hook",
+                "protocolsettings": {"headers": {"Authorization": secret}},
+            },
+        )
+        for who in ("other", "manager", "billing"):
+            headers = bearer(TOKENS[who])
+            status, body, _ = await client.call("GET", "/subscriptions/billing-hook", headers)
+            _, listed, _ = await client.call("GET", "/subscriptions", headers)
+            assert secret not in json.dumps([body, listed])
+            if who == "other":
+                assert status == 403
+                assert listed == {"subscriptions": []}
+            else:
+                assert status == 200
+                assert body["protocolsettings"]["headers"] == {"Authorization": "***"}
