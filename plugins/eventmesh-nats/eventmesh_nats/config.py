@@ -155,6 +155,10 @@ class CoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError("core.pending_limit must be at least 1")
 
 
+_SECRETS = frozenset({"token", "password"})
+_URL_PASSWORD = re.compile(r"^([a-z]+://[^:/@]*:)[^@]*@")
+
+
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings of the NATS connector (``type: nats``)."""
 
@@ -205,6 +209,21 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """How long one publish call keeps trying (through reconnects) before it fails."""
     deduplicate: bool = True
     """Send ``Nats-Msg-Id: <source> <id>`` so that a retried publish is stored once."""
+
+    def __repr__(self) -> str:
+        """Every field, with the token, the password and any password in a server URL
+        shown as ``***``: a config printed whole leaks no credential."""
+        parts = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in _SECRETS and value is not None:
+                shown = "'***'"
+            elif name == "servers":
+                shown = repr([_URL_PASSWORD.sub(r"\1***@", url) for url in value])
+            else:
+                shown = repr(value)
+            parts.append(f"{name}={shown}")
+        return f"NatsConfig({', '.join(parts)})"
 
     def __post_init__(self) -> None:
         if not self.servers:
