@@ -446,7 +446,7 @@ def load_config(
         _set_path(data, key, value)
     for dotted, value in (overrides or {}).items():
         _set_path(data, [_index(p) for p in dotted.split(".")], value)
-    config = _convert(data, nodes)
+    config = _convert(data, nodes, env or {})
     _check(config, nodes)
     if config.auth.tokens:  # tokens from files and variables, read once and kept as digests
         config = msgspec.structs.replace(config, auth=resolve_tokens(config.auth, env or {}))
@@ -553,7 +553,7 @@ _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
-def _convert(data: dict[str, Any], nodes: yaml.Node | None) -> MeshConfig:
+def _convert(data: dict[str, Any], nodes: yaml.Node | None, env: Mapping[str, str]) -> MeshConfig:
     raw_connectors = data.pop("connectors", None)
     try:
         config = msgspec.convert(data, MeshConfig, dec_hook=_dec_hook)
@@ -578,12 +578,55 @@ def _convert(data: dict[str, Any], nodes: yaml.Node | None) -> MeshConfig:
                 key=_dotted(where),
                 line=_line(nodes, where),
             )
-        options = dict(raw)
+        options = _resolve_secrets(dict(raw), env, where, nodes)
         kind = options.pop("type", "memory")
         connectors[name] = ConnectorSpec(
             type=kind, config=_plugin_config(kind, options, where, nodes)
         )
     return msgspec.structs.replace(config, connectors=connectors)
+
+
+def _resolve_secrets(
+    options: dict[str, Any],
+    env: Mapping[str, str],
+    where: list[str | int],
+    nodes: yaml.Node | None,
+) -> dict[str, Any]:
+    """A connector's options with each secret field (``password``, ``token``,
+    ``sasl_plain_password``... as :func:`eventmesh._redact.is_secret_name` says) given as
+    ``{env: NAME}`` or ``{file: PATH}`` replaced by the variable's value or the file's
+    text, read once, here; ConfigError naming the key when it is unset or unreadable."""
+    from eventmesh._redact import is_secret_name
+
+    for name, value in options.items():
+        if not (isinstance(name, str) and is_secret_name(name) and isinstance(value, dict)):
+            continue
+        path = [*where, name]
+        source = set(value)
+        if len(value) != 1 or not source <= {"env", "file"}:
+            raise ConfigError(
+                "a secret is a string, {env: VARIABLE} or {file: PATH}",
+                key=_dotted(path),
+                line=_line(nodes, path),
+            )
+        ((kind, ref),) = value.items()
+        secret: str | None = None
+        if kind == "env":
+            secret = env.get(str(ref))
+            missing = f"the environment variable {ref} is not set"
+        else:
+            try:
+                secret = Path(str(ref)).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                missing = f"cannot read {str(ref)!r} ({exc.strerror})"
+        if not secret:
+            raise ConfigError(
+                missing if secret is None else f"the secret from {kind} {ref} is empty",
+                key=_dotted(path),
+                line=_line(nodes, path),
+            )
+        options[name] = secret
+    return options
 
 
 def _plugin_config(
