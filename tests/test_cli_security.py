@@ -4,6 +4,7 @@ command that talks to a sidecar, ``--ca-file`` (and mTLS files) for ``https://``
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -137,3 +138,73 @@ async def test_the_cli_speaks_https_and_grpcs_with_a_ca_file(tmp_path: Path) -> 
     assert refused.stderr.startswith("eventmesh publish: ")
     assert refused.stderr.count("\n") == 1
     assert "ca_file" in refused.stderr
+
+
+def guarded() -> dict[str, Any]:
+    """A sidecar that checks tokens: billing may publish and subscribe on orders in
+    groups billing*, ops may use the admin port."""
+    digest = {name: hashlib.sha256(token.encode()).hexdigest() for name, token in TOKENS.items()}
+    return {
+        "server": {"http": {"port": 0}, "grpc": {"port": 0}, "admin": {"port": 0}},
+        "logging": {"enabled": False},
+        "auth": {"tokens": [{"principal": name, "sha256": d} for name, d in digest.items()]},
+        "acl": [
+            {
+                "principal": "billing",
+                "allow": ["publish", "subscribe"],
+                "topics": ["orders"],
+                "groups": ["billing*"],
+            },
+            {"principal": "ops", "allow": ["admin"]},
+        ],
+    }
+
+
+TOKENS = {"billing": TOKEN, "ops": "ops-0123456789-s3cr3t"}
+
+
+def refused_in_one_line(done: subprocess.CompletedProcess[str], command: str) -> str:
+    """The one line a refused command printed (exit status 1, no traceback)."""
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"eventmesh {command}: ")
+    assert done.stderr.count("\n") == 1, done.stderr
+    return done.stderr
+
+
+async def test_a_sidecar_with_auth_takes_the_cli_token_and_refuses_without_it() -> None:
+    """Against a sidecar that checks tokens, publish, subscribe and functions work with
+    --token or EVENTMESH_TOKEN, over HTTP and gRPC; without a token, or with one that
+    lacks the grant, they fail with one line and status 1, never showing the token."""
+    async with Sidecar(guarded()) as sidecar:
+        http, grpc_url = sidecar.http_url, f"grpc://{sidecar.grpc_target}"
+        event = ["orders", "--type", "t", "--source", "/cli"]
+        one = await cli("publish", *event, "--url", http, "--token", TOKEN)
+        two = await cli("publish", *event, "--url", grpc_url, EVENTMESH_TOKEN=TOKEN)
+        assert (one.returncode, two.returncode) == (0, 0), one.stderr + two.stderr
+        watched = await cli(
+            "subscribe", "orders", "--group", "billing-cli", "--start", "earliest",
+            "--count", "2", "--url", http, EVENTMESH_TOKEN=TOKEN,
+        )  # fmt: skip
+        assert watched.returncode == 0, watched.stderr
+        ids = [msgspec.json.decode(line)["id"] for line in watched.stdout.splitlines()]
+        assert sorted(ids) == sorted([one.stdout.strip(), two.stdout.strip()])
+        listed = await cli("functions", "--admin-url", sidecar.admin_url, "--token", TOKENS["ops"])
+        assert listed.returncode == 0, listed.stderr
+        lines = [
+            refused_in_one_line(await cli("publish", *event, "--url", url), "publish")
+            for url in (http, grpc_url)
+        ]
+        lines.append(
+            refused_in_one_line(
+                await cli("subscribe", "orders", "--url", http, "--token", TOKEN), "subscribe"
+            )  # the default group, eventmesh-cli, is not billing's
+        )
+        lines.append(
+            refused_in_one_line(
+                await cli("functions", "--admin-url", sidecar.admin_url, "--token", TOKEN),
+                "functions",
+            )
+        )
+    assert "Authorization: Bearer" in lines[0]  # says what was missing
+    assert all(TOKEN not in line for line in lines)

@@ -4,6 +4,7 @@ repr, log line or error message shows."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 import grpc
 import grpc.aio
 import pytest
@@ -22,7 +24,13 @@ from eventmesh.client.base import Client
 from eventmesh.client.grpc import GrpcClient
 from eventmesh.client.http import HttpClient
 from eventmesh.config import HttpListener
-from eventmesh.errors import ConfigError, ConnectError, PublishError
+from eventmesh.errors import (
+    ConfigError,
+    ConnectError,
+    PermissionDeniedError,
+    PublishError,
+    UnauthenticatedError,
+)
 from eventmesh.server.grpc import add_to_server
 from eventmesh.server.http import create_app
 from eventmesh.server.sidecar import Sidecar
@@ -99,6 +107,18 @@ async def test_http_sends_the_token_on_every_request() -> None:
     }
     assert any(method == "DELETE" for method, _, _ in seen)
     assert {auth for _, _, auth in seen} == {f"Bearer {TOKEN}"}
+
+
+async def test_the_blocking_facade_passes_the_credentials_on() -> None:
+    """connect_blocking(url, token=...) sends the token as connect() does."""
+    async with recording_http() as (url, seen):
+
+        def publish() -> None:
+            with eventmesh.connect_blocking(url, token=TOKEN) as client:
+                client.publish("orders", Event(type="t", source="/s"))
+
+        await anyio.to_thread.run_sync(publish)
+    assert seen == [("POST", "/topics/orders/events", f"Bearer {TOKEN}")]
 
 
 if TYPE_CHECKING:
@@ -252,3 +272,86 @@ async def test_mtls_needs_the_client_certificate(tmp_path: Path) -> None:
         with pytest.raises(ConnectError):
             async with GrpcClient(grpcs, ca_file=ca.cert_file, connect_timeout=1) as client:
                 await client.publish("orders", event)
+
+
+# -- against a sidecar that checks tokens and the ACL ---------------------------------------------
+
+INTRUDER = "intruder-0123456789-s3cr3t"
+WRONG = "wrong-0123456789-s3cr3t"
+
+
+def guarded(ca: CertAuthority | None = None) -> dict[str, Any]:
+    """A sidecar config with two tokens: billing, which may publish and subscribe on
+    orders* in groups billing*, and intruder, which no rule grants anything; with ``ca``,
+    TLS on the HTTP and gRPC listeners."""
+    config = tls_sidecar(ca) if ca is not None else {
+        "server": {"http": {"port": 0}, "grpc": {"port": 0}, "admin": {"port": 0}},
+        "logging": {"enabled": False},
+    }  # fmt: skip
+    config["auth"] = {
+        "tokens": [
+            {"principal": "billing", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()},
+            {"principal": "intruder", "sha256": hashlib.sha256(INTRUDER.encode()).hexdigest()},
+        ]
+    }
+    config["acl"] = [
+        {
+            "principal": "billing",
+            "allow": ["publish", "subscribe"],
+            "topics": ["orders", "orders.*"],
+            "groups": ["billing*"],
+        }
+    ]
+    return config
+
+
+def address(sidecar: Sidecar, scheme: str) -> str:
+    return sidecar.http_url if scheme.startswith("http") else f"{scheme}://{sidecar.grpc_target}"
+
+
+@pytest.mark.parametrize("scheme", ["http", "https", "grpc", "grpcs"])
+async def test_a_granted_token_publishes_and_subscribes(scheme: str, tmp_path: Path) -> None:
+    """With auth and an ACL on, connect(url, token=...) publishes and subscribes over
+    HTTP and gRPC, plain and TLS."""
+    tls = scheme.endswith("s")
+    ca = CertAuthority(tmp_path) if tls else None
+    async with Sidecar(guarded(ca)) as sidecar:
+        options: dict[str, Any] = {"token": TOKEN}
+        if ca is not None:
+            options["ca_file"] = ca.cert_file
+        async with eventmesh.connect(address(sidecar, scheme), **options) as client:
+            await roundtrip(client)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+async def test_refusals_raise_their_error_and_never_show_a_token(
+    scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No token or an unknown one raises UnauthenticatedError; a token whose principal
+    lacks the grant (no rule, another topic, another group) PermissionDeniedError, from
+    publish and from starting a subscription; no message or log line holds a token."""
+    caplog.set_level(logging.DEBUG)
+    event = Event(type="t", source="/s")
+    cases: list[tuple[str | None, str, str, type[Exception]]] = [
+        (None, "orders", "billing-1", UnauthenticatedError),
+        (WRONG, "orders", "billing-1", UnauthenticatedError),
+        (INTRUDER, "orders", "billing-1", PermissionDeniedError),
+        (TOKEN, "payments", "billing-1", PermissionDeniedError),
+        (TOKEN, "orders", "shipping", PermissionDeniedError),
+    ]
+    messages: list[str] = []
+    async with Sidecar(guarded()) as sidecar:
+        for token, topic, group, error in cases:
+            async with eventmesh.connect(address(sidecar, scheme), token=token) as client:
+                if group == "billing-1":  # the group plays no part in publishing
+                    with pytest.raises(error) as published:
+                        await client.publish(topic, event)
+                    messages.append(str(published.value))
+                with pytest.raises(error) as subscribed:
+                    async with client.subscribe(topic, group):
+                        pass
+                messages.append(str(subscribed.value))
+    assert len(messages) == 9
+    for secret in (TOKEN, INTRUDER, WRONG):
+        assert all(secret not in message for message in messages)
+        assert secret not in caplog.text
