@@ -38,7 +38,7 @@ from harness import Row, Section
 TITLE = "Soak (sidecar, in-memory connector, webhook and pull consumers)"
 DURATION: Final = 600.0
 QUICK_DURATION: Final = 60.0
-RATE: Final = 2_000
+RATE: Final = 1_000
 BATCH: Final = 100
 SAMPLE_EVERY: Final = 10.0
 WARM_UP: Final = 60.0
@@ -61,10 +61,16 @@ class Soak:
     pulled_copies: int = 0
     rss: list[tuple[float, float]] = field(default_factory=list)
     """(seconds since the start of publishing, MiB)."""
+    backlog: list[tuple[int, int]] = field(default_factory=list)
+    """At each RSS sample: events stored but not yet received by (webhook, pull)."""
     publishing: float = 0.0
     """Seconds the publisher ran."""
     caught_up: dict[str, float | None] = field(default_factory=dict)
     """Seconds after publishing stopped until each consumer had every id (None: never)."""
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each subscription's delivery stats, as the sidecar reports them at the end."""
+    log: list[str] = field(default_factory=list)
+    """The sidecar's warning and error lines."""
 
 
 def _rss_mib(pid: int) -> float:
@@ -194,6 +200,8 @@ async def _puller(
 async def _sampler(pid: int, soak: Soak, start: float, stop: asyncio.Event) -> None:
     while True:
         soak.rss.append((time.monotonic() - start, _rss_mib(pid)))
+        stored = len(soak.published)
+        soak.backlog.append((stored - len(soak.webhook), stored - len(soak.pulled)))
         try:
             await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
             return
@@ -243,6 +251,11 @@ async def soak(duration: float, rate: int, batch: int, mode: str) -> Soak:
                 seen.rss.append((time.monotonic() - start, _rss_mib(proc.pid)))
                 stop.set()
                 await asyncio.gather(*tasks)
+                for name in ("soak-webhook", "soak-pull"):
+                    async with session.get(f"{base}/subscriptions/{name}") as got:
+                        seen.stats[name] = (await got.json()).get("stats", {})
+            log_lines = _log.read_text(encoding="utf-8", errors="replace").splitlines()
+            seen.log = [line for line in log_lines if "WARNING" in line or "ERROR" in line]
         finally:
             stop.set()
             await runner.cleanup()
@@ -313,12 +326,22 @@ def measure(duration: float, rate: int = RATE, batch: int = BATCH, mode: str = "
         f"free ports, in its own process",
         f"RSS of the sidecar every {SAMPLE_EVERY:.0f} s, MiB: {curve} (the last two: when "
         "publishing stopped, and once both consumers had caught up)",
+        "backlog (stored, not yet received) at each sample, webhook/pull: "
+        + ", ".join(f"{w}/{p}" for w, p in seen.backlog)
+        + "; a backlog that grows means the consumers do not keep up, and RSS grows with it",
         f"lost: webhook {lost_webhook:,}, pull {lost_pull:,}; copies received (at least "
         f"once): webhook {seen.webhook_copies:,}, pull {seen.pulled_copies:,}; caught up "
         f"after publishing stopped: webhook {_caught_up(seen.caught_up['webhook'])}, "
         f"pull {_caught_up(seen.caught_up['pull'])}",
         f"webhook mode `{mode}`; the pull consumer long-polls up to 1,000 and acks each "
         "answer; both consumers and the publisher share this one process",
+        "the sidecar's own stats: "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in stats.items() if isinstance(v, int))
+            for name, stats in seen.stats.items()
+        ),
+        f"the sidecar logged {len(seen.log)} warnings or errors"
+        + (f", the first: {seen.log[0][:300]}" if seen.log else ""),
     ]
     return Section(TITLE, rows, notes)
 
