@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -56,18 +56,32 @@ def start_broker() -> str:
     return lines[-1].split("=", 1)[1]
 
 
+def _running() -> bool:
+    """Whether scripts/kafka.sh already runs a broker (one this session must not stop)."""
+    done = subprocess.run([str(KAFKA_SH), "env"], capture_output=True, timeout=30, check=False)
+    return done.returncode == 0
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    """The bootstrap address of a running broker (started here if need be)."""
+def kafka_bootstrap() -> Iterator[str]:
+    """The bootstrap address of a running broker. One started here is stopped, and its
+    data deleted, when the session ends; one that was running already is left as it was."""
     address = os.environ.get("KAFKA_BOOTSTRAP")
     if address:
-        return address
+        yield address
+        return
     if not KAFKA_SH.exists():
         _unavailable(f"{KAFKA_SH} is missing")
+    was_running = _running()
     try:
-        return start_broker()
+        address = start_broker()
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         _unavailable(str(exc))
+    try:
+        yield address
+    finally:
+        if not was_running:
+            subprocess.run([str(KAFKA_SH), "clean"], capture_output=True, timeout=120, check=False)
 
 
 @pytest.fixture

@@ -34,11 +34,14 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def nats_url() -> str:
-    """The URL of a running nats-server with JetStream (started here if need be)."""
+def nats_url() -> Iterator[str]:
+    """The URL of a running nats-server with JetStream. One started here is stopped, and
+    its store deleted, when the session ends; one that was running already is left."""
     url = os.environ.get("NATS_URL")
     if url:
-        return url
+        yield url
+        return
+    running = subprocess.run([str(NATS_SH), "env"], capture_output=True, timeout=30, check=False)
     try:
         done = subprocess.run(
             [str(NATS_SH), "start"], capture_output=True, text=True, timeout=300, check=False
@@ -49,7 +52,11 @@ def nats_url() -> str:
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines or not lines[-1].startswith("NATS_URL="):
         _unavailable(f"{NATS_SH} start exited {done.returncode}: {done.stderr.strip()[-500:]}")
-    return lines[-1].split("=", 1)[1]
+    try:
+        yield lines[-1].split("=", 1)[1]
+    finally:
+        if running.returncode != 0:
+            subprocess.run([str(NATS_SH), "clean"], capture_output=True, timeout=60, check=False)
 
 
 @pytest.fixture(scope="session")
