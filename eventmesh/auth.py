@@ -296,7 +296,9 @@ class Authenticator:
         raise UnauthenticatedError("no credentials: send " + " or ".join(wanted))
 
     def _from_token(self, token: str) -> Principal:
-        digest = hashlib.sha256(token.encode()).digest()
+        # surrogateescape: a header's bytes that are not UTF-8 (aiohttp keeps them as
+        # surrogates) are hashed as sent, so they are a token not accepted, not a crash.
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         found: str | None = None
         for expected, principal in self._digests:  # every one, so timing tells nothing
             if hmac.compare_digest(digest, expected):
@@ -335,7 +337,10 @@ class Authenticator:
                 leeway=config.leeway,
                 options={"require": required},
             )
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
+            # TypeError: the header's alg is allowed but of another key type than the key
+            # it names (ES256 on an RSA key); ValueError: bytes that are not UTF-8. Both
+            # come from tokens anyone can write, so they are refusals, not crashes.
             raise UnauthenticatedError("the bearer token was not accepted") from exc
         name = claims.get(config.principal_claim)
         if not isinstance(name, str) or not name:

@@ -8,10 +8,12 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 import anyio
 import anyio.abc
 import msgspec
 
+from eventmesh._redact import redact_url
 from eventmesh.auth import Authenticator, JwtConfig
 from eventmesh.errors import ConfigError
 
@@ -44,10 +46,10 @@ class JwksSource:
         start without the keys it was told to check tokens against)."""
         try:
             self.authenticator.set_jwks(await self._read())
-        except (OSError, ValueError, msgspec.DecodeError) as exc:
-            source = self.config.jwks_file or self.config.jwks_url
+        except (OSError, ValueError, TypeError, msgspec.DecodeError, aiohttp.ClientError) as exc:
+            source = self.config.jwks_file or redact_url(self.config.jwks_url or "")
             raise ConfigError(
-                f"cannot load the JWKS from {source!r}: {exc}", key="auth.jwt"
+                f"cannot load the JWKS from {source!r}: {_describe(exc)}", key="auth.jwt"
             ) from exc
         self._last = anyio.current_time()
 
@@ -64,16 +66,21 @@ class JwksSource:
             self._wanted = anyio.Event()
             try:
                 self.authenticator.set_jwks(await self._read())
-            except (OSError, ValueError, msgspec.DecodeError, ConfigError) as exc:
-                log.warning("could not refresh the JWKS from %s: %s", self.config.jwks_url, exc)
+            except Exception as exc:  # whatever the IdP answers, the keys in use stay
+                # A refresh must never end this task: its failure would cancel the
+                # sidecar's task group and stop the sidecar. Hang-ups (aiohttp's
+                # ClientError), JSON that is not a key set (TypeError): log, keep the old.
+                log.warning(
+                    "could not refresh the JWKS from %s, keeping the keys in use: %s",
+                    redact_url(self.config.jwks_url),
+                    _describe(exc),
+                )
             self._last = anyio.current_time()
 
     async def _read(self) -> Any:
         if self.config.jwks_file is not None:
             body = await anyio.Path(Path(self.config.jwks_file)).read_bytes()
         else:
-            import aiohttp
-
             timeout = aiohttp.ClientTimeout(total=TIMEOUT)
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
@@ -81,7 +88,22 @@ class JwksSource:
             ):
                 if response.status != 200:
                     raise ValueError(f"the JWKS URL answered HTTP {response.status}")
-                body = await response.content.read(MAX_SIZE + 1)
+                # read(n) returns what has arrived so far, not n bytes: read to the end.
+                chunks: list[bytes] = []
+                size = 0
+                while size <= MAX_SIZE and (chunk := await response.content.read(MAX_SIZE)):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                body = b"".join(chunks)
         if len(body) > MAX_SIZE:
             raise ValueError(f"the JWKS is larger than {MAX_SIZE} bytes")
-        return msgspec.json.decode(body)
+        keys = msgspec.json.decode(body)
+        if not isinstance(keys, dict):
+            raise ValueError(f"the JWKS is a JSON {type(keys).__name__}, not an object")
+        return keys
+
+
+def _describe(exc: BaseException) -> str:
+    """An error for a log line: its message, or its class when it has none (aiohttp's
+    hang-ups)."""
+    return str(exc) or type(exc).__name__
