@@ -3,7 +3,8 @@
 One place decides what a secret looks like, so every path that renders a URL, a set
 of headers or a connector's config hides the same things (docs/security.md):
 
-* a URL's password (``user:***@host``) and the values of token-ish query parameters
+* a URL's password (``user:***@host``; a user name alone, the credential then, as
+  ``***@host``) and the values of token-ish query parameters
   (``?token=***``: :data:`SECRET_PARAMS`, and any name containing one of
   :data:`SECRET_WORDS`);
 * every header value (names are shown, values are ``***``);
@@ -102,7 +103,9 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
         user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:{MASK}@{host}" if colon else f"{user}@{host}"
+        # A user name without a password is the credential itself: a NATS token
+        # (nats://TOKEN@host), or Basic credentials that aiohttp sends for https://TOKEN@.
+        netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
     query = parts.query
     pairs = parse_qsl(query, keep_blank_values=True) if query else []
     if any(is_secret_name(name) for name, _ in pairs):

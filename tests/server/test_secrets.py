@@ -223,7 +223,7 @@ def test_a_config_error_does_not_echo_the_url() -> None:
             "https://h/x?API_KEY=***&Signature=***&code=***",
         ),
         ("https://h/x?client_secret=s&mytoken=t", "https://h/x?client_secret=***&mytoken=***"),
-        ("https://u@h/x?a=b c", "https://u@h/x?a=b c"),
+        ("https://u@h/x?a=b c", "https://***@h/x?a=b c"),
         ("http://h:notaport/", "***"),
     ],
 )

@@ -14,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+from eventmesh._redact import redact_url
 from eventmesh.config import Duration
 
 __all__ = [
@@ -156,7 +157,6 @@ class CoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 _SECRETS = frozenset({"token", "password"})
-_URL_PASSWORD = re.compile(r"^([a-z]+://[^:/@]*:)[^@]*@")
 
 
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -211,7 +211,7 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Send ``Nats-Msg-Id: <source> <id>`` so that a retried publish is stored once."""
 
     def __repr__(self) -> str:
-        """Every field, with the token, the password and any password in a server URL
+        """Every field, with the token, the password and any credential in a server URL
         shown as ``***``: a config printed whole leaks no credential."""
         parts = []
         for name in self.__struct_fields__:
@@ -219,7 +219,7 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             if name in _SECRETS and value is not None:
                 shown = "'***'"
             elif name == "servers":
-                shown = repr([_URL_PASSWORD.sub(r"\1***@", url) for url in value])
+                shown = repr([redact_url(url) for url in value])
             else:
                 shown = repr(value)
             parts.append(f"{name}={shown}")

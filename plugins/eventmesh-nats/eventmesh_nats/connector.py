@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from eventmesh._redact import redact_url
 from eventmesh.bindings.nats import from_message, to_binary, to_structured, wrap_message
 from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition
 from eventmesh.errors import (
@@ -104,7 +105,8 @@ class NatsConnector(Connector):
 
     async def _open(self) -> None:
         config = self.config
-        where = f"connecting to NATS at {', '.join(config.servers)} (connector {self.name!r})"
+        servers = ", ".join(map(redact_url, config.servers))  # a URL may hold a password
+        where = f"connecting to NATS at {servers} (connector {self.name!r})"
         options: dict[str, Any] = {
             "servers": list(config.servers),
             "name": config.name,
@@ -146,7 +148,7 @@ class NatsConnector(Connector):
             with tolerated("closing after a failed open"):
                 await nc.close()
             raise
-        log.info("connector %r connected to %s (%s mode)", self.name, config.servers, config.mode)
+        log.info("connector %r connected to %s (%s mode)", self.name, servers, config.mode)
 
     async def _close(self) -> None:
         for consumer in list(self.consumers):
