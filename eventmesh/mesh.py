@@ -404,10 +404,13 @@ class Mesh(Client):
         """Compile filter and transform specs in a worker thread, with the errors and
         limits :meth:`subscribe` would give: for specs from the network, whose compile
         (a few ms up to ``limits.filters.max_size``) must not hold the event loop. Pass
-        the callables it returns to :meth:`subscribe`."""
+        the callables it returns to :meth:`subscribe`. A ``call`` step is refused: it
+        would import and run any Python function the caller names, in this process, so
+        only the config file (or code using the mesh) may name one."""
         if filter is None and transform is None:
             return None, None
         where = f"subscribe({topic!r}, group={group!r})"
+        _refuse_code(transform, where=f"{where}.transform")
         limits = self.config.limits.filters
         return await anyio.to_thread.run_sync(
             lambda: compile_pipeline(filter, transform, where=where, limits=limits)
@@ -561,3 +564,20 @@ def _policy(delivery: DeliveryPolicy | Mapping[str, Any] | None, where: str) -> 
     if isinstance(delivery, DeliveryPolicy):
         return delivery
     return convert(delivery, DeliveryPolicy, key=f"{where}.delivery")
+
+
+def _refuse_code(transform: Any, *, where: str) -> None:
+    """ConfigError naming the first ``call`` step of a transform spec from the network
+    (a list of steps, or one step as a mapping), before anything is imported."""
+    steps = [transform] if isinstance(transform, Mapping) else transform
+    if not isinstance(steps, list):
+        return  # not a chain: compile_pipeline says what is wrong with it
+    for i, step in enumerate(steps):
+        if isinstance(step, Mapping) and "call" in step:
+            raise ConfigError(
+                "a 'call' step imports and runs Python code inside the sidecar, so only "
+                "the sidecar's config file may name one; over the API use the other step "
+                "kinds (set, rename, remove, constant, template, original), or put the "
+                "subscription in the config file",
+                key=f"{where}[{i}].call",
+            )
