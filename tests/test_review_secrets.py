@@ -88,3 +88,33 @@ async def test_the_nats_connected_log_line_does_not_show_the_servers_credentials
     finally:
         await connector.close()
     assert SECRET not in caplog.text
+
+
+FUNCTION = {
+    "name": "f",
+    "trigger": {"topic": "t"},
+    "url": f"http://u:{SECRET}@127.0.0.1:9/x?token={SECRET}",
+    "headers": {"Authorization": f"Bearer {SECRET}"},
+}
+
+
+def test_a_printed_config_shows_no_http_function_secret() -> None:
+    """An HTTP function's URL credentials and header values are masked in the repr of a
+    loaded config, as a webhook sink's are."""
+    from eventmesh.config import load_config
+
+    shown = repr(load_config({"functions": [FUNCTION]}))
+    assert SECRET not in shown
+    assert "'Authorization': '***'" in shown
+    assert "u:***@127.0.0.1:9" in shown
+
+
+def test_a_function_url_config_error_does_not_echo_its_credentials() -> None:
+    from eventmesh.config import load_config
+    from eventmesh.errors import ConfigError
+
+    bad = {**FUNCTION, "url": f"ftp://u:{SECRET}@127.0.0.1/?token={SECRET}"}
+    with pytest.raises(ConfigError) as caught:
+        load_config({"functions": [bad]})
+    assert SECRET not in str(caught.value)
+    assert "ftp://u:***@127.0.0.1/" in str(caught.value)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import msgspec
 
 from eventmesh._duration import Duration
+from eventmesh._redact import redact_headers, redact_url
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError
 from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
@@ -134,6 +135,19 @@ class FunctionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     """HTTP functions: extra request headers."""
 
+    def __repr__(self) -> str:
+        """The settings with the URL's credentials and the header values shown as
+        ``***``, as a webhook sink's are (a config may be printed or logged whole)."""
+        parts = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name == "url" and value is not None:
+                value = redact_url(value)
+            elif name == "headers":
+                value = redact_headers(value)
+            parts.append(f"{name}={value!r}")
+        return f"FunctionConfig({', '.join(parts)})"
+
     @property
     def group(self) -> str:
         """The consumer group the function reads as."""
@@ -228,7 +242,7 @@ def check_function(
             return "a function names exactly one of 'handler: module:function' or 'url'", []
     if spec.url is not None:
         if not spec.url.startswith(("http://", "https://")):
-            return f"url {spec.url!r} must be an http:// or https:// URL", ["url"]
+            return f"url {redact_url(spec.url)!r} must be an http:// or https:// URL", ["url"]
         if spec.isolation == "process":
             return "an HTTP function runs at its URL; isolation: process is for handlers", [
                 "isolation"
