@@ -151,8 +151,8 @@ def create_app(
             web.get("/subscriptions/{id}", api.get, allow_head=False),
             web.delete("/subscriptions/{id}", api.delete),
             web.get("/subscriptions/{id}/events", api.pull, allow_head=False),
-            web.post("/subscriptions/{id}/ack", api.ack),
-            web.post("/subscriptions/{id}/nack", api.nack),
+            web.post("/subscriptions/{id}/ack", api.ack, expect_handler=_expect),
+            web.post("/subscriptions/{id}/nack", api.nack, expect_handler=_expect),
             web.get("/subscriptions/{id}/stream", api.stream, allow_head=False),
         ]
     )
