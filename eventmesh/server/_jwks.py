@@ -46,7 +46,14 @@ class JwksSource:
         start without the keys it was told to check tokens against)."""
         try:
             self.authenticator.set_jwks(await self._read())
-        except (OSError, ValueError, TypeError, msgspec.DecodeError, aiohttp.ClientError) as exc:
+        except (
+            OSError,
+            ValueError,
+            TypeError,
+            RecursionError,
+            msgspec.DecodeError,
+            aiohttp.ClientError,
+        ) as exc:
             source = self.config.jwks_file or redact_url(self.config.jwks_url or "")
             raise ConfigError(
                 f"cannot load the JWKS from {source!r}: {_describe(exc)}", key="auth.jwt"

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.anyio
 FREE = {"http": {"port": 0}, "grpc": {"port": 0}, "admin": {"port": 0}}
 TOKEN = "tok-billing-0123456789"
 DIGEST = hashlib.sha256(TOKEN.encode()).hexdigest()
+DEEP = b"[" * 100_000 + b"]" * 100_000
+"""JSON nested deeper than the decoder recurses."""
 EVENT = {"specversion": "1.0", "id": "1", "type": "t", "source": "/s"}
 
 
@@ -203,7 +205,7 @@ async def status_of(session: aiohttp.ClientSession, sidecar: Sidecar, token: str
 
 
 @pytest.mark.parametrize(
-    "answer", [b"[1, 2]", b"5", b'"keys"', b"null", "hang up", "truncated", b"{}"]
+    "answer", [b"[1, 2]", b"5", b'"keys"', b"null", "hang up", "truncated", b"{}", DEEP]
 )
 async def test_a_jwks_refresh_that_fails_keeps_the_sidecar_serving(
     idp: dict[str, Any], answer: Any, monkeypatch: pytest.MonkeyPatch
@@ -246,3 +248,15 @@ async def test_a_jwks_larger_than_one_read_loads(idp: dict[str, Any]) -> None:
             aiohttp.ClientSession() as session,
         ):
             assert await status_of(session, sidecar, key.token()) == 202
+
+
+@pytest.mark.parametrize("answer", [b"[1, 2]", DEEP, "hang up"])
+async def test_a_jwks_url_that_answers_garbage_at_start_is_a_config_error(
+    idp: dict[str, Any], answer: Any
+) -> None:
+    """The first load says what is wrong in one ConfigError naming auth.jwt."""
+    import eventmesh
+
+    idp["answer"] = answer
+    with anyio.fail_after(30), pytest.raises(eventmesh.ConfigError, match=r"auth\.jwt"):
+        await Sidecar(config({"jwks_url": idp["url"]})).__aenter__()
