@@ -186,12 +186,36 @@ class CertIdentity(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_grpc(cls, auth_context: Mapping[str, Iterable[bytes]]) -> CertIdentity | None:
-        """From a gRPC server context's ``auth_context()`` (None: no client certificate)."""
-        cns = [v.decode() for v in auth_context.get("x509_common_name", ())]
-        sans = tuple(v.decode() for v in auth_context.get("x509_subject_alternative_name", ()))
-        if not cns and not sans:
+        """From a gRPC server context's ``auth_context()`` (None: no client certificate).
+
+        The certificate itself (``x509_pem_cert``) is read, so the names are taken exactly
+        as :meth:`from_peercert` takes them over HTTP: the subject's common name, and the
+        DNS and URI alternative names in the certificate's order (gRPC's own list mixes in
+        e-mail addresses and IPs)."""
+        pem = next(iter(auth_context.get("x509_pem_cert", ())), None)
+        if pem is None:
             return None
-        return cls(cns[0] if cns else None, sans)
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+            names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            cn = str(names[0].value) if names else None
+            try:
+                alternatives: x509.SubjectAlternativeName | None = (
+                    cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                )
+            except x509.ExtensionNotFound:
+                alternatives = None
+        except ValueError:
+            return None  # not a certificate we can read: no identity from it
+        sans = tuple(
+            str(name.value)
+            for name in (alternatives or ())
+            if isinstance(name, x509.DNSName | x509.UniformResourceIdentifier)
+        )
+        return cls(cn, sans)
 
 
 def resolve_tokens(auth: AuthConfig, env: Mapping[str, str], *, key: str = "auth") -> AuthConfig:
