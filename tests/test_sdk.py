@@ -79,9 +79,9 @@ async def test_iterating_a_handler_subscription_is_an_error() -> None:
 
 
 async def test_unknown_connector_types_and_bad_addresses_say_what_to_do() -> None:
-    """A missing plugin names the install command; an address of no known scheme, or a
-    sidecar address with a config, is refused clearly."""
-    with pytest.raises(ConfigError, match="pip install eventmesh-rabbit"):
+    """A missing plugin names the real packages to install; an address of no known scheme,
+    or a sidecar address with a config, is refused clearly."""
+    with pytest.raises(ConfigError, match="pip install eventmesh-kafka"):
         eventmesh.connect(config={"connectors": {"default": {"type": "rabbit"}}})
     with pytest.raises(ConfigError, match="http:// or grpc://"):
         eventmesh.connect("amqp://127.0.0.1:5672")

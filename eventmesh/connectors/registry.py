@@ -18,6 +18,12 @@ __all__ = ["ENTRY_POINT_GROUP", "available_connectors", "load_connector"]
 ENTRY_POINT_GROUP = "eventmesh.connectors"
 
 
+#: The connectors this project publishes, by type name, and the package that installs
+#: each. An install hint only ever names one of these: never a package made up from a
+#: misspelled type.
+_KNOWN_PACKAGES = {"kafka": "eventmesh-kafka", "nats": "eventmesh-nats"}
+
+
 @cache
 def _entry_points() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
@@ -28,22 +34,35 @@ def available_connectors() -> list[str]:
     return sorted(_entry_points())
 
 
+def _not_found(name: str, installed: list[str]) -> str:
+    """Why no connector is called ``name``, with the nearest real name and how to get it."""
+    listed = ", ".join(installed) or "none"
+    text = f"no connector named {name!r} is installed (installed: {listed})."
+    if name in _KNOWN_PACKAGES:
+        return f"{text} Install it: pip install {_KNOWN_PACKAGES[name]}"
+    close = difflib.get_close_matches(name, [*installed, *_KNOWN_PACKAGES], n=1)
+    if close and close[0] in installed:
+        return f"{text} Did you mean {close[0]!r}?"
+    if close:
+        return f"{text} Did you mean {close[0]!r}? (pip install {_KNOWN_PACKAGES[close[0]]})"
+    known = ", ".join(f"{n} (pip install {p})" for n, p in _KNOWN_PACKAGES.items())
+    return (
+        f"{text} Misspelled, or not installed? This project's connectors are {known}; "
+        "a third-party connector is installed from its own package."
+    )
+
+
 def load_connector(name: str) -> type[Connector]:
     """The connector class registered as ``name``.
 
-    Raises ``PluginNotFoundError`` (with near matches and the install hint) when no
-    connector has that name, ``PluginLoadError`` when it is installed but fails to import.
+    Raises ``PluginNotFoundError`` (with the nearest installed name, and the package to
+    install only for this project's own connectors) when no connector has that name,
+    ``PluginLoadError`` when it is installed but fails to import.
     """
     eps = _entry_points()
     ep = eps.get(name)
     if ep is None:
-        close = difflib.get_close_matches(name, eps, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise PluginNotFoundError(
-            f"no connector named {name!r} is installed (installed: "
-            f"{', '.join(sorted(eps)) or 'none'}).{hint} Misspelled, or not installed? "
-            f"Connectors are separate packages: pip install eventmesh-{name}"
-        )
+        raise PluginNotFoundError(_not_found(name, sorted(eps)))
     try:
         cls = ep.load()
     except Exception as exc:  # any import-time failure of a third-party plugin

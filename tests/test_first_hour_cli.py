@@ -1,0 +1,33 @@
+"""The first hour with the eventmesh command: help, version, handler imports and the
+hints that a mistake gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventmesh.connectors.registry import _not_found, load_connector
+from eventmesh.errors import PluginNotFoundError
+
+
+def test_a_misspelled_type_suggests_the_installed_name_and_no_made_up_package() -> None:
+    """'kafak' suggests the installed 'kafka', never 'pip install eventmesh-kafak'."""
+    with pytest.raises(PluginNotFoundError) as caught:
+        load_connector("kafak")
+    assert "Did you mean 'kafka'?" in str(caught.value)
+    assert "eventmesh-kafak" not in str(caught.value)
+
+
+def test_an_unknown_type_names_only_packages_that_exist() -> None:
+    """A type near no connector lists this project's real packages, not eventmesh-<type>."""
+    with pytest.raises(PluginNotFoundError) as caught:
+        load_connector("rabbit")
+    text = str(caught.value)
+    assert "eventmesh-rabbit" not in text
+    assert "pip install eventmesh-kafka" in text
+    assert "pip install eventmesh-nats" in text
+
+
+def test_a_known_connector_that_is_not_installed_names_its_package() -> None:
+    """Without the plugin, 'kafka' and its misspelling name the real package to install."""
+    assert _not_found("kafka", ["memory"]).endswith("pip install eventmesh-kafka")
+    assert "Did you mean 'kafka'? (pip install eventmesh-kafka)" in _not_found("kafak", ["memory"])
