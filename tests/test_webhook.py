@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -350,7 +351,7 @@ async def test_a_refused_connection_is_retryable() -> None:
     async with Receiver() as receiver:
         url = receiver.url
     async with WebhookSession() as session:
-        with pytest.raises(DeliveryError, match="retrying") as info:
+        with pytest.raises(DeliveryError, match="failed") as info:
             await WebhookSink(url, session=session)(order())
     assert info.value.retryable
 
@@ -562,3 +563,27 @@ async def test_a_bad_sink_setting_is_a_config_error_naming_the_subscription() ->
     with pytest.raises(ConfigError, match=r"above 0s") as info:
         configured("http://127.0.0.1:1/", sink={"timeout": 0})
     assert info.value.key == "subscriptions[0].sink.timeout"
+
+
+async def test_only_the_last_attempt_says_it_was_dead_lettered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Earlier attempts log when they retry; the dead letter's error and the final record
+    say where the event went and after how many attempts, never "retrying"."""
+    caplog.set_level(logging.DEBUG, logger="eventmesh.delivery")
+    async with (
+        Receiver(statuses(*[503] * 10)) as receiver,
+        configured(receiver.url, delivery={"max_attempts": 2}) as mesh,
+    ):
+        await mesh.publish("orders", order())
+        (dead,) = await read(mesh, "orders.dlq")
+    error = str(dead.extensions["deadlettererror"])
+    assert "answered 503" in error
+    assert "retrying" not in error
+    messages = [r.getMessage() for r in caplog.records if dead.id in r.getMessage()]
+    retries = [m for m in messages if "retrying in" in m]
+    assert len(retries) == 1
+    assert "attempt 1 of event" in retries[0]
+    (final,) = [m for m in messages if "dead-lettered" in m]
+    assert "to orders.dlq after 2 attempts, not retrying" in final
+    assert "retrying" not in final.replace("not retrying", "")

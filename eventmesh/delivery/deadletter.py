@@ -118,12 +118,15 @@ async def dead_letter(
     fields = event_fields(event, name, reason=reason, error=error)
     if dlq_topic is None:
         logger.error(
-            "%s dropped event %s (%s: %s): no dead-letter topic is set",
+            "%s dropped event %s after %d attempt%s, not retrying (%s: %s): "
+            "no dead-letter topic is set",
             owner,
             event.id,
+            attempts,
+            "" if attempts == 1 else "s",
             reason,
             error,
-            extra=fields,
+            extra={**fields, "attempt": attempts},
         )
         return
     dead = dead_letter_event(
@@ -131,11 +134,13 @@ async def dead_letter(
     )
     await store_dead_letter(publish, dlq_topic, dead, backoff=backoff, where=owner)
     logger.warning(
-        "%s dead-lettered event %s to %s (%s: %s)",
+        "%s dead-lettered event %s to %s after %d attempt%s, not retrying (%s: %s)",
         owner,
         event.id,
         dlq_topic,
+        attempts,
+        "" if attempts == 1 else "s",
         reason,
         error,
-        extra={**fields, "dead_letter_topic": dlq_topic},
+        extra={**fields, "dead_letter_topic": dlq_topic, "attempt": attempts},
     )

@@ -260,22 +260,20 @@ class WebhookSession(ClosedOnExit):
                 )
         except TimeoutError as exc:
             raise DeliveryError(
-                f"POST {where} timed out after {timeout:g}s (the sink's timeout); retrying"
+                f"POST {where} timed out after {timeout:g}s (the sink's timeout)"
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, AddressRefused):
                 raise DeliveryError(
                     f"POST {where} refused: {exc.os_error}", retryable=False
                 ) from exc
-            raise DeliveryError(f"POST {where} failed: {exc}; retrying") from exc
+            raise DeliveryError(f"POST {where} failed: {exc}") from exc
         except aiohttp.InvalidURL as exc:
             raise DeliveryError(
                 f"POST {where} failed: invalid URL ({exc})", retryable=False
             ) from exc
         except aiohttp.ClientError as exc:
-            raise DeliveryError(
-                f"POST {where} failed: {type(exc).__name__}: {exc}; retrying"
-            ) from exc
+            raise DeliveryError(f"POST {where} failed: {type(exc).__name__}: {exc}") from exc
 
 
 async def _read(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
@@ -314,7 +312,7 @@ class _Batch:
         self.full = anyio.Event()
         self.done = anyio.Event()
         self.outcome: list[Event] | DeliveryError = DeliveryError(
-            "the batch request was cancelled before it was answered; retrying"
+            "the batch request was cancelled before it was answered"
         )
 
 
@@ -415,7 +413,7 @@ class WebhookSink:
             text += f": {snippet!r}{'...' if answer.truncated else ''}"
         if status >= 500 or status in RETRYABLE_STATUSES:
             retry_after = retry_after_seconds(answer.headers.get("Retry-After"))
-            raise DeliveryError(f"{text}; retrying", retry_after=retry_after)
+            raise DeliveryError(text, retry_after=retry_after)
         raise DeliveryError(
             f"{text}; not retried: the receiver refuses the event (only connection errors, "
             "timeouts, 404, 408, 409, 429 and 5xx are retried)",
@@ -474,7 +472,7 @@ class WebhookSink:
             batch.outcome = exc
             raise
         except Exception as exc:
-            batch.outcome = DeliveryError(f"POST {self.where} failed: {exc!r}; retrying")
+            batch.outcome = DeliveryError(f"POST {self.where} failed: {exc!r}")
             raise
         finally:
             batch.done.set()
