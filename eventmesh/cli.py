@@ -7,7 +7,10 @@
     eventmesh subscribe TOPIC [--group G] [--start earliest] [--url URL]
     eventmesh functions [--admin-url URL]                 list a running sidecar's functions
     eventmesh check-config mesh.yaml                      check a config file and exit
-    eventmesh version                                     print the version
+    eventmesh version                                     print the version (or --version)
+
+A bare ``eventmesh`` prints the commands, one line each, and exits 0 (as kubectl and
+docker do).
 
 ``publish`` and ``subscribe`` talk to a running sidecar (``--url``, by default
 ``$EVENTMESH_URL`` or ``http://127.0.0.1:10105``; ``https://``, ``grpc://`` and
@@ -75,11 +78,28 @@ def _add_credentials(command: argparse.ArgumentParser) -> None:
         )
 
 
+class _CommandsHelp(argparse.HelpFormatter):
+    """Help that lists each command on one line. argparse before 3.13 measures command
+    names one indent short of where it prints them, so ``check-config`` wrapped."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            longest = max(map(len, action.choices), default=0)
+            width = longest + self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, width)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="eventmesh", description="A CloudEvents mesh for Python services."
+        prog="eventmesh",
+        description="A CloudEvents mesh for Python services.",
+        formatter_class=_CommandsHelp,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"eventmesh {__version__}")
+    # Not required: a bare ``eventmesh`` prints this help and exits 0, as kubectl and
+    # docker do (see main).
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     run = commands.add_parser("run", help="run the sidecar until SIGTERM or Ctrl-C")
     run.add_argument("-c", "--config", help="YAML config file (default: one in-memory connector)")
     run.add_argument(
@@ -352,7 +372,11 @@ def _only_error(group: BaseExceptionGroup[BaseException]) -> EventMeshError | No
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare ``eventmesh``: the commands, one line each
+        parser.print_help()
+        return 0
     if args.command == "version":
         print(f"eventmesh {__version__}")
         return 0
