@@ -228,14 +228,17 @@ class Mesh(Client):
 
     # -- publishing ----------------------------------------------------------------------
 
-    async def publish(self, topic: str, events: Event | Sequence[Event]) -> None:
+    async def publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]:
         """Store one event or a list of events on ``topic``.
 
-        Returns once the topic's connector has stored every one of them; raises
-        ``PublishError`` otherwise (then none may be assumed stored, though some may be).
+        Returns the ids of the events, in order, once the topic's connector has stored
+        every one of them; raises ``PublishError`` otherwise (then none may be assumed
+        stored, though some may be).
         """
         self._check_open()
-        await self._store(topic, _as_batch(events))
+        batch = _as_batch(events)
+        await self._store(topic, batch)
+        return [event.id for event in batch]
 
     async def _publish_internal(self, topic: str, events: Event | Sequence[Event]) -> None:
         """Store what the mesh publishes on its own behalf (the replies of handlers and

@@ -90,9 +90,10 @@ class Client(ClosedOnExit, abc.ABC):
         return f"{type(self).__name__}(...) as client"
 
     @abc.abstractmethod
-    async def publish(self, topic: str, events: Event | Sequence[Event]) -> None:
-        """Store events on a topic; returns once stored, raises ``PublishError`` if not;
-        ``EventValidationError`` for something that is not a valid event."""
+    async def publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]:
+        """Store events on a topic; returns the ids of the events stored, in order, once
+        all are stored; raises ``PublishError`` if not; ``EventValidationError`` for
+        something that is not a valid event."""
 
     @abc.abstractmethod
     def subscribe(

@@ -239,9 +239,10 @@ class GrpcClient(Client):
 
     # -- publishing ----------------------------------------------------------------------
 
-    async def publish(self, topic: str, events: Event | Sequence[Event]) -> None:
-        """Store one event or a list of events on ``topic``; returns once the sidecar
-        stored them all. Raises what the sidecar raised (``PublishError``, ...)."""
+    async def publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]:
+        """Store one event or a list of events on ``topic``; returns the ids of the
+        events, in order, once the sidecar stored them all (all or nothing). Raises what
+        the sidecar raised (``PublishError``, ...)."""
         self._check_open()
         if not isinstance(topic, str):
             raise ConfigError(f"a topic name must be a non-empty string, got {topic!r}")
@@ -249,7 +250,7 @@ class GrpcClient(Client):
             if isinstance(events, Event):
                 request = pb.PublishRequest(topic=topic, event=to_proto(events))
                 await self._publish(request, metadata=self._metadata)
-                return
+                return [events.id]
             if not isinstance(events, list | tuple):
                 raise EventValidationError(
                     "publish takes an eventmesh.Event or a list of them, got "
@@ -267,6 +268,9 @@ class GrpcClient(Client):
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.address) from exc
+        # PublishResponse.ids holds these same ids (the server reads them from the
+        # request and stores it all or nothing); the ones sent need no decoding.
+        return [event.id for event in events]
 
     # -- subscribing ---------------------------------------------------------------------
 

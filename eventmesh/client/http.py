@@ -250,23 +250,25 @@ class HttpClient(Client):
 
     # -- publishing ----------------------------------------------------------------------
 
-    async def publish(self, topic: str, events: Event | Sequence[Event]) -> None:
+    async def publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]:
         """Store one event or a list of events on ``topic`` through the sidecar.
 
-        Returns once the sidecar says every one is stored; raises ``PublishError`` when
+        Returns the ids of the events, in order, once the sidecar says every one is
+        stored (it stores a request all or nothing); raises ``PublishError`` when
         not (none may be assumed stored), ``ConnectError`` when the sidecar cannot be
         reached, and ``EventValidationError`` before sending for what is not an Event.
         """
         self._check_open()
-        await self._publish(topic, events)
+        return await self._publish(topic, events)
 
-    async def _publish(self, topic: str, events: Event | Sequence[Event]) -> None:
+    async def _publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]:
         """:meth:`publish`, also while the client closes (for the handlers' replies)."""
         _check_topic(topic)
         if isinstance(events, Event):
             # Structured, not binary: the JSON format keeps extension types (an int stays
             # an int), so a remote publish stores what an embedded one would.
             headers, body = to_structured(events)
+            ids = [events.id]
         elif isinstance(events, list | tuple):
             for i, event in enumerate(events):
                 if type(event) is not Event:
@@ -275,14 +277,17 @@ class HttpClient(Client):
                         "eventmesh.Event (convert SDK events with Event.from_cloudevent)"
                     )
             if not events:
-                return
+                return []
             headers, body = to_batch(events)
+            ids = [event.id for event in events]
         else:
             raise EventValidationError(
                 f"publish takes an eventmesh.Event or a list of them, got {type(events).__name__}"
             )
         path = f"/topics/{quote(topic, safe='')}/events"
         await self._request("POST", path, data=body, headers=headers, failure=PublishError)
+        # The sidecar answers these same ids: they are the ids of the events it parsed.
+        return ids
 
     # -- subscribing ---------------------------------------------------------------------
 

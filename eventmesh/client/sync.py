@@ -152,9 +152,9 @@ class BlockingClient:
             raise ClosedError("the blocking client is not open; use it in a 'with' block")
         return self._portal
 
-    def publish(self, topic: str, events: Event | Sequence[Event]) -> None:
-        """Store events on ``topic``; returns once they are stored."""
-        self.portal.call(self._client.publish, topic, events)
+    def publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]:
+        """Store events on ``topic``; returns their ids, in order, once they are stored."""
+        return self.portal.call(self._client.publish, topic, events)
 
     def subscribe(self, topic: str, group: str, **options: Any) -> BlockingSubscription:
         """As :meth:`Client.subscribe`; use the result in a ``with`` block.

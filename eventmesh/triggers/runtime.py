@@ -58,7 +58,7 @@ _HTTP_TIMEOUT = 10.0
 class Host(Protocol):
     """What the functions need of their mesh: publish, subscribe and its webhook client."""
 
-    async def publish(self, topic: str, events: Event | Sequence[Event]) -> None: ...
+    async def publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]: ...
 
     async def _publish_internal(self, topic: str, events: Event | Sequence[Event]) -> None:
         """Publish replies and dead letters; unlike ``publish``, also while closing."""
