@@ -23,6 +23,8 @@ def import_callable(target: str, *, where: str) -> Callable[..., Any]:
             f"{where}: cannot import module {module_name!r} ({exc}); is it installed and on "
             "the Python path?"
         ) from exc
+    except Exception as exc:  # the user's module raised while it was imported
+        raise ConfigError(f"{where}: importing module {module_name!r} failed: {exc!r}") from exc
     obj: Any = module
     for part in attr.split("."):
         try:

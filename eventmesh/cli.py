@@ -6,7 +6,8 @@
     eventmesh publish TOPIC --type T --source S [--data JSON] [--url URL]
     eventmesh subscribe TOPIC [--group G] [--start earliest] [--url URL]
     eventmesh functions [--admin-url URL]                 list a running sidecar's functions
-    eventmesh check-config mesh.yaml                      check a config file and exit
+    eventmesh check-config mesh.yaml                      check a config file, import its
+                                                          handlers, and exit
     eventmesh version                                     print the version (or --version)
 
 A bare ``eventmesh`` prints the commands, one line each, and exits 0 (as kubectl and
@@ -23,6 +24,9 @@ Every command that talks to a sidecar sends ``--token`` (default ``$EVENTMESH_TO
 as a bearer token, trusts ``--ca-file`` (``$EVENTMESH_CA_FILE``) for TLS, and presents
 ``--cert-file`` and ``--key-file`` (``$EVENTMESH_CERT_FILE``, ``$EVENTMESH_KEY_FILE``)
 to a sidecar that asks for a client certificate.
+
+``run`` and ``check-config`` import ``module:function`` handlers from the config file's
+folder first, then the working directory, then the installed packages.
 
 Configuration precedence: ``--set`` flags, then ``EVENTMESH__...`` environment variables,
 then the file, then the defaults (see eventmesh.config).
@@ -137,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
         "--admin-url", default=admin_url, help=f"the sidecar's admin API (default {admin_url})"
     )
     _add_credentials(functions)
-    check = commands.add_parser("check-config", help="check a config file and exit")
+    check = commands.add_parser(
+        "check-config", help="check a config file and import its handlers, then exit"
+    )
     check.add_argument("file", help="the YAML config file")
     commands.add_parser("version", help="print the version")
     return parser
@@ -370,6 +376,19 @@ def _only_error(group: BaseExceptionGroup[BaseException]) -> EventMeshError | No
     return None
 
 
+def _put_on_import_path(config_file: str | None) -> None:
+    """Let handlers be imported as ``python`` would from where the user stands: the config
+    file's folder first, then the working directory (an installed ``eventmesh`` script,
+    unlike ``python -m``, has neither on ``sys.path``). Process workers inherit the path."""
+    folders = [os.getcwd()]
+    if config_file is not None:
+        folders.insert(0, os.path.dirname(os.path.abspath(config_file)))
+    for folder in reversed(folders):
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
@@ -400,13 +419,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.command == "check-config":
-            config = load_config(args.file, env=os.environ)
+            _put_on_import_path(args.file)
+            config = load_config(args.file, env=os.environ, import_handlers=True)
             print(
                 f"{args.file}: ok ({len(config.connectors)} connectors, "
                 f"{len(config.topics)} topics, {len(config.subscriptions)} subscriptions, "
                 f"{len(config.functions)} functions)"
             )
             return 0
+        _put_on_import_path(args.config)
         config = load_config(args.config, env=os.environ, overrides=_overrides(args.set))
     except EventMeshError as exc:
         print(f"eventmesh: {exc}", file=sys.stderr)

@@ -412,13 +412,16 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    import_handlers: bool = False,
 ) -> MeshConfig:
     """Load and check a configuration.
 
     ``source`` is a YAML file path, a mapping shaped like the file, a ready
     ``MeshConfig`` (returned as is when there is nothing to override) or None (the
     defaults: one in-memory connector). ``env`` is searched for ``EVENTMESH__``
-    variables; ``overrides`` maps dotted keys to values and wins over both.
+    variables; ``overrides`` maps dotted keys to values and wins over both. With
+    ``import_handlers``, every ``module:function`` handler of a subscription or function
+    is imported too, so a check fails exactly when starting the mesh would.
     Raises ConfigError naming the key and, for files, the line.
     """
     if isinstance(source, MeshConfig) and not env and not overrides:
@@ -457,7 +460,30 @@ def load_config(
             key="acl",
             line=_line(nodes, ["acl"]),
         )
+    if import_handlers:
+        _import_handlers(config, nodes)
     return config
+
+
+def _import_handlers(config: MeshConfig, nodes: yaml.Node | None) -> None:
+    """Import each configured handler as starting the mesh does; ConfigError at its key."""
+    from eventmesh._imports import import_callable
+
+    targets: list[tuple[list[str | int], str]] = [
+        (["subscriptions", i, "sink", "handler"], sub.sink.handler)
+        for i, sub in enumerate(config.subscriptions)
+        if sub.sink is not None and sub.sink.handler is not None
+    ]
+    targets += [
+        (["functions", i, "handler"], spec.handler)
+        for i, spec in enumerate(config.functions)
+        if spec.url is None and spec.handler is not None
+    ]
+    for path, target in targets:
+        try:
+            import_callable(target, where=f"handler {target!r}")
+        except ConfigError as exc:
+            raise ConfigError(str(exc), key=_dotted(path), line=_line(nodes, path)) from exc
 
 
 def _parse_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -57,13 +58,16 @@ FREE_PORTS = [
 ]
 
 
-def start_sidecar(*extra: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def start_sidecar(
+    *extra: str, cwd: Path | None = None
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """'eventmesh run' on free ports; returns the process and its 'running' log record."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventmesh.cli", "run", *FREE_PORTS, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=cwd,
     )
     deadline = time.monotonic() + 30
     line = ""
@@ -151,3 +155,63 @@ def test_functions_example_runs() -> None:
     assert "enriched order 1: tier gold (caused by order 1)" in result.stdout
     assert "enriched order 4: tier standard (caused by order 4)" in result.stdout
     assert "enrich: 4 invocations, 3 replies, 1 dropped" in result.stdout
+
+
+def example_config_beside_its_module(tmp_path: Path) -> Path:
+    """The mesh.yaml that examples/functions_enrich.py's docstring shows, written next to
+    a copy of the module in a folder that is not the working directory."""
+    source = (ROOT / "examples" / "functions_enrich.py").read_text(encoding="utf-8")
+    block = source.split("mesh.yaml::\n\n", 1)[1].split('\n"""', 1)[0]
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "functions_enrich.py").write_text(source, encoding="utf-8")
+    config = folder / "mesh.yaml"
+    config.write_text(textwrap.dedent(block), encoding="utf-8")
+    return config
+
+
+def test_the_functions_examples_yaml_imports_its_handler_from_beside_the_config(
+    tmp_path: Path,
+) -> None:
+    """'check-config' and 'run' of the example's YAML, from another folder, import the
+    handler module that sits next to the config file."""
+    config = example_config_beside_its_module(tmp_path)
+    checked = run("check-config", str(config), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "1 functions" in checked.stdout
+    proc, record = start_sidecar("-c", str(config), cwd=tmp_path)
+    try:
+        assert "1 functions" in record["message"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+
+
+def test_check_config_fails_as_run_would_on_a_handler_that_does_not_import(
+    tmp_path: Path,
+) -> None:
+    """A subscription or function handler that cannot be imported makes 'check-config'
+    exit 2 with its key, its line and the import error, as 'run' fails to start."""
+    config = tmp_path / "mesh.yaml"
+    config.write_text(
+        "subscriptions:\n"
+        "  - name: billing\n"
+        "    topic: orders\n"
+        '    sink: {handler: "nosuchmodule:handle"}\n',
+        encoding="utf-8",
+    )
+    checked = run("check-config", str(config))
+    assert checked.returncode == 2
+    assert "line 4: subscriptions[0].sink.handler:" in checked.stderr
+    assert "No module named 'nosuchmodule'" in checked.stderr
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom at import')\n")
+    config.write_text(
+        'functions:\n  - {name: f, trigger: {topic: t}, handler: "broken:handle"}\n',
+        encoding="utf-8",
+    )
+    checked = run("check-config", str(config))
+    assert checked.returncode == 2
+    assert "line 2: functions[0].handler:" in checked.stderr
+    assert "boom at import" in checked.stderr
+    assert "Traceback" not in checked.stderr

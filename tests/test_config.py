@@ -228,3 +228,16 @@ def test_server_and_webhook_values_are_checked_when_the_file_loads(
     with pytest.raises(ConfigError) as info:
         load_config(override)
     assert info.value.key == key
+
+
+def test_import_handlers_names_the_key_and_line_of_a_handler_that_does_not_import(
+    tmp_path: Path,
+) -> None:
+    """load_config(import_handlers=True) imports each handler; a missing module is a
+    ConfigError at the handler's key and line, while a plain load does not import."""
+    path = write(tmp_path, GOOD.replace('"json:dumps"', '"no_such_module_here:handle"'))
+    assert load_config(path).subscriptions[0].sink is not None
+    with pytest.raises(ConfigError, match="No module named 'no_such_module_here'") as caught:
+        load_config(path, import_handlers=True)
+    assert (caught.value.key, caught.value.line) == ("subscriptions[0].sink.handler", 9)
+    assert load_config(write(tmp_path, GOOD), import_handlers=True).subscriptions
