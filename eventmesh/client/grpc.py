@@ -97,19 +97,22 @@ def _translate(exc: grpc.aio.AioRpcError, address: str) -> EventMeshError:
     return error
 
 
-async def _connect(channel: grpc.aio.Channel, timeout: float) -> bool:
-    """Whether the channel connects within ``timeout`` seconds.
+async def _connect(channel: grpc.aio.Channel, timeout: float) -> grpc.ChannelConnectivity:
+    """The channel's state once its first connection attempt settles: ``READY``,
+    ``TRANSIENT_FAILURE`` as soon as the attempt fails (refused, TLS handshake failed:
+    failing now, as HTTP does, rather than retrying until ``timeout``), or the state it
+    is still in after ``timeout`` seconds.
 
     Polled rather than ``channel_ready()``: cutting that short leaves a connectivity
     watch in gRPC's core that resolves later, on a loop that may be closed by then.
     """
-    ready = grpc.ChannelConnectivity.READY
+    settled = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+    state = channel.get_state(try_to_connect=True)
     with anyio.move_on_after(timeout):
-        # ASYNC110: there is no event to wait on but that core watch.
-        while channel.get_state(try_to_connect=True) != ready:  # noqa: ASYNC110
+        while state not in settled:
             await anyio.sleep(0.01)
-        return True
-    return False
+            state = channel.get_state(try_to_connect=True)
+    return state
 
 
 class GrpcClient(Client):
@@ -118,7 +121,8 @@ class GrpcClient(Client):
     ``async with GrpcClient("127.0.0.1:10205") as client``.
 
     ``window`` is how many deliveries each subscription may hold unsettled;
-    ``connect_timeout`` how long entering waits for the sidecar before ``ConnectError``;
+    ``connect_timeout`` how long entering waits for a connection attempt that neither
+    succeeds nor fails before ``ConnectError`` (a refused one raises at once);
     ``options`` are passed to the gRPC channel. ``token`` is sent as ``authorization:
     Bearer <token>`` metadata on every call and stream. ``tls`` (implied by ``grpcs://``)
     speaks TLS, trusting ``ca_file`` (the system's CAs when None) and presenting
@@ -189,12 +193,12 @@ class GrpcClient(Client):
                 self.address, self._credentials, options=self._options
             )
         try:
-            ready = await _connect(channel, self.connect_timeout)
+            state = await _connect(channel, self.connect_timeout)
         except BaseException:
             await channel.close(None)
             self._state = "closed"
             raise
-        if not ready:
+        if state != grpc.ChannelConnectivity.READY:
             await channel.close(None)
             self._state = "closed"
             hint = "is 'eventmesh run' serving gRPC there?"
@@ -204,9 +208,12 @@ class GrpcClient(Client):
                     "that signed its certificate, and does it want a client certificate "
                     "(cert_file, key_file)?"
                 )
+            if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                why = "the connection attempt failed (refused, or TLS did not complete)"
+            else:
+                why = f"no connection within {self.connect_timeout:g}s"
             raise ConnectError(
-                f"cannot reach the eventmesh sidecar at {self.address} within "
-                f"{self.connect_timeout:g}s; {hint}"
+                f"cannot reach the eventmesh sidecar at {self.address}: {why}; {hint}"
             )
         self._channel = channel
         response = pb.PublishResponse.FromString

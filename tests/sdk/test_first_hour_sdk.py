@@ -1,12 +1,15 @@
-"""The first hour with the SDK: publish returns the ids of the events it stored."""
+"""The first hour with the SDK: publish returns the ids of the events it stored, and a
+sidecar that is not there fails a gRPC connect as soon as it fails an HTTP one."""
 
 from __future__ import annotations
+
+import socket
 
 import anyio
 import pytest
 
 import eventmesh
-from eventmesh import Event
+from eventmesh import ConnectError, Event
 from eventmesh.client.base import Client
 
 
@@ -40,3 +43,23 @@ def test_the_blocking_publish_returns_the_ids_too() -> None:
         events = [_order(1, id="a"), _order(2, id="b")]
         assert mesh.publish("orders", events) == ["a", "b"]
         assert mesh.publish("orders", _order(3, id="c")) == ["c"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+async def test_a_refused_connect_fails_at_once_over_both_transports(scheme: str) -> None:
+    """Nothing listening: the connect and first publish raise ConnectError naming the
+    address as soon as the connection is refused, well before gRPC's 10 s connect_timeout
+    (the bound is generous; before, gRPC retried until the timeout)."""
+    address = f"127.0.0.1:{_closed_port()}"
+    with anyio.fail_after(5), pytest.raises(ConnectError, match=address) as info:
+        async with eventmesh.connect(f"{scheme}://{address}") as client:
+            await client.publish("orders", _order(1))
+    assert "within" not in str(info.value)
