@@ -18,6 +18,7 @@ caller passes them (the CLI passes ``os.environ``; library code never reads it):
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -395,7 +396,7 @@ def convert(data: Any, kind: type[_T], *, key: str) -> _T:
     try:
         return msgspec.convert(data, kind, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        error = _config_error(str(exc), [], None)
+        error = _config_error(str(exc), [], None, kind)
         inner = f".{error.key}" if error.key else ""
         message = str(error).removeprefix(f"{error.key}: ") if error.key else str(error)
         raise ConfigError(message, key=f"{key}{inner}") from exc
@@ -441,18 +442,72 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
         data, nodes = _parse_yaml(text, str(path))
+        try:
+            return _load(data, nodes, env or {}, overrides or {}, import_handlers)
+        except ConfigError as exc:
+            raise _in_file(exc, path) from exc
+    return _load(data, nodes, env or {}, overrides or {}, import_handlers)
+
+
+def _in_file(error: ConfigError, path: Path) -> ConfigError:
+    """``error`` with the file it is about named first, keeping its key and line."""
+    text = str(error)
+    named = ConfigError(f"{path}, {text}" if text.startswith("line ") else f"{path}: {text}")
+    named.key, named.line = error.key, error.line
+    return named
+
+
+def _load(
+    data: Any,
+    nodes: yaml.Node | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    import_handlers: bool,
+) -> MeshConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of keys to values", line=1)
-    for key, value in _env_overrides(env or {}):
-        _set_path(data, key, value)
-    for dotted, value in (overrides or {}).items():
-        _set_path(data, [_index(p) for p in dotted.split(".")], value)
-    config = _convert(data, nodes, env or {})
+    variables: dict[str, str] = {}  # dotted key -> the variable or flag that set it
+    try:
+        setting = [(k, v, f"the environment variable {n}") for n, k, v in _env_overrides(env)]
+        setting += [
+            ([_index(p) for p in k.split(".")], v, f"--set {k}") for k, v in overrides.items()
+        ]
+        for key, value, setter in setting:
+            variables[_dotted(key)] = setter
+            try:
+                _set_path(data, key, value)
+            except ConfigError as exc:  # its key is a parent of this one
+                variables[exc.key or ""] = setter
+                raise
+        return _build(data, nodes, env, import_handlers)
+    except ConfigError as exc:
+        found = _setter(exc.key, variables)
+        if found is None:
+            raise
+        named = ConfigError(f"{exc} (set by {found})")
+        named.key, named.line = exc.key, exc.line
+        raise named from exc
+
+
+def _setter(key: str | None, variables: Mapping[str, str]) -> str | None:
+    """What set ``key`` or the nearest of its parents from outside the file, if anything."""
+    while key:
+        if key in variables:
+            return variables[key]
+        cut = max(key.rfind("."), key.rfind("["))
+        key = key[:cut] if cut > 0 else ""
+    return None
+
+
+def _build(
+    data: dict[str, Any], nodes: yaml.Node | None, env: Mapping[str, str], import_handlers: bool
+) -> MeshConfig:
+    config = _convert(data, nodes, env)
     _check(config, nodes)
     if config.auth.tokens:  # tokens from files and variables, read once and kept as digests
-        config = msgspec.structs.replace(config, auth=resolve_tokens(config.auth, env or {}))
+        config = msgspec.structs.replace(config, auth=resolve_tokens(config.auth, env))
     if config.acl and not config.auth.enabled:
         raise ConfigError(
             "acl rules are only enforced for authenticated callers: configure auth "
@@ -526,7 +581,7 @@ def _index(part: str) -> str | int:
     return int(part) if part.isdigit() else part
 
 
-def _env_overrides(env: Mapping[str, str]) -> list[tuple[list[str | int], Any]]:
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, list[str | int], Any]]:
     found = []
     for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
@@ -536,7 +591,7 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[list[str | int], Any]]:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        found.append((path, value))
+        found.append((name, path, value))
     return found
 
 
@@ -584,7 +639,7 @@ def _convert(data: dict[str, Any], nodes: yaml.Node | None, env: Mapping[str, st
     try:
         config = msgspec.convert(data, MeshConfig, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        raise _config_error(str(exc), [], nodes) from exc
+        raise _config_error(str(exc), [], nodes, MeshConfig) from exc
     if raw_connectors is None:
         return config
     if not isinstance(raw_connectors, dict):
@@ -675,24 +730,66 @@ def _plugin_config(
     try:
         return msgspec.convert(options, cls.Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
-        raise _config_error(str(exc), where, nodes) from exc
+        raise _config_error(str(exc), where, nodes, cls.Config) from exc
 
 
-def _config_error(message: str, prefix: list[str | int], nodes: yaml.Node | None) -> ConfigError:
-    """Turn msgspec's '... - at `$.a[0].b`' into a ConfigError with the key and line."""
+def _config_error(
+    message: str, prefix: list[str | int], nodes: yaml.Node | None, kind: Any
+) -> ConfigError:
+    """Turn msgspec's '... - at `$.a[0].b`' into a ConfigError with the key and line;
+    ``kind`` is the config type at ``prefix``, which names the valid keys and values."""
     path: list[str | int] = list(prefix)
+    steps: list[str | int] = []
     match = _PATH.search(message)
     if match:
         message = message[: match.start()]
         for name, index in _STEP.findall(match.group("path")):
-            path.append(int(index) if index else name)
+            steps.append(int(index) if index else name)
+    path += steps
     unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
     if unknown:
-        path.append(unknown.group(1))
-        message = (
-            f"unknown key {unknown.group(1)!r}; check its spelling against docs/configuration.md"
-        )
+        name = unknown.group(1)
+        path.append(name)
+        fields = getattr(_type_at(kind, steps), "fields", ())
+        close = difflib.get_close_matches(name, [f.encode_name for f in fields], n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "check its spelling"
+        message = f"unknown key {name!r}; {hint} (see docs/configuration.md)"
+    elif message.startswith("Invalid enum value"):
+        values = _literal_values(_type_at(kind, steps))
+        if values:
+            message += f"; expected one of {', '.join(map(repr, values))}"
     return ConfigError(message, key=_dotted(path) or None, line=_line(nodes, path))
+
+
+def _type_at(kind: Any, steps: list[str | int]) -> msgspec.inspect.Type | None:
+    """The msgspec type found by following ``steps`` (keys and indexes) from ``kind``."""
+    try:
+        found: msgspec.inspect.Type | None = msgspec.inspect.type_info(kind)
+    except TypeError:  # not a type msgspec knows (a plugin's odd Config)
+        return None
+    for step in steps:
+        found = _step(found, step)
+    return found
+
+
+def _step(found: msgspec.inspect.Type | None, step: str | int) -> msgspec.inspect.Type | None:
+    if isinstance(found, msgspec.inspect.UnionType):  # e.g. SinkConfig | None
+        inner = [t for t in found.types if not isinstance(t, msgspec.inspect.NoneType)]
+        found = inner[0] if len(inner) == 1 else None
+    if isinstance(found, msgspec.inspect.StructType):
+        return next((f.type for f in found.fields if f.encode_name == step), None)
+    if isinstance(found, msgspec.inspect.ListType | msgspec.inspect.DictType):
+        return found.item_type if isinstance(found, msgspec.inspect.ListType) else found.value_type
+    return None
+
+
+def _literal_values(found: msgspec.inspect.Type | None) -> list[Any]:
+    """The values a Literal type (or an optional one) allows; empty for any other type."""
+    if isinstance(found, msgspec.inspect.UnionType):
+        return [v for t in found.types for v in _literal_values(t)]
+    if isinstance(found, msgspec.inspect.LiteralType):
+        return list(found.values)
+    return []
 
 
 def _line(nodes: yaml.Node | None, path: list[str | int]) -> int | None:

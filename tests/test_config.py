@@ -241,3 +241,46 @@ def test_import_handlers_names_the_key_and_line_of_a_handler_that_does_not_impor
         load_config(path, import_handlers=True)
     assert (caught.value.key, caught.value.line) == ("subscriptions[0].sink.handler", 9)
     assert load_config(write(tmp_path, GOOD), import_handlers=True).subscriptions
+
+
+def test_an_enum_mistake_lists_the_valid_values(tmp_path: Path) -> None:
+    """A value outside a Literal's set says which values the key accepts."""
+    text = GOOD.replace(
+        'sink: {handler: "json:dumps"}', 'sink: {webhook: "http://h/x", mode: batchh}'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert caught.value.key == "subscriptions[0].sink.mode"
+    assert "expected one of 'batch', 'binary', 'structured'" in str(caught.value)
+
+
+def test_an_unknown_key_suggests_the_nearest_and_names_the_file_and_line(tmp_path: Path) -> None:
+    """A misspelled key names the file, its line and the valid key it is nearest to."""
+    path = write(tmp_path, GOOD.replace("level: debug", "levle: debug"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}, line 11: logging.levle: unknown key")
+    assert "did you mean 'level'?" in str(caught.value)
+    assert (caught.value.key, caught.value.line) == ("logging.levle", 11)
+
+
+def test_a_connector_settings_typo_suggests_the_plugins_own_key() -> None:
+    """An unknown key inside a connector's settings suggests the nearest key of its Config."""
+    with pytest.raises(ConfigError, match="did you mean 'partitions'"):
+        load_config({"connectors": {"default": {"type": "memory", "partitons": 2}}})
+
+
+def test_an_environment_variable_mistake_names_the_variable() -> None:
+    """A bad value, unknown key or list index from EVENTMESH__... names that variable."""
+    cases = {
+        "EVENTMESH__LOGGING__LEVEL": ("loud", "expected one of"),
+        "EVENTMESH__LOGGING__LEVLE": ("debug", "did you mean 'level'"),
+        "EVENTMESH__SUBSCRIPTIONS__0__NAME": ("x", "past the end of a list"),
+    }
+    for variable, (value, words) in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            load_config(None, env={variable: value})
+        assert words in str(caught.value)
+        assert f"(set by the environment variable {variable})" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"\(set by --set logging.level\)"):
+        load_config(None, overrides={"logging.level": "loud"})
