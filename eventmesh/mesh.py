@@ -37,6 +37,7 @@ from eventmesh.observability.tracing import Tracing
 from eventmesh.pipeline.compile import compile_pipeline
 from eventmesh.subscription import Handler, Subscription
 from eventmesh.triggers.function import Function
+from eventmesh.triggers.process import check_not_bootstrapping
 from eventmesh.triggers.runtime import FunctionRuntime
 from eventmesh.typing import Filter, Transform
 
@@ -123,6 +124,7 @@ class Mesh(Client):
     async def __aenter__(self) -> Self:
         if self._state != "new":
             raise LifecycleError("a Mesh can be entered once; create a new one")
+        check_not_bootstrapping("a Mesh")
         self._state = "opening"
         async with AsyncExitStack() as stack:
             self._tracing = self._new_tracing()

@@ -37,7 +37,7 @@ from eventmesh.errors import ClosedError, DeliveryError, LifecycleError
 from eventmesh.triggers import _worker
 from eventmesh.triggers.stats import FunctionStats
 
-__all__ = ["COLD_START_TIMEOUT", "WorkerPool"]
+__all__ = ["COLD_START_TIMEOUT", "WorkerPool", "check_not_bootstrapping"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,32 @@ _GRACE = 10.0
 
 COLD_START_TIMEOUT = 120.0
 """Seconds a cold start (spawning the workers and importing the handler) may take."""
+
+
+_GUARD = (
+    'put the code that starts the mesh under `if __name__ == "__main__":` '
+    "(docs/functions.md, isolation: process)"
+)
+
+
+def check_not_bootstrapping(what: str) -> None:
+    """Raise ``LifecycleError`` when called while a spawned worker process imports the
+    program's main module: the program has no ``if __name__ == "__main__":`` guard, so
+    the worker runs the program again instead of the handler, and the mesh that started
+    it waits for a worker that never gets ready. Raising ends that worker's start (the
+    error on its stderr says why) rather than letting it run a second mesh.
+
+    The check is the one ``multiprocessing`` itself makes before it starts a process
+    (the ``_inheriting`` flag a spawned process holds while it prepares).
+    """
+    # parent_process() is still None then: it is set after the main module's import.
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise LifecycleError(
+            f"{what} was started while this worker process was importing the program's "
+            'main module: the program has no `if __name__ == "__main__":` guard, so a '
+            "worker process of a function with isolation: process runs the whole program "
+            f"again instead of the handler; {_GUARD}"
+        )
 
 
 class WorkerPool(ClosedOnExit):
@@ -210,6 +236,13 @@ class WorkerPool(ClosedOnExit):
                     await self._stop(booting, "its start failed")
                 if isinstance(exc, TimeoutError):
                     why = f"took longer than {COLD_START_TIMEOUT:g}s (the cold-start bound)"
+                elif isinstance(exc, BrokenProcessPool):
+                    why = (
+                        "it exited while starting, before it imported the handler; its "
+                        "error is on stderr. If the program that starts the mesh has no "
+                        '`if __name__ == "__main__":` guard, the worker ran the program '
+                        f"again: {_GUARD}"
+                    )
                 else:
                     why = f"{type(exc).__name__}: {exc}"
                 raise DeliveryError(
