@@ -37,6 +37,7 @@ __all__ = [
     "Principal",
     "TokenSpec",
     "glob_match",
+    "read_secret",
     "resolve_tokens",
 ]
 
@@ -218,28 +219,42 @@ class CertIdentity(msgspec.Struct, frozen=True):
         return cls(cn, sans)
 
 
+def read_secret(source: Literal["env", "file"], ref: str, env: Mapping[str, str]) -> str:
+    """The secret that ``{env: ref}`` or ``{file: ref}`` names: the variable's value in
+    ``env``, or the file's text without surrounding white space. ValueError, saying which
+    source is missing, unreadable or empty, never with the secret in it."""
+    if source == "env":
+        secret = env.get(ref)
+        if secret is None:
+            raise ValueError(f"the environment variable {ref} is not set")
+    else:
+        try:
+            secret = Path(ref).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read {ref!r} ({exc.strerror})") from exc
+    if not secret:
+        raise ValueError(f"the secret from {source} {ref} is empty")
+    return secret
+
+
 def resolve_tokens(auth: AuthConfig, env: Mapping[str, str], *, key: str = "auth") -> AuthConfig:
     """``auth`` with every token from a file or an environment variable replaced by its
     digest, so the token is read once, at load time, and not kept; ConfigError names the
     token whose source is missing or empty."""
     tokens = []
     for i, spec in enumerate(auth.tokens):
-        where = f"{key}.tokens[{i}]"
         if spec.sha256 is not None:
             tokens.append(msgspec.structs.replace(spec, sha256=spec.sha256.lower()))
             continue
-        if spec.file is not None:
-            try:
-                secret = Path(spec.file).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read the token file {spec.file!r} ({exc.strerror})", key=where
-                ) from exc
-        else:
-            secret = env.get(spec.env or "", "").strip()
-        if not secret:
-            source = f"file {spec.file!r}" if spec.file else f"environment variable {spec.env}"
-            raise ConfigError(f"the token's {source} is empty or unset", key=where)
+        try:
+            if spec.file is not None:
+                secret = read_secret("file", spec.file, env)
+            else:
+                secret = read_secret("env", spec.env or "", env).strip()
+                if not secret:
+                    raise ValueError(f"the secret from env {spec.env} is empty")
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=f"{key}.tokens[{i}]") from exc
         tokens.append(TokenSpec(principal=spec.principal, sha256=_digest(secret)))
     return msgspec.structs.replace(auth, tokens=tokens)
 
@@ -289,7 +304,15 @@ class Authenticator:
 
     def knows_key(self, kid: str | None) -> bool:
         """Whether the JWKS in use has a key with this ``kid`` (to decide on a refetch)."""
-        return kid in self._keys or (kid is None and len(self._keys) == 1)
+        return self._key(kid) is not None
+
+    def _key(self, kid: str | None) -> Any:
+        """The JWKS key a token's ``kid`` names; a token without one may use the only
+        key of a one-key set. None when there is no such key."""
+        key = self._keys.get(kid)
+        if key is None and kid is None and len(self._keys) == 1:
+            key = next(iter(self._keys.values()))
+        return key
 
     def authenticate(
         self, authorization: str | None, *, cert: CertIdentity | None = None
@@ -342,9 +365,7 @@ class Authenticator:
         config = self._jwt
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-            key = self._keys.get(kid)
-            if key is None and kid is None and len(self._keys) == 1:
-                key = next(iter(self._keys.values()))
+            key = self._key(kid)
             if key is None:
                 if self.unknown_key is not None:
                     self.unknown_key(kid)  # a rotated JWKS: its owner may fetch it again

@@ -30,7 +30,7 @@ import yaml
 
 from eventmesh._duration import Duration, parse_duration
 from eventmesh._redact import MASK, redact_headers, redact_url
-from eventmesh.auth import AclRule, AuthConfig, resolve_tokens
+from eventmesh.auth import AclRule, AuthConfig, read_secret, resolve_tokens
 from eventmesh.connectors.memory import MemoryConfig
 from eventmesh.delivery._sinkcheck import sink_problem
 from eventmesh.delivery.policy import DeliveryPolicy
@@ -691,22 +691,10 @@ def _resolve_secrets(
                 line=_line(nodes, path),
             )
         ((kind, ref),) = value.items()
-        secret: str | None = None
-        if kind == "env":
-            secret = env.get(str(ref))
-            missing = f"the environment variable {ref} is not set"
-        else:
-            try:
-                secret = Path(str(ref)).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                missing = f"cannot read {str(ref)!r} ({exc.strerror})"
-        if not secret:
-            raise ConfigError(
-                missing if secret is None else f"the secret from {kind} {ref} is empty",
-                key=_dotted(path),
-                line=_line(nodes, path),
-            )
-        options[name] = secret
+        try:
+            options[name] = read_secret(kind, str(ref), env)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=_dotted(path), line=_line(nodes, path)) from exc
     return options
 
 
