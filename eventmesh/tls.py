@@ -19,7 +19,7 @@ import msgspec
 
 from eventmesh.errors import ConfigError
 
-__all__ = ["CertReloader", "TlsConfig", "client_context", "file_stamps", "server_context"]
+__all__ = ["CertReloader", "TlsConfig", "client_context", "server_context"]
 
 log = logging.getLogger(__name__)
 
@@ -90,43 +90,52 @@ def _load(context: ssl.SSLContext, config: TlsConfig, *, key: str) -> None:
 
 
 class CertReloader:
-    """Watches a TLS configuration's files and loads them into the running context
-    again when they change: new handshakes get the new certificate, open connections keep
-    theirs. ``check()`` is cheap (one ``stat`` per file) and is called by the servers
-    from a periodic task; a broken new file is logged and the old one kept."""
+    """Watches a TLS configuration's files and loads them again when they change: new
+    handshakes get the new certificate, open connections keep theirs. ``check()`` is
+    cheap (one ``stat`` per file) and is called by the servers, from a periodic task or
+    before a handshake; a broken new file is logged and the old one kept.
+
+    What loading means is ``load``: by default, loading the files into ``context`` (an
+    SSLContext the listener serves with); gRPC's credentials pass their own.
+    """
 
     def __init__(
         self,
         config: TlsConfig,
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | None = None,
         *,
-        on_reload: Callable[[], Any] | None = None,
+        load: Callable[[], Any] | None = None,
     ) -> None:
+        if load is None:
+            if context is None:
+                raise TypeError("CertReloader needs a context to load into, or a load function")
+            target = context
+
+            def load() -> None:
+                _load(target, config, key="tls")
+
         self.config = config
-        self.context = context
-        self.on_reload = on_reload
+        self.load = load
         self.reloads = 0
-        self._stamp = file_stamps(config)
+        self._stamp = _file_stamps(config)
 
     def check(self) -> bool:
-        """Reload if a file changed since the last load; True when it did reload."""
-        stamp = file_stamps(self.config)
+        """Reload if a file changed since the last look; True when it did reload."""
+        stamp = _file_stamps(self.config)
         if stamp == self._stamp:
             return False
         self._stamp = stamp
         try:
-            _load(self.context, self.config, key="tls")
-        except ConfigError as exc:
+            self.load()
+        except (ConfigError, OSError) as exc:
             log.warning("TLS files changed but could not be loaded, keeping the old ones: %s", exc)
             return False
         self.reloads += 1
         log.info("TLS certificate %s reloaded", self.config.cert_file)
-        if self.on_reload is not None:
-            self.on_reload()
         return True
 
 
-def file_stamps(config: TlsConfig) -> tuple[tuple[float, int], ...]:
+def _file_stamps(config: TlsConfig) -> tuple[tuple[float, int], ...]:
     """The modification time and size of each file ``config`` reads ((0, 0) for one
     that is missing): a change means the files should be loaded again."""
     out = []

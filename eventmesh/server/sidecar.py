@@ -47,7 +47,7 @@ from eventmesh.server.admin import Metrics, create_admin_app, mesh_metrics
 from eventmesh.server.grpc import add_to_server, grpc_options
 from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
-from eventmesh.tls import CertReloader, TlsConfig, file_stamps, server_context
+from eventmesh.tls import CertReloader, TlsConfig, server_context
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
@@ -404,29 +404,23 @@ def _grpc_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
 
     try:
         server_context(tls, key="server.grpc.tls")  # the same checks and errors as HTTP's
-        initial = configuration()
+        current = [configuration()]
     except OSError as exc:
         raise ConfigError(f"cannot read a TLS file: {exc}", key="server.grpc.tls") from exc
-    seen = [file_stamps(tls)]
+
+    def reload() -> None:
+        server_context(tls, key="server.grpc.tls")
+        current[0] = configuration()
+
+    reloader = CertReloader(tls, load=reload)
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
-        stamp = file_stamps(tls)
-        if stamp == seen[0]:
-            return None
-        try:
-            server_context(tls, key="server.grpc.tls")
-            fresh = configuration()
-        except (ConfigError, OSError) as exc:
-            log.warning("gRPC TLS files changed but could not be loaded, keeping the old: %s", exc)
-            return None
-        seen[0] = stamp
-        log.info("gRPC TLS certificate %s reloaded", tls.cert_file)
-        return fresh
+        return current[0] if reloader.check() else None
 
     # grpc-stubs type the fetcher as never returning None; gRPC documents None as
     # "no change" (grpc.dynamic_ssl_server_credentials).
     return grpc.dynamic_ssl_server_credentials(
-        initial,
+        current[0],
         fetch,  # type: ignore[arg-type]
         require_client_authentication=tls.mutual,
     )
