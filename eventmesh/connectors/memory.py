@@ -240,6 +240,12 @@ class _Topic:
             log.debug("topic %r: released %d events older than %ss", self.name, released, max_age)
         return released
 
+    def expire_due(self) -> None:
+        """:meth:`expire`, when ``expire_at`` says a look is due."""
+        now = time.time()
+        if now >= self.expire_at:
+            self.expire(now)
+
     def drop_groups(self, names: Sequence[str]) -> int:
         """Forget these groups and free what only they still needed; return how many
         retained events that was (a topic left without groups frees every event)."""
@@ -368,8 +374,8 @@ class _Group:
     def take(self, member: _MemoryConsumer, max_events: int) -> list[Delivery]:
         out: list[Delivery] = []
         topic = self.topic
-        if topic.expire_at != math.inf and time.time() >= topic.expire_at:
-            topic.expire(time.time())
+        if topic.expire_at != math.inf:
+            topic.expire_due()
         now = time.monotonic()
         for p in member.partitions:
             heap = self.redeliver[p]
@@ -586,8 +592,7 @@ class MemoryConnector(Connector):
         topic = self._topic(consumer.topic)
         group = topic.groups.get(consumer.group)
         if group is None:
-            if time.time() >= topic.expire_at:
-                topic.expire(time.time())
+            topic.expire_due()
             group = _Group(topic, consumer.group, consumer._start_at)
             topic.groups[consumer.group] = group
             topic.trim_all()  # the new group may be the slowest of some partitions
@@ -600,12 +605,9 @@ class MemoryConnector(Connector):
     def topic_stats(self) -> dict[str, TopicStats]:
         """What each topic holds and has released, by name (read by the sidecar's
         ``/topics``). Costs a look at every partition of every topic: not for a hot path."""
-        now = time.time()
         stats = {}
         for name, topic in self._topics.items():
-            if now >= topic.expire_at:
-                topic.expire(now)
-            self._forget_idle(topic)
+            self._apply_limits(topic)
             stats[name] = TopicStats(
                 retained=topic.retained(),
                 held=topic.held(),
@@ -640,6 +642,12 @@ class MemoryConnector(Connector):
         t.drop_groups([group])
         log.info("group %r on topic %r deleted", group, topic)
         return True
+
+    def _apply_limits(self, t: _Topic) -> float:
+        """Release what ``max_age`` expired and delete the groups idle for
+        ``inactive_threshold``; return when (monotonic) the next group will be idle."""
+        t.expire_due()
+        return self._forget_idle(t)
 
     def _forget_idle(self, t: _Topic) -> float:
         """Delete t's groups idle for ``inactive_threshold``, counting what only they
@@ -700,10 +708,7 @@ class MemoryConnector(Connector):
                 f"(max_events={limit}); publish it in batches of at most {limit} events, "
                 "or raise max_events"
             )
-        now = time.time()
-        if now >= t.expire_at:
-            t.expire(now)
-        self._forget_idle(t)
+        idle_due = self._apply_limits(t)
         if self._fits(t, count):
             return
         if not t.groups or config.when_full == "drop_oldest":
@@ -721,15 +726,11 @@ class MemoryConnector(Connector):
                 if t.space is None:
                     t.space = anyio.Event()
                 space = t.space
-                idle_due = self._forget_idle(t) - time.monotonic()
-                wait = min(t.expire_at - time.time(), idle_due)
+                wait = min(t.expire_at - time.time(), idle_due - time.monotonic())
                 with anyio.move_on_after(None if wait == math.inf else max(wait, 0.0)):
                     await space.wait()
                 self._check_open()
-                now = time.time()
-                if now >= t.expire_at:
-                    t.expire(now)
-                self._forget_idle(t)
+                idle_due = self._apply_limits(t)
                 if self._fits(t, count):
                     return
                 if not t.groups:  # every group was deleted meanwhile
