@@ -33,7 +33,7 @@ from eventmesh._redact import MASK, redact_headers, redact_url
 from eventmesh.auth import AclRule, AuthConfig, read_secret, resolve_tokens
 from eventmesh.connectors.memory import MemoryConfig
 from eventmesh.delivery._sinkcheck import sink_problem
-from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.delivery.policy import DeliveryPolicy, check_range
 from eventmesh.errors import ConfigError, EventMeshError
 from eventmesh.pipeline.limits import FilterLimits
 from eventmesh.tls import TlsConfig
@@ -185,8 +185,7 @@ class Listener(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def __post_init__(self) -> None:
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        if not 0 < float(self.header_timeout) <= 3600:
-            raise ValueError("header_timeout must be above 0s and at most 1h")
+        check_range("header_timeout", self.header_timeout, 0, 3600, above=True, unit="s")
 
 
 class HttpListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -208,8 +207,7 @@ class HttpListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("body_timeout", "keepalive_timeout"):
-            if not 0 < float(getattr(self, name)) <= 3600:
-                raise ValueError(f"{name} must be above 0s and at most 1h")
+            check_range(name, getattr(self, name), 0, 3600, above=True, unit="s")
 
 
 class GrpcListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -234,8 +232,7 @@ class GrpcListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         for name in ("max_concurrent_rpcs", "max_concurrent_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if not 0 < float(self.idle_timeout) <= 86400:
-            raise ValueError("idle_timeout must be above 0s and at most 24h")
+        check_range("idle_timeout", self.idle_timeout, 0, 86400, above=True, unit="s")
 
 
 class AdminListener(Listener, frozen=True, kw_only=True, forbid_unknown_fields=True):
