@@ -38,9 +38,6 @@ __all__ = [
 
 INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1
-MAX_NESTING: Final = 32
-"""The default bound on parentheses, calls, sets and prefix operators nested in one
-another (``limits.filters.max_depth``); deeper is a ParseError before any recursion."""
 MAX_HEIGHT: Final = 256
 """An expression tree taller than this (a very long operator chain) is rejected."""
 
@@ -226,7 +223,7 @@ def _describe(token: _Token) -> str:
 # -- the parser -----------------------------------------------------------------------
 
 
-def parse(source: str, max_depth: int = MAX_NESTING) -> Node:
+def parse(source: str, max_depth: int) -> Node:
     """Parse a CESQL expression into its AST; raises :class:`ParseError`.
 
     Parentheses, calls, sets and prefix operators nested more than ``max_depth`` deep
