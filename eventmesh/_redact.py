@@ -30,6 +30,7 @@ __all__ = [
     "redact_config",
     "redact_headers",
     "redact_url",
+    "redacted_repr",
 ]
 
 MASK: Final = "***"
@@ -143,3 +144,19 @@ def redact_config(value: Any, *, name: str = "") -> Any:
     if isinstance(value, str) and "://" in value:
         return redact_url(value)
     return value
+
+
+def redacted_repr(struct: Any) -> str:
+    """``repr`` of a config struct with its secrets masked, for a ``__repr__`` that may
+    be printed or logged whole: a field named as a secret (:func:`is_secret_name`) shows
+    ``***``, and strings, lists and mappings are shown as :func:`redact_config` renders
+    them (header values, URL credentials); other values (nested structs) as they are."""
+    parts = []
+    for name in struct.__struct_fields__:
+        value = getattr(struct, name)
+        if value is not None and is_secret_name(name):
+            value = MASK
+        elif isinstance(value, str | list | tuple | Mapping):
+            value = redact_config(value, name=name)
+        parts.append(f"{name}={value!r}")
+    return f"{type(struct).__name__}({', '.join(parts)})"

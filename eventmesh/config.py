@@ -29,7 +29,7 @@ import msgspec
 import yaml
 
 from eventmesh._duration import Duration, parse_duration
-from eventmesh._redact import MASK, redact_headers, redact_url
+from eventmesh._redact import redact_url, redacted_repr
 from eventmesh.auth import AclRule, AuthConfig, read_secret, resolve_tokens
 from eventmesh.connectors.memory import MemoryConfig
 from eventmesh.delivery._sinkcheck import sink_problem
@@ -115,17 +115,7 @@ class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     def __repr__(self) -> str:
         """The settings with the URL's credentials, header values and the signing secret
         shown as ``***`` (a config may be printed or logged whole)."""
-        parts = []
-        for name in self.__struct_fields__:
-            value = getattr(self, name)
-            if name == "webhook" and value is not None:
-                value = redact_url(value)
-            elif name == "headers":
-                value = redact_headers(value)
-            elif name == "signing_secret" and value is not None:
-                value = MASK
-            parts.append(f"{name}={value!r}")
-        return f"SinkConfig({', '.join(parts)})"
+        return redacted_repr(self)
 
     def problem(self) -> tuple[str, str] | None:
         """The key and message of what is wrong with these settings (a range, a header

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import msgspec
 
 from eventmesh._duration import Duration
-from eventmesh._redact import redact_headers, redact_url
+from eventmesh._redact import redact_url, redacted_repr
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError
 from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
@@ -138,15 +138,7 @@ class FunctionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     def __repr__(self) -> str:
         """The settings with the URL's credentials and the header values shown as
         ``***``, as a webhook sink's are (a config may be printed or logged whole)."""
-        parts = []
-        for name in self.__struct_fields__:
-            value = getattr(self, name)
-            if name == "url" and value is not None:
-                value = redact_url(value)
-            elif name == "headers":
-                value = redact_headers(value)
-            parts.append(f"{name}={value!r}")
-        return f"FunctionConfig({', '.join(parts)})"
+        return redacted_repr(self)
 
     @property
     def group(self) -> str:

@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from eventmesh._redact import redact_url
+from eventmesh._redact import redacted_repr
 from eventmesh.config import Duration
 
 __all__ = [
@@ -156,9 +156,6 @@ class CoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise ValueError("core.pending_limit must be at least 1")
 
 
-_SECRETS = frozenset({"token", "password"})
-
-
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings of the NATS connector (``type: nats``)."""
 
@@ -213,17 +210,7 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     def __repr__(self) -> str:
         """Every field, with the token, the password and any credential in a server URL
         shown as ``***``: a config printed whole leaks no credential."""
-        parts = []
-        for name in self.__struct_fields__:
-            value = getattr(self, name)
-            if name in _SECRETS and value is not None:
-                shown = "'***'"
-            elif name == "servers":
-                shown = repr([redact_url(url) for url in value])
-            else:
-                shown = repr(value)
-            parts.append(f"{name}={shown}")
-        return f"NatsConfig({', '.join(parts)})"
+        return redacted_repr(self)
 
     def __post_init__(self) -> None:
         if not self.servers:
