@@ -80,7 +80,7 @@ from eventmesh.typing import Transform
 __all__ = ["STEP_KINDS", "Transform", "compile_transforms"]
 
 Step: TypeAlias = Callable[[Event], Event | None]
-_Compiler: TypeAlias = Callable[[Any, str], Step | None]  # None: a step that changes nothing
+_Compiler: TypeAlias = Callable[[Any, str, FilterLimits], Step | None]  # None: changes nothing
 
 _NAME: Final = re.compile(r"[a-z0-9]+\Z")
 _REQUIRED: Final = frozenset({"id", "source", "type", "specversion"})
@@ -124,13 +124,7 @@ def compile_transforms(
         if compile_step is None:
             raise ConfigError(f"unknown transform step {kind!r}; known: {_known()}", key=at)
         name = join_path(at, kind)
-        if kind == "constant":
-            check_depth(_json_depth(body), limits, what="the constant", where=name)
-        fn: Step | None
-        if kind == "template":
-            fn = _compile_template(body, name, limits.max_render)
-        else:
-            fn = compile_step(body, name)
+        fn = compile_step(body, name, limits)
         if fn is not None:
             compiled.append((name, fn))
     return _chain(compiled) if compiled else None
@@ -184,13 +178,14 @@ def _json_depth(value: Any) -> int:
     return deepest
 
 
-def _compile_original(body: Any, path: str) -> None:
+def _compile_original(body: Any, path: str, limits: FilterLimits) -> None:
     if body is not None and body != {}:
         raise ConfigError(f"'original' takes no options ({{}}), got {describe(body)}", key=path)
     return None
 
 
-def _compile_constant(body: Any, path: str) -> Step:
+def _compile_constant(body: Any, path: str, limits: FilterLimits) -> Step:
+    check_depth(_json_depth(body), limits, what="the constant", where=path)
     if isinstance(body, str | bytes) or body is None:
         value = body
         return lambda event: event.replace(data=value)
@@ -205,7 +200,7 @@ def _compile_constant(body: Any, path: str) -> Step:
     return lambda event: event.replace(data=_decoder.decode(encoded))
 
 
-def _compile_template(body: Any, path: str, max_render: int = DEFAULT_LIMITS.max_render) -> Step:
+def _compile_template(body: Any, path: str, limits: FilterLimits) -> Step:
     if not isinstance(body, Mapping) or "template" not in body:
         raise ConfigError(
             "expected {'template': '...${name}...', 'variables': {'name': '$.data.path'}}, "
@@ -261,6 +256,7 @@ def _compile_template(body: Any, path: str, max_render: int = DEFAULT_LIMITS.max
         if not isinstance(slot, str):
             uses[slot] += 1
     fixed = sum(map(len, literal))
+    max_render = limits.max_render
 
     def template(event: Event) -> Event:
         texts = [_text(getter(event)) for getter in used]
@@ -440,7 +436,7 @@ class _Changes:
         return self.event.replace(**self.context) if self.context else self.event
 
 
-def _compile_set(body: Any, path: str) -> Step:
+def _compile_set(body: Any, path: str, limits: FilterLimits) -> Step:
     if not isinstance(body, Mapping) or not body:
         raise ConfigError(
             f"expected a mapping of attribute to value or {{'from': '$.path'}}, "
@@ -485,7 +481,7 @@ def _compile_set(body: Any, path: str) -> Step:
     return set_
 
 
-def _compile_rename(body: Any, path: str) -> Step:
+def _compile_rename(body: Any, path: str, limits: FilterLimits) -> Step:
     if not isinstance(body, Mapping) or not body:
         raise ConfigError(
             f"expected a mapping of old name to new name, got {describe(body)}", key=path
@@ -517,7 +513,7 @@ def _compile_rename(body: Any, path: str) -> Step:
     return rename
 
 
-def _compile_remove(body: Any, path: str) -> Step:
+def _compile_remove(body: Any, path: str, limits: FilterLimits) -> Step:
     if isinstance(body, str):
         body = [body]
     if not isinstance(body, Sequence) or not body:
@@ -537,7 +533,7 @@ def _compile_remove(body: Any, path: str) -> Step:
 # -- call --------------------------------------------------------------------------------
 
 
-def _compile_call(body: Any, path: str) -> Step:
+def _compile_call(body: Any, path: str, limits: FilterLimits) -> Step:
     if not isinstance(body, str):
         raise ConfigError(f"expected 'package.module:function', got {describe(body)}", key=path)
     fn = import_callable(body, where=path)
@@ -566,7 +562,8 @@ STEP_KINDS: Final[Mapping[str, _Compiler]] = {
     "set": _compile_set,
     "template": _compile_template,
 }
-"""The step kinds :func:`compile_transforms` knows, each with its compile function."""
+"""The step kinds :func:`compile_transforms` knows, each with its compile function
+(taking the body, its path and the limits)."""
 
 
 def _known() -> str:
