@@ -430,16 +430,7 @@ class Mesh(Client):
             from eventmesh.delivery.webhook import WebhookSink
 
             try:
-                handler = WebhookSink(
-                    sink.webhook,
-                    session=self.webhooks,
-                    mode=sink.mode,
-                    timeout=sink.timeout,
-                    headers=sink.headers,
-                    max_batch=sink.max_batch,
-                    batch_window=sink.batch_window,
-                    signing_secret=sink.signing_secret,
-                )
+                handler = WebhookSink.from_config(sink.webhook, sink, session=self.webhooks)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from exc
         else:

@@ -34,7 +34,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Final, Literal, NamedTuple, Self, TypeAlias
+from typing import Final, Literal, NamedTuple, Protocol, Self, TypeAlias
 
 import aiohttp
 import anyio
@@ -69,6 +69,25 @@ log = logging.getLogger(__name__)
 
 Mode: TypeAlias = Literal["binary", "structured", "batch"]
 """The HTTP content mode of a webhook's requests."""
+
+
+class SinkSettings(Protocol):
+    """A webhook sink's settings as the config's ``SinkConfig`` holds them (named here
+    by shape: the delivery engine does not import the config)."""
+
+    @property
+    def mode(self) -> Mode: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def batch_window(self) -> float: ...
+    @property
+    def signing_secret(self) -> str | None: ...
+
 
 RETRYABLE_STATUSES: Final = frozenset({404, 408, 409, 429})
 """Statuses below 500 that are retried (every 5xx is, too), as Knative retries them."""
@@ -372,6 +391,23 @@ class WebhookSink:
         self.where = _display(self.url)
         self._headers: CIMultiDict[str] = CIMultiDict(headers or {})
         self._open: _Batch | None = None
+
+    @classmethod
+    def from_config(
+        cls, url: str, settings: SinkSettings, *, session: WebhookSession
+    ) -> WebhookSink:
+        """The sink a subscription's ``sink`` settings (a ``SinkConfig``) describe, POSTing
+        to ``url`` through ``session``; ConfigError as the constructor raises it."""
+        return cls(
+            url,
+            session=session,
+            mode=settings.mode,
+            timeout=settings.timeout,
+            headers=settings.headers,
+            max_batch=settings.max_batch,
+            batch_window=settings.batch_window,
+            signing_secret=settings.signing_secret,
+        )
 
     def __repr__(self) -> str:
         return f"<WebhookSink {self.mode} {self.where}>"

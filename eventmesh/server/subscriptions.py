@@ -362,16 +362,7 @@ class Registry(ClosedOnExit):
             await session.check_url(url)
             if owner is not None:
                 session = await self._narrow(session, url, owner)
-            sink = WebhookSink(
-                url,
-                session=session,
-                mode=settings.mode,
-                timeout=float(settings.timeout),
-                headers=settings.headers,
-                max_batch=settings.max_batch,
-                batch_window=float(settings.batch_window),
-                signing_secret=settings.signing_secret,
-            )
+            sink = WebhookSink.from_config(url, settings, session=session)
         except ConfigError as exc:
             message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
             raise ConfigError(message, key="sink") from exc
