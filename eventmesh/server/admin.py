@@ -31,10 +31,10 @@ import msgspec
 from aiohttp import web
 
 from eventmesh._redact import redact_config
-from eventmesh._status import PROBLEM_CONTENT_TYPE, http_status, problem
-from eventmesh.auth import CertIdentity, Guard
+from eventmesh.auth import Guard
 from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.errors import PermissionDeniedError, UnauthenticatedError
+from eventmesh.server._authn import caller, problem_response
 
 if TYPE_CHECKING:
     from eventmesh.connectors.base import Connector
@@ -68,21 +68,9 @@ def _admin_only(guard: Guard) -> Any:
         if request.path in _OPEN:
             return await handler(request)
         try:
-            cert = None
-            authorization = request.headers.get("Authorization")
-            if not authorization and request.transport is not None:
-                peer = request.transport.get_extra_info("peercert")
-                cert = CertIdentity.from_peercert(peer)
-            guard.check(guard.principal(authorization, cert), "admin")
+            guard.check(caller(request, guard), "admin")
         except (UnauthenticatedError, PermissionDeniedError) as exc:
-            response = web.Response(
-                body=_encoder.encode(problem(exc)),
-                status=http_status(exc),
-                content_type=PROBLEM_CONTENT_TYPE,
-            )
-            if isinstance(exc, UnauthenticatedError):
-                response.headers["WWW-Authenticate"] = "Bearer"
-            return response
+            return problem_response(exc)
         return await handler(request)
 
     return admin_only

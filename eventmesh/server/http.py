@@ -47,8 +47,8 @@ from typing import Any, Final, TypeVar
 import msgspec
 from aiohttp import web
 
-from eventmesh._status import PROBLEM_CONTENT_TYPE, http_status, problem
-from eventmesh.auth import ANONYMOUS, CertIdentity, Guard, Principal
+from eventmesh._status import PROBLEM_CONTENT_TYPE
+from eventmesh.auth import ANONYMOUS, Guard, Principal
 from eventmesh.bindings.http import from_http
 from eventmesh.config import HttpListener
 from eventmesh.errors import (
@@ -66,6 +66,8 @@ from eventmesh.errors import (
 from eventmesh.event import encode_json
 from eventmesh.mesh import Mesh
 from eventmesh.observability.tracing import transport_parent
+from eventmesh.server._authn import caller
+from eventmesh.server._authn import problem_response as _problem
 from eventmesh.server._ratelimit import LogLimit
 from eventmesh.server.pull import Handout, PullQueue
 from eventmesh.server.subscriptions import Record, Registry, convert_body
@@ -172,14 +174,6 @@ class _BodyTimeout(Exception):
     """The client did not send its body within ``body_timeout``: 408, then close."""
 
 
-def _problem(exc: BaseException, **extra: Any) -> web.Response:
-    return web.Response(
-        body=_encoder.encode(problem(exc, **extra)),
-        status=http_status(exc),
-        content_type=PROBLEM_CONTENT_TYPE,
-    )
-
-
 async def _closing(request: web.Request, response: web.Response) -> web.Response:
     """Send ``response`` and close the connection at once: the client is too slow to
     wait for (aiohttp would linger reading the body for up to 10 s more)."""
@@ -200,8 +194,6 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except EventMeshError as exc:
         response = _problem(exc)
-        if isinstance(exc, UnauthenticatedError):
-            response.headers["WWW-Authenticate"] = "Bearer"
         if isinstance(exc, EventTooLargeError) and not request.content.is_eof():
             # Not kept alive: aiohttp reads what is on its way for at most 10 s (so the
             # client gets this answer, not a reset), then closes.
@@ -256,11 +248,7 @@ def _principal(request: web.Request) -> Principal:
     certificate (UnauthenticatedError when neither is accepted); kept on the request."""
     principal = request.get(_PRINCIPAL)
     if principal is None:
-        cert = None
-        authorization = request.headers.get("Authorization")
-        if not authorization and request.transport is not None:
-            cert = CertIdentity.from_peercert(request.transport.get_extra_info("peercert"))
-        principal = request.app[_GUARD].principal(authorization, cert)
+        principal = caller(request, request.app[_GUARD])
         request[_PRINCIPAL] = principal
     return principal
 
@@ -282,7 +270,6 @@ async def _expect(request: web.Request) -> web.Response | None:
             _principal(request)
         except UnauthenticatedError as exc:
             response = _problem(exc)
-            response.headers["WWW-Authenticate"] = "Bearer"
             response.force_close()
             return response
     limit = request.app[_LIMIT]
