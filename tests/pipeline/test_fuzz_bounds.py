@@ -7,7 +7,10 @@ so that a slow, shared machine cannot make it flaky).
 
 from __future__ import annotations
 
+import gc
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -165,10 +168,29 @@ deep_filters = st.builds(_deep, st.integers(0, 400), leaf_filters)
 events = events_st.events(alphabet=st.sampled_from("ab%_/.X ß0"))
 
 
+def _cost(evaluate: Callable[[Event], Any], event: Event) -> tuple[Any, float]:
+    """The answer of ``evaluate(event)`` and the least time of up to three runs, with
+    the garbage collector paused: what the evaluation costs, not a pause of this
+    process or the machine that happened to fall inside one run."""
+    best = math.inf
+    answer: Any = None
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(3):
+            start = time.perf_counter()
+            answer = evaluate(event)
+            best = min(best, time.perf_counter() - start)
+            if best < CAP:
+                break
+    finally:
+        if enabled:
+            gc.enable()
+    return answer, best
+
+
 def _timed_bool(keep: Any, event: Event) -> None:
-    start = time.perf_counter()
-    answer = keep(event)
-    elapsed = time.perf_counter() - start
+    answer, elapsed = _cost(keep, event)
     assert type(answer) is bool
     assert elapsed < CAP, f"one evaluation took {elapsed * 1000:.1f} ms"
 
@@ -209,9 +231,7 @@ def test_any_cesql_text_parses_or_is_a_parse_error(
         expression = cesql.compile(source, limits=limits)
     except cesql.ParseError:
         return
-    start = time.perf_counter()
-    result = expression.evaluate(event)
-    elapsed = time.perf_counter() - start
+    result, elapsed = _cost(expression.evaluate, event)
     assert type(result.value) in (bool, int, str)
     internal = [e for e in result.errors if e.kind == "generic" and "limits." not in e.message]
     assert not internal, internal  # a generic error is a limit met, never a failure
