@@ -59,9 +59,7 @@ class _Guard:
         self.refusal = refusal
         self.open: dict[asyncio.BaseProtocol, _Connection] = {}
         """aiohttp's protocol of each admitted connection -> its wrapper."""
-        self.refused = 0
         self.logs = LogLimit(log)
-        self.timed_out = 0
 
 
 class _Connection(asyncio.Protocol):
@@ -82,7 +80,6 @@ class _Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         guard = self._guard
         if len(guard.open) >= guard.max_connections:
-            guard.refused += 1
             guard.logs.warning(
                 "cap:" + guard.name,
                 "%s: %d connections open, the limit (server.%s.max_connections); "
@@ -146,7 +143,6 @@ class _Connection(asyncio.Protocol):
     def _expire(self) -> None:
         self._timer = None
         guard = self._guard
-        guard.timed_out += 1
         guard.logs.warning(
             "headers:" + guard.name,
             "%s: a client did not send a request's headers within %gs "
@@ -198,11 +194,6 @@ class GuardedSite(web.BaseSite):
         server = self._server
         sockets = getattr(server, "sockets", None) if server is not None else None
         return int(sockets[0].getsockname()[1]) if sockets else self._port
-
-    @property
-    def connections(self) -> int:
-        """Connections open now."""
-        return len(self._guard.open)
 
     async def start(self) -> None:
         await super().start()
