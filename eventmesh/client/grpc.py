@@ -423,7 +423,13 @@ class GrpcSubscription(Subscription):
         self._state = "open"
         self._call = call = client._subscribe(None, metadata=client._metadata)  # written below
         try:
-            await call.write(pb.SubscribeRequest(open=self._request))
+            # The sidecar sends headers once it has let the stream in, or ends the call
+            # if it refuses it: writing before then could race the refusal, and gRPC's
+            # client reports a write that lost that race as INTERNAL, not as the status
+            # the sidecar sent (which a read of the ended call raises).
+            await call.initial_metadata()
+            if not call.done():
+                await call.write(pb.SubscribeRequest(open=self._request))
             response = await call.read()
         except grpc.aio.AioRpcError as exc:
             self._state = "closed"

@@ -292,6 +292,10 @@ class EventMeshServicer:
             principal = self._principal(context)  # once per stream, before its first read
         except Exception as exc:
             await _abort(context, exc, self.logs)
+        # Headers say the stream was let in. A client waits for them before it writes
+        # 'open': a write racing a refusal makes gRPC's own client report INTERNAL in
+        # place of the status this server sent.
+        await context.send_initial_metadata(())
         first = await context.read()
         if first is _EOF:
             return

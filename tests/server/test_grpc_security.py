@@ -197,6 +197,9 @@ async def open_stream(
     call = stub.Subscribe(metadata=metadata)
     try:
         with anyio.fail_after(10):
+            await call.initial_metadata()  # let in, or refused: then the read raises
+            if call.done():
+                await call.read()
             await call.write(
                 pb.SubscribeRequest(
                     open=pb.Open(
