@@ -1,6 +1,14 @@
 """Connectors: the contract every backend implements, the registry, the memory backend."""
 
-from eventmesh.connectors.base import Capabilities, Connector, Consumer, Delivery, StartPosition
+from eventmesh.connectors.base import (
+    Capabilities,
+    Connector,
+    Consumer,
+    Delivery,
+    StartPosition,
+    StateStore,
+    StoredEvent,
+)
 from eventmesh.connectors.memory import MemoryConfig, MemoryConnector
 from eventmesh.connectors.registry import available_connectors, load_connector
 
@@ -12,6 +20,8 @@ __all__ = [
     "MemoryConfig",
     "MemoryConnector",
     "StartPosition",
+    "StateStore",
+    "StoredEvent",
     "available_connectors",
     "load_connector",
 ]

@@ -20,9 +20,9 @@ The promises, which the conformance kit in :mod:`eventmesh.testing` checks:
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Self, TypeAlias
+from typing import Any, ClassVar, Literal, NamedTuple, Self, TypeAlias
 
 import msgspec
 
@@ -36,6 +36,8 @@ __all__ = [
     "Consumer",
     "Delivery",
     "StartPosition",
+    "StateStore",
+    "StoredEvent",
 ]
 
 StartPosition: TypeAlias = Literal["earliest", "latest"] | datetime
@@ -118,6 +120,49 @@ class Delivery(abc.ABC):
             f"<{type(self).__name__} {self.topic}[{self.partition}]@{self.offset} "
             f"attempt={self.attempt} id={self.event.id!r}>"
         )
+
+
+class StoredEvent(NamedTuple):
+    """One retained event as :meth:`Connector.read` returns it: where it is stored and
+    when (seconds since the epoch, when the backend says)."""
+
+    event: Event
+    partition: int
+    offset: int
+    timestamp: float | None
+
+
+class StateStore(abc.ABC):
+    """A small durable key-value map that the mesh keeps its own state in (the
+    subscriptions created through the API, dead-letter replay records), stored where the
+    connector keeps its events: a table of the local store, a compacted Kafka topic, a
+    NATS KV bucket. Values are opaque bytes; keys are short strings of
+    ``[A-Za-z0-9_.=-]``.
+
+    Every process that opens the same bucket on the same backend sees the same map:
+    :meth:`watch` reports the changes others make. Raises ``ConnectorError`` subclasses
+    only (``ConnectError`` when the backend cannot be reached, ``ClosedError`` after the
+    connector closed).
+    """
+
+    @abc.abstractmethod
+    async def load(self) -> dict[str, bytes]:
+        """Every key and its current value."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``; returns once it is durable as the connector's
+        events are."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key does nothing."""
+
+    @abc.abstractmethod
+    def watch(self) -> AsyncIterator[tuple[str, bytes | None]]:
+        """Changes after the call, from this process and others, as ``(key, value)``,
+        with ``None`` for a deletion, until the connector closes. A change may be
+        reported more than once; the last report for a key is its current value."""
 
 
 class Consumer(ClosedOnExit, abc.ABC):
@@ -304,6 +349,34 @@ class Connector(ClosedOnExit, abc.ABC):
         """
         if not isinstance(topic, str) or not topic:
             raise RejectedError(f"a topic name must be a non-empty string, got {topic!r}")
+
+    async def read(
+        self,
+        topic: str,
+        *,
+        since: datetime | None = None,
+        after: Mapping[int, int] | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Browse retained events of ``topic`` without consuming them: no group joins,
+        nothing is acked or committed.
+
+        Returns up to ``limit`` events, in storage order within each partition: those
+        stored at or after ``since`` when given, and in each partition named in ``after``
+        only those with an offset above the one given (a cursor: pass the last offsets
+        seen to read the next page). Raises ``RejectedError`` when the connector cannot
+        browse (the default; a connector that claims ``replay`` should implement it).
+        """
+        raise RejectedError(
+            f"connector {self.name!r} cannot browse stored events: "
+            "use a connector that claims 'replay' (local, Kafka, NATS JetStream)"
+        )
+
+    def state(self, bucket: str) -> StateStore | None:
+        """The durable key-value map named ``bucket`` on this backend, or None when the
+        connector keeps no state (the mesh then keeps it in memory, lost on restart).
+        Call after :meth:`open`."""
+        return None
 
     async def health(self) -> bool:
         """True while the backend is reachable (used by the sidecar's readiness probe)."""
