@@ -442,7 +442,7 @@ class WebhookSink:
         )
         status = answer.status
         if 200 <= status < 300:
-            return self._replies(answer) if status in (200, 201) else []
+            return self.accepted(answer)
         text = f"POST {self.where} answered {status} {answer.reason}".rstrip()
         if answer.body:
             snippet = answer.body.decode("utf-8", "replace")
@@ -455,6 +455,12 @@ class WebhookSink:
             "timeouts, 404, 408, 409, 429 and 5xx are retried)",
             retryable=False,
         )
+
+    def accepted(self, answer: _Answer) -> list[Event]:
+        """What a 2xx answer means: the replies it carries (a 200 or 201 whose body is a
+        CloudEvent), else none. A push format of another protocol overrides it to read
+        its own answers, raising ``DeliveryError`` for one that asks for a retry."""
+        return self._replies(answer) if answer.status in (200, 201) else []
 
     def _replies(self, answer: _Answer) -> list[Event]:
         if content_mode(answer.headers) is None:
