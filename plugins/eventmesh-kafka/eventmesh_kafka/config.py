@@ -75,6 +75,10 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Partitions of a created topic: how many members of one group can share its work."""
     replication_factor: int | None = None
     """Replicas of a created topic; None takes as many as there are brokers, up to 3."""
+    state_topic_prefix: str = "eventmesh.state."
+    """The mesh keeps its own state (the subscriptions made through the sidecar's API)
+    in compacted topics named this plus the bucket (``eventmesh.state.subscriptions``);
+    meshes that must not share that state on one cluster use different prefixes."""
 
     # -- the CloudEvents binding ---------------------------------------------------------
     mode: Literal["binary", "structured"] = "binary"

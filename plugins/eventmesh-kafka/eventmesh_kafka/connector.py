@@ -24,7 +24,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from eventmesh.bindings.kafka import Message, to_binary, to_structured
-from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition
+from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition, StateStore
 from eventmesh.errors import (
     ConnectError,
     ConnectorError,
@@ -42,6 +42,7 @@ from eventmesh_kafka._errors import (
 )
 from eventmesh_kafka.config import KafkaConfig
 from eventmesh_kafka.consumer import KafkaConsumer
+from eventmesh_kafka.state import KafkaStateStore
 
 __all__ = ["KafkaConnector"]
 
@@ -98,6 +99,7 @@ class KafkaConnector(Connector):
         self._consumers: set[KafkaConsumer] = set()
         self._producer_lock = anyio.Lock()
         self._broken: Any = None  # the producer whose sends failed, until it is replaced
+        self._states: dict[str, KafkaStateStore] = {}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -187,6 +189,9 @@ class KafkaConnector(Connector):
     async def _close(self) -> None:
         for consumer in list(self._consumers):
             await consumer.close()
+        for store in self._states.values():
+            await store.close()
+        self._states.clear()
         producer, admin = self._producer, self._admin
         self._producer = self._admin = self._broken = None
         with anyio.CancelScope(shield=True):
@@ -313,6 +318,14 @@ class KafkaConnector(Connector):
         if start not in ("earliest", "latest") and not isinstance(start, datetime):
             raise SubscribeError(f"start must be 'earliest', 'latest' or a datetime, got {start!r}")
         return KafkaConsumer(self, topic, group, start)
+
+    def state(self, bucket: str) -> StateStore:
+        """The bucket as a compacted topic (see :mod:`eventmesh_kafka.state`)."""
+        self._check_open()
+        store = self._states.get(bucket)
+        if store is None:
+            store = self._states[bucket] = KafkaStateStore(self, bucket)
+        return store
 
     # -- for the consumers ---------------------------------------------------------------
 

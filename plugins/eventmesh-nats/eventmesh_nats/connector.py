@@ -7,6 +7,7 @@ binding, decoding received messages); :mod:`eventmesh_nats.jetstream` and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from nats.js import JetStreamContext
 
 from eventmesh._redact import redact_url
 from eventmesh.bindings.nats import from_message, to_binary, to_structured, wrap_message
-from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition
+from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition, StateStore
 from eventmesh.errors import (
     ConnectError,
     ConnectorError,
@@ -34,6 +35,7 @@ from eventmesh_nats._errors import describe, is_slow_consumer, tolerated, transl
 from eventmesh_nats.config import NatsConfig
 from eventmesh_nats.core import CoreConsumer, CoreGroups, publish_core
 from eventmesh_nats.jetstream import JetStreamConsumer, JetStreamPublisher, Streams
+from eventmesh_nats.state import NatsStateStore
 
 __all__ = ["NatsConnector"]
 
@@ -53,9 +55,11 @@ class NatsConnector(Connector):
         self._streams: Streams | None = None
         self._publisher: JetStreamPublisher | None = None
         self._routes: dict[str, tuple[str, str]] = {}
+        self._windows: dict[str, float] = {}  # topic -> the mesh's dedupe window
         self._slow = 0
         self.consumers: set[Consumer] = set()
         self.core_groups = CoreGroups(self)
+        self._states: dict[str, NatsStateStore] = {}
         self.encode = to_binary if self.config.binding == "binary" else to_structured
         """The binding that writes events: (headers, payload) for an event."""
 
@@ -139,7 +143,7 @@ class NatsConnector(Connector):
                 with translated(ConnectError, f"{where}: checking that JetStream is enabled"):
                     await js.account_info()
                 self._js = js
-                self._streams = Streams(js, config)
+                self._streams = Streams(js, config, self._windows)
                 self._publisher = JetStreamPublisher(self)
                 with translated(ConnectError, where):
                     await self._publisher.start()
@@ -153,6 +157,9 @@ class NatsConnector(Connector):
     async def _close(self) -> None:
         for consumer in list(self.consumers):
             await consumer.close()
+        for store in self._states.values():
+            await store.close()
+        self._states.clear()
         nc, self._nc = self._nc, None
         self._js = None
         if nc is not None:
@@ -231,6 +238,24 @@ class NatsConnector(Connector):
                 msg.headers, msg.data, subject=msg.subject, id=id, time=stored, error=str(exc)
             )
 
+    def state(self, bucket: str) -> StateStore | None:
+        """The bucket as a JetStream KV bucket (see :mod:`eventmesh_nats.state`); None in
+        core mode, which stores nothing."""
+        self._check_open()
+        if self.config.mode == "core":
+            return None
+        store = self._states.get(bucket)
+        if store is None:
+            store = self._states[bucket] = NatsStateStore(self, bucket)
+        return store
+
+    def duplicate_window(self, topic: str, seconds: float) -> None:
+        """Create the stream of ``topic`` (when this connector creates it) with a
+        ``duplicate_window`` of ``seconds`` instead of ``stream.duplicate_window``: the
+        mesh's ``dedupe`` window of the topic, so that the stream drops a ``Nats-Msg-Id``
+        it holds as long as the mesh promises (at most the stream's ``max_age``)."""
+        self._windows[topic] = seconds
+
     # -- publishing and subscribing ----------------------------------------------------------
 
     async def publish(self, topic: str, events: Sequence[Event]) -> None:
@@ -246,7 +271,7 @@ class NatsConnector(Connector):
             return
         if self.config.deduplicate:
             for (headers, _), event in zip(messages, events, strict=True):
-                headers["Nats-Msg-Id"] = f"{event.source} {event.id}"
+                headers["Nats-Msg-Id"] = message_id(event)
         assert self._publisher is not None
         await self.streams.ensure(topic, subject, stream, PublishError)
         await self._publisher.publish(topic, subject, stream, messages)
@@ -278,6 +303,15 @@ class NatsConnector(Connector):
         if self.config.mode == "core":
             return CoreConsumer(self, topic, group, start)
         return JetStreamConsumer(self, topic, group, start)
+
+
+def message_id(event: Event) -> str:
+    """The ``Nats-Msg-Id`` of ``event``: 32 hex digits of a hash of its ``source`` and
+    ``id``, so the header stays short however long they are, and two events share it
+    only when both attributes are equal."""
+    source = event.source
+    key = f"{len(source)}:{source}{event.id}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
 _HEADROOM = 4096

@@ -1,0 +1,256 @@
+"""The mesh's durable key-value state on Kafka: one compacted topic per bucket.
+
+:meth:`KafkaConnector.state` returns a :class:`KafkaStateStore` whose map is the topic
+``{state_topic_prefix}{bucket}`` (``eventmesh.state.subscriptions`` by default), created
+on first use with one partition and ``cleanup.policy=compact``, so Kafka keeps the last
+record of every key for ever:
+
+* ``put`` is a keyed record sent with ``acks=all`` (written to every in-sync replica
+  when it returns); ``delete`` a tombstone (a record with no value) for the key;
+* ``load`` reads the topic from its beginning up to the end offsets it found when it
+  began (no consumer group: nothing is committed);
+* ``watch`` keeps reading from where the last ``load`` stopped (or from the end), so a
+  change made between the two is not missed; it ends when the connector closes.
+
+Every process that names the same topic on the same cluster sees the same map.
+aiokafka's exceptions become ``ConnectError`` (reading, creating the topic) or
+``PublishError`` (writing) here, through :mod:`eventmesh_kafka._errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from eventmesh.connectors.base import StateStore
+from eventmesh.errors import ClosedError, ConnectError, PublishError
+from eventmesh_kafka._errors import is_success, refused, tolerated, translated
+
+if TYPE_CHECKING:
+    from eventmesh_kafka.connector import KafkaConnector
+
+__all__ = ["KafkaStateStore"]
+
+log = logging.getLogger(__name__)
+
+_COMPACT: Final = {"cleanup.policy": "compact"}
+_POLL_MS: Final = 1_000
+"""The longest single wait for new records while loading or watching."""
+
+
+class KafkaStateStore(StateStore):
+    """A bucket of the mesh's state kept in a compacted Kafka topic (module docstring)."""
+
+    def __init__(self, connector: KafkaConnector, bucket: str) -> None:
+        self._connector = connector
+        self.topic = f"{connector.config.state_topic_prefix}{bucket}"
+        connector.check_topic(self.topic)
+        self._where = f"Kafka state topic {self.topic!r}"
+        self._lock = anyio.Lock()
+        self._partitions: list[TopicPartition] = []
+        self._producer: Any = None
+        self._readers: set[Any] = set()
+        self._loaded: dict[int, int] | None = None
+        """The end offsets the last load read up to: where a watch begins."""
+        self._closed = False
+
+    # -- setup and teardown ----------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"connector {self._connector.name!r} is closed")
+
+    async def _ensure_topic(self) -> list[TopicPartition]:
+        """Create the compacted topic once (unless ``create_topics`` is off) and learn
+        its partitions."""
+        if self._partitions:
+            return self._partitions
+        async with self._lock:
+            self._check()
+            if not self._partitions:
+                self._partitions = await self._setup()
+        return self._partitions
+
+    async def _setup(self) -> list[TopicPartition]:
+        config = self._connector.config
+        options = self._connector.client_options()
+        where = f"setting up {self._where} (cleanup.policy=compact)"
+        with translated(ConnectError, where, setup=True):
+            admin = AIOKafkaAdminClient(**options)
+        try:
+            with translated(ConnectError, where):
+                await admin.start()
+                if config.create_topics:
+                    replicas = config.replication_factor
+                    if replicas is None:
+                        cluster = await admin.describe_cluster()
+                        replicas = max(1, min(3, len(cluster.get("brokers", ()))))
+                    topic = NewTopic(self.topic, 1, replicas, topic_configs=dict(_COMPACT))
+                    response = await admin.create_topics([topic])
+                    for _name, code, *rest in response.topic_errors:
+                        if not is_success(code, exists_ok=True):
+                            raise refused(ConnectError, where, code, rest[0] if rest else None)
+                # A topic just created may take a moment to appear in the metadata.
+                with anyio.move_on_after(config.request_timeout_ms / 1000):
+                    while True:
+                        found = await admin.describe_topics([self.topic])
+                        partitions = sorted(
+                            p["partition"]
+                            for t in found
+                            if t["topic"] == self.topic and not t["error_code"]
+                            for p in t["partitions"]
+                        )
+                        if partitions:
+                            return [TopicPartition(self.topic, p) for p in partitions]
+                        await anyio.sleep(0.1)
+            raise ConnectError(
+                f"{where}: the topic does not exist; create it with cleanup.policy=compact, "
+                "or set create_topics: true"
+            )
+        finally:
+            with anyio.CancelScope(shield=True), tolerated(f"{where}: closing the admin client"):
+                await admin.close()
+
+    async def _writer(self) -> Any:
+        await self._ensure_topic()
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            self._check()
+            if self._producer is None:
+                where = f"opening a producer for {self._where}"
+                with translated(PublishError, where, setup=True):
+                    producer = AIOKafkaProducer(
+                        acks="all", enable_idempotence=True, **self._connector.client_options()
+                    )
+                try:
+                    with translated(PublishError, where):
+                        await producer.start()
+                except BaseException:
+                    with anyio.CancelScope(shield=True), tolerated(where):
+                        await producer.stop()
+                    raise
+                self._producer = producer
+        return self._producer
+
+    async def _reader(self) -> tuple[Any, list[TopicPartition]]:
+        """A started consumer (no group) assigned every partition of the topic."""
+        assigned = await self._ensure_topic()
+        self._check()
+        where = f"reading {self._where}"
+        with translated(ConnectError, where, setup=True):
+            consumer = AIOKafkaConsumer(
+                group_id=None, enable_auto_commit=False, **self._connector.client_options()
+            )
+        self._readers.add(consumer)
+        try:
+            with translated(ConnectError, where):
+                await consumer.start()
+                consumer.assign(assigned)
+        except BaseException:
+            await self._release(consumer)
+            raise
+        return consumer, assigned
+
+    async def _release(self, consumer: Any) -> None:
+        self._readers.discard(consumer)
+        with anyio.CancelScope(shield=True), tolerated(f"closing a reader of {self._where}"):
+            await consumer.stop()
+
+    async def close(self) -> None:
+        """Stop the producer and every reader (a watch then ends). Idempotent."""
+        self._closed = True
+        producer, self._producer = self._producer, None
+        for consumer in list(self._readers):
+            await self._release(consumer)
+        if producer is not None:
+            with (
+                anyio.CancelScope(shield=True),
+                tolerated(f"closing the producer of {self._where}"),
+            ):
+                await producer.stop()
+
+    # -- the StateStore contract -----------------------------------------------------------
+
+    async def load(self) -> dict[str, bytes]:
+        consumer, assigned = await self._reader()
+        timeout = self._connector.config.request_timeout_ms / 1000 * 3
+        values: dict[str, bytes] = {}
+        where = f"loading {self._where}"
+        try:
+            with translated(ConnectError, where):
+                await consumer.seek_to_beginning(*assigned)
+                ends: dict[TopicPartition, int] = await consumer.end_offsets(assigned)
+                with anyio.fail_after(timeout):
+                    while [tp for tp in assigned if await consumer.position(tp) < ends[tp]]:
+                        batch = await consumer.getmany(*assigned, timeout_ms=_POLL_MS)
+                        for records in batch.values():
+                            for record in records:
+                                _apply(values, record, ends)
+        except TimeoutError as exc:
+            self._check()
+            raise ConnectError(
+                f"{where}: did not reach the end offsets within {timeout:g} s; check "
+                "that the brokers are reachable"
+            ) from exc
+        finally:
+            await self._release(consumer)
+        self._loaded = {tp.partition: ends[tp] for tp in assigned}
+        return values
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self._send(key, value)
+
+    async def delete(self, key: str) -> None:
+        await self._send(key, None)
+
+    async def _send(self, key: str, value: bytes | None) -> None:
+        producer = await self._writer()
+        what = "writing" if value is not None else "deleting"
+        with translated(PublishError, f"{what} key {key!r} of {self._where}"):
+            await producer.send_and_wait(self.topic, key=key.encode(), value=value)
+
+    async def watch(self) -> AsyncIterator[tuple[str, bytes | None]]:
+        consumer, assigned = await self._reader()
+        where = f"watching {self._where}"
+        try:
+            with translated(ConnectError, where):
+                starts = self._loaded
+                if starts is None:
+                    ends = await consumer.end_offsets(assigned)
+                    starts = {tp.partition: ends[tp] for tp in assigned}
+                for tp in assigned:
+                    consumer.seek(tp, starts.get(tp.partition, 0))
+            while True:
+                try:
+                    with translated(ConnectError, where):
+                        batch = await consumer.getmany(*assigned, timeout_ms=_POLL_MS)
+                except ConnectError:
+                    if self._closed:
+                        return
+                    raise
+                if self._closed:
+                    return
+                for records in batch.values():
+                    for record in records:
+                        if record.key is not None:
+                            yield record.key.decode("utf-8", "replace"), record.value
+        finally:
+            await self._release(consumer)
+
+
+def _apply(values: dict[str, bytes], record: Any, ends: dict[TopicPartition, int]) -> None:
+    """One record read while loading: a value replaces the key's, a tombstone removes it
+    (records past the end offsets the load began with wait for the watch)."""
+    if record.key is None or record.offset >= ends[TopicPartition(record.topic, record.partition)]:
+        return
+    key = record.key.decode("utf-8", "replace")
+    if record.value is None:
+        values.pop(key, None)
+    else:
+        values[key] = record.value
