@@ -15,6 +15,7 @@ ConfigError             400     INVALID_ARGUMENT     a bad subscription, filter 
 PluginNotFoundError     400     INVALID_ARGUMENT     the request names a connector not here
 RejectedError           400     INVALID_ARGUMENT     the backend never takes this; do not retry
 LimitExceededError      429     RESOURCE_EXHAUSTED   a configured bound (topics, subscriptions)
+RequestTimeoutError     504     DEADLINE_EXCEEDED    no reply to a request within its timeout
 UnauthenticatedError    401     UNAUTHENTICATED      no credentials the sidecar accepts
 PermissionDeniedError   403     PERMISSION_DENIED    the principal lacks the grant
 NotFoundError           404     NOT_FOUND            no such subscription or delivery
@@ -66,6 +67,7 @@ _TABLE: Final[tuple[tuple[type[EventMeshError], int, grpc.StatusCode], ...]] = (
     (errors.PluginNotFoundError, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.RejectedError, 400, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.LimitExceededError, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.RequestTimeoutError, 504, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.UnauthenticatedError, 401, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDeniedError, 403, grpc.StatusCode.PERMISSION_DENIED),
     (NotFoundError, 404, grpc.StatusCode.NOT_FOUND),
@@ -178,4 +180,5 @@ _TITLES: Final = {
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }

@@ -336,11 +336,18 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Characters of a topic, subscription or group name (Kafka's own topic limit)."""
     filters: FilterLimits = FilterLimits()
     """Size, nesting and evaluation bounds of filter and transform specs."""
+    max_pending_requests: int = 10_000
+    """Requests (``request()``, ``POST /request/{topic}``) waiting for replies at once;
+    one more is refused (429)."""
+    max_request_timeout: Duration = Duration(300.0)
+    """The longest a request may wait for its reply; a longer timeout is refused (400)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_topics", "max_subscriptions", "max_name_length"):
+        for name in ("max_topics", "max_subscriptions", "max_name_length", "max_pending_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_request_timeout <= 0:
+            raise ValueError("max_request_timeout must be above 0")
 
 
 def _default_connectors() -> dict[str, ConnectorSpec]:

@@ -20,6 +20,7 @@ Every error the library raises on purpose is an ``EventMeshError``::
     ├── PermissionDeniedError    the caller's principal is not granted what it asked (403)
     ├── LimitExceededError       a configured bound of the mesh is reached (topics,
     │                            subscriptions): names the limit and its config key
+    ├── RequestTimeoutError      a request got no reply within its timeout (504)
     ├── PluginError
     │   ├── PluginNotFoundError  no connector of that name is installed
     │   └── PluginLoadError      a connector is installed but failed to import
@@ -52,6 +53,7 @@ __all__ = [
     "PluginNotFoundError",
     "PublishError",
     "RejectedError",
+    "RequestTimeoutError",
     "SubscribeError",
     "TopicFullError",
     "UnauthenticatedError",
@@ -157,6 +159,15 @@ class LimitExceededError(EventMeshError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class RequestTimeoutError(EventMeshError):
+    """A request (``request()``) got no reply within its timeout; ``timeout`` is the
+    seconds it waited. A reply that comes later is counted and dropped."""
+
+    def __init__(self, message: str, *, timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
 
 
 class PluginError(EventMeshError):

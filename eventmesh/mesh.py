@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from eventmesh._requests import Requests
 from eventmesh.client.base import Client
 from eventmesh.config import MeshConfig, SubscriptionConfig, convert, load_config
 from eventmesh.connectors.base import Connector, StartPosition
@@ -98,6 +99,7 @@ class Mesh(Client):
                 subscriptions=self._figures,
                 functions=self._function_figures,
                 released=self._released,
+                requests=self._request_counts,
                 connector_for=self.config.connector_for,
                 max_label_sets=self.config.metrics.max_label_sets,
             )
@@ -117,6 +119,7 @@ class Mesh(Client):
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._webhooks: WebhookSession | None = None
+        self._requests: Requests | None = None  # made at the first request()
         self._state = "new"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -242,6 +245,28 @@ class Mesh(Client):
         await self._store(topic, batch)
         return [event.id for event in batch]
 
+    async def request(self, topic: str, event: Event, *, timeout: float | None = None) -> Event:
+        """Publish ``event`` on ``topic`` as a request and return the first reply.
+
+        The request carries ``correlationid`` (its own, else its id) and ``replyto``
+        (this mesh's reply inbox); a subscription handler or function that returns an
+        Event for it answers it. Waits ``timeout`` seconds (default 30, at most
+        ``limits.max_request_timeout``), then raises ``RequestTimeoutError``; beyond
+        ``limits.max_pending_requests`` waiting requests raises ``LimitExceededError``.
+        Replies that come too late are counted and dropped (docs/sdk.md, Request-reply).
+        """
+        self._check_open()
+        if self._requests is None:
+            limits = self.config.limits
+            self._requests = Requests(
+                self,
+                max_pending=limits.max_pending_requests,
+                max_timeout=float(limits.max_request_timeout),
+            )
+            assert self._stack is not None
+            self._stack.callback(self._requests.close)
+        return await self._requests.request(topic, event, timeout)
+
     async def _publish_internal(self, topic: str, events: Event | Sequence[Event]) -> None:
         """Store what the mesh publishes on its own behalf (the replies of handlers and
         functions, and dead letters), checked as :meth:`publish` checks, but also while
@@ -318,6 +343,13 @@ class Mesh(Client):
             if isinstance(connector, MemoryConnector)
             for item in connector.released().items()
         ]
+
+    def _request_counts(self) -> dict[str, int]:
+        """The request-reply counts for the metrics (none before the first request)."""
+        requests = self._requests
+        if requests is None:
+            return {}
+        return {**requests.counts, "pending": requests.pending}
 
     def _function_figures(self) -> list[FunctionFigures]:
         """What each running function reports to the metrics at a scrape."""

@@ -24,6 +24,7 @@ import anyio
 import anyio.to_thread
 
 from eventmesh._lifecycle import ClosedOnExit
+from eventmesh._requests import send_replies
 from eventmesh.connectors.base import Consumer
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
 from eventmesh.delivery.deadletter import describe_error
@@ -136,14 +137,16 @@ def _as_sink(handler: Handler) -> Sink:
     return in_thread
 
 
-def _replying(sink: Sink, mesh: Mesh, reply_to: str) -> Sink:
-    """The sink, publishing what it returns to ``reply_to`` before the event is acked
-    (through the mesh's internal path, which still stores while the mesh closes)."""
+def _replying(sink: Sink, mesh: Mesh, reply_to: str | None) -> Sink:
+    """The sink, publishing what it returns to ``reply_to`` and, for a request, to its
+    reply inbox, before the event is acked (through the mesh's internal path, which
+    still stores while the mesh closes; eventmesh._requests)."""
+    publish = mesh._publish_internal
 
     async def replying(event: Event) -> Any:
         result = await sink(event)
-        if isinstance(result, Event) or (isinstance(result, list | tuple) and result):
-            await mesh._publish_internal(reply_to, result)
+        if result is not None:
+            await send_replies(publish, event, result, reply_to)
         return result
 
     return replying
@@ -193,8 +196,7 @@ class Subscription(ClosedOnExit):
         self.latency = Histogram() if mesh.metrics is not None else None
         if handler is not None:
             sink = _as_sink(handler)
-            if reply_to is not None:
-                sink = _replying(sink, mesh, reply_to)
+            sink = _replying(sink, mesh, reply_to)  # a request is answered without reply_to
             tracing = mesh._tracing
             traced = None
             if tracing is not None:  # events with a traceparent are delivered under a span

@@ -95,6 +95,16 @@ class Client(ClosedOnExit, abc.ABC):
         all are stored; raises ``PublishError`` if not; ``EventValidationError`` for
         something that is not a valid event."""
 
+    async def request(self, topic: str, event: Event, *, timeout: float | None = None) -> Event:
+        """Publish ``event`` on ``topic`` as a request and return the first reply: an
+        event that a handler or function returned for it (docs/sdk.md, Request-reply).
+
+        Raises ``RequestTimeoutError`` when none came within ``timeout`` seconds
+        (default 30, at most the mesh's ``limits.max_request_timeout``), and
+        ``LimitExceededError`` when ``limits.max_pending_requests`` requests wait.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement request()")
+
     @abc.abstractmethod
     def subscribe(
         self,

@@ -127,6 +127,8 @@ FunctionSource = Callable[[], Iterable[FunctionFigures]]
 ReleasedSource = Callable[[], Iterable[tuple[str, int]]]
 """Lists ``(topic, count)``: events a connector released under a retention limit before
 every group read them (the memory connector's ``released()``)."""
+RequestSource = Callable[[], Mapping[str, int]]
+"""The request-reply counts: ``answered``, ``timed_out``, ``late`` and ``pending``."""
 
 
 class MeshMetrics:
@@ -144,9 +146,11 @@ class MeshMetrics:
         connector_for: Callable[[str], str],
         functions: FunctionSource = tuple,
         released: ReleasedSource = tuple,
+        requests: RequestSource = dict,
         max_label_sets: int = 1000,
     ) -> None:
         self._subscriptions = subscriptions
+        self._requests = requests
         self._functions = functions
         self._released = released
         self._connector_for = connector_for
@@ -223,6 +227,17 @@ class MeshMetrics:
             callbacks=[self._function_callback("timeouts")],
             description="calls of a serverless function cut short by its timeout",
         )
+        meter.create_observable_counter(
+            "eventmesh.requests",
+            callbacks=[self._observe_requests],
+            description="requests that waited for a reply, by outcome (answered, "
+            "timed_out), and replies dropped as late (after the timeout, duplicates)",
+        )
+        meter.create_observable_gauge(
+            "eventmesh.requests.pending",
+            callbacks=[self._observe_pending_requests],
+            description="requests waiting for their reply",
+        )
 
     def _labelled(self, figures: SubscriptionFigures) -> dict[str, str]:
         labels = self._subscription_labels((figures.subscription, figures.topic), figures.connector)
@@ -249,6 +264,15 @@ class MeshMetrics:
             (label, connector) = self._topic_labels((topic,), self._connector_for(topic))
             values.append(({"topic": label, "connector": connector}, count))
         return self._summed(values)
+
+    def _observe_requests(self, options: CallbackOptions) -> list[Observation]:
+        counts = self._requests()
+        outcomes = ("answered", "timed_out", "late")
+        return [Observation(counts[k], {"outcome": k}) for k in outcomes if k in counts]
+
+    def _observe_pending_requests(self, options: CallbackOptions) -> list[Observation]:
+        pending = self._requests().get("pending")
+        return [] if pending is None else [Observation(pending)]
 
     def _counter_callback(self, field: str) -> Callable[[CallbackOptions], list[Observation]]:
         def observe(options: CallbackOptions) -> list[Observation]:

@@ -11,7 +11,8 @@ when the event(s) may be acked and raises when they must be retried:
 the function                outcome
 ==========================  ===========================================================
 returns None                acked
-returns an Event or a list  published to ``reply_to``, then acked; each reply gets the
+returns an Event or a list  published to ``reply_to`` (and to a request's reply inbox,
+                            eventmesh._requests), then acked; each reply gets the
                             ``causationid`` extension (the id of the event that caused
                             it) and the cause's ``traceparent``/``tracestate`` unless it
                             has its own
@@ -21,7 +22,7 @@ runs past ``timeout``       cancelled (async) or abandoned (thread, process); a 
                             retried. A process function's cold start comes before
                             the timeout starts (it has its own bound)
 returns events, no          ``DeliveryError(retryable=False)``: the cause is
-``reply_to``                dead-lettered at once, so the reply is not silently lost
+``reply_to``, no request    dead-lettered at once, so the reply is not silently lost
 returns something else      the same: a programming error a retry cannot mend
 ==========================  ===========================================================
 
@@ -37,6 +38,7 @@ from typing import Any, Final
 
 import anyio
 
+from eventmesh._requests import reply_address, send_replies
 from eventmesh.errors import DeliveryError
 from eventmesh.event import Event
 from eventmesh.observability.histogram import Histogram
@@ -204,17 +206,18 @@ class FunctionRunner:
             raise DeliveryError(
                 f"function {self.name!r} timed out after {self.timeout:g}s (its timeout); retrying"
             )
-        replies = self._replies(result)
+        replies = self._replies(result, cause)
         if replies:
-            assert self.reply_to is not None
             try:
-                await self._publish(self.reply_to, [with_cause(r, cause) for r in replies])
+                # To reply_to, and for a request to its reply inbox (eventmesh._requests).
+                answers = [with_cause(r, cause) for r in replies]
+                await send_replies(self._publish, cause, answers, self.reply_to)
             except Exception:
                 stats.failures += 1
                 raise
             stats.replies += len(replies)
 
-    def _replies(self, result: Any) -> list[Event]:
+    def _replies(self, result: Any, cause: Event) -> list[Event]:
         if result is None:
             return []
         if isinstance(result, Event):
@@ -228,7 +231,7 @@ class FunctionRunner:
                 "an Event or a list of Events",
                 retryable=False,
             )
-        if replies and self.reply_to is None:
+        if replies and self.reply_to is None and reply_address(cause) is None:
             self.stats.failures += 1
             raise DeliveryError(
                 f"function {self.name!r} returned {len(replies)} event(s) but has no "
