@@ -13,17 +13,11 @@ import pytest
 
 import eventmesh
 from eventmesh import DeliveryPolicy, Event, Mesh
+from eventmesh.testing.polling import eventually
 
 pytestmark = pytest.mark.anyio
 
 FAST = {"backoff": {"initial": "1ms", "max": "10ms"}}
-
-
-async def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll until condition() is true; fail after timeout seconds."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.005)
 
 
 async def test_handler_failing_twice_is_acked_on_the_third_attempt() -> None:
@@ -38,7 +32,7 @@ async def test_handler_failing_twice_is_acked_on_the_third_attempt() -> None:
     async with eventmesh.connect() as mesh:
         async with mesh.subscribe("orders", "billing", handler=flaky, delivery=FAST) as sub:
             await mesh.publish("orders", Event(type="t", source="/s", data=7))
-            await wait_for(lambda: sub.stats.delivered == 1)
+            await eventually(lambda: sub.stats.delivered == 1)
         assert calls == [7, 7, 7]
         assert sub.stats.retried == 2
         # Committed: the group's next member does not get it again.
@@ -93,7 +87,7 @@ async def test_expired_events_are_dead_lettered_not_delivered() -> None:
         policy = {"ttl": "1m", "dead_letter": "expired.{group}"}
         async with mesh.subscribe("t", "g", handler=handler, delivery=policy) as sub:
             await mesh.publish("t", [old, fresh])
-            await wait_for(lambda: sub.stats.delivered + sub.stats.dead_lettered == 2)
+            await eventually(lambda: sub.stats.delivered + sub.stats.dead_lettered == 2)
         async with mesh.subscribe("expired.g", "ops", start="earliest") as dlq:
             async for delivery in dlq:
                 assert delivery.event.id == old.id
@@ -129,7 +123,7 @@ async def test_order_per_key_holds_with_concurrency_16() -> None:
                         for k in range(keys)
                     ],
                 )
-            await wait_for(lambda: sub.stats.delivered == keys * per_key, timeout=60)
+            await eventually(lambda: sub.stats.delivered == keys * per_key, timeout=60)
     assert len(seen) == keys
     assert all(numbers == list(range(per_key)) for numbers in seen.values())
     assert 1 < most_active <= 16
@@ -187,7 +181,7 @@ async def test_without_a_dead_letter_topic_failures_are_dropped_and_logged(
         policy = {"max_attempts": 1, "dead_letter": None}
         async with mesh.subscribe("d", "g", handler=broken, delivery=policy) as sub:
             await mesh.publish("d", Event(type="t", source="/s"))
-            await wait_for(lambda: sub.stats.dead_lettered == 1)
+            await eventually(lambda: sub.stats.dead_lettered == 1)
     assert "no dead-letter topic is set" in caplog.text
 
 
@@ -211,7 +205,7 @@ async def test_sync_handlers_do_not_block_the_loop() -> None:
         tg.start_soon(ticker)
         async with mesh.subscribe("s", "g", handler=blocking) as sub:
             await mesh.publish("s", Event(type="t", source="/s"))
-            await wait_for(lambda: sub.stats.delivered == 1)
+            await eventually(lambda: sub.stats.delivered == 1)
         tg.cancel_scope.cancel()
     assert threading.main_thread().name not in threads
     assert ticks >= 15  # about 30 ticks fit in the 0.3 s the handler blocked
@@ -242,7 +236,7 @@ async def test_many_producers_and_consumers_lose_nothing() -> None:
         async with anyio.create_task_group() as tg:
             for p in range(4):
                 tg.start_soon(produce, p)
-        await wait_for(lambda: len(seen) == 4 * per_producer, timeout=120)
+        await eventually(lambda: len(seen) == 4 * per_producer, timeout=120)
         assert all(sub.stats.received > 0 for sub in subs)
     assert len(seen) == 4 * per_producer
 
@@ -278,5 +272,5 @@ async def test_a_failing_fetch_is_retried_not_fatal() -> None:
         mesh.subscribe("f", "g", handler=handler, delivery=FAST) as sub,
     ):
         await mesh.publish("f", Event(type="t", source="/s"))
-        await wait_for(lambda: sub.stats.delivered == 1)
+        await eventually(lambda: sub.stats.delivered == 1)
     assert len(got) == 1

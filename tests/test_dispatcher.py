@@ -12,17 +12,11 @@ import pytest
 import eventmesh
 from eventmesh import DeliveryPolicy, Event
 from eventmesh.errors import DeliveryError
+from eventmesh.testing.polling import eventually
 
 pytestmark = pytest.mark.anyio
 
 FAST = {"backoff": {"initial": "1ms", "max": "5ms"}}
-
-
-async def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll until condition() is true; fail after timeout seconds."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.005)
 
 
 def _events(keys: int, per_key: int) -> list[Event]:
@@ -66,7 +60,7 @@ async def test_the_open_gate_and_the_gated_path_deliver_the_same_events() -> Non
             ) as gated,
         ):
             await mesh.publish("o", events)
-            await wait_for(lambda: plain.stats.delivered == gated.stats.delivered == len(events))
+            await eventually(lambda: plain.stats.delivered == gated.stats.delivered == len(events))
     assert seen["open"] == seen["gated"]
     assert all(numbers == list(range(30)) for numbers in seen["open"].values())
     assert len(seen["open"]) == 40
@@ -101,7 +95,7 @@ async def test_retries_and_dead_letters_work_on_the_open_gate() -> None:
                         await delivery.ack()
                         if len(dead) == 2:
                             break
-            await wait_for(lambda: sub.stats.delivered == 2)
+            await eventually(lambda: sub.stats.delivered == 2)
     assert dict(attempts) == {0: 1, 1: 3, 2: 4, 3: 1}
     assert dead[2].extensions["deadletterattempts"] == 4
     assert dead[3].extensions["deadletterattempts"] == 1
@@ -121,7 +115,7 @@ async def test_a_filter_is_still_applied_when_one_is_set() -> None:
         mesh.subscribe("f", "g", handler=handler, filter=lambda event: event.data % 2 == 0) as sub,
     ):
         await mesh.publish("f", [Event(type="t", source="/s", data=n) for n in range(10)])
-        await wait_for(lambda: sub.stats.delivered + sub.stats.filtered == 10)
+        await eventually(lambda: sub.stats.delivered + sub.stats.filtered == 10)
     assert sorted(handled) == [0, 2, 4, 6, 8]
 
 
@@ -137,8 +131,8 @@ async def test_slow_handlers_still_fill_the_prefetch() -> None:
         policy = DeliveryPolicy(concurrency=4, prefetch=300)
         async with mesh.subscribe("s", "g", handler=handler, delivery=policy) as sub:
             await mesh.publish("s", [Event(type="t", source="/s", data=n) for n in range(400)])
-            await wait_for(lambda: sub.stats.received == 300)
+            await eventually(lambda: sub.stats.received == 300)
             await anyio.sleep(0.05)
             assert sub.stats.received == 300  # and no more
             release.set()
-            await wait_for(lambda: sub.stats.delivered == 400)
+            await eventually(lambda: sub.stats.delivered == 400)

@@ -26,6 +26,7 @@ from cloudevents.core.v1.event import CloudEvent
 from eventmesh import ConfigError, Event, Mesh
 from eventmesh.delivery.webhook import WebhookSession, WebhookSink, retry_after_seconds
 from eventmesh.errors import ClosedError, DeliveryError
+from eventmesh.testing.polling import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -121,13 +122,6 @@ def configured(url: str, *, sink: Any = None, delivery: Any = None, **top: Any) 
     return Mesh({"subscriptions": [sub], **top})
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll until condition() is true; fail after timeout seconds."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.005)
-
-
 async def read(mesh: Mesh, topic: str, count: int = 1) -> list[Event]:
     """The first ``count`` events stored on ``topic``."""
     found: list[Event] = []
@@ -164,7 +158,7 @@ async def test_binary_delivery_reads_back_as_the_same_event_with_the_sdk() -> No
         async with mesh:
             event = order()
             await mesh.publish("orders", event)
-            await wait_for(lambda: len(receiver.requests) == 1)
+            await eventually(lambda: len(receiver.requests) == 1)
     seen = receiver.requests[0]
     assert seen.headers["ce-id"] == event.id
     assert seen.headers["authorization"] == "Bearer s3cret"
@@ -180,7 +174,7 @@ async def test_structured_mode_posts_the_json_event_format() -> None:
     ):
         event = order()
         await mesh.publish("orders", event)
-        await wait_for(lambda: len(receiver.requests) == 1)
+        await eventually(lambda: len(receiver.requests) == 1)
     seen = receiver.requests[0]
     assert seen.headers["content-type"].startswith("application/cloudevents+json")
     assert not any(name.startswith("ce-") for name in seen.headers)
@@ -197,7 +191,7 @@ async def test_batch_mode_gathers_concurrent_events_into_one_request() -> None:
     ):
         events = [order(n) for n in range(10)]
         await mesh.publish("orders", events)
-        await wait_for(lambda: mesh.subscriptions[0].stats.delivered == 10)
+        await eventually(lambda: mesh.subscriptions[0].stats.delivered == 10)
     assert len(receiver.requests) == 1
     seen = receiver.requests[0]
     assert seen.headers["content-type"].startswith("application/cloudevents-batch+json")
@@ -231,7 +225,7 @@ async def test_each_retryable_status_is_retried_until_the_event_is_delivered() -
     ):
         await mesh.publish("orders", order())
         sub = mesh.subscriptions[0]
-        await wait_for(lambda: sub.stats.delivered == 1)
+        await eventually(lambda: sub.stats.delivered == 1)
     assert len(receiver.requests) == len(codes) + 1
     assert sub.stats.retried == len(codes)
     assert sub.stats.dead_lettered == 0
@@ -245,7 +239,7 @@ async def test_retry_after_in_seconds_is_waited_for() -> None:
         configured(receiver.url, delivery={"backoff": {"initial": "1ms"}}) as mesh,
     ):
         await mesh.publish("orders", order())
-        await wait_for(lambda: mesh.subscriptions[0].stats.delivered == 1)
+        await eventually(lambda: mesh.subscriptions[0].stats.delivered == 1)
     first, second = receiver.requests
     assert second.at - first.at >= 1.0 - 0.05
 
@@ -478,7 +472,7 @@ async def test_hosts_named_in_the_config_are_trusted_and_others_are_not() -> Non
         mesh = configured(receiver.url, server={"webhook": webhook})
         async with mesh:
             await mesh.publish("orders", order())
-            await wait_for(lambda: mesh.subscriptions[0].stats.delivered == 1)
+            await eventually(lambda: mesh.subscriptions[0].stats.delivered == 1)
             await mesh.webhooks.check_url(receiver.url)
             with pytest.raises(ConfigError, match="outside the allowed networks"):
                 await mesh.webhooks.check_url(f"http://localhost:{receiver.port}/")
@@ -507,7 +501,7 @@ async def test_deliveries_reuse_keep_alive_connections() -> None:
         configured(receiver.url, delivery={"concurrency": 4}) as mesh,
     ):
         await mesh.publish("orders", [order(n) for n in range(40)])
-        await wait_for(lambda: mesh.subscriptions[0].stats.delivered == 40)
+        await eventually(lambda: mesh.subscriptions[0].stats.delivered == 40)
     assert len(receiver.requests) == 40
     assert len({seen.port for seen in receiver.requests}) <= 4
 
@@ -519,7 +513,7 @@ async def test_requests_in_flight_never_exceed_the_subscription_concurrency() ->
         configured(receiver.url, delivery={"concurrency": 3}) as mesh,
     ):
         await mesh.publish("orders", [order(n) for n in range(30)])
-        await wait_for(lambda: mesh.subscriptions[0].stats.delivered == 30)
+        await eventually(lambda: mesh.subscriptions[0].stats.delivered == 30)
     assert 1 < receiver.most_active <= 3
 
 
@@ -530,7 +524,7 @@ async def test_max_connections_caps_the_pool() -> None:
         mesh = configured(receiver.url, delivery={"concurrency": 4}, server={"webhook": webhook})
         async with mesh:
             await mesh.publish("orders", [order(n) for n in range(12)])
-            await wait_for(lambda: mesh.subscriptions[0].stats.delivered == 12)
+            await eventually(lambda: mesh.subscriptions[0].stats.delivered == 12)
     assert receiver.most_active == 1
     assert len({seen.port for seen in receiver.requests}) == 1
 
@@ -549,7 +543,7 @@ async def test_the_mesh_session_serves_api_subscriptions_and_closes_with_the_mes
             sink = WebhookSink(receiver.url, session=session)
             async with mesh.subscribe("orders", "api", handler=sink) as sub:
                 await mesh.publish("orders", order())
-                await wait_for(lambda: sub.stats.delivered == 1)
+                await eventually(lambda: sub.stats.delivered == 1)
         assert session.closed
         with pytest.raises(ClosedError):
             _ = mesh.webhooks

@@ -1,4 +1,5 @@
-"""Helpers for testing with eventmesh, shipped with it: the connector conformance kit.
+"""Helpers for testing with eventmesh, shipped with it: the connector conformance kit
+and :func:`eventually` / :func:`holds_throughout` for waiting without fixed sleeps.
 
 Importing this module needs pytest (install ``eventmesh[dev]``). Hypothesis strategies
 that generate CloudEvents live in :mod:`eventmesh.testing.strategies`, which needs
@@ -6,5 +7,6 @@ hypothesis too; this package does not import it.
 """
 
 from eventmesh.testing.conformance import ConnectorConformance, collect
+from eventmesh.testing.polling import eventually, holds_throughout
 
-__all__ = ["ConnectorConformance", "collect"]
+__all__ = ["ConnectorConformance", "collect", "eventually", "holds_throughout"]

@@ -12,6 +12,7 @@ from eventmesh import Event, TopicFullError
 from eventmesh.connectors.memory import MemoryConfig, MemoryConnector, TopicStats
 from eventmesh.errors import RejectedError, SubscribeError
 from eventmesh.testing import collect
+from eventmesh.testing.polling import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -23,14 +24,6 @@ def events(n: int, first: int = 0) -> list[Event]:
 
 def stats(connector: MemoryConnector, topic: str = "t") -> TopicStats:
     return connector.topic_stats()[topic]
-
-
-async def poll(condition: object, what: str, timeout: float = 5.0) -> None:
-    """Wait until ``condition()`` is true, checking every 10 ms, or fail after ``timeout``."""
-    assert callable(condition)
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.01)
 
 
 async def test_memory_stays_bounded_while_a_consumer_keeps_up() -> None:
@@ -69,7 +62,7 @@ async def test_a_group_without_members_for_a_while_gets_every_event() -> None:
         # The group has no member now; a producer publishes one event at a time.
         async with anyio.create_task_group() as tg:
             tg.start_soon(_publish_one_by_one, connector, total)
-            await poll(lambda: stats(connector).retained == limit, "the topic to fill")
+            await eventually(lambda: stats(connector).retained == limit, what="the topic to fill")
             async with connector.subscribe("t", "g") as consumer:
                 got = await collect(consumer, total, timeout=30)
         assert sorted(d.event.data for d in got) == list(range(total))
@@ -176,7 +169,7 @@ async def test_max_age_releases_old_events_and_counts_them() -> None:
         async with connector.subscribe("t", "idle"):
             pass
         await connector.publish("t", events(5))
-        await poll(lambda: stats(connector).released == 5, "the old events to expire")
+        await eventually(lambda: stats(connector).released == 5, what="the old events to expire")
         await connector.publish("t", events(3, 5))
         async with connector.subscribe("t", "idle") as consumer:
             got = await collect(consumer, 3, timeout=5)
@@ -192,7 +185,7 @@ async def test_max_age_counts_nothing_a_group_has_read() -> None:
     ):
         await connector.publish("t", events(5))
         assert len(await collect(consumer, 5, timeout=5)) == 5
-        await poll(lambda: stats(connector).held == 0, "the read events to expire")
+        await eventually(lambda: stats(connector).held == 0, what="the read events to expire")
         assert stats(connector).released == 0
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 
 from eventmesh import Event, Mesh
+from eventmesh.testing.polling import eventually
 
 FAST = {"max_attempts": 3, "backoff": {"initial": "1ms", "max": "5ms"}}
 """A delivery policy that retries at once, so retry tests run quickly."""
@@ -30,8 +29,4 @@ async def read(mesh: Mesh, topic: str, count: int, *, timeout: float = 20) -> li
     return got
 
 
-async def until(condition: Callable[[], bool], *, timeout: float = 20) -> None:
-    """Wait (polling) until ``condition()`` holds; fail after ``timeout`` seconds."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.01)
+__all__ = ["FAST", "eventually", "order", "read"]

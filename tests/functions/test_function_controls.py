@@ -7,9 +7,10 @@ import time
 
 import anyio
 import pytest
-from fn_support import FAST, order, read, until
+from fn_support import FAST, eventually, order, read
 
 from eventmesh import Event, Mesh
+from eventmesh.testing.polling import holds_throughout
 
 pytestmark = pytest.mark.anyio
 
@@ -35,14 +36,14 @@ async def test_a_blocking_function_does_not_block_the_loop() -> None:
 
         async with mesh.subscribe("fast", "quick", handler=quick):
             await mesh.publish("slow", [order(i) for i in range(4)])
-            await until(entered.is_set)
+            await eventually(entered.is_set)
             await mesh.publish("fast", [order(i) for i in range(50)])
-            await until(lambda: len(fast) == 50)
+            await eventually(lambda: len(fast) == 50)
             runner = mesh.functions[0]
             assert runner.stats.in_flight == 2  # the blocking calls are still running
             assert runner.state == "running"
             release.set()
-            await until(lambda: runner.stats.invocations == 4 and not runner.stats.in_flight)
+            await eventually(lambda: runner.stats.invocations == 4 and not runner.stats.in_flight)
 
 
 async def test_a_timed_out_invocation_is_cancelled_and_retried() -> None:
@@ -110,11 +111,11 @@ async def test_concurrency_limits_invocations_in_flight() -> None:
 
     async with mesh:
         await mesh.publish("orders", [order(i) for i in range(20)])
-        await until(lambda: active == 3)
-        await anyio.sleep(0.2)  # room for a fourth to start, if the limit let it
-        assert most == 3
+        await eventually(lambda: active == 3)
+        # Room for a fourth to start, had the limit let it.
+        await holds_throughout(lambda: most == 3, 0.2, what="at most 3 running at once")
         release.set()
-        await until(lambda: mesh.functions[0].stats.invocations == 20)
+        await eventually(lambda: mesh.functions[0].stats.invocations == 20)
     assert most == 3
 
 
@@ -130,7 +131,7 @@ async def test_rate_limit_spaces_invocations() -> None:
 
     async with mesh:
         await mesh.publish("orders", [order(i) for i in range(8)])
-        await until(lambda: len(starts) == 8)
+        await eventually(lambda: len(starts) == 8)
     for k, at in enumerate(starts):
         assert at - starts[0] >= (k - 1) / 20
 
@@ -149,7 +150,7 @@ async def test_batches_give_lists_and_ack_every_event() -> None:
     async with mesh:
         await mesh.publish("orders", [order(i) for i in range(12)])
         sub = next(s for s in mesh.subscriptions if s.name == "function.tally")
-        await until(lambda: sub.stats.delivered == 12)
+        await eventually(lambda: sub.stats.delivered == 12)
         replies = await read(mesh, "out", len(batches))
         assert mesh.functions[0].stats.invocations == len(batches)
     assert sorted(n for b in batches for n in b) == list(range(12))

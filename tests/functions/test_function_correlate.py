@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import gc
 
-import anyio
 import pytest
-from fn_support import FAST, read, until
+from fn_support import FAST, eventually, read
 
 from eventmesh import Event, Mesh
 from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.errors import SubscribeError
 from eventmesh.subscription import Delivery, Subscription
+from eventmesh.testing.polling import holds_throughout
 
 pytestmark = pytest.mark.anyio
 
@@ -51,9 +51,8 @@ async def test_a_complete_set_fires_once_in_filter_order() -> None:
         runner = mesh.functions[0]
         assert runner.stats.sets_fired == 1
         sub = next(s for s in mesh.subscriptions if s.name == "function.ship")
-        await until(lambda: sub.stats.delivered == 2)  # the o-2 order is still held
-        await anyio.sleep(0.1)
-        assert len(fired) == 1
+        await eventually(lambda: sub.stats.delivered == 2)  # the o-2 order is still held
+        await holds_throughout(lambda: len(fired) == 1, 0.1, what="no second set fired")
     assert [e.id for e in fired[0]] == [placed.id, payment.id]
     assert shipment.subject == "o-1"
     assert shipment.extensions["causationid"] == placed.id
@@ -86,7 +85,7 @@ async def test_a_duplicate_opens_a_second_set_and_fires_once() -> None:
         first, second = ev("order.placed", "o-3", 1), ev("order.placed", "o-3", 2)
         await mesh.publish("shop", [first, second, ev("payment.received", "o-3")])
         (dead,) = await read(mesh, "shop.dlq", 1)
-        await until(lambda: len(fired) == 1)
+        await eventually(lambda: len(fired) == 1)
     assert fired[0][0].id == first.id
     assert dead.id == second.id
 
@@ -141,11 +140,11 @@ async def test_a_fired_set_is_let_go_at_once() -> None:
         sub = shop_subscription(mesh)
         lonely = ev("order.placed", "o-open")
         await mesh.publish("shop", lonely)
-        await until(lambda: sub.stats.received == 1)
+        await eventually(lambda: sub.stats.received == 1)
         for i in range(50):
             pair = [ev("order.placed", f"o-{i}"), ev("payment.received", f"o-{i}")]
             await mesh.publish("shop", pair)
-        await until(lambda: sub.stats.delivered == 100)
+        await eventually(lambda: sub.stats.delivered == 100)
         gc.collect()
         held = [o for o in gc.get_objects() if isinstance(o, Delivery) and o.topic == "shop"]
         assert [d.event.id for d in held] == [lonely.id]
@@ -209,7 +208,7 @@ async def test_a_failed_fetch_is_retried_and_sets_still_fire() -> None:
     correlated(mesh, fired, window="10s")
     async with mesh:
         await mesh.publish("shop", [ev("order.placed", "o-1"), ev("payment.received", "o-1")])
-        await until(lambda: len(fired) == 1)
+        await eventually(lambda: len(fired) == 1)
         assert mesh.functions[0].state == "idle"
         assert not shop_subscription(mesh).closed
 
@@ -221,8 +220,8 @@ async def test_a_trigger_that_stops_for_good_shows_failed_and_leaves_its_group()
     mesh = Mesh(connectors={"default": FlakyFetch([RuntimeError("connector bug")])})
     correlated(mesh, fired, window="10s")
     async with mesh:
-        await until(lambda: mesh.functions[0].state == "failed")
-        await until(lambda: not any(s.name == "function.ship" for s in mesh.subscriptions))
+        await eventually(lambda: mesh.functions[0].state == "failed")
+        await eventually(lambda: not any(s.name == "function.ship" for s in mesh.subscriptions))
         assert mesh.functions[0].describe()["state"] == "failed"
 
 
@@ -236,14 +235,15 @@ async def test_a_redelivered_copy_of_a_held_event_joins_its_set() -> None:
         sub = shop_subscription(mesh)
         placed = [ev("order.placed", f"o-{i}") for i in range(8)]  # one per partition
         await mesh.publish("shop", placed)
-        await until(lambda: sub.stats.received == 8)
+        await eventually(lambda: sub.stats.received == 8)
         async with mesh.subscribe("shop", "ship"):  # takes half the partitions...
             pass  # ...and gives them back unacked: the held events come again
-        await until(lambda: sub.stats.received > 8)
+        await eventually(lambda: sub.stats.received > 8)
         await mesh.publish("shop", [ev("payment.received", f"o-{i}") for i in range(8)])
-        await until(lambda: len(fired) == 8)
-        await anyio.sleep(0.6)  # two windows: a second set would have expired by now
-        assert mesh.functions[0].stats.sets_expired == 0
+        await eventually(lambda: len(fired) == 8)
+        # For two windows: a second set, had one opened, would expire in that time.
+        runner = mesh.functions[0]
+        await holds_throughout(lambda: runner.stats.sets_expired == 0, 0.6, what="no set expired")
         assert sub.stats.dead_lettered == 0
         assert sub.stats.delivered == 16
         assert sub.stats.dropped == sub.stats.received - 16  # the copies
@@ -272,7 +272,7 @@ async def test_the_subscription_counts_what_became_of_each_event() -> None:
             ],
         )
         await read(mesh, "shop.dlq", 3)
-        await until(lambda: sub.stats.dead_lettered == 3)
+        await eventually(lambda: sub.stats.dead_lettered == 3)
         assert sub.stats.as_dict() == {
             "received": 4,
             "delivered": 0,

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
-from fn_support import FAST, order, read, until
+from fn_support import FAST, eventually, order, read
 
 from eventmesh import Mesh
 from eventmesh.triggers.function import CAUSATION_EXTENSION
@@ -85,9 +85,9 @@ async def test_an_http_function_is_retried_on_503_and_acks_on_204() -> None:
     async with server(flaky) as (url, seen), Mesh(http_function(url)) as mesh:
         await mesh.publish("orders", order(1))
         runner = mesh.functions[0]
-        await until(lambda: runner.stats.invocations == 2 and not runner.stats.in_flight)
+        await eventually(lambda: runner.stats.invocations == 2 and not runner.stats.in_flight)
         sub = next(s for s in mesh.subscriptions if s.name == "function.remote")
-        await until(lambda: sub.stats.delivered == 1)
+        await eventually(lambda: sub.stats.delivered == 1)
         assert (runner.stats.failures, runner.stats.replies) == (1, 0)
     assert len(seen) == 2
 
@@ -117,5 +117,5 @@ async def test_an_http_function_past_its_timeout_is_retried() -> None:
     async with server(slow_first) as (url, _), Mesh(http_function(url, timeout="200ms")) as mesh:
         await mesh.publish("orders", order(1))
         runner = mesh.functions[0]
-        await until(lambda: runner.stats.invocations == 2 and not runner.stats.in_flight)
+        await eventually(lambda: runner.stats.invocations == 2 and not runner.stats.in_flight)
         assert runner.stats.failures == 1

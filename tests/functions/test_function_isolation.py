@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from fn_support import FAST, order, read, until
+from fn_support import FAST, eventually, order, read
 
 from eventmesh import DeliveryError, Event, Mesh
 from eventmesh.triggers.invoker import process_invoker
@@ -92,11 +92,11 @@ async def test_threads_abandoned_at_a_timeout_keep_their_concurrency_slot() -> N
         async with mesh:
             sub = next(s for s in mesh.subscriptions if s.name == "function.hang")
             await mesh.publish("orders", [order(i) for i in range(10)])
-            await until(lambda: sub.stats.dead_lettered == 10)
+            await eventually(lambda: sub.stats.dead_lettered == 10)
             assert entered == 2  # the two first calls still hold both threads
             release.set()
             await mesh.publish("orders", order(10))
-            await until(lambda: sub.stats.delivered == 1)
+            await eventually(lambda: sub.stats.delivered == 1)
             assert entered == 3
     finally:
         release.set()
@@ -121,7 +121,7 @@ async def test_a_worker_whose_call_timed_out_is_recycled(tmp_path: Path) -> None
         assert reply.data["pid"] != hung
         stats = mesh.functions[0].stats
         assert (stats.timeouts, stats.cold_starts) == (1, 2)
-        await until(lambda: not alive(hung))
+        await eventually(lambda: not alive(hung))
 
 
 def alive(pid: int) -> bool:
@@ -175,7 +175,7 @@ async def test_stuck_worker_pools_stop_together_on_close(tmp_path: Path) -> None
             for i, marker in enumerate(markers):
                 event = Event(type="t", source="/s", data={"marker": str(marker)})
                 await mesh.publish(f"orders{i}", event)
-            await until(lambda: all(m.exists() for m in markers))
+            await eventually(lambda: all(m.exists() for m in markers))
             await mesh.close(timeout=0.1)  # the calls still hang: the pools stop them
     for marker in markers:
         assert not alive(int(marker.read_text(encoding="utf-8")))

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from fn_support import FAST, order, read, until
+from fn_support import FAST, eventually, order, read
 
 from eventmesh import ConfigError, Event, Function, Mesh
 from eventmesh.triggers.process import WorkerPool
@@ -52,16 +52,18 @@ async def test_scale_to_zero_and_back() -> None:
         assert runner.stats.last_cold_start is not None
         assert runner.stats.last_cold_start > 0
         assert runner.describe()["workers"] == [pid]
-        await until(lambda: runner.state == "cold")
-        await until(lambda: not alive(pid))
-        await until(lambda: runner.stats.workers_alive == 0 and not runner.describe()["workers"])
+        await eventually(lambda: runner.state == "cold")
+        await eventually(lambda: not alive(pid))
+        await eventually(
+            lambda: runner.stats.workers_alive == 0 and not runner.describe()["workers"]
+        )
         await mesh.publish("orders", order(2))
         (second,) = await read(mesh, "out", 1)
         assert second.data == {"n": 2, "pid": second.data["pid"]}
         assert second.data["pid"] != pid
         assert runner.stats.cold_starts == 2
         new_pid = second.data["pid"]
-    await until(lambda: not alive(new_pid))  # closing the mesh stops the workers
+    await eventually(lambda: not alive(new_pid))  # closing the mesh stops the workers
 
 
 async def test_async_handlers_and_drop_run_in_workers() -> None:
@@ -79,7 +81,7 @@ async def test_async_handlers_and_drop_run_in_workers() -> None:
         await mesh.publish("orders", order(1))
         replies = await read(mesh, "out", 2)
         dropper = mesh.functions[1]
-        await until(lambda: dropper.stats.dropped == 1)
+        await eventually(lambda: dropper.stats.dropped == 1)
         assert dropper.stats.failures == 0
     assert sorted(r.type for r in replies) == ["a", "b"]
 
@@ -104,7 +106,7 @@ async def test_batches_cross_to_workers() -> None:
     async with Mesh(config) as mesh:
         await mesh.publish("orders", [order(i) for i in range(4)])
         sub = next(s for s in mesh.subscriptions if s.name == "function.worker")
-        await until(lambda: sub.stats.delivered == 4)
+        await eventually(lambda: sub.stats.delivered == 4)
         count = mesh.functions[0].stats.invocations
         replies = await read(mesh, "out", count)
     assert sum(r.data["sum"] for r in replies) == 0 + 1 + 2 + 3
@@ -118,7 +120,7 @@ async def test_a_pool_started_by_hand_reports_its_cold_start() -> None:
         assert kind == "none"
         assert pool.state == "warm"
         (pid,) = pool.pids
-    await until(lambda: not alive(pid))
+    await eventually(lambda: not alive(pid))
 
 
 async def test_process_isolation_needs_an_importable_handler() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import anyio
 import pytest
-from fn_support import FAST, order, read, until
+from fn_support import FAST, eventually, order, read
 
 from eventmesh import ConfigError, DeliveryError, Drop, Event, Function, LifecycleError, Mesh
 from eventmesh.triggers.function import CAUSATION_EXTENSION
@@ -28,7 +28,7 @@ async def test_returning_none_acks_the_event() -> None:
     async with mesh:
         await mesh.publish("orders", [order(1), order(2)])
         sub = next(s for s in mesh.subscriptions if s.name == "function.handle")
-        await until(lambda: sub.stats.delivered == 2)
+        await eventually(lambda: sub.stats.delivered == 2)
         (runner,) = mesh.functions
         assert sorted(seen) == [1, 2]
         assert (runner.stats.invocations, runner.stats.failures, runner.stats.replies) == (2, 0, 0)
@@ -136,7 +136,7 @@ async def test_a_retry_that_succeeds_acks_the_event() -> None:
         await mesh.publish("orders", order(1))
         (reply,) = await read(mesh, "out", 1)
         runner = mesh.functions[0]
-        await until(lambda: runner.stats.invocations == 2)
+        await eventually(lambda: runner.stats.invocations == 2)
         assert runner.stats.failures == 1
     assert reply.type == "ok"
 
@@ -152,7 +152,7 @@ async def test_drop_acks_without_retry_or_dead_letter() -> None:
     async with mesh:
         await mesh.publish("orders", order(1))
         sub = next(s for s in mesh.subscriptions if s.name == "function.skip")
-        await until(lambda: sub.stats.delivered == 1)
+        await eventually(lambda: sub.stats.delivered == 1)
         runner = mesh.functions[0]
         assert (runner.stats.invocations, runner.stats.dropped, runner.stats.failures) == (1, 1, 0)
         assert sub.stats.dead_lettered == 0
@@ -295,5 +295,5 @@ async def test_a_trigger_filters_and_transforms_before_the_function() -> None:
     async with mesh:
         await mesh.publish("orders", [order(i) for i in range(6)])
         sub = next(s for s in mesh.subscriptions if s.name == "function.even")
-        await until(lambda: sub.stats.delivered + sub.stats.filtered == 6)
+        await eventually(lambda: sub.stats.delivered + sub.stats.filtered == 6)
     assert sorted(seen) == [(0, "checked"), (2, "checked"), (4, "checked")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from fn_support import FAST, order, until
+from fn_support import FAST, eventually, order
 
 from eventmesh import ClosedError, Event, Mesh
 
@@ -73,7 +73,7 @@ async def test_a_closed_error_while_closing_leaves_the_event_unacked() -> None:
         nonlocal calls
         calls += 1
         started.set()
-        await until(lambda: sub.closed)
+        await eventually(lambda: sub.closed)
         raise ClosedError("the store is closed")
 
     async with mesh:

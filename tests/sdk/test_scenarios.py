@@ -18,6 +18,7 @@ from eventmesh import (
     Subscription,
 )
 from eventmesh.client.base import Client
+from eventmesh.testing.polling import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -41,13 +42,6 @@ async def take(sub: Subscription, count: int, *, ack: bool = True) -> list[Deliv
             if len(got) == count:
                 break
     return got
-
-
-async def wait_for(condition: Any) -> None:
-    """Poll ``condition()`` until it is true (for counters filled by handlers)."""
-    with anyio.fail_after(10):
-        while not condition():
-            await anyio.sleep(0.01)
 
 
 async def test_events_arrive_in_order_from_earliest(client: Client) -> None:
@@ -150,7 +144,7 @@ async def test_async_and_sync_handlers_get_events(client: Client) -> None:
     async with client.subscribe("orders", "a", handler=on_async, start="earliest"):
         plain = await client.subscribe("orders", "s", handler=on_sync, start="earliest")
         await client.publish("orders", events)
-        await wait_for(lambda: len(seen["async"]) == len(seen["sync"]) == 2)
+        await eventually(lambda: len(seen["async"]) == len(seen["sync"]) == 2)
         await plain.close()
         assert plain.closed
     ids = sorted(e.id for e in events)
@@ -172,7 +166,7 @@ async def test_a_raising_handler_is_retried(client: Client) -> None:
     event = order(1)
     async with client.subscribe("orders", "g", handler=flaky, delivery=FAST, start="earliest"):
         await client.publish("orders", event)
-        await wait_for(lambda: len(calls) >= 3)
+        await eventually(lambda: len(calls) >= 3)
     assert calls[:3] == [event.id] * 3
 
 
@@ -211,7 +205,7 @@ async def test_group_members_share_events_without_duplicates(client: Client) -> 
         tg.start_soon(member, one)
         tg.start_soon(member, two)
         await client.publish("orders", events)
-        await wait_for(lambda: len(seen) >= len(events))
+        await eventually(lambda: len(seen) >= len(events))
         tg.cancel_scope.cancel()
     assert sorted(seen) == sorted(e.id for e in events)
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import pytest
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -18,6 +17,7 @@ from eventmesh import Event, Mesh
 from eventmesh.config import load_config
 from eventmesh.delivery.webhook import Mode, WebhookSession, WebhookSink
 from eventmesh.errors import ConfigError, DeliveryError
+from eventmesh.testing.polling import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -60,9 +60,7 @@ async def receiver(statuses: list[int] | None = None) -> AsyncIterator[tuple[str
 
 
 async def wait_for(count: int, got: Received) -> None:
-    with anyio.fail_after(10):
-        while len(got.requests) < count:
-            await anyio.sleep(0.01)
+    await eventually(lambda: len(got.requests) >= count, what=f"{count} webhook requests")
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured", "batch"])

@@ -28,6 +28,7 @@ import eventmesh
 from eventmesh.connectors import Consumer
 from eventmesh.errors import PublishError
 from eventmesh.event import Event
+from eventmesh.testing.polling import eventually
 from eventmesh_kafka import KafkaConfig, KafkaConnector
 
 pytestmark = [pytest.mark.kafka, pytest.mark.anyio]
@@ -247,10 +248,8 @@ async def test_two_meshes_share_a_group_through_a_rebalance(
     def ids() -> set[str]:
         return set().union(*(set(s) for s in seen.values()))
 
-    async def until(expected: set[str], timeout: float = 30) -> None:
-        with anyio.fail_after(timeout):
-            while not expected <= ids():
-                await anyio.sleep(0.05)
+    async def until(expected: set[str]) -> None:
+        await eventually(lambda: expected <= ids(), timeout=30, what="every id to arrive")
 
     config = mesh_config(kafka_config)
     async with eventmesh.Mesh(config) as a, eventmesh.Mesh(config) as b:
@@ -279,7 +278,12 @@ async def test_two_meshes_share_a_group_through_a_rebalance(
             await anyio.sleep(0.3)
             async with eventmesh.Mesh(config) as c:
                 await c.subscribe(topic, "shared", handler=recorder("c"), start="earliest")
-                await anyio.sleep(1.0)
+                # The rebalance that gives c partitions takes a while: keep publishing
+                # (bounded, 60 s at most) until c has handled some of it.
+                for r in range(600):
+                    if seen["c"]:
+                        break
+                    await keep_publishing(f"join{r}-", 1)
             await anyio.sleep(0.3)
         await keep_publishing("after", 5)
         await until(published)

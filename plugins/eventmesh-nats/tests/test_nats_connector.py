@@ -18,6 +18,7 @@ from eventmesh import ConfigError, ConnectError, Event, PublishError, SubscribeE
 from eventmesh.connectors import load_connector
 from eventmesh.errors import RejectedError
 from eventmesh.testing import collect
+from eventmesh.testing.polling import eventually
 from eventmesh_nats import (
     ConsumerSettings,
     CoreSettings,
@@ -351,7 +352,6 @@ async def test_core_full_buffer_holds_messages_back_without_loss(make: Factory, 
     connector = make(mode="core", core=CoreSettings(buffer=5))
     async with connector, connector.subscribe(topic, "g") as consumer:
         await connector.publish(topic, _events(300))
-        await anyio.sleep(0.2)
         got = await collect(consumer, 300, timeout=10)
     assert sorted(d.event.data["n"] for d in got) == list(range(300))
 
@@ -379,10 +379,11 @@ async def test_core_start_at_a_future_time_skips_what_comes_before(
 ) -> None:
     """A core member told to start at a later time ignores what arrives before it."""
     async with make(mode="core") as connector:
-        soon = datetime.now(UTC) + timedelta(seconds=0.5)
+        soon = datetime.now(UTC) + timedelta(seconds=1.5)
         async with connector.subscribe(topic, "g", start=soon) as consumer:
             await connector.publish(topic, _events(3, subject="early"))
-            await anyio.sleep(0.7)
+            assert datetime.now(UTC) < soon, "the machine was too slow to publish 'early' in time"
+            await eventually(lambda: datetime.now(UTC) > soon, what="the start time to pass")
             await connector.publish(topic, _events(2, subject="late"))
             got = await collect(consumer, 5, timeout=1.5)
     assert [d.event.subject for d in got] == ["late", "late"]

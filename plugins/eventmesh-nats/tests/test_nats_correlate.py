@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from eventmesh import Event, Mesh
+from eventmesh.testing.polling import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.anyio]
 
@@ -32,14 +33,10 @@ async def test_a_set_held_past_ack_wait_fires_once_and_is_not_redelivered(
         placed = Event(type="order.placed", source="/t", subject="k", id="a1")
         paid = Event(type="payment.received", source="/t", subject="k", id="b1")
         await mesh.publish("shop", placed)
-        with anyio.fail_after(20):
-            while sub.stats.received < 1:
-                await anyio.sleep(0.05)
+        await eventually(lambda: sub.stats.received >= 1)
         await anyio.sleep(2.5)  # two and a half ack_waits with the event held
         await mesh.publish("shop", paid)
-        with anyio.fail_after(20):
-            while sub.stats.delivered < 2:
-                await anyio.sleep(0.05)
+        await eventually(lambda: sub.stats.delivered >= 2)
         assert sub.stats.received == 2  # no copy came back
         assert sub.stats.dropped == 0
         assert mesh.functions[0].stats.sets_expired == 0

@@ -15,17 +15,12 @@ import pytest
 
 import eventmesh
 from eventmesh import Backoff, DeliveryPolicy, Event, PublishError
+from eventmesh.testing.polling import eventually
 from eventmesh_nats import NatsConnector
 
 pytestmark = [pytest.mark.nats, pytest.mark.anyio]
 
 MeshConfigFactory = Callable[..., dict[str, Any]]
-
-
-async def _wait_for(check: Callable[[], bool], timeout: float) -> None:
-    with anyio.move_on_after(timeout):
-        while not check():
-            await anyio.sleep(0.05)
 
 
 async def test_foreign_cloudevents_are_routed_to_a_subscriber(
@@ -54,7 +49,7 @@ async def test_foreign_cloudevents_are_routed_to_a_subscriber(
             }
             await js.publish(subject, b'{"n": %d}' % n, headers=headers)
         await js.publish(subject, b"not a cloudevent")
-        await _wait_for(lambda: len(got) >= 4, 20)
+        await eventually(lambda: len(got) >= 4, timeout=20)
     events = sorted(got[:3], key=lambda e: e.id)
     assert [e.id for e in events] == ["foreign-0", "foreign-1", "foreign-2"]
     assert [e.data for e in events] == [{"n": 0}, {"n": 1}, {"n": 2}]
@@ -126,7 +121,7 @@ async def test_two_meshes_in_one_group_share_the_work(
         events = [Event(type="t", source="/s", data={"n": n}) for n in range(400)]
         for i in range(0, 400, 50):
             await a.publish(topic, events[i : i + 50])
-        await _wait_for(lambda: len(set(seen["a"]) | set(seen["b"])) >= 400, 30)
+        await eventually(lambda: len(set(seen["a"]) | set(seen["b"])) >= 400, timeout=30)
     assert set(seen["a"]) | set(seen["b"]) == set(range(400))
     assert seen["a"], "the first mesh got no work"
     assert seen["b"], "the second mesh got no work"
@@ -173,7 +168,7 @@ async def test_server_restart_loses_no_stored_event(
                 break
             await anyio.sleep(0.005)
         await anyio.to_thread.run_sync(thread.join, 120)
-        await _wait_for(lambda: stored <= got, 60)
+        await eventually(lambda: stored <= got, timeout=60)
     assert len(stored) >= 1_000, f"too few publishes succeeded ({failed} batches failed)"
     missing = stored - got
     assert not missing, f"{len(missing)} stored events never arrived, e.g. {sorted(missing)[:5]}"
