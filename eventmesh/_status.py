@@ -35,12 +35,13 @@ The first row whose class matches wins (subclasses are listed before their bases
 
 from __future__ import annotations
 
-from typing import Any, Final
-
-import grpc
+from typing import TYPE_CHECKING, Any, Final
 
 from eventmesh import errors
 from eventmesh.errors import EventMeshError
+
+if TYPE_CHECKING:  # only the gRPC server and client read codes, and they import grpc
+    import grpc
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -59,27 +60,29 @@ class NotFoundError(EventMeshError):
     """The request names a subscription or delivery the sidecar does not have."""
 
 
-_TABLE: Final[tuple[tuple[type[EventMeshError], int, grpc.StatusCode], ...]] = (
-    (errors.ContentTypeError, 415, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.EventTooLargeError, 413, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.EventValidationError, 400, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.ConfigError, 400, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.PluginNotFoundError, 400, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.RejectedError, 400, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.LimitExceededError, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.RequestTimeoutError, 504, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (errors.UnauthenticatedError, 401, grpc.StatusCode.UNAUTHENTICATED),
-    (errors.PermissionDeniedError, 403, grpc.StatusCode.PERMISSION_DENIED),
-    (NotFoundError, 404, grpc.StatusCode.NOT_FOUND),
-    (errors.TopicFullError, 503, grpc.StatusCode.UNAVAILABLE),
-    (errors.ConnectError, 503, grpc.StatusCode.UNAVAILABLE),
-    (errors.PublishError, 503, grpc.StatusCode.UNAVAILABLE),
-    (errors.SubscribeError, 503, grpc.StatusCode.UNAVAILABLE),
-    (errors.ClosedError, 503, grpc.StatusCode.UNAVAILABLE),
-    (errors.LifecycleError, 409, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.PipelineError, 422, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.DeliveryError, 502, grpc.StatusCode.UNAVAILABLE),
-    (EventMeshError, 500, grpc.StatusCode.INTERNAL),
+# gRPC codes by name, so that the HTTP side of the sidecar and the HTTP client never load
+# grpcio: grpc_code() turns the name into grpc.StatusCode where gRPC is spoken.
+_TABLE: Final[tuple[tuple[type[EventMeshError], int, str], ...]] = (
+    (errors.ContentTypeError, 415, "INVALID_ARGUMENT"),
+    (errors.EventTooLargeError, 413, "RESOURCE_EXHAUSTED"),
+    (errors.EventValidationError, 400, "INVALID_ARGUMENT"),
+    (errors.ConfigError, 400, "INVALID_ARGUMENT"),
+    (errors.PluginNotFoundError, 400, "INVALID_ARGUMENT"),
+    (errors.RejectedError, 400, "INVALID_ARGUMENT"),
+    (errors.LimitExceededError, 429, "RESOURCE_EXHAUSTED"),
+    (errors.RequestTimeoutError, 504, "DEADLINE_EXCEEDED"),
+    (errors.UnauthenticatedError, 401, "UNAUTHENTICATED"),
+    (errors.PermissionDeniedError, 403, "PERMISSION_DENIED"),
+    (NotFoundError, 404, "NOT_FOUND"),
+    (errors.TopicFullError, 503, "UNAVAILABLE"),
+    (errors.ConnectError, 503, "UNAVAILABLE"),
+    (errors.PublishError, 503, "UNAVAILABLE"),
+    (errors.SubscribeError, 503, "UNAVAILABLE"),
+    (errors.ClosedError, 503, "UNAVAILABLE"),
+    (errors.LifecycleError, 409, "FAILED_PRECONDITION"),
+    (errors.PipelineError, 422, "FAILED_PRECONDITION"),
+    (errors.DeliveryError, 502, "UNAVAILABLE"),
+    (EventMeshError, 500, "INTERNAL"),
 )
 
 _BY_NAME: Final[dict[str, type[EventMeshError]]] = {cls.__name__: cls for cls, _, _ in _TABLE}
@@ -93,11 +96,11 @@ _BY_NAME.update(
 )
 
 
-def _row(exc: BaseException) -> tuple[int, grpc.StatusCode]:
+def _row(exc: BaseException) -> tuple[int, str]:
     for cls, status, code in _TABLE:
         if isinstance(exc, cls):
             return status, code
-    return 500, grpc.StatusCode.INTERNAL
+    return 500, "INTERNAL"
 
 
 def http_status(exc: BaseException) -> int:
@@ -107,7 +110,9 @@ def http_status(exc: BaseException) -> int:
 
 def grpc_code(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status code for an error (INTERNAL for anything not ours)."""
-    return _row(exc)[1]
+    import grpc  # loaded only where gRPC is spoken
+
+    return grpc.StatusCode[_row(exc)[1]]
 
 
 def problem(exc: BaseException, **extra: Any) -> dict[str, Any]:
@@ -147,7 +152,7 @@ def error_from_grpc(code: grpc.StatusCode, details: str | None, kind: str | None
     detail = details or f"the sidecar answered gRPC {code.name}"
     cls = _BY_NAME.get(kind or "")
     if cls is None:
-        cls = next((c for c, _, g in _TABLE if g == code), EventMeshError)
+        cls = next((c for c, _, g in _TABLE if g == code.name), EventMeshError)
     return _build(cls, detail, {})
 
 
