@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import yaml
 
+from eventmesh._dedupe import DedupeConfig
 from eventmesh._duration import Duration, parse_duration
 from eventmesh._redact import redact_url, redacted_repr
 from eventmesh.auth import AclRule, AuthConfig, read_secret, resolve_tokens
@@ -43,6 +44,7 @@ __all__ = [
     "ENV_PREFIX",
     "AdminListener",
     "ConnectorSpec",
+    "DedupeConfig",
     "Duration",
     "FunctionConfig",
     "GrpcListener",
@@ -81,6 +83,9 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     connector: str | None = None
     """The name of the connector (under ``connectors:``) that stores this topic; by
     default the mesh's ``default_connector``."""
+    dedupe: DedupeConfig | None = None
+    """Store each (``source``, ``id``) once within a window: ``{window: 10m,
+    max_entries: 100000}`` (docs/delivery.md, De-duplication). None: no de-duplication."""
 
 
 class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -633,6 +638,13 @@ def _convert(data: dict[str, Any], nodes: yaml.Node | None, env: Mapping[str, st
     try:
         config = msgspec.convert(data, MeshConfig, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
+        if "`$.topics[...]" in str(exc):  # msgspec does not name the topic: find it
+            for name, spec in data["topics"].items():
+                try:
+                    msgspec.convert(spec, TopicConfig, dec_hook=_dec_hook)
+                except msgspec.ValidationError as inner:
+                    at: list[str | int] = ["topics", name]
+                    raise _config_error(str(inner), at, nodes, TopicConfig) from exc
         raise _config_error(str(exc), [], nodes, MeshConfig) from exc
     if raw_connectors is None:
         return config

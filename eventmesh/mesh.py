@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from eventmesh._dedupe import Deduper, DuplicateWindow
 from eventmesh._requests import Requests
 from eventmesh.client.base import Client
 from eventmesh.config import MeshConfig, SubscriptionConfig, convert, load_config
@@ -99,6 +100,7 @@ class Mesh(Client):
                 subscriptions=self._figures,
                 functions=self._function_figures,
                 released=self._released,
+                deduplicated=self._dedupe_counts,
                 requests=self._request_counts,
                 connector_for=self.config.connector_for,
                 max_label_sets=self.config.metrics.max_label_sets,
@@ -108,6 +110,12 @@ class Mesh(Client):
             if name not in self._connectors:
                 cls = load_connector(spec.type)
                 self._connectors[name] = cls(spec.config, name=name)
+        self._dedupers: dict[str, Deduper] = {
+            topic: Deduper(topic, spec.dedupe)
+            for topic, spec in self.config.topics.items()
+            if spec.dedupe is not None
+        }
+        """The topics with ``dedupe:`` and their windows (docs/delivery.md)."""
         self._routes: dict[str, Connector] = {}
         """Each topic admitted (named well, allowed by its connector), with its connector:
         at most ``limits.max_topics`` of them, the mesh's only per-topic state besides
@@ -155,6 +163,7 @@ class Mesh(Client):
             self._stack = stack.pop_all()
         self._state = "open"
         try:
+            await self._open_dedupe()
             for sub in self.config.subscriptions:
                 await self._start_configured(sub)
             await self._functions.start()
@@ -277,6 +286,12 @@ class Mesh(Client):
 
     async def _store(self, topic: str, batch: Sequence[Event]) -> None:
         connector = self.connector(topic)
+        if self._dedupers and (deduper := self._dedupers.get(topic)) is not None:
+            await deduper.store(batch, lambda fresh: self._write(topic, connector, fresh))
+        else:
+            await self._write(topic, connector, batch)
+
+    async def _write(self, topic: str, connector: Connector, batch: Sequence[Event]) -> None:
         if self._tracing is None:
             await connector.publish(topic, batch)
         else:
@@ -285,6 +300,19 @@ class Mesh(Client):
         if self.metrics is not None:
             counts = self.metrics.published
             counts[topic] = counts.get(topic, 0) + len(batch)
+
+    async def _open_dedupe(self) -> None:
+        """Tell each de-duplicated topic's connector its window (when it keeps one of its
+        own) and rebuild the window from what the connector still holds."""
+        for topic, deduper in self._dedupers.items():
+            connector = self.connector(topic)
+            if isinstance(connector, DuplicateWindow):
+                connector.duplicate_window(topic, deduper.window)
+            await deduper.load(connector)
+
+    def _dedupe_counts(self) -> list[tuple[str, int, int]]:
+        """Events each de-duplicated topic dropped and keys it forgot, for the metrics."""
+        return [(d.topic, d.duplicates, d.forgotten) for d in self._dedupers.values()]
 
     # -- observability -------------------------------------------------------------------
 

@@ -127,6 +127,9 @@ FunctionSource = Callable[[], Iterable[FunctionFigures]]
 ReleasedSource = Callable[[], Iterable[tuple[str, int]]]
 """Lists ``(topic, count)``: events a connector released under a retention limit before
 every group read them (the memory connector's ``released()``)."""
+DedupeSource = Callable[[], Iterable[tuple[str, int, int]]]
+"""Lists ``(topic, duplicates, forgotten)`` for each topic with ``dedupe:``: events
+dropped as already stored, and keys forgotten early to stay within ``max_entries``."""
 RequestSource = Callable[[], Mapping[str, int]]
 """The request-reply counts: ``answered``, ``timed_out``, ``late`` and ``pending``."""
 
@@ -146,6 +149,7 @@ class MeshMetrics:
         connector_for: Callable[[str], str],
         functions: FunctionSource = tuple,
         released: ReleasedSource = tuple,
+        deduplicated: DedupeSource = tuple,
         requests: RequestSource = dict,
         max_label_sets: int = 1000,
     ) -> None:
@@ -153,6 +157,7 @@ class MeshMetrics:
         self._requests = requests
         self._functions = functions
         self._released = released
+        self._deduplicated = deduplicated
         self._connector_for = connector_for
         self.published: dict[str, int] = {}
         """Events stored per topic (the mesh adds to it on every publish)."""
@@ -195,6 +200,18 @@ class MeshMetrics:
             callbacks=[self._observe_released],
             description="events a connector released under a retention limit (max_age, "
             "when_full: drop_oldest) before every group read them",
+        )
+        meter.create_observable_counter(
+            "eventmesh.events.deduplicated",
+            callbacks=[self._dedupe_callback(forgotten=False)],
+            description="events not stored because the topic's dedupe window held their "
+            "source and id (the producer was answered as if stored)",
+        )
+        meter.create_observable_counter(
+            "eventmesh.dedupe.forgotten",
+            callbacks=[self._dedupe_callback(forgotten=True)],
+            description="keys a topic's dedupe window forgot before the window ended, to "
+            "stay within max_entries",
         )
         for field, name, description in _SUBSCRIPTION_COUNTERS:
             meter.create_observable_counter(
@@ -273,6 +290,19 @@ class MeshMetrics:
     def _observe_pending_requests(self, options: CallbackOptions) -> list[Observation]:
         pending = self._requests().get("pending")
         return [] if pending is None else [Observation(pending)]
+
+    def _dedupe_callback(
+        self, *, forgotten: bool
+    ) -> Callable[[CallbackOptions], list[Observation]]:
+        def observe(options: CallbackOptions) -> list[Observation]:
+            values = []
+            for topic, duplicates, forgot in self._deduplicated():
+                (label, connector) = self._topic_labels((topic,), self._connector_for(topic))
+                count = forgot if forgotten else duplicates
+                values.append(({"topic": label, "connector": connector}, count))
+            return self._summed(values)
+
+        return observe
 
     def _counter_callback(self, field: str) -> Callable[[CallbackOptions], list[Observation]]:
         def observe(options: CallbackOptions) -> list[Observation]:

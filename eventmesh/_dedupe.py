@@ -1,0 +1,261 @@
+"""De-duplication: a topic with ``dedupe:`` stores each (``source``, ``id``) once per window.
+
+The mesh keeps one :class:`Deduper` per such topic: an ordered map from ``(source, id)``
+to a :class:`_Mark`, oldest first. A publish looks each event's key up once
+(``setdefault``): a new key is *reserved* for this call before the connector is asked to
+store anything, so a concurrent publish of the same key waits for this one instead of
+storing it again; a key stored within the window is dropped and counted; the caller is
+answered as if it had been stored (the same ids come back). When the store fails, the
+call's reservations are released, so a retry stores the events. Expired keys leave from
+the front as publishes arrive; past ``max_entries`` keys the oldest are forgotten (and
+counted), so memory is bounded whatever producers send.
+
+The window lives in the process. At start, :meth:`Deduper.load` rebuilds it from what
+the connector still holds (:meth:`Connector.read`), so on a durable connector it
+survives a restart; a connector that cannot browse starts it empty. A connector that
+keeps a duplicate window of its own (NATS JetStream's ``Nats-Msg-Id``) is told the
+window through :class:`DuplicateWindow`, so retries through other processes are caught
+too. Connectors never import this module; docs/delivery.md says what each promises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Final, Protocol, runtime_checkable
+
+import anyio
+import msgspec
+
+from eventmesh._duration import Duration
+from eventmesh.connectors.base import Connector, StoredEvent
+from eventmesh.delivery.policy import check_range
+from eventmesh.errors import RejectedError
+from eventmesh.event import Event
+
+__all__ = ["DedupeConfig", "Deduper", "DuplicateWindow", "Write"]
+
+log = logging.getLogger(__name__)
+
+MAX_WINDOW: Final = 7 * 86400.0
+"""The longest window (a week): the map is bounded by count, but a window is not a log."""
+MAX_ENTRIES: Final = 10_000_000
+"""The most keys one topic may keep (about 200 bytes each plus the source and id)."""
+_NARROWEST: Final = 64
+"""At start, the window read is halved at most until it is this fraction of the window."""
+
+Write = Callable[[Sequence[Event]], Awaitable[None]]
+"""Stores events on the topic (the mesh's own store step); raises when it cannot."""
+
+
+class DedupeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``topics.<name>.dedupe``: drop an event whose ``source`` and ``id`` were stored on
+    the topic within ``window``, answering its producer as if it was stored."""
+
+    window: Duration = Duration(600.0)
+    """How long a stored (``source``, ``id``) is remembered (above 0, at most 7 days)."""
+    max_entries: int = 100_000
+    """The most keys remembered (1 to 10,000,000); past it the oldest are forgotten first,
+    and counted (``eventmesh_dedupe_forgotten_total``)."""
+
+    def __post_init__(self) -> None:
+        check_range("window", self.window, 0, MAX_WINDOW, above=True, unit="s")
+        check_range("max_entries", self.max_entries, 1, MAX_ENTRIES)
+
+
+@runtime_checkable
+class DuplicateWindow(Protocol):
+    """A connector whose backend drops duplicates itself (NATS JetStream's duplicate
+    window): the mesh tells it each de-duplicated topic's window before the first publish,
+    and the connector applies it where it creates the topic's storage."""
+
+    def duplicate_window(self, topic: str, seconds: float) -> None:
+        """Keep duplicates of ``topic`` out for ``seconds`` where the backend can."""
+
+
+class _Mark:
+    """The state shared by every key one publish call reserved: pending until the store
+    returns, then stored (at ``stamp``) or released."""
+
+    __slots__ = ("done", "stamp", "state")
+
+    def __init__(self, stamp: float, state: int) -> None:
+        self.stamp = stamp
+        self.state = state
+        self.done: anyio.Event | None = None
+
+    def settle(self, state: int) -> None:
+        self.state = state
+        if self.done is not None:
+            self.done.set()
+
+    async def wait(self) -> None:
+        if self.state == _PENDING:
+            if self.done is None:
+                self.done = anyio.Event()
+            await self.done.wait()
+
+
+_PENDING: Final = 0
+_STORED: Final = 1
+_RELEASED: Final = 2
+
+
+class Deduper:
+    """The window of one topic. ``clock`` gives seconds since the epoch (the time
+    connectors stamp stored events with, so a window rebuilt after a restart lines up)."""
+
+    __slots__ = ("_clock", "_seen", "duplicates", "forgotten", "max_entries", "topic", "window")
+
+    def __init__(
+        self,
+        topic: str,
+        config: DedupeConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.topic = topic
+        self.window = float(config.window)
+        self.max_entries = config.max_entries
+        self._clock = clock
+        self._seen: OrderedDict[tuple[str, str], _Mark] = OrderedDict()
+        self.duplicates = 0
+        """Events dropped because their key was stored within the window."""
+        self.forgotten = 0
+        """Keys forgotten before their window ended, to stay within ``max_entries``."""
+
+    def __len__(self) -> int:
+        """Keys remembered now (stored, or reserved by a publish in progress)."""
+        return len(self._seen)
+
+    async def store(self, events: Sequence[Event], write: Write) -> None:
+        """Store with ``write`` the events of ``events`` not stored within the window,
+        each key once; returns once every event is stored, by this call or another.
+        Raises what ``write`` raises, after releasing this call's reservations."""
+        todo = events
+        while todo:
+            mark = _Mark(float(self._clock()), _PENDING)
+            fresh, blocked = self._reserve(todo, mark)
+            try:
+                if fresh:
+                    await write(fresh)
+            except BaseException:
+                self._release(fresh, mark)
+                raise
+            mark.settle(_STORED)
+            for other in {id(m): m for _, m in blocked}.values():
+                await other.wait()  # another call stores these keys: its outcome decides
+            todo = [event for event, _ in blocked]
+
+    def _reserve(
+        self, events: Sequence[Event], mark: _Mark
+    ) -> tuple[list[Event], list[tuple[Event, _Mark]]]:
+        """The events to store now (their keys reserved under ``mark``) and those whose
+        key another call is storing; counts and drops the rest."""
+        seen = self._seen
+        cutoff = mark.stamp - self.window
+        self._expire(cutoff)
+        limit = self.max_entries
+        fresh: list[Event] = []
+        blocked: list[tuple[Event, _Mark]] = []
+        for event in events:
+            key = (event.source, event.id)
+            size = len(seen)
+            found = seen.setdefault(key, mark)
+            if len(seen) != size:
+                fresh.append(event)
+                if size >= limit:
+                    seen.popitem(last=False)
+                    self.forgotten += 1
+            elif found is mark:
+                self.duplicates += 1  # twice in this call
+            elif found.state == _STORED and found.stamp >= cutoff:
+                self.duplicates += 1
+            elif found.state == _PENDING:
+                blocked.append((event, found))
+            else:  # expired behind a pending key, or released: store it again
+                seen[key] = mark
+                seen.move_to_end(key)
+                fresh.append(event)
+        return fresh, blocked
+
+    def _expire(self, cutoff: float) -> None:
+        seen = self._seen
+        while seen:
+            mark = next(iter(seen.values()))
+            if mark.state == _PENDING or (mark.state == _STORED and mark.stamp >= cutoff):
+                return
+            seen.popitem(last=False)
+
+    def _release(self, events: Sequence[Event], mark: _Mark) -> None:
+        """Forget the keys ``mark`` reserved, so that a retry stores their events."""
+        seen = self._seen
+        for event in events:
+            key = (event.source, event.id)
+            if seen.get(key) is mark:
+                del seen[key]
+        mark.settle(_RELEASED)
+
+    # -- after a restart -----------------------------------------------------------------
+
+    async def load(self, connector: Connector) -> int:
+        """Rebuild the window from the events ``connector`` still holds on the topic:
+        those stored within the window, up to ``max_entries`` of the newest. Returns how
+        many keys were loaded; a connector that cannot browse (``RejectedError``) leaves
+        the window empty.
+
+        Reads are bounded: when the window holds more than ``max_entries`` events, the
+        span read is halved (down to 1/64 of the window) until its events fit."""
+        now = float(self._clock())
+        limit = self.max_entries
+        span = self.window
+
+        async def read(since: float, after: dict[int, int] | None, page: int) -> list[StoredEvent]:
+            return await connector.read(
+                self.topic, since=datetime.fromtimestamp(since, UTC), after=after, limit=page
+            )
+
+        try:
+            page = await read(now - span, None, limit)
+        except RejectedError as exc:
+            log.info("topic %r: de-duplication starts with an empty window (%s)", self.topic, exc)
+            return 0
+        while len(page) >= limit and span > self.window / _NARROWEST:
+            span /= 2
+            page = await read(now - span, None, limit)
+        found: list[tuple[float, str, str]] = []
+        cursor: dict[int, int] = {}
+        while page:
+            for stored in page:
+                event = stored.event
+                stamp = now if stored.timestamp is None else float(stored.timestamp)
+                found.append((stamp, event.source, event.id))
+                if stored.offset > cursor.get(stored.partition, -1):
+                    cursor[stored.partition] = stored.offset
+            if len(found) > 2 * limit:
+                found.sort()
+                del found[:-limit]
+            before = dict(cursor)
+            page = await read(now - span, dict(cursor), limit)
+            if not page or all(s.offset <= before.get(s.partition, -1) for s in page):
+                break  # the end, or a connector that ignores the cursor
+        found.sort()
+        cutoff = now - self.window
+        seen = self._seen
+        for stamp, source, id in found[-limit:]:
+            if stamp >= cutoff:
+                key = (source, id)
+                seen.pop(key, None)
+                seen[key] = _Mark(stamp, _STORED)
+        while len(seen) > limit:
+            seen.popitem(last=False)
+        log.info(
+            "topic %r: de-duplication window rebuilt with %d keys from connector %r",
+            self.topic,
+            len(seen),
+            connector.name,
+        )
+        return len(seen)

@@ -1,0 +1,314 @@
+"""De-duplication (``topics.<name>.dedupe``): an event whose source and id the topic stored
+within the window is dropped and answered as stored, once per key even under concurrency,
+with memory bounded by ``max_entries`` and the drops counted."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import anyio
+import anyio.abc
+import msgspec
+import pytest
+from aiohttp import web
+
+from eventmesh import Event, Mesh
+from eventmesh._dedupe import DedupeConfig, Deduper
+from eventmesh.config import Duration, HttpListener, load_config
+from eventmesh.errors import ConfigError, PublishError, TopicFullError
+from eventmesh.server.http import create_app
+from eventmesh.server.subscriptions import Registry
+
+pytestmark = pytest.mark.anyio
+
+MARKER_SOURCE = "/marker"
+
+
+def config(dedupe: dict[str, Any] | None = None, **memory: Any) -> dict[str, Any]:
+    """One memory connector with one partition (so order is kept) and topic ``t`` with
+    ``dedupe`` (default: a 10 minute window)."""
+    return {
+        "connectors": {"default": {"type": "memory", "partitions": 1, **memory}},
+        "topics": {"t": {"dedupe": dedupe if dedupe is not None else {"window": "10m"}}},
+    }
+
+
+def event(id: str, source: str = "/s", **extra: Any) -> Event:
+    return Event(type="t", source=source, id=id, **extra)
+
+
+async def stored(mesh: Mesh, topic: str = "t") -> list[tuple[str, str]]:
+    """(source, id) of every event ``topic`` holds, in order: read by a new group from the
+    start up to a marker published last."""
+    marker = event(uuid.uuid4().hex, source=MARKER_SOURCE)
+    got: list[tuple[str, str]] = []
+    with anyio.fail_after(20):
+        async with mesh.subscribe(topic, f"reader-{uuid.uuid4().hex}", start="earliest") as sub:
+            await mesh.publish(topic, marker)
+            async for delivery in sub:
+                await delivery.ack()
+                if delivery.event.id == marker.id:
+                    return got
+                got.append((delivery.event.source, delivery.event.id))
+    raise AssertionError("unreachable")
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def test_dedupe_config_is_checked_where_it_is_written() -> None:
+    """A window of 0 or max_entries of 0 is a ConfigError naming the key; durations parse."""
+    loaded = load_config({"topics": {"t": {"dedupe": {"window": "90s", "max_entries": 5}}}})
+    assert loaded.topics["t"].dedupe == DedupeConfig(window=Duration(90), max_entries=5)
+    assert load_config({"topics": {"t": {"dedupe": {}}}}).topics["t"].dedupe == DedupeConfig()
+    with pytest.raises(ConfigError) as error:
+        load_config({"topics": {"t": {"dedupe": {"window": 0}}}})
+    assert error.value.key == "topics.t.dedupe"
+    assert "window must be above 0" in str(error.value)
+    with pytest.raises(ConfigError, match="max_entries must be between 1"):
+        load_config({"topics": {"t": {"dedupe": {"max_entries": 0}}}})
+    with pytest.raises(ConfigError, match="unknown key 'windw'") as error:
+        load_config({"topics": {"orders.eu": {"dedupe": {"windw": "1m"}}}})
+    assert error.value.key == "topics.orders.eu.dedupe.windw"
+
+
+# -- through the mesh ---------------------------------------------------------------------
+
+
+async def test_a_duplicate_is_dropped_and_answered_as_stored() -> None:
+    """Publishing the same source and id again returns its id as a store would, stores
+    nothing, and counts the drop; another source with the same id is a different event,
+    and a topic without dedupe stores every copy."""
+    async with Mesh(config()) as mesh:
+        assert await mesh.publish("t", event("a", data=1)) == ["a"]
+        assert await mesh.publish("t", event("a", data=2)) == ["a"]
+        assert await mesh.publish("t", event("a", source="/other")) == ["a"]
+        assert await mesh.publish("plain", [event("a"), event("a")]) == ["a", "a"]
+        assert await stored(mesh) == [("/s", "a"), ("/other", "a")]
+        assert await stored(mesh, "plain") == [("/s", "a"), ("/s", "a")]
+        metrics = mesh.metrics
+        assert metrics is not None
+        text = metrics.render()
+    assert 'eventmesh_events_deduplicated_total{connector="default",topic="t"} 1.0' in text
+    assert 'eventmesh_events_published_total{connector="default",topic="t"} 3.0' in text
+
+
+async def test_a_batch_stores_each_key_once() -> None:
+    """A batch with a key twice, and one repeating keys already stored, stores each key
+    once, in order, and is answered with every id it sent."""
+    async with Mesh(config()) as mesh:
+        first = [event("a"), event("b"), event("a"), event("c")]
+        assert await mesh.publish("t", first) == ["a", "b", "a", "c"]
+        again = [event("c"), event("d"), event("b"), event("d")]
+        assert await mesh.publish("t", again) == ["c", "d", "b", "d"]
+        assert [id for _, id in await stored(mesh)] == ["a", "b", "c", "d"]
+        assert mesh._dedupers["t"].duplicates == 4
+
+
+async def test_concurrent_publishes_of_one_event_store_it_once() -> None:
+    """Two publishes of the same event at once, the first held up by a full topic: the
+    second waits for the first instead of storing it again, and both return its id."""
+    cfg = config(max_events=1, when_full="wait")
+    async with Mesh(cfg) as mesh, mesh.subscribe("t", "g", start="earliest") as sub:
+        await mesh.publish("t", event("filler"))  # the topic is now full until acked
+        answers: list[list[str]] = []
+
+        async def publish() -> None:
+            answers.append(await mesh.publish("t", event("x")))
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(publish)
+                tg.start_soon(publish)
+                # Both are waiting now: one for room, one for the first.
+                while len(mesh._dedupers["t"]) < 2:  # filler + the reserved "x"
+                    await anyio.sleep(0.01)
+                got = []
+                async for delivery in sub:
+                    got.append(delivery.event.id)
+                    await delivery.ack()
+                    if delivery.event.id == "x":
+                        break
+            assert answers == [["x"], ["x"]]
+            marker = event("end", source=MARKER_SOURCE)
+            await mesh.publish("t", marker)
+            async for delivery in sub:
+                got.append(delivery.event.id)
+                await delivery.ack()
+                if delivery.event.id == "end":
+                    break
+    assert got == ["filler", "x", "end"]
+
+
+async def test_a_failed_store_lets_a_retry_store_the_event() -> None:
+    """When the connector refuses the store, the key is not remembered: the producer's
+    retry stores the event instead of being told it is a duplicate."""
+    async with (
+        Mesh(config(max_events=1, when_full="fail")) as mesh,
+        mesh.subscribe("t", "g", start="earliest") as sub,
+    ):
+        await mesh.publish("t", event("first"))
+        with pytest.raises(TopicFullError):
+            await mesh.publish("t", event("second"))
+        with anyio.fail_after(20):
+            async for delivery in sub:
+                await delivery.ack()
+                break
+            # Room once the ack is taken; the retry is stored, not dropped.
+            while True:
+                try:
+                    assert await mesh.publish("t", event("second")) == ["second"]
+                    break
+                except TopicFullError:
+                    await anyio.sleep(0.01)
+            async for delivery in sub:
+                await delivery.ack()
+                assert delivery.event.id == "second"
+                break
+        assert mesh._dedupers["t"].duplicates == 0
+
+
+# -- over the sidecar's HTTP API ------------------------------------------------------------
+
+
+async def test_a_duplicate_over_http_is_answered_202_with_its_id() -> None:
+    """A producer's retry over HTTP gets the 202 and ids of a store; the topic holds the
+    event once, and a batch repeating it is answered in full."""
+    async with (
+        Mesh(config()) as mesh,
+        Registry(mesh) as registry,
+        aiohttp.ClientSession() as session,
+    ):
+        runner = web.AppRunner(create_app(mesh, registry, HttpListener()))
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            url = f"http://{host}:{port}/topics/t/events"
+            body = msgspec.json.encode(
+                {"specversion": "1.0", "type": "t", "source": "/s", "id": "h-1"}
+            )
+            headers = {"Content-Type": "application/cloudevents+json"}
+            answers = []
+            for _ in range(2):
+                async with session.post(url, data=body, headers=headers) as response:
+                    answers.append((response.status, await response.json()))
+            batch = msgspec.json.encode(
+                [
+                    {"specversion": "1.0", "type": "t", "source": "/s", "id": "h-1"},
+                    {"specversion": "1.0", "type": "t", "source": "/s", "id": "h-2"},
+                ]
+            )
+            batch_headers = {"Content-Type": "application/cloudevents-batch+json"}
+            async with session.post(url, data=batch, headers=batch_headers) as response:
+                answers.append((response.status, await response.json()))
+            held = await stored(mesh)
+            await registry.close()
+        finally:
+            await runner.cleanup()
+    assert answers == [
+        (202, {"stored": 1, "ids": ["h-1"]}),
+        (202, {"stored": 1, "ids": ["h-1"]}),
+        (202, {"stored": 2, "ids": ["h-1", "h-2"]}),
+    ]
+    assert held == [("/s", "h-1"), ("/s", "h-2")]
+
+
+# -- the window itself ----------------------------------------------------------------------
+
+
+class Clock:
+    """A clock the test moves by hand: the window is a span of time, tested without one."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Log:
+    """A store that records what it is asked to store; ``fail`` makes the next call raise."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.fail = False
+        self.gate: anyio.Event | None = None
+
+    async def __call__(self, events: Sequence[Event]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            self.fail = False
+            raise PublishError("refused for the test")
+        self.events.extend(e.id for e in events)
+
+
+async def test_a_key_is_stored_again_once_its_window_has_passed() -> None:
+    """Within the window a key is dropped; once the window has passed it is stored again,
+    and its new store starts a new window."""
+    clock, log = Clock(), Log()
+    deduper = Deduper("t", DedupeConfig(window=Duration(60)), clock=clock)
+    await deduper.store([event("a")], log)
+    clock.now += 59.0
+    await deduper.store([event("a")], log)
+    assert log.events == ["a"]
+    clock.now += 2.0  # 61 s after the store
+    await deduper.store([event("a"), event("b")], log)
+    assert log.events == ["a", "a", "b"]
+    assert len(deduper) == 2  # the expired key left; the new ones are held
+    clock.now += 30.0
+    await deduper.store([event("a")], log)
+    assert log.events == ["a", "a", "b"]
+    assert deduper.duplicates == 2
+
+
+async def test_memory_stays_within_max_entries() -> None:
+    """However many keys arrive, at most max_entries are held: the oldest are forgotten
+    first and counted, so an old key is stored again while a recent one is still dropped."""
+    log = Log()
+    deduper = Deduper("t", DedupeConfig(window=Duration(600), max_entries=100), clock=Clock())
+    for first in range(0, 10_000, 50):
+        await deduper.store([event(str(i)) for i in range(first, first + 50)], log)
+        assert len(deduper) <= 100
+    assert deduper.forgotten == 10_000 - 100
+    await deduper.store([event("0"), event("9999")], log)
+    assert log.events[-1] == "0"
+    assert len(log.events) == 10_001
+    assert deduper.duplicates == 1
+
+
+async def test_a_failed_store_releases_its_keys_for_a_waiting_duplicate() -> None:
+    """A publish waiting on another one's store of the same key stores the event itself
+    when that store fails; a third, later publish finds it stored."""
+    log = Log()
+    deduper = Deduper("t", DedupeConfig(), clock=Clock())
+    log.gate = anyio.Event()
+    log.fail = True
+    outcomes: list[str] = []
+
+    async def publish(
+        name: str, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()  # it runs on to its first wait before start() returns
+        try:
+            await deduper.store([event("x")], log)
+            outcomes.append(f"{name} ok")
+        except PublishError:
+            outcomes.append(f"{name} failed")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(publish, "first")  # reserved "x", waits at the gate
+            await tg.start(publish, "second")  # waits for the first's outcome
+            assert log.events == []
+            assert len(deduper) == 1
+            log.gate.set()
+    assert outcomes == ["first failed", "second ok"]
+    assert log.events == ["x"]
+    await deduper.store([event("x")], log)
+    assert log.events == ["x"]
