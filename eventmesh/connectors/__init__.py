@@ -1,4 +1,5 @@
-"""Connectors: the contract every backend implements, the registry, the memory backend."""
+"""Connectors: the contract every backend implements, the registry, the memory and local
+backends."""
 
 from eventmesh.connectors.base import (
     Capabilities,
@@ -9,6 +10,7 @@ from eventmesh.connectors.base import (
     StateStore,
     StoredEvent,
 )
+from eventmesh.connectors.local import LocalConfig, LocalConnector
 from eventmesh.connectors.memory import MemoryConfig, MemoryConnector
 from eventmesh.connectors.registry import available_connectors, load_connector
 
@@ -17,6 +19,8 @@ __all__ = [
     "Connector",
     "Consumer",
     "Delivery",
+    "LocalConfig",
+    "LocalConnector",
     "MemoryConfig",
     "MemoryConnector",
     "StartPosition",

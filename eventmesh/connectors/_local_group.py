@@ -1,0 +1,216 @@
+"""The loop side of the local connector's topics: partitions with their in-memory tail,
+and consumer groups with their positions (the memory connector's semantics, over a
+log kept on disk).
+
+Nothing here touches SQLite: what is not in a partition's tail is loaded by the
+connector (``local.py``), in a worker thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from eventmesh.connectors.base import Delivery
+from eventmesh.event import Event
+
+if TYPE_CHECKING:
+    from eventmesh.connectors.local import LocalConsumer
+
+__all__ = ["Group", "LocalDelivery", "Part", "Topic"]
+
+
+class Part:
+    """One partition as the loop sees it: offsets [first, end) are stored; the newest
+    of them (from ``base``) are also held in memory for consumers that keep up."""
+
+    __slots__ = ("base", "events", "first", "stamps")
+
+    def __init__(self, first: int, end: int) -> None:
+        self.first = first
+        self.base = end
+        self.events: list[Event] = []
+        self.stamps: list[float] = []
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.events)
+
+    def add(self, offset: int, event: Event, stamp: float, cap: int) -> None:
+        if offset != self.base + len(self.events):  # not contiguous: start the tail again
+            self.events.clear()
+            self.stamps.clear()
+            self.base = offset
+        self.events.append(event)
+        self.stamps.append(stamp)
+        if len(self.events) > cap:
+            drop = len(self.events) - cap // 2
+            del self.events[:drop]
+            del self.stamps[:drop]
+            self.base += drop
+
+    def cached(self, offset: int) -> tuple[Event, float] | None:
+        i = offset - self.base
+        if 0 <= i < len(self.events):
+            return self.events[i], self.stamps[i]
+        return None
+
+
+class Topic:
+    def __init__(self, tid: int, name: str, parts: list[Part]) -> None:
+        self.tid = tid
+        self.name = name
+        self.parts = parts
+        self.groups: dict[str, Group] = {}
+        self.round_robin = itertools.cycle(range(len(parts)))
+        self.released = 0
+
+
+class _Owner(Protocol):
+    def positions_changed(self, group: Group) -> None: ...
+
+
+class Group:
+    """A consumer group: committed positions (saved by the connector), what was handed
+    out, acked above the commit, or nacked for later; partitions shared by members."""
+
+    def __init__(self, topic: Topic, name: str, committed: list[int], owner: _Owner) -> None:
+        self.topic = topic
+        self.name = name
+        self.owner_of = owner
+        n = len(topic.parts)
+        self.committed = committed
+        self.next = list(committed)
+        self.acked: list[set[int]] = [set() for _ in range(n)]
+        self.redeliver: list[list[tuple[float, int, int]]] = [[] for _ in range(n)]
+        self.attempts: dict[tuple[int, int], int] = {}
+        self.members: list[LocalConsumer] = []
+        self.owner: list[LocalConsumer | None] = [None] * n
+        self._seq = itertools.count()
+
+    def join(self, member: LocalConsumer) -> None:
+        self.members.append(member)
+        self._rebalance()
+
+    def leave(self, member: LocalConsumer) -> None:
+        member.partitions = []
+        if member in self.members:
+            self.members.remove(member)
+            self._rebalance()
+
+    def skip_to(self, p: int, offset: int) -> None:
+        """Move past partition p's events below ``offset``, which retention deleted."""
+        if self.committed[p] >= offset:
+            return
+        acked = {o for o in self.acked[p] if o >= offset}
+        while offset in acked:
+            acked.remove(offset)
+            offset += 1
+        self.acked[p] = acked
+        self.committed[p] = offset
+        self.next[p] = max(self.next[p], offset)
+        self.redeliver[p] = [e for e in self.redeliver[p] if e[2] >= offset]
+        heapq.heapify(self.redeliver[p])
+        self.owner_of.positions_changed(self)
+
+    def _rebalance(self) -> None:
+        """Give partitions round-robin to members; a moved partition restarts at its commit."""
+        members = self.members
+        for p in range(len(self.owner)):
+            new = members[p % len(members)] if members else None
+            if new is not self.owner[p]:
+                self.owner[p] = new
+                acked = self.acked[p]
+                nacked = {offset for _, _, offset in self.redeliver[p]}
+                for offset in range(self.committed[p], self.next[p]):
+                    if offset not in acked and offset not in nacked:
+                        self.attempts[(p, offset)] = self.attempts.get((p, offset), 0) + 1
+                self.next[p] = self.committed[p]
+                self.redeliver[p].clear()
+        for member in members:
+            member.partitions = [p for p, o in enumerate(self.owner) if o is member]
+            member.wake()
+
+    def plan(self, member: LocalConsumer, max_events: int) -> list[tuple[int, int]]:
+        """Reserve up to ``max_events`` (partition, offset) pairs for ``member``: due
+        redeliveries first, then new events from a rotating partition."""
+        out: list[tuple[int, int]] = []
+        now = time.monotonic()
+        for p in member.partitions:
+            heap = self.redeliver[p]
+            while heap and heap[0][0] <= now and len(out) < max_events:
+                _, _, offset = heapq.heappop(heap)
+                if offset >= self.committed[p] and offset not in self.acked[p]:
+                    out.append((p, offset))
+        parts = member.partitions
+        if not parts or len(out) >= max_events:
+            return out
+        first = member.cursor % len(parts)
+        member.cursor += 1
+        for i in range(len(parts)):
+            p = parts[(first + i) % len(parts)]
+            part = self.topic.parts[p]
+            nxt = self.next[p]
+            end = part.end
+            if nxt >= end:
+                continue
+            if nxt < part.base:  # on disk only: read up to the tail, the rest next time
+                end = part.base
+            count = min(end - nxt, max_events - len(out))
+            acked = self.acked[p]
+            out.extend((p, o) for o in range(nxt, nxt + count) if not (acked and o in acked))
+            self.next[p] = nxt + count
+            if len(out) >= max_events:
+                break
+        return out
+
+    def next_due(self, member: LocalConsumer) -> float | None:
+        due = [self.redeliver[p][0][0] for p in member.partitions if self.redeliver[p]]
+        return min(due) if due else None
+
+    def ack(self, p: int, offset: int) -> None:
+        committed = self.committed[p]
+        if offset < committed:
+            return
+        if self.attempts:
+            self.attempts.pop((p, offset), None)
+        acked = self.acked[p]
+        if offset != committed:
+            acked.add(offset)
+            return
+        committed += 1
+        while acked and committed in acked:
+            acked.remove(committed)
+            committed += 1
+        self.committed[p] = committed
+        self.owner_of.positions_changed(self)
+
+    def nack(self, p: int, offset: int, attempt: int, delay: float) -> None:
+        if offset < self.committed[p] or offset in self.acked[p]:
+            return
+        self.attempts[(p, offset)] = attempt
+        heapq.heappush(self.redeliver[p], (time.monotonic() + delay, next(self._seq), offset))
+        owner = self.owner[p]
+        if owner is not None:
+            owner.wake()
+
+
+class LocalDelivery(Delivery):
+    __slots__ = ("_group", "_settled")
+
+    def __init__(self, group: Group, event: Event, **kw: object) -> None:
+        super().__init__(event, **kw)  # type: ignore[arg-type]
+        self._group = group
+        self._settled = False
+
+    async def ack(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._group.ack(self.partition, self.offset)
+
+    async def nack(self, delay: float = 0.0) -> None:
+        if not self._settled:
+            self._settled = True
+            self._group.nack(self.partition, self.offset, self.attempt, max(0.0, delay))

@@ -1,0 +1,327 @@
+"""The local connector's SQLite file: its schema, the one writer thread, and the reads.
+
+Everything here is synchronous and runs off the event loop: the :class:`Writer` in its
+own thread, the :class:`Reader` in worker threads. The loop side (``local.py``) hands
+jobs to the writer and awaits their futures.
+
+One event is one row of ``events``, keyed by a single integer that packs where it is
+stored: ``topic << 48 | partition << 40 | offset`` (so at most 32,767 topics of at most
+256 partitions, and 2**40 events per partition). A partition's events are then one
+range of SQLite's fastest index, the rowid, appended in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+__all__ = ["MAX_PARTITIONS", "MAX_TOPICS", "Job", "Reader", "Writer", "open_db", "row_id"]
+
+log = logging.getLogger(__name__)
+
+MAX_TOPICS = (1 << 15) - 1
+MAX_PARTITIONS = 1 << 8
+_PARTITION_SHIFT = 40
+_TOPIC_SHIFT = 48
+_OFFSET_MASK = (1 << _PARTITION_SHIFT) - 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, partitions INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS partitions (
+    topic INTEGER NOT NULL, part INTEGER NOT NULL, first INTEGER NOT NULL,
+    next INTEGER NOT NULL, bytes INTEGER NOT NULL, released INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (topic, part)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, stamp REAL NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS positions (
+    topic INTEGER NOT NULL, grp TEXT NOT NULL, part INTEGER NOT NULL,
+    committed INTEGER NOT NULL, PRIMARY KEY (topic, grp, part)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+"""
+
+FsyncMode = Literal["always", "batch", "interval"]
+
+
+def row_id(topic: int, partition: int, offset: int) -> int:
+    """The ``events.id`` of an event: where it is stored, packed into one integer."""
+    return topic << _TOPIC_SHIFT | partition << _PARTITION_SHIFT | offset
+
+
+def open_db(path: str, fsync: FsyncMode, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to the store at ``path`` in WAL mode, the schema created."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout = 10000")
+    if readonly:
+        db.execute("PRAGMA query_only = 1")
+        return db
+    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        db.close()
+        raise sqlite3.OperationalError(f"the file system refused WAL mode (got {mode!r})")
+    # FULL: each commit fsyncs the log before it returns. NORMAL: the log is fsynced at
+    # checkpoints only, which the writer runs every fsync_interval.
+    db.execute(f"PRAGMA synchronous = {'NORMAL' if fsync == 'interval' else 'FULL'}")
+    db.execute("PRAGMA cache_size = -32768")  # 32 MiB of pages
+    db.executescript(_SCHEMA)
+    return db
+
+
+class Job:
+    """One unit of work for the writer: :meth:`apply` runs in the writer's thread inside
+    the batch's transaction; its result (or the batch's error) is handed to
+    :meth:`finish` on the event loop, in submission order."""
+
+    __slots__ = ("future", "size")
+
+    def __init__(self, size: int = 1) -> None:
+        self.size = size
+        self.future: asyncio.Future[Any] | None = None
+
+    def apply(self, writer: Writer) -> Any:
+        raise NotImplementedError
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        """On the loop: resolve the future (subclasses also update the loop's view)."""
+        future = self.future
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+class Writer:
+    """The one thread that writes: it takes every job waiting, applies them in one
+    transaction, commits (one fsync under ``fsync: batch``), then reports each job's
+    result to the loop. ``always`` commits each job alone."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        *,
+        fsync: FsyncMode,
+        interval: float,
+        max_batch: int,
+        loop: asyncio.AbstractEventLoop,
+        finish: Callable[[list[Job], list[Any], BaseException | None], None],
+        maintain: Callable[[Writer], None],
+        maintain_every: float,
+    ) -> None:
+        self.db = db
+        self.fsync = fsync
+        self.interval = interval
+        self.max_batch = max_batch
+        self.loop = loop
+        self._finish = finish
+        self._maintain = maintain
+        self._maintain_every = maintain_every
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="eventmesh-local-writer")
+        # Writer-owned bookkeeping, by (topic id, partition): next offset, bytes held,
+        # first offset retained. Loaded at open; changed only in this thread afterwards.
+        self.next: dict[tuple[int, int], int] = {}
+        self.bytes: dict[tuple[int, int], int] = {}
+        self.first: dict[tuple[int, int], int] = {}
+        self.touched: set[tuple[int, int]] = set()
+        self.last_sync = self.last_maintained = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the writer has stopped")
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Apply what is queued, then end the thread (blocks: call off the loop)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _take(self) -> list[Job] | None:
+        with self._cond:
+            while not self._jobs:
+                if self._stopping:
+                    return None
+                wait = self._next_chore() - time.monotonic()
+                if wait <= 0:
+                    return []
+                self._cond.wait(wait)
+            if self.fsync == "always":
+                return [self._jobs.popleft()]
+            batch: list[Job] = []
+            size = 0
+            while self._jobs and size < self.max_batch:
+                job = self._jobs.popleft()
+                batch.append(job)
+                size += job.size
+            return batch
+
+    def _next_chore(self) -> float:
+        due = self.last_maintained + self._maintain_every
+        if self.fsync == "interval":
+            due = min(due, self.last_sync + self.interval)
+        return due
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                break
+            if batch:
+                self._apply(batch)
+            self._chores()
+        try:
+            self._chores(force=True)
+        except Exception:
+            log.exception("local store: the last maintenance at close failed")
+
+    def _apply(self, batch: list[Job]) -> None:
+        saved = (dict(self.next), dict(self.bytes))
+        results: list[Any] = []
+        error: BaseException | None = None
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for job in batch:
+                    results.append(job.apply(self))
+                self._save_partitions()
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            self.next, self.bytes = saved
+            self.touched.clear()
+            log.error("local store: a write of %d jobs failed: %r", len(batch), exc)
+            error = exc
+        self.loop.call_soon_threadsafe(self._finish, batch, results, error)
+
+    def _save_partitions(self) -> None:
+        if not self.touched:
+            return
+        rows = [
+            (self.first[key], self.next[key], self.bytes[key], key[0], key[1])
+            for key in self.touched
+        ]
+        self.touched.clear()
+        self.db.executemany(
+            "UPDATE partitions SET first = ?, next = ?, bytes = ? WHERE topic = ? AND part = ?",
+            rows,
+        )
+
+    def _chores(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self.last_maintained + self._maintain_every:
+            self.last_maintained = now
+            try:
+                self._maintain(self)
+            except Exception as exc:
+                log.error("local store: retention failed (will try again): %r", exc)
+        if self.fsync == "interval" and (force or now >= self.last_sync + self.interval):
+            self.last_sync = now
+            # In WAL mode with synchronous=NORMAL a checkpoint is what fsyncs the log.
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    # -- helpers for jobs (writer thread only) -------------------------------------------
+
+    def append(
+        self, topic: int, parts: Sequence[int], bodies: Sequence[bytes]
+    ) -> tuple[float, list[int]]:
+        """Insert events; return their store time and offsets."""
+        stamp = time.time()
+        nxt = self.next
+        sizes = self.bytes
+        touched = self.touched
+        offsets = []
+        rows = []
+        for p, body in zip(parts, bodies, strict=True):
+            key = (topic, p)
+            offset = nxt[key]
+            nxt[key] = offset + 1
+            sizes[key] += len(body)
+            touched.add(key)
+            offsets.append(offset)
+            rows.append((topic << _TOPIC_SHIFT | p << _PARTITION_SHIFT | offset, stamp, body))
+        self.db.executemany("INSERT INTO events (id, stamp, body) VALUES (?, ?, ?)", rows)
+        return stamp, offsets
+
+    def release(self, topic: int, partition: int, below: int) -> int:
+        """Delete the partition's events below offset ``below``; return how many."""
+        key = (topic, partition)
+        first = self.first[key]
+        below = min(below, self.next[key])
+        if below <= first:
+            return 0
+        lo, hi = row_id(topic, partition, first), row_id(topic, partition, below)
+        (size,) = self.db.execute(
+            "SELECT coalesce(sum(length(body)), 0) FROM events WHERE id >= ? AND id < ?",
+            (lo, hi),
+        ).fetchone()
+        self.db.execute("DELETE FROM events WHERE id >= ? AND id < ?", (lo, hi))
+        self.bytes[key] -= size
+        self.first[key] = below
+        self.touched.add(key)
+        return below - first
+
+
+class Reader:
+    """Reads on a connection of their own, one at a time, called in a worker thread."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    def range(
+        self, topic: int, partition: int, lo: int, hi: int, limit: int, since: float | None = None
+    ) -> list[tuple[int, float, bytes]]:
+        """Up to ``limit`` events of a partition with offsets in [lo, hi) (and stored at
+        or after ``since``), as (offset, stamp, body), in offset order."""
+        query = "SELECT id, stamp, body FROM events WHERE id >= ? AND id < ?"
+        args: list[Any] = [row_id(topic, partition, lo), row_id(topic, partition, hi)]
+        if since is not None:
+            query += " AND stamp >= ?"
+            args.append(since)
+        query += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        with self.lock:
+            rows = self.db.execute(query, args).fetchall()
+        return [(rid & _OFFSET_MASK, stamp, body) for rid, stamp, body in rows]
+
+    def first_at(self, topic: int, partition: int, lo: int, hi: int, stamp: float) -> int:
+        """The first offset in [lo, hi) stored at or after ``stamp`` (``hi`` if none)."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT id FROM events WHERE id >= ? AND id < ? AND stamp >= ? ORDER BY id LIMIT 1",
+                (row_id(topic, partition, lo), row_id(topic, partition, hi), stamp),
+            ).fetchone()
+        return hi if row is None else int(row[0]) & _OFFSET_MASK
+
+    def state(self, bucket: str) -> dict[str, bytes]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT key, value FROM state WHERE bucket = ?", (bucket,)
+            ).fetchall()
+        return {key: bytes(value) for key, value in rows}

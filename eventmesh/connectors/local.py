@@ -1,0 +1,770 @@
+"""The local connector (``type: local``): a durable log on this machine, in SQLite.
+
+Events, consumer-group positions and the mesh's own state live in one SQLite file in
+WAL mode, ``events.db`` in the data directory, which one process holds at a time (a
+lock file says which). Topics are split into partitions by ``partitionkey`` as the
+memory connector splits them (with a hash that is the same in every process), each
+group commits a position per partition once every earlier event was acked, and a
+nacked or abandoned event comes back; unlike memory, all of it survives a restart.
+
+Every SQLite call runs off the event loop: writes in one writer thread that commits the
+publishes waiting together in one transaction (group commit), reads in worker threads.
+``publish`` returns once its events are committed, which ``fsync`` makes durable:
+
+* ``batch`` (default) and ``always``: each commit is fsynced before any publish in it is
+  acknowledged (``synchronous=FULL``); an acknowledged event survives kill -9 and power
+  loss. ``always`` commits each publish call alone; ``batch`` commits the calls that
+  wait together in one transaction, with one fsync.
+* ``interval``: commits are not fsynced (``synchronous=NORMAL``); the log is fsynced
+  every ``fsync_interval``. An acknowledged event survives kill -9 (the operating system
+  has it); a power loss can lose the last ``fsync_interval`` of them. The file stays
+  consistent in every mode.
+
+Retention is a log's, not a queue's: events stay, read or not, until a topic passes
+``max_bytes`` or they are older than ``max_age``; then the oldest go, and a group that
+had not read them moves past them (counted per topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import sqlite3
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import msgspec
+
+from eventmesh._duration import Duration
+from eventmesh.connectors import _sqlite
+from eventmesh.connectors._local_group import Group, LocalDelivery, Part, Topic
+from eventmesh.connectors.base import (
+    Capabilities,
+    Connector,
+    Consumer,
+    Delivery,
+    StartPosition,
+    StateStore,
+    StoredEvent,
+)
+from eventmesh.errors import (
+    ClosedError,
+    ConnectError,
+    PublishError,
+    RejectedError,
+    SubscribeError,
+)
+from eventmesh.event import Event, decode_json, encode_json
+
+__all__ = ["DEFAULT_DATA_DIR", "LocalConfig", "LocalConnector", "LocalConsumer"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = "eventmesh-data"
+_CAPABILITIES = Capabilities(
+    durable=True, ordered_by_key=True, replay=True, consumer_groups=True, redelivery=True
+)
+_T = TypeVar("_T")
+_DB_FILE = "events.db"
+_LOCK_FILE = "LOCK"
+
+
+class LocalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of the local connector."""
+
+    data_dir: str | None = None
+    """The directory of the store (created if missing). None: the daemon's data directory
+    (``--data-dir``, ``EVENTMESH_DATA_DIR``), else ``./eventmesh-data``."""
+    fsync: Literal["always", "batch", "interval"] = "batch"
+    """When a commit reaches the disk (see the module's docs for what each promises)."""
+    fsync_interval: Duration = Duration(1.0)
+    """With ``fsync: interval``: how often the log is fsynced."""
+    partitions: int = 8
+    """Partitions of a new topic (a topic keeps the count it was created with)."""
+    max_bytes: int | None = 1 << 30
+    """Bytes of encoded events a topic retains (split evenly over its partitions); the
+    oldest go first. None: no size limit."""
+    max_age: Duration | None = Duration(7 * 86400)
+    """Delete events older than this, read or not. None: no age limit."""
+    cache_events: int = 16_384
+    """Newest events per topic also held in memory, so consumers that keep up never read
+    the disk."""
+    max_batch: int = 20_000
+    """Most events committed in one transaction."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= _sqlite.MAX_PARTITIONS:
+            raise ValueError(f"partitions must be from 1 to {_sqlite.MAX_PARTITIONS}")
+        if not 0 < self.fsync_interval < math.inf:
+            raise ValueError("fsync_interval must be a positive duration such as '1s'")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1 (or null)")
+        if self.max_age is not None and not 0 < self.max_age < math.inf:
+            raise ValueError("max_age must be a positive duration such as '168h' (or null)")
+        if self.cache_events < 0 or self.max_batch < 1:
+            raise ValueError("cache_events must be 0 or more and max_batch at least 1")
+
+
+class _InUseError(Exception):
+    """Another process (or connector) holds the data directory's lock."""
+
+
+def _partition(key: Any, n: int) -> int:
+    """A partitionkey's partition: the same in every process (``hash()`` is not)."""
+    return zlib.crc32(str(key).encode()) % n
+
+
+# -- writer jobs ----------------------------------------------------------------------
+
+
+class _Append(_sqlite.Job):
+    __slots__ = ("bodies", "connector", "events", "parts", "topic")
+
+    def __init__(
+        self, connector: LocalConnector, topic: Topic, events: Sequence[Event], parts: list[int]
+    ) -> None:
+        super().__init__(len(events))
+        self.connector = connector
+        self.topic = topic
+        self.events = events
+        self.parts = parts
+        self.bodies = [encode_json(event) for event in events]
+
+    def apply(self, writer: _sqlite.Writer) -> tuple[float, list[int]]:
+        return writer.append(self.topic.tid, self.parts, self.bodies)
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        if error is None:
+            stamp, offsets = result
+            topic = self.topic
+            cap = self.connector._cache_per_part
+            parts = topic.parts
+            for event, p, offset in zip(self.events, self.parts, offsets, strict=True):
+                parts[p].add(offset, event, stamp, cap)
+            for group in topic.groups.values():
+                for member in group.members:
+                    member.wake()
+        super().finish(None, error)
+
+
+class _NewTopic(_sqlite.Job):
+    __slots__ = ("name", "partitions")
+
+    def __init__(self, name: str, partitions: int) -> None:
+        super().__init__()
+        self.name = name
+        self.partitions = partitions
+
+    def apply(self, writer: _sqlite.Writer) -> tuple[int, int]:
+        db = writer.db
+        row = db.execute("SELECT id, partitions FROM topics WHERE name = ?", (self.name,))
+        found = row.fetchone()
+        if found is not None:
+            return int(found[0]), int(found[1])
+        (count,) = db.execute("SELECT count(*) FROM topics").fetchone()
+        if count >= _sqlite.MAX_TOPICS:
+            raise RejectedError(f"the local store holds {count} topics, the most it can")
+        tid = db.execute(
+            "INSERT INTO topics (name, partitions) VALUES (?, ?)", (self.name, self.partitions)
+        ).lastrowid
+        assert tid is not None
+        db.executemany(
+            "INSERT INTO partitions (topic, part, first, next, bytes) VALUES (?, ?, 0, 0, 0)",
+            [(tid, p) for p in range(self.partitions)],
+        )
+        for p in range(self.partitions):
+            writer.next[(tid, p)] = writer.first[(tid, p)] = writer.bytes[(tid, p)] = 0
+        return tid, self.partitions
+
+
+class _Sql(_sqlite.Job):
+    """Statements run as they are (positions, state)."""
+
+    __slots__ = ("after", "rows", "sql")
+
+    def __init__(self, sql: str, rows: list[tuple[Any, ...]], after: Any = None) -> None:
+        super().__init__(len(rows))
+        self.sql = sql
+        self.rows = rows
+        self.after = after
+
+    def apply(self, writer: _sqlite.Writer) -> None:
+        writer.db.executemany(self.sql, self.rows)
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        if error is None and self.after is not None:
+            self.after()
+        elif error is not None and self.future is None:
+            log.error("local store: saving positions or state failed: %r", error)
+        super().finish(result, error)
+
+
+_SAVE_POSITIONS = (
+    "INSERT INTO positions (topic, grp, part, committed) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (topic, grp, part) DO UPDATE SET committed = excluded.committed "
+    "WHERE excluded.committed > positions.committed"
+)
+
+
+def _position_rows(group: Group) -> list[tuple[Any, ...]]:
+    tid = group.topic.tid
+    return [(tid, group.name, p, c) for p, c in enumerate(group.committed)]
+
+
+# -- consumers and state ----------------------------------------------------------------
+
+
+class LocalConsumer(Consumer):
+    """One member of a consumer group of the local connector."""
+
+    def __init__(
+        self, connector: LocalConnector, topic: str, group: str, start: StartPosition
+    ) -> None:
+        self._connector = connector
+        self.topic = topic
+        self.group = group
+        self._start_at = start
+        self._group: Group | None = None
+        self._wakeup: anyio.Event | None = None
+        self.partitions: list[int] = []
+        self.cursor = 0
+
+    def wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    async def _start(self) -> None:
+        self._group = await self._connector._join(self)
+
+    async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
+        self._check_fetch()
+        group = self._group
+        assert group is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.closed:
+                return []
+            plan = group.plan(self, max_events)
+            if plan:
+                batch = await self._connector._deliveries(group, plan)
+                if batch:
+                    return batch
+                continue
+            now = time.monotonic()
+            wait = None
+            if deadline is not None:
+                wait = deadline - now
+                if wait <= 0:
+                    return []
+            due = group.next_due(self)
+            if due is not None:
+                wait = max(due - now, 0.0) if wait is None else min(wait, max(due - now, 0.0))
+            self._wakeup = wakeup = anyio.Event()
+            if wait is None:
+                await wakeup.wait()
+            else:
+                with anyio.move_on_after(wait):
+                    await wakeup.wait()
+
+    def lag(self) -> int | None:
+        group = self._group
+        if group is None:
+            return None
+        parts = group.topic.parts
+        return sum(parts[p].end - group.committed[p] for p in self.partitions)
+
+    async def _close(self) -> None:
+        group = self._group
+        if group is not None:
+            group.leave(self)
+        self._connector._consumers.discard(self)
+        self.wake()
+        if group is not None:
+            await self._connector._save_group(group)
+
+
+class _Watch:
+    __slots__ = ("changes", "wakeup")
+
+    def __init__(self) -> None:
+        self.changes: OrderedDict[str, bytes | None] = OrderedDict()
+        self.wakeup = anyio.Event()
+
+
+class _LocalState(StateStore):
+    def __init__(self, connector: LocalConnector, bucket: str) -> None:
+        self._connector = connector
+        self._bucket = bucket
+
+    async def load(self) -> dict[str, bytes]:
+        c = self._connector
+        c._check_open()
+        return await c._read(c._reader_state, self._bucket)
+
+    async def put(self, key: str, value: bytes) -> None:
+        sql = (
+            "INSERT INTO state (bucket, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value"
+        )
+        await self._change(sql, (self._bucket, key, bytes(value)), key, bytes(value))
+
+    async def delete(self, key: str) -> None:
+        sql = "DELETE FROM state WHERE bucket = ? AND key = ?"
+        await self._change(sql, (self._bucket, key), key, None)
+
+    async def _change(self, sql: str, row: tuple[Any, ...], key: str, value: bytes | None) -> None:
+        c = self._connector
+        c._check_open()
+        if not isinstance(key, str) or not key:
+            raise RejectedError(f"a state key must be a non-empty string, got {key!r}")
+        await c._submit(_Sql(sql, [row], after=lambda: c._notify(self._bucket, key, value)))
+
+    async def watch(self) -> AsyncIterator[tuple[str, bytes | None]]:
+        c = self._connector
+        c._check_open()
+        watch = _Watch()
+        watchers = c._watchers.setdefault(self._bucket, set())
+        watchers.add(watch)
+        try:
+            while True:
+                while watch.changes:
+                    yield watch.changes.popitem(last=False)
+                if not c.is_open:
+                    return
+                watch.wakeup = anyio.Event()
+                await watch.wakeup.wait()
+        finally:
+            watchers.discard(watch)
+
+
+# -- the connector ----------------------------------------------------------------------
+
+
+class LocalConnector(Connector):
+    """The durable connector on this machine (``type: local``); see the module docs."""
+
+    Config = LocalConfig
+    config: LocalConfig
+
+    def __init__(self, config: LocalConfig | None = None, *, name: str | None = None) -> None:
+        super().__init__(config, name=name or "local")
+        self.path = Path(self.config.data_dir or DEFAULT_DATA_DIR)
+        self._topics: dict[str, Topic] = {}
+        self._consumers: set[LocalConsumer] = set()
+        self._watchers: dict[str, set[_Watch]] = {}
+        self._dirty: set[Group] = set()
+        self._flush_scheduled = False
+        self._join_lock = anyio.Lock()
+        self._cache_per_part = max(16, self.config.cache_events // self.config.partitions)
+        self._lock_fd: int | None = None
+        self._writer: _sqlite.Writer | None = None
+        self._reader: _sqlite.Reader | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return _CAPABILITIES
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = await anyio.to_thread.run_sync(self._open_files)
+        except _InUseError as exc:
+            raise ConnectError(
+                f"the local store in {str(self.path)!r} is in use by another process or "
+                f"connector (pid {exc}); close it first, or give this one another data_dir"
+            ) from None
+        except (OSError, sqlite3.Error) as exc:
+            self._release_files()
+            raise ConnectError(
+                f"cannot open the local store in {str(self.path)!r}: {exc}; check that "
+                "the directory is writable and not on a network file system"
+            ) from exc
+        db, topics, positions = loaded
+        config = self.config
+        writer = self._writer = _sqlite.Writer(
+            db,
+            fsync=config.fsync,
+            interval=config.fsync_interval,
+            max_batch=config.max_batch,
+            loop=loop,
+            finish=self._finish,
+            maintain=self._retain,
+            maintain_every=1.0 if config.max_age is None else min(1.0, config.max_age / 16),
+        )
+        for tid, name, _count, rows in topics:
+            parts = []
+            for p, first, nxt, size in rows:
+                writer.next[(tid, p)], writer.first[(tid, p)] = nxt, first
+                writer.bytes[(tid, p)] = size
+                parts.append(Part(first, nxt))
+            self._topics[name] = Topic(tid, name, parts)
+        by_id = {t.tid: t for t in self._topics.values()}
+        for (tid, grp), committed in positions.items():
+            t = by_id.get(tid)
+            if t is not None:
+                marks = [max(c, part.first) for c, part in zip(committed, t.parts, strict=False)]
+                t.groups[grp] = Group(t, grp, marks, self)
+        writer.start()
+        log.info(
+            "local store open in %s (%d topics, fsync %s)", self.path, len(topics), config.fsync
+        )
+
+    def _open_files(self) -> tuple[sqlite3.Connection, list[Any], dict[tuple[int, str], list[int]]]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise _InUseError(holder) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+        db = _sqlite.open_db(str(self.path / _DB_FILE), self.config.fsync)
+        topics = []
+        for tid, name, n in db.execute("SELECT id, name, partitions FROM topics ORDER BY id"):
+            rows = db.execute(
+                "SELECT part, first, next, bytes FROM partitions WHERE topic = ? ORDER BY part",
+                (tid,),
+            ).fetchall()
+            topics.append((tid, name, n, rows))
+        positions: dict[tuple[int, str], list[int]] = {}
+        for tid, grp, _p, committed in db.execute(
+            "SELECT topic, grp, part, committed FROM positions ORDER BY topic, grp, part"
+        ):
+            positions.setdefault((tid, grp), []).append(committed)
+        self._reader = _sqlite.Reader(
+            _sqlite.open_db(str(self.path / _DB_FILE), "batch", readonly=True)
+        )
+        return db, topics, positions
+
+    @staticmethod
+    def _stop_writer(writer: _sqlite.Writer) -> None:
+        writer.stop()
+        with contextlib.suppress(sqlite3.Error):
+            writer.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a short log for the next open
+        writer.db.close()
+
+    def _release_files(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the file releases the lock
+            self._lock_fd = None
+
+    async def _close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.close()
+        self._flush_positions()
+        writer = self._writer
+        if writer is not None:
+            await anyio.to_thread.run_sync(self._stop_writer, writer)
+            # Reports queued by the writer's last batches run before the loop goes on.
+            await anyio.lowlevel.checkpoint()
+        await anyio.to_thread.run_sync(self._release_files)
+        for watchers in self._watchers.values():
+            for watch in watchers:
+                watch.wakeup.set()
+
+    async def health(self) -> bool:
+        return self.is_open and self._writer is not None
+
+    # -- the writer's reports (on the loop) ----------------------------------------------
+
+    async def _submit(self, job: _sqlite.Job) -> Any:
+        writer = self._writer
+        assert writer is not None
+        job.future = asyncio.get_running_loop().create_future()
+        try:
+            writer.submit(job)
+        except RuntimeError:
+            raise ClosedError(f"connector {self.name!r} is closed") from None
+        return await job.future
+
+    def _finish(
+        self, batch: list[_sqlite.Job], results: list[Any], error: BaseException | None
+    ) -> None:
+        if error is not None and not isinstance(error, RejectedError):
+            error = PublishError(f"the local store in {str(self.path)!r} failed to write: {error}")
+        for i, job in enumerate(batch):
+            job.finish(results[i] if error is None else None, error)
+
+    def _retain(self, writer: _sqlite.Writer) -> None:
+        """In the writer thread: delete what ``max_bytes`` and ``max_age`` release."""
+        config = self.config
+        if config.max_bytes is None and config.max_age is None:
+            return
+        released: list[tuple[int, int, int, int]] = []
+        cutoff = None if config.max_age is None else time.time() - config.max_age
+        reader = _sqlite.Reader(writer.db)
+        counts: dict[int, int] = {}
+        for tid, _p in list(writer.next):
+            counts[tid] = counts.get(tid, 0) + 1
+        writer.db.execute("BEGIN IMMEDIATE")
+        try:
+            for (tid, p), nxt in list(writer.next.items()):
+                first = writer.first[(tid, p)]
+                cut = first
+                if cutoff is not None and first < nxt:
+                    cut = reader.first_at(tid, p, first, nxt, cutoff)
+                if config.max_bytes is not None:
+                    budget = config.max_bytes // counts[tid]
+                    excess = writer.bytes[(tid, p)] - budget
+                    if excess > 0:
+                        cut = max(cut, self._cut_for(writer, tid, p, first, nxt, excess))
+                if cut > first:
+                    released.append((tid, p, cut, writer.release(tid, p, cut)))
+            writer._save_partitions()
+            writer.db.execute("COMMIT")
+        except BaseException:
+            writer.db.execute("ROLLBACK")
+            raise
+        if released:
+            writer.loop.call_soon_threadsafe(self._released, released)
+
+    @staticmethod
+    def _cut_for(
+        writer: _sqlite.Writer, tid: int, p: int, first: int, nxt: int, excess: int
+    ) -> int:
+        """The offset below which the oldest events hold at least ``excess`` bytes."""
+        rows = writer.db.execute(
+            "SELECT id, length(body) FROM events WHERE id >= ? AND id < ? ORDER BY id",
+            (_sqlite.row_id(tid, p, first), _sqlite.row_id(tid, p, nxt)),
+        )
+        for rid, size in rows:
+            excess -= size
+            if excess <= 0:
+                return int(rid & ((1 << 40) - 1)) + 1
+        return nxt
+
+    def _released(self, released: list[tuple[int, int, int, int]]) -> None:
+        by_id = {t.tid: t for t in self._topics.values()}
+        for tid, p, cut, count in released:
+            t = by_id.get(tid)
+            if t is None:
+                continue
+            t.parts[p].first = max(t.parts[p].first, cut)
+            t.released += count
+            for group in t.groups.values():
+                group.skip_to(p, cut)
+            log.debug("topic %r[%d]: retention deleted %d events", t.name, p, count)
+
+    # -- positions -----------------------------------------------------------------------
+
+    def positions_changed(self, group: Group) -> None:
+        """A group's commit moved: save it with the writer's next batch."""
+        self._dirty.add(group)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_positions)
+
+    def _flush_positions(self) -> None:
+        self._flush_scheduled = False
+        if not self._dirty or self._writer is None:
+            return
+        rows = [row for group in self._dirty for row in _position_rows(group)]
+        self._dirty.clear()
+        with contextlib.suppress(RuntimeError):  # the writer stopped: closing
+            self._writer.submit(_Sql(_SAVE_POSITIONS, rows))
+
+    async def _save_group(self, group: Group) -> None:
+        self._dirty.discard(group)
+        if self._writer is not None:
+            with contextlib.suppress(ClosedError):
+                await self._submit(_Sql(_SAVE_POSITIONS, _position_rows(group)))
+
+    # -- topics, groups, reads -----------------------------------------------------------
+
+    async def _topic(self, name: str) -> Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            self.check_topic(name)
+            tid, n = await self._submit(_NewTopic(name, self.config.partitions))
+            topic = self._topics.get(name)
+            if topic is None:
+                topic = self._topics[name] = Topic(tid, name, [Part(0, 0) for _ in range(n)])
+        return topic
+
+    async def _join(self, consumer: LocalConsumer) -> Group:
+        self._check_open()
+        if not isinstance(consumer.group, str) or not consumer.group:
+            raise SubscribeError(f"group must be a non-empty string, got {consumer.group!r}")
+        topic = await self._topic(consumer.topic)
+        async with self._join_lock:
+            group = topic.groups.get(consumer.group)
+            if group is None:
+                start = await self._start_offsets(topic, consumer._start_at)
+                group = Group(topic, consumer.group, start, self)
+                await self._submit(_Sql(_SAVE_POSITIONS, _position_rows(group)))
+                topic.groups[consumer.group] = group
+        group.join(consumer)
+        self._consumers.add(consumer)
+        return group
+
+    async def _start_offsets(self, topic: Topic, start: StartPosition) -> list[int]:
+        if start == "latest":
+            return [part.end for part in topic.parts]
+        if start == "earliest":
+            return [part.first for part in topic.parts]
+        if isinstance(start, datetime):
+            stamp = start.timestamp()
+            reader = self._reader
+            assert reader is not None
+            return [
+                await self._read(reader.first_at, topic.tid, p, part.first, part.end, stamp)
+                for p, part in enumerate(topic.parts)
+            ]
+        raise SubscribeError(f"start must be 'earliest', 'latest' or a datetime, got {start!r}")
+
+    async def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
+        try:
+            return await anyio.to_thread.run_sync(fn, *args)
+        except sqlite3.Error as exc:
+            raise SubscribeError(
+                f"cannot read the local store in {str(self.path)!r}: {exc}"
+            ) from exc
+
+    def _reader_state(self, bucket: str) -> dict[str, bytes]:
+        assert self._reader is not None
+        return self._reader.state(bucket)
+
+    def _load(
+        self, tid: int, wanted: dict[int, list[int]]
+    ) -> dict[tuple[int, int], tuple[Event, float]]:
+        """In a worker thread: the events at these offsets, by (partition, offset)."""
+        reader = self._reader
+        assert reader is not None
+        out = {}
+        for p, offsets in wanted.items():
+            lo, hi = min(offsets), max(offsets) + 1
+            keep = set(offsets)
+            for offset, stamp, body in reader.range(tid, p, lo, hi, hi - lo):
+                if offset in keep:
+                    out[(p, offset)] = (decode_json(body), stamp)
+        return out
+
+    async def _deliveries(self, group: Group, plan: list[tuple[int, int]]) -> list[Delivery]:
+        topic = group.topic
+        parts = topic.parts
+        found: dict[tuple[int, int], tuple[Event, float]] = {}
+        wanted: dict[int, list[int]] = {}
+        for p, offset in plan:
+            hit = parts[p].cached(offset)
+            if hit is None:
+                wanted.setdefault(p, []).append(offset)
+            else:
+                found[(p, offset)] = hit
+        if wanted:
+            found.update(await self._read(self._load, topic.tid, wanted))
+        out: list[Delivery] = []
+        attempts = group.attempts
+        for p, offset in plan:
+            hit = found.get((p, offset))
+            if hit is None:  # deleted by retention meanwhile: nothing to deliver
+                group.ack(p, offset)
+                continue
+            event, stamp = hit
+            out.append(
+                LocalDelivery(
+                    group,
+                    event,
+                    topic=topic.name,
+                    partition=p,
+                    offset=offset,
+                    key=event.partitionkey,
+                    attempt=attempts.get((p, offset), 0) + 1 if attempts else 1,
+                    timestamp=stamp,
+                )
+            )
+        return out
+
+    # -- the contract --------------------------------------------------------------------
+
+    async def publish(self, topic: str, events: Sequence[Event]) -> None:
+        self._check_open()
+        t = self._topics.get(topic) or await self._topic(topic)
+        if not events:
+            return
+        n = len(t.parts)
+        parts = []
+        for event in events:
+            key = event.extensions.get("partitionkey") if event.extensions else None
+            parts.append(next(t.round_robin) if key is None else _partition(key, n))
+        await self._submit(_Append(self, t, events, parts))
+
+    def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
+        self._check_open()
+        self.check_topic(topic)
+        if not isinstance(group, str) or not group:
+            raise SubscribeError(f"group must be a non-empty string, got {group!r}")
+        return LocalConsumer(self, topic, group, start)
+
+    async def read(
+        self,
+        topic: str,
+        *,
+        since: datetime | None = None,
+        after: Mapping[int, int] | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        self._check_open()
+        self.check_topic(topic)
+        if limit < 1:
+            raise RejectedError(f"limit must be at least 1, got {limit}")
+        t = self._topics.get(topic)
+        if t is None:
+            return []
+        after = after or {}
+        ranges = [
+            (p, max(part.first, after[p] + 1 if p in after else 0), part.end)
+            for p, part in enumerate(t.parts)
+        ]
+        stamp = None if since is None else since.timestamp()
+        rows = await self._read(self._browse, t.tid, ranges, stamp, limit)
+        return [StoredEvent(decode_json(body), p, offset, s) for s, p, offset, body in rows]
+
+    def _browse(
+        self, tid: int, ranges: list[tuple[int, int, int]], since: float | None, limit: int
+    ) -> list[tuple[float, int, int, bytes]]:
+        reader = self._reader
+        assert reader is not None
+        rows = [
+            (stamp, p, offset, body)
+            for p, lo, hi in ranges
+            if lo < hi
+            for offset, stamp, body in reader.range(tid, p, lo, hi, limit, since)
+        ]
+        rows.sort(key=lambda row: row[:3])
+        return rows[:limit]
+
+    def state(self, bucket: str) -> StateStore | None:
+        self._check_open()
+        return _LocalState(self, bucket)
+
+    def _notify(self, bucket: str, key: str, value: bytes | None) -> None:
+        for watch in self._watchers.get(bucket, ()):
+            watch.changes.pop(key, None)
+            watch.changes[key] = value
+            watch.wakeup.set()
+
+    def released(self) -> dict[str, int]:
+        """Events retention deleted, per topic that deleted any, since open."""
+        return {name: t.released for name, t in self._topics.items() if t.released}
