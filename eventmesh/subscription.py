@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 import anyio
 import anyio.to_thread
@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 __all__ = ["Delivery", "Handler", "Subscription"]
 
 log = logging.getLogger(__name__)
+
+_CLOSE_TIMEOUT: Final = 30.0
+"""Seconds :meth:`Subscription.close` lets the events in hand finish, by default."""
+_ITER_BATCH: Final = 64
+"""Events the iterator form fetches at a time (it has no dispatcher)."""
 
 Outcome = Literal["delivered", "dead_lettered", "filtered", "dropped"]
 """What became of an acked event, as the subscription's stats count it."""
@@ -253,7 +258,7 @@ class Subscription(ClosedOnExit):
         try:
             if self._dispatcher is not None and self._done is not None:
                 await self._dispatcher.stop()
-                with anyio.move_on_after(timeout if timeout is not None else 30.0):
+                with anyio.move_on_after(timeout if timeout is not None else _CLOSE_TIMEOUT):
                     await self._done.wait()
                 self._scope.cancel()  # handlers still running are cut short: not acked
                 await self._done.wait()
@@ -302,7 +307,7 @@ class Subscription(ClosedOnExit):
         consumer = self._consumer
         while self._state == "open":
             try:
-                batch = await consumer.fetch(64)
+                batch = await consumer.fetch(_ITER_BATCH)
             except ClosedError:
                 return
             for delivery in batch:
