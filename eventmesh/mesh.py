@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.trace import TracerProvider
 
+    from eventmesh.deadletters import DeadLetters
     from eventmesh.delivery.webhook import WebhookSession
     from eventmesh.triggers.runner import FunctionRunner
 
@@ -224,6 +225,13 @@ class Mesh(Client):
             )
         self._routes[topic] = connector
         return connector
+
+    def dead_letters(self, topic: str) -> DeadLetters:
+        """Browse dead-letter topic ``topic`` and replay what it holds (docs/delivery.md,
+        "Dead letters: browse and replay")."""
+        from eventmesh.deadletters import MeshDeadLetters
+
+        return MeshDeadLetters(self, topic)
 
     @property
     def connectors(self) -> Mapping[str, Connector]:

@@ -13,10 +13,11 @@ import anyio.abc
 from eventmesh._lifecycle import ClosedOnExit
 from eventmesh.connectors.base import StartPosition
 from eventmesh.delivery.policy import DeliveryPolicy
-from eventmesh.errors import ClosedError, LifecycleError
+from eventmesh.errors import ClosedError, LifecycleError, RejectedError
 from eventmesh.event import Event
 
 if TYPE_CHECKING:
+    from eventmesh.deadletters import DeadLetters
     from eventmesh.subscription import Handler, Subscription
 
 __all__ = ["Client"]
@@ -122,3 +123,11 @@ class Client(ClosedOnExit, abc.ABC):
         """Join consumer ``group`` on ``topic``; raises ``ConfigError`` for a bad filter,
         transform or policy. With ``reply_to``, an Event (or a list of them) that the
         handler returns is published to that topic before the event is acked."""
+
+    def dead_letters(self, topic: str) -> DeadLetters:
+        """Browse dead-letter topic ``topic`` and replay it (eventmesh.deadletters).
+        The embedded mesh and the HTTP client can; others raise ``RejectedError``."""
+        raise RejectedError(
+            f"{self._describe()} cannot browse or replay dead letters; connect over HTTP "
+            "(eventmesh.connect('http://...')) or use an embedded mesh"
+        )

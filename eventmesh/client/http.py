@@ -60,6 +60,7 @@ from eventmesh.client.base import Client
 from eventmesh.config import convert
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
 from eventmesh.connectors.base import StartPosition
+from eventmesh.deadletters import DeadLetters
 from eventmesh.delivery.deadletter import describe_error
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
@@ -288,6 +289,13 @@ class HttpClient(Client):
         await self._request("POST", path, data=body, headers=headers, failure=PublishError)
         # The sidecar answers these same ids: they are the ids of the events it parsed.
         return ids
+
+    def dead_letters(self, topic: str) -> DeadLetters:
+        """Browse and replay dead-letter topic ``topic`` through the sidecar (its
+        ``subscribe`` and ``publish`` grants apply; docs/delivery.md)."""
+        from eventmesh.client._deadletters import RemoteDeadLetters
+
+        return RemoteDeadLetters(self._request, topic)
 
     # -- subscribing ---------------------------------------------------------------------
 

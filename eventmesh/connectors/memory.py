@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Literal, NamedTuple
 
@@ -35,7 +35,15 @@ import anyio
 import msgspec
 
 from eventmesh._duration import Duration
-from eventmesh.connectors.base import Capabilities, Connector, Consumer, Delivery, StartPosition
+from eventmesh.connectors.base import (
+    Capabilities,
+    Connector,
+    Consumer,
+    Delivery,
+    StartPosition,
+    StoredEvent,
+)
+from eventmesh.connectors.browse import check_read, read_log
 from eventmesh.errors import (
     RejectedError,
     SubscribeError,
@@ -760,6 +768,24 @@ class MemoryConnector(Connector):
                 limit,
                 released,
             )
+
+    async def read(
+        self,
+        topic: str,
+        *,
+        since: datetime | None = None,
+        after: Mapping[int, int] | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Browse the events the topic still holds (read or not), oldest first across
+        partitions, without consuming them; at most ``browse.MAX_READ`` per call."""
+        self._check_open()
+        limit = check_read(topic, limit, after)
+        t = self._topics.get(topic)
+        if t is None:
+            return []
+        t.expire_due()
+        return read_log(t.partitions, since=since, after=after, limit=limit)
 
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         self._check_open()

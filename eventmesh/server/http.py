@@ -13,6 +13,9 @@ GET      /subscriptions/{id}/events        pull: a long poll (``max``, ``wait``)
 POST     /subscriptions/{id}/ack           ack pulled deliveries by id
 POST     /subscriptions/{id}/nack          nack them: retried under the delivery policy
 GET      /subscriptions/{id}/stream        pull as Server-Sent Events
+GET      /topics/{topic}/events            browse without consuming (server.deadletters)
+GET      /topics/{topic}/events/{id}       the retained events with this id
+POST     /deadletters/{topic}/replay       republish dead letters to their topics
 =======  ================================  ==============================================
 
 With ``auth:`` configured, every request carries credentials (an ``Authorization:
@@ -69,6 +72,7 @@ from eventmesh.observability.tracing import transport_parent
 from eventmesh.server._authn import caller
 from eventmesh.server._authn import problem_response as _problem
 from eventmesh.server._ratelimit import LogLimit
+from eventmesh.server.deadletters import DeadLetterApi
 from eventmesh.server.pull import Handout, PullQueue
 from eventmesh.server.subscriptions import Record, Registry, convert_body
 
@@ -156,6 +160,7 @@ def create_app(
             web.post("/subscriptions/{id}/ack", api.ack, expect_handler=_expect),
             web.post("/subscriptions/{id}/nack", api.nack, expect_handler=_expect),
             web.get("/subscriptions/{id}/stream", api.stream, allow_head=False),
+            *DeadLetterApi(mesh, guard, _principal, api._body).routes(expect=_expect),
         ]
     )
     return app
