@@ -97,7 +97,8 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """At most this many bytes are kept; the oldest go first (None: no limit)."""
     duplicate_window: Duration = Duration(120.0)
     """A publish with the ``source`` and ``id`` of an event stored this recently is
-    stored once (with ``deduplicate``)."""
+    stored once (with ``deduplicate``). A topic with the mesh's ``dedupe:`` gets a stream
+    with its ``dedupe.window`` instead (at most ``max_age``)."""
 
     def __post_init__(self) -> None:
         if self.name_prefix and not _NAME.match(self.name_prefix):
@@ -205,7 +206,8 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     publish_timeout: Duration = Duration(10.0)
     """How long one publish call keeps trying (through reconnects) before it fails."""
     deduplicate: bool = True
-    """Send ``Nats-Msg-Id: <source> <id>`` so that a retried publish is stored once."""
+    """Send a ``Nats-Msg-Id`` (a hash of the event's ``source`` and ``id``) so that a
+    retried publish is stored once within the stream's ``duplicate_window``."""
 
     def __repr__(self) -> str:
         """Every field, with the token, the password and any credential in a server URL

@@ -7,6 +7,7 @@ binding, decoding received messages); :mod:`eventmesh_nats.jetstream` and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ class NatsConnector(Connector):
         self._streams: Streams | None = None
         self._publisher: JetStreamPublisher | None = None
         self._routes: dict[str, tuple[str, str]] = {}
+        self._windows: dict[str, float] = {}  # topic -> the mesh's dedupe window
         self._slow = 0
         self.consumers: set[Consumer] = set()
         self.core_groups = CoreGroups(self)
@@ -141,7 +143,7 @@ class NatsConnector(Connector):
                 with translated(ConnectError, f"{where}: checking that JetStream is enabled"):
                     await js.account_info()
                 self._js = js
-                self._streams = Streams(js, config)
+                self._streams = Streams(js, config, self._windows)
                 self._publisher = JetStreamPublisher(self)
                 with translated(ConnectError, where):
                     await self._publisher.start()
@@ -247,6 +249,13 @@ class NatsConnector(Connector):
             store = self._states[bucket] = NatsStateStore(self, bucket)
         return store
 
+    def duplicate_window(self, topic: str, seconds: float) -> None:
+        """Create the stream of ``topic`` (when this connector creates it) with a
+        ``duplicate_window`` of ``seconds`` instead of ``stream.duplicate_window``: the
+        mesh's ``dedupe`` window of the topic, so that the stream drops a ``Nats-Msg-Id``
+        it holds as long as the mesh promises (at most the stream's ``max_age``)."""
+        self._windows[topic] = seconds
+
     # -- publishing and subscribing ----------------------------------------------------------
 
     async def publish(self, topic: str, events: Sequence[Event]) -> None:
@@ -262,7 +271,7 @@ class NatsConnector(Connector):
             return
         if self.config.deduplicate:
             for (headers, _), event in zip(messages, events, strict=True):
-                headers["Nats-Msg-Id"] = f"{event.source} {event.id}"
+                headers["Nats-Msg-Id"] = message_id(event)
         assert self._publisher is not None
         await self.streams.ensure(topic, subject, stream, PublishError)
         await self._publisher.publish(topic, subject, stream, messages)
@@ -294,6 +303,15 @@ class NatsConnector(Connector):
         if self.config.mode == "core":
             return CoreConsumer(self, topic, group, start)
         return JetStreamConsumer(self, topic, group, start)
+
+
+def message_id(event: Event) -> str:
+    """The ``Nats-Msg-Id`` of ``event``: 32 hex digits of a hash of its ``source`` and
+    ``id``, so the header stays short however long they are, and two events share it
+    only when both attributes are equal."""
+    source = event.source
+    key = f"{len(source)}:{source}{event.id}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
 _HEADROOM = 4096

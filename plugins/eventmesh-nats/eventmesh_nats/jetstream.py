@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -74,9 +74,14 @@ _ack_decoder = msgspec.json.Decoder()
 class Streams:
     """Makes sure the stream of a topic exists and stores its subject; remembers which do."""
 
-    def __init__(self, js: JetStreamContext, config: NatsConfig) -> None:
+    def __init__(
+        self, js: JetStreamContext, config: NatsConfig, windows: Mapping[str, float] | None = None
+    ) -> None:
         self._js = js
         self._config = config
+        self._windows = windows if windows is not None else {}
+        """Topic -> the duplicate window its stream is created with, when not the
+        configured ``stream.duplicate_window`` (the mesh's ``dedupe`` window)."""
         self._ready: set[str] = set()
         self._lock = anyio.Lock()
 
@@ -94,10 +99,10 @@ class Streams:
             if topic in self._ready:
                 return
             with translated(error, f"preparing stream {stream!r} for topic {topic!r}"):
-                await self._ensure(subject, stream)
+                await self._ensure(subject, stream, self._windows.get(topic))
             self._ready.add(topic)
 
-    async def _ensure(self, subject: str, stream: str) -> None:
+    async def _ensure(self, subject: str, stream: str, window: float | None) -> None:
         try:
             info = await self._js.stream_info(stream)
         except NATS_ERRORS as exc:
@@ -108,8 +113,22 @@ class Streams:
             if not any(_matches(pattern, subject) for pattern in subjects):
                 log.info("adding subject %r to existing stream %r", subject, stream)
                 await self._js.update_stream(info.config.evolve(subjects=[*subjects, subject]))
+            kept = info.config.duplicate_window
+            if window is not None and kept is not None and kept + 0.001 < window:
+                log.warning(
+                    "stream %r remembers Nats-Msg-Ids for %gs, less than the topic's dedupe "
+                    "window of %gs: a retry through another process after that is stored "
+                    "again; raise the stream's duplicate_window (the stream is used as it is)",
+                    stream,
+                    kept,
+                    window,
+                )
             return
         settings = self._config.stream
+        if window is None:
+            window = settings.duplicate_window
+        if settings.max_age is not None:
+            window = min(window, settings.max_age)  # JetStream refuses a longer one
         log.info("creating stream %r for subject %r", stream, subject)
         try:
             await self._js.add_stream(
@@ -123,7 +142,7 @@ class Streams:
                     max_age=settings.max_age,
                     max_msgs=settings.max_msgs,
                     max_bytes=settings.max_bytes,
-                    duplicate_window=settings.duplicate_window,
+                    duplicate_window=window,
                 )
             )
         except NATS_ERRORS as exc:
