@@ -11,15 +11,17 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from eventmesh.connectors.base import Delivery
+import anyio
+
+from eventmesh.connectors.base import Consumer, Delivery, StartPosition
 from eventmesh.event import Event
 
 if TYPE_CHECKING:
-    from eventmesh.connectors.local import LocalConsumer
+    from eventmesh.connectors.local import LocalConnector
 
-__all__ = ["Group", "LocalDelivery", "Part", "Topic"]
+__all__ = ["Group", "LocalConsumer", "LocalDelivery", "Part", "Topic"]
 
 
 class Part:
@@ -187,6 +189,11 @@ class Group:
         self.committed[p] = committed
         self.owner_of.positions_changed(self)
 
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The rows that save this group's positions."""
+        tid, name = self.topic.tid, self.name
+        return [(tid, name, p, c) for p, c in enumerate(self.committed)]
+
     def nack(self, p: int, offset: int, attempt: int, delay: float) -> None:
         if offset < self.committed[p] or offset in self.acked[p]:
             return
@@ -214,3 +221,74 @@ class LocalDelivery(Delivery):
         if not self._settled:
             self._settled = True
             self._group.nack(self.partition, self.offset, self.attempt, max(0.0, delay))
+
+
+class LocalConsumer(Consumer):
+    """One member of a consumer group of the local connector."""
+
+    def __init__(
+        self, connector: LocalConnector, topic: str, group: str, start: StartPosition
+    ) -> None:
+        self._connector = connector
+        self.topic = topic
+        self.group = group
+        self._start_at = start
+        self._group: Group | None = None
+        self._wakeup: anyio.Event | None = None
+        self.partitions: list[int] = []
+        self.cursor = 0
+
+    def wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    async def _start(self) -> None:
+        self._group = await self._connector._join(self)
+
+    async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
+        self._check_fetch()
+        group = self._group
+        assert group is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.closed:
+                return []
+            plan = group.plan(self, max_events)
+            if plan:
+                batch = await self._connector._deliveries(group, plan)
+                if batch:
+                    return batch
+                continue
+            now = time.monotonic()
+            wait = None
+            if deadline is not None:
+                wait = deadline - now
+                if wait <= 0:
+                    return []
+            due = group.next_due(self)
+            if due is not None:
+                wait = max(due - now, 0.0) if wait is None else min(wait, max(due - now, 0.0))
+            self._wakeup = wakeup = anyio.Event()
+            if wait is None:
+                await wakeup.wait()
+            else:
+                with anyio.move_on_after(wait):
+                    await wakeup.wait()
+
+    def lag(self) -> int | None:
+        group = self._group
+        if group is None:
+            return None
+        parts = group.topic.parts
+        return sum(parts[p].end - group.committed[p] for p in self.partitions)
+
+    async def _close(self) -> None:
+        group = self._group
+        if group is not None:
+            group.leave(self)
+        self._connector._consumers.discard(self)
+        self.wake()
+        if group is not None:
+            await self._connector._save_group(group)

@@ -21,7 +21,21 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-__all__ = ["MAX_PARTITIONS", "MAX_TOPICS", "Job", "Reader", "Writer", "open_db", "row_id"]
+__all__ = [
+    "DELETE_STATE",
+    "MAX_PARTITIONS",
+    "MAX_TOPICS",
+    "PUT_STATE",
+    "SAVE_POSITIONS",
+    "Job",
+    "NewTopic",
+    "Reader",
+    "Sql",
+    "TooManyTopicsError",
+    "Writer",
+    "open_db",
+    "row_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +128,9 @@ class Writer:
         max_batch: int,
         loop: asyncio.AbstractEventLoop,
         finish: Callable[[list[Job], list[Any], BaseException | None], None],
-        maintain: Callable[[Writer], None],
-        maintain_every: float,
+        max_bytes: int | None,
+        max_age: float | None,
+        released: Callable[[list[tuple[int, int, int, int]]], None],
     ) -> None:
         self.db = db
         self.fsync = fsync
@@ -123,8 +138,10 @@ class Writer:
         self.max_batch = max_batch
         self.loop = loop
         self._finish = finish
-        self._maintain = maintain
-        self._maintain_every = maintain_every
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self._released = released
+        self._maintain_every = 1.0 if max_age is None else min(1.0, max_age / 16)
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -233,7 +250,7 @@ class Writer:
         if force or now >= self.last_maintained + self._maintain_every:
             self.last_maintained = now
             try:
-                self._maintain(self)
+                self.retain()
             except Exception as exc:
                 log.error("local store: retention failed (will try again): %r", exc)
         if self.fsync == "interval" and (force or now >= self.last_sync + self.interval):
@@ -281,6 +298,127 @@ class Writer:
         self.first[key] = below
         self.touched.add(key)
         return below - first
+
+    def retain(self) -> None:
+        """Delete what ``max_bytes`` (split evenly over a topic's partitions) and
+        ``max_age`` release, in one transaction; report (topic, partition, new first
+        offset, count) to the loop."""
+        max_bytes, max_age = self.max_bytes, self.max_age
+        if max_bytes is None and max_age is None:
+            return
+        released: list[tuple[int, int, int, int]] = []
+        cutoff = None if max_age is None else time.time() - max_age
+        reader = Reader(self.db)
+        counts: dict[int, int] = {}
+        for tid, _p in self.next:
+            counts[tid] = counts.get(tid, 0) + 1
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for (tid, p), nxt in list(self.next.items()):
+                first = self.first[(tid, p)]
+                cut = first
+                if cutoff is not None and first < nxt:
+                    cut = reader.first_at(tid, p, first, nxt, cutoff)
+                if max_bytes is not None:
+                    excess = self.bytes[(tid, p)] - max_bytes // counts[tid]
+                    if excess > 0:
+                        cut = max(cut, self._cut_for(tid, p, first, nxt, excess))
+                if cut > first:
+                    released.append((tid, p, cut, self.release(tid, p, cut)))
+            self._save_partitions()
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        if released:
+            self.loop.call_soon_threadsafe(self._released, released)
+
+    def _cut_for(self, tid: int, p: int, first: int, nxt: int, excess: int) -> int:
+        """The offset below which the oldest events hold at least ``excess`` bytes."""
+        rows = self.db.execute(
+            "SELECT id, length(body) FROM events WHERE id >= ? AND id < ? ORDER BY id",
+            (row_id(tid, p, first), row_id(tid, p, nxt)),
+        )
+        for rid, size in rows:
+            excess -= size
+            if excess <= 0:
+                return int(rid & _OFFSET_MASK) + 1
+        return nxt
+
+
+class NewTopic(Job):
+    """Find or create a topic; the result is its (id, partitions)."""
+
+    __slots__ = ("name", "partitions")
+
+    def __init__(self, name: str, partitions: int) -> None:
+        super().__init__()
+        self.name = name
+        self.partitions = partitions
+
+    def apply(self, writer: Writer) -> tuple[int, int]:
+        db = writer.db
+        found = db.execute(
+            "SELECT id, partitions FROM topics WHERE name = ?", (self.name,)
+        ).fetchone()
+        if found is not None:
+            return int(found[0]), int(found[1])
+        (count,) = db.execute("SELECT count(*) FROM topics").fetchone()
+        if count >= MAX_TOPICS:
+            raise TooManyTopicsError(f"the local store holds {count} topics, the most it can")
+        tid = db.execute(
+            "INSERT INTO topics (name, partitions) VALUES (?, ?)", (self.name, self.partitions)
+        ).lastrowid
+        assert tid is not None
+        db.executemany(
+            "INSERT INTO partitions (topic, part, first, next, bytes) VALUES (?, ?, 0, 0, 0)",
+            [(tid, p) for p in range(self.partitions)],
+        )
+        for p in range(self.partitions):
+            writer.next[(tid, p)] = writer.first[(tid, p)] = writer.bytes[(tid, p)] = 0
+        return tid, self.partitions
+
+
+class TooManyTopicsError(Exception):
+    """The store cannot number another topic."""
+
+
+class Sql(Job):
+    """One statement over rows (positions, state); ``after`` runs on the loop once they
+    are committed. Without a future, a failure is logged."""
+
+    __slots__ = ("after", "rows", "sql")
+
+    def __init__(
+        self, sql: str, rows: list[tuple[Any, ...]], after: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(len(rows))
+        self.sql = sql
+        self.rows = rows
+        self.after = after
+
+    def apply(self, writer: Writer) -> None:
+        writer.db.executemany(self.sql, self.rows)
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        if error is None and self.after is not None:
+            self.after()
+        elif error is not None and self.future is None:
+            log.error("local store: saving positions or state failed: %r", error)
+        super().finish(result, error)
+
+
+SAVE_POSITIONS = (
+    "INSERT INTO positions (topic, grp, part, committed) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (topic, grp, part) DO UPDATE SET committed = excluded.committed "
+    "WHERE excluded.committed > positions.committed"
+)
+"""A group's committed offset of a partition; it only ever moves forward."""
+PUT_STATE = (
+    "INSERT INTO state (bucket, key, value) VALUES (?, ?, ?) "
+    "ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value"
+)
+DELETE_STATE = "DELETE FROM state WHERE bucket = ? AND key = ?"
 
 
 class Reader:

@@ -34,10 +34,8 @@ import logging
 import math
 import os
 import sqlite3
-import time
 import zlib
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -49,7 +47,8 @@ import msgspec
 
 from eventmesh._duration import Duration
 from eventmesh.connectors import _sqlite
-from eventmesh.connectors._local_group import Group, LocalDelivery, Part, Topic
+from eventmesh.connectors._local_group import Group, LocalConsumer, LocalDelivery, Part, Topic
+from eventmesh.connectors._local_state import LocalState, Watch
 from eventmesh.connectors.base import (
     Capabilities,
     Connector,
@@ -159,198 +158,6 @@ class _Append(_sqlite.Job):
         super().finish(None, error)
 
 
-class _NewTopic(_sqlite.Job):
-    __slots__ = ("name", "partitions")
-
-    def __init__(self, name: str, partitions: int) -> None:
-        super().__init__()
-        self.name = name
-        self.partitions = partitions
-
-    def apply(self, writer: _sqlite.Writer) -> tuple[int, int]:
-        db = writer.db
-        row = db.execute("SELECT id, partitions FROM topics WHERE name = ?", (self.name,))
-        found = row.fetchone()
-        if found is not None:
-            return int(found[0]), int(found[1])
-        (count,) = db.execute("SELECT count(*) FROM topics").fetchone()
-        if count >= _sqlite.MAX_TOPICS:
-            raise RejectedError(f"the local store holds {count} topics, the most it can")
-        tid = db.execute(
-            "INSERT INTO topics (name, partitions) VALUES (?, ?)", (self.name, self.partitions)
-        ).lastrowid
-        assert tid is not None
-        db.executemany(
-            "INSERT INTO partitions (topic, part, first, next, bytes) VALUES (?, ?, 0, 0, 0)",
-            [(tid, p) for p in range(self.partitions)],
-        )
-        for p in range(self.partitions):
-            writer.next[(tid, p)] = writer.first[(tid, p)] = writer.bytes[(tid, p)] = 0
-        return tid, self.partitions
-
-
-class _Sql(_sqlite.Job):
-    """Statements run as they are (positions, state)."""
-
-    __slots__ = ("after", "rows", "sql")
-
-    def __init__(self, sql: str, rows: list[tuple[Any, ...]], after: Any = None) -> None:
-        super().__init__(len(rows))
-        self.sql = sql
-        self.rows = rows
-        self.after = after
-
-    def apply(self, writer: _sqlite.Writer) -> None:
-        writer.db.executemany(self.sql, self.rows)
-
-    def finish(self, result: Any, error: BaseException | None) -> None:
-        if error is None and self.after is not None:
-            self.after()
-        elif error is not None and self.future is None:
-            log.error("local store: saving positions or state failed: %r", error)
-        super().finish(result, error)
-
-
-_SAVE_POSITIONS = (
-    "INSERT INTO positions (topic, grp, part, committed) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (topic, grp, part) DO UPDATE SET committed = excluded.committed "
-    "WHERE excluded.committed > positions.committed"
-)
-
-
-def _position_rows(group: Group) -> list[tuple[Any, ...]]:
-    tid = group.topic.tid
-    return [(tid, group.name, p, c) for p, c in enumerate(group.committed)]
-
-
-# -- consumers and state ----------------------------------------------------------------
-
-
-class LocalConsumer(Consumer):
-    """One member of a consumer group of the local connector."""
-
-    def __init__(
-        self, connector: LocalConnector, topic: str, group: str, start: StartPosition
-    ) -> None:
-        self._connector = connector
-        self.topic = topic
-        self.group = group
-        self._start_at = start
-        self._group: Group | None = None
-        self._wakeup: anyio.Event | None = None
-        self.partitions: list[int] = []
-        self.cursor = 0
-
-    def wake(self) -> None:
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
-
-    async def _start(self) -> None:
-        self._group = await self._connector._join(self)
-
-    async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
-        self._check_fetch()
-        group = self._group
-        assert group is not None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.closed:
-                return []
-            plan = group.plan(self, max_events)
-            if plan:
-                batch = await self._connector._deliveries(group, plan)
-                if batch:
-                    return batch
-                continue
-            now = time.monotonic()
-            wait = None
-            if deadline is not None:
-                wait = deadline - now
-                if wait <= 0:
-                    return []
-            due = group.next_due(self)
-            if due is not None:
-                wait = max(due - now, 0.0) if wait is None else min(wait, max(due - now, 0.0))
-            self._wakeup = wakeup = anyio.Event()
-            if wait is None:
-                await wakeup.wait()
-            else:
-                with anyio.move_on_after(wait):
-                    await wakeup.wait()
-
-    def lag(self) -> int | None:
-        group = self._group
-        if group is None:
-            return None
-        parts = group.topic.parts
-        return sum(parts[p].end - group.committed[p] for p in self.partitions)
-
-    async def _close(self) -> None:
-        group = self._group
-        if group is not None:
-            group.leave(self)
-        self._connector._consumers.discard(self)
-        self.wake()
-        if group is not None:
-            await self._connector._save_group(group)
-
-
-class _Watch:
-    __slots__ = ("changes", "wakeup")
-
-    def __init__(self) -> None:
-        self.changes: OrderedDict[str, bytes | None] = OrderedDict()
-        self.wakeup = anyio.Event()
-
-
-class _LocalState(StateStore):
-    def __init__(self, connector: LocalConnector, bucket: str) -> None:
-        self._connector = connector
-        self._bucket = bucket
-
-    async def load(self) -> dict[str, bytes]:
-        c = self._connector
-        c._check_open()
-        return await c._read(c._reader_state, self._bucket)
-
-    async def put(self, key: str, value: bytes) -> None:
-        sql = (
-            "INSERT INTO state (bucket, key, value) VALUES (?, ?, ?) "
-            "ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value"
-        )
-        await self._change(sql, (self._bucket, key, bytes(value)), key, bytes(value))
-
-    async def delete(self, key: str) -> None:
-        sql = "DELETE FROM state WHERE bucket = ? AND key = ?"
-        await self._change(sql, (self._bucket, key), key, None)
-
-    async def _change(self, sql: str, row: tuple[Any, ...], key: str, value: bytes | None) -> None:
-        c = self._connector
-        c._check_open()
-        if not isinstance(key, str) or not key:
-            raise RejectedError(f"a state key must be a non-empty string, got {key!r}")
-        await c._submit(_Sql(sql, [row], after=lambda: c._notify(self._bucket, key, value)))
-
-    async def watch(self) -> AsyncIterator[tuple[str, bytes | None]]:
-        c = self._connector
-        c._check_open()
-        watch = _Watch()
-        watchers = c._watchers.setdefault(self._bucket, set())
-        watchers.add(watch)
-        try:
-            while True:
-                while watch.changes:
-                    yield watch.changes.popitem(last=False)
-                if not c.is_open:
-                    return
-                watch.wakeup = anyio.Event()
-                await watch.wakeup.wait()
-        finally:
-            watchers.discard(watch)
-
-
 # -- the connector ----------------------------------------------------------------------
 
 
@@ -365,7 +172,7 @@ class LocalConnector(Connector):
         self.path = Path(self.config.data_dir or DEFAULT_DATA_DIR)
         self._topics: dict[str, Topic] = {}
         self._consumers: set[LocalConsumer] = set()
-        self._watchers: dict[str, set[_Watch]] = {}
+        self._watchers: dict[str, set[Watch]] = {}
         self._dirty: set[Group] = set()
         self._flush_scheduled = False
         self._join_lock = anyio.Lock()
@@ -404,8 +211,9 @@ class LocalConnector(Connector):
             max_batch=config.max_batch,
             loop=loop,
             finish=self._finish,
-            maintain=self._retain,
-            maintain_every=1.0 if config.max_age is None else min(1.0, config.max_age / 16),
+            max_bytes=config.max_bytes,
+            max_age=config.max_age,
+            released=self._released,
         )
         for tid, name, _count, rows in topics:
             parts = []
@@ -502,58 +310,12 @@ class LocalConnector(Connector):
     def _finish(
         self, batch: list[_sqlite.Job], results: list[Any], error: BaseException | None
     ) -> None:
-        if error is not None and not isinstance(error, RejectedError):
+        if isinstance(error, _sqlite.TooManyTopicsError):
+            error = RejectedError(f"{error}: delete topics or use another data_dir")
+        elif error is not None and not isinstance(error, RejectedError):
             error = PublishError(f"the local store in {str(self.path)!r} failed to write: {error}")
         for i, job in enumerate(batch):
             job.finish(results[i] if error is None else None, error)
-
-    def _retain(self, writer: _sqlite.Writer) -> None:
-        """In the writer thread: delete what ``max_bytes`` and ``max_age`` release."""
-        config = self.config
-        if config.max_bytes is None and config.max_age is None:
-            return
-        released: list[tuple[int, int, int, int]] = []
-        cutoff = None if config.max_age is None else time.time() - config.max_age
-        reader = _sqlite.Reader(writer.db)
-        counts: dict[int, int] = {}
-        for tid, _p in list(writer.next):
-            counts[tid] = counts.get(tid, 0) + 1
-        writer.db.execute("BEGIN IMMEDIATE")
-        try:
-            for (tid, p), nxt in list(writer.next.items()):
-                first = writer.first[(tid, p)]
-                cut = first
-                if cutoff is not None and first < nxt:
-                    cut = reader.first_at(tid, p, first, nxt, cutoff)
-                if config.max_bytes is not None:
-                    budget = config.max_bytes // counts[tid]
-                    excess = writer.bytes[(tid, p)] - budget
-                    if excess > 0:
-                        cut = max(cut, self._cut_for(writer, tid, p, first, nxt, excess))
-                if cut > first:
-                    released.append((tid, p, cut, writer.release(tid, p, cut)))
-            writer._save_partitions()
-            writer.db.execute("COMMIT")
-        except BaseException:
-            writer.db.execute("ROLLBACK")
-            raise
-        if released:
-            writer.loop.call_soon_threadsafe(self._released, released)
-
-    @staticmethod
-    def _cut_for(
-        writer: _sqlite.Writer, tid: int, p: int, first: int, nxt: int, excess: int
-    ) -> int:
-        """The offset below which the oldest events hold at least ``excess`` bytes."""
-        rows = writer.db.execute(
-            "SELECT id, length(body) FROM events WHERE id >= ? AND id < ? ORDER BY id",
-            (_sqlite.row_id(tid, p, first), _sqlite.row_id(tid, p, nxt)),
-        )
-        for rid, size in rows:
-            excess -= size
-            if excess <= 0:
-                return int(rid & ((1 << 40) - 1)) + 1
-        return nxt
 
     def _released(self, released: list[tuple[int, int, int, int]]) -> None:
         by_id = {t.tid: t for t in self._topics.values()}
@@ -580,16 +342,16 @@ class LocalConnector(Connector):
         self._flush_scheduled = False
         if not self._dirty or self._writer is None:
             return
-        rows = [row for group in self._dirty for row in _position_rows(group)]
+        rows = [row for group in self._dirty for row in group.rows()]
         self._dirty.clear()
         with contextlib.suppress(RuntimeError):  # the writer stopped: closing
-            self._writer.submit(_Sql(_SAVE_POSITIONS, rows))
+            self._writer.submit(_sqlite.Sql(_sqlite.SAVE_POSITIONS, rows))
 
     async def _save_group(self, group: Group) -> None:
         self._dirty.discard(group)
         if self._writer is not None:
             with contextlib.suppress(ClosedError):
-                await self._submit(_Sql(_SAVE_POSITIONS, _position_rows(group)))
+                await self._submit(_sqlite.Sql(_sqlite.SAVE_POSITIONS, group.rows()))
 
     # -- topics, groups, reads -----------------------------------------------------------
 
@@ -597,7 +359,7 @@ class LocalConnector(Connector):
         topic = self._topics.get(name)
         if topic is None:
             self.check_topic(name)
-            tid, n = await self._submit(_NewTopic(name, self.config.partitions))
+            tid, n = await self._submit(_sqlite.NewTopic(name, self.config.partitions))
             topic = self._topics.get(name)
             if topic is None:
                 topic = self._topics[name] = Topic(tid, name, [Part(0, 0) for _ in range(n)])
@@ -613,7 +375,7 @@ class LocalConnector(Connector):
             if group is None:
                 start = await self._start_offsets(topic, consumer._start_at)
                 group = Group(topic, consumer.group, start, self)
-                await self._submit(_Sql(_SAVE_POSITIONS, _position_rows(group)))
+                await self._submit(_sqlite.Sql(_sqlite.SAVE_POSITIONS, group.rows()))
                 topic.groups[consumer.group] = group
         group.join(consumer)
         self._consumers.add(consumer)
@@ -757,7 +519,7 @@ class LocalConnector(Connector):
 
     def state(self, bucket: str) -> StateStore | None:
         self._check_open()
-        return _LocalState(self, bucket)
+        return LocalState(self, bucket)
 
     def _notify(self, bucket: str, key: str, value: bytes | None) -> None:
         for watch in self._watchers.get(bucket, ()):
