@@ -1,11 +1,13 @@
 """De-duplication (``topics.<name>.dedupe``): an event whose source and id the topic stored
 within the window is dropped and answered as stored, once per key even under concurrency,
-with memory bounded by ``max_entries`` and the drops counted."""
+with memory bounded by ``max_entries`` and the drops counted; on the local store the
+window survives a restart."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,6 +20,8 @@ from aiohttp import web
 from eventmesh import Event, Mesh
 from eventmesh._dedupe import DedupeConfig, Deduper
 from eventmesh.config import Duration, HttpListener, load_config
+from eventmesh.connectors.base import Connector, StoredEvent
+from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.errors import ConfigError, PublishError, TopicFullError
 from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
@@ -312,3 +316,57 @@ async def test_a_failed_store_releases_its_keys_for_a_waiting_duplicate() -> Non
     assert log.events == ["x"]
     await deduper.store([event("x")], log)
     assert log.events == ["x"]
+
+
+# -- after a restart ------------------------------------------------------------------------
+
+
+def local(data_dir: Path, **dedupe: Any) -> dict[str, Any]:
+    return {
+        "connectors": {"default": {"type": "local", "data_dir": str(data_dir), "partitions": 1}},
+        "topics": {"t": {"dedupe": {"window": "10m", **dedupe}}},
+    }
+
+
+async def test_a_restarted_mesh_still_drops_what_it_stored(tmp_path: Path) -> None:
+    """On the local store, events stored before a restart are duplicates after it: a
+    retry is answered with its id and not stored again, while a new event is stored."""
+    async with Mesh(local(tmp_path)) as mesh:
+        await mesh.publish("t", [event("a"), event("b")])
+    async with Mesh(local(tmp_path)) as mesh:
+        assert len(mesh._dedupers["t"]) == 2
+        assert await mesh.publish("t", [event("a"), event("c"), event("b")]) == ["a", "c", "b"]
+        held = await stored(mesh)
+        assert mesh._dedupers["t"].duplicates == 2
+    assert sorted(id for _, id in held) == ["a", "b", "c"]
+
+
+async def test_a_rebuilt_window_keeps_the_newest_max_entries(tmp_path: Path) -> None:
+    """With more events in the window than max_entries, the restarted mesh remembers the
+    newest ones (read page by page): the newest is dropped again, the oldest stored again."""
+    async with Mesh(local(tmp_path, max_entries=10)) as mesh:
+        for i in range(50):
+            await mesh.publish("t", event(f"e{i:02}"))
+    async with Mesh(local(tmp_path, max_entries=10)) as mesh:
+        assert len(mesh._dedupers["t"]) == 10
+        await mesh.publish("t", [event("e49"), event("e00")])
+        held = [id for _, id in await stored(mesh)]
+    assert held.count("e49") == 1
+    assert held.count("e00") == 2
+
+
+class Unbrowsable(MemoryConnector):
+    """A connector without read(), as a plugin may be: the contract's default refuses."""
+
+    async def read(self, topic: str, **options: Any) -> list[StoredEvent]:
+        return await Connector.read(self, topic, **options)
+
+
+async def test_a_connector_that_cannot_browse_starts_with_an_empty_window() -> None:
+    """Where read() raises RejectedError the mesh still opens, with an empty window, and
+    de-duplicates from there."""
+    topics: dict[str, Any] = {"t": {"dedupe": {}}}
+    async with Mesh({"topics": topics}, connectors={"default": Unbrowsable()}) as mesh:
+        assert len(mesh._dedupers["t"]) == 0
+        await mesh.publish("t", [event("a"), event("a")])
+        assert [id for _, id in await stored(mesh)] == ["a"]
