@@ -22,6 +22,11 @@ then belongs to that principal (``owner``), and only it or a principal with
 ``manage`` on the topic may see, read, delete or pull it. Resources never show a
 secret: header values, URL credentials and the signing secret are ``***``
 (:mod:`eventmesh._redact`).
+
+Subscriptions made through the API are stored where their topic's events are, when that
+connector keeps state (:mod:`eventmesh.server._substore`): the registry writes the store
+before it answers, starts every stored subscription again when it opens, and follows the
+store to start and stop what other sidecars on the same backend create and delete.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from eventmesh._redact import MASK, redact_headers, redact_url
 from eventmesh._status import NotFoundError
 from eventmesh.auth import Guard, Principal, glob_match
 from eventmesh.config import SinkConfig, SubscriptionConfig, convert
+from eventmesh.connectors.base import StateStore
 from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.delivery.policy import MAX_DELAY, DeliveryPolicy, check_range
 from eventmesh.delivery.stats import DeliveryStats
@@ -56,6 +62,7 @@ from eventmesh.errors import (
     SubscribeError,
 )
 from eventmesh.mesh import Mesh
+from eventmesh.server._substore import StoredSubscription, SubscriptionStores, decode, encode
 from eventmesh.server.pull import PullQueue
 from eventmesh.subscription import Subscription
 
@@ -123,6 +130,10 @@ class Record:
     owner: str | None = None
     """The principal that made it through an API with auth on (None: the config
     file's, or made with auth off)."""
+    store: StateStore | None = None
+    """The state store it is kept in (None: kept in memory only)."""
+    value: bytes | None = None
+    """What is stored for it there."""
 
 
 class Registry(ClosedOnExit):
@@ -142,6 +153,7 @@ class Registry(ClosedOnExit):
         }
         self._tg: anyio.abc.TaskGroup | None = None
         self._state = "new"
+        self._stores = SubscriptionStores(mesh)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -152,7 +164,72 @@ class Registry(ClosedOnExit):
         await tg.__aenter__()
         self._tg = tg
         self._state = "open"
+        try:
+            await self._restore()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+            raise
         return self
+
+    async def _restore(self) -> None:
+        """Start the subscriptions each store holds, then follow each store."""
+        tg = self._check_open()
+        self._stores.open()
+        limiter = anyio.CapacityLimiter(8)  # Kafka members join their groups meanwhile
+
+        async def revive(store: StateStore, key: str, value: bytes) -> None:
+            async with limiter:
+                await self._revive(store, key, value)
+
+        for name, store in self._stores.stores.values():
+            stored = await store.load()
+            log.info("connector %r holds %d stored subscriptions", name, len(stored))
+            async with anyio.create_task_group() as starting:
+                for key, value in stored.items():
+                    starting.start_soon(revive, store, key, value)
+        for name, store in self._stores.stores.values():
+            tg.start_soon(self._stores.follow, name, store, self._changed)
+
+    async def _revive(self, store: StateStore, key: str, value: bytes) -> None:
+        """Start a stored subscription; log and skip one that cannot start now (its spec
+        no longer compiles, a limit or the ACL changed, its id is the config file's)."""
+        try:
+            stored = decode(key, value)
+            owner = None
+            if stored.owner is not None and self.guard.enabled:
+                owner = Principal(stored.owner, stored.via or "token")
+            await self._create(stored.spec, stored.origin, owner, (store, value, stored))
+        except Exception as exc:
+            if self._state != "open":
+                return
+            log.error("stored subscription %s is not started: %s", key, exc)
+
+    async def _changed(self, store: StateStore, key: str, value: bytes | None) -> None:
+        """Another sidecar (or this one) changed a stored subscription."""
+        record = self._records.get(key)
+        if record is not None and (record.store is not store or record.value is None):
+            return  # another store's, or being created or deleted here
+        if value is None:
+            if record is not None:
+                log.info("subscription %s was deleted by another sidecar", key)
+                await self._drop(record)
+            return
+        if record is not None:
+            if record.value == value:
+                return  # what this sidecar wrote, or a report again
+            log.info("subscription %s was replaced by another sidecar", key)
+            await self._drop(record)
+        await self._revive(store, key, value)
+
+    async def _drop(self, record: Record) -> None:
+        """Stop a subscription here without touching its store."""
+        if self._records.get(record.id) is record:
+            del self._records[record.id]
+        if record.pull is not None:
+            record.pull.close()
+        with anyio.CancelScope(shield=True):
+            await self._stop(record, None)
 
     async def close(self, timeout: float | None = None) -> None:
         """Close every API subscription, all at once: push deliveries in hand finish for
@@ -254,7 +331,18 @@ class Registry(ClosedOnExit):
     ) -> Record:
         """Start a subscription from a spec; ConfigError naming the key for a bad one,
         LifecycleError when the id is taken. With an ``owner`` (the caller), the ACL
-        decides (module docstring): PermissionDeniedError otherwise."""
+        decides (module docstring): PermissionDeniedError otherwise. When the topic's
+        connector keeps state, the subscription is stored before this returns (a
+        ConnectorError, and nothing started, when the store cannot be written)."""
+        return await self._create(spec, origin, owner, None)
+
+    async def _create(
+        self,
+        spec: Mapping[str, Any],
+        origin: Origin,
+        owner: Principal | None,
+        restored: tuple[StateStore, bytes, StoredSubscription] | None,
+    ) -> Record:
         tg = self._check_open()
         if not isinstance(spec, Mapping):
             raise ConfigError(
@@ -285,6 +373,9 @@ class Registry(ClosedOnExit):
             owns_group=parsed.id is None and not parsed.group,
             owner=owner.name if owner is not None and self.guard.enabled else None,
         )
+        if restored is not None:
+            record.store, record.value, stored = restored
+            record.owns_group = stored.owns_group
         self._records[sub_id] = record  # reserved now: a second create with it gets 409
         try:
             if settings is not None:
@@ -299,6 +390,8 @@ class Registry(ClosedOnExit):
                 record.pull = PullQueue(subscription, ack_deadline=fields["ack_deadline"])
                 record.done = anyio.Event()
                 await tg.start(self._run_pull, record)
+            if restored is None:
+                await self._store(record, spec, owner)
         except BaseException:
             self._records.pop(sub_id, None)
             if record.pull is not None:
@@ -307,8 +400,32 @@ class Registry(ClosedOnExit):
                 with anyio.CancelScope(shield=True):
                     await record.subscription.close()
             raise
-        log.info("subscription %s created (%s, topic %s)", sub_id, protocol, parsed.topic)
+        log.info(
+            "subscription %s %s (%s, topic %s)",
+            sub_id,
+            "created" if restored is None else "started from its store",
+            protocol,
+            parsed.topic,
+        )
         return record
+
+    async def _store(
+        self, record: Record, spec: Mapping[str, Any], owner: Principal | None
+    ) -> None:
+        """Write a new subscription to its topic's store, if that keeps state."""
+        store = self._stores.for_topic(record.fields["topic"])
+        if store is None:
+            return
+        stored = StoredSubscription(
+            spec={**spec, "id": record.id},
+            origin="grpc" if record.origin == "grpc" else "api",
+            owner=record.owner,
+            via=owner.via if owner is not None and record.owner is not None else None,
+            owns_group=record.owns_group,
+        )
+        record.store, record.value = store, encode(stored)
+        await store.put(record.id, record.value)
+        self._still_wanted(record)
 
     def _still_wanted(self, record: Record) -> anyio.abc.TaskGroup:
         """After an await in create: raise when the registry closed or the subscription
@@ -433,11 +550,16 @@ class Registry(ClosedOnExit):
                 f"subscription {id!r} is defined in the config file; remove it there and "
                 "restart the sidecar"
             )
-        record = self._records.pop(id, None)
+        record = self._records.get(id)
         if record is None:
             raise NotFoundError(
                 f"no subscription {id!r} on this sidecar; GET /subscriptions lists them"
             )
+        if record.store is not None:  # first: when this fails, the subscription stays
+            await record.store.delete(id)
+        if self._records.get(id) is not record:
+            return  # deleted meanwhile (by a concurrent call, or seen in the store)
+        del self._records[id]
         if record.pull is not None:
             record.pull.close()
         with anyio.CancelScope(shield=True):
