@@ -6,6 +6,8 @@
     eventmesh publish TOPIC --type T --source S [--data JSON] [--url URL]
     eventmesh subscribe TOPIC [--group G] [--start earliest] [--url URL]
     eventmesh functions [--admin-url URL]                 list a running sidecar's functions
+    eventmesh dlq list|show|replay TOPIC ...              browse a dead-letter topic, replay
+                                                          it (eventmesh._cli_dlq)
     eventmesh check-config mesh.yaml                      check a config file, import its
                                                           handlers, and exit
     eventmesh version                                     print the version (or --version)
@@ -46,6 +48,7 @@ import anyio
 import msgspec
 import yaml
 
+from eventmesh import _cli_dlq
 from eventmesh._loop import backend_options
 from eventmesh._version import __version__
 from eventmesh.config import MeshConfig, load_config
@@ -141,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         "--admin-url", default=admin_url, help=f"the sidecar's admin API (default {admin_url})"
     )
     _add_credentials(functions)
+    _cli_dlq.add_parser(commands, url, _add_credentials)
     check = commands.add_parser(
         "check-config", help="check a config file and import its handlers, then exit"
     )
@@ -275,6 +279,11 @@ async def _subscribe(args: argparse.Namespace) -> None:
             tg.cancel_scope.cancel()
 
 
+async def _dlq(args: argparse.Namespace) -> None:
+    async with _connect(args) as client:
+        await _cli_dlq.run(args, client)
+
+
 async def _functions(args: argparse.Namespace) -> None:
     import aiohttp
 
@@ -399,10 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"eventmesh {__version__}")
         return 0
-    if args.command in ("publish", "subscribe", "functions"):
-        command = {"publish": _publish, "subscribe": _subscribe, "functions": _functions}[
-            args.command
-        ]
+    if args.command in ("publish", "subscribe", "functions", "dlq"):
+        command = {"publish": _publish, "subscribe": _subscribe, "functions": _functions}.get(
+            args.command, _dlq
+        )
         try:
             anyio.run(command, args, backend="asyncio", backend_options=backend_options())
         except EventMeshError as exc:
