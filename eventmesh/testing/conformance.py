@@ -16,6 +16,17 @@ use::
 The kit tests the base contract on every connector, and each optional promise only
 where ``connector.capabilities`` claims it; a test of an unclaimed promise is skipped
 with that reason. Knobs a subclass may override are the class attributes below.
+
+A connector that claims ``durable`` also provides a ``reopen`` fixture: a function that
+makes a new, unopened connector on the same backend with the same configuration, which
+the durability case opens after closing the first one::
+
+        @pytest.fixture
+        def reopen(self):
+            return lambda: MyConnector(MyConfig(url=...))
+
+The optional parts of the contract are tested where a connector has them: ``read()``
+unless it raises ``RejectedError``, ``state()`` unless it returns None.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -32,7 +43,7 @@ import pytest
 
 from eventmesh._loop import backend_options
 from eventmesh.bindings import encode_attribute
-from eventmesh.connectors.base import Connector, Consumer, Delivery
+from eventmesh.connectors.base import Connector, Consumer, Delivery, StoredEvent
 from eventmesh.errors import ClosedError, LifecycleError, RejectedError
 from eventmesh.event import Event
 
@@ -108,6 +119,15 @@ class ConnectorConformance:
     async def connector(self) -> Connector:
         """An open connector; the subclass must provide it (usually as an async generator)."""
         raise NotImplementedError("subclass ConnectorConformance and define 'connector'")
+
+    @pytest.fixture
+    def reopen(self) -> Callable[[], Connector]:
+        """A function making a new, unopened connector on the same backend and config as
+        ``connector``; a subclass whose connector claims ``durable`` must provide it."""
+        pytest.fail(
+            "the connector claims 'durable': define a 'reopen' fixture returning a function "
+            "that makes a new connector on the same backend and configuration"
+        )
 
     def need(self, connector: Connector, capability: str) -> None:
         """Skip unless the connector claims ``capability``."""
@@ -355,6 +375,124 @@ class ConnectorConformance:
         async with connector.subscribe(topic, "timed", start=cut) as consumer:
             got = await collect(consumer, 5, timeout=self.quiet + 2)
         assert [d.event.subject for d in got] == ["new", "new"]
+
+    # -- durability ----------------------------------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_unacked_events_survive_a_restart(
+        self, connector: Connector, topic: str, request: pytest.FixtureRequest
+    ) -> None:
+        """Events published and partly acked, the connector closed and a new one opened on
+        the same backend: every unacked event is delivered again, nothing acked returns."""
+        self.need(connector, "durable")
+        reopen: Callable[[], Connector] = request.getfixturevalue("reopen")
+        async with connector.subscribe(topic, "durable") as consumer:
+            await connector.publish(topic, _events(30, keys=5))
+            got = await collect(consumer, 30, timeout=self.timeout, ack=False)
+            assert len(got) == 30
+            by_partition: dict[int, list[Delivery]] = defaultdict(list)
+            for delivery in got:
+                by_partition[delivery.partition].append(delivery)
+            acked: set[int] = set()
+            for deliveries in by_partition.values():  # ack the first half of each partition
+                deliveries.sort(key=lambda d: d.offset)
+                for delivery in deliveries[: (len(deliveries) + 1) // 2]:
+                    await delivery.ack()
+                    acked.add(delivery.event.data["n"])
+        await connector.publish(topic, _events(5, keys=5, tag="unread"))  # never fetched
+        await connector.close()
+        unacked = sorted(set(range(30)) - acked)
+        async with reopen() as again, again.subscribe(topic, "durable") as consumer:
+            back = await collect(consumer, len(unacked) + 5, timeout=self.timeout)
+            back += await collect(consumer, 1, timeout=self.quiet)  # and nothing more
+        old = sorted(d.event.data["n"] for d in back if d.event.subject is None)
+        assert not set(old) & acked, f"acked events came back: {sorted(set(old) & acked)}"
+        assert old == unacked
+        assert sorted(d.event.data["n"] for d in back if d.event.subject == "unread") == list(
+            range(5)
+        )
+
+    # -- optional parts: read() and state() ----------------------------------------------
+
+    async def _read_all(self, connector: Connector, topic: str, **kw: Any) -> list[StoredEvent]:
+        try:
+            return await connector.read(topic, **kw)
+        except RejectedError:
+            pytest.skip(f"{type(connector).__name__} does not browse stored events")
+
+    @pytest.mark.anyio
+    async def test_read_browses_without_consuming(self, connector: Connector, topic: str) -> None:
+        """read() returns stored events page by page (by offset cursor, in offset order
+        per partition) and consumes nothing: a new group still gets them all."""
+        await self._read_all(connector, topic, limit=1)
+        await connector.publish(topic, _events(10, keys=3))
+        every: list[StoredEvent] = []
+        with anyio.move_on_after(self.timeout):
+            while len(every) < 10:
+                every = await connector.read(topic, limit=100)
+                if len(every) < 10:
+                    await anyio.sleep(0.1)
+        assert sorted(s.event.data["n"] for s in every) == list(range(10))
+        pages: list[StoredEvent] = []
+        cursor: dict[int, int] = {}
+        for _ in range(10):
+            page = await connector.read(topic, after=cursor, limit=3)
+            assert len(page) <= 3
+            if not page:
+                break
+            pages += page
+            for stored in page:
+                cursor[stored.partition] = max(cursor.get(stored.partition, -1), stored.offset)
+        assert sorted(s.event.data["n"] for s in pages) == list(range(10))
+        for p in {s.partition for s in pages}:
+            offsets = [s.offset for s in pages if s.partition == p]
+            assert offsets == sorted(offsets)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert await connector.read(topic, since=later) == []
+        if connector.capabilities.replay:
+            async with connector.subscribe(topic, "after-read", start="earliest") as consumer:
+                got = await collect(consumer, 10, timeout=self.timeout)
+            assert sorted(_numbers(got)) == list(range(10))
+
+    @pytest.mark.anyio
+    async def test_state_keeps_and_reports_keys(
+        self, connector: Connector, request: pytest.FixtureRequest
+    ) -> None:
+        """state(bucket) stores, deletes and watches keys; on a durable connector the
+        keys are there again after a restart."""
+        bucket = f"kit_{uuid.uuid4().hex[:10]}"
+        store = connector.state(bucket)
+        if store is None:
+            pytest.skip(f"{type(connector).__name__} keeps no state")
+        seen: dict[str, bytes | None] = {}
+        settled = anyio.Event()
+
+        async def watch() -> None:
+            async for key, value in store.watch():
+                seen[key] = value  # the last report for a key is its value
+                if seen.get("a", b"") is None and "b.c=d-e_f" in seen:
+                    settled.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await anyio.sleep(0.2)  # let the watch begin: it reports changes after it
+            await store.put("a", b"1")
+            await store.put("b.c=d-e_f", b"\x00two")
+            await store.delete("a")
+            await store.delete("never-there")  # does nothing (a report of None is harmless)
+            assert await store.load() == {"b.c=d-e_f": b"\x00two"}
+            with anyio.fail_after(self.timeout):
+                await settled.wait()
+            tg.cancel_scope.cancel()
+        seen.pop("never-there", None)
+        assert seen == {"a": None, "b.c=d-e_f": b"\x00two"}
+        if connector.capabilities.durable:
+            reopen: Callable[[], Connector] = request.getfixturevalue("reopen")
+            await connector.close()
+            async with reopen() as again:
+                again_store = again.state(bucket)
+                assert again_store is not None
+                assert await again_store.load() == {"b.c=d-e_f": b"\x00two"}
 
     # -- lifecycle and errors ------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -28,3 +28,8 @@ class TestLocalConformance(ConnectorConformance):
         """A local connector on a fresh data directory."""
         async with LocalConnector(config) as connector:
             yield connector
+
+    @pytest.fixture
+    def reopen(self, config: LocalConfig) -> Callable[[], LocalConnector]:
+        """A second connector on the same data directory."""
+        return lambda: LocalConnector(config)

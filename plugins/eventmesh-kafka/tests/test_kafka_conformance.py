@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import pytest
@@ -27,3 +27,9 @@ class TestKafkaConformance(ConnectorConformance):
         config = msgspec.structs.replace(kafka_config, create_topics=True, partitions=4)
         async with KafkaConnector(config) as connector:
             yield connector
+
+    @pytest.fixture
+    def reopen(self, kafka_config: KafkaConfig) -> Callable[[], KafkaConnector]:
+        """A second connector on the same cluster, for the durability case."""
+        config = msgspec.structs.replace(kafka_config, create_topics=True, partitions=4)
+        return lambda: KafkaConnector(config)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -30,6 +30,17 @@ class TestNatsJetStreamConformance(ConnectorConformance):
         )
         async with NatsConnector(config) as connector:
             yield connector
+
+    @pytest.fixture
+    def reopen(self, nats_url: str, stream_prefix: str) -> Callable[[], NatsConnector]:
+        """A second connector on the same server and streams, for the durability case."""
+        config = NatsConfig(
+            servers=[nats_url],
+            mode="jetstream",
+            subject_prefix=f"{stream_prefix.lower()}.",
+            stream=StreamSettings(name_prefix=stream_prefix),
+        )
+        return lambda: NatsConnector(config)
 
 
 class TestNatsCoreConformance(ConnectorConformance):
