@@ -1,0 +1,102 @@
+"""The mesh's state on NATS (a JetStream KV bucket per bucket), and the sidecar's
+subscriptions kept there: they survive kill -9 and are shared by two sidecars."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import nats.js.errors
+import pytest
+
+from eventmesh.testing import eventually
+from eventmesh.testing._sidecars import (
+    replicas_share_subscriptions,
+    sidecar_config,
+    subscription_survives_kill,
+)
+from eventmesh_nats import NatsConfig, NatsConnector
+
+pytestmark = [pytest.mark.nats, pytest.mark.anyio]
+
+
+@pytest.fixture
+async def settings(nats_url: str, stream_prefix: str) -> AsyncIterator[dict[str, Any]]:
+    """A NATS connector in a namespace of its own; its KV bucket is deleted afterwards
+    (the session deletes its streams)."""
+    prefix = f"{stream_prefix}{uuid.uuid4().hex[:6]}_"
+    yield {
+        "type": "nats",
+        "servers": [nats_url],
+        "subject_prefix": f"{prefix.lower()}.",
+        "stream": {"name_prefix": prefix},
+    }
+    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
+    try:
+        for bucket in ("things", "subscriptions"):
+            try:
+                await nc.jetstream().delete_key_value(f"{prefix}STATE_{bucket}")
+            except nats.js.errors.NotFoundError:
+                pass
+    finally:
+        await nc.close()
+
+
+async def test_state_is_a_kv_bucket_shared_by_connectors(settings: dict[str, Any]) -> None:
+    """What one connector puts and deletes, another loads and watches."""
+    options = {k: v for k, v in settings.items() if k != "type"}
+    config = msgspec.convert(options, NatsConfig)
+    async with NatsConnector(config) as one, NatsConnector(config) as two:
+        mine, theirs = one.state("things"), two.state("things")
+        assert mine is not None
+        assert theirs is not None
+        assert await mine.load() == {}
+        await mine.put("a", b"1")
+        await mine.put("b", b"2")
+        await mine.put("a", b"3")
+        await mine.delete("b")
+        assert await theirs.load() == {"a": b"3"}
+
+        seen: dict[str, bytes | None] = {}
+
+        async def follow() -> None:
+            async for key, value in theirs.watch():
+                seen[key] = value
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await mine.put("c", b"4")
+            await mine.delete("a")
+            await eventually(
+                lambda: seen.get("c") == b"4" and "a" in seen and seen["a"] is None,
+                what="both changes",
+            )
+            tg.cancel_scope.cancel()
+
+
+async def test_core_mode_keeps_no_state(nats_url: str) -> None:
+    """Core NATS stores nothing, so the mesh keeps its state in memory."""
+    async with NatsConnector(NatsConfig(servers=[nats_url], mode="core")) as connector:
+        assert connector.state("things") is None
+
+
+async def test_subscription_survives_kill_9_on_nats(
+    settings: dict[str, Any], tmp_path: Path
+) -> None:
+    """A webhook subscription made over HTTP is served again after kill -9 and a restart,
+    and every accepted event reaches the sink."""
+    config = sidecar_config({"default": settings})
+    await subscription_survives_kill(tmp_path, config, f"kept-{uuid.uuid4().hex[:12]}")
+
+
+async def test_two_sidecars_share_a_subscription_on_nats(
+    settings: dict[str, Any], tmp_path: Path
+) -> None:
+    """Created on one sidecar, listed on the other; each event reaches the webhook once."""
+    config = sidecar_config({"default": settings})
+    await replicas_share_subscriptions(tmp_path, config, f"shared-{uuid.uuid4().hex[:12]}")
