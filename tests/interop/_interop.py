@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import subprocess
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
+import msgspec
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -298,9 +300,11 @@ def instant(value: str) -> tuple[int, int]:
     return seconds, int((fraction or "").ljust(9, "0"))
 
 
-def assert_same_event(seen: Spec, sent: Spec) -> None:
+def assert_same_event(seen: Spec, sent: Spec, *, json_value: bool = False) -> None:
     """``seen`` is ``sent``: every attribute, every extension, the data bytes, one by one
-    (``time`` as an instant to the nanosecond)."""
+    (``time`` as an instant to the nanosecond). With ``json_value``, JSON data is compared
+    as the value it spells, for a reader that re-encodes it (its bytes are checked
+    elsewhere)."""
     for name in ATTRIBUTES:
         expected = "1.0" if name == "specversion" and name not in sent else sent.get(name)
         assert seen.get(name) == expected, f"{name}: got {seen.get(name)!r}, sent {expected!r}"
@@ -317,4 +321,143 @@ def assert_same_event(seen: Spec, sent: Spec) -> None:
             f"extension {name}: got {extensions.get(name)!r}, sent "
             f"{expected_extensions.get(name)!r}"
         )
-    assert data_of(seen) == data_of(sent), f"data: got {data_of(seen)!r}, sent {data_of(sent)!r}"
+    got, expected = data_of(seen), data_of(sent)
+    json_data = is_json(sent.get("datacontenttype"))
+    if json_value and json_data and got is not None and expected is not None:
+        got, expected = json.loads(got), json.loads(expected)
+    assert got == expected, f"data: got {got!r}, sent {expected!r}"
+
+
+# -- an independent reader and writer of the HTTP binding (the tests' oracle) -------------
+
+STRUCTURED = "application/cloudevents+json"
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether data under ``content_type`` is JSON (no type counts as JSON)."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json") or media == "text/json"
+
+
+def spec_from_http(headers: Mapping[str, str], body: bytes) -> Spec:
+    """The spec of an HTTP request in binary or structured mode, read by the spec's
+    rules, without eventmesh's code: ``ce-`` headers percent-decoded, the body or the
+    ``data`` member's own bytes (``data_base64`` decoded) as the data."""
+    content_type = headers.get("content-type")
+    spec: Spec = {"extensions": {}}
+    if content_type is not None and content_type.split(";")[0].strip().lower() == STRUCTURED:
+        members = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+        for name, raw in members.items():
+            if name in ("data", "data_base64"):
+                continue
+            value = msgspec.json.decode(raw)
+            if name in (*ATTRIBUTES, "time"):
+                spec[name] = value
+            else:
+                spec["extensions"][name] = value
+        data: bytes | None = None
+        if "data_base64" in members:
+            data = base64.b64decode(msgspec.json.decode(members["data_base64"]))
+        elif "data" in members:
+            raw_data = bytes(members["data"])
+            value = msgspec.json.decode(raw_data)
+            if is_json(spec.get("datacontenttype")) or not isinstance(value, str):
+                data = raw_data
+            else:
+                data = value.encode()
+        return with_data(spec, data)
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith("ce-"):
+            decoded = urllib.parse.unquote(value, errors="strict")
+            if lower[3:] in (*ATTRIBUTES, "time"):
+                spec[lower[3:]] = decoded
+            else:
+                spec["extensions"][lower[3:]] = decoded
+    if content_type is not None:
+        spec["datacontenttype"] = content_type
+    return with_data(spec, body or None)
+
+
+def spec_to_binary(spec: Spec) -> tuple[dict[str, str], bytes]:
+    """Headers and body of ``spec`` in binary mode, percent-encoded as the binding says
+    (space, ``"``, ``%`` and everything outside printable ASCII)."""
+    headers: dict[str, str] = {}
+    for name in (*ATTRIBUTES, "time"):
+        if name != "datacontenttype" and spec.get(name) is not None:
+            headers[f"ce-{name}"] = _quote(spec[name])
+    headers.setdefault("ce-specversion", "1.0")
+    for name, value in (spec.get("extensions") or {}).items():
+        headers[f"ce-{name}"] = _quote(str(value))
+    if spec.get("datacontenttype") is not None:
+        headers["content-type"] = spec["datacontenttype"]
+    return headers, data_of(spec) or b""
+
+
+def _quote(value: str) -> str:
+    return "".join(
+        char if 0x21 <= ord(char) <= 0x7E and char not in '"%' else urllib.parse.quote(char)
+        for char in value
+    )
+
+
+def spec_to_structured(spec: Spec) -> tuple[dict[str, str], bytes]:
+    """Headers and body of ``spec`` in structured mode: JSON data as a member written as
+    is, other data as a string (UTF-8 text) or ``data_base64``."""
+    members: list[str] = []
+    for name in (*ATTRIBUTES, "time"):
+        if spec.get(name) is not None:
+            members.append(f"{json.dumps(name)}:{json.dumps(spec[name])}")
+    if "specversion" not in spec:
+        members.append('"specversion":"1.0"')
+    for name, value in (spec.get("extensions") or {}).items():
+        members.append(f"{json.dumps(name)}:{json.dumps(value)}")
+    data = data_of(spec)
+    if data is not None:
+        if is_json(spec.get("datacontenttype")):
+            members.append('"data":' + data.decode())
+        elif (spec.get("datacontenttype") or "").startswith("text/"):
+            members.append(f'"data":{json.dumps(data.decode())}')
+        else:
+            members.append(f'"data_base64":"{base64.b64encode(data).decode()}"')
+    return {"content-type": STRUCTURED}, ("{" + ",".join(members) + "}").encode()
+
+
+def spec_to_http(spec: Spec, mode: str) -> tuple[dict[str, str], bytes]:
+    """Headers and body of ``spec`` in ``mode`` (binary or structured)."""
+    return spec_to_binary(spec) if mode == "binary" else spec_to_structured(spec)
+
+
+# -- events every client sends ------------------------------------------------------------
+
+ORDER: Spec = {
+    "specversion": "1.0",
+    "id": "order-42",
+    "source": "https://shop.example/orders",
+    "type": "com.example.order.created",
+    "datacontenttype": "application/json",
+    "dataschema": "https://schemas.example/order.json",
+    "subject": "orders/42",
+    "time": "2026-12-07T05:11:30.123456789Z",
+    "extensions": {"tenant": "acme", "tier": "3"},
+}
+
+PAYLOADS: dict[str, tuple[dict[str, Any], bytes | None]] = {
+    # JSON as written: spaces, a -0, a null and a duplicate key survive byte for byte.
+    # (Not whitespace around the value: in structured mode data is a JSON member, and
+    # no JSON reader keeps what surrounds a value.)
+    "json-as-written": ({}, b'{ "total" : 42.50, "items": [1, -0], "a": 1, "a": null }'),
+    "json-null": ({}, b"null"),
+    "octets": ({"datacontenttype": "application/octet-stream"}, bytes(range(256))),
+    "utf8-text": ({"datacontenttype": "text/plain; charset=utf-8"}, "Grüße, 🌎!\n".encode()),
+    "no-data": ({"datacontenttype": None}, None),
+}
+
+
+def order(payload: str, **changes: Any) -> Spec:
+    """ORDER with one of the PAYLOADS, its id naming the payload, and ``changes``."""
+    overrides, data = PAYLOADS[payload]
+    spec = {**ORDER, "id": f"order-{payload}", **overrides, **changes}
+    return with_data({k: v for k, v in spec.items() if v is not None}, data)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from _interop import (
+    ORDER,
+    PAYLOADS,
     Spec,
     assert_same_event,
     go_receiver,
+    order,
     run,
     sidecar,
     sidecar_config,
@@ -22,36 +24,6 @@ from _interop import (
 )
 
 pytestmark = pytest.mark.anyio
-
-ORDER: Spec = {
-    "specversion": "1.0",
-    "id": "order-42",
-    "source": "https://shop.example/orders",
-    "type": "com.example.order.created",
-    "datacontenttype": "application/json",
-    "dataschema": "https://schemas.example/order.json",
-    "subject": "orders/42",
-    "time": "2026-12-07T05:11:30.123456789Z",
-    "extensions": {"tenant": "acme", "tier": "3"},
-}
-
-PAYLOADS: dict[str, tuple[dict[str, Any], bytes | None]] = {
-    # JSON as written: spaces, a -0, a null and a duplicate key survive byte for byte.
-    # (Not whitespace around the value: in structured mode data is a JSON member, and
-    # no JSON reader keeps what surrounds a value.)
-    "json-as-written": ({}, b'{ "total" : 42.50, "items": [1, -0], "a": 1, "a": null }'),
-    "json-null": ({}, b"null"),
-    "octets": ({"datacontenttype": "application/octet-stream"}, bytes(range(256))),
-    "utf8-text": ({"datacontenttype": "text/plain; charset=utf-8"}, "Grüße, 🌎!\n".encode()),
-    "no-data": ({"datacontenttype": None}, None),
-}
-
-
-def order(payload: str) -> Spec:
-    """ORDER with one of the PAYLOADS."""
-    overrides, data = PAYLOADS[payload]
-    spec = {**ORDER, **overrides}
-    return with_data({k: v for k, v in spec.items() if v is not None}, data)
 
 
 async def go_send(go_sdk: list[str], url: str, mode: str, event: Spec) -> None:
