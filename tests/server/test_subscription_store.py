@@ -1,0 +1,92 @@
+"""The sidecar's subscriptions kept in the local store: they survive kill -9; one stored
+that no longer starts is skipped; a topic on a connector without state keeps them in
+memory as before."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from eventmesh.connectors.local import LocalConnector
+from eventmesh.server._substore import BUCKET, StoredSubscription, encode
+from eventmesh.server.sidecar import Sidecar
+from eventmesh.testing._sidecars import sidecar_config, subscription_survives_kill
+
+pytestmark = pytest.mark.anyio
+
+
+def local(tmp: Path) -> dict[str, Any]:
+    return {"type": "local", "data_dir": str(tmp / "data")}
+
+
+async def test_subscription_survives_kill_9_on_the_local_store(tmp_path: Path) -> None:
+    """A webhook subscription made over HTTP is served again after kill -9 and a restart,
+    and every accepted event reaches the sink."""
+    config = sidecar_config({"default": local(tmp_path)})
+    await subscription_survives_kill(tmp_path, config, f"kept-{uuid.uuid4().hex[:12]}")
+
+
+def in_process(connectors: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    config = sidecar_config(connectors)
+    config.pop("logging")
+    config.update(extra)
+    return config
+
+
+async def test_a_stored_subscription_that_no_longer_starts_is_skipped(tmp_path: Path) -> None:
+    """A stored subscription beyond limits.max_subscriptions, or unreadable, is logged
+    and skipped; the others start and the sidecar serves."""
+    data = local(tmp_path)
+    async with LocalConnector(LocalConnector.Config(data_dir=data["data_dir"])) as connector:
+        store = connector.state(BUCKET)
+        assert store is not None
+        for n in range(3):
+            spec = {"id": f"s{n}", "topic": "orders"}
+            await store.put(f"s{n}", encode(StoredSubscription(spec=spec)))
+        await store.put("broken", b"{not json")
+    config = in_process({"default": data}, limits={"max_subscriptions": 2})
+    async with Sidecar(config) as sidecar, aiohttp.ClientSession() as session:
+        async with session.get(f"{sidecar.http_url}/subscriptions") as response:
+            listed = [s["id"] for s in (await response.json())["subscriptions"]]
+    assert len(listed) == 2
+    assert set(listed) <= {"s0", "s1", "s2"}
+
+
+async def test_a_delete_removes_the_stored_subscription(tmp_path: Path) -> None:
+    """DELETE removes the subscription from the store: a restart does not bring it back."""
+    config = in_process({"default": local(tmp_path)})
+    body = {"id": "gone", "topic": "orders"}
+    async with aiohttp.ClientSession() as session:
+        async with Sidecar(config) as sidecar:
+            async with session.post(f"{sidecar.http_url}/subscriptions", json=body) as r:
+                assert r.status == 201
+        async with Sidecar(config) as sidecar:
+            async with session.get(f"{sidecar.http_url}/subscriptions/gone") as r:
+                assert r.status == 200
+            async with session.delete(f"{sidecar.http_url}/subscriptions/gone") as r:
+                assert r.status == 204
+        async with Sidecar(config) as sidecar:
+            async with session.get(f"{sidecar.http_url}/subscriptions/gone") as r:
+                assert r.status == 404
+
+
+async def test_memory_topics_keep_subscriptions_in_memory(tmp_path: Path) -> None:
+    """A topic routed to the memory connector stores nothing: the subscription is gone
+    after a restart, while one on the local store stays."""
+    config = in_process(
+        {"default": local(tmp_path), "fast": {"type": "memory"}},
+        topics={"scratch": {"connector": "fast"}},
+    )
+    async with aiohttp.ClientSession() as session:
+        async with Sidecar(config) as sidecar:
+            for body in ({"id": "kept", "topic": "orders"}, {"id": "lost", "topic": "scratch"}):
+                async with session.post(f"{sidecar.http_url}/subscriptions", json=body) as r:
+                    assert r.status == 201
+        async with Sidecar(config) as sidecar:
+            async with session.get(f"{sidecar.http_url}/subscriptions") as response:
+                listed = {s["id"] for s in (await response.json())["subscriptions"]}
+    assert listed == {"kept"}
