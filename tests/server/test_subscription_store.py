@@ -37,6 +37,17 @@ def in_process(connectors: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return config
 
 
+async def call(session: aiohttp.ClientSession, method: str, url: str, body: Any = None) -> int:
+    async with session.request(method, url, json=body) as response:
+        await response.read()
+        return response.status
+
+
+async def listed(session: aiohttp.ClientSession, sidecar: Sidecar) -> list[str]:
+    async with session.get(f"{sidecar.http_url}/subscriptions") as response:
+        return [s["id"] for s in (await response.json())["subscriptions"]]
+
+
 async def test_a_stored_subscription_that_no_longer_starts_is_skipped(tmp_path: Path) -> None:
     """A stored subscription beyond limits.max_subscriptions, or unreadable, is logged
     and skipped; the others start and the sidecar serves."""
@@ -50,10 +61,9 @@ async def test_a_stored_subscription_that_no_longer_starts_is_skipped(tmp_path: 
         await store.put("broken", b"{not json")
     config = in_process({"default": data}, limits={"max_subscriptions": 2})
     async with Sidecar(config) as sidecar, aiohttp.ClientSession() as session:
-        async with session.get(f"{sidecar.http_url}/subscriptions") as response:
-            listed = [s["id"] for s in (await response.json())["subscriptions"]]
-    assert len(listed) == 2
-    assert set(listed) <= {"s0", "s1", "s2"}
+        ids = await listed(session, sidecar)
+    assert len(ids) == 2
+    assert set(ids) <= {"s0", "s1", "s2"}
 
 
 async def test_a_delete_removes_the_stored_subscription(tmp_path: Path) -> None:
@@ -62,16 +72,13 @@ async def test_a_delete_removes_the_stored_subscription(tmp_path: Path) -> None:
     body = {"id": "gone", "topic": "orders"}
     async with aiohttp.ClientSession() as session:
         async with Sidecar(config) as sidecar:
-            async with session.post(f"{sidecar.http_url}/subscriptions", json=body) as r:
-                assert r.status == 201
+            assert await call(session, "POST", f"{sidecar.http_url}/subscriptions", body) == 201
         async with Sidecar(config) as sidecar:
-            async with session.get(f"{sidecar.http_url}/subscriptions/gone") as r:
-                assert r.status == 200
-            async with session.delete(f"{sidecar.http_url}/subscriptions/gone") as r:
-                assert r.status == 204
+            url = f"{sidecar.http_url}/subscriptions/gone"
+            assert await call(session, "GET", url) == 200
+            assert await call(session, "DELETE", url) == 204
         async with Sidecar(config) as sidecar:
-            async with session.get(f"{sidecar.http_url}/subscriptions/gone") as r:
-                assert r.status == 404
+            assert await call(session, "GET", f"{sidecar.http_url}/subscriptions/gone") == 404
 
 
 async def test_memory_topics_keep_subscriptions_in_memory(tmp_path: Path) -> None:
@@ -84,9 +91,8 @@ async def test_memory_topics_keep_subscriptions_in_memory(tmp_path: Path) -> Non
     async with aiohttp.ClientSession() as session:
         async with Sidecar(config) as sidecar:
             for body in ({"id": "kept", "topic": "orders"}, {"id": "lost", "topic": "scratch"}):
-                async with session.post(f"{sidecar.http_url}/subscriptions", json=body) as r:
-                    assert r.status == 201
+                url = f"{sidecar.http_url}/subscriptions"
+                assert await call(session, "POST", url, body) == 201
         async with Sidecar(config) as sidecar:
-            async with session.get(f"{sidecar.http_url}/subscriptions") as response:
-                listed = {s["id"] for s in (await response.json())["subscriptions"]}
-    assert listed == {"kept"}
+            ids = await listed(session, sidecar)
+    assert ids == ["kept"]
