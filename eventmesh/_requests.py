@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import (
     ClosedError,
     ConfigError,
@@ -47,7 +48,7 @@ from eventmesh.errors import (
     RejectedError,
     RequestTimeoutError,
 )
-from eventmesh.event import Event
+from eventmesh.event import Event, ExtensionValue
 
 if TYPE_CHECKING:
     from eventmesh.mesh import Mesh
@@ -60,6 +61,7 @@ __all__ = [
     "REPLY_TO",
     "Requests",
     "as_reply",
+    "check_wait",
     "reply_address",
     "send_replies",
 ]
@@ -118,9 +120,33 @@ async def send_replies(publish: Publish, cause: Event, result: Any, reply_to: st
     inbox = reply_address(cause)
     if inbox is not None:
         replies = [as_reply(r, cause) for r in replies]
-        await publish(inbox, replies)
+        # One partition for the replies to one request, so the first returned is the
+        # first delivered to the inbox (unless the replies set keys of their own).
+        key = replies[0].extensions[CORRELATION_ID]
+        await publish(inbox, [_keyed(r, key) for r in replies])
     if reply_to is not None:
         await publish(reply_to, replies)
+
+
+def _keyed(reply: Event, key: ExtensionValue) -> Event:
+    if "partitionkey" in reply.extensions:
+        return reply
+    return reply.replace(extensions={**reply.extensions, "partitionkey": key})
+
+
+def check_wait(timeout: float | None) -> float:
+    """Seconds a remote client waits for its sidecar's answer to a request: ``timeout``,
+    or the default; ``ConfigError`` naming ``timeout`` for one that is not a number of
+    seconds above 0 (the sidecar checks it against its limit)."""
+    if timeout is None:
+        return DEFAULT_TIMEOUT
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ConfigError(
+            f"the timeout must be a number of seconds above 0, got {timeout!r}", key="timeout"
+        )
+    if timeout == float("inf"):
+        raise ConfigError("the timeout must be finite", key="timeout")
+    return float(timeout)
 
 
 # -- asking: the pending requests of one mesh ---------------------------------------------
@@ -236,8 +262,14 @@ class Requests:
             return
         async with self._lock:
             if self._subscription is None:
+                # One lane: replies are matched in the order they were stored, so the
+                # first reply stored wins (the handler never waits, so one is enough).
                 sub = self._mesh.subscribe(
-                    self.inbox, "inbox", handler=self._receive, name=self.inbox
+                    self.inbox,
+                    "inbox",
+                    handler=self._receive,
+                    name=self.inbox,
+                    delivery=DeliveryPolicy(concurrency=1),
                 )
                 await sub.start()
                 self._subscription = sub

@@ -41,6 +41,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
+from eventmesh._requests import check_wait, send_replies
 from eventmesh._status import error_from_grpc
 from eventmesh.bindings.protobuf import from_proto, to_proto, to_proto_batch
 from eventmesh.client._remote import bearer, check_tls_files, read_file, warn_clear_text
@@ -223,6 +224,9 @@ class GrpcClient(Client):
         self._publish_batch = channel.unary_unary(
             f"/{_SERVICE}/PublishBatch", pb.PublishBatchRequest.SerializeToString, response
         )
+        self._ask = channel.unary_unary(
+            f"/{_SERVICE}/Request", pb.EventRequest.SerializeToString, pb.EventReply.FromString
+        )
         self._subscribe = channel.stream_stream(
             f"/{_SERVICE}/Subscribe",
             pb.SubscribeRequest.SerializeToString,
@@ -278,6 +282,26 @@ class GrpcClient(Client):
         # PublishResponse.ids holds these same ids (the server reads them from the
         # request and stores it all or nothing); the ones sent need no decoding.
         return [event.id for event in events]
+
+    async def request(self, topic: str, event: Event, *, timeout: float | None = None) -> Event:
+        """Publish ``event`` on ``topic`` as a request and return the first reply (the
+        sidecar's ``Request`` call; docs/sdk.md, Request-reply). Raises what the sidecar
+        raised: ``RequestTimeoutError`` when no reply came within ``timeout`` seconds
+        (default 30), ``LimitExceededError``, ``PermissionDeniedError``, ..."""
+        self._check_open()
+        if not isinstance(topic, str):
+            raise ConfigError(f"a topic name must be a non-empty string, got {topic!r}")
+        wait = check_wait(timeout)
+        if type(event) is not Event:
+            raise EventValidationError(f"request takes one eventmesh.Event, got {event!r:.60}")
+        message = pb.EventRequest(topic=topic, event=to_proto(event), timeout=timeout or 0.0)
+        try:
+            # The call's own deadline is the sidecar's wait plus a margin, so the sidecar
+            # answers a timeout itself (DEADLINE_EXCEEDED with RequestTimeoutError).
+            answer = await self._ask(message, metadata=self._metadata, timeout=wait + 10)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.address) from exc
+        return from_proto(answer.reply)
 
     # -- subscribing ---------------------------------------------------------------------
 
@@ -623,11 +647,8 @@ class GrpcSubscription(Subscription):
             async for delivery in lane:
                 try:
                     result = await sink(delivery.event)
-                    if reply_to is not None:
-                        if isinstance(result, Event):
-                            await publish(reply_to, result)
-                        elif isinstance(result, list | tuple) and result:
-                            await publish(reply_to, list(result))
+                    if result is not None:  # to reply_to, and a request's reply inbox
+                        await send_replies(publish, delivery.event, result, reply_to)
                 except Exception as exc:
                     log.debug("subscription %s: handler failed on %s: %r", self.name, delivery, exc)
                     await delivery.nack(exc)

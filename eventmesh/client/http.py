@@ -52,6 +52,7 @@ import anyio.to_thread
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from eventmesh._requests import check_wait, send_replies
 from eventmesh._status import NotFoundError, error_from_problem
 from eventmesh.bindings._common import encode_attribute
 from eventmesh.bindings.http import to_batch, to_structured
@@ -296,6 +297,25 @@ class HttpClient(Client):
         from eventmesh.client._deadletters import RemoteDeadLetters
 
         return RemoteDeadLetters(self._request, topic)
+
+    async def request(self, topic: str, event: Event, *, timeout: float | None = None) -> Event:
+        """Publish ``event`` on ``topic`` as a request and return the first reply
+        (``POST /request/{topic}``; docs/sdk.md, Request-reply). Raises what the sidecar
+        raised: ``RequestTimeoutError`` (504) when no reply came within ``timeout``
+        seconds (default 30), ``LimitExceededError`` (429), ``PermissionDeniedError``..."""
+        self._check_open()
+        _check_topic(topic)
+        wait = check_wait(timeout)
+        if type(event) is not Event:
+            raise EventValidationError(f"request takes one eventmesh.Event, got {event!r:.60}")
+        headers, body = to_structured(event)  # so the reply comes structured too
+        path = f"/request/{quote(topic, safe='')}"
+        if timeout is not None:
+            path += f"?timeout={wait!r}"
+        answer = await self._request(
+            "POST", path, data=body, headers=headers, wait=wait, failure=PublishError
+        )
+        return decode_json(answer)
 
     # -- subscribing ---------------------------------------------------------------------
 
@@ -665,8 +685,8 @@ class HttpSubscription(Subscription):
         assert self._sink is not None
         try:
             result = await self._sink(delivery.event)
-            if self.reply_to is not None and isinstance(result, Event | list | tuple) and result:
-                await self._client._publish(self.reply_to, result)
+            if result is not None:  # to reply_to, and a request's reply inbox
+                await send_replies(self._client._publish, delivery.event, result, self.reply_to)
         except Exception as exc:
             log.debug("subscription %s: the handler failed on %r: %r", self.name, delivery, exc)
             await delivery.nack(exc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -155,6 +156,10 @@ class BlockingClient:
     def publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]:
         """Store events on ``topic``; returns their ids, in order, once they are stored."""
         return self.portal.call(self._client.publish, topic, events)
+
+    def request(self, topic: str, event: Event, *, timeout: float | None = None) -> Event:
+        """Publish ``event`` as a request; the first reply (as :meth:`Client.request`)."""
+        return self.portal.call(partial(self._client.request, topic, event, timeout=timeout))
 
     def subscribe(self, topic: str, group: str, **options: Any) -> BlockingSubscription:
         """As :meth:`Client.subscribe`; use the result in a ``with`` block.

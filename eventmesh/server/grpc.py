@@ -6,6 +6,8 @@ and every call becomes a call on the running :class:`~eventmesh.Mesh`.
 
 * ``Publish`` / ``PublishBatch`` call ``mesh.publish`` and answer once it returned, that
   is once the topic's connector stored every event.
+* ``Request`` calls ``mesh.request`` and answers with the first reply (a timeout of 0
+  is the default; no reply in time is ``DEADLINE_EXCEEDED``).
 * ``Subscribe`` is one bidirectional stream per subscriber. Its first request opens an
   iterating subscription (``mesh.subscribe`` without a handler); the server then sends a
   delivery for each event while the client holds credits, keeps each one by its delivery
@@ -17,11 +19,12 @@ With ``auth:`` configured every call is authenticated once, before anything else
 its ``authorization`` metadata (``Bearer <token>``: a static token or a JWT) or, under
 mTLS with ``auth.client_certs``, its client certificate; a call without credentials the
 sidecar accepts is answered ``UNAUTHENTICATED``. The ACL is then asked once per call:
-``publish`` on the topic for ``Publish`` and ``PublishBatch``; for ``Subscribe``, when the
-``open`` arrives, ``subscribe`` on the topic and the group, and ``publish`` on the
-dead-letter topic when ``delivery_json`` names one other than ``{topic}.dlq`` (a nack
-publishes there). A denial is ``PERMISSION_DENIED``. A stream is checked when it opens,
-not per message: a token that expires later does not end it (docs/security.md).
+``publish`` on the topic for ``Publish``, ``PublishBatch`` and ``Request``; for
+``Subscribe``, when the ``open`` arrives, ``subscribe`` on the topic and the group,
+and ``publish`` on the dead-letter topic when ``delivery_json`` names one other than
+``{topic}.dlq`` (a nack publishes there). A denial is ``PERMISSION_DENIED``. A stream
+is checked when it opens, not per message: a token that expires later does not end it
+(docs/security.md).
 
 An error answers with the gRPC code of ``eventmesh._status`` (the one table), the
 message, and the error class name in the trailing metadata ``eventmesh-error`` (and the
@@ -94,6 +97,7 @@ ATTRIBUTE_METADATA_KEY: Final = "eventmesh-attribute"
 """Trailing metadata: the attribute an ``EventValidationError`` names."""
 
 _PublishContext: TypeAlias = "grpc.aio.ServicerContext[Any, pb.PublishResponse]"
+_RequestContext: TypeAlias = "grpc.aio.ServicerContext[Any, pb.EventReply]"
 _StreamContext: TypeAlias = "grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]"
 _json = msgspec.json.Decoder()
 
@@ -283,6 +287,28 @@ class EventMeshServicer:
         except Exception as exc:
             await _abort(context, exc, self.logs)
         return pb.PublishResponse(stored=len(events), ids=[event.id for event in events])
+
+    async def request(
+        self, request: pb.EventRequest | _Undecodable, context: _RequestContext
+    ) -> pb.EventReply:
+        """Publish one event as a request; answer with its first reply (eventmesh._requests)."""
+        try:
+            principal = self._principal(context)
+            if isinstance(request, _Undecodable):
+                raise request.refusal(self.logs)
+            if self.guard.enabled:
+                self.guard.check(principal, "publish", topic=request.topic)
+            if not request.HasField("event"):
+                raise EventValidationError("the EventRequest has no event")
+            self._check_size(request.event, "the event")
+            event = from_proto(request.event)
+            with transport_parent(*_trace_headers(context)):
+                reply = await self.mesh.request(
+                    request.topic, event, timeout=request.timeout or None
+                )
+        except Exception as exc:
+            await _abort(context, exc, self.logs)
+        return pb.EventReply(reply=to_proto(reply))
 
     async def subscribe(
         self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: _StreamContext
@@ -507,6 +533,11 @@ def add_to_server(
             servicer.publish_batch,
             request_deserializer=_decoder(pb.PublishBatchRequest),
             response_serializer=pb.PublishResponse.SerializeToString,
+        ),
+        "Request": grpc.unary_unary_rpc_method_handler(
+            servicer.request,
+            request_deserializer=_decoder(pb.EventRequest),
+            response_serializer=pb.EventReply.SerializeToString,
         ),
         "Subscribe": grpc.stream_stream_rpc_method_handler(
             servicer.subscribe,

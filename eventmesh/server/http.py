@@ -13,6 +13,7 @@ GET      /subscriptions/{id}/events        pull: a long poll (``max``, ``wait``)
 POST     /subscriptions/{id}/ack           ack pulled deliveries by id
 POST     /subscriptions/{id}/nack          nack them: retried under the delivery policy
 GET      /subscriptions/{id}/stream        pull as Server-Sent Events
+POST     /request/{topic}                  request-reply: the first reply (server.requests)
 GET      /topics/{topic}/events            browse without consuming (server.deadletters)
 GET      /topics/{topic}/events/{id}       the retained events with this id
 POST     /deadletters/{topic}/replay       republish dead letters to their topics
@@ -74,6 +75,7 @@ from eventmesh.server._authn import problem_response as _problem
 from eventmesh.server._ratelimit import LogLimit
 from eventmesh.server.deadletters import DeadLetterApi
 from eventmesh.server.pull import Handout, PullQueue
+from eventmesh.server.requests import RequestApi
 from eventmesh.server.subscriptions import Record, Registry, convert_body
 
 __all__ = ["KEEPALIVE_INTERVAL", "MAX_PULL", "MAX_WAIT", "create_app"]
@@ -160,6 +162,9 @@ def create_app(
             web.post("/subscriptions/{id}/ack", api.ack, expect_handler=_expect),
             web.post("/subscriptions/{id}/nack", api.nack, expect_handler=_expect),
             web.get("/subscriptions/{id}/stream", api.stream, allow_head=False),
+            *RequestApi(mesh, guard, _principal, api._body, settings.max_event_size).routes(
+                expect=_expect
+            ),
             *DeadLetterApi(mesh, guard, _principal, api._body).routes(expect=_expect),
         ]
     )

@@ -26,37 +26,41 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from eventmesh._generated.io.cloudevents.v1 import cloudevents_pb2 as io_dot_cloudevents_dot_v1_dot_cloudevents__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65ventmesh/v1/eventmesh.proto\x12\x0c\x65ventmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#io/cloudevents/v1/cloudevents.proto\"M\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12,\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\"W\n\x13PublishBatchRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x31\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\".io.cloudevents.v1.CloudEventBatch\".\n\x0fPublishResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\t\"\xaf\x01\n\x10SubscribeRequest\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.eventmesh.v1.OpenH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.eventmesh.v1.AckH\x00\x12\"\n\x04nack\x18\x03 \x01(\x0b\x32\x12.eventmesh.v1.NackH\x00\x12&\n\x06\x63redit\x18\x04 \x01(\x0b\x32\x14.eventmesh.v1.CreditH\x00\x42\t\n\x07request\"\xed\x01\n\x04Open\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x13\n\x0b\x66ilter_json\x18\x03 \x01(\t\x12\x16\n\x0etransform_json\x18\x04 \x01(\t\x12\x15\n\rdelivery_json\x18\x05 \x01(\t\x12/\n\x08position\x18\x06 \x01(\x0e\x32\x1b.eventmesh.v1.StartPositionH\x00\x12*\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x0c\n\x04name\x18\x08 \x01(\t\x12\x0f\n\x07\x63redits\x18\t \x01(\rB\x07\n\x05start\"\x1b\n\x03\x41\x63k\x12\x14\n\x0c\x64\x65livery_ids\x18\x01 \x03(\x04\"f\n\x04Nack\x12\x14\n\x0c\x64\x65livery_ids\x18\x01 \x03(\x04\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07give_up\x18\x03 \x01(\x08\x12\x18\n\x0bretry_after\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x0e\n\x0c_retry_after\"\x13\n\x06\x43redit\x12\t\n\x01n\x18\x01 \x01(\r\"{\n\x11SubscribeResponse\x12.\n\nsubscribed\x18\x01 \x01(\x0b\x32\x18.eventmesh.v1.SubscribedH\x00\x12*\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32\x16.eventmesh.v1.DeliveryH\x00\x42\n\n\x08response\"\x1a\n\nSubscribed\x12\x0c\n\x04name\x18\x01 \x01(\t\"m\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12,\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\x12\r\n\x05topic\x18\x04 \x01(\t*g\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x19\n\x15START_POSITION_LATEST\x10\x01\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x02\x32\xf7\x01\n\tEventMesh\x12\x46\n\x07Publish\x12\x1c.eventmesh.v1.PublishRequest\x1a\x1d.eventmesh.v1.PublishResponse\x12P\n\x0cPublishBatch\x12!.eventmesh.v1.PublishBatchRequest\x1a\x1d.eventmesh.v1.PublishResponse\x12P\n\tSubscribe\x12\x1e.eventmesh.v1.SubscribeRequest\x1a\x1f.eventmesh.v1.SubscribeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65ventmesh/v1/eventmesh.proto\x12\x0c\x65ventmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#io/cloudevents/v1/cloudevents.proto\"\\\n\x0c\x45ventRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12,\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\":\n\nEventReply\x12,\n\x05reply\x18\x01 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\"M\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12,\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\"W\n\x13PublishBatchRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x31\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\".io.cloudevents.v1.CloudEventBatch\".\n\x0fPublishResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\t\"\xaf\x01\n\x10SubscribeRequest\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.eventmesh.v1.OpenH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.eventmesh.v1.AckH\x00\x12\"\n\x04nack\x18\x03 \x01(\x0b\x32\x12.eventmesh.v1.NackH\x00\x12&\n\x06\x63redit\x18\x04 \x01(\x0b\x32\x14.eventmesh.v1.CreditH\x00\x42\t\n\x07request\"\xed\x01\n\x04Open\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x13\n\x0b\x66ilter_json\x18\x03 \x01(\t\x12\x16\n\x0etransform_json\x18\x04 \x01(\t\x12\x15\n\rdelivery_json\x18\x05 \x01(\t\x12/\n\x08position\x18\x06 \x01(\x0e\x32\x1b.eventmesh.v1.StartPositionH\x00\x12*\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x0c\n\x04name\x18\x08 \x01(\t\x12\x0f\n\x07\x63redits\x18\t \x01(\rB\x07\n\x05start\"\x1b\n\x03\x41\x63k\x12\x14\n\x0c\x64\x65livery_ids\x18\x01 \x03(\x04\"f\n\x04Nack\x12\x14\n\x0c\x64\x65livery_ids\x18\x01 \x03(\x04\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07give_up\x18\x03 \x01(\x08\x12\x18\n\x0bretry_after\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x0e\n\x0c_retry_after\"\x13\n\x06\x43redit\x12\t\n\x01n\x18\x01 \x01(\r\"{\n\x11SubscribeResponse\x12.\n\nsubscribed\x18\x01 \x01(\x0b\x32\x18.eventmesh.v1.SubscribedH\x00\x12*\n\x08\x64\x65livery\x18\x02 \x01(\x0b\x32\x16.eventmesh.v1.DeliveryH\x00\x42\n\n\x08response\"\x1a\n\nSubscribed\x12\x0c\n\x04name\x18\x01 \x01(\t\"m\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12,\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\x12\r\n\x05topic\x18\x04 \x01(\t*g\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x19\n\x15START_POSITION_LATEST\x10\x01\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x02\x32\xb8\x02\n\tEventMesh\x12\x46\n\x07Publish\x12\x1c.eventmesh.v1.PublishRequest\x1a\x1d.eventmesh.v1.PublishResponse\x12P\n\x0cPublishBatch\x12!.eventmesh.v1.PublishBatchRequest\x1a\x1d.eventmesh.v1.PublishResponse\x12P\n\tSubscribe\x12\x1e.eventmesh.v1.SubscribeRequest\x1a\x1f.eventmesh.v1.SubscribeResponse(\x01\x30\x01\x12?\n\x07Request\x12\x1a.eventmesh.v1.EventRequest\x1a\x18.eventmesh.v1.EventReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eventmesh.v1.eventmesh_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STARTPOSITION']._serialized_start=1168
-  _globals['_STARTPOSITION']._serialized_end=1271
-  _globals['_PUBLISHREQUEST']._serialized_start=116
-  _globals['_PUBLISHREQUEST']._serialized_end=193
-  _globals['_PUBLISHBATCHREQUEST']._serialized_start=195
-  _globals['_PUBLISHBATCHREQUEST']._serialized_end=282
-  _globals['_PUBLISHRESPONSE']._serialized_start=284
-  _globals['_PUBLISHRESPONSE']._serialized_end=330
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=333
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=508
-  _globals['_OPEN']._serialized_start=511
-  _globals['_OPEN']._serialized_end=748
-  _globals['_ACK']._serialized_start=750
-  _globals['_ACK']._serialized_end=777
-  _globals['_NACK']._serialized_start=779
-  _globals['_NACK']._serialized_end=881
-  _globals['_CREDIT']._serialized_start=883
-  _globals['_CREDIT']._serialized_end=902
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=904
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1027
-  _globals['_SUBSCRIBED']._serialized_start=1029
-  _globals['_SUBSCRIBED']._serialized_end=1055
-  _globals['_DELIVERY']._serialized_start=1057
-  _globals['_DELIVERY']._serialized_end=1166
-  _globals['_EVENTMESH']._serialized_start=1274
-  _globals['_EVENTMESH']._serialized_end=1521
+  _globals['_STARTPOSITION']._serialized_start=1322
+  _globals['_STARTPOSITION']._serialized_end=1425
+  _globals['_EVENTREQUEST']._serialized_start=116
+  _globals['_EVENTREQUEST']._serialized_end=208
+  _globals['_EVENTREPLY']._serialized_start=210
+  _globals['_EVENTREPLY']._serialized_end=268
+  _globals['_PUBLISHREQUEST']._serialized_start=270
+  _globals['_PUBLISHREQUEST']._serialized_end=347
+  _globals['_PUBLISHBATCHREQUEST']._serialized_start=349
+  _globals['_PUBLISHBATCHREQUEST']._serialized_end=436
+  _globals['_PUBLISHRESPONSE']._serialized_start=438
+  _globals['_PUBLISHRESPONSE']._serialized_end=484
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=487
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=662
+  _globals['_OPEN']._serialized_start=665
+  _globals['_OPEN']._serialized_end=902
+  _globals['_ACK']._serialized_start=904
+  _globals['_ACK']._serialized_end=931
+  _globals['_NACK']._serialized_start=933
+  _globals['_NACK']._serialized_end=1035
+  _globals['_CREDIT']._serialized_start=1037
+  _globals['_CREDIT']._serialized_end=1056
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1058
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1181
+  _globals['_SUBSCRIBED']._serialized_start=1183
+  _globals['_SUBSCRIBED']._serialized_end=1209
+  _globals['_DELIVERY']._serialized_start=1211
+  _globals['_DELIVERY']._serialized_end=1320
+  _globals['_EVENTMESH']._serialized_start=1428
+  _globals['_EVENTMESH']._serialized_end=1740
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,22 @@ START_POSITION_UNSPECIFIED: StartPosition
 START_POSITION_LATEST: StartPosition
 START_POSITION_EARLIEST: StartPosition
 
+class EventRequest(_message.Message):
+    __slots__ = ("topic", "event", "timeout")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    event: _cloudevents_pb2.CloudEvent
+    timeout: float
+    def __init__(self, topic: _Optional[str] = ..., event: _Optional[_Union[_cloudevents_pb2.CloudEvent, _Mapping]] = ..., timeout: _Optional[float] = ...) -> None: ...
+
+class EventReply(_message.Message):
+    __slots__ = ("reply",)
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    reply: _cloudevents_pb2.CloudEvent
+    def __init__(self, reply: _Optional[_Union[_cloudevents_pb2.CloudEvent, _Mapping]] = ...) -> None: ...
+
 class PublishRequest(_message.Message):
     __slots__ = ("topic", "event")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

@@ -5,7 +5,7 @@ import warnings
 
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as eventmesh_dot_v1_dot_eventmesh__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -49,6 +49,11 @@ class EventMeshStub:
                 request_serializer=eventmesh_dot_v1_dot_eventmesh__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=eventmesh_dot_v1_dot_eventmesh__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.Request = channel.unary_unary(
+                '/eventmesh.v1.EventMesh/Request',
+                request_serializer=eventmesh_dot_v1_dot_eventmesh__pb2.EventRequest.SerializeToString,
+                response_deserializer=eventmesh_dot_v1_dot_eventmesh__pb2.EventReply.FromString,
+                _registered_method=True)
 
 
 class EventMeshServicer:
@@ -82,6 +87,17 @@ class EventMeshServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Request(self, request, context):
+        """Publish one event as a request and answer with the first reply to it: an event a
+        subscription handler or function returned for it (docs/sdk.md, Request-reply). The
+        server adds the extensions "correlationid" (unless set: the event's id) and "replyto"
+        (its reply inbox). No reply within the timeout is DEADLINE_EXCEEDED
+        (RequestTimeoutError); too many requests waiting is RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventMeshServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +115,11 @@ def add_EventMeshServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=eventmesh_dot_v1_dot_eventmesh__pb2.SubscribeRequest.FromString,
                     response_serializer=eventmesh_dot_v1_dot_eventmesh__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'Request': grpc.unary_unary_rpc_method_handler(
+                    servicer.Request,
+                    request_deserializer=eventmesh_dot_v1_dot_eventmesh__pb2.EventRequest.FromString,
+                    response_serializer=eventmesh_dot_v1_dot_eventmesh__pb2.EventReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +203,33 @@ class EventMesh:
             '/eventmesh.v1.EventMesh/Subscribe',
             eventmesh_dot_v1_dot_eventmesh__pb2.SubscribeRequest.SerializeToString,
             eventmesh_dot_v1_dot_eventmesh__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Request(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventmesh.v1.EventMesh/Request',
+            eventmesh_dot_v1_dot_eventmesh__pb2.EventRequest.SerializeToString,
+            eventmesh_dot_v1_dot_eventmesh__pb2.EventReply.FromString,
             options,
             channel_credentials,
             insecure,
