@@ -4,6 +4,7 @@ memory as before."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,32 @@ async def test_memory_topics_keep_subscriptions_in_memory(tmp_path: Path) -> Non
         async with Sidecar(config) as sidecar:
             ids = await listed(session, sidecar)
     assert ids == ["kept"]
+
+
+def with_auth(config: dict[str, Any], groups: list[str]) -> dict[str, Any]:
+    """``config`` with one token principal, billing, allowed to subscribe in ``groups``."""
+    digest = hashlib.sha256(b"tok-billing-0123456789").hexdigest()
+    rule = {"principal": "billing", "allow": ["subscribe"], "topics": ["orders"]}
+    return {
+        **config,
+        "auth": {"tokens": [{"principal": "billing", "sha256": digest}]},
+        "acl": [{**rule, "groups": groups}],
+    }
+
+
+async def test_a_stored_subscription_starts_again_as_its_owner(tmp_path: Path) -> None:
+    """With auth on, a stored subscription keeps its owner, and the ACL is asked again on
+    start: once the owner's rule no longer covers its group, it is skipped."""
+    base = in_process({"default": local(tmp_path)})
+    headers = {"Authorization": "Bearer tok-billing-0123456789"}
+    body = {"id": "billing-1", "topic": "orders"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with Sidecar(with_auth(base, ["billing*"])) as sidecar:
+            assert await call(session, "POST", f"{sidecar.http_url}/subscriptions", body) == 201
+        async with Sidecar(with_auth(base, ["billing*"])) as sidecar:
+            url = f"{sidecar.http_url}/subscriptions/billing-1"
+            async with session.get(url) as response:
+                assert response.status == 200
+                assert (await response.json())["owner"] == "billing"
+        async with Sidecar(with_auth(base, ["other*"])) as sidecar:
+            assert await listed(session, sidecar) == []
