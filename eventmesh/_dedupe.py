@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final, Protocol, runtime_checkable
@@ -77,14 +77,18 @@ class DuplicateWindow(Protocol):
 
 
 class _Mark:
-    """The state shared by every key one publish call reserved: pending until the store
-    returns, then stored (at ``stamp``) or released."""
+    """The keys one publish call reserved, in order, and their state: pending until the
+    store returns, then stored (at ``stamp``) or released. Keys rebuilt at start share a
+    mark per second of store time."""
 
-    __slots__ = ("done", "stamp", "state")
+    __slots__ = ("done", "keys", "next", "stamp", "state")
 
     def __init__(self, stamp: float, state: int) -> None:
         self.stamp = stamp
         self.state = state
+        self.keys: list[tuple[str, str]] = []
+        self.next = 0
+        """Keys before this index were expired or forgotten already."""
         self.done: anyio.Event | None = None
 
     def settle(self, state: int) -> None:
@@ -106,9 +110,23 @@ _RELEASED: Final = 2
 
 class Deduper:
     """The window of one topic. ``clock`` gives seconds since the epoch (the time
-    connectors stamp stored events with, so a window rebuilt after a restart lines up)."""
+    connectors stamp stored events with, so a window rebuilt after a restart lines up).
 
-    __slots__ = ("_clock", "_seen", "duplicates", "forgotten", "max_entries", "topic", "window")
+    ``_seen`` maps each key to its mark (a plain dict: one ``setdefault`` per event);
+    ``_marks`` holds the marks oldest first, so expiry and the ``max_entries`` bound take
+    keys from the front without searching.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_marks",
+        "_seen",
+        "duplicates",
+        "forgotten",
+        "max_entries",
+        "topic",
+        "window",
+    )
 
     def __init__(
         self,
@@ -121,7 +139,8 @@ class Deduper:
         self.window = float(config.window)
         self.max_entries = config.max_entries
         self._clock = clock
-        self._seen: OrderedDict[tuple[str, str], _Mark] = OrderedDict()
+        self._seen: dict[tuple[str, str], _Mark] = {}
+        self._marks: deque[_Mark] = deque()
         self.duplicates = 0
         """Events dropped because their key was stored within the window."""
         self.forgotten = 0
@@ -143,7 +162,7 @@ class Deduper:
                 if fresh:
                     await write(fresh)
             except BaseException:
-                self._release(fresh, mark)
+                self._release(mark)
                 raise
             mark.settle(_STORED)
             for other in {id(m): m for _, m in blocked}.values():
@@ -158,6 +177,8 @@ class Deduper:
         seen = self._seen
         cutoff = mark.stamp - self.window
         self._expire(cutoff)
+        self._marks.append(mark)
+        keys = mark.keys
         limit = self.max_entries
         fresh: list[Event] = []
         blocked: list[tuple[Event, _Mark]] = []
@@ -167,36 +188,60 @@ class Deduper:
             found = seen.setdefault(key, mark)
             if len(seen) != size:
                 fresh.append(event)
-                if size >= limit:
-                    seen.popitem(last=False)
-                    self.forgotten += 1
+                keys.append(key)
             elif found is mark:
                 self.duplicates += 1  # twice in this call
             elif found.state == _STORED and found.stamp >= cutoff:
                 self.duplicates += 1
             elif found.state == _PENDING:
                 blocked.append((event, found))
-            else:  # expired behind a pending key, or released: store it again
+            else:  # expired behind a pending key: store it again
                 seen[key] = mark
-                seen.move_to_end(key)
                 fresh.append(event)
+                keys.append(key)
+        if len(seen) > limit:
+            self._forget(len(seen) - limit)
         return fresh, blocked
 
     def _expire(self, cutoff: float) -> None:
-        seen = self._seen
-        while seen:
-            mark = next(iter(seen.values()))
+        """Forget the keys of the marks at the front that expired (or were released)."""
+        marks, seen = self._marks, self._seen
+        while marks:
+            mark = marks[0]
             if mark.state == _PENDING or (mark.state == _STORED and mark.stamp >= cutoff):
                 return
-            seen.popitem(last=False)
+            keys = mark.keys
+            for i in range(mark.next, len(keys)):
+                key = keys[i]
+                if seen.get(key) is mark:
+                    del seen[key]
+            marks.popleft()
 
-    def _release(self, events: Sequence[Event], mark: _Mark) -> None:
+    def _forget(self, count: int) -> None:
+        """Forget the ``count`` oldest keys held (to stay within ``max_entries``)."""
+        marks, seen = self._marks, self._seen
+        while marks and count:
+            mark = marks[0]
+            keys = mark.keys
+            while mark.next < len(keys) and count:
+                key = keys[mark.next]
+                mark.next += 1
+                if seen.get(key) is mark:
+                    del seen[key]
+                    self.forgotten += 1
+                    count -= 1
+            if mark.next >= len(keys) and len(marks) > 1:
+                marks.popleft()  # (the last is the call reserving now: it keeps its place)
+            elif count:
+                return
+
+    def _release(self, mark: _Mark) -> None:
         """Forget the keys ``mark`` reserved, so that a retry stores their events."""
         seen = self._seen
-        for event in events:
-            key = (event.source, event.id)
+        for key in mark.keys[mark.next :]:
             if seen.get(key) is mark:
                 del seen[key]
+        mark.keys = []
         mark.settle(_RELEASED)
 
     # -- after a restart -----------------------------------------------------------------
@@ -208,24 +253,25 @@ class Deduper:
         the window empty.
 
         Reads are bounded: when the window holds more than ``max_entries`` events, the
-        span read is halved (down to 1/64 of the window) until its events fit."""
+        span read is halved (down to 1/64 of the window) until its events fit; then it
+        is read page by page, keeping the newest."""
         now = float(self._clock())
         limit = self.max_entries
         span = self.window
 
-        async def read(since: float, after: dict[int, int] | None, page: int) -> list[StoredEvent]:
+        async def read(since: float, after: dict[int, int] | None) -> list[StoredEvent]:
             return await connector.read(
-                self.topic, since=datetime.fromtimestamp(since, UTC), after=after, limit=page
+                self.topic, since=datetime.fromtimestamp(since, UTC), after=after, limit=limit
             )
 
         try:
-            page = await read(now - span, None, limit)
+            page = await read(now - span, None)
         except RejectedError as exc:
             log.info("topic %r: de-duplication starts with an empty window (%s)", self.topic, exc)
             return 0
         while len(page) >= limit and span > self.window / _NARROWEST:
             span /= 2
-            page = await read(now - span, None, limit)
+            page = await read(now - span, None)
         found: list[tuple[float, str, str]] = []
         cursor: dict[int, int] = {}
         while page:
@@ -239,23 +285,33 @@ class Deduper:
                 found.sort()
                 del found[:-limit]
             before = dict(cursor)
-            page = await read(now - span, dict(cursor), limit)
-            if not page or all(s.offset <= before.get(s.partition, -1) for s in page):
-                break  # the end, or a connector that ignores the cursor
+            page = await read(now - span, dict(cursor))
+            if all(s.offset <= before.get(s.partition, -1) for s in page):
+                break  # the end (an empty page), or a connector that ignores the cursor
         found.sort()
-        cutoff = now - self.window
-        seen = self._seen
-        for stamp, source, id in found[-limit:]:
-            if stamp >= cutoff:
-                key = (source, id)
-                seen.pop(key, None)
-                seen[key] = _Mark(stamp, _STORED)
-        while len(seen) > limit:
-            seen.popitem(last=False)
+        self._restore(found[-limit:], now - self.window)
         log.info(
             "topic %r: de-duplication window rebuilt with %d keys from connector %r",
             self.topic,
-            len(seen),
+            len(self._seen),
             connector.name,
         )
-        return len(seen)
+        return len(self._seen)
+
+    def _restore(self, found: list[tuple[float, str, str]], cutoff: float) -> None:
+        """Hold the keys of ``found`` (oldest first), a mark per second of store time
+        stamped with its newest key's time, so none is forgotten before its window ends."""
+        seen, marks = self._seen, self._marks
+        mark: _Mark | None = None
+        first = 0.0
+        for stamp, source, id in found:
+            if stamp < cutoff:
+                continue
+            if mark is None or stamp > first + 1.0:
+                mark = _Mark(stamp, _STORED)
+                first = stamp
+                marks.append(mark)
+            key = (source, id)
+            seen[key] = mark  # a key found twice is held by its newer mark
+            mark.keys.append(key)
+            mark.stamp = stamp
