@@ -30,6 +30,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = REPO / "tests" / "interop" / "java-sdk"
 M2 = REPO / ".cache" / "m2"
+TARGET = REPO / ".cache" / "interop" / "java-sdk"  # the pom's build directory
 JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
 BUILD_TIMEOUT = 900  # the first build downloads the SDK and its dependencies
 PROCESS_TIMEOUT = 240  # no process a test starts outlives this
@@ -65,7 +66,7 @@ def _mvn(*goals: str, offline: bool) -> subprocess.CompletedProcess[str]:
         f"-Dmaven.repo.local={M2}",
         *goals,
         "dependency:build-classpath",
-        "-Dmdep.outputFile=target/cp.txt",
+        f"-Dmdep.outputFile={TARGET / 'cp.txt'}",
     ]
     return subprocess.run(
         command, capture_output=True, text=True, check=False, cwd=PROJECT, env=_java_env()
@@ -80,11 +81,11 @@ def java_sdk() -> list[str]:
     done = _mvn("package", offline=True)
     if done.returncode != 0:  # not cached yet: fetch with the network once
         done = _mvn("dependency:go-offline", "package", offline=False)
-    classpath = PROJECT / "target" / "cp.txt"
+    classpath = TARGET / "cp.txt"
     if done.returncode != 0 or not classpath.exists():
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         _unavailable(f"building tests/interop/java-sdk with Maven failed:\n{tail}")
-    cp = f"{PROJECT / 'target' / 'classes'}:{classpath.read_text().strip()}"
+    cp = f"{TARGET / 'classes'}:{classpath.read_text().strip()}"
     return ["java", "-cp", cp, MAIN]
 
 
