@@ -130,8 +130,12 @@ def create_app(
     *,
     keepalive: float = KEEPALIVE_INTERVAL,
     guard: Guard | None = None,
+    apache: Handler | None = None,
 ) -> web.Application:
     """The HTTP API over a running ``mesh`` and its subscription ``registry``.
+
+    ``apache`` serves ``POST /`` (Apache EventMesh's clients,
+    :mod:`eventmesh.server.apache_http`), which authenticates its callers itself.
 
     ``settings`` gives the size limits; ``keepalive`` the seconds between comments on an
     idle event stream. Long polls and streams end when the registry closes, so close it
@@ -168,6 +172,8 @@ def create_app(
             *DeadLetterApi(mesh, guard, _principal, api._body).routes(expect=_expect),
         ]
     )
+    if apache is not None:
+        app.router.add_post("/", apache)
     return app
 
 
@@ -266,8 +272,10 @@ def _principal(request: web.Request) -> Principal:
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse a request without acceptable credentials, before its body is read (only
-    installed with auth on)."""
-    _principal(request)
+    installed with auth on). ``POST /`` (Apache EventMesh's clients) carries its
+    credentials in its own headers and is authenticated by its handler."""
+    if request.path != "/":
+        _principal(request)
     return await handler(request)
 
 

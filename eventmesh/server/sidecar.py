@@ -41,9 +41,13 @@ from eventmesh.config import GrpcListener, Listener, MeshConfig, ServerConfig, l
 from eventmesh.connectors.base import Connector
 from eventmesh.errors import ConfigError, LifecycleError
 from eventmesh.mesh import Mesh
+from eventmesh.server import _reflection as reflection
 from eventmesh.server._jwks import JwksSource
 from eventmesh.server._listener import GuardedSite, refusal
 from eventmesh.server.admin import Metrics, create_admin_app, mesh_metrics
+from eventmesh.server.apache_grpc import add_apache_services
+from eventmesh.server.apache_http import ApacheHttp
+from eventmesh.server.apache_wire import ApacheConsumers
 from eventmesh.server.grpc import add_to_server, grpc_options
 from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
@@ -171,6 +175,8 @@ class Sidecar(ClosedOnExit):
         jwt = self.config.auth.jwt
         self._jwks = JwksSource(self.guard.authenticator, jwt) if jwt is not None else None
         self.registry = Registry(self.mesh, guard=self.guard)
+        self.apache = ApacheConsumers(self.mesh, self.guard)
+        """Apache EventMesh clients' subscriptions (webhooks, and streams open now)."""
         self._reloaders: list[CertReloader] = []
         self._tasks: anyio.abc.TaskGroup | None = None
         """Refreshes the JWKS and reloads certificates; never end by themselves."""
@@ -252,7 +258,13 @@ class Sidecar(ClosedOnExit):
             )
             self._http = await self._serve_http(
                 "http",
-                create_app(self.mesh, self.registry, server.http, guard=self.guard),
+                create_app(
+                    self.mesh,
+                    self.registry,
+                    server.http,
+                    guard=self.guard,
+                    apache=ApacheHttp(self.mesh, self.apache, self.guard, server.http),
+                ),
                 server.http,
             )
             self._grpc = await self._serve_grpc(server.grpc)
@@ -310,7 +322,12 @@ class Sidecar(ClosedOnExit):
         server = grpc.aio.server(
             options=grpc_options(listener), maximum_concurrent_rpcs=listener.max_concurrent_rpcs
         )
+        services = reflection.recording(server)  # every service added below is reflected
         add_to_server(server, self.mesh, max_event_size=listener.max_event_size, guard=self.guard)
+        add_apache_services(
+            server, self.mesh, self.apache, guard=self.guard, max_event_size=listener.max_event_size
+        )
+        reflection.enable(server, services)
         host = f"[{listener.host}]" if ":" in listener.host else listener.host
         try:
             if listener.tls is not None:
@@ -374,6 +391,7 @@ class Sidecar(ClosedOnExit):
             if self._grpc is not None:
                 await self._grpc.stop(grace=min(left(), 5.0))
             await self.registry.close(timeout=left())
+            await self.apache.close()
             if self._http is not None:
                 await self._http.cleanup()
             await self.mesh.close(timeout=left())
