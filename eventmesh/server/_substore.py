@@ -118,10 +118,14 @@ class SubscriptionStores:
         failed watch is logged and begun again, backing off up to 30 s."""
         delay = _RETRY_FIRST
         while True:
+            changes = store.watch()
             try:
-                async for key, value in store.watch():
+                async for key, value in changes:
                     delay = _RETRY_FIRST
-                    await apply(store, key, value)
+                    try:
+                        await apply(store, key, value)
+                    except Exception:  # one change must not stop the others
+                        log.exception("applying the stored change to subscription %s failed", key)
                 return  # the connector closed
             except ClosedError:
                 return
@@ -133,5 +137,10 @@ class SubscriptionStores:
                     exc,
                     delay,
                 )
+            finally:
+                aclose = getattr(changes, "aclose", None)  # an async generator's
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True):
+                        await aclose()
             await anyio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)

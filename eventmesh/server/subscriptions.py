@@ -57,6 +57,7 @@ from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import (
     ClosedError,
     ConfigError,
+    ConnectorError,
     LifecycleError,
     PermissionDeniedError,
     SubscribeError,
@@ -425,6 +426,10 @@ class Registry(ClosedOnExit):
         )
         record.store, record.value = store, encode(stored)
         await store.put(record.id, record.value)
+        if self._state == "open" and self._records.get(record.id) is not record:
+            # Deleted while it was being stored: that delete may have come first.
+            with contextlib.suppress(ConnectorError):
+                await store.delete(record.id)
         self._still_wanted(record)
 
     def _still_wanted(self, record: Record) -> anyio.abc.TaskGroup:
