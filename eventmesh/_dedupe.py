@@ -1,7 +1,8 @@
 """De-duplication: a topic with ``dedupe:`` stores each (``source``, ``id``) once per window.
 
-The mesh keeps one :class:`Deduper` per such topic: an ordered map from ``(source, id)``
-to a :class:`_Mark`, oldest first. A publish looks each event's key up once
+The mesh keeps one :class:`Deduper` per such topic: a dict from ``(source, id)`` to the
+:class:`_Mark` of the publish call that stored it, and those marks in a deque, oldest
+first. A publish looks each event's key up once
 (``setdefault``): a new key is *reserved* for this call before the connector is asked to
 store anything, so a concurrent publish of the same key waits for this one instead of
 storing it again; a key stored within the window is dropped and counted; the caller is
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 MAX_WINDOW: Final = 7 * 86400.0
 """The longest window (a week): the map is bounded by count, but a window is not a log."""
 MAX_ENTRIES: Final = 10_000_000
-"""The most keys one topic may keep (about 200 bytes each plus the source and id)."""
+"""The most keys one topic may keep (about 250 bytes each with short sources and ids)."""
 _NARROWEST: Final = 64
 """At start, the window read is halved at most until it is this fraction of the window."""
 
