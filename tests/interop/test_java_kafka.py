@@ -89,7 +89,7 @@ async def publish(url: str, specs: list[Spec], mode: str) -> None:
     async with aiohttp.ClientSession() as session:
         for spec in specs:
             headers, body = spec_to_http(spec, mode)
-            async with session.post(url, headers=headers, data=body) as response:
+            async with session.post(url, headers=headers, data=body or None) as response:
                 assert response.status == 202, await response.text()
 
 
