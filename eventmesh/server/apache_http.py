@@ -77,7 +77,7 @@ def _reply(code: str | int, message: str, **extra: Any) -> web.Response:
 
 
 class ApacheHttp:
-    """The handler of ``POST /`` (module docstring)."""
+    """Serves ``POST /`` with :meth:`handle` (module docstring)."""
 
     def __init__(
         self, mesh: Mesh, consumers: ApacheConsumers, guard: Guard, settings: HttpListener
@@ -95,7 +95,7 @@ class ApacheHttp:
             "203": self._heartbeat,
         }
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         code = request.headers.get("code", "")
         route = self._routes.get(code.strip())
         if route is None:

@@ -263,7 +263,7 @@ class Sidecar(ClosedOnExit):
                     self.registry,
                     server.http,
                     guard=self.guard,
-                    apache=ApacheHttp(self.mesh, self.apache, self.guard, server.http),
+                    apache=ApacheHttp(self.mesh, self.apache, self.guard, server.http).handle,
                 ),
                 server.http,
             )

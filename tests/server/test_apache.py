@@ -1,0 +1,330 @@
+"""Apache EventMesh's wire protocol on the sidecar, without Java: raw gRPC calls through the
+generated stubs and form POSTs to ``/``, against in-process Sidecars on 127.0.0.1 (the
+SDK itself is driven by tests/interop/test_java_sdk.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import anyio
+import grpc
+import grpc.aio
+import pytest
+from aiohttp import web
+
+from eventmesh import Event
+from eventmesh._generated.apache.v1 import eventmesh_service_pb2 as apache_pb
+from eventmesh._generated.apache.v1.eventmesh_service_pb2_grpc import (
+    ConsumerServiceStub,
+    HeartbeatServiceStub,
+    PublisherServiceStub,
+)
+from eventmesh.bindings.protobuf import CloudEvent, CloudEventBatch
+from eventmesh.delivery.webhook import WebhookSession
+from eventmesh.errors import DeliveryError
+from eventmesh.server.apache_wire import MAX_ITEMS, ApacheWebhookSink
+from eventmesh.server.sidecar import Sidecar
+
+pytestmark = pytest.mark.anyio
+
+FREE = {"http": {"port": 0}, "grpc": {"port": 0}, "admin": {"port": 0}}
+TOKEN = "billing-secret-token"
+AUTH = {"tokens": [{"principal": "billing", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}]}
+ACL = [
+    {
+        "principal": "billing",
+        "allow": ["publish", "subscribe"],
+        "topics": ["orders"],
+        "groups": ["billing"],
+    }
+]
+CLIENT = {  # what the SDK adds to every event
+    "env": "env",
+    "idc": "default",
+    "ip": "10.0.0.1",
+    "pid": "42",
+    "sys": "sys123",
+    "username": "billing",
+    "passwd": TOKEN,
+    "language": "JAVA",
+    "protocoltype": "cloudevents",
+    "protocoldesc": "grpc-cloud-event",
+    "protocolversion": "1.0",
+    "uniqueid": "123456789012345678901234567890",
+    "seqnum": "098765432109876543210987654321",
+    "producergroup": "producers",
+    "ttl": "4000",
+}
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> Any:
+    """asyncio with uvloop, one loop for the module (grpc.aio keeps to its loop)."""
+    return ("asyncio", {"use_uvloop": True})
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def one_loop() -> AsyncIterator[None]:
+    """Runs every test of the module on one event loop."""
+    yield  # noqa: PT022  # anyio keeps its runner, so the loop, until this fixture ends
+
+
+@pytest.fixture(scope="module")
+async def open_sidecar() -> AsyncIterator[Sidecar]:
+    """A sidecar without auth."""
+    async with Sidecar({"server": FREE}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def guarded_sidecar() -> AsyncIterator[Sidecar]:
+    """A sidecar with a static token and an ACL."""
+    async with Sidecar({"server": FREE, "auth": AUTH, "acl": ACL}) as running:
+        yield running
+
+
+def cloud_event(topic: str | None, **attributes: str) -> CloudEvent:
+    """A CloudEvent as the Java SDK sends it: JSON text data, client metadata."""
+    msg = CloudEvent(id="e-1", source="/orders", spec_version="1.0", type="order.created")
+    for name, value in {**CLIENT, **attributes}.items():
+        msg.attributes[name].ce_string = value
+    if topic is not None:
+        msg.attributes["subject"].ce_string = topic
+    msg.attributes["datacontenttype"].ce_string = "application/json"
+    msg.text_data = '{"n":1}'
+    return msg
+
+
+def subscription(group: str, *topics: str, **attributes: str) -> CloudEvent:
+    """A subscription CloudEvent as the SDK's consumer sends it."""
+    msg = CloudEvent(id="s-1", source="/", spec_version="1.0", type="org.apache.eventmesh")
+    for name, value in {**CLIENT, "consumergroup": group, **attributes}.items():
+        msg.attributes[name].ce_string = value
+    msg.attributes["datacontenttype"].ce_string = "application/json"
+    items = [{"topic": t, "mode": "CLUSTERING", "type": "ASYNC"} for t in topics]
+    msg.text_data = json.dumps(items)
+    return msg
+
+
+def status(msg: CloudEvent) -> str:
+    code: str = msg.attributes["statuscode"].ce_string
+    return code
+
+
+async def post(sidecar: Sidecar, code: str, form: dict[str, str], **headers: str) -> Any:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{sidecar.http_url}/", data=form, headers={"code": code, **headers}) as r,
+    ):
+        assert r.status == 200
+        return await r.json()
+
+
+async def test_the_services_keep_apache_eventmesh_names_and_field_numbers() -> None:
+    """The method paths are Apache EventMesh's, and the messages have its field numbers."""
+    services = apache_pb.DESCRIPTOR.services_by_name
+    assert services["PublisherService"].full_name == (
+        "org.apache.eventmesh.cloudevents.v1.PublisherService"
+    )
+    assert [m.name for m in services["ConsumerService"].methods] == [
+        "subscribe",
+        "subscribeStream",
+        "unsubscribe",
+    ]
+    numbers = {f.name: f.number for f in CloudEvent.DESCRIPTOR.fields}
+    assert numbers == {
+        "id": 1,
+        "source": 2,
+        "spec_version": 3,
+        "type": 4,
+        "attributes": 5,
+        "binary_data": 6,
+        "text_data": 7,
+        "proto_data": 8,
+    }
+    value = CloudEvent.CloudEventAttributeValue.DESCRIPTOR.fields_by_name
+    assert [value[n].number for n in ("ce_boolean", "ce_string", "ce_timestamp")] == [1, 3, 7]
+    assert CloudEventBatch.DESCRIPTOR.fields_by_name["events"].number == 1
+
+
+async def test_publish_stores_the_event_without_client_metadata(open_sidecar: Sidecar) -> None:
+    """publish answers "0" with a ce_timestamp time; the stored event keeps its own
+    extensions and subject but none of the client metadata, passwd least of all."""
+    sub = open_sidecar.mesh.subscribe("apache.strip", "g")
+    async with sub, grpc.aio.insecure_channel(open_sidecar.grpc_target) as channel:
+        answer = await PublisherServiceStub(channel).publish(
+            cloud_event("apache.strip", traceid="t-1")
+        )
+        assert status(answer) == "0"
+        assert answer.attributes["time"].WhichOneof("attr") == "ce_timestamp"
+        with anyio.fail_after(10):
+            delivery = await anext(aiter(sub))
+        await delivery.ack()
+    event = delivery.event
+    assert event.extensions == {"traceid": "t-1"}
+    assert (event.id, event.subject, event.data) == ("e-1", "apache.strip", {"n": 1})
+
+
+async def test_publish_without_subject_is_answered_7(open_sidecar: Sidecar) -> None:
+    """The topic is the subject: an event without one is a body error, not a gRPC error."""
+    async with grpc.aio.insecure_channel(open_sidecar.grpc_target) as channel:
+        answer = await PublisherServiceStub(channel).publish(cloud_event(None))
+    assert status(answer) == "7"
+    assert "withSubject" in answer.attributes["responsemessage"].ce_string
+
+
+async def test_passwd_is_the_bearer_token(guarded_sidecar: Sidecar) -> None:
+    """With auth on, passwd authenticates as a token of the principal username names,
+    and the ACL applies: a wrong password, a wrong username or a topic not granted are
+    answered 20, over gRPC and HTTP alike."""
+    async with grpc.aio.insecure_channel(guarded_sidecar.grpc_target) as channel:
+        publish = PublisherServiceStub(channel).publish
+        assert status(await publish(cloud_event("orders"))) == "0"
+        assert status(await publish(cloud_event("orders", passwd="guess"))) == "20"
+        assert status(await publish(cloud_event("orders", username="root"))) == "20"
+        assert status(await publish(cloud_event("payroll"))) == "20"
+    content = json.dumps(
+        {"specversion": "1.0", "id": "h-1", "source": "/s", "type": "t", "subject": "orders"}
+    )
+    headers = {"username": "billing", "passwd": TOKEN, "protocoltype": "cloudevents"}
+    answer = await post(guarded_sidecar, "104", {"content": content}, **headers)
+    assert answer["retCode"] == 0
+    answer = await post(guarded_sidecar, "104", {"content": content}, **{**headers, "passwd": "x"})
+    assert answer["retCode"] == 20
+
+
+async def test_http_codes(open_sidecar: Sidecar) -> None:
+    """An unknown request code is answered 6; an EventMeshMessage becomes an event with its
+    content as text data and its uniqueid as id."""
+    assert (await post(open_sidecar, "999", {}))["retCode"] == 6
+    sub = open_sidecar.mesh.subscribe("apache.emm", "g")
+    async with sub:
+        form = {"topic": "apache.emm", "content": "hello", "uniqueid": "u-7", "ttl": "4000"}
+        answer = await post(open_sidecar, "104", form, protocoltype="eventmeshmessage")
+        assert answer["retCode"] == 0
+        with anyio.fail_after(10):
+            delivery = await anext(aiter(sub))
+        await delivery.ack()
+    event = delivery.event
+    assert (event.id, event.subject, event.data, event.type) == (
+        "u-7",
+        "apache.emm",
+        "hello",
+        "eventmeshmessage",
+    )
+    assert event.extensions == {}
+
+
+async def test_a_stream_reports_errors_as_messages_and_goes_on(open_sidecar: Sidecar) -> None:
+    """A bad subscription on a stream is answered by a message with a status code and a
+    JSON list, not a gRPC error; the stream then subscribes and pushes events with
+    seqnum and uniqueid, and a heartbeat says 0 for it and 30 for a topic not held."""
+    async with grpc.aio.insecure_channel(open_sidecar.grpc_target) as channel:
+        call = ConsumerServiceStub(channel).subscribeStream()
+        bad = subscription("sg")
+        bad.text_data = "not json"
+        await call.write(bad)
+        with anyio.fail_after(10):
+            answer = await call.read()
+        assert status(answer) == "7"
+        assert answer.text_data == "[]"
+        assert "passwd" not in answer.attributes
+        await call.write(subscription("sg", "apache.stream"))
+        with anyio.fail_after(10):
+            answer = await call.read()
+        assert status(answer) == "0"
+        heartbeat = HeartbeatServiceStub(channel).heartbeat
+        beat = subscription("sg")
+        beat.text_data = '[{"topic": "apache.stream", "url": "grpc_stream"}]'
+        assert status(await heartbeat(beat)) == "0"
+        beat.text_data = '[{"topic": "apache.elsewhere", "url": "grpc_stream"}]'
+        assert status(await heartbeat(beat)) == "30"
+        await open_sidecar.mesh.publish("apache.stream", Event(type="t", source="/s", id="p-1"))
+        with anyio.fail_after(10):
+            pushed = await call.read()
+        assert pushed.id == "p-1"
+        assert pushed.attributes["uniqueid"].ce_string == "p-1"
+        assert pushed.attributes["seqnum"].ce_string == "1"
+        assert pushed.attributes["subject"].ce_string == "apache.stream"
+        await call.done_writing()
+        call.cancel()
+
+
+async def test_subscription_lists_are_bounded(open_sidecar: Sidecar) -> None:
+    """A subscribe naming more than MAX_ITEMS topics is answered 21 and starts nothing."""
+    topics = [f"apache.many.{i}" for i in range(MAX_ITEMS + 1)]
+    before = len(open_sidecar.mesh.subscriptions)
+    async with grpc.aio.insecure_channel(open_sidecar.grpc_target) as channel:
+        answer = await ConsumerServiceStub(channel).subscribe(
+            subscription("many", *topics, url="http://127.0.0.1:9/hook")
+        )
+    assert status(answer) == "21"
+    assert len(open_sidecar.mesh.subscriptions) == before
+
+
+async def test_request_reply(open_sidecar: Sidecar) -> None:
+    """requestReply answers with the reply a handler returns, status "0"."""
+
+    async def answer(event: Event) -> Event:
+        return Event(type="order.answer", source="/svc", id="r-1", data={"ok": True})
+
+    async with (
+        open_sidecar.mesh.subscribe("apache.rr", "svc", handler=answer),
+        grpc.aio.insecure_channel(open_sidecar.grpc_target) as channel,
+    ):
+        reply = await PublisherServiceStub(channel).requestReply(cloud_event("apache.rr"))
+    assert status(reply) == "0"
+    assert (reply.id, reply.type) == ("r-1", "order.answer")
+
+
+async def test_webhook_answers_follow_ret_code() -> None:
+    """A push answered retCode 0 or 3 is delivered, 2 or 5 is retried, HTTP 410 stops."""
+    answers = iter(
+        [
+            web.json_response({"retCode": 0}),
+            web.json_response({"retCode": 5}),
+            web.json_response({"retCode": 3}),
+            web.Response(status=410),
+        ]
+    )
+    forms: list[Any] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        forms.append((request.headers["code"], dict(await request.post())))
+        return next(answers)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with WebhookSession() as session:
+            sink = ApacheWebhookSink(
+                f"http://127.0.0.1:{port}/hook", session=session, topic="t", cluster="c"
+            )
+            event = Event(type="t", source="/s", id="w-1", extensions={"traceid": "x"})
+            assert await sink(event) == []
+            with pytest.raises(DeliveryError) as retry:
+                await sink(event)
+            assert retry.value.retryable
+            assert await sink(event) == []
+            with pytest.raises(DeliveryError) as stop:
+                await sink(event)
+            assert not stop.value.retryable
+    finally:
+        await runner.cleanup()
+    code, form = forms[0]
+    assert code == "105"
+    assert json.loads(form["content"])["id"] == "w-1"
+    assert (form["topic"], form["uniqueid"], json.loads(form["extFields"])) == (
+        "t",
+        "w-1",
+        {"traceid": "x"},
+    )
