@@ -3,6 +3,7 @@
 ::
 
     eventmesh run [-c mesh.yaml] [--set key=value ...]   run the sidecar until SIGTERM or Ctrl-C
+                  [--data-dir DIR]                       (events kept in DIR, see below)
     eventmesh publish TOPIC --type T --source S [--data JSON] [--url URL]
     eventmesh subscribe TOPIC [--group G] [--start earliest] [--url URL]
     eventmesh functions [--admin-url URL]                 list a running sidecar's functions
@@ -32,6 +33,11 @@ folder first, then the working directory, then the installed packages.
 
 Configuration precedence: ``--set`` flags, then ``EVENTMESH__...`` environment variables,
 then the file, then the defaults (see eventmesh.config).
+
+``run`` keeps events in the durable local store when the configuration names no
+connectors: in ``--data-dir`` (default ``$EVENTMESH_DATA_DIR`` or ``./eventmesh-data``),
+which is also where any ``type: local`` connector without a ``data_dir`` keeps its
+store. ``connectors: {default: {type: memory}}`` keeps events in memory instead.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import yaml
 from eventmesh import _cli_dlq
 from eventmesh._loop import backend_options
 from eventmesh._version import __version__
-from eventmesh.config import MeshConfig, load_config
+from eventmesh.config import MeshConfig, load_config, with_data_dir
 from eventmesh.errors import ConfigError, EventMeshError, UnauthenticatedError
 
 if TYPE_CHECKING:
@@ -63,6 +69,7 @@ log = logging.getLogger("eventmesh")
 
 DEFAULT_URL = "http://127.0.0.1:10105"
 DEFAULT_ADMIN_URL = "http://127.0.0.1:10106"
+DEFAULT_DATA_DIR = "eventmesh-data"
 
 
 def _add_credentials(command: argparse.ArgumentParser) -> None:
@@ -108,7 +115,13 @@ def _parser() -> argparse.ArgumentParser:
     # docker do (see main).
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     run = commands.add_parser("run", help="run the sidecar until SIGTERM or Ctrl-C")
-    run.add_argument("-c", "--config", help="YAML config file (default: one in-memory connector)")
+    run.add_argument("-c", "--config", help="YAML config file (default: one local store)")
+    run.add_argument(
+        "--data-dir",
+        default=os.environ.get("EVENTMESH_DATA_DIR") or DEFAULT_DATA_DIR,
+        help="where the local store keeps events (default $EVENTMESH_DATA_DIR or "
+        f"./{DEFAULT_DATA_DIR})",
+    )
     run.add_argument(
         "--set",
         action="append",
@@ -174,6 +187,7 @@ async def _run(config: MeshConfig) -> None:
     # Install the signal handlers first, so a SIGTERM that arrives while starting is not
     # the default one that kills the process without closing anything.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        _log_data_dirs(config)
         async with Sidecar(config) as sidecar:
             tune_gc()
             names = ", ".join(f"{n} ({c.type})" for n, c in config.connectors.items())
@@ -193,6 +207,22 @@ async def _run(config: MeshConfig) -> None:
                 break
             await sidecar.close()
     log.info("eventmesh stopped")
+
+
+def _log_data_dirs(config: MeshConfig) -> None:
+    """The first line the daemon logs: where its events live."""
+    dirs = sorted(
+        {
+            os.path.abspath(c.config.data_dir)
+            for c in config.connectors.values()
+            if c.type == "local"
+        }
+    )
+    if dirs:
+        log.info("eventmesh %s starting; data directory %s", __version__, ", ".join(dirs))
+    else:
+        kinds = ", ".join(f"{n} ({c.type})" for n, c in config.connectors.items())
+        log.info("eventmesh %s starting; no data directory (connectors %s)", __version__, kinds)
 
 
 def _connect(args: argparse.Namespace) -> Client:
@@ -437,7 +467,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         _put_on_import_path(args.config)
-        config = load_config(args.config, env=os.environ, overrides=_overrides(args.set))
+        config = load_config(
+            args.config,
+            env=os.environ,
+            overrides=_overrides(args.set),
+            default_connectors={"default": {"type": "local"}},
+        )
+        config = with_data_dir(config, args.data_dir)
     except EventMeshError as exc:
         print(f"eventmesh: {exc}", file=sys.stderr)
         return 2

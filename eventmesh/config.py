@@ -62,6 +62,7 @@ __all__ = [
     "WebhookConfig",
     "convert",
     "load_config",
+    "with_data_dir",
 ]
 
 ENV_PREFIX = "EVENTMESH__"
@@ -413,6 +414,7 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     import_handlers: bool = False,
+    default_connectors: Mapping[str, Any] | None = None,
 ) -> MeshConfig:
     """Load and check a configuration.
 
@@ -422,7 +424,9 @@ def load_config(
     variables; ``overrides`` maps dotted keys to values and wins over both. With
     ``import_handlers``, every ``module:function`` handler of a subscription or function
     is imported too, so a check fails exactly when starting the mesh would.
-    Raises ConfigError naming the key and, for files, the line.
+    ``default_connectors`` (shaped like the file's ``connectors:``) replaces the one
+    in-memory connector when the configuration names none (``eventmesh run`` gives the
+    local store). Raises ConfigError naming the key and, for files, the line.
     """
     if isinstance(source, MeshConfig) and not env and not overrides:
         _check(source, None)
@@ -441,11 +445,37 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
         data, nodes = _parse_yaml(text, str(path))
+        data = _with_default_connectors(data, default_connectors)
         try:
             return _load(data, nodes, env or {}, overrides or {}, import_handlers)
         except ConfigError as exc:
             raise _in_file(exc, path) from exc
+    data = _with_default_connectors(data, default_connectors)
     return _load(data, nodes, env or {}, overrides or {}, import_handlers)
+
+
+def _with_default_connectors(data: Any, defaults: Mapping[str, Any] | None) -> Any:
+    if defaults is None or not (data is None or isinstance(data, dict)):
+        return data
+    data = data or {}
+    if "connectors" not in data:
+        data["connectors"] = _deep_copy(defaults)
+    return data
+
+
+def with_data_dir(config: MeshConfig, data_dir: str) -> MeshConfig:
+    """``config`` with each ``type: local`` connector that names no ``data_dir`` keeping
+    its store in ``data_dir`` (the daemon's ``--data-dir``, or ``connect(data_dir=)``)."""
+    from eventmesh.connectors.local import LocalConfig
+
+    connectors = dict(config.connectors)
+    for name, spec in connectors.items():
+        if spec.type == "local":
+            local = spec.config if isinstance(spec.config, LocalConfig) else LocalConfig()
+            if local.data_dir is None:
+                local = msgspec.structs.replace(local, data_dir=str(data_dir))
+                connectors[name] = msgspec.structs.replace(spec, config=local)
+    return msgspec.structs.replace(config, connectors=connectors)
 
 
 def _in_file(error: ConfigError, path: Path) -> ConfigError:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from eventmesh.client.base import Client
-from eventmesh.config import MeshConfig
+from eventmesh.config import MeshConfig, load_config, with_data_dir
 from eventmesh.errors import ConfigError
 
 __all__ = ["connect"]
@@ -21,6 +21,7 @@ def connect(
     ca_file: str | Path | None = None,
     cert_file: str | Path | None = None,
     key_file: str | Path | None = None,
+    data_dir: str | Path | None = None,
 ) -> Client:
     """A client to use as ``async with eventmesh.connect() as mesh``.
 
@@ -31,7 +32,10 @@ def connect(
     ``"https://..."`` and ``"grpcs://..."`` speak TLS, trusting ``ca_file`` (the
     system's CAs when None) and presenting ``cert_file`` and ``key_file`` to a sidecar
     that asks for a client certificate. ``token`` is sent as a bearer token on every
-    request. Raises ``ConfigError`` for a bad address, token or TLS file.
+    request. ``data_dir`` makes an embedded mesh durable: with no connectors configured,
+    events are kept in the local store in that directory (and any ``type: local``
+    connector without a ``data_dir`` keeps its store there). Raises ``ConfigError`` for a
+    bad address, token or TLS file.
     """
     if target is None:
         remote = {"token": token, "ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
@@ -44,11 +48,15 @@ def connect(
             )
         from eventmesh.mesh import Mesh
 
+        if data_dir is not None:
+            local = {"default": {"type": "local"}}
+            loaded = load_config(config, default_connectors=local)
+            return Mesh(with_data_dir(loaded, str(data_dir)))
         return Mesh(config)
-    if config is not None:
+    if config is not None or data_dir is not None:
         raise ConfigError(
             f"connect({target!r}) talks to a sidecar, which has its own configuration; "
-            "pass config= only without an address"
+            "pass config= and data_dir= only without an address"
         )
     if target.startswith(("http://", "https://")):
         from eventmesh.client.http import HttpClient

@@ -41,6 +41,7 @@ def connect_blocking(
     ca_file: str | Path | None = None,
     cert_file: str | Path | None = None,
     key_file: str | Path | None = None,
+    data_dir: str | Path | None = None,
 ) -> BlockingClient:
     """The blocking twin of :func:`eventmesh.connect` (the same arguments); use it in a
     ``with`` block."""
@@ -52,6 +53,7 @@ def connect_blocking(
             ca_file=ca_file,
             cert_file=cert_file,
             key_file=key_file,
+            data_dir=data_dir,
         )
     )
 
