@@ -22,6 +22,7 @@ too. Connectors never import this module; docs/delivery.md says what each promis
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +33,7 @@ import anyio
 import msgspec
 
 from eventmesh._duration import Duration
-from eventmesh.connectors.base import Connector, StoredEvent
+from eventmesh.connectors.base import Connector
 from eventmesh.delivery.policy import check_range
 from eventmesh.errors import RejectedError
 from eventmesh.event import Event
@@ -46,7 +47,7 @@ MAX_WINDOW: Final = 7 * 86400.0
 MAX_ENTRIES: Final = 10_000_000
 """The most keys one topic may keep (about 250 bytes each with short sources and ids)."""
 _NARROWEST: Final = 64
-"""At start, the window read is halved at most until it is this fraction of the window."""
+"""At start, the window is read back from now, first its last 1/64, then doubling."""
 
 Write = Callable[[Sequence[Event]], Awaitable[None]]
 """Stores events on the topic (the mesh's own store step); raises when it cannot."""
@@ -249,48 +250,35 @@ class Deduper:
 
     async def load(self, connector: Connector) -> int:
         """Rebuild the window from the events ``connector`` still holds on the topic:
-        those stored within the window, up to ``max_entries`` of the newest. Returns how
+        the newest of those stored within the window, up to ``max_entries``. Returns how
         many keys were loaded; a connector that cannot browse (``RejectedError``) leaves
         the window empty.
 
-        Reads are bounded: when the window holds more than ``max_entries`` events, the
-        span read is halved (down to 1/64 of the window) until its events fit; then it
-        is read page by page, keeping the newest."""
+        Reads go back from now: the last 1/64 of the window first, then spans twice as
+        long before it, each read page by page, until ``max_entries`` keys are found or
+        the whole window was read. So a window holding far more events than
+        ``max_entries`` costs about twice ``max_entries`` events read, not all of them.
+        """
         now = float(self._clock())
-        limit = self.max_entries
-        span = self.window
-
-        async def read(since: float, after: dict[int, int] | None) -> list[StoredEvent]:
-            return await connector.read(
-                self.topic, since=datetime.fromtimestamp(since, UTC), after=after, limit=limit
-            )
-
+        window, limit = self.window, self.max_entries
+        chunks: list[list[tuple[float, str, str]]] = []
+        total = 0
+        upper = math.inf
+        span = window / _NARROWEST
         try:
-            page = await read(now - span, None)
+            while True:
+                chunk = await self._read_span(connector, now - span, upper, now)
+                chunks.append(chunk)
+                total += len(chunk)
+                if total >= limit or span >= window:
+                    break
+                upper = now - span
+                span = min(span * 2, window)
         except RejectedError as exc:
             log.info("topic %r: de-duplication starts with an empty window (%s)", self.topic, exc)
             return 0
-        while len(page) >= limit and span > self.window / _NARROWEST:
-            span /= 2
-            page = await read(now - span, None)
-        found: list[tuple[float, str, str]] = []
-        cursor: dict[int, int] = {}
-        while page:
-            for stored in page:
-                event = stored.event
-                stamp = now if stored.timestamp is None else float(stored.timestamp)
-                found.append((stamp, event.source, event.id))
-                if stored.offset > cursor.get(stored.partition, -1):
-                    cursor[stored.partition] = stored.offset
-            if len(found) > 2 * limit:
-                found.sort()
-                del found[:-limit]
-            before = dict(cursor)
-            page = await read(now - span, dict(cursor))
-            if all(s.offset <= before.get(s.partition, -1) for s in page):
-                break  # the end (an empty page), or a connector that ignores the cursor
-        found.sort()
-        self._restore(found[-limit:], now - self.window)
+        found = sorted(key for chunk in chunks for key in chunk)  # oldest first
+        self._restore(found[-limit:], now - window)
         log.info(
             "topic %r: de-duplication window rebuilt with %d keys from connector %r",
             self.topic,
@@ -298,6 +286,31 @@ class Deduper:
             connector.name,
         )
         return len(self._seen)
+
+    async def _read_span(
+        self, connector: Connector, since: float, upper: float, now: float
+    ) -> list[tuple[float, str, str]]:
+        """The keys of the events stored at or after ``since`` and before ``upper``, in
+        store order, read page by page (a page is in store-time order across partitions,
+        so the first event at ``upper`` or later ends the span)."""
+        found: list[tuple[float, str, str]] = []
+        cursor: dict[int, int] = {}
+        start = datetime.fromtimestamp(since, UTC)
+        while True:
+            page = await connector.read(
+                self.topic, since=start, after=cursor or None, limit=self.max_entries
+            )
+            moved = False
+            for stored in page:
+                stamp = now if stored.timestamp is None else float(stored.timestamp)
+                if stamp >= upper:
+                    return found
+                if stored.offset > cursor.get(stored.partition, -1):
+                    cursor[stored.partition] = stored.offset
+                    moved = True
+                found.append((stamp, stored.event.source, stored.event.id))
+            if not moved:
+                return found  # the end (an empty page), or a connector ignoring the cursor
 
     def _restore(self, found: list[tuple[float, str, str]], cutoff: float) -> None:
         """Hold the keys of ``found`` (oldest first), a mark per second of store time
@@ -315,4 +328,4 @@ class Deduper:
             key = (source, id)
             seen[key] = mark  # a key found twice is held by its newer mark
             mark.keys.append(key)
-            mark.stamp = stamp
+            mark.stamp = max(mark.stamp, stamp)
