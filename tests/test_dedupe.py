@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+import eventmesh
 from eventmesh import Event, Mesh
 from eventmesh._dedupe import DedupeConfig, Deduper
 from eventmesh.config import Duration, HttpListener, load_config
@@ -102,8 +103,10 @@ async def test_a_duplicate_is_dropped_and_answered_as_stored() -> None:
 
 async def test_a_batch_stores_each_key_once() -> None:
     """A batch with a key twice, and one repeating keys already stored, stores each key
-    once, in order, and is answered with every id it sent."""
-    async with Mesh(config()) as mesh:
+    once, in order, and is answered with every id it sent (the embedded SDK)."""
+    async with eventmesh.connect(config=config()) as client:
+        mesh = client
+        assert isinstance(mesh, Mesh)
         first = [event("a"), event("b"), event("a"), event("c")]
         assert await mesh.publish("t", first) == ["a", "b", "a", "c"]
         again = [event("c"), event("d"), event("b"), event("d")]
@@ -180,7 +183,7 @@ async def test_a_failed_store_lets_a_retry_store_the_event() -> None:
 
 async def test_a_duplicate_over_http_is_answered_202_with_its_id() -> None:
     """A producer's retry over HTTP gets the 202 and ids of a store; the topic holds the
-    event once, and a batch repeating it is answered in full."""
+    event once, a batch repeating it is answered in full, and so is the remote SDK's."""
     async with (
         Mesh(config()) as mesh,
         Registry(mesh) as registry,
@@ -210,6 +213,9 @@ async def test_a_duplicate_over_http_is_answered_202_with_its_id() -> None:
             batch_headers = {"Content-Type": "application/cloudevents-batch+json"}
             async with session.post(url, data=batch, headers=batch_headers) as response:
                 answers.append((response.status, await response.json()))
+            async with eventmesh.connect(f"http://{host}:{port}") as client:  # the remote SDK
+                for _ in range(2):
+                    assert await client.publish("t", event("sdk-1")) == ["sdk-1"]
             held = await stored(mesh)
             await registry.close()
         finally:
@@ -219,7 +225,7 @@ async def test_a_duplicate_over_http_is_answered_202_with_its_id() -> None:
         (202, {"stored": 1, "ids": ["h-1"]}),
         (202, {"stored": 2, "ids": ["h-1", "h-2"]}),
     ]
-    assert held == [("/s", "h-1"), ("/s", "h-2")]
+    assert held == [("/s", "h-1"), ("/s", "h-2"), ("/s", "sdk-1")]
 
 
 # -- the window itself ----------------------------------------------------------------------
