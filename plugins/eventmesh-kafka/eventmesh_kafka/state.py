@@ -9,8 +9,9 @@ record of every key for ever:
   when it returns); ``delete`` a tombstone (a record with no value) for the key;
 * ``load`` reads the topic from its beginning up to the end offsets it found when it
   began (no consumer group: nothing is committed);
-* ``watch`` keeps reading from where the last ``load`` stopped (or from the end), so a
-  change made between the two is not missed; it ends when the connector closes.
+* ``watch`` keeps reading from where the last ``load`` stopped, so a change made between
+  the two is not missed (without a load, from the beginning: every key is reported, its
+  current value last, as the contract allows); it ends when the connector closes.
 
 Every process that names the same topic on the same cluster sees the same map.
 aiokafka's exceptions become ``ConnectError`` (reading, creating the topic) or
@@ -221,11 +222,11 @@ class KafkaStateStore(StateStore):
         try:
             with translated(ConnectError, where):
                 starts = self._loaded
-                if starts is None:
-                    ends = await consumer.end_offsets(assigned)
-                    starts = {tp.partition: ends[tp] for tp in assigned}
-                for tp in assigned:
-                    consumer.seek(tp, starts.get(tp.partition, 0))
+                if starts is None:  # every key's history, ending with its current value
+                    await consumer.seek_to_beginning(*assigned)
+                else:
+                    for tp in assigned:
+                        consumer.seek(tp, starts.get(tp.partition, 0))
             while True:
                 try:
                     with translated(ConnectError, where):
