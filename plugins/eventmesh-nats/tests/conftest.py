@@ -61,7 +61,8 @@ def nats_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def stream_prefix(nats_url: str) -> Iterator[str]:
-    """A stream-name prefix for this test session; its streams are deleted at the end."""
+    """A stream-name prefix for this test session; its streams (and the KV buckets of
+    the mesh's state, ``KV_<prefix>STATE_*``) are deleted at the end."""
     prefix = f"EMTEST{uuid.uuid4().hex[:8]}_"
     yield prefix
     import asyncio
@@ -76,7 +77,7 @@ def stream_prefix(nats_url: str) -> Iterator[str]:
             while page := await js.streams_info(offset=len(names)):
                 names += [info.config.name or "" for info in page]
             for name in names:
-                if name.startswith(prefix):
+                if name.startswith((prefix, f"KV_{prefix}")):  # KV: the mesh's state buckets
                     await js.delete_stream(name)
         finally:
             await nc.close()

@@ -4,14 +4,11 @@ subscriptions kept there: they survive kill -9 and are shared by two sidecars.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
-import nats
-import nats.js.errors
 import pytest
 
 from eventmesh.testing import eventually
@@ -26,25 +23,16 @@ pytestmark = [pytest.mark.nats, pytest.mark.anyio]
 
 
 @pytest.fixture
-async def settings(nats_url: str, stream_prefix: str) -> AsyncIterator[dict[str, Any]]:
-    """A NATS connector in a namespace of its own; its KV bucket is deleted afterwards
-    (the session deletes its streams)."""
+def settings(nats_url: str, stream_prefix: str) -> dict[str, Any]:
+    """A NATS connector in a namespace of its own (the session deletes its streams and
+    KV buckets)."""
     prefix = f"{stream_prefix}{uuid.uuid4().hex[:6]}_"
-    yield {
+    return {
         "type": "nats",
         "servers": [nats_url],
         "subject_prefix": f"{prefix.lower()}.",
         "stream": {"name_prefix": prefix},
     }
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        for bucket in ("things", "subscriptions"):
-            try:
-                await nc.jetstream().delete_key_value(f"{prefix}STATE_{bucket}")
-            except nats.js.errors.NotFoundError:
-                pass
-    finally:
-        await nc.close()
 
 
 async def test_state_is_a_kv_bucket_shared_by_connectors(settings: dict[str, Any]) -> None:
