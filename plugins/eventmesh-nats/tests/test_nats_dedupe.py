@@ -4,6 +4,7 @@ copy of an event published through two meshes, which do not share their own wind
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -86,3 +87,23 @@ async def test_the_window_is_cut_to_the_streams_max_age(mesh_config: MeshConfig)
         info = await connector.js.stream_info(stream)
     assert info.config.duplicate_window == pytest.approx(60.0)
     assert info.state.messages == 1
+
+
+async def test_an_existing_stream_with_a_shorter_window_is_named_in_a_warning(
+    mesh_config: MeshConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream made before the topic had dedupe keeps its 2 minute window (it is used as
+    it is), and the connector warns that retries through other sidecars are caught only
+    that long."""
+    topic = _topic()
+    async with Mesh(mesh_config()) as mesh:
+        await mesh.publish(topic, Event(type="t", source="/s", id="1"))
+    with caplog.at_level(logging.WARNING, logger="eventmesh_nats.jetstream"):
+        async with Mesh(with_dedupe(mesh_config(), topic)) as mesh:
+            await mesh.publish(topic, Event(type="t", source="/s", id="2"))
+            connector, stream = await stream_of(mesh, topic)
+            info = await connector.js.stream_info(stream)
+    assert info.config.duplicate_window == pytest.approx(120.0)
+    (warning,) = [r for r in caplog.records if "dedupe window" in r.getMessage()]
+    assert stream in warning.getMessage()
+    assert "120s, less than the topic's dedupe window of 600s" in warning.getMessage()
