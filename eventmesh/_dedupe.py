@@ -35,7 +35,7 @@ import msgspec
 from eventmesh._duration import Duration
 from eventmesh.connectors.base import Connector
 from eventmesh.delivery.policy import check_range
-from eventmesh.errors import RejectedError
+from eventmesh.errors import ConnectorError, RejectedError
 from eventmesh.event import Event
 
 __all__ = ["DedupeConfig", "Deduper", "DuplicateWindow", "Write"]
@@ -252,7 +252,8 @@ class Deduper:
         """Rebuild the window from the events ``connector`` still holds on the topic:
         the newest of those stored within the window, up to ``max_entries``. Returns how
         many keys were loaded; a connector that cannot browse (``RejectedError``) leaves
-        the window empty.
+        the window empty, and one whose read fails (``ConnectorError``) leaves what was
+        read before, with a warning: the mesh starts either way.
 
         Reads go back from now: the last 1/64 of the window first, then spans twice as
         long before it, each read page by page, until ``max_entries`` keys are found or
@@ -275,8 +276,21 @@ class Deduper:
                 upper = now - span
                 span = min(span * 2, window)
         except RejectedError as exc:
-            log.info("topic %r: de-duplication starts with an empty window (%s)", self.topic, exc)
-            return 0
+            if not chunks:
+                log.info("topic %r: de-duplication starts empty: %s", self.topic, exc)
+                return 0
+            log.warning("topic %r: de-duplication window rebuilt in part: %s", self.topic, exc)
+        except ConnectorError as exc:
+            # The mesh starts anyway: publishing matters more than catching the retries
+            # of events stored before the restart.
+            log.warning(
+                "topic %r: de-duplication window rebuilt in part (%d keys): reading connector "
+                "%r failed: %s",
+                self.topic,
+                total,
+                connector.name,
+                exc,
+            )
         found = sorted(key for chunk in chunks for key in chunk)  # oldest first
         self._restore(found[-limit:], now - window)
         log.info(

@@ -5,6 +5,7 @@ window survives a restart."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from eventmesh._dedupe import DedupeConfig, Deduper
 from eventmesh.config import Duration, HttpListener, load_config
 from eventmesh.connectors.base import Connector, StoredEvent
 from eventmesh.connectors.memory import MemoryConnector
-from eventmesh.errors import ConfigError, PublishError, TopicFullError
+from eventmesh.errors import ConfigError, PublishError, SubscribeError, TopicFullError
 from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
 
@@ -376,3 +377,25 @@ async def test_a_connector_that_cannot_browse_starts_with_an_empty_window() -> N
         assert len(mesh._dedupers["t"]) == 0
         await mesh.publish("t", [event("a"), event("a")])
         assert [id for _, id in await stored(mesh)] == ["a"]
+
+
+class Unreachable(MemoryConnector):
+    """A connector whose read() fails as a broker that does not answer in time does."""
+
+    async def read(self, topic: str, **options: Any) -> list[StoredEvent]:
+        raise SubscribeError(f"browsing {topic!r}: the broker did not answer within 10s")
+
+
+async def test_a_failing_read_at_start_still_opens_the_mesh(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A read that fails at start is logged as a warning naming the topic; the mesh opens
+    and de-duplicates from an empty window rather than refusing to start."""
+    topics: dict[str, Any] = {"t": {"dedupe": {}}}
+    with caplog.at_level(logging.WARNING, logger="eventmesh._dedupe"):
+        async with Mesh({"topics": topics}, connectors={"default": Unreachable()}) as mesh:
+            await mesh.publish("t", [event("a"), event("a")])
+            assert [id for _, id in await stored(mesh)] == ["a"]
+    (warning,) = [r for r in caplog.records if r.name == "eventmesh._dedupe"]
+    assert "topic 't': de-duplication window rebuilt in part (0 keys)" in warning.getMessage()
+    assert "did not answer" in warning.getMessage()
