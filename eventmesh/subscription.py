@@ -201,17 +201,23 @@ class Subscription(ClosedOnExit):
         self.latency = Histogram() if mesh.metrics is not None else None
         if handler is not None:
             sink = _as_sink(handler)
-            sink = _replying(sink, mesh, reply_to)  # a request is answered without reply_to
+            # With reply_to every result is published; without, only a request's (an
+            # event with replyto) is, so other events skip the wrapper (_requests).
+            answering = _replying(sink, mesh, reply_to)
+            if reply_to is not None:
+                sink = answering
             tracing = mesh._tracing
             traced = None
             if tracing is not None:  # events with a traceparent are delivered under a span
                 traced = tracing.traced_sink(sink, subscription=name, topic=topic)
+                answering = tracing.traced_sink(answering, subscription=name, topic=topic)
             self._dispatcher = Dispatcher(
                 consumer=consumer,
                 sink=sink,
                 gate=self._gate,
                 latency=self.latency,
                 traced_sink=traced,
+                request_sink=answering if reply_to is None else None,
             )
         self._state = "new"
 

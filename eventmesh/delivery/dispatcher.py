@@ -78,6 +78,7 @@ class Dispatcher:
         gate: Gate,
         latency: Histogram | None = None,
         traced_sink: Sink | None = None,
+        request_sink: Sink | None = None,
     ) -> None:
         self.consumer = consumer
         self.sink = sink
@@ -87,6 +88,9 @@ class Dispatcher:
         self.traced_sink = traced_sink
         """The sink under a delivery span (tracing on), for events that carry a
         ``traceparent``; the others go to :attr:`sink` without a wrapper's coroutine."""
+        self.request_sink = request_sink
+        """The sink that also answers requests (eventmesh._requests), for events that
+        carry a ``replyto``; None when :attr:`sink` answers them itself."""
         self.name = gate.name
         self.policy = policy = gate.policy
         self.stats = gate.stats
@@ -214,6 +218,7 @@ class Dispatcher:
         record = latency.pending.append if latency is not None else None
         now = time.time
         traced = self.traced_sink
+        answering = self.request_sink
         while True:
             if not items:
                 lane.ready = ready = new_event()
@@ -229,7 +234,9 @@ class Dispatcher:
                         continue  # expired, filtered out, dropped or dead-lettered: settled
                     event = prepared
                 try:
-                    if traced is not None and "traceparent" in event.extensions:
+                    if answering is not None and "replyto" in event.extensions:
+                        await answering(event)
+                    elif traced is not None and "traceparent" in event.extensions:
                         await traced(event)
                     else:
                         await sink(event)
@@ -255,7 +262,9 @@ class Dispatcher:
         gate = self.gate
         stats = self.stats
         sink = self.sink
-        if self.traced_sink is not None and "traceparent" in event.extensions:
+        if self.request_sink is not None and "replyto" in event.extensions:
+            sink = self.request_sink
+        elif self.traced_sink is not None and "traceparent" in event.extensions:
             sink = self.traced_sink
         attempt = delivery.attempt
         while True:

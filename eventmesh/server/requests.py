@@ -11,7 +11,10 @@ POST     /request/{topic}                  publish one event as a request (``tim
 The event comes as a publish does, in binary or structured mode (a batch is 415); the
 mesh adds ``correlationid`` and ``replyto`` (:mod:`eventmesh._requests`) and stores it.
 The reply is answered in the mode the request came in: binary (``ce-`` headers and the
-data as the body) or structured (``application/cloudevents+json``). No reply within
+data as the body) or structured (``application/cloudevents+json``); a reply without
+``datacontenttype`` is answered structured even to a binary request, since an HTTP
+answer always carries a ``Content-Type``, which binary mode would make its
+``datacontenttype``. No reply within
 the timeout is a 504 (``RequestTimeoutError``); a timeout outside 0 to
 ``limits.max_request_timeout`` a 400 naming ``timeout``; too many requests waiting a
 429 (``limits.max_pending_requests``). A request whose client hangs up stops waiting
@@ -111,7 +114,7 @@ class RequestApi:
             raise failure
         if reply is None:  # the client went away: its request no longer waits
             return web.Response(status=499)
-        if content_mode(headers) == "binary":
+        if content_mode(headers) == "binary" and reply.datacontenttype is not None:
             out_headers, out = to_binary(reply)
         else:
             out_headers, out = to_structured(reply)

@@ -155,9 +155,7 @@ async def test_a_client_side_handler_answers_a_request(client: Client) -> None:
 async def test_the_requests_own_correlationid_is_kept(mesh: Mesh, client: Client) -> None:
     """A request that sets correlationid is answered under it."""
     async with mesh.subscribe("pings", "echo", handler=echo):
-        reply = await client.request(
-            "pings", ping(1, correlationid="order-42"), timeout=DEADLINE
-        )
+        reply = await client.request("pings", ping(1, correlationid="order-42"), timeout=DEADLINE)
     assert reply.extensions[CORRELATION_ID] == "order-42"
 
 
@@ -178,13 +176,35 @@ async def test_concurrent_requests_each_get_their_own_reply(mesh: Mesh, client: 
 
 async def test_a_configured_reply_to_still_gets_the_reply(mesh: Mesh, client: Client) -> None:
     """A handler with reply_to answers the request and publishes to reply_to as before."""
-    async with mesh.subscribe("pings", "echo", handler=echo, reply_to="pongs"):
-        async with mesh.subscribe("pongs", "audit", start="earliest") as audit:
-            reply = await client.request("pings", ping(5), timeout=DEADLINE)
-            async for delivery in audit:
-                await delivery.ack()
-                break
+    async with (
+        mesh.subscribe("pings", "echo", handler=echo, reply_to="pongs"),
+        mesh.subscribe("pongs", "audit", start="earliest") as audit,
+    ):
+        reply = await client.request("pings", ping(5), timeout=DEADLINE)
+        async for delivery in audit:
+            await delivery.ack()
+            break
     assert delivery.event.id == reply.id
+
+
+async def test_a_traced_request_is_answered_under_its_delivery_span() -> None:
+    """With tracing on, a request is answered, and the reply is published inside the
+    handler's delivery span (a child of the request's trace)."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    async with (
+        Mesh(span_processor=SimpleSpanProcessor(exporter)) as mesh,
+        mesh.subscribe("pings", "echo", handler=echo),
+    ):
+        reply = await mesh.request("pings", ping(2), timeout=DEADLINE)
+    assert reply.data == {"n": 2}
+    trace_id = int(reply.extensions["traceparent"].split("-")[1], 16)
+    spans = exporter.get_finished_spans()
+    names = {s.name for s in spans if s.context is not None and s.context.trace_id == trace_id}
+    assert "deliver pings/echo" in names
+    assert any(name.startswith("publish") and INBOX_PREFIX in name for name in names)
 
 
 # -- not answered -----------------------------------------------------------------------------
@@ -255,10 +275,9 @@ async def test_closing_the_mesh_ends_a_waiting_request() -> None:
         except ClosedError as exc:
             outcome.append(exc)
 
-    async with anyio.create_task_group() as tg:
-        async with Mesh() as mesh:
-            tg.start_soon(ask, mesh)
-            await eventually(lambda: mesh._request_counts().get("pending") == 1, "waiting")
+    async with anyio.create_task_group() as tg, Mesh() as mesh:
+        tg.start_soon(ask, mesh)
+        await eventually(lambda: mesh._request_counts().get("pending") == 1, "waiting")
         # The mesh is closed here; the request ends without waiting out its timeout.
     assert len(outcome) == 1
 
@@ -273,7 +292,7 @@ async def test_pending_requests_are_capped(mesh: Mesh, client: Client) -> None:
         for _ in range(3):
             tg.start_soon(_wait_for_nothing, client)
         await eventually(lambda: mesh._request_counts().get("pending") == 3, "3 waiting")
-        with pytest.raises(LimitExceededError, match="limits.max_pending_requests"):
+        with pytest.raises(LimitExceededError, match=r"limits\.max_pending_requests"):
             await client.request("nobody", ping(), timeout=DEADLINE)
         tg.cancel_scope.cancel()
 
@@ -301,11 +320,20 @@ async def test_one_inbox_subscription_serves_every_request(mesh: Mesh) -> None:
 # -- the sidecar's HTTP form ------------------------------------------------------------------
 
 
+async def typed_echo(event: Event) -> Event:
+    return Event(type="pong", source="/echo", data=event.data, datacontenttype="application/json")
+
+
 async def test_http_binary_request_is_answered_in_binary_mode(mesh: Mesh) -> None:
-    """POST /request/{topic} in binary mode answers 200 with the reply in binary mode."""
+    """POST /request/{topic} in binary mode answers 200 with the reply in binary mode;
+    a reply without datacontenttype comes structured (no Content-Type to make up)."""
     import aiohttp
 
-    async with mesh.subscribe("pings", "echo", handler=echo), _http_url(mesh) as url:
+    async with (
+        mesh.subscribe("pings", "echo", handler=typed_echo),
+        mesh.subscribe("plain", "echo", handler=echo),
+        _http_url(mesh) as url,
+    ):
         headers = {
             "ce-specversion": "1.0",
             "ce-id": "req-1",
@@ -313,15 +341,27 @@ async def test_http_binary_request_is_answered_in_binary_mode(mesh: Mesh) -> Non
             "ce-type": "ping",
             "content-type": "application/json",
         }
-        async with aiohttp.ClientSession() as session:
-            async with session.post(
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
                 f"{url}/request/pings?timeout=20", data=b'{"n": 9}', headers=headers
-            ) as response:
-                body = await response.read()
-                assert response.status == 200
-                assert response.headers["ce-type"] == "pong"
-                assert response.headers["ce-correlationid"] == "req-1"
-                assert msgspec.json.decode(body) == {"n": 9}
+            ) as response,
+        ):
+            body = await response.read()
+            assert response.status == 200
+            assert response.headers["ce-type"] == "pong"
+            assert response.headers["ce-correlationid"] == "req-1"
+            assert response.headers["content-type"] == "application/json"
+            assert msgspec.json.decode(body) == {"n": 9}
+            headers["ce-id"] = "req-2"
+            async with session.post(
+                f"{url}/request/plain", data=b'{"n": 8}', headers=headers
+            ) as plain:
+                assert plain.status == 200
+                assert plain.headers["content-type"] == "application/cloudevents+json"
+                reply = eventmesh.event.decode_json(await plain.read())
+            assert (reply.data, reply.datacontenttype) == ({"n": 8}, None)
+            assert reply.extensions[CORRELATION_ID] == "req-2"
 
 
 async def test_http_timeout_is_a_504_problem(mesh: Mesh) -> None:
@@ -329,13 +369,16 @@ async def test_http_timeout_is_a_504_problem(mesh: Mesh) -> None:
     import aiohttp
 
     event = eventmesh.event.encode_json(ping())
-    async with _http_url(mesh) as url, aiohttp.ClientSession() as session:
-        async with session.post(
+    async with (
+        _http_url(mesh) as url,
+        aiohttp.ClientSession() as session,
+        session.post(
             f"{url}/request/nobody?timeout=0.1",
             data=event,
             headers={"content-type": "application/cloudevents+json"},
-        ) as response:
-            problem = await response.json(content_type=None)
+        ) as response,
+    ):
+        problem = await response.json(content_type=None)
     assert response.status == 504
     assert problem["type"] == "RequestTimeoutError"
 
@@ -358,3 +401,105 @@ async def _http_url(mesh: Mesh) -> AsyncIterator[str]:
         finally:
             await registry.close()
             await runner.cleanup()
+
+
+async def test_an_http_request_whose_client_hangs_up_stops_waiting(mesh: Mesh) -> None:
+    """A client that leaves a POST /request frees its place under max_pending_requests."""
+    import aiohttp
+
+    event = eventmesh.event.encode_json(ping())
+    async with _http_url(mesh) as url, aiohttp.ClientSession() as session:
+        with anyio.move_on_after(0.1):  # the client gives up long before the timeout
+            await session.post(
+                f"{url}/request/nobody?timeout=50",
+                data=event,
+                headers={"content-type": "application/cloudevents+json"},
+            )
+        await eventually(lambda: mesh._request_counts().get("pending") == 0, "slot freed")
+
+
+# -- other responders -------------------------------------------------------------------------
+
+
+async def test_a_webhook_that_returns_an_event_answers_a_request(mesh: Mesh) -> None:
+    """A webhook sink whose HTTP answer is a CloudEvent answers the request."""
+    from eventmesh.delivery.webhook import WebhookSink
+    from eventmesh.testing.tracing import ReplyingWebhook
+
+    async with ReplyingWebhook() as hook:
+        await mesh.webhooks.check_url(hook.url)
+        sink = WebhookSink(hook.url, session=mesh.webhooks)
+        async with mesh.subscribe("pings", "hook", handler=sink):
+            request = ping()
+            reply = await mesh.request("pings", request, timeout=DEADLINE)
+    assert reply.type == "ping.reply"
+    assert reply.extensions[CORRELATION_ID] == request.id
+
+
+# -- guarded by the ACL -----------------------------------------------------------------------
+
+TOKENS = {"asker": "tok-asker-0123456789", "nobody": "tok-nobody-0123456789"}
+
+
+@asynccontextmanager
+async def _secured() -> AsyncIterator[Any]:
+    import hashlib
+
+    from eventmesh.server.sidecar import Sidecar
+
+    tokens = [
+        {"principal": p, "sha256": hashlib.sha256(t.encode()).hexdigest()}
+        for p, t in TOKENS.items()
+    ]
+    config = {
+        "server": {"http": {"port": 0}, "grpc": {"port": 0}, "admin": {"port": 0}},
+        "auth": {"tokens": tokens},
+        "acl": [{"principal": "asker", "allow": ["publish"], "topics": ["pings"]}],
+    }
+    with anyio.fail_after(30):
+        async with Sidecar(config) as sidecar:
+            yield sidecar
+
+
+@pytest.mark.parametrize("remote", ["grpc", "http"])
+async def test_a_request_needs_publish_on_its_topic(remote: str) -> None:
+    """With auth on, a request needs the publish grant on its topic, and no grant on the
+    reply inbox; without it the request is refused (403 / PERMISSION_DENIED)."""
+    from eventmesh.client.grpc import GrpcClient
+    from eventmesh.client.http import HttpClient
+    from eventmesh.errors import PermissionDeniedError
+
+    def connect(sidecar: Any, who: str) -> Client:
+        token = TOKENS[who]
+        if remote == "http":
+            return HttpClient(sidecar.http_url, token=token)
+        return GrpcClient(sidecar.grpc_target, token=token)
+
+    async with _secured() as sidecar, sidecar.mesh.subscribe("pings", "echo", handler=echo):
+        async with connect(sidecar, "asker") as asker:
+            reply = await asker.request("pings", ping(4), timeout=DEADLINE)
+            assert reply.data == {"n": 4}
+        async with connect(sidecar, "nobody") as nobody:
+            with pytest.raises(PermissionDeniedError):
+                await nobody.request("pings", ping(), timeout=DEADLINE)
+    assert sidecar.mesh._request_counts()["answered"] == 1
+
+
+def test_the_sdk_docs_example_runs(tmp_path: Any) -> None:
+    """The Request-reply program in docs/sdk.md runs and prints what it says."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "sdk.md").read_text("utf-8")
+    section = page[page.index("## Request-reply") :]
+    block = re.search(r"```python\n(.*?)^```$", section, re.DOTALL | re.MULTILINE)
+    assert block is not None
+    script = tmp_path / "request_reply.py"
+    script.write_text(block.group(1), encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["price.quoted {'sku': 'A1', 'eur': 12}", "no reply: 0.2"]
