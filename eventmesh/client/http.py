@@ -348,6 +348,7 @@ class HttpClient(Client):
             "topic": topic,
             "group": group,
             "protocol": "pull",
+            "persist": False,  # this client deletes it, and makes it again after a restart
             "delivery": msgspec.to_builtins(policy, enc_hook=float),  # Durations as seconds
             "start": encode_attribute(start) if isinstance(start, datetime) else start,
         }

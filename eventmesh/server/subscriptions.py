@@ -108,6 +108,11 @@ class SubscriptionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """For ``HTTP``: the topic a webhook's CloudEvent answers are published to."""
     ack_deadline: Duration | None = None
     """For ``pull``: how long a delivery may stay unacked (30 s by default)."""
+    persist: bool = True
+    """Store it where the topic's events are, so that it outlives this sidecar and runs
+    on every sidecar of the backend; false keeps it in this sidecar's memory only (the
+    remote SDK's subscriptions, which the client deletes, and makes again after a
+    restart)."""
 
 
 @dataclass(eq=False)
@@ -391,7 +396,7 @@ class Registry(ClosedOnExit):
                 record.pull = PullQueue(subscription, ack_deadline=fields["ack_deadline"])
                 record.done = anyio.Event()
                 await tg.start(self._run_pull, record)
-            if restored is None:
+            if restored is None and parsed.persist:
                 await self._store(record, spec, owner)
         except BaseException:
             self._records.pop(sub_id, None)
@@ -675,6 +680,7 @@ def _fields(
         fields["transform"] = spec.transform
     fields["delivery"] = _builtins(spec.delivery)
     fields["start"] = spec.start
+    fields["persist"] = spec.persist
     if protocol == "HTTP":
         fields["reply_to"] = spec.reply_to
     else:

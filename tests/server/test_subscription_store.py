@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from eventmesh.client.connect import connect
 from eventmesh.connectors.local import LocalConnector
 from eventmesh.server._substore import BUCKET, StoredSubscription, encode
 from eventmesh.server.sidecar import Sidecar
@@ -82,18 +83,34 @@ async def test_a_delete_removes_the_stored_subscription(tmp_path: Path) -> None:
             assert await call(session, "GET", f"{sidecar.http_url}/subscriptions/gone") == 404
 
 
-async def test_memory_topics_keep_subscriptions_in_memory(tmp_path: Path) -> None:
-    """A topic routed to the memory connector stores nothing: the subscription is gone
-    after a restart, while one on the local store stays."""
+async def test_memory_topics_and_persist_false_keep_subscriptions_in_memory(
+    tmp_path: Path,
+) -> None:
+    """A topic routed to the memory connector stores nothing, nor does a subscription
+    made with persist: false (as the remote SDK makes them): both are gone after a
+    restart, while one on the local store stays."""
     config = in_process(
         {"default": local(tmp_path), "fast": {"type": "memory"}},
         topics={"scratch": {"connector": "fast"}},
     )
+    bodies = [
+        {"id": "kept", "topic": "orders"},
+        {"id": "lost", "topic": "scratch"},
+        {"id": "session", "topic": "orders", "persist": False},
+    ]
     async with aiohttp.ClientSession() as session:
         async with Sidecar(config) as sidecar:
-            for body in ({"id": "kept", "topic": "orders"}, {"id": "lost", "topic": "scratch"}):
+            for body in bodies:
                 url = f"{sidecar.http_url}/subscriptions"
                 assert await call(session, "POST", url, body) == 201
+            async with connect(sidecar.http_url) as client:
+                sdk = client.subscribe("orders", group="sdk")
+                await sdk.start()
+                assert len(await listed(session, sidecar)) == 4
+                store = sidecar.mesh.connectors["default"].state(BUCKET)
+                assert store is not None
+                assert set(await store.load()) == {"kept"}
+                await sdk.close()
         async with Sidecar(config) as sidecar:
             ids = await listed(session, sidecar)
     assert ids == ["kept"]
