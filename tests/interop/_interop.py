@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+import aiohttp
 import anyio
 import anyio.abc
 import msgspec
@@ -461,3 +462,15 @@ def order(payload: str, **changes: Any) -> Spec:
     overrides, data = PAYLOADS[payload]
     spec = {**ORDER, "id": f"order-{payload}", **overrides, **changes}
     return with_data({k: v for k, v in spec.items() if v is not None}, data)
+
+
+async def post_event(url: str, headers: Mapping[str, str], body: bytes) -> None:
+    """POST one event's request as given; the sidecar answers 202. aiohttp would add a
+    ``Content-Type: application/octet-stream`` of its own to a request without one,
+    which the binding reads as ``datacontenttype``: it is told not to."""
+    skip = () if any(name.lower() == "content-type" for name in headers) else ("Content-Type",)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, headers=dict(headers), data=body, skip_auto_headers=skip) as response,
+    ):
+        assert response.status == 202, await response.text()

@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 from _interop import (
@@ -25,6 +24,7 @@ from _interop import (
     Spec,
     data_of,
     is_json,
+    post_event,
     raw_sink,
     sidecar,
     sidecar_config,
@@ -138,10 +138,8 @@ async def round_trip(
     topic = f"vectors-{uuid.uuid4().hex[:12]}"
     async with raw_sink() as sink:
         config = sidecar_config([webhook("vectors", topic, sink.url, mode=mode)], store)
-        async with sidecar(config) as running, aiohttp.ClientSession() as session:
-            url = f"{running.http_url}/topics/{topic}/events"
-            async with session.post(url, headers=headers, data=body or None) as response:
-                assert response.status == 202, await response.text()
+        async with sidecar(config) as running:
+            await post_event(f"{running.http_url}/topics/{topic}/events", headers, body)
             request = await sink.next()
     return spec_from_http(request.headers, request.body)
 

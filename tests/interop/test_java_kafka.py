@@ -10,7 +10,6 @@ import json
 import uuid
 from typing import Any
 
-import aiohttp
 import anyio
 import pytest
 from _interop import (
@@ -22,6 +21,7 @@ from _interop import (
     data_of,
     foreign,
     order,
+    post_event,
     raw_sink,
     run,
     sidecar,
@@ -86,11 +86,8 @@ async def test_java_producer_records_reach_a_mesh_webhook_as_written(
 
 async def publish(url: str, specs: list[Spec], mode: str) -> None:
     """POST each spec to the sidecar in ``mode``; each is answered 202."""
-    async with aiohttp.ClientSession() as session:
-        for spec in specs:
-            headers, body = spec_to_http(spec, mode)
-            async with session.post(url, headers=headers, data=body or None) as response:
-                assert response.status == 202, await response.text()
+    for spec in specs:
+        await post_event(url, *spec_to_http(spec, mode))
 
 
 async def java_consume(java_kafka: list[str], bootstrap: str, topic: str, count: int) -> list[Spec]:

@@ -12,7 +12,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-import aiohttp
 import pytest
 from _interop import (
     PAYLOADS,
@@ -22,6 +21,7 @@ from _interop import (
     data_of,
     is_json,
     order,
+    post_event,
     raw_sink,
     sidecar,
     sidecar_config,
@@ -88,13 +88,8 @@ def assert_sdk_reads(event: CloudEvent, spec: Spec) -> None:
 
 
 async def post(url: str, message: sdk_http.HTTPMessage) -> None:
-    """POST the SDK's message as it is (no body, rather than aiohttp's empty one with a
-    ``Content-Type: application/octet-stream`` of its own); the sidecar answers 202."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, headers=message.headers, data=message.body or None) as response,
-    ):
-        assert response.status == 202, await response.text()
+    """POST the SDK's message as it is; the sidecar answers 202."""
+    await post_event(url, message.headers, message.body)
 
 
 def encode(event: CloudEvent, mode: str) -> sdk_http.HTTPMessage:
