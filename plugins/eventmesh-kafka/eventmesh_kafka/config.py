@@ -105,6 +105,11 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise ValueError("replication_factor must be at least 1 (or null for automatic)")
         if not self.bootstrap_servers.strip():
             raise ValueError("bootstrap_servers must name at least one host:port")
+        if not all(c.isascii() and (c.isalnum() or c in "._-") for c in self.state_topic_prefix):
+            raise ValueError(
+                "state_topic_prefix may use only ASCII letters, digits, '.', '_' and '-' "
+                "(it begins Kafka topic names)"
+            )
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError(
                 "heartbeat_interval_ms must be below session_timeout_ms (a third or less)"
