@@ -40,13 +40,14 @@ class Part:
     def end(self) -> int:
         return self.base + len(self.events)
 
-    def add(self, offset: int, event: Event, stamp: float, cap: int) -> None:
-        if offset != self.base + len(self.events):  # not contiguous: start the tail again
-            self.events.clear()
-            self.stamps.clear()
-            self.base = offset
-        self.events.append(event)
-        self.stamps.append(stamp)
+    def restart(self, offset: int, event: Event, stamp: float) -> None:
+        """Hold ``event`` at ``offset`` as the first of a new tail (not contiguous)."""
+        self.events = [event]
+        self.stamps = [stamp]
+        self.base = offset
+
+    def trim(self, cap: int) -> None:
+        """Keep the tail at most ``cap`` events (cut to half of it, so seldom)."""
         if len(self.events) > cap:
             drop = len(self.events) - cap // 2
             del self.events[:drop]
@@ -67,6 +68,7 @@ class Topic:
         self.parts = parts
         self.groups: dict[str, Group] = {}
         self.round_robin = itertools.cycle(range(len(parts)))
+        self.key_parts: dict[object, int] = {}  # partitionkey -> partition, bounded by publish
         self.released = 0
 
 

@@ -85,6 +85,7 @@ def open_db(path: str, fsync: FsyncMode, *, readonly: bool = False) -> sqlite3.C
     # checkpoints only, which the writer runs every fsync_interval.
     db.execute(f"PRAGMA synchronous = {'NORMAL' if fsync == 'interval' else 'FULL'}")
     db.execute("PRAGMA cache_size = -32768")  # 32 MiB of pages
+    db.execute("PRAGMA wal_autocheckpoint = 8192")  # checkpoint (and fsync the file) per 32 MiB
     db.executescript(_SCHEMA)
     return db
 
@@ -95,6 +96,11 @@ class Job:
     :meth:`finish` on the event loop, in submission order."""
 
     __slots__ = ("future", "size")
+
+    lazy = False
+    """True for a job whose loss in a power cut is harmless (a group position: the group
+    gets some events again): a batch of only such jobs is committed without an fsync; the
+    next commit that has one makes it durable too."""
 
     def __init__(self, size: int = 1) -> None:
         self.size = size
@@ -152,6 +158,7 @@ class Writer:
         self.bytes: dict[tuple[int, int], int] = {}
         self.first: dict[tuple[int, int], int] = {}
         self.touched: set[tuple[int, int]] = set()
+        self.partitions: dict[int, int] = {}  # topic id -> its partition count
         self.last_sync = self.last_maintained = time.monotonic()
 
     def start(self) -> None:
@@ -214,6 +221,9 @@ class Writer:
         results: list[Any] = []
         error: BaseException | None = None
         db = self.db
+        lazy = self.fsync != "interval" and all(job.lazy for job in batch)
+        if lazy:
+            db.execute("PRAGMA synchronous = NORMAL")
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -230,6 +240,8 @@ class Writer:
             self.touched.clear()
             log.error("local store: a write of %d jobs failed: %r", len(batch), exc)
             error = exc
+        if lazy:
+            db.execute("PRAGMA synchronous = FULL")
         self.loop.call_soon_threadsafe(self._finish, batch, results, error)
 
     def _save_partitions(self) -> None:
@@ -265,20 +277,25 @@ class Writer:
     ) -> tuple[float, list[int]]:
         """Insert events; return their store time and offsets."""
         stamp = time.time()
-        nxt = self.next
-        sizes = self.bytes
-        touched = self.touched
+        count = self.partitions[topic]
+        keys = [(topic, p) for p in range(count)]
+        nxt = [self.next[key] for key in keys]
+        sizes = [0] * count
+        base = topic << _TOPIC_SHIFT
         offsets = []
         rows = []
         for p, body in zip(parts, bodies, strict=True):
-            key = (topic, p)
-            offset = nxt[key]
-            nxt[key] = offset + 1
-            sizes[key] += len(body)
-            touched.add(key)
+            offset = nxt[p]
+            nxt[p] = offset + 1
+            sizes[p] += len(body)
             offsets.append(offset)
-            rows.append((topic << _TOPIC_SHIFT | p << _PARTITION_SHIFT | offset, stamp, body))
+            rows.append((base | p << _PARTITION_SHIFT | offset, stamp, body))
         self.db.executemany("INSERT INTO events (id, stamp, body) VALUES (?, ?, ?)", rows)
+        for p, key in enumerate(keys):
+            if sizes[p]:
+                self.next[key] = nxt[p]
+                self.bytes[key] += sizes[p]
+                self.touched.add(key)
         return stamp, offsets
 
     def release(self, topic: int, partition: int, below: int) -> int:
@@ -376,6 +393,7 @@ class NewTopic(Job):
         )
         for p in range(self.partitions):
             writer.next[(tid, p)] = writer.first[(tid, p)] = writer.bytes[(tid, p)] = 0
+        writer.partitions[tid] = self.partitions
         return tid, self.partitions
 
 
@@ -387,15 +405,21 @@ class Sql(Job):
     """One statement over rows (positions, state); ``after`` runs on the loop once they
     are committed. Without a future, a failure is logged."""
 
-    __slots__ = ("after", "rows", "sql")
+    __slots__ = ("after", "lazy", "rows", "sql")
 
     def __init__(
-        self, sql: str, rows: list[tuple[Any, ...]], after: Callable[[], None] | None = None
+        self,
+        sql: str,
+        rows: list[tuple[Any, ...]],
+        after: Callable[[], None] | None = None,
+        *,
+        lazy: bool = False,
     ) -> None:
         super().__init__(len(rows))
         self.sql = sql
         self.rows = rows
         self.after = after
+        self.lazy = lazy
 
     def apply(self, writer: Writer) -> None:
         writer.db.executemany(self.sql, self.rows)

@@ -36,7 +36,7 @@ import os
 import sqlite3
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -76,6 +76,8 @@ _CAPABILITIES = Capabilities(
     durable=True, ordered_by_key=True, replay=True, consumer_groups=True, redelivery=True
 )
 _T = TypeVar("_T")
+_FLUSH_EVERY = 0.01
+"""Seconds between saves of the groups' positions while acks come in."""
 _DB_FILE = "events.db"
 _LOCK_FILE = "LOCK"
 
@@ -125,6 +127,24 @@ def _partition(key: Any, n: int) -> int:
     return zlib.crc32(str(key).encode()) % n
 
 
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def _encode(event: Event) -> bytes:
+    """An event as stored: the Struct in MessagePack, encoded by msgspec in one call; an
+    event whose time has another offset than UTC (which MessagePack would not keep) in
+    the JSON event format, whose first byte ``{`` no MessagePack map has."""
+    stamp = event.time
+    if stamp is None or stamp.tzinfo is UTC:
+        return _encoder.encode(event)
+    return encode_json(event)
+
+
+def _decode(body: bytes) -> Event:
+    return decode_json(body) if body[:1] == b"{" else _decoder.decode(body)
+
+
 # -- writer jobs ----------------------------------------------------------------------
 
 
@@ -139,7 +159,7 @@ class _Append(_sqlite.Job):
         self.topic = topic
         self.events = events
         self.parts = parts
-        self.bodies = [encode_json(event) for event in events]
+        self.bodies = [_encode(event) for event in events]
 
     def apply(self, writer: _sqlite.Writer) -> tuple[float, list[int]]:
         return writer.append(self.topic.tid, self.parts, self.bodies)
@@ -150,8 +170,17 @@ class _Append(_sqlite.Job):
             topic = self.topic
             cap = self.connector._cache_per_part
             parts = topic.parts
+            touched = set()
             for event, p, offset in zip(self.events, self.parts, offsets, strict=True):
-                parts[p].add(offset, event, stamp, cap)
+                part = parts[p]
+                if offset == part.base + len(part.events):  # the usual case, inline
+                    part.events.append(event)
+                    part.stamps.append(stamp)
+                else:
+                    part.restart(offset, event, stamp)
+                touched.add(part)
+            for part in touched:
+                part.trim(cap)
             for group in topic.groups.values():
                 for member in group.members:
                     member.wake()
@@ -215,7 +244,8 @@ class LocalConnector(Connector):
             max_age=config.max_age,
             released=self._released,
         )
-        for tid, name, _count, rows in topics:
+        for tid, name, count, rows in topics:
+            writer.partitions[tid] = count
             parts = []
             for p, first, nxt, size in rows:
                 writer.next[(tid, p)], writer.first[(tid, p)] = nxt, first
@@ -336,7 +366,7 @@ class LocalConnector(Connector):
         self._dirty.add(group)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_positions)
+            asyncio.get_running_loop().call_later(_FLUSH_EVERY, self._flush_positions)
 
     def _flush_positions(self) -> None:
         self._flush_scheduled = False
@@ -345,7 +375,7 @@ class LocalConnector(Connector):
         rows = [row for group in self._dirty for row in group.rows()]
         self._dirty.clear()
         with contextlib.suppress(RuntimeError):  # the writer stopped: closing
-            self._writer.submit(_sqlite.Sql(_sqlite.SAVE_POSITIONS, rows))
+            self._writer.submit(_sqlite.Sql(_sqlite.SAVE_POSITIONS, rows, lazy=True))
 
     async def _save_group(self, group: Group) -> None:
         self._dirty.discard(group)
@@ -420,7 +450,7 @@ class LocalConnector(Connector):
             keep = set(offsets)
             for offset, stamp, body in reader.range(tid, p, lo, hi, hi - lo):
                 if offset in keep:
-                    out[(p, offset)] = (decode_json(body), stamp)
+                    out[(p, offset)] = (_decode(body), stamp)
         return out
 
     async def _deliveries(self, group: Group, plan: list[tuple[int, int]]) -> list[Delivery]:
@@ -466,10 +496,19 @@ class LocalConnector(Connector):
         if not events:
             return
         n = len(t.parts)
+        cache = t.key_parts
+        if len(cache) > 65_536:  # many distinct keys: start again rather than grow
+            cache.clear()
         parts = []
         for event in events:
             key = event.extensions.get("partitionkey") if event.extensions else None
-            parts.append(next(t.round_robin) if key is None else _partition(key, n))
+            if key is None:
+                parts.append(next(t.round_robin))
+            else:
+                p = cache.get(key)
+                if p is None:
+                    p = cache[key] = _partition(key, n)
+                parts.append(p)
         await self._submit(_Append(self, t, events, parts))
 
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
@@ -501,7 +540,7 @@ class LocalConnector(Connector):
         ]
         stamp = None if since is None else since.timestamp()
         rows = await self._read(self._browse, t.tid, ranges, stamp, limit)
-        return [StoredEvent(decode_json(body), p, offset, s) for s, p, offset, body in rows]
+        return [StoredEvent(_decode(body), p, offset, s) for s, p, offset, body in rows]
 
     def _browse(
         self, tid: int, ranges: list[tuple[int, int, int]], since: float | None, limit: int
