@@ -37,22 +37,20 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import msgspec
 
-from eventmesh._duration import Duration
 from eventmesh._lifecycle import ClosedOnExit
 from eventmesh._redact import MASK, redact_headers, redact_url
 from eventmesh._status import NotFoundError
 from eventmesh.auth import Guard, Principal, glob_match
-from eventmesh.config import SinkConfig, SubscriptionConfig, convert
+from eventmesh.config import SinkConfig
 from eventmesh.connectors.base import StateStore
 from eventmesh.connectors.memory import MemoryConnector
-from eventmesh.delivery.policy import MAX_DELAY, DeliveryPolicy, check_range
+from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import (
     ClosedError,
@@ -63,6 +61,15 @@ from eventmesh.errors import (
     SubscribeError,
 )
 from eventmesh.mesh import Mesh
+from eventmesh.server._subspec import (
+    SubscriptionSpec,
+    config_fields,
+    convert_body,
+    parse,
+    rekey,
+    sink_settings,
+    spec_fields,
+)
 from eventmesh.server._substore import StoredSubscription, SubscriptionStores, decode, encode
 from eventmesh.server.pull import PullQueue
 from eventmesh.subscription import Subscription
@@ -78,41 +85,7 @@ Origin: TypeAlias = Literal["config", "api", "grpc"]
 """Who made a subscription: the config file, the HTTP API, or the gRPC API."""
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
-_DEFAULT_ACK_DEADLINE = 30.0
 _DEFAULT_DEAD_LETTER = DeliveryPolicy().dead_letter
-_T = TypeVar("_T")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
-
-
-class SubscriptionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The body of ``POST /subscriptions`` (see docs/sidecar.md)."""
-
-    topic: str
-    id: str | None = None
-    group: str | None = None
-    """The consumer group; defaults to the id."""
-    protocol: Literal["HTTP", "pull"] | None = None
-    """``HTTP`` pushes to ``sink``; ``pull`` is read through the pull endpoints. Default:
-    ``HTTP`` when there is a sink, else ``pull``."""
-    sink: str | None = None
-    protocolsettings: dict[str, Any] | None = None
-    """For ``HTTP``: ``headers``, ``mode``, ``timeout``, ``max_batch``, ``batch_window``."""
-    filters: list[Any] | None = None
-    """CloudEvents Subscriptions API filters: every one must match."""
-    filter: Any = None
-    """One filter (an alternative to ``filters``)."""
-    transform: list[Any] | None = None
-    delivery: DeliveryPolicy = DeliveryPolicy()
-    start: Literal["earliest", "latest"] = "latest"
-    reply_to: str | None = None
-    """For ``HTTP``: the topic a webhook's CloudEvent answers are published to."""
-    ack_deadline: Duration | None = None
-    """For ``pull``: how long a delivery may stay unacked (30 s by default)."""
-    persist: bool = True
-    """Store it where the topic's events are, so that it outlives this sidecar and runs
-    on every sidecar of the backend; false keeps it in this sidecar's memory only (the
-    remote SDK's subscriptions, which the client deletes, and makes again after a
-    restart)."""
 
 
 @dataclass(eq=False)
@@ -154,7 +127,7 @@ class Registry(ClosedOnExit):
         self.guard = guard or Guard()
         self._records: dict[str, Record] = {}
         self._config: dict[str, Record] = {
-            sub.name: Record(sub.name, "config", _config_fields(sub))
+            sub.name: Record(sub.name, "config", config_fields(sub))
             for sub in mesh.config.subscriptions
         }
         self._tg: anyio.abc.TaskGroup | None = None
@@ -354,7 +327,7 @@ class Registry(ClosedOnExit):
             raise ConfigError(
                 f"a subscription is a JSON object, got {type(spec).__name__}",
             )
-        parsed = _parse(spec)
+        parsed = parse(spec)
         sub_id = parsed.id if parsed.id is not None else uuid.uuid4().hex
         if not _ID.match(sub_id):
             raise ConfigError(
@@ -370,8 +343,8 @@ class Registry(ClosedOnExit):
                 f"DELETE /subscriptions/{sub_id} first"
             )
         protocol = parsed.protocol or ("HTTP" if parsed.sink is not None else "pull")
-        settings = _sink_settings(parsed) if protocol == "HTTP" else None
-        fields = _fields(parsed, sub_id, protocol, settings)
+        settings = sink_settings(parsed) if protocol == "HTTP" else None
+        fields = spec_fields(parsed, sub_id, protocol, settings)
         record = Record(
             sub_id,
             origin,
@@ -547,7 +520,7 @@ class Registry(ClosedOnExit):
                 reply_to=spec.reply_to,
             )
         except ConfigError as exc:
-            raise _rekey(exc, spec.topic, fields["group"], spec.filters is not None) from exc
+            raise rekey(exc, spec.topic, fields["group"], spec.filters is not None) from exc
 
     async def delete(self, id: str, *, principal: Principal | None = None) -> None:
         """Close an API subscription: deliveries in hand finish or go back to the group.
@@ -585,157 +558,3 @@ class Registry(ClosedOnExit):
             await record.subscription.close(timeout)
         if record.done is not None:
             await record.done.wait()
-
-
-# -- specs ---------------------------------------------------------------------------------
-
-
-def convert_body(data: Any, kind: type[_T]) -> _T:
-    """A decoded JSON request body checked against a struct; ConfigError naming the key
-    inside the body (``delivery.max_attempts``) otherwise."""
-    try:
-        return convert(data, kind, key="body")
-    except ConfigError as exc:
-        key = (exc.key or "").removeprefix("body").removeprefix(".")
-        message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
-        missing = _MISSING.search(message)
-        if missing:
-            key = f"{key}.{missing.group(1)}" if key else missing.group(1)
-        raise ConfigError(message, key=key or None) from exc
-
-
-def _parse(spec: Mapping[str, Any]) -> SubscriptionSpec:
-    parsed = convert_body(dict(spec), SubscriptionSpec)
-    if not parsed.topic:
-        raise ConfigError("a topic name must be a non-empty string", key="topic")
-    if parsed.group is not None and not parsed.group:
-        raise ConfigError("a group must be a non-empty string when given", key="group")
-    if parsed.filters is not None and parsed.filter is not None:
-        raise ConfigError(
-            "give 'filters' (a list, all must match) or 'filter', not both", key="filters"
-        )
-    if parsed.protocol == "HTTP" or (parsed.protocol is None and parsed.sink is not None):
-        if parsed.sink is None:
-            raise ConfigError("a subscription with protocol HTTP needs a 'sink' URL", key="sink")
-        if parsed.ack_deadline is not None:
-            raise ConfigError(
-                "'ack_deadline' applies to pull subscriptions; an HTTP sink acks by answering",
-                key="ack_deadline",
-            )
-    else:
-        for name in ("sink", "protocolsettings", "reply_to"):
-            if getattr(parsed, name) is not None:
-                raise ConfigError(
-                    f"{name!r} applies to push subscriptions (protocol HTTP); a pull "
-                    "subscription is read through GET /subscriptions/{id}/events",
-                    key=name,
-                )
-        if parsed.ack_deadline is not None:
-            try:
-                check_range("ack_deadline", parsed.ack_deadline, 0, MAX_DELAY, above=True, unit="s")
-            except ValueError as exc:
-                raise ConfigError(str(exc), key="ack_deadline") from None
-    return parsed
-
-
-def _sink_settings(spec: SubscriptionSpec) -> SinkConfig:
-    settings = dict(spec.protocolsettings or {})
-    for reserved in ("handler", "webhook"):
-        if reserved in settings:
-            raise ConfigError(
-                f"unknown key {reserved!r}; the URL is the subscription's 'sink'",
-                key=f"protocolsettings.{reserved}",
-            )
-    settings["webhook"] = spec.sink
-    try:
-        config = convert(settings, SinkConfig, key="protocolsettings")
-    except ConfigError as exc:
-        message = str(exc).removeprefix(f"{exc.key}: ") if exc.key else str(exc)
-        raise ConfigError(message, key=exc.key) from exc
-    problem = config.problem()
-    if problem is not None:
-        key, message = problem
-        raise ConfigError(message, key=f"protocolsettings.{key}")
-    return config
-
-
-def _fields(
-    spec: SubscriptionSpec, sub_id: str, protocol: str, settings: SinkConfig | None
-) -> dict[str, Any]:
-    """The resource's fields: what was asked for, with defaults filled in."""
-    fields: dict[str, Any] = {
-        "id": sub_id,
-        "topic": spec.topic,
-        "group": spec.group or sub_id,
-        "protocol": protocol,
-    }
-    if settings is not None:
-        fields["sink"] = spec.sink
-        fields["protocolsettings"] = _settings_fields(settings)
-    if spec.filters is not None:
-        fields["filters"] = spec.filters
-    if spec.filter is not None:
-        fields["filter"] = spec.filter
-    if spec.transform is not None:
-        fields["transform"] = spec.transform
-    fields["delivery"] = _builtins(spec.delivery)
-    fields["start"] = spec.start
-    fields["persist"] = spec.persist
-    if protocol == "HTTP":
-        fields["reply_to"] = spec.reply_to
-    else:
-        fields["ack_deadline"] = float(
-            spec.ack_deadline if spec.ack_deadline is not None else _DEFAULT_ACK_DEADLINE
-        )
-    return fields
-
-
-def _config_fields(sub: SubscriptionConfig) -> dict[str, Any]:
-    fields: dict[str, Any] = {"id": sub.name, "topic": sub.topic, "group": sub.group_name}
-    sink = sub.sink
-    if sink is not None and sink.webhook is not None:
-        fields["protocol"] = "HTTP"
-        fields["sink"] = sink.webhook
-        fields["protocolsettings"] = _settings_fields(sink)
-    else:
-        fields["protocol"] = "handler"
-        fields["handler"] = sink.handler if sink is not None else None
-    if sub.filter is not None:
-        fields["filter"] = sub.filter
-    if sub.transform is not None:
-        fields["transform"] = sub.transform
-    fields["delivery"] = _builtins(sub.delivery)
-    fields["start"] = sub.start
-    fields["reply_to"] = sub.reply_to
-    return fields
-
-
-def _settings_fields(sink: SinkConfig) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "headers": dict(sink.headers),
-        "mode": sink.mode,
-        "timeout": float(sink.timeout),
-        "max_batch": sink.max_batch,
-        "batch_window": float(sink.batch_window),
-    }
-    if sink.signing_secret is not None:
-        fields["signing_secret"] = sink.signing_secret  # shown as *** by resource()
-    return fields
-
-
-def _builtins(policy: DeliveryPolicy) -> dict[str, Any]:
-    data: dict[str, Any] = msgspec.to_builtins(policy, enc_hook=float)
-    return data
-
-
-def _rekey(exc: ConfigError, topic: str, group: str, from_filters: bool) -> ConfigError:
-    """The mesh's error with its key said as the request's (``filters[1].exact``)."""
-    prefix = f"subscribe({topic!r}, group={group!r})."
-    key = exc.key
-    if key is None or not key.startswith(prefix):
-        return exc
-    inner = key[len(prefix) :]
-    if from_filters and inner.startswith("filter"):
-        inner = "filters" + inner[len("filter") :]
-    message = str(exc).removeprefix(f"{key}: ")
-    return ConfigError(message, key=inner)
