@@ -23,7 +23,7 @@ stale() {
 }
 
 build_go() {
-  command -v go >/dev/null || die "go not found: install Go 1.22 or later"
+  command -v go >/dev/null || die "go not found: install Go 1.23 or later (tests/interop/go/go.mod)"
   local src="$ROOT/tests/interop/go" bin="$CACHE/go/bin/cesdk"
   export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOPATH="$CACHE/go"
   export GOFLAGS=-modcacherw GOTOOLCHAIN=local

@@ -103,3 +103,19 @@ async def test_a_go_receivers_reply_is_published_to_reply_to(
             await go_send(go_sdk, f"{running.http_url}/topics/orders/events", "binary", event)
             assert_same_event(await replier.spec(), event)
             assert_same_event(await auditor.spec(), REPLY)
+
+
+async def test_a_body_that_is_not_json_under_a_json_type_is_refused_to_the_go_client(
+    go_sdk: list[str],
+) -> None:
+    """The Go SDK's client sending a binary-mode body that is not JSON under
+    ``application/json`` is answered 400 (refused, where it used to be stored as a JSON
+    string). In structured mode the SDK sends such bytes as ``data_base64``, which is
+    binary data and no JSON to check."""
+    event = with_data({**ORDER, "id": "not-json"}, b"hello, not json")
+    async with sidecar(sidecar_config([])) as running:
+        out = await run(
+            [*go_sdk, "send", f"{running.http_url}/topics/orders/events", "binary"],
+            json.dumps(event).encode(),
+        )
+    assert json.loads(out.strip().splitlines()[-1]) == {"status": 400}
