@@ -15,7 +15,8 @@ PublisherService/publishOneWay,   the same, answered ``google.protobuf.Empty`` (
 batchPublishOneWay                is then a gRPC status)
 PublisherService/requestReply     ``mesh.request``: the reply event is the answer
 ConsumerService/subscribe         webhook subscriptions to the ``url`` attribute
-ConsumerService/subscribeStream   a consumer's stream: subscriptions in, events out
+ConsumerService/subscribeStream   a consumer's stream: subscriptions (and replies) in,
+                                  events out
 ConsumerService/unsubscribe       ends the group's subscriptions to the topics named
 HeartbeatService/heartbeat        "0", or "30" when a subscription it names is not held
 ================================  =========================================================
@@ -28,11 +29,12 @@ gRPC error ends its consumption for good).
 A stream's first request subscribes the topics its JSON list names for its
 ``consumergroup``; the answer echoes it with ``statuscode``. Then each event is written
 with ``seqnum`` (a counter of the stream) and ``uniqueid`` (the event's id), and an
-event without ``subject`` is given its topic as ``subject``, as Apache EventMesh's events
-always carry it. The SDK sends no acknowledgement, so an event counts as delivered (and
-is acked) once its write succeeded: streams are at-most-once for these clients. When the
-stream ends or breaks its subscriptions close, and what was not written goes back to
-the group.
+event without ``subject`` is given its topic as ``subject``, as Apache EventMesh's
+events always carry it. A consumer's reply (``submessagetype: subscription_reply``) to
+a pushed request goes to the request's reply inbox. The SDK sends no acknowledgement,
+so an event counts as delivered (and is acked) once its write succeeded: streams are
+at-most-once for these clients. When the stream ends or breaks its subscriptions close,
+and what was not written goes back to the group.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from google.protobuf.message import DecodeError
 from grpc.aio import EOF as _EOF  # type: ignore[attr-defined]  # grpc-stubs lacks it
 
 from eventmesh._generated.apache.v1 import eventmesh_service_pb2 as apache_pb
+from eventmesh._requests import reply_address, send_replies
 from eventmesh._status import grpc_code
 from eventmesh.auth import CertIdentity, Guard, Principal
 from eventmesh.bindings.protobuf import CloudEvent, CloudEventBatch, from_proto, to_proto
@@ -311,6 +314,7 @@ class ApacheServicer:
             if request is None:
                 raise EventValidationError("the request is not a protobuf CloudEvent")
             ttl = _text(request.attributes, "ttl")
+            seqnum = _text(request.attributes, "seqnum") or "0"
             principal = self._principal(context, request)
             topic, event = self._event(request, "the request")
             if self.guard.enabled:
@@ -321,6 +325,10 @@ class ApacheServicer:
         except Exception as exc:
             return self._failure(request, exc)
         attributes = msg.attributes
+        # With seqnum and uniqueid the SDK reads the answer as an event, not as the
+        # answer to a subscription.
+        attributes["seqnum"].ce_string = seqnum
+        attributes["uniqueid"].ce_string = reply.id
         attributes["statuscode"].ce_string = SUCCESS
         attributes["responsemessage"].ce_string = "success"
         if "time" not in attributes:
@@ -434,7 +442,7 @@ class _Stream:
             await self._write(_stream_answer(None, BAD_BODY, "the message is not a CloudEvent"))
             return
         if _text(request.attributes, "submessagetype") == _REPLY:
-            log.debug("Apache EventMesh stream: a reply arrived and is dropped")
+            await self._reply(request)
             return
         try:
             await self._subscribe(request)
@@ -443,6 +451,21 @@ class _Stream:
             await self._write(_stream_answer(request, status_of(exc), message_of(exc)))
             return
         await self._write(_stream_answer(request, SUCCESS, "success"))
+
+    async def _reply(self, request: CloudEvent) -> None:
+        """A consumer's answer to an event it was pushed: the SDK sends it with the
+        pushed event's attributes, so a request's ``replyto`` inbox and
+        ``correlationid`` come back with it and the reply goes to the waiting
+        ``mesh.request``. A reply to an event that asked for none is dropped."""
+        try:
+            strip_metadata(request.attributes)
+            event = from_proto(request)
+            if reply_address(event) is None:
+                log.debug("Apache EventMesh stream: a reply to no request is dropped")
+                return
+            await send_replies(self.servicer.mesh.publish, event, event, None)
+        except Exception as exc:
+            self.servicer._failure(request, exc)  # logs it; the SDK reads no answer here
 
     async def _subscribe(self, request: CloudEvent) -> None:
         servicer = self.servicer

@@ -13,7 +13,9 @@ code   does
        105, :class:`~eventmesh.server.apache_wire.ApacheWebhookSink`)
 207    unsubscribe ``consumerGroup``'s webhook ``url`` from the topics of ``topic``
 203    heartbeat: ``retCode`` 0, or 30 when a ``heartbeatEntities`` subscription is not held
-101    request-reply: the reply event is ``retObj`` (its JSON format)
+101    request-reply: ``retMsg`` is the reply as Apache EventMesh's ReplyMessage JSON:
+       ``topic``, ``body`` (the data as text), ``properties`` (the extensions, ``id``,
+       ``source`` and ``type``)
 =====  =====================================================================================
 
 ``retCode`` 0 is success; the other codes are Apache EventMesh's (as over gRPC: 6 a bad
@@ -44,7 +46,7 @@ from eventmesh.errors import (
     EventTooLargeError,
     EventValidationError,
 )
-from eventmesh.event import Event, decode_json, encode_json
+from eventmesh.event import Event, decode_json
 from eventmesh.server._ratelimit import LogLimit
 from eventmesh.server.apache_wire import (
     BAD_HEADER,
@@ -71,7 +73,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def _reply(code: str | int, message: str, **extra: Any) -> web.Response:
-    body = {"retCode": int(code), "retMsg": message[:1000], "resTime": int(time.time() * 1000)}
+    body = {"retCode": int(code), "retMsg": message, "resTime": int(time.time() * 1000)}
     body.update(extra)
     return web.Response(body=_encoder.encode(body), content_type="application/json")
 
@@ -115,7 +117,7 @@ class ApacheHttp:
                 )
             else:
                 log.debug("Apache EventMesh request %s answered %s: %s", code, status_of(exc), exc)
-            return _reply(status_of(exc), message_of(exc))
+            return _reply(status_of(exc), message_of(exc)[:1000])
 
     async def _form(self, request: web.Request) -> Any:
         if request.content_type not in _FORM:
@@ -204,7 +206,17 @@ class ApacheHttp:
         ttl = self._optional(form, "ttl")
         timeout = int(ttl) / 1000 if ttl is not None and ttl.isdigit() else None
         reply = await self.mesh.request(topic, event, timeout=timeout)
-        return _reply(SUCCESS, "success", retObj=encode_json(reply).decode("utf-8"))
+        data = reply.data
+        if isinstance(data, bytes | bytearray | memoryview):
+            body = bytes(data).decode("utf-8", "replace")
+        elif isinstance(data, str):
+            body = data
+        else:
+            body = "" if data is None else _encoder.encode(data).decode("utf-8")
+        properties = {name: str(value) for name, value in reply.extensions.items()}
+        properties.update(id=reply.id, source=reply.source, type=reply.type)
+        message = {"topic": reply.subject or topic, "body": body, "properties": properties}
+        return _reply(SUCCESS, _encoder.encode(message).decode("utf-8"))
 
     async def _subscribe(
         self, request: web.Request, form: Any, principal: Principal

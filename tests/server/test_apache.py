@@ -32,6 +32,7 @@ from eventmesh.server.sidecar import Sidecar
 pytestmark = pytest.mark.anyio
 
 FREE = {"http": {"port": 0}, "grpc": {"port": 0}, "admin": {"port": 0}}
+MEMORY = {"default": {"type": "memory"}}
 TOKEN = "billing-secret-token"
 AUTH = {"tokens": [{"principal": "billing", "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}]}
 ACL = [
@@ -76,14 +77,14 @@ async def one_loop() -> AsyncIterator[None]:
 @pytest.fixture(scope="module")
 async def open_sidecar() -> AsyncIterator[Sidecar]:
     """A sidecar without auth."""
-    async with Sidecar({"server": FREE}) as running:
+    async with Sidecar({"server": FREE, "connectors": MEMORY}) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 async def guarded_sidecar() -> AsyncIterator[Sidecar]:
     """A sidecar with a static token and an ACL."""
-    async with Sidecar({"server": FREE, "auth": AUTH, "acl": ACL}) as running:
+    async with Sidecar({"server": FREE, "connectors": MEMORY, "auth": AUTH, "acl": ACL}) as running:
         yield running
 
 
@@ -279,6 +280,22 @@ async def test_request_reply(open_sidecar: Sidecar) -> None:
         reply = await PublisherServiceStub(channel).requestReply(cloud_event("apache.rr"))
     assert status(reply) == "0"
     assert (reply.id, reply.type) == ("r-1", "order.answer")
+
+
+async def test_http_request_reply(open_sidecar: Sidecar) -> None:
+    """Code 101 answers with the reply as Apache EventMesh's ReplyMessage JSON in retMsg."""
+
+    async def answer(event: Event) -> Event:
+        return Event(type="order.answer", source="/svc", id="r-2", data="fine")
+
+    async with open_sidecar.mesh.subscribe("apache.rr.http", "svc", handler=answer):
+        form = {"topic": "apache.rr.http", "content": "how?", "uniqueid": "q-1", "ttl": "10000"}
+        reply = await post(open_sidecar, "101", form, protocoltype="eventmeshmessage")
+    assert reply["retCode"] == 0
+    message = json.loads(reply["retMsg"])
+    assert (message["topic"], message["body"]) == ("apache.rr.http", "fine")
+    assert message["properties"]["correlationid"] == "q-1"
+    assert message["properties"]["id"] == "r-2"
 
 
 async def test_webhook_answers_follow_ret_code() -> None:

@@ -45,9 +45,12 @@ import org.apache.eventmesh.common.protocol.grpc.common.Response;
  * <pre>
  *   grpc-pub N TOPIC GRPC_PORT         N publish() then one publish(List) of 2: SENT and RESP lines
  *   http-pub N TOPIC HTTP_PORT         N CloudEvents and one EventMeshMessage: SENT lines
- *   grpc-sub N TOPIC GRPC_PORT GROUP   READY, then GOT per event; after N: HEARTBEAT lines,
- *                                      unsubscribe, UNSUBSCRIBED; then waits for a line on
- *                                      stdin and prints TOTAL and NULLS
+ *   grpc-sub N TOPIC GRPC_PORT GROUP [reply]
+ *                                      READY, then GOT per event (with "reply" the handler
+ *                                      answers each); after N: HEARTBEAT lines, unsubscribe,
+ *                                      UNSUBSCRIBED; then waits for a line on stdin and
+ *                                      prints TOTAL and NULLS
+ *   grpc-rr N TOPIC GRPC_PORT          N requestReply(): SENT and REPLY lines
  *   http-sub N TOPIC HTTP_PORT GROUP [retry]
  *                                      a webhook on 127.0.0.1:0; READY, then PUSH per request
  *                                      (with "retry" the first is answered retCode 2); after
@@ -73,7 +76,8 @@ public final class InteropMain {
             switch (mode) {
                 case "grpc-pub" -> grpcPub(n, topic, port);
                 case "http-pub" -> httpPub(n, topic, port);
-                case "grpc-sub" -> grpcSub(n, topic, port, group);
+                case "grpc-sub" -> grpcSub(n, topic, port, group, args.length > 5 && "reply".equals(args[5]));
+                case "grpc-rr" -> grpcRequestReply(n, topic, port);
                 case "http-sub" -> httpSub(n, topic, port, group, args.length > 5 && "retry".equals(args[5]));
                 default -> throw new IllegalArgumentException("unknown mode " + mode);
             }
@@ -159,6 +163,31 @@ public final class InteropMain {
         }
     }
 
+    private static void grpcRequestReply(int n, String topic, int port) throws Exception {
+        EventMeshGrpcClientConfig config = EventMeshGrpcClientConfig.builder()
+                .serverAddr("127.0.0.1")
+                .serverPort(port)
+                .producerGroup("interop-requester")
+                .env("test")
+                .idc("idc1")
+                .sys("1234")
+                .build();
+        try (EventMeshGrpcProducer producer = new EventMeshGrpcProducer(config)) {
+            for (int i = 0; i < n; i++) {
+                CloudEvent ce = event(topic, i);
+                CloudEvent reply = producer.requestReply(ce, 20_000);
+                check(reply != null, "requestReply returned null");
+                sent(ce);
+                if (reply != null) {
+                    byte[] data = reply.getData() == null ? null : reply.getData().toBytes();
+                    System.out.println("REPLY " + ce.getId() + " " + reply.getId() + " " + reply.getType()
+                            + " " + new String(data == null ? new byte[0] : data, StandardCharsets.UTF_8)
+                            + " " + reply.getExtension("correlationid") + " " + reply.getExtension("statuscode"));
+                }
+            }
+        }
+    }
+
     private static EventMeshHttpClientConfig httpConfig(int port, String group) {
         return EventMeshHttpClientConfig.builder()
                 .liteEventMeshAddr("127.0.0.1:" + port)
@@ -212,7 +241,7 @@ public final class InteropMain {
         new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8)).readLine();
     }
 
-    private static void grpcSub(int n, String topic, int port, String group) throws Exception {
+    private static void grpcSub(int n, String topic, int port, String group, boolean reply) throws Exception {
         EventMeshGrpcClientConfig config = EventMeshGrpcClientConfig.builder()
                 .serverAddr("127.0.0.1")
                 .serverPort(port)
@@ -238,7 +267,17 @@ public final class InteropMain {
                         + sha(data) + " " + ce.getExtension("seqnum") + " " + ce.getExtension("uniqueid")
                         + " " + ce.getExtension("passwd") + " " + ce.getExtension("traceid"));
                 count.incrementAndGet();
-                return Optional.empty();
+                if (!reply) {
+                    return Optional.empty();
+                }
+                return Optional.of(CloudEventBuilder.v1()
+                        .withId("reply-" + ce.getId())
+                        .withSource(URI.create("/interop/responder"))
+                        .withType("org.eventmesh.interop.reply")
+                        .withSubject(topic)
+                        .withDataContentType("application/json")
+                        .withData(("{\"answer\":\"" + ce.getId() + "\"}").getBytes(StandardCharsets.UTF_8))
+                        .build());
             }
 
             @Override
