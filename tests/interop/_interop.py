@@ -147,17 +147,16 @@ async def foreign(command: Sequence[str], *, stdin: bytes | None = None) -> Asyn
 
 
 async def run(command: Sequence[str], stdin: bytes, timeout: float = WAIT * 2) -> str:
-    """Run ``command`` to its end with ``stdin``; its stdout. AssertionError if it fails."""
-    async with foreign(command, stdin=stdin) as process:
-        with anyio.fail_after(timeout):
-            code = await process.process.wait()
-        assert process.process.stdout is not None
-        out = process._buffer
-        async for chunk in process.process.stdout:
-            out += chunk
-        if code != 0:
-            raise AssertionError(f"{command[-3:]} exited {code}: {await process.err()}")
-        return out.decode()
+    """Run ``command`` (bounded by ``timeout``) to its end with ``stdin``; its stdout.
+    AssertionError if it fails."""
+    with anyio.fail_after(timeout):
+        done = await anyio.run_process(
+            ["timeout", "-k", "5", str(int(timeout)), *command], input=stdin, check=False
+        )
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace")[-2000:]
+        raise AssertionError(f"{' '.join(command[-3:])} exited {done.returncode}: {tail}")
+    return done.stdout.decode()
 
 
 @asynccontextmanager
