@@ -1,0 +1,322 @@
+"""What the local connector promises beyond the conformance kit: each fsync mode keeps
+events across a restart, retention by size and age, positions that survive a restart
+only over contiguous acks, one process per data directory, partitions that stay put,
+events read back from disk, and its place as the daemon's default."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import anyio
+import pytest
+
+import eventmesh
+from eventmesh.config import load_config
+from eventmesh.connectors.base import Delivery, StoredEvent
+from eventmesh.connectors.local import LocalConfig, LocalConnector
+from eventmesh.errors import ConfigError, ConnectError
+from eventmesh.event import Event
+from eventmesh.testing import collect
+
+pytestmark = pytest.mark.anyio
+
+
+def _events(count: int, *, key: str | None = None, pad: int = 0) -> list[Event]:
+    return [
+        Event(
+            type="t",
+            source="/local",
+            data={"n": i, "pad": "x" * pad},
+            extensions={"partitionkey": key} if key else {},
+        )
+        for i in range(count)
+    ]
+
+
+def _numbers(deliveries: Sequence[Delivery] | Sequence[StoredEvent]) -> list[int]:
+    return [d.event.data["n"] for d in deliveries]
+
+
+async def _read_all(connector: LocalConnector, topic: str) -> list[StoredEvent]:
+    out: list[StoredEvent] = []
+    cursor: dict[int, int] = {}
+    while page := await connector.read(topic, after=cursor, limit=1_000):
+        out += page
+        for stored in page:
+            cursor[stored.partition] = max(cursor.get(stored.partition, -1), stored.offset)
+    return out
+
+
+@pytest.mark.parametrize("fsync", ["always", "batch", "interval"])
+async def test_each_fsync_mode_keeps_published_events_across_a_restart(
+    tmp_path: Path, fsync: str
+) -> None:
+    """Whatever the fsync mode, events acknowledged before close are there after reopen."""
+    config = LocalConfig(data_dir=str(tmp_path), fsync=fsync)  # type: ignore[arg-type]
+    async with LocalConnector(config) as connector, anyio.create_task_group() as tg:
+        for _ in range(4):  # concurrent publishes: grouped into commits under batch
+            tg.start_soon(connector.publish, "t", _events(25))
+    async with LocalConnector(config) as connector:
+        assert len(await _read_all(connector, "t")) == 100
+
+
+async def test_retention_by_size_drops_the_oldest_and_moves_groups_past_them(
+    tmp_path: Path,
+) -> None:
+    """Past max_bytes the oldest events go; a group that had not read them starts after."""
+    config = LocalConfig(data_dir=str(tmp_path), partitions=1, max_bytes=20_000)
+    async with LocalConnector(config) as connector:
+        async with connector.subscribe("t", "slow", start="earliest"):
+            pass  # the group exists, at offset 0, and reads nothing
+        for i in range(0, 400, 50):
+            await connector.publish("t", _events(400, pad=100)[i : i + 50])
+        with anyio.fail_after(15):
+            while (kept := await _read_all(connector, "t"))[0].offset == 0:
+                await anyio.sleep(0.05)
+        assert kept[-1].offset == 399  # the newest stay
+        assert sum(len(json.dumps(s.event.data)) for s in kept) < 25_000
+        assert connector.released()["t"] == kept[0].offset
+        async with connector.subscribe("t", "slow") as consumer:
+            got = await collect(consumer, 1, timeout=10)
+        assert got[0].offset >= kept[0].offset
+
+
+async def test_retention_by_age_drops_old_events(tmp_path: Path) -> None:
+    """Events older than max_age are deleted, read or not."""
+    config = LocalConfig(data_dir=str(tmp_path), max_age=0.3)  # type: ignore[arg-type]
+    async with LocalConnector(config) as connector:
+        await connector.publish("t", _events(10))
+        assert len(await _read_all(connector, "t")) == 10
+        with anyio.fail_after(15):
+            while await _read_all(connector, "t"):
+                await anyio.sleep(0.05)
+        assert connector.released() == {"t": 10}
+
+
+async def test_positions_survive_a_restart_only_over_contiguous_acks(tmp_path: Path) -> None:
+    """Acks after an unacked event commit nothing; contiguous ones survive a restart."""
+    config = LocalConfig(data_dir=str(tmp_path), partitions=1)
+    async with LocalConnector(config) as connector, connector.subscribe("t", "g") as consumer:
+        await connector.publish("t", _events(5))
+        got = await collect(consumer, 5, timeout=10, ack=False)
+        for delivery in got[1:]:
+            await delivery.ack()
+    async with LocalConnector(config) as connector, connector.subscribe("t", "g") as consumer:
+        got = await collect(consumer, 5, timeout=10, ack=False)
+        assert _numbers(got) == [0, 1, 2, 3, 4]
+        for delivery in got[:3]:
+            await delivery.ack()
+    async with LocalConnector(config) as connector:
+        async with connector.subscribe("t", "g") as consumer:
+            got = await collect(consumer, 2, timeout=10)
+            got += await collect(consumer, 1, timeout=0.3)
+        assert _numbers(got) == [3, 4]
+
+
+async def test_lag_counts_what_the_group_has_not_acked(tmp_path: Path) -> None:
+    """lag() is the stored events past the group's committed positions."""
+    async with (
+        LocalConnector(LocalConfig(data_dir=str(tmp_path), partitions=2)) as connector,
+        connector.subscribe("t", "g") as consumer,
+    ):
+        await connector.publish("t", _events(10))
+        assert consumer.lag() == 10
+        got = await collect(consumer, 10, timeout=10, ack=False)
+        for delivery in got:
+            if delivery.offset < 2:
+                await delivery.ack()
+        assert consumer.lag() == 6
+
+
+async def test_one_connector_holds_a_data_directory(tmp_path: Path) -> None:
+    """A second connector on an open data directory is refused with ConnectError naming
+    it; once the first closes, the second opens."""
+    config = LocalConfig(data_dir=str(tmp_path))
+    async with LocalConnector(config):
+        with pytest.raises(ConnectError, match="in use by another process"):
+            await LocalConnector(config).open()
+    async with LocalConnector(config) as again:
+        assert again.is_open
+
+
+async def test_a_key_stays_in_its_partition_across_restarts(tmp_path: Path) -> None:
+    """The partition of a partitionkey does not depend on the process (hash() would)."""
+    config = LocalConfig(data_dir=str(tmp_path), partitions=8)
+    code = (
+        "import anyio, sys\n"
+        "from eventmesh.connectors.local import LocalConfig, LocalConnector\n"
+        "from eventmesh.event import Event\n"
+        "async def main():\n"
+        f"    async with LocalConnector(LocalConfig(data_dir={str(tmp_path)!r}, partitions=8)) "
+        "as c:\n"
+        "        await c.publish('t', [Event(type='t', source='/s', data={'n': 0},"
+        " extensions={'partitionkey': f'order-{k}'}) for k in range(20)])\n"
+        "anyio.run(main)\n"
+    )
+    await anyio.run_process([sys.executable, "-c", code], check=True)
+    async with LocalConnector(config) as connector:
+        await connector.publish(
+            "t", [Event(type="t", source="/s", extensions={"partitionkey": f"order-{k}"})
+                  for k in range(20)]
+        )  # fmt: skip
+        stored = await _read_all(connector, "t")
+    partitions: dict[object, set[int]] = {}
+    for s in stored:
+        partitions.setdefault(s.event.partitionkey, set()).add(s.partition)
+    assert len(partitions) == 20
+    assert all(len(found) == 1 for found in partitions.values()), partitions
+    assert len(set().union(*partitions.values())) > 1  # the keys are spread
+
+
+async def test_consumers_behind_the_memory_tail_read_from_disk(tmp_path: Path) -> None:
+    """With a small in-memory tail, a group starting at 'earliest' after a restart gets
+    every event, in order per key, from disk."""
+    config = LocalConfig(data_dir=str(tmp_path), partitions=2, cache_events=32)
+    async with LocalConnector(config) as connector:
+        for i in range(0, 600, 100):
+            await connector.publish("t", _events(600, key=None)[i : i + 100])
+    async with LocalConnector(config) as connector:
+        await connector.publish("t", _events(1, key="late"))
+        async with connector.subscribe("t", "g", start="earliest") as consumer:
+            got = await collect(consumer, 601, timeout=20)
+    assert len(got) == 601
+    for p in (0, 1):
+        offsets = [d.offset for d in got if d.partition == p]
+        assert offsets == sorted(offsets) == list(range(len(offsets)))
+
+
+async def test_an_event_time_with_an_offset_comes_back_as_it_was(tmp_path: Path) -> None:
+    """A time with a non-UTC offset, and bytes data, survive the disk unchanged."""
+    stamp = datetime(2024, 5, 1, 12, 0, 30, 250000, tzinfo=timezone(timedelta(hours=2)))
+    sent = [
+        Event(type="t", source="/s", id="a", time=stamp, data={"n": 0}),
+        Event(type="t", source="/s", id="b", data=b"\x00\xff", extensions={"n": 3}),
+    ]
+    config = LocalConfig(data_dir=str(tmp_path), partitions=1)
+    async with LocalConnector(config) as connector:
+        await connector.publish("t", sent)
+    async with LocalConnector(config) as connector:
+        back = [s.event for s in await _read_all(connector, "t")]
+    assert back == sent
+    assert back[0].time is not None
+    assert back[0].time.utcoffset() == timedelta(hours=2)
+
+
+async def test_state_and_positions_live_in_the_same_file(tmp_path: Path) -> None:
+    """A state bucket written before a restart is loaded after it."""
+    config = LocalConfig(data_dir=str(tmp_path))
+    async with LocalConnector(config) as connector:
+        store = connector.state("subscriptions")
+        assert store is not None
+        await store.put("billing", b'{"topic": "orders"}')
+    async with LocalConnector(config) as connector:
+        store = connector.state("subscriptions")
+        assert store is not None
+        assert await store.load() == {"billing": b'{"topic": "orders"}'}
+        assert await connector.state("other").load() == {}  # type: ignore[union-attr]
+
+
+def test_config_mistakes_name_the_key() -> None:
+    """A bad local setting is a ConfigError at its key."""
+    with pytest.raises(ConfigError, match=r"connectors\.default"):
+        load_config({"connectors": {"default": {"type": "local", "partitions": 0}}})
+    with pytest.raises(ConfigError, match="fsync"):
+        load_config({"connectors": {"default": {"type": "local", "fsync": "sometimes"}}})
+
+
+async def test_connect_with_a_data_dir_is_durable_and_without_one_is_memory(
+    tmp_path: Path,
+) -> None:
+    """connect(data_dir=...) keeps events across restarts; connect() stays in memory."""
+    async with eventmesh.connect() as mesh:
+        assert mesh.config.connectors["default"].type == "memory"  # type: ignore[attr-defined]
+    async with eventmesh.connect(data_dir=tmp_path) as mesh:
+        await mesh.publish("orders", Event(type="t", source="/s", id="kept"))
+    got: list[str] = []
+    done = anyio.Event()
+
+    async def handler(event: Event) -> None:
+        got.append(event.id)
+        done.set()
+
+    async with eventmesh.connect(data_dir=tmp_path) as mesh:
+        await mesh.subscribe("orders", "g", handler=handler, start="earliest")  # type: ignore[attr-defined]
+        with anyio.fail_after(10):
+            await done.wait()
+    assert got == ["kept"]
+    with pytest.raises(ConfigError, match="data_dir"):
+        eventmesh.connect("http://127.0.0.1:1", data_dir=tmp_path)
+
+
+def _run_sidecar(*extra: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """'eventmesh run' on free ports; its log lines up to the 'running' one."""
+    ports = ["--set", "server.http.port=0", "--set", "server.grpc.port=0"]
+    ports += ["--set", "server.admin.port=0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventmesh.cli", "run", *ports, *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()  # type: ignore[union-attr]
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        if " running: " in line:
+            break
+    return proc, lines
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_eventmesh_run_keeps_events_in_its_data_dir(tmp_path: Path) -> None:
+    """'eventmesh run' names its data directory in its first log line and stores there;
+    a config with a memory connector names none."""
+    data = tmp_path / "store"
+    proc, lines = _run_sidecar("--data-dir", str(data))
+    try:
+        first = json.loads(lines[0])["message"]
+        assert first.endswith(f"data directory {data}")
+        running = json.loads(lines[-1])["message"]
+        assert "connectors default (local)" in running
+        url = running.split("http ", 1)[1].split(",", 1)[0]
+        published = subprocess.run(
+            [sys.executable, "-m", "eventmesh.cli", "publish", "orders", "--type", "t",
+             "--source", "/cli", "--id", "from-cli", "--url", url],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert published.returncode == 0, published.stderr
+    finally:
+        _stop(proc)
+
+    async def stored() -> list[str]:
+        async with LocalConnector(LocalConfig(data_dir=str(data))) as connector:
+            return [s.event.id for s in await _read_all(connector, "orders")]
+
+    assert anyio.run(stored) == ["from-cli"]
+    memory = tmp_path / "memory.yaml"
+    memory.write_text("connectors:\n  default: {type: memory}\n", encoding="utf-8")
+    proc, lines = _run_sidecar("-c", str(memory), "--data-dir", str(tmp_path / "unused"))
+    try:
+        assert "no data directory" in json.loads(lines[0])["message"]
+        assert "connectors default (memory)" in json.loads(lines[-1])["message"]
+    finally:
+        _stop(proc)
+    assert not (tmp_path / "unused").exists()
