@@ -492,7 +492,12 @@ class _Stream:
             subscription = servicer.mesh.subscribe(
                 item.topic, mesh_group, name=f"apache/{group}/{item.topic}"
             )
-            await subscription.start()
+            try:
+                await subscription.start()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await subscription.close()
+                raise
             scope = anyio.CancelScope()
             self._subs[item.topic] = (subscription, scope, mesh_group != group)
             self._tg.start_soon(self._pump, item.topic, subscription, scope)

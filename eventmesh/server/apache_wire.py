@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import urlencode
 
+import anyio
 import msgspec
 
 from eventmesh.auth import ANONYMOUS, CertIdentity, Guard, Principal
@@ -396,7 +397,8 @@ class ApacheConsumers:
                 await subscription.start()
             except BaseException:
                 self._webhooks.pop(key, None)
-                await subscription.close()
+                with anyio.CancelScope(shield=True):
+                    await subscription.close()
                 raise
             started += 1
             log.info("apache webhook subscription: group %s, topic %s", group, item.topic)

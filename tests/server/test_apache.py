@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,8 @@ from eventmesh._generated.apache.v1.eventmesh_service_pb2_grpc import (
 from eventmesh.bindings.protobuf import CloudEvent, CloudEventBatch
 from eventmesh.delivery.webhook import WebhookSession
 from eventmesh.errors import DeliveryError
-from eventmesh.server.apache_wire import MAX_ITEMS, ApacheWebhookSink
+from eventmesh.server.apache_grpc import MAX_ATTRIBUTES, MAX_BATCH
+from eventmesh.server.apache_wire import MAX_ITEMS, MAX_SPEC, ApacheWebhookSink
 from eventmesh.server.sidecar import Sidecar
 
 pytestmark = pytest.mark.anyio
@@ -345,3 +347,17 @@ async def test_webhook_answers_follow_ret_code() -> None:
         "w-1",
         {"traceid": "x"},
     )
+
+
+async def test_the_limits_are_the_documented_ones() -> None:
+    """docs/operations.md ("Limits: Apache EventMesh's clients") gives these bounds."""
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = text.split("### Limits: Apache EventMesh's clients", 1)[1].split("###", 1)[0]
+    for name, value in (
+        ("MAX_ITEMS", MAX_ITEMS),
+        ("MAX_SPEC", MAX_SPEC),
+        ("MAX_ATTRIBUTES", MAX_ATTRIBUTES),
+        ("MAX_BATCH", MAX_BATCH),
+    ):
+        assert f"| {value:,} | none (fixed: `" in section, name
+        assert name in section
