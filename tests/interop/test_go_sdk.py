@@ -119,3 +119,29 @@ async def test_a_body_that_is_not_json_under_a_json_type_is_refused_to_the_go_cl
             json.dumps(event).encode(),
         )
     assert json.loads(out.strip().splitlines()[-1]) == {"status": 400}
+
+
+@pytest.mark.parametrize(
+    ("delivered", "types"),
+    [
+        ("structured", {"tier": "int32", "vip": "bool", "tenant": "string"}),
+        ("binary", {"tier": "string", "vip": "string", "tenant": "string"}),
+    ],
+)
+async def test_typed_extensions_keep_their_types_in_structured_mode(
+    go_sdk: list[str], tmp_path: Path, delivered: str, types: dict[str, str]
+) -> None:
+    """An Integer and a Boolean extension the Go SDK sends in structured mode reach a Go
+    SDK webhook in structured mode with their types (int32, bool); in binary mode, whose
+    headers carry no types, as their canonical strings."""
+    event = with_data({**ORDER, "extensions": {"tier": 3, "vip": True, "tenant": "acme"}}, b"{}")
+    async with go_receiver(go_sdk, None, tmp_path) as (url, receiver):
+        config = sidecar_config([webhook("go", "orders", url, mode=delivered)])
+        async with sidecar(config) as running:
+            await go_send(go_sdk, f"{running.http_url}/topics/orders/events", "structured", event)
+            seen = await receiver.spec()
+    assert seen["extension_types"] == types
+    if delivered == "structured":
+        assert seen["extensions"] == {"tier": 3, "vip": True, "tenant": "acme"}
+    else:
+        assert seen["extensions"] == {"tier": "3", "vip": "true", "tenant": "acme"}

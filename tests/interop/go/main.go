@@ -76,6 +76,9 @@ func build(raw []byte) event.Event {
 		e.SetTime(t)
 	}
 	for name, value := range s.Extensions {
+		if number, ok := value.(float64); ok { // JSON numbers: the spec's Integer
+			value = int32(number)
+		}
 		e.SetExtension(name, value)
 	}
 	if s.DataB64 != nil {
