@@ -264,12 +264,15 @@ class Requests:
             if self._subscription is None:
                 # One lane: replies are matched in the order they were stored, so the
                 # first reply stored wins (the handler never waits, so one is enough).
+                # From the earliest: the topic is this mesh's own and new, and a reply
+                # stored before a broker's group join completes must not be skipped.
                 sub = self._mesh.subscribe(
                     self.inbox,
                     "inbox",
                     handler=self._receive,
                     name=self.inbox,
                     delivery=DeliveryPolicy(concurrency=1),
+                    start="earliest",
                 )
                 await sub.start()
                 self._subscription = sub

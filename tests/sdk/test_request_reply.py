@@ -207,6 +207,13 @@ async def test_a_traced_request_is_answered_under_its_delivery_span() -> None:
     assert any(name.startswith("publish") and INBOX_PREFIX in name for name in names)
 
 
+def test_the_blocking_facade_requests() -> None:
+    """connect_blocking().request waits for the reply without async code."""
+    with eventmesh.connect_blocking() as mesh, mesh.subscribe("pings", "echo", handler=echo):
+        reply = mesh.request("pings", ping(6), timeout=DEADLINE)
+    assert reply.data == {"n": 6}
+
+
 # -- not answered -----------------------------------------------------------------------------
 
 
