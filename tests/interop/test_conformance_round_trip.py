@@ -188,7 +188,7 @@ def _kafka_scenarios() -> list[tuple[str, list[tuple[str, bytes]], bytes]]:
             [cell.strip() for cell in line.strip().strip("|").split("|")]
             for line in table.strip().splitlines()[1:]
         ]
-        examples = [None]
+        examples: list[str | None] = [None]
         if "Examples:" in scenario:
             lines = scenario.split("Examples:")[1].strip().splitlines()[1:]
             examples = [line.strip().strip("|").strip() for line in lines]
