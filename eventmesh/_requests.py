@@ -287,6 +287,9 @@ class Requests:
             log.debug("reply %s (correlationid %r) answers no waiting request; dropped",
                       reply.id, correlation)  # fmt: skip
             return
+        ext = reply.extensions
+        if ext.get("partitionkey") == correlation:  # the key send_replies gave it
+            reply = reply.replace(extensions={k: v for k, v in ext.items() if k != "partitionkey"})
         waiting.reply = reply
         waiting.done.set()
 

@@ -130,6 +130,7 @@ async def test_a_subscription_handler_answers_a_request(mesh: Mesh, client: Clie
     assert (reply.type, reply.data) == ("pong", {"n": 7})
     assert reply.extensions[CORRELATION_ID] == request.id
     assert REPLY_TO not in reply.extensions
+    assert "partitionkey" not in reply.extensions  # the inbox's own key is taken off
 
 
 async def test_a_function_answers_a_request(mesh: Mesh, client: Client) -> None:
