@@ -28,23 +28,117 @@ from eventmesh.errors import EventValidationError
 if TYPE_CHECKING:
     from cloudevents.core.base import BaseCloudEvent
 
-__all__ = [
+# Plain sorted, as tests/test_public_api.py checks; isort's order puts URI first.
+__all__ = [  # noqa: RUF022
+    "Binary",
     "CONTEXT_ATTRIBUTES",
     "Event",
     "ExtensionValue",
+    "JSONData",
+    "NanoTime",
+    "Timestamp",
+    "URI",
+    "URIRef",
     "check_data_depth",
+    "data_text",
+    "data_texts",
     "decode_json",
     "decode_json_batch",
     "encode_json",
     "encode_json_batch",
+    "format_time",
+    "is_json_media_type",
+    "keep_data_text",
     "parse_time",
+    "stored_data",
+    "struct_keeps",
 ]
 
 SPECVERSION: Final = "1.0"
 
 ExtensionValue: TypeAlias = str | int | bool
-"""The value types an extension attribute may hold (the spec's String, Integer, Boolean;
-URI, URI-reference, Timestamp and Binary travel as their canonical strings)."""
+"""The value types an extension attribute may hold: the spec's String, Integer, Boolean,
+and its URI, URI-reference, Timestamp and Binary as the typed strings :class:`URI`,
+:class:`URIRef`, :class:`Timestamp` and :class:`Binary` (each its canonical string)."""
+
+
+class URI(str):
+    """An extension value of the CloudEvents type URI: its text, typed so that the
+    protobuf format sends it as ``ce_uri``. Everywhere else it is the string it holds."""
+
+    __slots__ = ()
+
+
+class URIRef(str):
+    """An extension value of the CloudEvents type URI-reference (``ce_uri_ref``)."""
+
+    __slots__ = ()
+
+
+class Timestamp(str):
+    """An extension value of the CloudEvents type Timestamp, as its RFC 3339 text
+    (``ce_timestamp`` in the protobuf format); :meth:`to_datetime` parses it."""
+
+    __slots__ = ()
+
+    def to_datetime(self) -> datetime:
+        """The timestamp as an aware datetime (a :class:`NanoTime` when it has
+        nanoseconds)."""
+        return parse_time(str(self))
+
+
+class Binary(str):
+    """An extension value of the CloudEvents type Binary, as its canonical base64 text
+    (``ce_bytes`` in the protobuf format); :meth:`to_bytes` decodes it."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, value: bytes) -> Binary:
+        """The Binary value holding ``value``."""
+        return cls(base64.b64encode(value).decode("ascii"))
+
+    def to_bytes(self) -> bytes:
+        """The bytes this value holds."""
+        return base64.b64decode(self)
+
+
+_TYPED_STRINGS: Final = frozenset({URI, URIRef, Timestamp, Binary})
+
+
+class NanoTime(datetime):
+    """A ``datetime`` that also keeps the nanoseconds below its microsecond, so a
+    ``time`` sent as ``...12.123456789Z`` is written back with all nine digits.
+
+    It compares, hashes and computes as the datetime it is (to the microsecond).
+    ``parse_time`` and the protobuf format make one only when there are such digits.
+    """
+
+    extra_nanos: int = 0
+    """Nanoseconds below :attr:`microsecond` (0-999)."""
+
+    @classmethod
+    def of(cls, value: datetime, extra_nanos: int) -> NanoTime:
+        """``value`` with ``extra_nanos`` (0-999) nanoseconds below its microsecond."""
+        made = cls(
+            value.year,
+            value.month,
+            value.day,
+            value.hour,
+            value.minute,
+            value.second,
+            value.microsecond,
+            value.tzinfo,
+            fold=value.fold,
+        )
+        made.extra_nanos = extra_nanos
+        return made
+
+    @property
+    def nanosecond(self) -> int:
+        """The fraction of the second in nanoseconds (0-999 999 999)."""
+        return self.microsecond * 1000 + self.extra_nanos
+
 
 CONTEXT_ATTRIBUTES: Final = frozenset(
     {"id", "source", "specversion", "type", "datacontenttype", "dataschema", "subject", "time"}
@@ -68,6 +162,53 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
+_UNPARSED: Final[Any] = object()
+
+
+class JSONData:
+    """Event data that is a JSON document, kept as the bytes it arrived as.
+
+    The bindings make one for a body under a JSON content type, after checking that it
+    is JSON, and write ``raw`` back unchanged (binary mode, and verbatim inside the JSON
+    event format), so spacing, key order, duplicate keys and number spellings survive.
+    ``value`` is the parsed document, parsed on first read (``event.data`` reads it).
+    It equals, and its ``repr`` reads as, the parsed value.
+    """
+
+    __slots__ = ("_value", "raw")
+
+    def __init__(self, raw: bytes, value: Any = _UNPARSED) -> None:
+        self.raw = raw
+        self._value = value
+
+    @property
+    def parsed(self) -> bool:
+        """Whether :attr:`value` has been read (the body parsed) yet."""
+        return self._value is not _UNPARSED
+
+    @property
+    def value(self) -> Any:
+        """The parsed JSON value, parsed once, on first read; do not change it."""
+        value = self._value
+        if value is _UNPARSED:
+            value = self._value = _decoder.decode(self.raw)
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is JSONData:
+            return self.raw == other.raw or bool(self.value == other.value)
+        return bool(self.value == other)
+
+    __hash__ = None  # type: ignore[assignment]  # as unhashable as the value it holds
+
+    def __repr__(self) -> str:
+        # The value's repr, so an event reads (and compares by repr) as its data.
+        return repr(self.value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JSONData, (self.raw,))
+
+
 def _new_id() -> str:
     h = "%032x" % (_rng.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -82,8 +223,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     ``type`` and ``source`` are required; ``id`` defaults to a new UUID, ``time`` to
     now in UTC and ``specversion`` to ``"1.0"``. ``data`` is a JSON value, ``str``
-    or ``bytes``. ``extensions`` maps extension names (lower-case letters and digits)
-    to ``str``, ``int`` or ``bool``.
+    or ``bytes``, or a :class:`JSONData` (JSON kept as the bytes it arrived as: reading
+    ``event.data`` then gives the parsed value, parsed on first read, and the bindings
+    send the bytes unchanged). ``extensions`` maps extension names (lower-case letters
+    and digits) to ``str``, ``int`` or ``bool`` (or a typed string, see
+    :data:`ExtensionValue`).
 
     Raises :class:`~eventmesh.errors.EventValidationError`, naming the attribute,
     when an attribute is missing, empty or of the wrong type.
@@ -176,6 +320,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         time = obj.get("time")
         if time is not None and type(time) is not str:
             obj["time"] = _format_time(time)
+        if type(obj.get("data")) is msgspec.Raw:
+            obj["data"] = self.data
+        for name, value in self.extensions.items():
+            if type(value) in _TYPED_STRINGS:
+                obj[name] = str(value)
         return obj
 
     @classmethod
@@ -267,6 +416,51 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return CloudEvent(attributes=self.attributes(), data=data)
 
 
+# ``data`` is a slot of the Struct; msgspec reads and writes it by offset (encode,
+# replace, ==), Python code through this descriptor, which shows a JSONData's parsed value.
+_data_slot: Final[Any] = Event.__dict__["data"]
+stored_data: Final[Any] = _data_slot.__get__
+"""``stored_data(event)``: the data as stored, a :class:`JSONData` left as it is (what
+the bindings write); ``event.data`` is the same with a JSONData's parsed value."""
+
+
+class _DataField:
+    """The ``data`` attribute of an :class:`Event` (see ``_data_slot``)."""
+
+    __slots__ = ()
+
+    def __get__(self, event: Event | None, owner: type | None = None) -> Any:
+        if event is None:
+            return _data_slot
+        value = _data_slot.__get__(event)
+        if type(value) is JSONData:
+            return value.value
+        return value
+
+    def __set__(self, event: Event, value: Any) -> None:
+        raise AttributeError("immutable type: 'Event'; use event.replace(data=...)")
+
+
+type.__setattr__(Event, "data", _DataField())
+
+
+def struct_keeps(event: Event) -> bool:
+    """True when msgspec, encoding the :class:`Event` Struct itself (MessagePack, say),
+    keeps all of ``event``: no time or a UTC time to the microsecond, no
+    :class:`JSONData`, no typed extension string. Otherwise store :func:`encode_json`,
+    which keeps all of it."""
+    time = event.time
+    if time is not None and (time.tzinfo is not UTC or type(time) is not datetime):
+        return False
+    if type(_data_slot.__get__(event)) is JSONData:
+        return False
+    for value in event.extensions.values():
+        kind = type(value)
+        if kind is not str and kind is not int and kind is not bool:
+            return False
+    return True
+
+
 def _bad_required(name: str, value: Any) -> None:
     raise EventValidationError(
         f"attribute {name!r} must be a non-empty string, got {value!r}", attribute=name
@@ -311,7 +505,7 @@ def _check_extensions(extensions: Mapping[str, Any]) -> None:
                     "integers allow; send it as a string",
                     attribute=name,
                 )
-        elif kind is not str and kind is not bool:
+        elif kind is not str and kind is not bool and kind not in _TYPED_STRINGS:
             raise EventValidationError(
                 f"extension {name!r} must be a string, integer or boolean, got {kind.__name__}",
                 attribute=name,
@@ -330,7 +524,8 @@ def _b64decode(encoded: Any) -> bytes:
 
 
 def parse_time(value: Any) -> datetime:
-    """Parse an RFC 3339 timestamp; fractions finer than microseconds are truncated."""
+    """Parse an RFC 3339 timestamp. Digits finer than microseconds are kept, to the
+    nanosecond, in a :class:`NanoTime`; finer still are dropped."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise EventValidationError("attribute 'time' must carry a time zone", attribute="time")
@@ -346,14 +541,22 @@ def parse_time(value: Any) -> datetime:
         except ValueError:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:
+            # "2024-05-01T12:00:00.123456Z" is 27 long: only a longer one can hold more
+            # digits (fromisoformat drops them).
+            if len(value) > 27:
+                extra = _extra_nanos(value)
+                if extra:
+                    return NanoTime.of(parsed, extra)
             return parsed
     text = value
+    extra = 0
     dot = text.find(".")
     if dot != -1:  # Python keeps microseconds; CloudEvents producers may send nanoseconds
         end = dot + 1
         while end < len(text) and text[end].isdigit():
             end += 1
         if end - dot > 7:
+            extra = int(text[dot + 7 : min(end, dot + 10)].ljust(3, "0"))
             text = text[: dot + 7] + text[end:]
     try:
         parsed = datetime.fromisoformat(text)
@@ -365,12 +568,34 @@ def parse_time(value: Any) -> datetime:
             "(for example 2024-05-01T12:00:00Z)",
             attribute="time",
         )
-    return parsed
+    return NanoTime.of(parsed, extra) if extra else parsed
 
 
-def _format_time(value: datetime) -> str:
-    text = value.isoformat()
+def _extra_nanos(text: str) -> int:
+    """The 7th to 9th fraction digits of RFC 3339 ``text`` as nanoseconds (0 if none)."""
+    dot = text.find(".")
+    if dot == -1:
+        return 0
+    digits = text[dot + 7 : dot + 10]
+    end = 0
+    while end < len(digits) and digits[end].isdigit():
+        end += 1
+    return int(digits[:end].ljust(3, "0")) if end else 0
+
+
+def format_time(value: datetime) -> str:
+    """``value`` in RFC 3339 as the bindings write it: ``Z`` for UTC, nine fraction
+    digits for a :class:`NanoTime` with nanoseconds, else as ``isoformat`` gives."""
+    extra = value.extra_nanos if type(value) is NanoTime else 0
+    if extra:
+        text = value.isoformat(timespec="microseconds")
+        text = f"{text[:26]}{extra:03d}{text[26:]}"  # after YYYY-MM-DDTHH:MM:SS.ffffff
+    else:
+        text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+_format_time = format_time
 
 
 # -- whole-message helpers (structured mode) --------------------------------------------
@@ -400,10 +625,16 @@ def _json_object(event: Event) -> dict[str, Any]:
         # msgspec writes other offsets to the minute only; Python keeps their seconds.
         obj["time"] = time if time.tzinfo is UTC and type(time) is datetime else _format_time(time)
     if event.extensions:
-        obj.update(event.extensions)
-    data = event.data
+        obj.update(event.extensions)  # a typed string goes through _enc_hook
+    data = _data_slot.__get__(event)
     if data is not None:
-        if isinstance(data, bytes | bytearray | memoryview):
+        if type(data) is JSONData:
+            obj["data"] = (
+                msgspec.Raw(data.raw)  # written verbatim
+                if is_json_media_type(event.datacontenttype)
+                else data.value
+            )
+        elif isinstance(data, bytes | bytearray | memoryview):
             obj["data_base64"] = base64.b64encode(data).decode("ascii")
         else:
             obj["data"] = data
@@ -444,8 +675,43 @@ def _from_json_object(obj: Any) -> Event:
     )
 
 
-_encoder = msgspec.json.Encoder()
+def is_json_media_type(content_type: str | None) -> bool:
+    """True for no content type, ``application/json``, ``text/json`` and ``*+json``."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("application/json", "text/json") or media.endswith("+json")
+
+
+def _enc_hook(value: Any) -> Any:
+    if isinstance(value, str):  # a typed extension value: its canonical string
+        return str(value)
+    raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")
+
+
+class _DataText(msgspec.Struct):
+    """The ``data`` member of a JSON-format event as its JSON text, the rest skipped."""
+
+    data: msgspec.Raw = msgspec.Raw()
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _decoder = msgspec.json.Decoder()
+_data_text = msgspec.json.Decoder(_DataText)
+_data_texts = msgspec.json.Decoder(list[_DataText])
+
+
+def keep_data_text(obj: dict[str, Any], text: msgspec.Raw) -> None:
+    """Put ``text``, the JSON text of the data of ``obj`` (a decoded JSON-format event),
+    in it as a :class:`JSONData` where the content type says JSON, so that the bindings
+    write the data as it arrived."""
+    if not text:
+        return
+    data = obj.get("data")  # None for "data": null, kept as the JSON null it is
+    content_type = obj.get("datacontenttype")
+    if content_type is None or (type(content_type) is str and is_json_media_type(content_type)):
+        obj["data"] = JSONData(bytes(text), data)
+
 
 MAX_DATA_DEPTH: Final = 64
 """The deepest nesting of arrays and objects an event's JSON data may have, as every
@@ -532,9 +798,29 @@ def decode_json(payload: bytes | str) -> Event:
         raise EventValidationError(f"the event is not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise _deep_error() from exc
-    if type(obj) is dict and _may_nest(payload, MAX_DATA_DEPTH + 1):
-        check_data_depth(obj.get("data"))
+    if type(obj) is dict:
+        if _may_nest(payload, MAX_DATA_DEPTH + 1):
+            check_data_depth(obj.get("data"))
+        if "data" in obj:
+            keep_data_text(obj, data_text(payload))
     return _from_json_object(obj)
+
+
+def data_text(payload: bytes | str) -> msgspec.Raw:
+    """The JSON text of the ``data`` of the one JSON-format event in ``payload`` (empty
+    when it has none); a second, cheap pass that builds nothing else."""
+    return _data_text.decode(payload).data
+
+
+def data_texts(objs: list[Any], payload: bytes | str) -> list[msgspec.Raw] | None:
+    """The JSON text of each event's data in a batch ``payload`` already decoded as
+    ``objs``, or None when no event has data (or the items are not all objects)."""
+    if not any(type(obj) is dict and "data" in obj for obj in objs):
+        return None
+    try:
+        return [item.data for item in _data_texts.decode(payload)]
+    except msgspec.ValidationError:
+        return None  # an item that is no object: the loop over objs says so
 
 
 def decode_json_batch(payload: bytes | str) -> list[Event]:
@@ -548,11 +834,15 @@ def decode_json_batch(payload: bytes | str) -> list[Event]:
     if not isinstance(objs, list):
         raise EventValidationError("a CloudEvents batch must be a JSON array of events")
     deep = _may_nest(payload, MAX_DATA_DEPTH + 2)
+    texts = data_texts(objs, payload)
     events = []
     for index, obj in enumerate(objs):
         try:
-            if deep and type(obj) is dict:
-                check_data_depth(obj.get("data"))
+            if type(obj) is dict:
+                if deep:
+                    check_data_depth(obj.get("data"))
+                if texts:
+                    keep_data_text(obj, texts[index])
             events.append(_from_json_object(obj))
         except EventValidationError as exc:
             raise exc.in_batch(index) from exc

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from eventmesh.bindings import decode_data, encode_attribute
+from eventmesh.bindings import decode_data, encode_attribute, is_json_media_type
 from eventmesh.bindings.http import (
     BATCH_CONTENT_TYPE,
     STRUCTURED_CONTENT_TYPE,
@@ -302,10 +302,13 @@ def test_conformance_vectors_round_trip(
     sdk_event = event.to_cloudevent()
     if mode == "structured":
         message = sdk_http.to_structured_event(sdk_event)
-    elif isinstance(event.data, dict | str | bytes | None):
+    elif isinstance(event.data, dict | bytes | None) or (
+        isinstance(event.data, str) and not is_json_media_type(event.datacontenttype)
+    ):
         message = sdk_http.to_binary_event(sdk_event)
     else:
-        # The SDK writes other JSON data (a list) with str() in binary mode; use ours.
+        # The SDK writes other JSON data (a list) with str() in binary mode, and a JSON
+        # string without its quotes (not JSON, so refused); use ours.
         message = sdk_message(*to_binary(event))
     got = from_http_one({**transport, **message.headers}, message.body)
     if event.time is None:  # the SDK gives every event a time

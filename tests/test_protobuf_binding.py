@@ -32,6 +32,7 @@ from eventmesh.bindings.protobuf import (
     to_proto,
     to_proto_batch,
 )
+from eventmesh.event import NanoTime, format_time
 from eventmesh.testing.strategies import content_and_data, events
 
 VECTORS = Path(__file__).parent / "conformance_vectors"
@@ -247,13 +248,18 @@ def test_invalid_messages_raise_naming_the_attribute(msg: CloudEvent, attribute:
     st.integers(min_value=0, max_value=999_999_999),
 )
 def test_timestamps_read_as_protobufs_own_conversion_reads_them(seconds: int, nanos: int) -> None:
-    """A ce_timestamp time or extension is the instant Timestamp.ToDatetime gives."""
+    """A ce_timestamp time or extension is the instant Timestamp.ToDatetime gives, with
+    its nanoseconds kept."""
     stamp = Timestamp(seconds=seconds, nanos=nanos)
     msg = _message(time=("ce_timestamp", stamp), seen=("ce_timestamp", stamp))
     event = from_proto(msg)
     expected = stamp.ToDatetime(tzinfo=UTC)
-    assert event.time == expected
-    assert event.extensions["seen"] == Event(type="t", source="/s", time=expected).to_dict()["time"]
+    got = event.time
+    assert got == expected
+    assert got is not None
+    assert (got.nanosecond if isinstance(got, NanoTime) else got.microsecond * 1000) == nanos
+    assert event.extensions["seen"] == format_time(got)
+    assert event.extensions["seen"] == Event(type="t", source="/s", time=got).to_dict()["time"]
 
 
 def test_data_that_cannot_be_json_is_refused_on_the_way_out() -> None:

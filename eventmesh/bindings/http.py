@@ -64,9 +64,12 @@ from eventmesh.event import (
     Event,
     ExtensionValue,
     check_data_depth,
+    data_text,
+    data_texts,
     decode_json,
     encode_json,
     encode_json_batch,
+    keep_data_text,
 )
 
 __all__ = [
@@ -75,6 +78,7 @@ __all__ = [
     "CONTENT_TYPE",
     "STRUCTURED_CONTENT_TYPE",
     "ContentMode",
+    "HeaderEncoding",
     "content_mode",
     "from_http",
     "from_http_one",
@@ -85,6 +89,11 @@ __all__ = [
 
 ContentMode: TypeAlias = Literal["binary", "structured", "batch"]
 """The content modes of the HTTP binding that eventmesh reads and writes."""
+
+HeaderEncoding: TypeAlias = Literal["spec", "raw"]
+"""How :func:`to_binary` writes ``ce-`` header values: ``spec`` percent-encodes as the
+binding says; ``raw`` sends the UTF-8 text as it is wherever that is a legal header
+value (printable, no leading or trailing space), for receivers that never decode."""
 
 CE_PREFIX: Final = "ce-"
 """The prefix of the header that carries each attribute in binary mode."""
@@ -129,6 +138,19 @@ def _encode_value(name: str, text: str) -> str:
         ) from exc
 
 
+def _raw_value(name: str, text: str) -> str:
+    """``text`` as a header value left as it is (header_encoding ``raw``) when HTTP allows
+    that: printable, no space at either end; otherwise percent-encoded as ``spec`` does."""
+    if text.isprintable() and text[:1] != " " and text[-1:] != " ":
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: _encode_value refuses it, naming the attribute
+        else:
+            return text
+    return _encode_value(name, text)
+
+
 def _decode_value(name: str, raw: str) -> str:
     """The text of the ``ce-<name>`` header value ``raw``: unquoted, then percent-decoded."""
     text = raw
@@ -166,20 +188,24 @@ def _unquote_string(inner: str) -> str:
 # -- writing ------------------------------------------------------------------------------
 
 
-def to_binary(event: Event) -> tuple[dict[str, str], bytes]:
+def to_binary(
+    event: Event, *, header_encoding: HeaderEncoding = "spec"
+) -> tuple[dict[str, str], bytes]:
     """The binary-mode message for ``event``: ``(headers, body)``.
 
-    The body is empty for an event without data. Raises ``EventValidationError`` when
+    The body is empty for an event without data. ``header_encoding`` says how header
+    values are written (:data:`HeaderEncoding`). Raises ``EventValidationError`` when
     an attribute cannot travel in a header or the data cannot be encoded under its
     content type.
     """
     # Written out rather than looped over event.attributes(): this runs once per event
     # on the delivery path. time, integers and booleans never need percent-encoding.
+    encode = _encode_value if header_encoding == "spec" else _raw_value
     headers = {
         "ce-specversion": event.specversion,
-        "ce-id": _encode_value("id", event.id),
-        "ce-source": _encode_value("source", event.source),
-        "ce-type": _encode_value("type", event.type),
+        "ce-id": encode("id", event.id),
+        "ce-source": encode("source", event.source),
+        "ce-type": encode("type", event.type),
     }
     content_type = event.datacontenttype
     if content_type is not None:
@@ -192,14 +218,16 @@ def to_binary(event: Event) -> tuple[dict[str, str], bytes]:
             )
         headers[CONTENT_TYPE] = content_type
     if event.dataschema is not None:
-        headers["ce-dataschema"] = _encode_value("dataschema", event.dataschema)
+        headers["ce-dataschema"] = encode("dataschema", event.dataschema)
     if event.subject is not None:
-        headers["ce-subject"] = _encode_value("subject", event.subject)
+        headers["ce-subject"] = encode("subject", event.subject)
     if event.time is not None:
         headers["ce-time"] = encode_attribute(event.time)
     for name, value in event.extensions.items():
         headers[CE_PREFIX + name] = (
-            _encode_value(name, value) if type(value) is str else encode_attribute(value)
+            encode(name, value)
+            if type(value) is str or isinstance(value, str)  # a typed string: its text
+            else encode_attribute(value)
         )
     return headers, encode_data(event)
 
@@ -481,16 +509,24 @@ def _from_batch(body: bytes, max_event_size: int | None) -> list[Event]:
                 err = _too_large(f"event {index} of the batch", len(raw), max_event_size)
                 err.index = index
                 raise err
-            objs.append(_decoder.decode(raw))
+            obj = _decoder.decode(raw)
+            if type(obj) is dict and "data" in obj:
+                keep_data_text(obj, data_text(raw))
+            objs.append(obj)
     events: list[Event] = []
     append = events.append
     from_dict = Event.from_dict
     # Too few brackets in the whole body to nest that deep: no event's data needs a walk.
     deep = body.count(b"[") + body.count(b"{") > MAX_DATA_DEPTH + 2
+    whole = max_event_size is None or len(body) <= max_event_size
+    texts = data_texts(objs, body) if whole else None  # else kept as each was split off
     for index, obj in enumerate(objs):
         try:
-            if deep and type(obj) is dict:
-                check_data_depth(obj.get("data"))
+            if type(obj) is dict:
+                if deep:
+                    check_data_depth(obj.get("data"))
+                if texts:
+                    keep_data_text(obj, texts[index])
             append(from_dict(obj))  # checks that obj is an object
         except EventValidationError as exc:
             raise exc.in_batch(index) from exc

@@ -9,8 +9,10 @@ binding (CloudEvents Kafka Protocol Binding 1.0):
   alone as the value. Attribute values and data follow the rules every binary binding
   shares (:mod:`eventmesh.bindings._common`): headers carry no types, so extensions come
   back as their canonical strings (``42`` as ``"42"``, ``True`` as ``"true"``). An event
-  without data becomes a record without a value, as the binding requires (on a compacted
-  topic such a record is a tombstone).
+  without data becomes a record without a value, as the binding requires; on a compacted
+  topic such a record is a tombstone, and Java's ``CloudEventDeserializer`` never sees
+  it, so ``to_binary(event, empty_data="empty")`` writes an empty value instead (read
+  back as no data all the same).
 * **structured** (:func:`to_structured`): the whole event in the JSON event format as the
   value, with ``content-type: application/cloudevents+json``. Types survive.
 
@@ -59,13 +61,21 @@ import msgspec
 
 from eventmesh.bindings._common import decode_attribute, decode_data, encode_attribute, encode_data
 from eventmesh.errors import EventValidationError
-from eventmesh.event import Event, ExtensionValue, decode_json, encode_json
+from eventmesh.event import (
+    Event,
+    ExtensionValue,
+    decode_json,
+    encode_json,
+    parse_time,
+    stored_data,
+)
 
 __all__ = [
     "CE_PREFIX",
     "CONTENT_TYPE",
     "MESSAGE_TYPE",
     "STRUCTURED_CONTENT_TYPE",
+    "EmptyData",
     "Headers",
     "Message",
     "content_mode",
@@ -81,6 +91,10 @@ Headers: TypeAlias = list[tuple[str, bytes]]
 Message: TypeAlias = tuple[bytes | None, bytes | None, Headers]
 """A record as ``(key, value, headers)``."""
 
+EmptyData: TypeAlias = Literal["null", "empty"]
+"""The value of a binary-mode record for an event without data: ``null`` (no value, as
+the binding says; a tombstone on a compacted topic) or ``empty`` (an empty value)."""
+
 CE_PREFIX: Final = "ce_"
 """The prefix of the header that carries each attribute in binary mode."""
 CONTENT_TYPE: Final = "content-type"
@@ -90,7 +104,6 @@ STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
 MESSAGE_TYPE: Final = "io.eventmesh.kafka.message"
 """The ``type`` given to a record that is not a CloudEvent (see :func:`wrap_message`)."""
 
-_json_decoder: Final = msgspec.json.Decoder()
 _ABSENT: Final[Any] = object()
 # The headers _fast_binary reads by name, each into its slot; every one but the last (an
 # extension, which must keep its place among the others) is a fixed attribute.
@@ -113,11 +126,12 @@ def _key(event: Event) -> bytes | None:
     return None if key is None else key.encode("utf-8")
 
 
-def to_binary(event: Event) -> Message:
+def to_binary(event: Event, *, empty_data: EmptyData = "null") -> Message:
     """The binary-mode record for ``event``: ``(key, value, headers)``.
 
-    ``value`` is None for an event without data. Raises ``EventValidationError`` when
-    the data cannot be encoded under its content type.
+    ``value`` is None for an event without data, or ``b""`` with ``empty_data="empty"``.
+    Raises ``EventValidationError`` when the data cannot be encoded under its content
+    type.
     """
     # Written out rather than looped over event.attributes(): this runs once per event
     # on the publish path. The order is the same.
@@ -142,8 +156,9 @@ def to_binary(event: Event) -> Message:
         key = _key(event)
     except UnicodeEncodeError as exc:
         raise _not_utf8(event, exc) from exc
-    value = None if event.data is None else encode_data(event)
-    return key, value, headers
+    if stored_data(event) is not None:
+        return key, encode_data(event), headers
+    return key, (None if empty_data == "null" else b""), headers
 
 
 def _not_utf8(event: Event, exc: UnicodeEncodeError) -> EventValidationError:
@@ -378,26 +393,13 @@ def _fast_binary(
         return None
     stamp: datetime | None = None
     if time is not None:
-        # parse_time's own fast case; the rest (and every error) is the general path's.
-        if len(time) > 32 or ("T" not in time and "t" not in time):
-            return None
         try:
-            stamp = datetime.fromisoformat(time)
-        except ValueError:
-            return None
-        if stamp.tzinfo is None:
-            return None
+            stamp = parse_time(time)
+        except EventValidationError:
+            return None  # the general path says what is wrong
     if key is not None and "partitionkey" not in extensions:
         extensions["partitionkey"] = key.decode("utf-8", errors="replace")
-    if not value:
-        data = None
-    elif content_type is None:
-        try:
-            data = _json_decoder.decode(value)
-        except msgspec.DecodeError:
-            data = bytes(value)
-    else:
-        data = decode_data(value, content_type)
+    data = decode_data(value, content_type) if value else None
     return Event(
         specversion=specversion,
         id=id_,

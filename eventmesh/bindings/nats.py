@@ -47,7 +47,15 @@ import msgspec
 
 from eventmesh.bindings._common import decode_data, encode_attribute, encode_data
 from eventmesh.errors import EventValidationError
-from eventmesh.event import CONTEXT_ATTRIBUTES, Event, decode_json, encode_json, parse_time
+from eventmesh.event import (
+    CONTEXT_ATTRIBUTES,
+    Event,
+    data_text,
+    decode_json,
+    encode_json,
+    keep_data_text,
+    parse_time,
+)
 
 __all__ = [
     "MESSAGE_TYPE",
@@ -217,6 +225,8 @@ def _from_headerless_json(payload: bytes) -> Event | None:
         return None
     if not isinstance(obj, dict) or "specversion" not in obj:
         return None
+    if "data" in obj:
+        keep_data_text(obj, data_text(payload))
     return Event.from_dict(obj)
 
 

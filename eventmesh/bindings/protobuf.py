@@ -11,10 +11,16 @@ binary-mode bindings, the format is typed, so most values keep their type:
 ``datacontenttype``  ``ce_string``
 ``dataschema``       ``ce_uri``
 ``subject``          ``ce_string``
-``time``             ``ce_timestamp`` (read back in UTC, to the microsecond)
+``time``             ``ce_timestamp`` (read back in UTC, to the nanosecond: a
+                     :class:`~eventmesh.event.NanoTime` when below the microsecond)
 extension ``bool``   ``ce_boolean``
 extension ``int``    ``ce_integer``
 extension ``str``    ``ce_string``
+extension typed str  :class:`~eventmesh.event.URI` as ``ce_uri``,
+                     :class:`~eventmesh.event.URIRef` as ``ce_uri_ref``,
+                     :class:`~eventmesh.event.Timestamp` as ``ce_timestamp``,
+                     :class:`~eventmesh.event.Binary` as ``ce_bytes``; read back as
+                     the same typed strings
 ``bytes`` data       ``binary_data``, whatever the content type; read back as bytes
 JSON data            with a JSON ``datacontenttype`` (or none, which CloudEvents reads as
                      JSON): ``text_data`` holding its JSON encoding, strings included
@@ -29,9 +35,10 @@ protobuf data        ``bytes`` under ``application/protobuf`` with a ``dataschem
                      and ``dataschema`` the type URL when the event does not set them
 ==================== ====================================================================
 
-On the way in, extensions of the types eventmesh does not keep (``ce_bytes``, ``ce_uri``,
-``ce_uri_ref``, ``ce_timestamp``) become their canonical strings: base64, the URI, RFC
-3339 with ``Z``. A string attribute also accepts ``ce_uri`` and ``ce_uri_ref``, and
+On the way in, extensions of the typed kinds (``ce_bytes``, ``ce_uri``, ``ce_uri_ref``,
+``ce_timestamp``) become typed strings holding their canonical text (base64, the URI,
+RFC 3339 with ``Z``), which the other bindings write as that text and this one as the
+kind it came as. A string attribute also accepts ``ce_uri`` and ``ce_uri_ref``, and
 ``time`` accepts an RFC 3339 ``ce_string``, since other producers write them so. Anything
 else that breaks the spec raises :class:`~eventmesh.errors.EventValidationError` naming
 the attribute.
@@ -47,12 +54,23 @@ from typing import Any, Final
 import msgspec
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.timestamp_pb2 import Timestamp as ProtoTimestamp
 
 from eventmesh._generated.io.cloudevents.v1.cloudevents_pb2 import CloudEvent, CloudEventBatch
-from eventmesh.bindings._common import encode_attribute, is_json_media_type
+from eventmesh.bindings._common import checked_json, encode_attribute, is_json_media_type
 from eventmesh.errors import EventValidationError
-from eventmesh.event import Event, ExtensionValue, check_data_depth, parse_time
+from eventmesh.event import (
+    URI,
+    Binary,
+    Event,
+    ExtensionValue,
+    JSONData,
+    NanoTime,
+    Timestamp,
+    URIRef,
+    parse_time,
+    stored_data,
+)
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -104,28 +122,59 @@ def to_proto(event: Event) -> CloudEvent:
     if event.subject is not None:
         attrs["subject"].ce_string = event.subject
     if event.time is not None:
-        try:
-            attrs["time"].ce_timestamp.FromDatetime(event.time)
-        except (ValueError, OverflowError) as exc:
-            raise EventValidationError(
-                f"attribute 'time' of event {event.id!r} cannot be a protobuf Timestamp: {exc}",
-                attribute="time",
-            ) from exc
+        _set_time(attrs["time"].ce_timestamp, event.time, event, "time")
     for name, value in event.extensions.items():
-        if isinstance(value, str):
+        if type(value) is str:
             attrs[name].ce_string = value
+        elif isinstance(value, str):
+            _set_typed(attrs[name], name, value, event)
         elif isinstance(value, bool):  # before int: a bool is an int
             attrs[name].ce_boolean = value
         else:
             attrs[name].ce_integer = value
-    if event.data is not None:
+    if stored_data(event) is not None:
         _set_data(msg, event)
     return msg
 
 
+def _set_time(stamp: ProtoTimestamp, value: datetime, event: Event, name: str) -> None:
+    try:
+        stamp.FromDatetime(value)
+    except (ValueError, OverflowError) as exc:
+        raise EventValidationError(
+            f"attribute {name!r} of event {event.id!r} cannot be a protobuf Timestamp: {exc}",
+            attribute=name,
+        ) from exc
+    if type(value) is NanoTime:
+        stamp.nanos += value.extra_nanos
+
+
+def _set_typed(attr: Any, name: str, value: str, event: Event) -> None:
+    """A typed extension string as the kind it is."""
+    kind = type(value)
+    if kind is URI:
+        attr.ce_uri = str(value)
+    elif kind is URIRef:
+        attr.ce_uri_ref = str(value)
+    elif kind is Timestamp:
+        _set_time(attr.ce_timestamp, parse_time(str(value)), event, name)
+    elif kind is Binary:
+        attr.ce_bytes = Binary.to_bytes(value)  # type: ignore[arg-type]  # kind is Binary
+    else:
+        attr.ce_string = str(value)
+
+
 def _set_data(msg: CloudEvent, event: Event) -> None:
-    data = event.data
+    data = stored_data(event)
     content_type = event.datacontenttype
+    if type(data) is JSONData:
+        if is_json_media_type(content_type):
+            try:
+                msg.text_data = data.raw.decode("utf-8")  # checked as UTF-8 on the way in
+                return
+            except UnicodeDecodeError:
+                pass  # made by hand from bytes that are not UTF-8: encode the value
+        data = data.value
     if isinstance(data, bytes | bytearray | memoryview):
         if (
             event.dataschema is not None
@@ -242,13 +291,16 @@ def _string(name: str, value: Any, kind: str) -> str:
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _datetime(stamp: Timestamp) -> datetime:
-    """``stamp`` as an aware UTC datetime, to the microsecond (as ``ToDatetime`` gives it,
-    at well under its cost); raises ValueError or OverflowError when out of range."""
+def _datetime(stamp: ProtoTimestamp) -> datetime:
+    """``stamp`` as an aware UTC datetime, to the nanosecond (a NanoTime when it has
+    digits below the microsecond; ``ToDatetime`` gives microseconds, at well over this
+    cost); raises ValueError or OverflowError when out of range."""
     nanos = stamp.nanos
     if not 0 <= nanos < 1_000_000_000:
         raise ValueError(f"nanos {nanos} is not in [0, 1e9)")
-    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=nanos // 1000)
+    value = _EPOCH + timedelta(seconds=stamp.seconds, microseconds=nanos // 1000)
+    extra = nanos % 1000
+    return NanoTime.of(value, extra) if extra else value
 
 
 def _time(value: Any, kind: str) -> datetime:
@@ -267,18 +319,22 @@ def _time(value: Any, kind: str) -> datetime:
 
 
 def _extension(name: str, value: Any, kind: str) -> ExtensionValue:
-    if kind == "ce_string" or kind == "ce_uri" or kind == "ce_uri_ref":
-        text: str = getattr(value, kind)
+    if kind == "ce_string":
+        text: str = value.ce_string
         return text
     if kind == "ce_boolean":
         return bool(value.ce_boolean)
     if kind == "ce_integer":
         return int(value.ce_integer)
+    if kind == "ce_uri":
+        return URI(value.ce_uri)
+    if kind == "ce_uri_ref":
+        return URIRef(value.ce_uri_ref)
     if kind == "ce_bytes":
-        return base64.b64encode(value.ce_bytes).decode("ascii")
+        return Binary(base64.b64encode(value.ce_bytes).decode("ascii"))
     # ce_timestamp, the last kind the schema has
     try:
-        return encode_attribute(_datetime(value.ce_timestamp))
+        return Timestamp(encode_attribute(_datetime(value.ce_timestamp)))
     except (ValueError, OverflowError) as exc:
         raise EventValidationError(
             f"extension {name!r} is not a valid timestamp: {exc}", attribute=name
@@ -288,16 +344,14 @@ def _extension(name: str, value: Any, kind: str) -> ExtensionValue:
 def _text(text: str, content_type: str | None) -> Any:
     if not is_json_media_type(content_type):
         return text
+    raw = text.encode("utf-8", "surrogatepass")
     try:
-        data = _decoder.decode(text)
-    except msgspec.DecodeError:
-        return text  # a producer that sent plain text without saying so
-    except RecursionError as exc:
-        raise EventValidationError(
-            "the data nests arrays and objects too deep to read", attribute="data"
-        ) from exc
-    check_data_depth(data, text)
-    return data
+        checked_json(raw, content_type)
+    except EventValidationError:
+        if content_type is None:
+            return text  # a producer that sent plain text without saying so
+        raise
+    return JSONData(raw)
 
 
 def from_proto_batch(batch: CloudEventBatch | Sequence[CloudEvent]) -> list[Event]:

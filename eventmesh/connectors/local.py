@@ -36,7 +36,7 @@ import os
 import sqlite3
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -65,7 +65,7 @@ from eventmesh.errors import (
     RejectedError,
     SubscribeError,
 )
-from eventmesh.event import Event, decode_json, encode_json
+from eventmesh.event import Event, decode_json, encode_json, struct_keeps
 
 __all__ = ["DEFAULT_DATA_DIR", "LocalConfig", "LocalConnector", "LocalConsumer"]
 
@@ -133,10 +133,10 @@ _decoder = msgspec.msgpack.Decoder(Event)
 
 def _encode(event: Event) -> bytes:
     """An event as stored: the Struct in MessagePack, encoded by msgspec in one call; an
-    event whose time has another offset than UTC (which MessagePack would not keep) in
-    the JSON event format, whose first byte ``{`` no MessagePack map has."""
-    stamp = event.time
-    if stamp is None or stamp.tzinfo is UTC:
+    event that MessagePack would not keep whole (a time with another offset than UTC or
+    with nanoseconds, data kept as the JSON it arrived as, a typed extension: see
+    struct_keeps) in the JSON event format, whose first byte ``{`` no MessagePack map has."""
+    if struct_keeps(event):
         return _encoder.encode(event)
     return encode_json(event)
 

@@ -40,7 +40,7 @@ import msgspec
 
 from eventmesh.bindings import is_json_media_type
 from eventmesh.errors import ConfigError
-from eventmesh.event import CONTEXT_ATTRIBUTES, Event
+from eventmesh.event import CONTEXT_ATTRIBUTES, Event, format_time
 
 __all__ = [
     "MISSING",
@@ -195,9 +195,8 @@ def _whole_event(event: Event) -> Any:
 
 
 def rfc3339(value: datetime) -> str:
-    """A timestamp as the JSON format writes it (``Z`` for UTC)."""
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    """A timestamp as the JSON format writes it (``Z`` for UTC, nanoseconds kept)."""
+    return format_time(value)
 
 
 def attribute_getter(name: str) -> Callable[[Event], Any]:

@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from eventmesh.event import format_time
 from eventmesh.pipeline._cesql_functions import (
     ANY,
     BUILTINS,
@@ -207,8 +208,7 @@ def _constant(value: Value) -> _Code:
 def _rfc3339(value: Any) -> str:
     if not isinstance(value, datetime):
         return to_string(value)
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    return format_time(value)  # as the JSON format writes it, nanoseconds included
 
 
 _BUILDERS: Final = frozenset(
