@@ -33,7 +33,7 @@ import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import urlencode
@@ -239,11 +239,6 @@ def parse_items(text: str | bytes, *, where: str, url: str | None = None) -> lis
 
 
 # -- webhook pushes ------------------------------------------------------------------------
-
-
-class _Answer(Protocol):
-    status: int
-    body: bytes
 
 
 _DONE: Final = frozenset({0, 1, 3})
@@ -473,9 +468,3 @@ async def forget_group(mesh: Mesh, subscription: Subscription) -> None:
 def heartbeat_entries(text: str | bytes, *, where: str) -> list[tuple[str, str | None]]:
     """The ``(topic, url)`` pairs of a heartbeat's list (at most :data:`MAX_ITEMS`)."""
     return [(item.topic, item.url) for item in parse_items(text, where=where)]
-
-
-def first(values: Mapping[str, Any], name: str) -> str | None:
-    """A string value of ``values`` (None when absent or not text)."""
-    value = values.get(name)
-    return value if isinstance(value, str) and value else None

@@ -257,6 +257,47 @@ async def test_a_stream_reports_errors_as_messages_and_goes_on(open_sidecar: Sid
         call.cancel()
 
 
+async def test_broadcasting_streams_each_get_every_event(open_sidecar: Sidecar) -> None:
+    """Two BROADCASTING streams of one group each get every event, where CLUSTERING
+    members of a group would share them."""
+
+    def broadcast(group: str, topic: str) -> CloudEvent:
+        msg = subscription(group, topic)
+        msg.text_data = json.dumps([{"topic": topic, "mode": "BROADCASTING", "type": "ASYNC"}])
+        return msg
+
+    async with grpc.aio.insecure_channel(open_sidecar.grpc_target) as channel:
+        calls = [ConsumerServiceStub(channel).subscribeStream() for _ in range(2)]
+        for call in calls:
+            await call.write(broadcast("fans", "apache.broadcast"))
+            with anyio.fail_after(10):
+                assert status(await call.read()) == "0"
+        for n in range(3):
+            event = Event(type="t", source="/s", id=f"b-{n}")
+            await open_sidecar.mesh.publish("apache.broadcast", event)
+        for call in calls:
+            with anyio.fail_after(10):
+                got = [(await call.read()).id for _ in range(3)]
+            assert sorted(got) == ["b-0", "b-1", "b-2"]  # events of no key: any order
+            await call.done_writing()
+            call.cancel()
+
+
+async def test_http_heartbeat(open_sidecar: Sidecar) -> None:
+    """Code 203 says 0 for a webhook subscription the sidecar holds, 30 for one it does
+    not, and 207 ends it."""
+    hook = "http://127.0.0.1:9/hook"
+    items = json.dumps([{"topic": "apache.beat", "mode": "CLUSTERING", "type": "ASYNC"}])
+    form = {"consumerGroup": "beats", "topic": items, "url": hook}
+    assert (await post(open_sidecar, "206", form))["retCode"] == 0
+    entities = json.dumps([{"topic": "apache.beat", "url": hook}])
+    beat = {"consumerGroup": "beats", "clientType": "SUB", "heartbeatEntities": entities}
+    assert (await post(open_sidecar, "203", beat))["retCode"] == 0
+    gone = {"consumerGroup": "beats", "topic": '["apache.beat"]', "url": hook}
+    assert (await post(open_sidecar, "207", gone))["retCode"] == 0
+    assert (await post(open_sidecar, "203", beat))["retCode"] == 30
+
+
 async def test_subscription_lists_are_bounded(open_sidecar: Sidecar) -> None:
     """A subscribe naming more than MAX_ITEMS topics is answered 21 and starts nothing."""
     topics = [f"apache.many.{i}" for i in range(MAX_ITEMS + 1)]
