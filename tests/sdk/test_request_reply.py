@@ -446,7 +446,11 @@ async def test_a_webhook_that_returns_an_event_answers_a_request(mesh: Mesh) -> 
 
 # -- guarded by the ACL -----------------------------------------------------------------------
 
-TOKENS = {"asker": "tok-asker-0123456789", "nobody": "tok-nobody-0123456789"}
+TOKENS = {
+    "asker": "tok-asker-0123456789",
+    "nobody": "tok-nobody-0123456789",
+    "responder": "tok-responder-0123456789",
+}
 
 
 @asynccontextmanager
@@ -462,7 +466,16 @@ async def _secured() -> AsyncIterator[Any]:
     config = {
         "server": {"http": {"port": 0}, "grpc": {"port": 0}, "admin": {"port": 0}},
         "auth": {"tokens": tokens},
-        "acl": [{"principal": "asker", "allow": ["publish"], "topics": ["pings"]}],
+        "acl": [
+            {"principal": "asker", "allow": ["publish"], "topics": ["pings"]},
+            {
+                "principal": "responder",
+                "allow": ["subscribe"],
+                "topics": ["pings"],
+                "groups": ["responders"],
+            },
+            {"principal": "responder", "allow": ["publish"], "topics": [f"{INBOX_PREFIX}*"]},
+        ],
     }
     with anyio.fail_after(30):
         async with Sidecar(config) as sidecar:
@@ -473,21 +486,13 @@ async def _secured() -> AsyncIterator[Any]:
 async def test_a_request_needs_publish_on_its_topic(remote: str) -> None:
     """With auth on, a request needs the publish grant on its topic, and no grant on the
     reply inbox; without it the request is refused (403 / PERMISSION_DENIED)."""
-    from eventmesh.client.grpc import GrpcClient
-    from eventmesh.client.http import HttpClient
     from eventmesh.errors import PermissionDeniedError
 
-    def connect(sidecar: Any, who: str) -> Client:
-        token = TOKENS[who]
-        if remote == "http":
-            return HttpClient(sidecar.http_url, token=token)
-        return GrpcClient(sidecar.grpc_target, token=token)
-
     async with _secured() as sidecar, sidecar.mesh.subscribe("pings", "echo", handler=echo):
-        async with connect(sidecar, "asker") as asker:
+        async with _connect(sidecar, remote, "asker") as asker:
             reply = await asker.request("pings", ping(4), timeout=DEADLINE)
             assert reply.data == {"n": 4}
-        async with connect(sidecar, "nobody") as nobody:
+        async with _connect(sidecar, remote, "nobody") as nobody:
             with pytest.raises(PermissionDeniedError):
                 await nobody.request("pings", ping(), timeout=DEADLINE)
     assert sidecar.mesh._request_counts()["answered"] == 1
@@ -511,3 +516,26 @@ def test_the_sdk_docs_example_runs(tmp_path: Any) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["price.quoted {'sku': 'A1', 'eur': 12}", "no reply: 0.2"]
+
+
+def _connect(sidecar: Any, remote: str, who: str) -> Client:
+    from eventmesh.client.grpc import GrpcClient
+    from eventmesh.client.http import HttpClient
+
+    if remote == "http":
+        return HttpClient(sidecar.http_url, token=TOKENS[who])
+    return GrpcClient(sidecar.grpc_target, token=TOKENS[who])
+
+
+@pytest.mark.parametrize("remote", ["grpc", "http"])
+async def test_a_remote_responder_needs_publish_on_the_inboxes(remote: str) -> None:
+    """With auth on, a responder behind the sidecar answers with the publish grant on
+    eventmesh.inbox.* (its reply is a publish to the requester's inbox)."""
+    async with (
+        _secured() as sidecar,
+        _connect(sidecar, remote, "responder") as responder,
+        responder.subscribe("pings", "responders", handler=echo),
+        _connect(sidecar, remote, "asker") as asker,
+    ):
+        reply = await asker.request("pings", ping(11), timeout=DEADLINE)
+    assert reply.data == {"n": 11}
