@@ -79,6 +79,7 @@ from eventmesh.server.apache_wire import (
     heartbeat_entries,
     message_of,
     parse_items,
+    request_timeout,
     status_of,
     strip_metadata,
 )
@@ -319,7 +320,7 @@ class ApacheServicer:
             topic, event = self._event(request, "the request")
             if self.guard.enabled:
                 self.guard.check(principal, "publish", topic=topic)
-            timeout = int(ttl) / 1000 if ttl is not None and ttl.isdigit() else None
+            timeout = request_timeout(self.mesh, ttl)
             reply = await self.mesh.request(topic, event, timeout=timeout)
             msg = to_proto(reply)
         except Exception as exc:

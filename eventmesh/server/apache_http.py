@@ -57,6 +57,7 @@ from eventmesh.server.apache_wire import (
     heartbeat_entries,
     message_of,
     parse_items,
+    request_timeout,
     status_of,
     without_metadata,
 )
@@ -204,7 +205,7 @@ class ApacheHttp:
         if self.guard.enabled:
             self.guard.check(principal, "publish", topic=topic)
         ttl = self._optional(form, "ttl")
-        timeout = int(ttl) / 1000 if ttl is not None and ttl.isdigit() else None
+        timeout = request_timeout(self.mesh, ttl)
         reply = await self.mesh.request(topic, event, timeout=timeout)
         data = reply.data
         if isinstance(data, bytes | bytearray | memoryview):

@@ -71,6 +71,7 @@ __all__ = [
     "Item",
     "authenticate",
     "parse_items",
+    "request_timeout",
     "status_of",
     "strip_metadata",
 ]
@@ -209,6 +210,14 @@ def authenticate(
     return guard.principal(None, cert)
 
 
+def request_timeout(mesh: Mesh, ttl: str | None) -> float | None:
+    """The seconds a request waits: its ``ttl`` (milliseconds, as the SDKs send it), at
+    most ``limits.max_request_timeout``; None (the default) without one."""
+    if ttl is None or not (ttl.isascii() and ttl.isdigit()):
+        return None
+    return min(int(ttl[:12]) / 1000, float(mesh.config.limits.max_request_timeout))
+
+
 def parse_items(text: str | bytes, *, where: str, url: str | None = None) -> list[Item]:
     """The subscription items of a request: a JSON list of ``{"topic", "mode", "type"}``
     (or of topic strings, as HTTP's unsubscribe sends), at most :data:`MAX_ITEMS`."""
@@ -308,7 +317,7 @@ def _ret_code(body: bytes) -> int | None:
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     code = data.get("retCode") if isinstance(data, dict) else None
-    if isinstance(code, str) and code.lstrip("-").isdigit():
+    if isinstance(code, str) and code.isascii() and code.lstrip("-").isdigit():
         code = int(code)
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
