@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from eventmesh.connectors.base import StateStore
 from eventmesh.errors import ClosedError, ConnectError, PublishError
@@ -107,6 +108,7 @@ class KafkaStateStore(StateStore):
                             for p in t["partitions"]
                         )
                         if partitions:
+                            await self._check_compacted(admin)
                             return [TopicPartition(self.topic, p) for p in partitions]
                         await anyio.sleep(0.1)
             raise ConnectError(
@@ -116,6 +118,29 @@ class KafkaStateStore(StateStore):
         finally:
             with anyio.CancelScope(shield=True), tolerated(f"{where}: closing the admin client"):
                 await admin.close()
+
+    async def _check_compacted(self, admin: Any) -> None:
+        """Warn when the topic is not compacted (made by someone else, or by the broker's
+        auto.create.topics.enable): retention would then delete old keys with their data."""
+        policy = None
+        with tolerated(f"reading the cleanup.policy of {self._where}"):
+            resource = ConfigResource(
+                ConfigResourceType.TOPIC, self.topic, {"cleanup.policy": None}
+            )
+            answers = await admin.describe_configs([resource])
+            for answer in answers:
+                for _code, _message, _type, name, entries in answer.resources:
+                    if name == self.topic:
+                        policy = next((e[1] for e in entries if e[0] == "cleanup.policy"), None)
+        if policy is not None and "compact" not in policy:
+            log.warning(
+                "%s has cleanup.policy=%s: Kafka deletes its records after retention.ms, "
+                "and the state they hold (stored subscriptions) with them; set "
+                "cleanup.policy=compact on it (kafka-configs.sh --alter --add-config "
+                "cleanup.policy=compact)",
+                self._where,
+                policy,
+            )
 
     async def _writer(self) -> Any:
         await self._ensure_topic()

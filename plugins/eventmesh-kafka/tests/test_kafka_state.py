@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from eventmesh.testing import eventually
@@ -90,3 +90,24 @@ async def test_two_sidecars_share_a_subscription_on_kafka(
     """Created on one sidecar, listed on the other; each event reaches the webhook once."""
     config = sidecar_config({"default": kafka_settings(kafka_bootstrap)})
     await replicas_share_subscriptions(tmp_path, config, f"test-shared-{uuid.uuid4().hex[:12]}")
+
+
+async def test_a_state_topic_that_is_not_compacted_is_warned_of(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state topic made without compaction (by hand, or by the broker's auto-creation)
+    is used, with a warning that retention would delete what it holds."""
+    settings = kafka_settings(kafka_bootstrap)
+    settings.pop("type")
+    config = KafkaConfig(**settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{config.state_topic_prefix}things", 1, 1)])
+    finally:
+        await admin.close()
+    async with KafkaConnector(config) as connector:
+        await connector.state("things").put("a", b"1")
+        assert await connector.state("things").load() == {"a": b"1"}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("cleanup.policy=delete" in m and "compact" in m for m in warned), warned
