@@ -102,6 +102,10 @@ class SinkConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     mode: Literal["binary", "structured", "batch"] = "binary"
     """The HTTP content mode of a webhook delivery; ``batch`` POSTs up to ``max_batch``
     events at once as ``application/cloudevents-batch+json``."""
+    header_encoding: Literal["spec", "raw"] = "spec"
+    """With ``mode: binary``, how ``ce-`` header values are written: ``spec``
+    percent-encodes them as the HTTP binding says; ``raw`` sends UTF-8 text as it is
+    where a header may hold it, for receivers that never decode (docs/sidecar.md)."""
     timeout: Duration = Duration(10.0)
     """How long one attempt may take before it counts as failed and is retried (above 0,
     at most 1 day)."""

@@ -44,7 +44,14 @@ from yarl import URL
 from eventmesh._lifecycle import ClosedOnExit
 from eventmesh._redact import redact_url
 from eventmesh._version import __version__
-from eventmesh.bindings.http import content_mode, from_http, to_batch, to_binary, to_structured
+from eventmesh.bindings.http import (
+    HeaderEncoding,
+    content_mode,
+    from_http,
+    to_batch,
+    to_binary,
+    to_structured,
+)
 from eventmesh.delivery._netcheck import (
     DEFAULT_NETWORKS,
     AddressRefused,
@@ -77,6 +84,8 @@ class SinkSettings(Protocol):
 
     @property
     def mode(self) -> Mode: ...
+    @property
+    def header_encoding(self) -> HeaderEncoding: ...
     @property
     def timeout(self) -> float: ...
     @property
@@ -342,9 +351,11 @@ class WebhookSink:
     ``structured`` (``application/cloudevents+json``) or ``batch``: calls made while a
     batch is open (up to ``max_batch`` events, for at most ``batch_window`` seconds
     after the first) go as one ``application/cloudevents-batch+json`` request, and every
-    caller gets its outcome. ``timeout`` bounds one attempt, ``headers`` are added to
-    every request (the binding's own headers win), and a reply body above
-    ``max_reply_size`` bytes is logged and dropped. With ``signing_secret`` every
+    caller gets its outcome. ``header_encoding`` says how binary mode writes ``ce-``
+    header values (``spec``: percent-encoded; ``raw``: UTF-8 as it is where legal, see
+    :data:`~eventmesh.bindings.http.HeaderEncoding`). ``timeout`` bounds one attempt,
+    ``headers`` are added to every request (the binding's own headers win), and a reply
+    body above ``max_reply_size`` bytes is logged and dropped. With ``signing_secret`` every
     request is signed (module docstring). The settings are checked as the config's
     ``SinkConfig`` checks them (ranges, headers, credentials given once, the secret):
     ``ConfigError`` otherwise.
@@ -367,10 +378,17 @@ class WebhookSink:
         batch_window: float = 0.01,
         max_reply_size: int = 1024 * 1024,
         signing_secret: str | None = None,
+        header_encoding: HeaderEncoding = "spec",
     ) -> None:
         self.url = _parse_url(url)
         if mode not in ("binary", "structured", "batch"):
             raise ConfigError(f"mode must be binary, structured or batch, got {mode!r}")
+        if header_encoding not in ("spec", "raw"):
+            raise ConfigError(
+                f"header_encoding must be spec or raw, got {header_encoding!r}",
+                key="header_encoding",
+            )
+        self.header_encoding: HeaderEncoding = header_encoding
         problem = sink_problem(
             url,
             timeout=timeout,
@@ -407,6 +425,7 @@ class WebhookSink:
             max_batch=settings.max_batch,
             batch_window=settings.batch_window,
             signing_secret=settings.signing_secret,
+            header_encoding=settings.header_encoding,
         )
 
     def __repr__(self) -> str:
@@ -416,9 +435,11 @@ class WebhookSink:
         """Deliver ``event``; the replies, or an empty list."""
         if self.mode == "batch":
             return await self._batched(event)
-        encode = to_binary if self.mode == "binary" else to_structured
         try:
-            headers, body = encode(event)
+            if self.mode == "binary":
+                headers, body = to_binary(event, header_encoding=self.header_encoding)
+            else:
+                headers, body = to_structured(event)
         except EventMeshError as exc:
             raise DeliveryError(
                 f"event {event.id} cannot be sent to {self.where}: {exc}", retryable=False
