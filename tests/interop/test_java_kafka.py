@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,6 +21,7 @@ from _interop import (
     assert_same_event,
     data_of,
     foreign,
+    go_receiver,
     order,
     post_event,
     raw_sink,
@@ -165,3 +167,20 @@ async def test_an_event_without_data_reaches_the_java_consumer_with_empty_data(
     seen = by_id(await java_consume(java_kafka, kafka_bootstrap, topic, len(sent)))
     for spec in sent:
         assert_same_event(seen[spec["id"]], spec)
+
+
+@pytest.mark.parametrize("produced", ["binary", "structured"])
+async def test_java_producer_to_go_receiver_through_the_mesh(
+    java_kafka: list[str], go_sdk: list[str], kafka_bootstrap: str, tmp_path: Path, produced: str
+) -> None:
+    """Two SDKs that never met: an event the Java SDK writes to Kafka, with a subject in
+    UTF-8 beyond ASCII, reaches the Go SDK's webhook (binary, ``header_encoding: raw``)
+    through a mesh subscription with every attribute, extension and data byte."""
+    topic = f"interop-{uuid.uuid4().hex[:12]}"
+    event = order("json-as-written", subject="orders/42 ünï")
+    async with go_receiver(go_sdk, None, tmp_path) as (url, receiver):
+        subscription = webhook("go", topic, url, mode="binary", header_encoding="raw")
+        async with sidecar(sidecar_config([subscription], kafka(kafka_bootstrap))):
+            line = (json.dumps(event) + "\n").encode()
+            await run([*java_kafka, "produce", kafka_bootstrap, topic, produced], line)
+            assert_same_event(await receiver.spec(), event)
