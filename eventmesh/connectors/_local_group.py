@@ -11,17 +11,20 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from eventmesh.connectors import _sqlite
+from eventmesh.connectors._local_config import encode
 from eventmesh.connectors.base import Consumer, Delivery, StartPosition
 from eventmesh.event import Event
 
 if TYPE_CHECKING:
     from eventmesh.connectors.local import LocalConnector
 
-__all__ = ["Group", "LocalConsumer", "LocalDelivery", "Part", "Topic"]
+__all__ = ["Append", "Group", "LocalConsumer", "LocalDelivery", "Part", "Topic"]
 
 
 class Part:
@@ -70,6 +73,46 @@ class Topic:
         self.round_robin = itertools.cycle(range(len(parts)))
         self.key_parts: dict[object, int] = {}  # partitionkey -> partition, bounded by publish
         self.released = 0
+
+
+class Append(_sqlite.Job):
+    """Store events on a topic; once committed, add them to the partitions' tails and
+    wake the topic's consumers."""
+
+    __slots__ = ("bodies", "cap", "events", "parts", "topic")
+
+    def __init__(self, cap: int, topic: Topic, events: Sequence[Event], parts: list[int]) -> None:
+        super().__init__(len(events))
+        self.cap = cap
+        self.topic = topic
+        self.events = events
+        self.parts = parts
+        self.bodies = [encode(event) for event in events]
+
+    def apply(self, writer: _sqlite.Writer) -> tuple[float, list[int]]:
+        return writer.append(self.topic.tid, self.parts, self.bodies)
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        if error is None:
+            stamp, offsets = result
+            topic = self.topic
+            cap = self.cap
+            parts = topic.parts
+            touched = set()
+            for event, p, offset in zip(self.events, self.parts, offsets, strict=True):
+                part = parts[p]
+                if offset == part.base + len(part.events):  # the usual case, inline
+                    part.events.append(event)
+                    part.stamps.append(stamp)
+                else:
+                    part.restart(offset, event, stamp)
+                touched.add(part)
+            for part in touched:
+                part.trim(cap)
+            for group in topic.groups.values():
+                for member in group.members:
+                    member.wake()
+        super().finish(None, error)
 
 
 class _Owner(Protocol):

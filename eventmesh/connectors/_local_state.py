@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from eventmesh.connectors import _sqlite
+from eventmesh.connectors import _local_jobs
 from eventmesh.connectors.base import StateStore
 from eventmesh.errors import RejectedError
 
@@ -43,17 +43,19 @@ class LocalState(StateStore):
 
     async def put(self, key: str, value: bytes) -> None:
         value = bytes(value)
-        await self._change(_sqlite.PUT_STATE, (self._bucket, key, value), key, value)
+        await self._change(_local_jobs.PUT_STATE, (self._bucket, key, value), key, value)
 
     async def delete(self, key: str) -> None:
-        await self._change(_sqlite.DELETE_STATE, (self._bucket, key), key, None)
+        await self._change(_local_jobs.DELETE_STATE, (self._bucket, key), key, None)
 
     async def _change(self, sql: str, row: tuple[Any, ...], key: str, value: bytes | None) -> None:
         c = self._connector
         c._check_open()
         if not isinstance(key, str) or not key:
             raise RejectedError(f"a state key must be a non-empty string, got {key!r}")
-        await c._submit(_sqlite.Sql(sql, [row], after=lambda: c._notify(self._bucket, key, value)))
+        await c._submit(
+            _local_jobs.Sql(sql, [row], after=lambda: c._notify(self._bucket, key, value))
+        )
 
     async def watch(self) -> AsyncIterator[tuple[str, bytes | None]]:
         c = self._connector

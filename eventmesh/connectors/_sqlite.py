@@ -13,6 +13,7 @@ range of SQLite's fastest index, the rowid, appended in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -21,21 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-__all__ = [
-    "DELETE_STATE",
-    "MAX_PARTITIONS",
-    "MAX_TOPICS",
-    "PUT_STATE",
-    "SAVE_POSITIONS",
-    "Job",
-    "NewTopic",
-    "Reader",
-    "Sql",
-    "TooManyTopicsError",
-    "Writer",
-    "open_db",
-    "row_id",
-]
+__all__ = ["MAX_PARTITIONS", "MAX_TOPICS", "Job", "Reader", "Writer", "open_db", "row_id"]
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +198,7 @@ class Writer:
             if batch:
                 self._apply(batch)
             self._chores()
-        try:
-            self._chores(force=True)
-        except Exception:
-            log.exception("local store: the last maintenance at close failed")
+        self._chores(force=True)
 
     def _apply(self, batch: list[Job]) -> None:
         saved = (dict(self.next), dict(self.bytes))
@@ -222,9 +206,9 @@ class Writer:
         error: BaseException | None = None
         db = self.db
         lazy = self.fsync != "interval" and all(job.lazy for job in batch)
-        if lazy:
-            db.execute("PRAGMA synchronous = NORMAL")
         try:
+            if lazy:
+                db.execute("PRAGMA synchronous = NORMAL")
             db.execute("BEGIN IMMEDIATE")
             try:
                 for job in batch:
@@ -240,9 +224,16 @@ class Writer:
             self.touched.clear()
             log.error("local store: a write of %d jobs failed: %r", len(batch), exc)
             error = exc
-        if lazy:
-            db.execute("PRAGMA synchronous = FULL")
-        self.loop.call_soon_threadsafe(self._finish, batch, results, error)
+        finally:
+            if lazy:
+                try:
+                    db.execute("PRAGMA synchronous = FULL")
+                except sqlite3.Error as exc:
+                    log.error("local store: cannot restore synchronous=FULL: %r", exc)
+        try:
+            self.loop.call_soon_threadsafe(self._finish, batch, results, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
 
     def _save_partitions(self) -> None:
         if not self.touched:
@@ -267,8 +258,16 @@ class Writer:
                 log.error("local store: retention failed (will try again): %r", exc)
         if self.fsync == "interval" and (force or now >= self.last_sync + self.interval):
             self.last_sync = now
-            # In WAL mode with synchronous=NORMAL a checkpoint is what fsyncs the log.
-            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            try:
+                # In WAL mode with synchronous=NORMAL a checkpoint is what fsyncs the log.
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.error("local store: the periodic fsync failed (will try again): %r", exc)
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
 
     # -- helpers for jobs (writer thread only) -------------------------------------------
 
@@ -348,7 +347,8 @@ class Writer:
             self.db.execute("ROLLBACK")
             raise
         if released:
-            self.loop.call_soon_threadsafe(self._released, released)
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self.loop.call_soon_threadsafe(self._released, released)
 
     def _cut_for(self, tid: int, p: int, first: int, nxt: int, excess: int) -> int:
         """The offset below which the oldest events hold at least ``excess`` bytes."""
@@ -361,88 +361,6 @@ class Writer:
             if excess <= 0:
                 return int(rid & _OFFSET_MASK) + 1
         return nxt
-
-
-class NewTopic(Job):
-    """Find or create a topic; the result is its (id, partitions)."""
-
-    __slots__ = ("name", "partitions")
-
-    def __init__(self, name: str, partitions: int) -> None:
-        super().__init__()
-        self.name = name
-        self.partitions = partitions
-
-    def apply(self, writer: Writer) -> tuple[int, int]:
-        db = writer.db
-        found = db.execute(
-            "SELECT id, partitions FROM topics WHERE name = ?", (self.name,)
-        ).fetchone()
-        if found is not None:
-            return int(found[0]), int(found[1])
-        (count,) = db.execute("SELECT count(*) FROM topics").fetchone()
-        if count >= MAX_TOPICS:
-            raise TooManyTopicsError(f"the local store holds {count} topics, the most it can")
-        tid = db.execute(
-            "INSERT INTO topics (name, partitions) VALUES (?, ?)", (self.name, self.partitions)
-        ).lastrowid
-        assert tid is not None
-        db.executemany(
-            "INSERT INTO partitions (topic, part, first, next, bytes) VALUES (?, ?, 0, 0, 0)",
-            [(tid, p) for p in range(self.partitions)],
-        )
-        for p in range(self.partitions):
-            writer.next[(tid, p)] = writer.first[(tid, p)] = writer.bytes[(tid, p)] = 0
-        writer.partitions[tid] = self.partitions
-        return tid, self.partitions
-
-
-class TooManyTopicsError(Exception):
-    """The store cannot number another topic."""
-
-
-class Sql(Job):
-    """One statement over rows (positions, state); ``after`` runs on the loop once they
-    are committed. Without a future, a failure is logged."""
-
-    __slots__ = ("after", "lazy", "rows", "sql")
-
-    def __init__(
-        self,
-        sql: str,
-        rows: list[tuple[Any, ...]],
-        after: Callable[[], None] | None = None,
-        *,
-        lazy: bool = False,
-    ) -> None:
-        super().__init__(len(rows))
-        self.sql = sql
-        self.rows = rows
-        self.after = after
-        self.lazy = lazy
-
-    def apply(self, writer: Writer) -> None:
-        writer.db.executemany(self.sql, self.rows)
-
-    def finish(self, result: Any, error: BaseException | None) -> None:
-        if error is None and self.after is not None:
-            self.after()
-        elif error is not None and self.future is None:
-            log.error("local store: saving positions or state failed: %r", error)
-        super().finish(result, error)
-
-
-SAVE_POSITIONS = (
-    "INSERT INTO positions (topic, grp, part, committed) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (topic, grp, part) DO UPDATE SET committed = excluded.committed "
-    "WHERE excluded.committed > positions.committed"
-)
-"""A group's committed offset of a partition; it only ever moves forward."""
-PUT_STATE = (
-    "INSERT INTO state (bucket, key, value) VALUES (?, ?, ?) "
-    "ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value"
-)
-DELETE_STATE = "DELETE FROM state WHERE bucket = ? AND key = ?"
 
 
 class Reader:

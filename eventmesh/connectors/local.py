@@ -31,23 +31,27 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import math
 import os
 import sqlite3
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-import msgspec
 
-from eventmesh._duration import Duration
-from eventmesh.connectors import _sqlite
-from eventmesh.connectors._local_group import Group, LocalConsumer, LocalDelivery, Part, Topic
+from eventmesh.connectors import _local_jobs, _sqlite
+from eventmesh.connectors._local_config import LocalConfig, decode, partition_of
+from eventmesh.connectors._local_group import (
+    Append,
+    Group,
+    LocalConsumer,
+    LocalDelivery,
+    Part,
+    Topic,
+)
 from eventmesh.connectors._local_state import LocalState, Watch
 from eventmesh.connectors.base import (
     Capabilities,
@@ -65,7 +69,7 @@ from eventmesh.errors import (
     RejectedError,
     SubscribeError,
 )
-from eventmesh.event import Event, decode_json, encode_json, struct_keeps
+from eventmesh.event import Event
 
 __all__ = ["DEFAULT_DATA_DIR", "LocalConfig", "LocalConnector", "LocalConsumer"]
 
@@ -82,112 +86,11 @@ _DB_FILE = "events.db"
 _LOCK_FILE = "LOCK"
 
 
-class LocalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Settings of the local connector."""
-
-    data_dir: str | None = None
-    """The directory of the store (created if missing). None: the daemon's data directory
-    (``--data-dir``, ``EVENTMESH_DATA_DIR``), else ``./eventmesh-data``."""
-    fsync: Literal["always", "batch", "interval"] = "batch"
-    """When a commit reaches the disk (see the module's docs for what each promises)."""
-    fsync_interval: Duration = Duration(1.0)
-    """With ``fsync: interval``: how often the log is fsynced."""
-    partitions: int = 8
-    """Partitions of a new topic (a topic keeps the count it was created with)."""
-    max_bytes: int | None = 1 << 30
-    """Bytes of encoded events a topic retains (split evenly over its partitions); the
-    oldest go first. None: no size limit."""
-    max_age: Duration | None = Duration(7 * 86400)
-    """Delete events older than this, read or not. None: no age limit."""
-    cache_events: int = 16_384
-    """Newest events per topic also held in memory, so consumers that keep up never read
-    the disk."""
-    max_batch: int = 20_000
-    """Most events committed in one transaction."""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.partitions <= _sqlite.MAX_PARTITIONS:
-            raise ValueError(f"partitions must be from 1 to {_sqlite.MAX_PARTITIONS}")
-        if not 0 < self.fsync_interval < math.inf:
-            raise ValueError("fsync_interval must be a positive duration such as '1s'")
-        if self.max_bytes is not None and self.max_bytes < 1:
-            raise ValueError("max_bytes must be at least 1 (or null)")
-        if self.max_age is not None and not 0 < self.max_age < math.inf:
-            raise ValueError("max_age must be a positive duration such as '168h' (or null)")
-        if self.cache_events < 0 or self.max_batch < 1:
-            raise ValueError("cache_events must be 0 or more and max_batch at least 1")
+# -- the connector ----------------------------------------------------------------------
 
 
 class _InUseError(Exception):
     """Another process (or connector) holds the data directory's lock."""
-
-
-def _partition(key: Any, n: int) -> int:
-    """A partitionkey's partition: the same in every process (``hash()`` is not)."""
-    return zlib.crc32(str(key).encode()) % n
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Event)
-
-
-def _encode(event: Event) -> bytes:
-    """An event as stored: the Struct in MessagePack, encoded by msgspec in one call; an
-    event that MessagePack would not keep whole (a time with another offset than UTC or
-    with nanoseconds, data kept as the JSON it arrived as, a typed extension: see
-    struct_keeps) in the JSON event format, whose first byte ``{`` no MessagePack map has."""
-    if struct_keeps(event):
-        return _encoder.encode(event)
-    return encode_json(event)
-
-
-def _decode(body: bytes) -> Event:
-    return decode_json(body) if body[:1] == b"{" else _decoder.decode(body)
-
-
-# -- writer jobs ----------------------------------------------------------------------
-
-
-class _Append(_sqlite.Job):
-    __slots__ = ("bodies", "connector", "events", "parts", "topic")
-
-    def __init__(
-        self, connector: LocalConnector, topic: Topic, events: Sequence[Event], parts: list[int]
-    ) -> None:
-        super().__init__(len(events))
-        self.connector = connector
-        self.topic = topic
-        self.events = events
-        self.parts = parts
-        self.bodies = [_encode(event) for event in events]
-
-    def apply(self, writer: _sqlite.Writer) -> tuple[float, list[int]]:
-        return writer.append(self.topic.tid, self.parts, self.bodies)
-
-    def finish(self, result: Any, error: BaseException | None) -> None:
-        if error is None:
-            stamp, offsets = result
-            topic = self.topic
-            cap = self.connector._cache_per_part
-            parts = topic.parts
-            touched = set()
-            for event, p, offset in zip(self.events, self.parts, offsets, strict=True):
-                part = parts[p]
-                if offset == part.base + len(part.events):  # the usual case, inline
-                    part.events.append(event)
-                    part.stamps.append(stamp)
-                else:
-                    part.restart(offset, event, stamp)
-                touched.add(part)
-            for part in touched:
-                part.trim(cap)
-            for group in topic.groups.values():
-                for member in group.members:
-                    member.wake()
-        super().finish(None, error)
-
-
-# -- the connector ----------------------------------------------------------------------
 
 
 class LocalConnector(Connector):
@@ -276,21 +179,25 @@ class LocalConnector(Connector):
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
         db = _sqlite.open_db(str(self.path / _DB_FILE), self.config.fsync)
-        topics = []
-        for tid, name, n in db.execute("SELECT id, name, partitions FROM topics ORDER BY id"):
-            rows = db.execute(
-                "SELECT part, first, next, bytes FROM partitions WHERE topic = ? ORDER BY part",
-                (tid,),
-            ).fetchall()
-            topics.append((tid, name, n, rows))
-        positions: dict[tuple[int, str], list[int]] = {}
-        for tid, grp, _p, committed in db.execute(
-            "SELECT topic, grp, part, committed FROM positions ORDER BY topic, grp, part"
-        ):
-            positions.setdefault((tid, grp), []).append(committed)
-        self._reader = _sqlite.Reader(
-            _sqlite.open_db(str(self.path / _DB_FILE), "batch", readonly=True)
-        )
+        try:
+            topics = []
+            for tid, name, n in db.execute("SELECT id, name, partitions FROM topics ORDER BY id"):
+                rows = db.execute(
+                    "SELECT part, first, next, bytes FROM partitions WHERE topic = ? ORDER BY part",
+                    (tid,),
+                ).fetchall()
+                topics.append((tid, name, n, rows))
+            positions: dict[tuple[int, str], list[int]] = {}
+            for tid, grp, _p, committed in db.execute(
+                "SELECT topic, grp, part, committed FROM positions ORDER BY topic, grp, part"
+            ):
+                positions.setdefault((tid, grp), []).append(committed)
+            self._reader = _sqlite.Reader(
+                _sqlite.open_db(str(self.path / _DB_FILE), "batch", readonly=True)
+            )
+        except BaseException:
+            db.close()
+            raise
         return db, topics, positions
 
     @staticmethod
@@ -323,7 +230,7 @@ class LocalConnector(Connector):
                 watch.wakeup.set()
 
     async def health(self) -> bool:
-        return self.is_open and self._writer is not None
+        return self.is_open and self._writer is not None and self._writer.alive
 
     # -- the writer's reports (on the loop) ----------------------------------------------
 
@@ -340,7 +247,7 @@ class LocalConnector(Connector):
     def _finish(
         self, batch: list[_sqlite.Job], results: list[Any], error: BaseException | None
     ) -> None:
-        if isinstance(error, _sqlite.TooManyTopicsError):
+        if isinstance(error, _local_jobs.TooManyTopicsError):
             error = RejectedError(f"{error}: delete topics or use another data_dir")
         elif error is not None and not isinstance(error, RejectedError):
             error = PublishError(f"the local store in {str(self.path)!r} failed to write: {error}")
@@ -375,13 +282,13 @@ class LocalConnector(Connector):
         rows = [row for group in self._dirty for row in group.rows()]
         self._dirty.clear()
         with contextlib.suppress(RuntimeError):  # the writer stopped: closing
-            self._writer.submit(_sqlite.Sql(_sqlite.SAVE_POSITIONS, rows, lazy=True))
+            self._writer.submit(_local_jobs.Sql(_local_jobs.SAVE_POSITIONS, rows, lazy=True))
 
     async def _save_group(self, group: Group) -> None:
         self._dirty.discard(group)
         if self._writer is not None:
             with contextlib.suppress(ClosedError):
-                await self._submit(_sqlite.Sql(_sqlite.SAVE_POSITIONS, group.rows()))
+                await self._submit(_local_jobs.Sql(_local_jobs.SAVE_POSITIONS, group.rows()))
 
     # -- topics, groups, reads -----------------------------------------------------------
 
@@ -389,7 +296,7 @@ class LocalConnector(Connector):
         topic = self._topics.get(name)
         if topic is None:
             self.check_topic(name)
-            tid, n = await self._submit(_sqlite.NewTopic(name, self.config.partitions))
+            tid, n = await self._submit(_local_jobs.NewTopic(name, self.config.partitions))
             topic = self._topics.get(name)
             if topic is None:
                 topic = self._topics[name] = Topic(tid, name, [Part(0, 0) for _ in range(n)])
@@ -405,7 +312,7 @@ class LocalConnector(Connector):
             if group is None:
                 start = await self._start_offsets(topic, consumer._start_at)
                 group = Group(topic, consumer.group, start, self)
-                await self._submit(_sqlite.Sql(_sqlite.SAVE_POSITIONS, group.rows()))
+                await self._submit(_local_jobs.Sql(_local_jobs.SAVE_POSITIONS, group.rows()))
                 topic.groups[consumer.group] = group
         group.join(consumer)
         self._consumers.add(consumer)
@@ -447,10 +354,14 @@ class LocalConnector(Connector):
         out = {}
         for p, offsets in wanted.items():
             lo, hi = min(offsets), max(offsets) + 1
+            # Scattered offsets (redeliveries) are looked up one by one.
+            scattered = hi - lo > 4 * len(offsets)
+            spans = [(o, o + 1) for o in offsets] if scattered else [(lo, hi)]
             keep = set(offsets)
-            for offset, stamp, body in reader.range(tid, p, lo, hi, hi - lo):
-                if offset in keep:
-                    out[(p, offset)] = (_decode(body), stamp)
+            for a, b in spans:
+                for offset, stamp, body in reader.range(tid, p, a, b, b - a):
+                    if offset in keep:
+                        out[(p, offset)] = (decode(body), stamp)
         return out
 
     async def _deliveries(self, group: Group, plan: list[tuple[int, int]]) -> list[Delivery]:
@@ -507,9 +418,9 @@ class LocalConnector(Connector):
             else:
                 p = cache.get(key)
                 if p is None:
-                    p = cache[key] = _partition(key, n)
+                    p = cache[key] = partition_of(key, n)
                 parts.append(p)
-        await self._submit(_Append(self, t, events, parts))
+        await self._submit(Append(self._cache_per_part, t, events, parts))
 
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         self._check_open()
@@ -540,7 +451,7 @@ class LocalConnector(Connector):
         ]
         stamp = None if since is None else since.timestamp()
         rows = await self._read(self._browse, t.tid, ranges, stamp, limit)
-        return [StoredEvent(_decode(body), p, offset, s) for s, p, offset, body in rows]
+        return [StoredEvent(decode(body), p, offset, s) for s, p, offset, body in rows]
 
     def _browse(
         self, tid: int, ranges: list[tuple[int, int, int]], since: float | None, limit: int

@@ -1,0 +1,75 @@
+"""The local connector's settings and how it stores an event: the row's bytes, and the
+partition of a ``partitionkey``."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any, Literal
+
+import msgspec
+
+from eventmesh._duration import Duration
+from eventmesh.connectors._sqlite import MAX_PARTITIONS
+from eventmesh.event import Event, decode_json, encode_json, struct_keeps
+
+__all__ = ["LocalConfig", "decode", "encode", "partition_of"]
+
+
+class LocalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of the local connector."""
+
+    data_dir: str | None = None
+    """The directory of the store (created if missing). None: the daemon's data directory
+    (``--data-dir``, ``EVENTMESH_DATA_DIR``), else ``./eventmesh-data``."""
+    fsync: Literal["always", "batch", "interval"] = "batch"
+    """When a commit reaches the disk (see the module's docs for what each promises)."""
+    fsync_interval: Duration = Duration(1.0)
+    """With ``fsync: interval``: how often the log is fsynced."""
+    partitions: int = 8
+    """Partitions of a new topic (a topic keeps the count it was created with)."""
+    max_bytes: int | None = 1 << 30
+    """Bytes of encoded events a topic retains (split evenly over its partitions); the
+    oldest go first. None: no size limit."""
+    max_age: Duration | None = Duration(7 * 86400)
+    """Delete events older than this, read or not. None: no age limit."""
+    cache_events: int = 16_384
+    """Newest events per topic also held in memory, so consumers that keep up never read
+    the disk."""
+    max_batch: int = 20_000
+    """Most events committed in one transaction."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be from 1 to {MAX_PARTITIONS}")
+        if not 0 < self.fsync_interval < math.inf:
+            raise ValueError("fsync_interval must be a positive duration such as '1s'")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1 (or null)")
+        if self.max_age is not None and not 0 < self.max_age < math.inf:
+            raise ValueError("max_age must be a positive duration such as '168h' (or null)")
+        if self.cache_events < 0 or self.max_batch < 1:
+            raise ValueError("cache_events must be 0 or more and max_batch at least 1")
+
+
+def partition_of(key: Any, n: int) -> int:
+    """A partitionkey's partition: the same in every process (``hash()`` is not)."""
+    return zlib.crc32(str(key).encode()) % n
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def encode(event: Event) -> bytes:
+    """An event as stored: the Struct in MessagePack, encoded by msgspec in one call; an
+    event that MessagePack would not keep whole (a time with another offset than UTC or
+    with nanoseconds, data kept as the JSON it arrived as, a typed extension: see
+    struct_keeps) in the JSON event format, whose first byte ``{`` no MessagePack map has."""
+    if struct_keeps(event):
+        return _encoder.encode(event)
+    return encode_json(event)
+
+
+def decode(body: bytes) -> Event:
+    return decode_json(body) if body[:1] == b"{" else _decoder.decode(body)
