@@ -17,11 +17,15 @@ POST     /request/{topic}                  request-reply: the first reply (serve
 GET      /topics/{topic}/events            browse without consuming (server.deadletters)
 GET      /topics/{topic}/events/{id}       the retained events with this id
 POST     /deadletters/{topic}/replay       republish dead letters to their topics
+POST     /                                 Apache EventMesh's clients, by their ``code``
+                                          header (:mod:`eventmesh.server.apache_http`)
 =======  ================================  ==============================================
 
 With ``auth:`` configured, every request carries credentials (an ``Authorization:
 Bearer`` token, or a TLS client certificate): without acceptable ones it is answered
-401 with ``WWW-Authenticate: Bearer`` before its body is read. Publishing needs
+401 with ``WWW-Authenticate: Bearer`` before its body is read (but ``POST /``, whose
+Apache EventMesh clients may send theirs as ``username`` and ``passwd`` headers, is
+authenticated by its handler). Publishing needs
 ``publish`` on the topic, creating a subscription ``subscribe`` on its topic and group;
 a subscription belongs to its creator, and only it or a principal with ``manage`` on
 the topic may list, read, delete, pull, ack, nack or stream it (403 otherwise;
