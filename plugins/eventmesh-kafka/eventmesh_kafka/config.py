@@ -84,6 +84,11 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     mode: Literal["binary", "structured"] = "binary"
     """How published events are written: attributes as ``ce_`` headers and the data as
     the value, or the whole event as JSON. Consumers read both."""
+    empty_data: Literal["null", "empty"] = "null"
+    """In binary mode, the value of a record for an event without data: ``null`` (no
+    value, as the CloudEvents Kafka binding says; a compacted topic takes it for a
+    tombstone and Java's ``CloudEventDeserializer`` never sees it) or ``empty`` (an
+    empty value, which every reader takes for no data). See the README."""
 
     def __post_init__(self) -> None:
         for name in (

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, Final
 
 import anyio
@@ -92,7 +93,11 @@ class KafkaConnector(Connector):
         self._producer: Any = None
         self._admin: Any = None
         self._client_options: dict[str, Any] = {}
-        self._encode = to_structured if self.config.mode == "structured" else to_binary
+        self._encode = (
+            to_structured
+            if self.config.mode == "structured"
+            else partial(to_binary, empty_data=self.config.empty_data)
+        )
         self._topics: set[str] = set()
         self._topic_locks: dict[str, anyio.Lock] = {}
         self._replicas = 1
