@@ -122,6 +122,8 @@ class Deduper:
     __slots__ = (
         "_clock",
         "_marks",
+        "_pending",
+        "_released",
         "_seen",
         "duplicates",
         "forgotten",
@@ -143,6 +145,10 @@ class Deduper:
         self._clock = clock
         self._seen: dict[tuple[str, str], _Mark] = {}
         self._marks: deque[_Mark] = deque()
+        self._released = 0
+        """Released marks left inside ``_marks`` (not at its end when released)."""
+        self._pending = 0
+        """Keys reserved by publishes still in progress."""
         self.duplicates = 0
         """Events dropped because their key was stored within the window."""
         self.forgotten = 0
@@ -160,13 +166,20 @@ class Deduper:
         while todo:
             mark = _Mark(float(self._clock()), _PENDING)
             fresh, blocked = self._reserve(todo, mark)
-            try:
-                if fresh:
+            if fresh:
+                self._pending += len(fresh)
+                try:
                     await write(fresh)
-            except BaseException:
-                self._release(mark)
-                raise
-            mark.settle(_STORED)
+                except BaseException:
+                    self._pending -= len(fresh)
+                    self._release(mark)
+                    raise
+                self._pending -= len(fresh)
+                mark.settle(_STORED)
+                # Only stored keys count against max_entries (a reservation may fail).
+                excess = len(self._seen) - self._pending - self.max_entries
+                if excess > 0:
+                    self._forget(excess)
             for other in {id(m): m for _, m in blocked}.values():
                 await other.wait()  # another call stores these keys: its outcome decides
             todo = [event for event, _ in blocked]
@@ -179,9 +192,7 @@ class Deduper:
         seen = self._seen
         cutoff = mark.stamp - self.window
         self._expire(cutoff)
-        self._marks.append(mark)
         keys = mark.keys
-        limit = self.max_entries
         fresh: list[Event] = []
         blocked: list[tuple[Event, _Mark]] = []
         for event in events:
@@ -201,8 +212,8 @@ class Deduper:
                 seen[key] = mark
                 fresh.append(event)
                 keys.append(key)
-        if len(seen) > limit:
-            self._forget(len(seen) - limit)
+        if keys:  # a call that reserved nothing leaves no mark behind
+            self._marks.append(mark)
         return fresh, blocked
 
     def _expire(self, cutoff: float) -> None:
@@ -232,10 +243,8 @@ class Deduper:
                     del seen[key]
                     self.forgotten += 1
                     count -= 1
-            if mark.next >= len(keys) and len(marks) > 1:
-                marks.popleft()  # (the last is the call reserving now: it keeps its place)
-            elif count:
-                return
+            if mark.next >= len(keys):
+                marks.popleft()
 
     def _release(self, mark: _Mark) -> None:
         """Forget the keys ``mark`` reserved, so that a retry stores their events."""
@@ -245,6 +254,14 @@ class Deduper:
                 del seen[key]
         mark.keys = []
         mark.settle(_RELEASED)
+        marks = self._marks
+        if marks and marks[-1] is mark:
+            marks.pop()
+        else:  # a later call's mark is behind it: drop released marks now and then
+            self._released += 1
+            if self._released > 64 and 2 * self._released > len(marks):
+                self._marks = deque(m for m in marks if m.state != _RELEASED)
+                self._released = 0
 
     # -- after a restart -----------------------------------------------------------------
 

@@ -5,7 +5,9 @@ window survives a restart."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import tracemalloc
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import aiohttp
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgspec
 import pytest
 from aiohttp import web
@@ -291,6 +294,39 @@ async def test_memory_stays_within_max_entries() -> None:
     assert log.events[-1] == "0"
     assert len(log.events) == 10_001
     assert deduper.duplicates == 1
+
+
+async def test_duplicates_and_failed_stores_hold_no_memory() -> None:
+    """20,000 publishes of stored events and 20,000 failed ones (behind a store still in
+    progress) leave the window's memory as it was and push no stored key out of a full
+    window: only stored keys take room."""
+    log, slow = Log(), Log()
+    deduper = Deduper("t", DedupeConfig(max_entries=1000), clock=Clock())
+    await deduper.store([event(str(i)) for i in range(1000)], log)
+    slow.gate = anyio.Event()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(deduper.store, [event("slow")], slow)  # pending until the gate
+            await anyio.lowlevel.checkpoint()
+            gc.collect()
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                for i in range(20_000):
+                    await deduper.store([event(str(i % 1000))], log)
+                    log.fail = True
+                    with pytest.raises(PublishError):
+                        await deduper.store([event(f"new-{i}")], log)
+                gc.collect()
+                grown = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            slow.gate.set()
+    assert grown < 256_000, f"the window grew by {grown} bytes"  # (a dict resize: ~72 KB)
+    assert log.events == [str(i) for i in range(1000)]  # no stored key was pushed out
+    assert slow.events == ["slow"]
+    assert deduper.duplicates == 20_000
+    assert (len(deduper), deduper.forgotten) == (1000, 1)  # once "slow" was stored
 
 
 async def test_a_failed_store_releases_its_keys_for_a_waiting_duplicate() -> None:
