@@ -23,13 +23,16 @@ stale() {
 }
 
 build_go() {
-  command -v go >/dev/null || die "go not found: install Go 1.23 or later (tests/interop/go/go.mod)"
+  # Go's own installer puts it in /usr/local/go/bin, which only login shells have on PATH
+  local go
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  [[ -x $go ]] || die "go not found: install Go 1.23 or later (tests/interop/go/go.mod)"
   local src="$ROOT/tests/interop/go" bin="$CACHE/go/bin/cesdk"
   export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOPATH="$CACHE/go"
   export GOFLAGS=-modcacherw GOTOOLCHAIN=local
   if stale "$bin" "$src"; then
     mkdir -p "$(dirname "$bin")"
-    (cd "$src" && go build -o "$bin.tmp" .) >&2 || die "go build of $src failed"
+    (cd "$src" && "$go" build -o "$bin.tmp" .) >&2 || die "go build of $src failed"
     mv "$bin.tmp" "$bin"
   fi
   echo "RUN=$bin"
