@@ -13,6 +13,7 @@ The fixtures here are this file's own (the rest of tests/interop shares conftest
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import re
@@ -176,18 +177,16 @@ class Mesh:
         self.grpc = grpc
 
 
-@pytest.fixture
-def eventmesh_run(procs: list[Proc], tmp_path: Path) -> Mesh:
-    """The sidecar as users run it, on 127.0.0.1 with the in-memory connector."""
-    config = tmp_path / "mesh.yaml"
+def _start(procs: list[Proc], folder: Path, extra: str = "") -> Mesh:
+    config = folder / "mesh.yaml"
     config.write_text(
         "connectors: {default: {type: memory}}\n"
         "server:\n"
         "  http: {host: 127.0.0.1, port: 0}\n"
         "  grpc: {host: 127.0.0.1, port: 0}\n"
-        "  admin: {host: 127.0.0.1, port: 0}\n"
+        "  admin: {host: 127.0.0.1, port: 0}\n" + extra
     )
-    proc = Proc([sys.executable, "-m", "eventmesh.cli", "run", "-c", str(config)], cwd=tmp_path)
+    proc = Proc([sys.executable, "-m", "eventmesh.cli", "run", "-c", str(config)], cwd=folder)
     procs.append(proc)
     line = proc.expect(
         r".*sidecar listening: http http://127\.0\.0\.1:(\d+), grpc 127\.0\.0\.1:(\d+)"
@@ -195,15 +194,45 @@ def eventmesh_run(procs: list[Proc], tmp_path: Path) -> Mesh:
     return Mesh(proc, http=int(line.group(1)), grpc=int(line.group(2)))
 
 
-def _java(java_sdk: list[str], procs: list[Proc], *args: object) -> Proc:
-    proc = Proc([*java_sdk, *map(str, args)], env=_java_env())
+@pytest.fixture
+def eventmesh_run(procs: list[Proc], tmp_path: Path) -> Mesh:
+    """The sidecar as users run it, on 127.0.0.1 with the in-memory connector."""
+    return _start(procs, tmp_path)
+
+
+TOKEN = "billing-secret-token"
+
+
+@pytest.fixture
+def guarded_run(procs: list[Proc], tmp_path: Path) -> Mesh:
+    """The sidecar with a static token for principal billing and an ACL."""
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    return _start(
+        procs,
+        tmp_path,
+        "auth:\n"
+        f"  tokens: [{{principal: billing, sha256: '{digest}'}}]\n"
+        "acl:\n"
+        "  - {principal: billing, allow: [publish, subscribe], topics: ['interop.*'],"
+        " groups: [billing]}\n",
+    )
+
+
+def _java(
+    java_sdk: list[str], procs: list[Proc], *args: object, user: str = "", password: str = ""
+) -> Proc:
+    """InteropMain with ``args``; ``user`` and ``password`` for its clients when given."""
+    props = [f"-Dinterop.user={user}", f"-Dinterop.password={password}"] if user else []
+    proc = Proc([java_sdk[0], *props, *java_sdk[1:], *map(str, args)], env=_java_env())
     procs.append(proc)
     return proc
 
 
-def _run(java_sdk: list[str], procs: list[Proc], *args: object) -> list[str]:
+def _run(
+    java_sdk: list[str], procs: list[Proc], *args: object, user: str = "", password: str = ""
+) -> list[str]:
     """Run a producer to its end; its lines. It must report no failed check."""
-    proc = _java(java_sdk, procs, *args)
+    proc = _java(java_sdk, procs, *args, user=user, password=password)
     proc.expect(r"\d+ passed, 0 failed$", timeout=WAIT * 2)
     proc.finish()
     assert proc.popen.returncode == 0, proc.seen[-30:]
@@ -344,3 +373,29 @@ def test_request_reply(java_sdk: list[str], eventmesh_run: Mesh, procs: list[Pro
     for _, request_id, reply_id, kind, data, correlation, code in replies:
         assert (reply_id, kind, code) == (f"reply-{request_id}", "org.eventmesh.interop.reply", "0")
         assert (data, correlation) == (f'{{"answer":"{request_id}"}}', request_id)
+
+
+def test_username_and_password_authenticate(
+    java_sdk: list[str], guarded_run: Mesh, procs: list[Proc]
+) -> None:
+    """With auth on, the SDK's userName and password (the principal's token) let it
+    publish and subscribe; a wrong password is refused (status 20 over gRPC, an exception
+    over HTTP) and nothing it sent is stored."""
+    mesh, topic = guarded_run, _topic()
+    billing = {"user": "billing", "password": TOKEN}
+    consumer = _java(java_sdk, procs, "grpc-sub", 5, topic, mesh.grpc, "billing", **billing)
+    consumer.expect("READY$")
+    for mode, port in (("grpc-pub", mesh.grpc), ("http-pub", mesh.http)):
+        refused = _java(java_sdk, procs, mode, 1, topic, port, user="billing", password="guess")
+        refused.expect(r"\d+ passed, [1-9]\d* failed$", timeout=WAIT * 2)
+        refused.finish()
+        if mode == "grpc-pub":
+            codes = {line.split(" ")[1] for line in refused.seen if line.startswith("RESP ")}
+            assert codes == {"20"}
+        else:
+            assert any("EventMeshException" in line for line in refused.seen)
+    sent = _sent(_run(java_sdk, procs, "grpc-pub", 1, topic, mesh.grpc, **billing))
+    sent |= _sent(_run(java_sdk, procs, "http-pub", 1, topic, mesh.http, **billing))
+    assert len(sent) == 5  # 1 + a batch of 2 over gRPC, a CloudEvent and a message over HTTP
+    _assert_stream(_received_on_stream(consumer, 5), sent)
+    _end_stream(consumer, 5)

@@ -58,11 +58,15 @@ import org.apache.eventmesh.common.protocol.grpc.common.Response;
  *                                      stdin, then TOTAL
  * </pre>
  *
- * The last line is "P passed, F failed": the checks this program could make itself.
+ * The last line is "P passed, F failed": the checks this program could make itself. The
+ * system properties interop.user and interop.password set the clients' userName and password.
  */
 public final class InteropMain {
     private static int passed;
     private static int failed;
+
+    private static final String USER = System.getProperty("interop.user", "username");
+    private static final String PASSWORD = System.getProperty("interop.password", "passwd");
 
     private InteropMain() {}
 
@@ -134,6 +138,8 @@ public final class InteropMain {
                 .env("test")
                 .idc("idc1")
                 .sys("1234")
+                .userName(USER)
+                .password(PASSWORD)
                 .build();
         try (EventMeshGrpcProducer producer = new EventMeshGrpcProducer(config)) {
             for (int i = 0; i < n; i++) {
@@ -171,6 +177,8 @@ public final class InteropMain {
                 .env("test")
                 .idc("idc1")
                 .sys("1234")
+                .userName(USER)
+                .password(PASSWORD)
                 .build();
         try (EventMeshGrpcProducer producer = new EventMeshGrpcProducer(config)) {
             for (int i = 0; i < n; i++) {
@@ -198,8 +206,8 @@ public final class InteropMain {
                 .ip("127.0.0.1")
                 .sys("1234")
                 .pid(String.valueOf(ProcessHandle.current().pid()))
-                .userName("eventmesh")
-                .password("secret")
+                .userName(USER)
+                .password(PASSWORD)
                 .build();
     }
 
@@ -249,6 +257,8 @@ public final class InteropMain {
                 .env("test")
                 .idc("idc1")
                 .sys("1234")
+                .userName(USER)
+                .password(PASSWORD)
                 .build();
         AtomicInteger count = new AtomicInteger();
         AtomicInteger nulls = new AtomicInteger();
@@ -322,8 +332,8 @@ public final class InteropMain {
                         .putAttributes("consumergroup", str(group))
                         .putAttributes("env", str("test"))
                         .putAttributes("idc", str("idc1"))
-                        .putAttributes("username", str("username"))
-                        .putAttributes("passwd", str("passwd"))
+                        .putAttributes("username", str(USER))
+                        .putAttributes("passwd", str(PASSWORD))
                         .putAttributes("datacontenttype", str("application/json"))
                         .putAttributes("clienttype",
                                 org.apache.eventmesh.common.protocol.grpc.cloudevents.CloudEvent
