@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 _FORM: Final = ("application/x-www-form-urlencoded", "multipart/form-data")
 _encoder = msgspec.json.Encoder()
+_MAX_ID: Final = 1024
+"""Characters of an EventMeshMessage's ``uniqueid`` (the event's id)."""
 
 
 def _reply(code: str | int, message: str, **extra: Any) -> web.Response:
@@ -108,8 +110,8 @@ class ApacheHttp:
                 "publish, 101 request-reply, 206 subscribe, 207 unsubscribe, 203 heartbeat)",
             )
         try:
+            principal = self._principal(request)  # before the body is read
             form = await self._form(request)
-            principal = self._principal(request)
             return await route(request, form, principal)
         except Exception as exc:
             if not isinstance(exc, EventMeshError):
@@ -176,6 +178,11 @@ class ApacheHttp:
         kind = request.headers.get("protocoltype", "")
         if topic is not None and kind != "cloudevents":  # an EventMeshMessage
             unique = self._optional(form, "uniqueid")
+            if unique is not None and len(unique) > _MAX_ID:
+                raise EventValidationError(
+                    f"the uniqueid is {len(unique)} characters, more than {_MAX_ID}",
+                    attribute="id",
+                )
             event = Event(
                 type="eventmeshmessage",
                 source="/",
