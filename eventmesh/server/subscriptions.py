@@ -133,6 +133,8 @@ class Registry(ClosedOnExit):
         self._tg: anyio.abc.TaskGroup | None = None
         self._state = "new"
         self._stores = SubscriptionStores(mesh)
+        self._skipped: dict[str, bytes] = {}
+        """Stored subscriptions that did not start, so a report again is not retried."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -182,10 +184,14 @@ class Registry(ClosedOnExit):
         except Exception as exc:
             if self._state != "open":
                 return
+            self._skipped[key] = value
             log.error("stored subscription %s is not started: %s", key, exc)
 
     async def _changed(self, store: StateStore, key: str, value: bytes | None) -> None:
         """Another sidecar (or this one) changed a stored subscription."""
+        if value is not None and self._skipped.get(key) == value:
+            return  # reported again, and would fail again
+        self._skipped.pop(key, None)
         record = self._records.get(key)
         if record is not None and (record.store is not store or record.value is None):
             return  # another store's, or being created or deleted here
