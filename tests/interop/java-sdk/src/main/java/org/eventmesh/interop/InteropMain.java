@@ -54,8 +54,8 @@ import org.apache.eventmesh.common.protocol.grpc.common.Response;
  *   http-sub N TOPIC HTTP_PORT GROUP [retry]
  *                                      a webhook on 127.0.0.1:0; READY, then PUSH per request
  *                                      (with "retry" the first is answered retCode 2); after
- *                                      N distinct events: unsubscribe, UNSUBSCRIBED, a line on
- *                                      stdin, then TOTAL
+ *                                      N distinct events (and the retry): unsubscribe,
+ *                                      UNSUBSCRIBED, a line on stdin, then TOTAL
  * </pre>
  *
  * The last line is "P passed, F failed": the checks this program could make itself. The
@@ -410,6 +410,9 @@ public final class InteropMain {
             System.out.println("READY");
             System.out.flush();
             awaitCount(distinct, n, 60);
+            if (retryFirst) { // and the retry of the first, which comes after its backoff
+                awaitCount(pushes, n + 1, 60);
+            }
             List<String> topics = new ArrayList<>();
             topics.add(topic);
             consumer.unsubscribe(topics, url);
