@@ -157,6 +157,13 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        self._reader.join(timeout=10)
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except BrokenPipeError:  # stdin of a process that ended with data unread
+                    pass
 
 
 @pytest.fixture
