@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -58,18 +59,18 @@ def partition_of(key: Any, n: int) -> int:
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Event)
+_decoder = msgspec.msgpack.Decoder(list[Event | bytes])
 
 
-def encode(event: Event) -> bytes:
-    """An event as stored: the Struct in MessagePack, encoded by msgspec in one call; an
-    event that MessagePack would not keep whole (a time with another offset than UTC or
-    with nanoseconds, data kept as the JSON it arrived as, a typed extension: see
-    struct_keeps) in the JSON event format, whose first byte ``{`` no MessagePack map has."""
-    if struct_keeps(event):
-        return _encoder.encode(event)
-    return encode_json(event)
+def encode(events: Sequence[Event]) -> bytes:
+    """Consecutive events of one partition as stored, in one row: a MessagePack array of
+    the Structs, encoded by msgspec in one call. An event that MessagePack would not keep
+    whole (a time with another offset than UTC or with nanoseconds, data kept as the JSON
+    it arrived as, a typed extension: see ``struct_keeps``) is an item of its own in the
+    JSON event format, as bytes."""
+    return _encoder.encode([e if struct_keeps(e) else encode_json(e) for e in events])
 
 
-def decode(body: bytes) -> Event:
-    return decode_json(body) if body[:1] == b"{" else _decoder.decode(body)
+def decode(body: bytes) -> list[Event]:
+    """The events of a row, in offset order."""
+    return [e if isinstance(e, Event) else decode_json(e) for e in _decoder.decode(body)]

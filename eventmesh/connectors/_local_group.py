@@ -79,36 +79,38 @@ class Append(_sqlite.Job):
     """Store events on a topic; once committed, add them to the partitions' tails and
     wake the topic's consumers."""
 
-    __slots__ = ("bodies", "cap", "events", "parts", "topic")
+    __slots__ = ("cap", "rows", "runs", "topic")
 
     def __init__(self, cap: int, topic: Topic, events: Sequence[Event], parts: list[int]) -> None:
         super().__init__(len(events))
         self.cap = cap
         self.topic = topic
-        self.events = events
-        self.parts = parts
-        self.bodies = [encode(event) for event in events]
+        by_part: dict[int, list[Event]] = {}
+        for event, p in zip(events, parts, strict=True):
+            run = by_part.get(p)
+            if run is None:
+                by_part[p] = [event]
+            else:
+                run.append(event)
+        self.runs = by_part
+        self.rows = [(p, len(run), encode(run)) for p, run in by_part.items()]
 
     def apply(self, writer: _sqlite.Writer) -> tuple[float, list[int]]:
-        return writer.append(self.topic.tid, self.parts, self.bodies)
+        return writer.append(self.topic.tid, self.rows)
 
     def finish(self, result: Any, error: BaseException | None) -> None:
         if error is None:
-            stamp, offsets = result
+            stamp, firsts = result
             topic = self.topic
-            cap = self.cap
             parts = topic.parts
-            touched = set()
-            for event, p, offset in zip(self.events, self.parts, offsets, strict=True):
+            for (p, run), first in zip(self.runs.items(), firsts, strict=True):
                 part = parts[p]
-                if offset == part.base + len(part.events):  # the usual case, inline
-                    part.events.append(event)
-                    part.stamps.append(stamp)
-                else:
-                    part.restart(offset, event, stamp)
-                touched.add(part)
-            for part in touched:
-                part.trim(cap)
+                if first != part.base + len(part.events):  # not contiguous: a new tail
+                    part.restart(first, run[0], stamp)
+                    run = run[1:]
+                part.events += run
+                part.stamps += [stamp] * len(run)
+                part.trim(self.cap)
             for group in topic.groups.values():
                 for member in group.members:
                     member.wake()

@@ -4,17 +4,18 @@ Everything here is synchronous and runs off the event loop: the :class:`Writer` 
 own thread, the :class:`Reader` in worker threads. The loop side (``local.py``) hands
 jobs to the writer and awaits their futures.
 
-One event is one row of ``events``, keyed by a single integer that packs where it is
-stored: ``topic << 48 | partition << 40 | offset`` (so at most 32,767 topics of at most
-256 partitions, and 2**40 events per partition). A partition's events are then one
-range of SQLite's fastest index, the rowid, appended in order.
+Events are stored as Kafka stores them, in batches: the events one publish call put in
+one partition are one row of ``batches`` (a MessagePack array, ``count`` events from the
+row's first offset), so a row costs SQLite the same for 1 event or 1,000. A row is keyed
+by one integer that packs where its first event is stored: ``topic << 48 | partition <<
+40 | offset`` (so at most 32,767 topics of at most 256 partitions, and 2**40 events per
+partition); a partition is then one range of SQLite's fastest index, the rowid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import sqlite3
 import threading
@@ -40,8 +41,8 @@ CREATE TABLE IF NOT EXISTS partitions (
     topic INTEGER NOT NULL, part INTEGER NOT NULL, first INTEGER NOT NULL,
     next INTEGER NOT NULL, bytes INTEGER NOT NULL, released INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (topic, part)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY, stamp REAL NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY, stamp REAL NOT NULL, count INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS positions (
     topic INTEGER NOT NULL, grp TEXT NOT NULL, part INTEGER NOT NULL,
     committed INTEGER NOT NULL, PRIMARY KEY (topic, grp, part)) WITHOUT ROWID;
@@ -51,10 +52,6 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 FsyncMode = Literal["always", "batch", "interval"]
-
-_CHUNK = 64
-_INSERT_ONE = "INSERT INTO events (id, stamp, body) VALUES (?, ?, ?)"
-_INSERT_CHUNK = _INSERT_ONE + ", (?, ?, ?)" * (_CHUNK - 1)
 
 
 def row_id(topic: int, partition: int, offset: int) -> int:
@@ -276,62 +273,44 @@ class Writer:
 
     # -- helpers for jobs (writer thread only) -------------------------------------------
 
-    def append(
-        self, topic: int, parts: Sequence[int], bodies: Sequence[bytes]
-    ) -> tuple[float, list[int]]:
-        """Insert events; return their store time and offsets."""
+    def append(self, topic: int, rows: Sequence[tuple[int, int, bytes]]) -> tuple[float, list[int]]:
+        """Insert batches of events, each (partition, count, body); return their store
+        time and the first offset of each."""
         stamp = time.time()
-        count = self.partitions[topic]
-        keys = [(topic, p) for p in range(count)]
-        nxt = [self.next[key] for key in keys]
-        sizes = [0] * count
         base = topic << _TOPIC_SHIFT
-        offsets = []
-        rows = []
-        for p, body in zip(parts, bodies, strict=True):
-            offset = nxt[p]
-            nxt[p] = offset + 1
-            sizes[p] += len(body)
-            offsets.append(offset)
-            rows.append((base | p << _PARTITION_SHIFT | offset, stamp, body))
-        self._insert(rows)
-        for p, key in enumerate(keys):
-            if sizes[p]:
-                self.next[key] = nxt[p]
-                self.bytes[key] += sizes[p]
-                self.touched.add(key)
-        return stamp, offsets
-
-    def _insert(self, rows: list[tuple[int, float, bytes]]) -> None:
-        """Insert rows ``_CHUNK`` at a time per statement: one SQLite step, and one release
-        of the GIL, per chunk instead of per row, so the loop's thread and this one do
-        not hand the GIL back and forth for every event."""
-        db = self.db
-        full = len(rows) - len(rows) % _CHUNK
-        if full:
-            flat = list(itertools.chain.from_iterable(rows[:full]))
-            width = 3 * _CHUNK
-            db.executemany(_INSERT_CHUNK, [flat[i : i + width] for i in range(0, len(flat), width)])
-        if full < len(rows):
-            db.executemany(_INSERT_ONE, rows[full:])
+        firsts = []
+        values = []
+        for p, count, body in rows:
+            key = (topic, p)
+            offset = self.next[key]
+            self.next[key] = offset + count
+            self.bytes[key] += len(body)
+            self.touched.add(key)
+            firsts.append(offset)
+            values.append((base | p << _PARTITION_SHIFT | offset, stamp, count, body))
+        self.db.executemany(
+            "INSERT INTO batches (id, stamp, count, body) VALUES (?, ?, ?, ?)", values
+        )
+        return stamp, firsts
 
     def release(self, topic: int, partition: int, below: int) -> int:
-        """Delete the partition's events below offset ``below``; return how many."""
+        """Delete the partition's batches that start below offset ``below`` (callers cut
+        at a batch's start); return how many events went."""
         key = (topic, partition)
         first = self.first[key]
-        below = min(below, self.next[key])
-        if below <= first:
-            return 0
         lo, hi = row_id(topic, partition, first), row_id(topic, partition, below)
-        (size,) = self.db.execute(
-            "SELECT coalesce(sum(length(body)), 0) FROM events WHERE id >= ? AND id < ?",
+        size, count, last = self.db.execute(
+            "SELECT coalesce(sum(length(body)), 0), coalesce(sum(count), 0), max(id + count) "
+            "FROM batches WHERE id >= ? AND id < ?",
             (lo, hi),
         ).fetchone()
-        self.db.execute("DELETE FROM events WHERE id >= ? AND id < ?", (lo, hi))
+        if not count:
+            return 0
+        self.db.execute("DELETE FROM batches WHERE id >= ? AND id < ?", (lo, hi))
         self.bytes[key] -= size
-        self.first[key] = below
+        self.first[key] = int(last) & _OFFSET_MASK
         self.touched.add(key)
-        return below - first
+        return int(count)
 
     def retain(self) -> None:
         """Delete what ``max_bytes`` (split evenly over a topic's partitions) and
@@ -371,51 +350,69 @@ class Writer:
     def _cut_for(self, tid: int, p: int, first: int, nxt: int, excess: int) -> int:
         """The offset below which the oldest events hold at least ``excess`` bytes."""
         rows = self.db.execute(
-            "SELECT id, length(body) FROM events WHERE id >= ? AND id < ? ORDER BY id",
+            "SELECT id, count, length(body) FROM batches WHERE id >= ? AND id < ? ORDER BY id",
             (row_id(tid, p, first), row_id(tid, p, nxt)),
         )
-        for rid, size in rows:
+        for rid, count, size in rows:
             excess -= size
             if excess <= 0:
-                return int(rid & _OFFSET_MASK) + 1
+                return int(rid & _OFFSET_MASK) + int(count)
         return nxt
 
 
 class Reader:
     """Reads on a connection of their own, one at a time, called in a worker thread."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, decode: Callable[[bytes], list[Any]] | None = None
+    ) -> None:
         self.db = db
+        self.decode = decode or (lambda body: [])
         self.lock = threading.Lock()
 
     def close(self) -> None:
         with self.lock:
             self.db.close()
 
+    def _start(self, topic: int, partition: int, lo: int) -> int:
+        """The row id of the batch that holds offset ``lo`` (or of ``lo`` when none does)."""
+        (found,) = self.db.execute(
+            "SELECT max(id) FROM batches WHERE id >= ? AND id <= ?",
+            (row_id(topic, partition, 0), row_id(topic, partition, lo)),
+        ).fetchone()
+        return row_id(topic, partition, lo) if found is None else int(found)
+
     def range(
         self, topic: int, partition: int, lo: int, hi: int, limit: int, since: float | None = None
-    ) -> list[tuple[int, float, bytes]]:
+    ) -> list[tuple[int, float, Any]]:
         """Up to ``limit`` events of a partition with offsets in [lo, hi) (and stored at
-        or after ``since``), as (offset, stamp, body), in offset order."""
-        query = "SELECT id, stamp, body FROM events WHERE id >= ? AND id < ?"
-        args: list[Any] = [row_id(topic, partition, lo), row_id(topic, partition, hi)]
-        if since is not None:
-            query += " AND stamp >= ?"
-            args.append(since)
-        query += " ORDER BY id LIMIT ?"
-        args.append(limit)
+        or after ``since``), as (offset, stamp, Event), in offset order."""
+        query = "SELECT id, stamp, body FROM batches WHERE id >= ? AND id < ?"
+        out: list[tuple[int, float, Any]] = []
         with self.lock:
-            rows = self.db.execute(query, args).fetchall()
-        return [(rid & _OFFSET_MASK, stamp, body) for rid, stamp, body in rows]
+            args: list[Any] = [self._start(topic, partition, lo), row_id(topic, partition, hi)]
+            if since is not None:
+                query += " AND stamp >= ?"
+                args.append(since)
+            for rid, stamp, body in self.db.execute(query + " ORDER BY id", args):
+                first = rid & _OFFSET_MASK
+                events = self.decode(body)
+                start = max(lo - first, 0)
+                stop = min(hi - first, len(events), start + limit - len(out))
+                out.extend((first + i, stamp, events[i]) for i in range(start, stop))
+                if len(out) >= limit or first + len(events) >= hi:
+                    break
+        return out
 
     def first_at(self, topic: int, partition: int, lo: int, hi: int, stamp: float) -> int:
         """The first offset in [lo, hi) stored at or after ``stamp`` (``hi`` if none)."""
         with self.lock:
             row = self.db.execute(
-                "SELECT id FROM events WHERE id >= ? AND id < ? AND stamp >= ? ORDER BY id LIMIT 1",
-                (row_id(topic, partition, lo), row_id(topic, partition, hi), stamp),
+                "SELECT id FROM batches WHERE id >= ? AND id < ? AND stamp >= ? ORDER BY id "
+                "LIMIT 1",
+                (self._start(topic, partition, lo), row_id(topic, partition, hi), stamp),
             ).fetchone()
-        return hi if row is None else int(row[0]) & _OFFSET_MASK
+        return hi if row is None else max(lo, int(row[0]) & _OFFSET_MASK)
 
     def state(self, bucket: str) -> dict[str, bytes]:
         with self.lock:

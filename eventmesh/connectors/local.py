@@ -89,6 +89,18 @@ _LOCK_FILE = "LOCK"
 # -- the connector ----------------------------------------------------------------------
 
 
+def _spans(offsets: list[int]) -> list[tuple[int, int]]:
+    """Sorted offsets as [lo, hi) ranges to read, a range per cluster: offsets far apart
+    (redeliveries) are not read as one long range."""
+    spans: list[tuple[int, int]] = []
+    for offset in offsets:
+        if spans and offset - spans[-1][1] < 256:
+            spans[-1] = (spans[-1][0], offset + 1)
+        else:
+            spans.append((offset, offset + 1))
+    return spans
+
+
 class _InUseError(Exception):
     """Another process (or connector) holds the data directory's lock."""
 
@@ -193,7 +205,7 @@ class LocalConnector(Connector):
             ):
                 positions.setdefault((tid, grp), []).append(committed)
             self._reader = _sqlite.Reader(
-                _sqlite.open_db(str(self.path / _DB_FILE), "batch", readonly=True)
+                _sqlite.open_db(str(self.path / _DB_FILE), "batch", readonly=True), decode
             )
         except BaseException:
             db.close()
@@ -353,15 +365,11 @@ class LocalConnector(Connector):
         assert reader is not None
         out = {}
         for p, offsets in wanted.items():
-            lo, hi = min(offsets), max(offsets) + 1
-            # Scattered offsets (redeliveries) are looked up one by one.
-            scattered = hi - lo > 4 * len(offsets)
-            spans = [(o, o + 1) for o in offsets] if scattered else [(lo, hi)]
             keep = set(offsets)
-            for a, b in spans:
-                for offset, stamp, body in reader.range(tid, p, a, b, b - a):
+            for a, b in _spans(sorted(keep)):
+                for offset, stamp, event in reader.range(tid, p, a, b, b - a):
                     if offset in keep:
-                        out[(p, offset)] = (decode(body), stamp)
+                        out[(p, offset)] = (event, stamp)
         return out
 
     async def _deliveries(self, group: Group, plan: list[tuple[int, int]]) -> list[Delivery]:
@@ -451,18 +459,18 @@ class LocalConnector(Connector):
         ]
         stamp = None if since is None else since.timestamp()
         rows = await self._read(self._browse, t.tid, ranges, stamp, limit)
-        return [StoredEvent(decode(body), p, offset, s) for s, p, offset, body in rows]
+        return [StoredEvent(event, p, offset, s) for s, p, offset, event in rows]
 
     def _browse(
         self, tid: int, ranges: list[tuple[int, int, int]], since: float | None, limit: int
-    ) -> list[tuple[float, int, int, bytes]]:
+    ) -> list[tuple[float, int, int, Event]]:
         reader = self._reader
         assert reader is not None
         rows = [
-            (stamp, p, offset, body)
+            (stamp, p, offset, event)
             for p, lo, hi in ranges
             if lo < hi
-            for offset, stamp, body in reader.range(tid, p, lo, hi, limit, since)
+            for offset, stamp, event in reader.range(tid, p, lo, hi, limit, since)
         ]
         rows.sort(key=lambda row: row[:3])
         return rows[:limit]
