@@ -209,20 +209,24 @@ async def subscription_survives_kill(
             )
             assert status == 201, created
 
+            refused = anyio.Event()
+
             async def publish_until_killed() -> None:
                 for n in range(count):
                     event_id = f"before-{n}"
                     if not await _publish(session, first.http_url, topic, event_id):
+                        refused.set()
                         return
                     accepted.append(event_id)
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(publish_until_killed)
                 await eventually(
-                    lambda: len(sink.ids) >= 30,
+                    lambda: len(sink.ids) >= 30 or refused.is_set(),
                     timeout=_DELIVERY_TIMEOUT,
                     what="the first deliveries",
                 )
+                assert len(sink.ids) >= 30, f"a publish failed: {first.log()[-3000:]}"
                 first.kill()  # mid-stream: publishes and deliveries are in flight
         finally:
             first.kill()
