@@ -50,9 +50,12 @@ async def listed(session: aiohttp.ClientSession, sidecar: Sidecar) -> list[str]:
         return [s["id"] for s in (await response.json())["subscriptions"]]
 
 
-async def test_a_stored_subscription_that_no_longer_starts_is_skipped(tmp_path: Path) -> None:
-    """A stored subscription beyond limits.max_subscriptions, or unreadable, is logged
-    and skipped; the others start and the sidecar serves."""
+async def test_a_stored_subscription_that_no_longer_starts_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored subscription beyond limits.max_subscriptions, one whose filter the
+    current limits refuse, or an unreadable one is logged and skipped; the others start
+    and the sidecar serves."""
     data = local(tmp_path)
     async with LocalConnector(LocalConnector.Config(data_dir=data["data_dir"])) as connector:
         store = connector.state(BUCKET)
@@ -61,11 +64,21 @@ async def test_a_stored_subscription_that_no_longer_starts_is_skipped(tmp_path: 
             spec = {"id": f"s{n}", "topic": "orders"}
             await store.put(f"s{n}", encode(StoredSubscription(spec=spec)))
         await store.put("broken", b"{not json")
-    config = in_process({"default": data}, limits={"max_subscriptions": 2})
+        deep: dict[str, Any] = {"exact": {"type": "x"}}
+        for _ in range(6):
+            deep = {"all": [deep]}
+        deep_spec = {"id": "deep", "topic": "orders", "filter": deep}
+        await store.put("deep", encode(StoredSubscription(spec=deep_spec)))
+    limits = {"max_subscriptions": 2, "filters": {"max_depth": 4}}
+    config = in_process({"default": data}, limits=limits)
     async with Sidecar(config) as sidecar, aiohttp.ClientSession() as session:
         ids = await listed(session, sidecar)
     assert len(ids) == 2
     assert set(ids) <= {"s0", "s1", "s2"}
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("deep" in m and "max_depth" in m for m in errors), errors
+    assert any("broken" in m and "cannot be read" in m for m in errors), errors
+    assert any("max_subscriptions" in m for m in errors), errors
 
 
 async def test_a_delete_removes_the_stored_subscription(tmp_path: Path) -> None:
