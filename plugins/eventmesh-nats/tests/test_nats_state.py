@@ -7,10 +7,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import msgspec
+import nats
 import pytest
 
+from eventmesh.server.sidecar import Sidecar
 from eventmesh.testing import eventually
 from eventmesh.testing._sidecars import (
     replicas_share_subscriptions,
@@ -88,3 +91,24 @@ async def test_two_sidecars_share_a_subscription_on_nats(
     """Created on one sidecar, listed on the other; each event reaches the webhook once."""
     config = sidecar_config({"default": settings})
     await replicas_share_subscriptions(tmp_path, config, f"shared-{uuid.uuid4().hex[:12]}")
+
+
+async def test_a_subscription_the_store_refuses_is_503_and_not_started(
+    settings: dict[str, Any], nats_url: str
+) -> None:
+    """When the subscription cannot be stored (its KV bucket was deleted under the
+    sidecar), POST answers 503 and nothing runs."""
+    config = sidecar_config({"default": settings})
+    config.pop("logging")
+    bucket = f"KV_{settings['stream']['name_prefix']}STATE_subscriptions"
+    async with Sidecar(config) as sidecar, aiohttp.ClientSession() as session:
+        nc = await nats.connect(nats_url)
+        try:
+            await nc.jetstream().delete_stream(bucket)
+        finally:
+            await nc.close()
+        body = {"id": "refused", "topic": "orders", "sink": "http://127.0.0.1:9/hook"}
+        async with session.post(f"{sidecar.http_url}/subscriptions", json=body) as response:
+            assert response.status == 503, await response.text()
+        async with session.get(f"{sidecar.http_url}/subscriptions") as response:
+            assert (await response.json())["subscriptions"] == []
