@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, Final
@@ -25,7 +25,14 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from eventmesh.bindings.kafka import Message, to_binary, to_structured
-from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition, StateStore
+from eventmesh.connectors.base import (
+    Capabilities,
+    Connector,
+    Consumer,
+    StartPosition,
+    StateStore,
+    StoredEvent,
+)
 from eventmesh.errors import (
     ConnectError,
     ConnectorError,
@@ -41,6 +48,7 @@ from eventmesh_kafka._errors import (
     translate,
     translated,
 )
+from eventmesh_kafka.browse import read_topic
 from eventmesh_kafka.config import KafkaConfig
 from eventmesh_kafka.consumer import KafkaConsumer
 from eventmesh_kafka.state import KafkaStateStore
@@ -331,6 +339,21 @@ class KafkaConnector(Connector):
         if store is None:
             store = self._states[bucket] = KafkaStateStore(self, bucket)
         return store
+
+    async def read(
+        self,
+        topic: str,
+        *,
+        since: datetime | None = None,
+        after: Mapping[int, int] | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Browse ``topic`` without a group, committing nothing (eventmesh_kafka.browse);
+        a topic that does not exist reads empty."""
+        self._check_open()
+        _check_name(topic)
+        options = self.client_options()
+        return await read_topic(options, self._admin, topic, since=since, after=after, limit=limit)
 
     # -- for the consumers ---------------------------------------------------------------
 
