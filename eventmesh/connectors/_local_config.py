@@ -34,9 +34,10 @@ class LocalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     oldest go first. None: no size limit."""
     max_age: Duration | None = Duration(7 * 86400)
     """Delete events older than this, read or not. None: no age limit."""
-    cache_events: int = 16_384
-    """Newest events per topic also held in memory, so consumers that keep up never read
-    the disk."""
+    cache_events: int = 100_000
+    """The most events per topic also held in memory (the newest, kept while some group
+    has not been handed them; the memory connector's ``max_events``), so consumers less
+    than this far behind never read the disk."""
     max_batch: int = 20_000
     """Most events committed in one transaction."""
 

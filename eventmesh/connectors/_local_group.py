@@ -49,19 +49,20 @@ class Part:
         self.stamps = [stamp]
         self.base = offset
 
-    def trim(self, cap: int) -> None:
-        """Keep the tail at most ``cap`` events (cut to half of it, so seldom)."""
-        if len(self.events) > cap:
-            drop = len(self.events) - cap // 2
+    def trim(self, cap: int, low: int) -> None:
+        """Free the events every group was handed (those below ``low``) once they are a
+        quarter of the tail or more, keeping ``cap // 8`` at least; past ``cap``, free the
+        oldest whatever the groups (a group that far behind reads the disk)."""
+        n = len(self.events)
+        if n <= cap // 8:
+            return
+        drop = min(low - self.base, n - cap // 8)
+        if n - drop > cap:
+            drop = n - cap // 2
+        if drop > 0 and (drop * 4 >= n or n > cap):
             del self.events[:drop]
             del self.stamps[:drop]
             self.base += drop
-
-    def cached(self, offset: int) -> tuple[Event, float] | None:
-        i = offset - self.base
-        if 0 <= i < len(self.events):
-            return self.events[i], self.stamps[i]
-        return None
 
 
 class Topic:
@@ -110,7 +111,9 @@ class Append(_sqlite.Job):
                     run = run[1:]
                 part.events += run
                 part.stamps += [stamp] * len(run)
-                part.trim(self.cap)
+                groups = topic.groups
+                low = min(g.next[p] for g in groups.values()) if groups else part.end
+                part.trim(self.cap, low)
             for group in topic.groups.values():
                 for member in group.members:
                     member.wake()

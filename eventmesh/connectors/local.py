@@ -373,20 +373,24 @@ class LocalConnector(Connector):
         return out
 
     async def _deliveries(self, group: Group, plan: list[tuple[int, int]]) -> list[Delivery]:
+        """Deliveries for planned (partition, offset) pairs, in plan order: from the
+        partitions' tails, and what they no longer hold from disk, in a worker thread."""
         topic = group.topic
         parts = topic.parts
         found: dict[tuple[int, int], tuple[Event, float]] = {}
         wanted: dict[int, list[int]] = {}
         for p, offset in plan:
-            hit = parts[p].cached(offset)
-            if hit is None:
-                wanted.setdefault(p, []).append(offset)
+            part = parts[p]
+            i = offset - part.base
+            if 0 <= i < len(part.events):
+                found[(p, offset)] = (part.events[i], part.stamps[i])
             else:
-                found[(p, offset)] = hit
+                wanted.setdefault(p, []).append(offset)
         if wanted:
             found.update(await self._read(self._load, topic.tid, wanted))
-        out: list[Delivery] = []
+        name = topic.name
         attempts = group.attempts
+        out: list[Delivery] = []
         for p, offset in plan:
             hit = found.get((p, offset))
             if hit is None:  # deleted by retention meanwhile: nothing to deliver
@@ -397,7 +401,7 @@ class LocalConnector(Connector):
                 LocalDelivery(
                     group,
                     event,
-                    topic=topic.name,
+                    topic=name,
                     partition=p,
                     offset=offset,
                     key=event.partitionkey,
