@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,14 @@ from nats.js import JetStreamContext
 
 from eventmesh._redact import redact_url
 from eventmesh.bindings.nats import from_message, to_binary, to_structured, wrap_message
-from eventmesh.connectors.base import Capabilities, Connector, Consumer, StartPosition, StateStore
+from eventmesh.connectors.base import (
+    Capabilities,
+    Connector,
+    Consumer,
+    StartPosition,
+    StateStore,
+    StoredEvent,
+)
 from eventmesh.errors import (
     ConnectError,
     ConnectorError,
@@ -32,6 +39,7 @@ from eventmesh.errors import (
 )
 from eventmesh.event import Event
 from eventmesh_nats._errors import describe, is_slow_consumer, tolerated, translated
+from eventmesh_nats.browse import read_stream
 from eventmesh_nats.config import NatsConfig
 from eventmesh_nats.core import CoreConsumer, CoreGroups, publish_core
 from eventmesh_nats.jetstream import JetStreamConsumer, JetStreamPublisher, Streams
@@ -294,6 +302,19 @@ class NatsConnector(Connector):
                     "allows; NATS never stores it as sent: send smaller events, or raise "
                     "max_payload in the server's configuration"
                 )
+
+    async def read(
+        self,
+        topic: str,
+        *,
+        since: datetime | None = None,
+        after: Mapping[int, int] | None = None,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Browse ``topic``'s stream with an ephemeral consumer that acks nothing
+        (eventmesh_nats.browse); partition 0, the offset is the stream sequence."""
+        self._check_open()
+        return await read_stream(self, topic, since=since, after=after, limit=limit)
 
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         self._check_open()

@@ -1,0 +1,57 @@
+"""The NATS connector browses a JetStream topic without a group: nothing is acked."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from eventmesh.errors import RejectedError
+from eventmesh.testing.browsing import check_read
+from eventmesh_nats import NatsConfig, NatsConnector, StreamSettings
+
+pytestmark = [pytest.mark.nats, pytest.mark.anyio]
+
+Factory = Callable[..., NatsConnector]
+
+
+@pytest.fixture
+def make(nats_url: str, stream_prefix: str) -> Factory:
+    """A connector in this session's subject and stream namespace."""
+
+    def build(**options: Any) -> NatsConnector:
+        options.setdefault("subject_prefix", f"{stream_prefix.lower()}.")
+        options.setdefault("stream", StreamSettings(name_prefix=stream_prefix))
+        return NatsConnector(NatsConfig(servers=[nats_url], **options))
+
+    return build
+
+
+def new_topic() -> str:
+    return f"browse.{uuid.uuid4().hex[:10]}"
+
+
+async def test_read_pages_filters_by_time_and_consumes_nothing(make: Factory) -> None:
+    """read() on JetStream passes the browsing check (cursor paging, since, limit, and a
+    group that joins afterwards at 'earliest' gets every event), and leaves no consumer
+    of its own behind."""
+    topic = new_topic()
+    async with make() as connector:
+        await check_read(connector, topic, timeout=60)
+        _, stream = connector.route(topic, RejectedError)
+        names = [c.name for c in await connector.js.consumers_info(stream)]
+        assert not [n for n in names if n.startswith("browse_")], names
+
+
+async def test_a_missing_stream_reads_empty_and_core_mode_cannot_browse(make: Factory) -> None:
+    """A topic without a stream reads [] (nothing is created); core mode refuses."""
+    topic = new_topic()
+    async with make() as connector:
+        assert await connector.read(topic) == []
+        _, stream = connector.route(topic, RejectedError)
+        assert stream not in [s.config.name for s in await connector.js.streams_info()]
+    async with make(mode="core") as core:
+        with pytest.raises(RejectedError, match="core mode"):
+            await core.read(topic)
