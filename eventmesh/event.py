@@ -175,24 +175,33 @@ class JSONData:
     It equals, and its ``repr`` reads as, the parsed value.
     """
 
-    __slots__ = ("_value", "raw")
+    __slots__ = ("raw", "value")
+
+    raw: bytes
+    value: Any
+    """The parsed JSON value, parsed once, on first read; do not change it. Until then
+    the slot is empty and ``__getattr__`` fills it, so each later read is a plain slot
+    read."""
 
     def __init__(self, raw: bytes, value: Any = _UNPARSED) -> None:
         self.raw = raw
-        self._value = value
+        if value is not _UNPARSED:
+            self.value = value
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "value":
+            raise AttributeError(name)
+        value = self.value = _decoder.decode(self.raw)
+        return value
 
     @property
     def parsed(self) -> bool:
         """Whether :attr:`value` has been read (the body parsed) yet."""
-        return self._value is not _UNPARSED
-
-    @property
-    def value(self) -> Any:
-        """The parsed JSON value, parsed once, on first read; do not change it."""
-        value = self._value
-        if value is _UNPARSED:
-            value = self._value = _decoder.decode(self.raw)
-        return value
+        try:
+            _value_slot.__get__(self)
+        except AttributeError:
+            return False
+        return True
 
     def __eq__(self, other: object) -> bool:
         if type(other) is JSONData:
@@ -207,6 +216,9 @@ class JSONData:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (JSONData, (self.raw,))
+
+
+_value_slot: Final[Any] = JSONData.__dict__["value"]
 
 
 def _new_id() -> str:
@@ -424,24 +436,16 @@ stored_data: Final[Any] = _data_slot.__get__
 the bindings write); ``event.data`` is the same with a JSONData's parsed value."""
 
 
-class _DataField:
-    """The ``data`` attribute of an :class:`Event` (see ``_data_slot``)."""
-
-    __slots__ = ()
-
-    def __get__(self, event: Event | None, owner: type | None = None) -> Any:
-        if event is None:
-            return _data_slot
-        value = _data_slot.__get__(event)
-        if type(value) is JSONData:
-            return value.value
-        return value
-
-    def __set__(self, event: Event, value: Any) -> None:
-        raise AttributeError("immutable type: 'Event'; use event.replace(data=...)")
+def _data(event: Event, _get: Any = stored_data, _kept: Any = JSONData) -> Any:
+    """The ``data`` attribute of an :class:`Event` (see ``_data_slot``); a plain property
+    with its names bound as defaults, the cheapest way Python code can reach the slot."""
+    value = _get(event)
+    if type(value) is _kept:
+        return value.value
+    return value
 
 
-type.__setattr__(Event, "data", _DataField())
+type.__setattr__(Event, "data", property(_data, doc="The event's data (see Event)."))
 
 
 def struct_keeps(event: Event) -> bool:

@@ -40,7 +40,7 @@ import msgspec
 
 from eventmesh.bindings import is_json_media_type
 from eventmesh.errors import ConfigError
-from eventmesh.event import CONTEXT_ATTRIBUTES, Event, format_time
+from eventmesh.event import CONTEXT_ATTRIBUTES, Event, JSONData, format_time, stored_data
 
 __all__ = [
     "MISSING",
@@ -244,7 +244,9 @@ def json_data(event: Event) -> Any:
     worst decode twice; the decoded value is shared and must not be changed.
     """
     global _last
-    data = event.data
+    data = stored_data(event)  # the slot itself: cheaper than the event.data property
+    if type(data) is JSONData:
+        data = data.value
     kind = type(data)
     if kind is dict or kind is list:
         return data

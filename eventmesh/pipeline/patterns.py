@@ -79,7 +79,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from eventmesh.errors import ConfigError
-from eventmesh.event import CONTEXT_ATTRIBUTES, Event
+from eventmesh.event import CONTEXT_ATTRIBUTES, Event, JSONData, stored_data
 from eventmesh.pipeline._combine import all_of, any_of
 from eventmesh.pipeline._conditions import (
     OPERATORS,
@@ -193,9 +193,14 @@ def _on_data_object(fields: Match, spec: Mapping[str, Any], ctx: _Context) -> Fi
 
     def on_data(event: Event) -> bool:
         work.left = share[0]
-        data = event.data
-        if type(data) is dict:  # the common case, read without a call
+        data = stored_data(event)
+        kind = type(data)
+        if kind is dict:  # the common case, read without a call
             return fields(data)
+        if kind is JSONData:  # kept JSON: its value, parsed on the first read
+            data = data.value
+            if type(data) is dict:
+                return fields(data)
         return whole(json_data(event))
 
     return on_data
