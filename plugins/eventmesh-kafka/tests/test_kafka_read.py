@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from eventmesh import Event, Mesh
+from eventmesh.delivery.deadletter import dead_letter_event
 from eventmesh.testing.browsing import check_read
-from eventmesh_kafka import KafkaConnector
+from eventmesh_kafka import KafkaConfig, KafkaConnector
 
 pytestmark = pytest.mark.anyio
 
@@ -30,3 +33,26 @@ async def test_a_topic_that_does_not_exist_reads_empty_and_is_not_created(
         assert topic not in await admin.list_topics()
     finally:
         await admin.close()
+
+
+async def test_a_replay_is_recorded_in_kafka_and_not_repeated_after_a_restart(
+    kafka_config: KafkaConfig, topic: str
+) -> None:
+    """Replayed dead letters are recorded in the connector's state (a compacted topic),
+    so a mesh started afresh skips them; the replayed events reach the original topic
+    without deadletter* extensions."""
+    event = Event(type="t", source="/s", id=f"{topic}-1")
+    letter = dead_letter_event(
+        event, reason="failed", error="E: x", attempts=1, topic=topic, group="billing"
+    )
+    with anyio.fail_after(120):
+        async with Mesh(connectors={"default": KafkaConnector(kafka_config)}) as mesh:
+            await mesh.publish(f"{topic}.dlq", letter)
+            done = await mesh.dead_letters(f"{topic}.dlq").replay()
+            assert done.ids == [event.id]
+        async with Mesh(connectors={"default": KafkaConnector(kafka_config)}) as mesh:
+            again = await mesh.dead_letters(f"{topic}.dlq").replay()
+            assert (again.replayed, again.skipped) == (0, 1)
+            [stored] = (await mesh.dead_letters(topic).list()).events
+            assert stored.event.id == event.id
+            assert "deadletterreason" not in stored.event.extensions

@@ -6,8 +6,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 
+from eventmesh import Event, Mesh
+from eventmesh.delivery.deadletter import dead_letter_event
 from eventmesh.errors import RejectedError
 from eventmesh.testing.browsing import check_read
 from eventmesh_nats import NatsConfig, NatsConnector, StreamSettings
@@ -55,3 +58,27 @@ async def test_a_missing_stream_reads_empty_and_core_mode_cannot_browse(make: Fa
     async with make(mode="core") as core:
         with pytest.raises(RejectedError, match="core mode"):
             await core.read(topic)
+
+
+async def test_a_replay_is_recorded_in_a_kv_bucket_and_not_repeated_after_a_restart(
+    make: Factory,
+) -> None:
+    """Replayed dead letters are recorded in the connector's state (a KV bucket), so a
+    mesh started afresh skips them; the replayed events reach the original topic without
+    deadletter* extensions."""
+    topic = new_topic()
+    event = Event(type="t", source="/s", id=f"{topic}-1")
+    letter = dead_letter_event(
+        event, reason="failed", error="E: x", attempts=1, topic=topic, group="billing"
+    )
+    with anyio.fail_after(60):
+        async with Mesh(connectors={"default": make()}) as mesh:
+            await mesh.publish(f"{topic}.dlq", letter)
+            done = await mesh.dead_letters(f"{topic}.dlq").replay()
+            assert done.ids == [event.id]
+        async with Mesh(connectors={"default": make()}) as mesh:
+            again = await mesh.dead_letters(f"{topic}.dlq").replay()
+            assert (again.replayed, again.skipped) == (0, 1)
+            [stored] = (await mesh.dead_letters(topic).list()).events
+            assert (stored.partition, stored.event.id) == (0, event.id)
+            assert "deadletterreason" not in stored.event.extensions
