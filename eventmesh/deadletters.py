@@ -14,11 +14,11 @@ is acked, and a group that joins later still gets every event.
   data, so consumers see the event they failed on), and records each replayed dead
   letter by its position on the dead-letter topic, so a second replay skips it. The
   events go straight to the original topic's connector, so the topic's ``dedupe:``
-  window does not drop them as a producer's retry. The
-  records are kept in the dead-letter topic's connector (``state("deadletter-replays")``)
-  when it keeps state, else in this process (the newest :data:`MAX_MEMORY_RECORDS`),
-  lost on restart. A record is written after its event is stored: a crash between the
-  two replays that event again (at-least-once, as everything in the mesh).
+  window does not drop them as a producer's retry. The records are kept in the
+  dead-letter topic's connector (``state("deadletter-replays")``) when it keeps state,
+  else in this process (the newest :data:`MAX_MEMORY_RECORDS`), lost on restart. A
+  record is written after its event is stored: a crash between the two replays that
+  event again (at-least-once, as everything in the mesh).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 =======  ================================  ==============================================
 method   path                              does
 =======  ================================  ==============================================
-GET      /topics/{topic}/events            browse without consuming: ``since``
-                                           (RFC 3339), ``after`` (a cursor), ``limit``
+GET      /topics/{topic}/events            browse without consuming: ``since`` (or
+                                           ``from``; RFC 3339), ``after`` (a cursor),
+                                           ``limit``
 GET      /topics/{topic}/events/{id}       the retained events with this id (404: none)
 POST     /deadletters/{topic}/replay       republish dead letters to their topics
 =======  ================================  ==============================================
@@ -88,7 +89,8 @@ class DeadLetterApi:
         topic = request.match_info["topic"]
         self._check(request, "subscribe", topic)
         query = request.query
-        since = query.get("since")
+        key = "since" if "since" in query else "from"  # 'from' is taken as 'since'
+        since = query.get(key)
         raw_limit = query.get("limit", "100")
         try:
             limit = int(raw_limit)
@@ -101,7 +103,7 @@ class DeadLetterApi:
         page = await browse(
             self.mesh.connector(topic),
             topic,
-            since=None if since is None else parse_time(since, key="since"),
+            since=None if since is None else parse_time(since, key=key),
             after=query.get("after"),
             limit=limit,
         )

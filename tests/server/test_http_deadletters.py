@@ -60,6 +60,8 @@ async def test_browse_pages_with_the_cursor_and_consumes_nothing(serve: Any) -> 
 
         future = (await api.call("GET", "/topics/orders/events?since=2999-01-01T00:00:00Z")).body
         assert future["events"] == []
+        also = (await api.call("GET", "/topics/orders/events?from=2999-01-01T00:00:00Z")).body
+        assert also["events"] == []
         for query, key in (
             ("since=yesterday", "since"),
             ("since=2026-01-01T00:00:00", "since"),
