@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from eventmesh._imports import needs_extra
 from eventmesh.deadletters import MAX_PAGE, MAX_REPLAY, parse_time
 
 if TYPE_CHECKING:
@@ -136,8 +137,9 @@ def _when(stored: StoredEvent) -> str:
 
 
 def _table(events: list[StoredEvent], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    with needs_extra("the terminal view"):
+        from rich.console import Console
+        from rich.table import Table
 
     table = Table("stored", "at", "id", "type", "reason", "from", "group", "error", title=title)
     for stored in events:
@@ -156,8 +158,9 @@ def _table(events: list[StoredEvent], title: str) -> None:
 
 
 def _show(found: list[StoredEvent]) -> None:
-    from rich.console import Console
-    from rich.pretty import Pretty
+    with needs_extra("the terminal view"):
+        from rich.console import Console
+        from rich.pretty import Pretty
 
     console = Console()
     for stored in found:

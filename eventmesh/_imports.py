@@ -1,14 +1,57 @@
-"""Importing user code named in configuration (``"package.module:function"``)."""
+"""Importing user code named in configuration (``"package.module:function"``), and the
+optional dependencies that eventmesh's extras install (``pip install 'eventmesh[sidecar]'``)."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
 
-from eventmesh.errors import ConfigError
+from eventmesh.errors import ConfigError, MissingExtraError
 
-__all__ = ["import_callable"]
+__all__ = ["EXTRAS", "import_callable", "needs_extra"]
+
+EXTRAS: Final = {
+    "aiohttp": "sidecar",
+    "cryptography": "sidecar",
+    "google": "sidecar",  # protobuf
+    "grpc": "sidecar",
+    "grpc_reflection": "sidecar",
+    "jwt": "sidecar",
+    "uvloop": "sidecar",
+    "opentelemetry": "otel",
+    "prometheus_client": "prometheus",
+    "rich": "cli",
+    "cloudevents": "cloudevents",
+    "hypothesis": "testing",
+    "pytest": "testing",
+}
+"""The extra that installs each optional import (by top-level name); pyproject.toml's
+``[project.optional-dependencies]`` is the other half (tests/test_extras.py checks both)."""
+
+
+@contextmanager
+def needs_extra(what: str) -> Iterator[None]:
+    """Around the imports of an optional feature: a missing optional dependency becomes a
+    :class:`MissingExtraError` saying that ``what`` needs its extra, and how to install it::
+
+        with needs_extra("the sidecar"):
+            from eventmesh.server.sidecar import Sidecar
+
+    Any other missing module (one of ours, a user's) is raised as it is.
+    """
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        raise MissingExtraError(
+            f"{what} needs the {extra!r} extra (no module named {exc.name!r}): "
+            f"pip install 'eventmesh[{extra}]'",
+            extra=extra,
+        ) from exc
 
 
 def import_callable(target: str, *, where: str) -> Callable[..., Any]:

@@ -55,6 +55,7 @@ import msgspec
 import yaml
 
 from eventmesh import _cli_dlq
+from eventmesh._imports import needs_extra
 from eventmesh._loop import backend_options
 from eventmesh._version import __version__
 from eventmesh.config import MeshConfig, load_config, with_data_dir
@@ -315,7 +316,8 @@ async def _dlq(args: argparse.Namespace) -> None:
 
 
 async def _functions(args: argparse.Namespace) -> None:
-    import aiohttp
+    with needs_extra("the admin API client"):
+        import aiohttp
 
     from eventmesh._status import error_from_problem
     from eventmesh.client._remote import bearer, check_tls_files, ssl_context, warn_clear_text
@@ -354,8 +356,9 @@ async def _functions(args: argparse.Namespace) -> None:
             sys.stdout.write(msgspec.json.encode(item).decode() + "\n")
         sys.stdout.flush()
         return
-    from rich.console import Console
-    from rich.table import Table
+    with needs_extra("the terminal view"):
+        from rich.console import Console
+        from rich.table import Table
 
     table = Table("name", "kind", "topic", "state", "invocations", "failures", "timeouts",
                   "reply to", "workers")  # fmt: skip
@@ -378,7 +381,8 @@ class _LiveView:
     """One readable line per event, with its data below, for a terminal."""
 
     def __init__(self) -> None:
-        from rich.console import Console
+        with needs_extra("the terminal view"):
+            from rich.console import Console
 
         self.console = Console()
 
@@ -457,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         return 0
     try:
+        if args.command == "run":  # before the config: without the extra nothing can run
+            with needs_extra("the sidecar"):
+                import eventmesh.server.sidecar  # noqa: F401
         if args.command == "check-config":
             _put_on_import_path(args.file)
             config = load_config(args.file, env=os.environ, import_handlers=True)

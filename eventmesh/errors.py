@@ -4,6 +4,7 @@ Every error the library raises on purpose is an ``EventMeshError``::
 
     EventMeshError
     ├── ConfigError              a config file, key or value is wrong (names the key and line)
+    │   └── MissingExtraError    a feature asked for needs an extra that is not installed
     ├── EventValidationError     an event breaks the CloudEvents spec (names the attribute)
     │   ├── ContentTypeError     a message's content type is not one a binding reads
     │   └── EventTooLargeError   an event or a request is above the configured size limit
@@ -46,6 +47,7 @@ __all__ = [
     "EventValidationError",
     "LifecycleError",
     "LimitExceededError",
+    "MissingExtraError",
     "PermissionDeniedError",
     "PipelineError",
     "PluginError",
@@ -80,6 +82,16 @@ class ConfigError(EventMeshError):
         super().__init__(f"{where}{message}")
         self.key = key
         self.line = line
+
+
+class MissingExtraError(ConfigError):
+    """What was asked for (the sidecar, a remote client, tracing, ...) needs an optional
+    dependency that is not installed; ``extra`` names the extra that installs it
+    (``pip install 'eventmesh[sidecar]'``)."""
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
 
 
 class EventValidationError(EventMeshError):

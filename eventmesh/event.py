@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import msgspec
 
+from eventmesh._imports import needs_extra
 from eventmesh.errors import EventValidationError
 
 if TYPE_CHECKING:
@@ -419,8 +420,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         """Convert to the SDK's ``cloudevents.core.v1.event.CloudEvent``.
 
         The SDK gives every event a ``time``: an event without one gets the current time.
+        Needs the ``cloudevents`` extra (a MissingExtraError without it).
         """
-        from cloudevents.core.v1.event import CloudEvent
+        with needs_extra("Event.to_cloudevent"):
+            from cloudevents.core.v1.event import CloudEvent
 
         data = self.data
         if isinstance(data, bytearray | memoryview):

@@ -19,9 +19,16 @@ import anyio.abc
 import anyio.to_thread
 
 from eventmesh._dedupe import Deduper, DuplicateWindow
+from eventmesh._imports import needs_extra
 from eventmesh._requests import Requests
 from eventmesh.client.base import Client
-from eventmesh.config import MeshConfig, SubscriptionConfig, convert, load_config
+from eventmesh.config import (
+    MeshConfig,
+    SubscriptionConfig,
+    TracingConfig,
+    convert,
+    load_config,
+)
 from eventmesh.connectors.base import Connector, StartPosition
 from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.connectors.registry import load_connector
@@ -35,7 +42,6 @@ from eventmesh.errors import (
 )
 from eventmesh.event import Event
 from eventmesh.observability.metrics import FunctionFigures, MeshMetrics, SubscriptionFigures
-from eventmesh.observability.tracing import Tracing
 from eventmesh.pipeline.compile import compile_pipeline
 from eventmesh.subscription import Handler, Subscription
 from eventmesh.triggers.function import Function
@@ -49,6 +55,7 @@ if TYPE_CHECKING:
 
     from eventmesh.deadletters import DeadLetters
     from eventmesh.delivery.webhook import WebhookSession
+    from eventmesh.observability.tracing import Tracing
     from eventmesh.triggers.runner import FunctionRunner
 
 __all__ = ["Mesh"]
@@ -326,6 +333,14 @@ class Mesh(Client):
 
     def _new_tracing(self) -> Tracing | None:
         settings = self.config.tracing
+        if self._tracer_provider is None and self._span_processor is None and not settings.on:
+            return None
+        with needs_extra("tracing (the tracing: config)"):
+            return self._traced(settings)
+
+    def _traced(self, settings: TracingConfig) -> Tracing:
+        from eventmesh.observability.tracing import Tracing
+
         if self._tracer_provider is not None:
             if settings.sample_ratio < 1.0:
                 log.warning(
@@ -341,8 +356,6 @@ class Mesh(Client):
                 sample_ratio=settings.sample_ratio,
                 service_name=settings.service_name,
             )
-        if not settings.on:
-            return None
         return Tracing.with_otlp(
             endpoint=settings.endpoint,
             headers=settings.headers,
@@ -579,7 +592,8 @@ class Mesh(Client):
     def _new_webhook_session(self) -> WebhookSession:
         from urllib.parse import urlsplit
 
-        from eventmesh.delivery.webhook import WebhookSession
+        with needs_extra("a webhook sink or HTTP function"):
+            from eventmesh.delivery.webhook import WebhookSession
 
         settings = self.config.server.webhook
         hosts = {

@@ -88,4 +88,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, backend_options={"use_uvloop": True})
+    anyio.run(main)

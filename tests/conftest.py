@@ -1,4 +1,5 @@
-"""Shared fixtures: every async test runs on asyncio with uvloop, as the daemon does."""
+"""Shared fixtures: every async test runs on asyncio with uvloop (where it is installed:
+the core alone has none), as the daemon does."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from typing import Any
 
 import pytest
 
+from eventmesh._loop import backend_options
+
 
 @pytest.fixture
 def anyio_backend() -> Any:
-    """asyncio with uvloop, the loop eventmesh uses by default."""
-    return ("asyncio", {"use_uvloop": True})
+    """asyncio with uvloop, the loop eventmesh uses by default, when it is installed."""
+    return ("asyncio", backend_options())
 
 
 @pytest.fixture(autouse=True)

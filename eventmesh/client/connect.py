@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from eventmesh._imports import needs_extra
 from eventmesh.client.base import Client
 from eventmesh.config import MeshConfig, load_config, with_data_dir
 from eventmesh.errors import ConfigError
@@ -59,13 +60,15 @@ def connect(
             "pass config= and data_dir= only without an address"
         )
     if target.startswith(("http://", "https://")):
-        from eventmesh.client.http import HttpClient
+        with needs_extra(f"connect({target!r})"):
+            from eventmesh.client.http import HttpClient
 
         return HttpClient(
             target, token=token, ca_file=ca_file, cert_file=cert_file, key_file=key_file
         )
     if target.startswith(("grpc://", "grpcs://")):
-        from eventmesh.client.grpc import GrpcClient
+        with needs_extra(f"connect({target!r})"):
+            from eventmesh.client.grpc import GrpcClient
 
         scheme, _, address = target.partition("://")
         if not address.rstrip("/"):

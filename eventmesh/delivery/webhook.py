@@ -68,7 +68,7 @@ from eventmesh.errors import (
     LifecycleError,
 )
 from eventmesh.event import Event
-from eventmesh.observability.tracing import current_traceparent
+from eventmesh.observability.propagation import current_traceparent
 
 __all__ = ["RETRYABLE_STATUSES", "Mode", "WebhookSession", "WebhookSink", "retry_after_seconds"]
 

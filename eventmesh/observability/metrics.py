@@ -1,13 +1,13 @@
-"""The mesh's metrics: OpenTelemetry instruments read at scrape time, Prometheus text out.
+"""The mesh's metrics: counters read at scrape time, Prometheus text out.
 
 Nothing here is called per event except two plain additions: the mesh counts what it
 publishes per topic in a dict, and each subscription's dispatcher adds one observation
 to its publish-to-ack :class:`~eventmesh.observability.histogram.Histogram`. Everything
-else is an *observable* OpenTelemetry instrument whose callback reads the counters the
-delivery engine keeps anyway (``Subscription.stats``), the dispatchers' in-flight counts
-and the connectors' lag, when ``/metrics`` is scraped. The OpenTelemetry SDK's
-Prometheus reader renders those; the histograms are rendered beside them into the same
-``prometheus_client`` registry. docs/operations.md lists every metric.
+else is read, when ``/metrics`` is scraped, from the counters the delivery engine keeps
+anyway (``Subscription.stats``), the dispatchers' in-flight counts and the connectors'
+lag. One ``prometheus_client`` collector renders all of it (the ``prometheus`` extra,
+imported at the first scrape, so a mesh that is never scraped does not load it).
+docs/operations.md lists every metric.
 
 Labels are ``topic``, ``subscription`` and ``connector``. Topics and subscriptions made
 through the API are chosen by users, so each family keeps its own labels for the first
@@ -20,16 +20,14 @@ name.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
-
-from eventmesh._version import __version__
+from eventmesh._imports import needs_extra
 from eventmesh.observability.histogram import Histogram
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "MAX_LABEL_LENGTH",
@@ -46,22 +44,22 @@ MAX_LABEL_LENGTH: Final = 256
 """Characters of a label value; a longer topic, subscription or function name is cut."""
 
 _SUBSCRIPTION_COUNTERS: Final = (
-    ("received", "eventmesh.events.received", "events fetched from the connector"),
-    ("delivered", "eventmesh.events.delivered", "events the subscription's sink handled"),
+    ("received", "eventmesh_events_received", "events fetched from the connector"),
+    ("delivered", "eventmesh_events_delivered", "events the subscription's sink handled"),
     (
         "acked",
-        "eventmesh.events.acked",
+        "eventmesh_events_acked",
         "events acked to the connector: delivered, filtered, dropped or dead-lettered",
     ),
-    ("failed", "eventmesh.delivery.failures", "delivery attempts that failed"),
-    ("retried", "eventmesh.events.retried", "delivery attempts that were retries"),
+    ("failed", "eventmesh_delivery_failures", "delivery attempts that failed"),
+    ("retried", "eventmesh_events_retried", "delivery attempts that were retries"),
     (
         "dead_lettered",
-        "eventmesh.events.dead_lettered",
+        "eventmesh_events_dead_lettered",
         "events sent to the dead-letter topic (or dropped without one)",
     ),
-    ("filtered", "eventmesh.events.filtered", "events the subscription's filter left out"),
-    ("dropped", "eventmesh.events.dropped", "events the subscription's transform dropped"),
+    ("filtered", "eventmesh_events_filtered", "events the subscription's filter left out"),
+    ("dropped", "eventmesh_events_dropped", "events the subscription's transform dropped"),
 )
 _SUBSCRIPTION_LABELS: Final = ("subscription", "topic", "connector")
 
@@ -135,7 +133,7 @@ RequestSource = Callable[[], Mapping[str, int]]
 
 
 class MeshMetrics:
-    """One mesh's meter provider, instruments and Prometheus rendering.
+    """One mesh's metrics and their Prometheus rendering.
 
     ``subscriptions`` and ``functions`` list the running subscriptions' and functions'
     figures at each scrape; ``connector_for`` names the connector of a topic. The mesh
@@ -164,182 +162,142 @@ class MeshMetrics:
         self._topic_labels = LabelLimit(max_label_sets)
         self._subscription_labels = LabelLimit(max_label_sets)
         self._function_labels = LabelLimit(max_label_sets)
-        self._snapshot: list[SubscriptionFigures] = []
-        self._function_snapshot: list[FunctionFigures] = []
-        self.registry = CollectorRegistry(auto_describe=False)
-        self._reader = PrometheusMetricReader(
-            disable_target_info=True, scope_info_enabled=False, registry=self.registry
-        )
-        self.provider = MeterProvider(metric_readers=[self._reader], shutdown_on_exit=False)
-        self._define_instruments()
-        self.registry.register(_HistogramCollector(self))
+        self._registry: CollectorRegistry | None = None
 
     # -- rendering -----------------------------------------------------------------------
 
     def render(self) -> str:
-        """Every metric in the Prometheus text format (the admin ``/metrics`` page)."""
-        self._snapshot = list(self._subscriptions())
-        self._function_snapshot = list(self._functions())
-        try:
-            return generate_latest(self.registry).decode()
-        finally:
-            self._snapshot = []
-            self._function_snapshot = []
+        """Every metric in the Prometheus text format (the admin ``/metrics`` page).
+        Raises MissingExtraError without the ``prometheus`` extra."""
+        with needs_extra("the /metrics page"):
+            from prometheus_client import CollectorRegistry, generate_latest
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(_Collector(self))
+        return generate_latest(self._registry).decode()
 
-    # -- instruments ---------------------------------------------------------------------
+    def families(self) -> Iterator[Metric]:
+        """Every metric family, read now (the collector behind :meth:`render`)."""
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
-    def _define_instruments(self) -> None:
-        meter = self.provider.get_meter("eventmesh", __version__)
-        meter.create_observable_counter(
-            "eventmesh.events.published",
-            callbacks=[self._observe_published],
-            description="events stored on a topic by publish (including replies and dead letters)",
+        subscriptions = list(self._subscriptions())
+        functions = list(self._functions())
+        topic = ["topic", "connector"]
+        yield _filled(
+            CounterMetricFamily(
+                "eventmesh_events_published",
+                "events stored on a topic by publish (including replies and dead letters)",
+                labels=topic,
+            ),
+            self._by_topic(self.published.items()),
         )
-        meter.create_observable_counter(
-            "eventmesh.events.released",
-            callbacks=[self._observe_released],
-            description="events a connector released under a retention limit (max_age, "
-            "when_full: drop_oldest) before every group read them",
+        yield _filled(
+            CounterMetricFamily(
+                "eventmesh_events_released",
+                "events a connector released under a retention limit (max_age, "
+                "when_full: drop_oldest) before every group read them",
+                labels=topic,
+            ),
+            self._by_topic(self._released()),
         )
-        meter.create_observable_counter(
-            "eventmesh.events.deduplicated",
-            callbacks=[self._dedupe_callback(forgotten=False)],
-            description="events not stored because the topic's dedupe window held their "
-            "source and id (the producer was answered as if stored)",
+        deduplicated = list(self._deduplicated())
+        yield _filled(
+            CounterMetricFamily(
+                "eventmesh_events_deduplicated",
+                "events not stored because the topic's dedupe window held their "
+                "source and id (the producer was answered as if stored)",
+                labels=topic,
+            ),
+            self._by_topic((name, duplicates) for name, duplicates, _ in deduplicated),
         )
-        meter.create_observable_counter(
-            "eventmesh.dedupe.forgotten",
-            callbacks=[self._dedupe_callback(forgotten=True)],
-            description="keys a topic's dedupe window forgot before the window ended, to "
-            "stay within max_entries",
+        yield _filled(
+            CounterMetricFamily(
+                "eventmesh_dedupe_forgotten",
+                "keys a topic's dedupe window forgot before the window ended, to "
+                "stay within max_entries",
+                labels=topic,
+            ),
+            self._by_topic((name, forgot) for name, _, forgot in deduplicated),
         )
+        labels = list(_SUBSCRIPTION_LABELS)
         for field, name, description in _SUBSCRIPTION_COUNTERS:
-            meter.create_observable_counter(
-                name, callbacks=[self._counter_callback(field)], description=description
+            yield _filled(
+                CounterMetricFamily(name, description, labels=labels),
+                ((self._labelled(f), _count(f.counts, field)) for f in subscriptions),
             )
-        meter.create_observable_gauge(
-            "eventmesh.deliveries.in_flight",
-            callbacks=[self._observe_in_flight],
-            description="deliveries handed to a subscription's handler and not yet settled",
+        yield _filled(
+            GaugeMetricFamily(
+                "eventmesh_deliveries_in_flight",
+                "deliveries handed to a subscription's handler and not yet settled",
+                labels=labels,
+            ),
+            ((self._labelled(f), f.in_flight) for f in subscriptions if f.in_flight is not None),
         )
-        meter.create_observable_gauge(
-            "eventmesh.consumer.lag",
-            callbacks=[self._observe_lag],
-            description="events stored but not yet acked by a subscription's group "
-            "(where the connector can tell)",
+        yield _filled(
+            GaugeMetricFamily(
+                "eventmesh_consumer_lag",
+                "events stored but not yet acked by a subscription's group "
+                "(where the connector can tell)",
+                labels=labels,
+            ),
+            ((self._labelled(f), f.lag) for f in subscriptions if f.lag is not None),
         )
-        meter.create_observable_counter(
-            "eventmesh.function.invocations",
-            callbacks=[self._function_callback("invocations")],
-            description="calls of a serverless function",
-        )
-        meter.create_observable_counter(
-            "eventmesh.function.errors",
-            callbacks=[self._function_callback("errors")],
-            description="calls of a serverless function that failed (raised, timed out, "
-            "or returned what cannot be published)",
-        )
-        meter.create_observable_counter(
-            "eventmesh.function.timeouts",
-            callbacks=[self._function_callback("timeouts")],
-            description="calls of a serverless function cut short by its timeout",
-        )
-        meter.create_observable_counter(
-            "eventmesh.requests",
-            callbacks=[self._observe_requests],
-            description="requests that waited for a reply, by outcome (answered, "
-            "timed_out), and replies dropped as late (after the timeout, duplicates)",
-        )
-        meter.create_observable_gauge(
-            "eventmesh.requests.pending",
-            callbacks=[self._observe_pending_requests],
-            description="requests waiting for their reply",
-        )
-
-    def _labelled(self, figures: SubscriptionFigures) -> dict[str, str]:
-        labels = self._subscription_labels((figures.subscription, figures.topic), figures.connector)
-        return dict(zip(_SUBSCRIPTION_LABELS, labels, strict=True))
-
-    def _summed(self, values: Iterable[tuple[dict[str, str], int]]) -> list[Observation]:
-        """One observation per label set: those folded into ``other`` are added up."""
-        totals: dict[tuple[tuple[str, str], ...], int] = {}
-        for labels, value in values:
-            key = tuple(labels.items())
-            totals[key] = totals.get(key, 0) + value
-        return [Observation(value, dict(key)) for key, value in totals.items()]
-
-    def _observe_published(self, options: CallbackOptions) -> Iterator[Observation]:
-        values = []
-        for topic, count in list(self.published.items()):
-            (label, connector) = self._topic_labels((topic,), self._connector_for(topic))
-            values.append(({"topic": label, "connector": connector}, count))
-        yield from self._summed(values)
-
-    def _observe_released(self, options: CallbackOptions) -> list[Observation]:
-        values = []
-        for topic, count in self._released():
-            (label, connector) = self._topic_labels((topic,), self._connector_for(topic))
-            values.append(({"topic": label, "connector": connector}, count))
-        return self._summed(values)
-
-    def _observe_requests(self, options: CallbackOptions) -> list[Observation]:
+        for field, description in (
+            ("invocations", "calls of a serverless function"),
+            (
+                "errors",
+                "calls of a serverless function that failed (raised, timed out, "
+                "or returned what cannot be published)",
+            ),
+            ("timeouts", "calls of a serverless function cut short by its timeout"),
+        ):
+            yield _filled(
+                CounterMetricFamily(
+                    f"eventmesh_function_{field}", description, labels=["function"]
+                ),
+                ((self._function_labels((f.function,)), getattr(f, field)) for f in functions),
+            )
         counts = self._requests()
-        outcomes = ("answered", "timed_out", "late")
-        return [Observation(counts[k], {"outcome": k}) for k in outcomes if k in counts]
-
-    def _observe_pending_requests(self, options: CallbackOptions) -> list[Observation]:
-        pending = self._requests().get("pending")
-        return [] if pending is None else [Observation(pending)]
-
-    def _dedupe_callback(
-        self, *, forgotten: bool
-    ) -> Callable[[CallbackOptions], list[Observation]]:
-        def observe(options: CallbackOptions) -> list[Observation]:
-            values = []
-            for topic, duplicates, forgot in self._deduplicated():
-                (label, connector) = self._topic_labels((topic,), self._connector_for(topic))
-                count = forgot if forgotten else duplicates
-                values.append(({"topic": label, "connector": connector}, count))
-            return self._summed(values)
-
-        return observe
-
-    def _counter_callback(self, field: str) -> Callable[[CallbackOptions], list[Observation]]:
-        def observe(options: CallbackOptions) -> list[Observation]:
-            return self._summed(
-                (self._labelled(f), _count(f.counts, field)) for f in self._snapshot
-            )
-
-        return observe
-
-    def _observe_in_flight(self, options: CallbackOptions) -> list[Observation]:
-        return self._summed(
-            (self._labelled(f), f.in_flight) for f in self._snapshot if f.in_flight is not None
+        yield _filled(
+            CounterMetricFamily(
+                "eventmesh_requests",
+                "requests that waited for a reply, by outcome (answered, "
+                "timed_out), and replies dropped as late (after the timeout, duplicates)",
+                labels=["outcome"],
+            ),
+            (((k,), counts[k]) for k in ("answered", "timed_out", "late") if k in counts),
         )
+        pending = GaugeMetricFamily(
+            "eventmesh_requests_pending", "requests waiting for their reply"
+        )
+        if "pending" in counts:
+            pending.add_metric([], counts["pending"])
+        yield pending
+        yield from self._histograms(subscriptions, functions)
 
-    def _observe_lag(self, options: CallbackOptions) -> list[Observation]:
-        return self._summed((self._labelled(f), f.lag) for f in self._snapshot if f.lag is not None)
+    # -- labels --------------------------------------------------------------------------
 
-    def _function_callback(self, field: str) -> Callable[[CallbackOptions], list[Observation]]:
-        def observe(options: CallbackOptions) -> list[Observation]:
-            return self._summed(
-                ({"function": self._function_labels((f.function,))[0]}, getattr(f, field))
-                for f in self._function_snapshot
-            )
+    def _labelled(self, figures: SubscriptionFigures) -> tuple[str, ...]:
+        return self._subscription_labels((figures.subscription, figures.topic), figures.connector)
 
-        return observe
+    def _by_topic(self, counts: Iterable[tuple[str, int]]) -> Iterator[tuple[tuple[str, ...], int]]:
+        for topic, count in list(counts):
+            yield self._topic_labels((topic,), self._connector_for(topic)), count
 
-    def _histograms(self) -> Iterator[Metric]:
+    def _histograms(
+        self, subscriptions: list[SubscriptionFigures], functions: list[FunctionFigures]
+    ) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import HistogramMetricFamily
+
         latency = HistogramMetricFamily(
             "eventmesh_publish_to_ack_seconds",
             "seconds from an event being stored to its delivery being acked",
             labels=list(_SUBSCRIPTION_LABELS),
         )
         folded: dict[tuple[str, ...], Histogram] = {}
-        for figures in self._snapshot:
+        for figures in subscriptions:
             if figures.latency is not None:
-                key = tuple(self._labelled(figures).values())
-                _merge_into(folded, key, figures.latency)
+                _merge_into(folded, self._labelled(figures), figures.latency)
         for key, histogram in folded.items():
             latency.add_metric(list(key), list(histogram.cumulative()), histogram.sum)
         yield latency
@@ -349,12 +307,22 @@ class MeshMetrics:
             labels=["function"],
         )
         folded = {}
-        for function in self._function_snapshot:
+        for function in functions:
             if function.duration is not None:
                 _merge_into(folded, self._function_labels((function.function,)), function.duration)
         for key, histogram in folded.items():
             duration.add_metric(list(key), list(histogram.cumulative()), histogram.sum)
         yield duration
+
+
+def _filled(family: Any, values: Iterable[tuple[tuple[str, ...], float]]) -> Metric:
+    """``family`` with one sample per label set; those folded into ``other`` are summed."""
+    totals: dict[tuple[str, ...], float] = {}
+    for labels, value in values:
+        totals[labels] = totals.get(labels, 0) + value
+    for labels, value in totals.items():
+        family.add_metric(list(labels), value)
+    return family  # type: ignore[no-any-return]
 
 
 def _count(counts: Mapping[str, int], field: str) -> int:
@@ -373,14 +341,14 @@ def _merge_into(
     total.merge(histogram)
 
 
-class _HistogramCollector:
-    """Renders the mesh's own histograms into the Prometheus registry."""
+class _Collector:
+    """The one collector of a mesh's registry: reads every family at each scrape."""
 
     def __init__(self, metrics: MeshMetrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        return self._metrics._histograms()
+        return self._metrics.families()
 
     def describe(self) -> list[Any]:
         return []

@@ -36,7 +36,6 @@ import copy
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any, Final
 
 import msgspec
@@ -63,6 +62,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from eventmesh._version import __version__
 from eventmesh.event import Event
+from eventmesh.observability.propagation import (
+    current_traceparent,
+    transport_headers,
+    transport_parent,
+)
 from eventmesh.observability.spans import QUIET_AT_START, DeliveryRecorder, DeliverySpan
 
 __all__ = [
@@ -121,32 +125,6 @@ def parse_traceparent(value: object, state: object = None) -> SpanContext | None
         carrier["tracestate"] = state
     context = trace.get_current_span(_propagator.extract(carrier)).get_span_context()
     return context if context.is_valid else None
-
-
-_transport: ContextVar[tuple[str, str | None] | None] = ContextVar(
-    "eventmesh_transport_parent", default=None
-)
-
-
-@contextmanager
-def transport_parent(traceparent: str | None, tracestate: str | None = None) -> Iterator[None]:
-    """Within, a publish with no active span and no ``traceparent`` on its first event
-    continues the trace these W3C headers name: the span of the client that sent the
-    request. The values are read only if a publish needs them (tracing on)."""
-    if traceparent is None:
-        yield
-        return
-    token = _transport.set((traceparent, tracestate))
-    try:
-        yield
-    finally:
-        _transport.reset(token)
-
-
-def current_traceparent() -> str | None:
-    """The ``traceparent`` of the active span, None when there is none (tracing off)."""
-    context = trace.get_current_span().get_span_context()
-    return format_traceparent(context) if context.is_valid else None
 
 
 def _with_context(event: Event, traceparent: str, tracestate: str) -> Event:
@@ -287,7 +265,7 @@ class Tracing:
                 first = carried[0]
                 parent = trace.set_span_in_context(NonRecordingSpan(first))
                 links = [Link(c) for c in carried[1:] if c != first] or None
-            elif (transport := _transport.get()) is not None and (
+            elif (transport := transport_headers()) is not None and (
                 remote := parse_traceparent(*transport)
             ) is not None:
                 parent = trace.set_span_in_context(NonRecordingSpan(remote))

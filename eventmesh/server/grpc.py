@@ -70,7 +70,7 @@ from eventmesh.errors import (
     EventValidationError,
     LifecycleError,
 )
-from eventmesh.observability.tracing import transport_parent
+from eventmesh.observability.propagation import transport_parent
 from eventmesh.server._ratelimit import LogLimit
 
 if TYPE_CHECKING:

@@ -73,7 +73,7 @@ from eventmesh.errors import (
 )
 from eventmesh.event import encode_json
 from eventmesh.mesh import Mesh
-from eventmesh.observability.tracing import transport_parent
+from eventmesh.observability.propagation import transport_parent
 from eventmesh.server._authn import caller
 from eventmesh.server._authn import problem_response as _problem
 from eventmesh.server._ratelimit import LogLimit

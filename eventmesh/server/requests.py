@@ -37,7 +37,7 @@ from eventmesh.bindings.http import content_mode, from_http_one, to_binary, to_s
 from eventmesh.errors import ConfigError
 from eventmesh.event import Event
 from eventmesh.mesh import Mesh
-from eventmesh.observability.tracing import transport_parent
+from eventmesh.observability.propagation import transport_parent
 
 __all__ = ["RequestApi"]
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -42,12 +42,14 @@ from eventmesh._requests import reply_address, send_replies
 from eventmesh.errors import DeliveryError
 from eventmesh.event import Event
 from eventmesh.observability.histogram import Histogram
-from eventmesh.observability.tracing import Tracing
 from eventmesh.triggers.function import CAUSATION_EXTENSION, Drop, Function
 from eventmesh.triggers.invoker import Invoke
 from eventmesh.triggers.limits import RateLimiter
 from eventmesh.triggers.process import WorkerPool
 from eventmesh.triggers.stats import FunctionStats
+
+if TYPE_CHECKING:
+    from eventmesh.observability.tracing import Tracing
 
 __all__ = ["CAUSATION_EXTENSION", "FunctionRunner", "with_cause"]
 

@@ -26,7 +26,6 @@ from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError, LifecycleError
 from eventmesh.event import Event
 from eventmesh.observability.histogram import Histogram
-from eventmesh.observability.tracing import Tracing
 from eventmesh.pipeline.compile import compile_pipeline
 from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
 from eventmesh.triggers.correlate import Correlator
@@ -46,6 +45,7 @@ from eventmesh.typing import Filter
 if TYPE_CHECKING:
     from eventmesh.connectors.base import StartPosition
     from eventmesh.delivery.webhook import WebhookSession
+    from eventmesh.observability.tracing import Tracing
     from eventmesh.subscription import Handler, Subscription
 
 __all__ = ["FunctionRuntime", "Host"]
