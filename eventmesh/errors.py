@@ -84,10 +84,11 @@ class ConfigError(EventMeshError):
         self.line = line
 
 
-class MissingExtraError(ConfigError):
+class MissingExtraError(ConfigError, ImportError):
     """What was asked for (the sidecar, a remote client, tracing, ...) needs an optional
     dependency that is not installed; ``extra`` names the extra that installs it
-    (``pip install 'eventmesh[sidecar]'``)."""
+    (``pip install 'eventmesh[sidecar]'``). It is an ImportError too, so ``except
+    ImportError`` and ``pytest.importorskip`` around an optional import still work."""
 
     def __init__(self, message: str, *, extra: str) -> None:
         super().__init__(message)

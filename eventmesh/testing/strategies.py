@@ -1,6 +1,6 @@
 """Hypothesis strategies that generate valid CloudEvents, for property tests of bindings.
 
-Needs hypothesis, which is a dev dependency (install ``eventmesh[dev]``); import this
+Needs hypothesis (the ``testing`` extra: ``pip install 'eventmesh[testing]'``); import this
 module by name, ``eventmesh.testing`` does not import it. A binding's round trip is one
 property test::
 
@@ -29,7 +29,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final, Literal
 
-from hypothesis import strategies as st
+from eventmesh._imports import needs_extra
+
+with needs_extra("eventmesh.testing.strategies"):
+    from hypothesis import strategies as st
 
 from eventmesh.event import CONTEXT_ATTRIBUTES, Event, ExtensionValue
 
