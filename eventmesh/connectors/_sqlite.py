@@ -24,7 +24,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-__all__ = ["MAX_PARTITIONS", "MAX_TOPICS", "Job", "Reader", "Writer", "open_db", "row_id"]
+__all__ = [
+    "MAX_PARTITIONS",
+    "MAX_TOPICS",
+    "Job",
+    "LayoutError",
+    "Reader",
+    "Writer",
+    "open_db",
+    "row_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,8 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 FsyncMode = Literal["always", "batch", "interval"]
+LAYOUT = 1
+"""The file's layout (``PRAGMA user_version``), raised with every change to the tables."""
 
 
 def row_id(topic: int, partition: int, offset: int) -> int:
@@ -75,8 +86,31 @@ def open_db(path: str, fsync: FsyncMode, *, readonly: bool = False) -> sqlite3.C
     db.execute(f"PRAGMA synchronous = {'NORMAL' if fsync == 'interval' else 'FULL'}")
     db.execute("PRAGMA cache_size = -32768")  # 32 MiB of pages
     db.execute("PRAGMA wal_autocheckpoint = 8192")  # checkpoint (and fsync the file) per 32 MiB
-    db.executescript(_SCHEMA)
+    try:
+        _check_layout(db)
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+class LayoutError(Exception):
+    """The file was made by an eventmesh with other tables."""
+
+
+def _check_layout(db: sqlite3.Connection) -> None:
+    """Create the tables in a new file; refuse a file of another layout."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version == LAYOUT:
+        return
+    (tables,) = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+    if version != 0 or tables:
+        raise LayoutError(
+            f"the file has layout {version} and {tables} tables, and this eventmesh reads "
+            f"layout {LAYOUT} only: move it aside (or point data_dir elsewhere) to start "
+            "a new store"
+        )
+    db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {LAYOUT}; COMMIT;")
 
 
 class Job:

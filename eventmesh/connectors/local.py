@@ -140,6 +140,11 @@ class LocalConnector(Connector):
                 f"the local store in {str(self.path)!r} is in use by another process or "
                 f"connector (pid {exc}); close it first, or give this one another data_dir"
             ) from None
+        except _sqlite.LayoutError as exc:
+            self._release_files()
+            raise ConnectError(
+                f"cannot open the local store in {str(self.path)!r}: {exc}"
+            ) from None
         except (OSError, sqlite3.Error) as exc:
             self._release_files()
             raise ConnectError(

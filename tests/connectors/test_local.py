@@ -320,3 +320,20 @@ def test_eventmesh_run_keeps_events_in_its_data_dir(tmp_path: Path) -> None:
     finally:
         _stop(proc)
     assert not (tmp_path / "unused").exists()
+
+
+async def test_a_file_of_another_layout_is_refused(tmp_path: Path) -> None:
+    """A data directory whose events.db has other tables is refused, saying what to do,
+    and is left as it was."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "events.db")
+    db.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, body BLOB)")
+    db.commit()
+    db.close()
+    with pytest.raises(ConnectError, match=r"layout 0 and 1 tables.*move it aside"):
+        await LocalConnector(LocalConfig(data_dir=str(tmp_path))).open()
+    db = sqlite3.connect(tmp_path / "events.db")
+    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    db.close()
+    assert tables == [("events",)]
