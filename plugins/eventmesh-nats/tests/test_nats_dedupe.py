@@ -107,3 +107,23 @@ async def test_an_existing_stream_with_a_shorter_window_is_named_in_a_warning(
     (warning,) = [r for r in caplog.records if "dedupe window" in r.getMessage()]
     assert stream in warning.getMessage()
     assert "120s, less than the topic's dedupe window of 600s" in warning.getMessage()
+
+
+async def test_a_restarted_mesh_rebuilds_its_window_from_the_stream(
+    mesh_config: MeshConfig,
+) -> None:
+    """With the stream's own de-duplication off (deduplicate: false), a retry after a
+    restart is still dropped: the new mesh rebuilt its window from the stream."""
+    topic = _topic()
+    config = with_dedupe(mesh_config(deduplicate=False), topic)
+    event = Event(type="t", source="/orders", id="o-1")
+    async with Mesh(config) as mesh:
+        await mesh.publish(topic, event)
+    async with Mesh(config) as mesh:
+        assert await mesh.publish(topic, [event, Event(type="t", source="/o", id="o-2")]) == [
+            "o-1",
+            "o-2",
+        ]
+        connector, stream = await stream_of(mesh, topic)
+        info = await connector.js.stream_info(stream)
+    assert info.state.messages == 2
