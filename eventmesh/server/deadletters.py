@@ -77,7 +77,7 @@ class DeadLetterApi:
         """The routes; ``expect`` answers a POST's ``Expect: 100-continue``."""
         return [
             web.get("/topics/{topic}/events", self.browse, allow_head=False),
-            web.get("/topics/{topic}/events/{id}", self.show, allow_head=False),
+            web.get("/topics/{topic}/events/{id:.+}", self.show, allow_head=False),
             web.post("/deadletters/{topic}/replay", self.replay, expect_handler=expect),
         ]
 

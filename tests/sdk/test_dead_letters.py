@@ -49,6 +49,10 @@ async def test_list_show_and_replay_with_filters_and_no_double_replay(client: Cl
     assert sorted(seen) == sorted(e.id for e in letters)
     [shown] = await dlq.show("expired-shipping-1")
     assert shown.event.extensions["deadletterreason"] == "expired"
+    odd = dead(9, reason="failed", group="a/b c?")  # an id with '/', ' ' and '?'
+    await client.publish("orders.dlq.odd", odd)
+    [found] = await client.dead_letters("orders.dlq.odd").show(odd.id)
+    assert found.event.id == "failed-a/b c?-9"
     with pytest.raises(NotFoundError):
         await dlq.show("no-such-id")
 
