@@ -112,7 +112,8 @@ class Append(_sqlite.Job):
                 part.events += run
                 part.stamps += [stamp] * len(run)
                 groups = topic.groups
-                low = min(g.next[p] for g in groups.values()) if groups else part.end
+                # What a group with members still has to take; one without reads the disk.
+                low = min((g.next[p] for g in groups.values() if g.members), default=part.end)
                 part.trim(self.cap, low)
             for group in topic.groups.values():
                 for member in group.members:

@@ -10,6 +10,7 @@ from typing import Any
 from eventmesh.connectors._sqlite import MAX_TOPICS, Job, Writer
 
 __all__ = [
+    "DELETE_GROUP",
     "DELETE_STATE",
     "PUT_STATE",
     "SAVE_POSITIONS",
@@ -101,3 +102,4 @@ PUT_STATE = (
     "ON CONFLICT (bucket, key) DO UPDATE SET value = excluded.value"
 )
 DELETE_STATE = "DELETE FROM state WHERE bucket = ? AND key = ?"
+DELETE_GROUP = "DELETE FROM positions WHERE topic = ? AND grp = ?"

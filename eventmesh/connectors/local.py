@@ -42,7 +42,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from eventmesh.connectors import _local_jobs, _sqlite
+from eventmesh.connectors import _local_jobs, _local_read, _sqlite
 from eventmesh.connectors._local_config import LocalConfig, decode, partition_of
 from eventmesh.connectors._local_group import (
     Append,
@@ -87,18 +87,6 @@ _LOCK_FILE = "LOCK"
 
 
 # -- the connector ----------------------------------------------------------------------
-
-
-def _spans(offsets: list[int]) -> list[tuple[int, int]]:
-    """Sorted offsets as [lo, hi) ranges to read, a range per cluster: offsets far apart
-    (redeliveries) are not read as one long range."""
-    spans: list[tuple[int, int]] = []
-    for offset in offsets:
-        if spans and offset - spans[-1][1] < 256:
-            spans[-1] = (spans[-1][0], offset + 1)
-        else:
-            spans.append((offset, offset + 1))
-    return spans
 
 
 class _InUseError(Exception):
@@ -362,21 +350,6 @@ class LocalConnector(Connector):
         assert self._reader is not None
         return self._reader.state(bucket)
 
-    def _load(
-        self, tid: int, wanted: dict[int, list[int]]
-    ) -> dict[tuple[int, int], tuple[Event, float]]:
-        """In a worker thread: the events at these offsets, by (partition, offset)."""
-        reader = self._reader
-        assert reader is not None
-        out = {}
-        for p, offsets in wanted.items():
-            keep = set(offsets)
-            for a, b in _spans(sorted(keep)):
-                for offset, stamp, event in reader.range(tid, p, a, b, b - a):
-                    if offset in keep:
-                        out[(p, offset)] = (event, stamp)
-        return out
-
     async def _deliveries(self, group: Group, plan: list[tuple[int, int]]) -> list[Delivery]:
         """Deliveries for planned (partition, offset) pairs, in plan order: from the
         partitions' tails, and what they no longer hold from disk, in a worker thread."""
@@ -392,7 +365,7 @@ class LocalConnector(Connector):
             else:
                 wanted.setdefault(p, []).append(offset)
         if wanted:
-            found.update(await self._read(self._load, topic.tid, wanted))
+            found.update(await self._read(_local_read.load, self._reader, topic.tid, wanted))
         name = topic.name
         attempts = group.attempts
         out: list[Delivery] = []
@@ -467,22 +440,8 @@ class LocalConnector(Connector):
             for p, part in enumerate(t.parts)
         ]
         stamp = None if since is None else since.timestamp()
-        rows = await self._read(self._browse, t.tid, ranges, stamp, limit)
+        rows = await self._read(_local_read.browse, self._reader, t.tid, ranges, stamp, limit)
         return [StoredEvent(event, p, offset, s) for s, p, offset, event in rows]
-
-    def _browse(
-        self, tid: int, ranges: list[tuple[int, int, int]], since: float | None, limit: int
-    ) -> list[tuple[float, int, int, Event]]:
-        reader = self._reader
-        assert reader is not None
-        rows = [
-            (stamp, p, offset, event)
-            for p, lo, hi in ranges
-            if lo < hi
-            for offset, stamp, event in reader.range(tid, p, lo, hi, limit, since)
-        ]
-        rows.sort(key=lambda row: row[:3])
-        return rows[:limit]
 
     def state(self, bucket: str) -> StateStore | None:
         self._check_open()
@@ -497,3 +456,26 @@ class LocalConnector(Connector):
     def released(self) -> dict[str, int]:
         """Events retention deleted, per topic that deleted any, since open."""
         return {name: t.released for name, t in self._topics.items() if t.released}
+
+    async def delete_group(self, topic: str, group: str) -> bool:
+        """Forget consumer ``group`` on ``topic`` and its saved positions (as the memory
+        connector's :meth:`~eventmesh.connectors.memory.MemoryConnector.delete_group`).
+
+        Returns False when the topic has no such group. Raises ``SubscribeError`` while
+        the group has members: close them first.
+        """
+        self._check_open()
+        t = self._topics.get(topic)
+        g = t.groups.get(group) if t is not None else None
+        if t is None or g is None:
+            return False
+        if g.members:
+            raise SubscribeError(
+                f"group {group!r} on topic {topic!r} has {len(g.members)} members; close "
+                "its subscriptions before deleting it"
+            )
+        del t.groups[group]
+        self._dirty.discard(g)
+        await self._submit(_local_jobs.Sql(_local_jobs.DELETE_GROUP, [(t.tid, group)]))
+        log.info("group %r on topic %r deleted", group, topic)
+        return True

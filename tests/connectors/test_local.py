@@ -21,7 +21,7 @@ import eventmesh
 from eventmesh.config import load_config
 from eventmesh.connectors.base import Delivery, StoredEvent
 from eventmesh.connectors.local import LocalConfig, LocalConnector
-from eventmesh.errors import ConfigError, ConnectError
+from eventmesh.errors import ConfigError, ConnectError, SubscribeError
 from eventmesh.event import Event
 from eventmesh.testing import collect
 
@@ -337,3 +337,23 @@ async def test_a_file_of_another_layout_is_refused(tmp_path: Path) -> None:
     tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     db.close()
     assert tables == [("events",)]
+
+
+async def test_a_deleted_group_starts_again_from_its_start_position(tmp_path: Path) -> None:
+    """delete_group forgets a group and its saved positions: joining again is a new
+    group; a group with members is not deleted."""
+    config = LocalConfig(data_dir=str(tmp_path), partitions=1)
+    async with LocalConnector(config) as connector:
+        async with connector.subscribe("t", "g", start="earliest") as consumer:
+            await connector.publish("t", _events(3))
+            assert len(await collect(consumer, 3, timeout=10)) == 3
+            with pytest.raises(SubscribeError, match="close its subscriptions"):
+                await connector.delete_group("t", "g")
+        assert await connector.delete_group("t", "g")
+        assert not await connector.delete_group("t", "g")
+    async with (
+        LocalConnector(config) as connector,
+        connector.subscribe("t", "g", start="earliest") as consumer,
+    ):
+        got = await collect(consumer, 3, timeout=10)
+    assert _numbers(got) == [0, 1, 2]
