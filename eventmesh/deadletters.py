@@ -29,6 +29,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
 import anyio
@@ -40,6 +41,8 @@ from eventmesh.errors import ConfigError
 from eventmesh.event import Event, encode_json
 
 if TYPE_CHECKING:
+    from anyio.from_thread import BlockingPortal
+
     from eventmesh.mesh import Mesh
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "MAX_PAGE",
     "MAX_REPLAY",
     "SCAN_LIMIT",
+    "BlockingDeadLetters",
     "DeadLetters",
     "MeshDeadLetters",
     "Page",
@@ -181,6 +185,27 @@ class DeadLetters(abc.ABC):
     ) -> ReplayResult:
         """Republish the selected dead letters to their original topics (module
         docstring); raises ``ConfigError`` for a bad selection."""
+
+
+class BlockingDeadLetters:
+    """:class:`DeadLetters` for ``connect_blocking()``: each call waits on ``portal``."""
+
+    def __init__(self, portal: BlockingPortal, dead: DeadLetters) -> None:
+        self._portal = portal
+        self._dead = dead
+        self.topic = dead.topic
+
+    def list(self, **options: Any) -> Page:
+        """As :meth:`DeadLetters.list`."""
+        return self._portal.call(partial(self._dead.list, **options))
+
+    def show(self, id: str) -> StoredEvents:
+        """As :meth:`DeadLetters.show`."""
+        return self._portal.call(self._dead.show, id)
+
+    def replay(self, **options: Any) -> ReplayResult:
+        """As :meth:`DeadLetters.replay`."""
+        return self._portal.call(partial(self._dead.replay, **options))
 
 
 def selection(**fields: Any) -> ReplaySelection:

@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -29,6 +29,9 @@ from eventmesh.config import MeshConfig
 from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
 from eventmesh.subscription import Delivery, Subscription
+
+if TYPE_CHECKING:
+    from eventmesh.deadletters import BlockingDeadLetters
 
 __all__ = ["BlockingClient", "BlockingDelivery", "BlockingSubscription", "connect_blocking"]
 
@@ -162,6 +165,12 @@ class BlockingClient:
     def request(self, topic: str, event: Event, *, timeout: float | None = None) -> Event:
         """Publish ``event`` as a request; the first reply (as :meth:`Client.request`)."""
         return self.portal.call(partial(self._client.request, topic, event, timeout=timeout))
+
+    def dead_letters(self, topic: str) -> BlockingDeadLetters:
+        """As :meth:`Client.dead_letters`, its calls blocking."""
+        from eventmesh.deadletters import BlockingDeadLetters
+
+        return BlockingDeadLetters(self.portal, self._client.dead_letters(topic))
 
     def subscribe(self, topic: str, group: str, **options: Any) -> BlockingSubscription:
         """As :meth:`Client.subscribe`; use the result in a ``with`` block.

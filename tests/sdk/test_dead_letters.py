@@ -110,3 +110,17 @@ async def test_a_replayed_dead_letter_reaches_the_subscription_that_failed_it() 
             await eventually(lambda: len(handled) == 3, what="the replayed events handled")
             assert sorted(handled) == sorted(ids)
             assert (await dlq.replay()).replayed == 0
+
+
+def test_the_blocking_client_browses_and_replays() -> None:
+    """connect_blocking().dead_letters(topic) lists, shows and replays, each call blocking."""
+    import eventmesh
+
+    with eventmesh.connect_blocking() as mesh:
+        mesh.publish("orders.dlq", [dead(1, reason="failed", group="billing")])
+        dlq = mesh.dead_letters("orders.dlq")
+        [stored] = dlq.list(limit=5).events
+        assert dlq.show(stored.event.id)[0].offset == stored.offset
+        assert dlq.replay().ids == [stored.event.id]
+        assert dlq.replay().skipped == 1
+        assert [s.event.id for s in mesh.dead_letters("orders").list().events] == [stored.event.id]
