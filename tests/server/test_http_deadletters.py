@@ -79,7 +79,7 @@ async def test_browse_pages_with_the_cursor_and_consumes_nothing(serve: Any) -> 
 class _NoBrowsing(MemoryConnector):
     """A connector that keeps the contract's default read(): it cannot browse."""
 
-    read = Connector.read  # type: ignore[assignment]
+    read = Connector.read
 
 
 async def test_a_topic_whose_connector_cannot_browse_is_a_400_that_says_so() -> None:
