@@ -10,6 +10,8 @@ import pytest
 from eventmesh import ConfigError, DeliveryPolicy, load_config
 from eventmesh.connectors.memory import MemoryConfig
 
+pytestmark = pytest.mark.core  # CI runs these on the core alone
+
 GOOD = """\
 connectors:
   default: {type: memory, partitions: 4, max_events: 1000}

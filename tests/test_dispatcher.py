@@ -14,7 +14,7 @@ from eventmesh import DeliveryPolicy, Event
 from eventmesh.errors import DeliveryError
 from eventmesh.testing.polling import eventually
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
 FAST = {"backoff": {"initial": "1ms", "max": "5ms"}}
 

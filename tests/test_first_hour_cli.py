@@ -12,6 +12,8 @@ import pytest
 from eventmesh.connectors.registry import _not_found, load_connector
 from eventmesh.errors import PluginNotFoundError
 
+pytestmark = pytest.mark.core  # CI runs these on the core alone
+
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the eventmesh CLI in a subprocess, as a user does."""

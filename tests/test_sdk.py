@@ -18,7 +18,7 @@ from eventmesh import (
     PluginNotFoundError,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
 
 async def test_readme_example_publishes_and_receives() -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from eventmesh.testing import eventually, holds_throughout
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
 
 async def test_eventually_returns_once_the_condition_holds() -> None:

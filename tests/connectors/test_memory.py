@@ -11,7 +11,7 @@ from eventmesh.connectors.memory import MemoryConfig, MemoryConnector
 from eventmesh.errors import RejectedError
 from eventmesh.testing import collect
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
 
 def events(n: int, key: str | None = None) -> list[Event]:

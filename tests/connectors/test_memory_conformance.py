@@ -9,6 +9,8 @@ import pytest
 from eventmesh.connectors.memory import MemoryConfig, MemoryConnector
 from eventmesh.testing import ConnectorConformance
 
+pytestmark = pytest.mark.core  # CI runs these on the core alone
+
 
 class TestMemoryConformance(ConnectorConformance):
     """The whole kit against the in-memory connector."""

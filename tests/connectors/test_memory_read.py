@@ -9,7 +9,7 @@ from eventmesh.connectors.browse import MAX_READ
 from eventmesh.connectors.memory import MemoryConfig, MemoryConnector
 from eventmesh.testing.browsing import check_read
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
 
 async def test_read_pages_filters_by_time_and_consumes_nothing() -> None:

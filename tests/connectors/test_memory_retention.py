@@ -14,7 +14,7 @@ from eventmesh.errors import RejectedError, SubscribeError
 from eventmesh.testing import collect
 from eventmesh.testing.polling import eventually
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
 
 def events(n: int, first: int = 0) -> list[Event]:

@@ -11,7 +11,7 @@ from fn_support import FAST, eventually, order, read
 from eventmesh import ConfigError, Event, Function, Mesh
 from eventmesh.triggers.process import WorkerPool
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
 
 def alive(pid: int) -> bool:

@@ -11,7 +11,7 @@ from fn_support import FAST, eventually, order, read
 from eventmesh import ConfigError, DeliveryError, Drop, Event, Function, LifecycleError, Mesh
 from eventmesh.triggers.function import CAUSATION_EXTENSION
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -15,6 +15,8 @@ import yaml
 from eventmesh.event import Event
 from eventmesh.pipeline import cesql
 
+pytestmark = pytest.mark.core  # CI runs these on the core alone
+
 TCK_DIR = pathlib.Path(__file__).parent / "cesql_tck"
 BASE_EVENT: dict[str, Any] = {
     "specversion": "1.0",

@@ -10,7 +10,7 @@ import pytest
 import eventmesh
 from eventmesh import ConfigError, Event
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
 ORDER = "com.example.order.created"
 FILTER = {
