@@ -141,7 +141,9 @@ def _table(events: list[StoredEvent], title: str) -> None:
         from rich.console import Console
         from rich.table import Table
 
-    table = Table("stored", "at", "id", "type", "reason", "from", "group", "error", title=title)
+    table = Table(title=title)
+    for name in ("stored", "at", "id", "type", "reason", "from", "group", "error"):
+        table.add_column(name, overflow="fold")
     for stored in events:
         ext = stored.event.extensions
         table.add_row(
