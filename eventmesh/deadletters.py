@@ -85,9 +85,10 @@ _BATCH: Final = 100
 """Events republished per publish call."""
 
 StoredEvents: TypeAlias = list[StoredEvent]
-Authorize: TypeAlias = Callable[[str], None]
+Authorize: TypeAlias = Callable[[str], object]
 """Called with each topic a replay would publish to, before anything is published;
-raises (``PermissionDeniedError``) to refuse the replay."""
+raises (``PermissionDeniedError``, or the mesh's refusal of the topic name) to refuse
+the replay."""
 Publish: TypeAlias = Callable[[str, Sequence[Event]], Awaitable[Any]]
 
 
@@ -260,8 +261,13 @@ class MeshDeadLetters(DeadLetters):
             limit=limit,
             dry_run=dry_run,
         )
+        mesh = self._mesh
         return await replay(
-            self._connector(), self.topic, chosen, publish=direct_publish(self._mesh)
+            self._connector(),
+            self.topic,
+            chosen,
+            publish=direct_publish(mesh),
+            authorize=mesh.connector,  # a topic the mesh refuses fails before any publish
         )
 
 

@@ -75,12 +75,22 @@ async def test_list_show_and_replay_with_filters_and_no_double_replay(client: Cl
     assert (rest.selected, rest.replayed, rest.skipped) == (4, 4, 0)
     payments = (await client.dead_letters("payments").list()).events
     assert [s.event.id for s in payments] == ["failed-billing-0"]
-    assert len((await client.dead_letters("orders").list()).events) == 5
+    replayed_after_all = (await client.dead_letters("orders").list()).events
+    assert len(replayed_after_all) == 5
 
     later = datetime.now(UTC) + timedelta(hours=1)
     assert (await dlq.replay(since=later)).selected == 0
     with pytest.raises(ConfigError):
         await dlq.replay(limit=0)
+
+    long = "x" * 10_000  # a topic name above limits.max_name_length
+    await client.publish(
+        "bad.dlq",
+        [dead(1, reason="failed", group="g"), dead(2, reason="failed", group="g", topic=long)],
+    )
+    with pytest.raises(RejectedError, match="max_name_length"):
+        await client.dead_letters("bad.dlq").replay()
+    assert (await client.dead_letters("orders").list()).events == replayed_after_all
 
 
 async def test_a_replayed_dead_letter_reaches_the_subscription_that_failed_it() -> None:
