@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -87,6 +87,22 @@ _LOCK_FILE = "LOCK"
 
 
 # -- the connector ----------------------------------------------------------------------
+
+
+def _lock(fd: int) -> None:
+    """Hold the data directory for this process; BlockingIOError when another does. The
+    operating system lets go when the file is closed or the process dies."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            raise BlockingIOError(str(exc)) from exc
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class _InUseError(Exception):
@@ -175,7 +191,7 @@ class LocalConnector(Connector):
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(fd)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
