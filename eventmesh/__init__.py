@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from eventmesh.subscription import Delivery, Subscription
     from eventmesh.triggers.function import Drop, Function
 
-# The rest is imported on first use: the mesh and its clients bring aiohttp, grpcio and
-# OpenTelemetry with them, which a function's worker process (it needs only the Event)
-# or a short command should not pay for at start-up.
+# The rest is imported on first use: a function's worker process (it needs only the
+# Event) or a short command should not pay for the mesh at start-up. None of it imports
+# an extra's package; the remote clients load theirs (aiohttp, grpcio) when connected.
 _LAZY: dict[str, str] = {
     "Backoff": "eventmesh.delivery.policy",
     "BlockingClient": "eventmesh.client",

@@ -1,5 +1,6 @@
-"""The event loop eventmesh runs on: asyncio, with uvloop wherever it is installed; and
-the garbage collector settings of the daemon."""
+"""The event loop eventmesh runs on: asyncio, with uvloop wherever it is installed (the
+``sidecar`` extra installs it; without it, asyncio's own loop, silently); and the garbage
+collector settings of the daemon."""
 
 from __future__ import annotations
 
