@@ -33,6 +33,7 @@ from eventmesh.connectors.base import Connector, StartPosition
 from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.connectors.registry import load_connector
 from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.delivery.services import Services
 from eventmesh.errors import (
     ConfigError,
     EventValidationError,
@@ -101,6 +102,8 @@ class Mesh(Client):
         self._tracer_provider = tracer_provider
         self._span_processor = span_processor
         self._tracing: Tracing | None = None
+        self._services: Services[Subscription] | None = None
+        """What the mesh's subscriptions and functions use of it (made on entering)."""
         self.metrics: MeshMetrics | None = None
         """The mesh's metrics (None with ``metrics.enabled: false``)."""
         if self.config.metrics.enabled:
@@ -156,14 +159,21 @@ class Mesh(Client):
             if posts or any(f.spec.url for f in self._declared):  # webhooks or HTTP functions
                 # Before the task group, so it closes after the last delivery ends.
                 self._webhooks = await stack.enter_async_context(self._new_webhook_session())
+            self._services = Services(
+                publish=self._publish_internal,
+                task_group=lambda: self._task_group,
+                register=self._register,
+                unregister=self._unregister,
+                tracing=self._tracing,
+                measure=self.metrics is not None,
+            )
             # Before the task group, so worker pools stop after the last delivery ended
             # (and outside its cancelled scope).
             self._functions = await stack.enter_async_context(
                 FunctionRuntime(
                     self,
                     self._declared,
-                    tracing=self._tracing,
-                    measure=self.metrics is not None,
+                    self._services,
                     filter_limits=self.config.limits.filters,
                 )
             )
@@ -469,8 +479,9 @@ class Mesh(Client):
                 except RejectedError as exc:
                     raise RejectedError(f"{where}: the {key} topic is refused: {exc}") from exc
         consumer = connector.subscribe(topic, group, start=start)
+        assert self._services is not None  # made on entering, and subscribe checked that
         subscription = Subscription(
-            self,
+            self._services,
             name=name or f"{topic}/{group}",
             topic=topic,
             group=group,

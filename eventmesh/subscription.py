@@ -9,6 +9,11 @@ Two forms, one object:
   with each event; returning acks, raising retries. Start it with ``async with`` (it
   stops at the end of the block) or ``await`` (it runs until the mesh closes or
   :meth:`Subscription.close`).
+
+The same class serves the embedded mesh and the remote clients: what differs is the
+:class:`~eventmesh.connectors.base.Consumer` it reads (a connector's, or a sidecar's pull
+or stream connection), the :class:`~eventmesh.delivery.services.Services` of its owner,
+and who runs the delivery policy (:mod:`eventmesh.delivery.settle`).
 """
 
 from __future__ import annotations
@@ -16,28 +21,28 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from eventmesh._lifecycle import ClosedOnExit
 from eventmesh._requests import send_replies
 from eventmesh.connectors.base import Consumer
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
-from eventmesh.delivery.deadletter import describe_error
 from eventmesh.delivery.dispatcher import Dispatcher
 from eventmesh.delivery.gate import Gate
-from eventmesh.delivery.policy import DeliveryPolicy, retry_delay
+from eventmesh.delivery.policy import DeliveryPolicy
+from eventmesh.delivery.services import Publish, Services
+from eventmesh.delivery.settle import RetryHere, Settle
 from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
 from eventmesh.observability.histogram import Histogram
 from eventmesh.typing import Filter, Sink, Transform
-
-if TYPE_CHECKING:
-    from eventmesh.mesh import Mesh
 
 __all__ = ["Delivery", "Handler", "Subscription"]
 
@@ -131,6 +136,8 @@ class Delivery:
 
 
 def _as_sink(handler: Handler) -> Sink:
+    """The handler as a sink: itself when it is async, else a coroutine that runs it in a
+    worker thread."""
     if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
         getattr(handler, "__call__", None)  # noqa: B004  # an object with an async __call__
     ):
@@ -142,11 +149,10 @@ def _as_sink(handler: Handler) -> Sink:
     return in_thread
 
 
-def _replying(sink: Sink, mesh: Mesh, reply_to: str | None) -> Sink:
+def _replying(sink: Sink, publish: Publish, reply_to: str | None) -> Sink:
     """The sink, publishing what it returns to ``reply_to`` and, for a request, to its
-    reply inbox, before the event is acked (through the mesh's internal path, which
-    still stores while the mesh closes; eventmesh._requests)."""
-    publish = mesh._publish_internal
+    reply inbox, before the event is acked (through the owner's ``Services.publish``,
+    which still stores while the owner closes; eventmesh._requests)."""
 
     async def replying(event: Event) -> Any:
         result = await sink(event)
@@ -158,14 +164,20 @@ def _replying(sink: Sink, mesh: Mesh, reply_to: str | None) -> Sink:
 
 
 class Subscription(ClosedOnExit):
-    """A consumer group membership on one topic, in iterator or handler form."""
+    """A consumer group membership on one topic, in iterator or handler form.
+
+    ``services`` is what its owner (a Mesh, a remote client) provides; ``settle`` says
+    who runs ``policy`` (by default this process: :class:`RetryHere`). With a
+    :class:`~eventmesh.delivery.settle.HandBack` the source runs it, so ``filter``,
+    ``transform`` and the TTL are not applied here either.
+    """
 
     latency: Histogram | None = None
     """Seconds from stored to acked per delivered event (None with metrics off)."""
 
     def __init__(
         self,
-        mesh: Mesh,
+        services: Services[Subscription],
         *,
         name: str,
         topic: str,
@@ -176,8 +188,9 @@ class Subscription(ClosedOnExit):
         filter: Filter | None,
         transform: Transform | None,
         reply_to: str | None = None,
+        settle: Settle | None = None,
     ) -> None:
-        self._mesh = mesh
+        self._services = services
         self.name = name
         self.topic = topic
         self.group = group
@@ -188,25 +201,28 @@ class Subscription(ClosedOnExit):
             name=name,
             topic=topic,
             group=group,
-            policy=policy,
-            dead_letter=mesh._publish_internal,
+            # The source checks the TTL when it runs the policy.
+            policy=policy if settle is None or settle.here else _without_ttl(policy),
+            dead_letter=services.publish,
             filter=filter,
             transform=transform,
         )
+        self._settle = settle if settle is not None else RetryHere(self._gate)
         self.stats = self._gate.stats
         self._dispatcher: Dispatcher | None = None
         self._done: anyio.Event | None = None
         self._scope = anyio.CancelScope()
+        self._buffer: deque[ConnectorDelivery] = deque()
         self.reply_to = reply_to
-        self.latency = Histogram() if mesh.metrics is not None else None
+        self.latency = Histogram() if services.measure else None
         if handler is not None:
             sink = _as_sink(handler)
             # With reply_to every result is published; without, only a request's (an
             # event with replyto) is, so other events skip the wrapper (_requests).
-            answering = _replying(sink, mesh, reply_to)
+            answering = _replying(sink, services.publish, reply_to)
             if reply_to is not None:
                 sink = answering
-            tracing = mesh._tracing
+            tracing = services.tracing
             traced = None
             if tracing is not None:  # events with a traceparent are delivered under a span
                 traced = tracing.traced_sink(sink, subscription=name, topic=topic)
@@ -218,21 +234,30 @@ class Subscription(ClosedOnExit):
                 latency=self.latency,
                 traced_sink=traced,
                 request_sink=answering if reply_to is None else None,
+                settle=self._settle,
             )
         self._state = "new"
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Join the group (and, with a handler, start delivering)."""
+        """Join the group (and, with a handler, start delivering). Raises what the
+        consumer raises when it cannot join; the subscription is closed then."""
         if self._state != "new":
             raise LifecycleError(f"subscription {self.name!r} was already started")
         self._state = "open"
-        await self._consumer.start()
-        self._mesh._register(self)
+        try:
+            await self._consumer.start()
+        except BaseException:
+            self._state = "closed"
+            with anyio.CancelScope(shield=True):
+                await self._consumer.close()
+            self._services.unregister(self)
+            raise
+        self._services.register(self)
         if self._dispatcher is not None:
             self._done = anyio.Event()
-            await self._mesh._task_group.start(self._run_dispatcher)
+            await self._services.task_group().start(self._run_dispatcher)
         return self
 
     async def _run_dispatcher(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -245,6 +270,12 @@ class Subscription(ClosedOnExit):
             log.exception("subscription %s stopped on an unexpected error", self.name)
         finally:
             self._done.set()
+            if self._state == "open" and self._consumer.closed:
+                # The consumer ended by itself (a sidecar's stream): nothing more comes.
+                self._state = "closed"
+                with anyio.CancelScope(shield=True):
+                    await self._consumer.close()
+                self._services.unregister(self)
 
     def __await__(self) -> Generator[Any, None, Self]:
         return self.start().__await__()
@@ -261,6 +292,7 @@ class Subscription(ClosedOnExit):
         if self._state == "closed":
             return
         self._state = "closed"
+        self._buffer.clear()  # fetched, never yielded: back to the group with the consumer
         try:
             if self._dispatcher is not None and self._done is not None:
                 await self._dispatcher.stop()
@@ -271,7 +303,7 @@ class Subscription(ClosedOnExit):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._consumer.close()
-            self._mesh._unregister(self)
+            self._services.unregister(self)
 
     @property
     def closed(self) -> bool:
@@ -310,25 +342,37 @@ class Subscription(ClosedOnExit):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Delivery]:
+        # Fetched deliveries wait on the subscription, not in this generator: a loop
+        # left with 'break' and started again goes on where it stopped.
         consumer = self._consumer
+        buffer = self._buffer
         while self._state == "open":
-            try:
-                batch = await consumer.fetch(_ITER_BATCH)
-            except ClosedError:
-                return
-            for delivery in batch:
-                event = await self._gate.prepare(delivery)
-                if event is not None:
-                    self.stats.received += 1
-                    yield Delivery(self, delivery, event)
+            if not buffer:
+                try:
+                    batch = await consumer.fetch(_ITER_BATCH)
+                except ClosedError:
+                    if self._state != "open":
+                        return  # closed here
+                    raise  # closed under it: by the backend, or a sidecar shutting down
+                if not batch and consumer.closed:
+                    return  # it ended by itself (a sidecar's stream the client half-closed)
+                buffer.extend(batch)
+                continue
+            delivery = buffer.popleft()
+            event = await self._gate.prepare(delivery)
+            if event is not None:
+                self.stats.received += 1
+                yield Delivery(self, delivery, event)
 
     async def _nack(
         self, delivery: ConnectorDelivery, event: Event, error: BaseException | str | None
     ) -> None:
         self.stats.failed += 1
-        delay = retry_delay(self.policy, delivery.attempt, error)
-        if delay is None:
-            await self._gate.give_up(delivery, "failed", describe_error(error))
-            return
-        self.stats.retried += 1
-        await delivery.nack(delay)
+        delay = await self._settle.failed(delivery, error, delivery.attempt)
+        if delay is not None:
+            self.stats.retried += 1
+            await delivery.nack(delay)
+
+
+def _without_ttl(policy: DeliveryPolicy) -> DeliveryPolicy:
+    return msgspec.structs.replace(policy, ttl=None) if policy.ttl is not None else policy

@@ -1,12 +1,13 @@
 """The dispatcher: from a connector consumer to a sink, under a delivery policy.
 
-One dispatcher runs per subscription in each process. It fetches batches from the
-consumer and hands each event to one of ``concurrency`` lanes; with ``ordering:
-partitionkey`` the lane is chosen by the event's key, so one key is handled one event at
-a time, in order, while different keys run in parallel. In its lane an event is
-checked against its TTL, filtered, transformed and passed to the sink, retried with
-backoff while attempts remain, and otherwise dead-lettered. Only then is it acked: a
-position is never committed for an event that was not handled (at-least-once).
+One dispatcher runs per subscription in each process, embedded or remote alike. It
+fetches batches from the consumer and hands each event to one of ``concurrency`` lanes
+(:mod:`eventmesh.delivery.lanes`; by key under ``ordering: partitionkey``). In its lane an
+event is checked against its TTL, filtered, transformed and passed to the sink; a failed
+attempt goes to the subscription's settle strategy (:mod:`eventmesh.delivery.settle`),
+which retries it here with backoff while attempts remain and otherwise dead-letters it,
+or, for a subscription a sidecar runs, hands it back to the sidecar. Only a handled event
+is acked: a position is never committed for an event that was not (at-least-once).
 
 Per event this is the hot path of every subscription, so it is kept short: a gate with
 no TTL, filter or transform is skipped rather than called, and events are fetched a
@@ -18,10 +19,8 @@ that carries a ``traceparent`` goes to the traced sink (docs/operations.md).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -33,8 +32,9 @@ from eventmesh._logging import event_fields
 from eventmesh.connectors.base import Consumer, Delivery
 from eventmesh.delivery.deadletter import describe_error
 from eventmesh.delivery.gate import Gate
-from eventmesh.delivery.policy import retry_delay
-from eventmesh.errors import ClosedError, ConnectorError
+from eventmesh.delivery.lanes import Lane, Lanes
+from eventmesh.delivery.settle import RetryHere, Settle
+from eventmesh.errors import ClosedError, ConnectorError, EventMeshError
 from eventmesh.event import Event
 from eventmesh.observability.histogram import Histogram
 from eventmesh.typing import Sink
@@ -50,23 +50,6 @@ rarely and finds little, which at high rates costs more than the fetches saved b
 larger batches. The prefetch limit (``max_in_flight``) still bounds the total."""
 
 
-class _Lane:
-    """One ordered queue of deliveries and the task that works through it."""
-
-    __slots__ = ("items", "ready")
-
-    def __init__(self) -> None:
-        self.items: deque[Delivery] = deque()
-        self.ready: anyio.Event | None = None
-
-    def wake(self) -> None:
-        """Wake the lane's task if it waits for work."""
-        ready = self.ready
-        if ready is not None:
-            self.ready = None
-            ready.set()
-
-
 class Dispatcher:
     """Runs one subscription: fetch, route to lanes, handle, ack."""
 
@@ -79,6 +62,7 @@ class Dispatcher:
         latency: Histogram | None = None,
         traced_sink: Sink | None = None,
         request_sink: Sink | None = None,
+        settle: Settle | None = None,
     ) -> None:
         self.consumer = consumer
         self.sink = sink
@@ -91,11 +75,12 @@ class Dispatcher:
         self.request_sink = request_sink
         """The sink that also answers requests (eventmesh._requests), for events that
         carry a ``replyto``; None when :attr:`sink` answers them itself."""
+        self.settle = settle if settle is not None else RetryHere(gate)
+        """What becomes of a failed attempt (by default the gate's policy, here)."""
         self.name = gate.name
         self.policy = policy = gate.policy
         self.stats = gate.stats
-        self._lanes = [_Lane() for _ in range(policy.concurrency)]
-        self._round_robin = itertools.cycle(range(policy.concurrency))
+        self._lanes = Lanes(policy.concurrency, by_key=policy.ordering == "partitionkey")
         self._in_flight = 0
         self._room: anyio.Event | None = None
         self._idle: anyio.Event | None = None
@@ -146,11 +131,8 @@ class Dispatcher:
 
     async def _route(self) -> None:
         consumer = self.consumer
-        lanes = self._lanes
-        count = len(lanes)
-        ordered = self.policy.ordering == "partitionkey"
+        route = self._lanes.route
         limit = self.policy.max_in_flight
-        round_robin = self._round_robin
         failures = 0
         while not self._stopping:
             room = limit - self._in_flight
@@ -160,11 +142,13 @@ class Dispatcher:
                 continue
             try:
                 batch = await consumer.fetch(min(room, _FETCH_BATCH))
-            except ClosedError:
-                return
-            except ConnectorError as exc:
-                # The backend may come back (a broker restart, a network blip): keep the
-                # subscription alive and try again after a backoff.
+            except EventMeshError as exc:
+                if self._stopping or consumer.closed:
+                    return  # closed here, or a remote stream that ended (it logged why)
+                if not isinstance(exc, ConnectorError | ClosedError):
+                    raise
+                # The backend may come back (a broker restart, a sidecar shutting down, a
+                # network blip): keep the subscription alive and try again after a backoff.
                 failures += 1
                 delay = self.policy.backoff.delay(min(failures, 10))
                 log.warning(
@@ -185,15 +169,7 @@ class Dispatcher:
             latency = self.latency
             if latency is not None and len(latency.pending) >= latency.FOLD_AT:
                 latency.fold()  # the lanes append to it; bucketed here, in bulk
-            for delivery in batch:
-                key = delivery.key
-                if ordered and key is not None:
-                    lane = lanes[hash(key) % count]
-                else:
-                    lane = lanes[next(round_robin)]
-                lane.items.append(delivery)
-                if lane.ready is not None:  # so lanes start in the order of their first event
-                    lane.wake()
+            route(batch)
             # Let the lanes work through this batch before fetching the next (handlers
             # that wait on I/O give the turn back at once, so the prefetch still fills).
             await anyio.lowlevel.checkpoint()
@@ -205,7 +181,7 @@ class Dispatcher:
 
     # -- the lanes -----------------------------------------------------------------------
 
-    async def _work(self, lane: _Lane) -> None:
+    async def _work(self, lane: Lane) -> None:
         items = lane.items
         gate = self.gate
         sink = self.sink
@@ -256,11 +232,12 @@ class Dispatcher:
                     idle.set()
 
     async def _retry(self, delivery: Delivery, event: Event, error: Exception) -> None:
-        """After a failed attempt: retry with backoff while attempts remain and the event
-        has not expired, then ack it, or dead-letter it. A ``ClosedError`` while the
-        subscription stops leaves the event unacked."""
+        """After a failed attempt: as the settle strategy says, retry with backoff while
+        the event has not expired, then ack it (or hand it back, or dead-letter it). A
+        ``ClosedError`` while the subscription stops leaves the event unacked."""
         gate = self.gate
         stats = self.stats
+        settle = self.settle
         sink = self.sink
         if self.request_sink is not None and "replyto" in event.extensions:
             sink = self.request_sink
@@ -281,9 +258,8 @@ class Dispatcher:
                 )
                 return
             stats.failed += 1
-            delay = retry_delay(self.policy, attempt, error)
+            delay = await settle.failed(delivery, error, attempt)
             if delay is None:
-                await gate.give_up(delivery, "failed", describe_error(error), attempts=attempt)
                 return
             log.debug(
                 "subscription %s: attempt %d of event %s failed: %r; retrying in %.1fs",

@@ -44,8 +44,8 @@ from eventmesh.typing import Filter
 
 if TYPE_CHECKING:
     from eventmesh.connectors.base import StartPosition
+    from eventmesh.delivery.services import Services
     from eventmesh.delivery.webhook import WebhookSession
-    from eventmesh.observability.tracing import Tracing
     from eventmesh.subscription import Handler, Subscription
 
 __all__ = ["FunctionRuntime", "Host"]
@@ -56,12 +56,8 @@ _HTTP_TIMEOUT = 10.0
 
 
 class Host(Protocol):
-    """What the functions need of their mesh: publish, subscribe and its webhook client."""
-
-    async def publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]: ...
-
-    async def _publish_internal(self, topic: str, events: Event | Sequence[Event]) -> None:
-        """Publish replies and dead letters; unlike ``publish``, also while closing."""
+    """What the functions need of their mesh besides its :class:`Services`: subscribe and
+    its webhook client."""
 
     def subscribe(
         self,
@@ -82,21 +78,21 @@ class Host(Protocol):
 
 
 class FunctionRuntime(ClosedOnExit):
-    """Runs ``functions`` on ``host``; enter it, then :meth:`start` once the host is open."""
+    """Runs ``functions`` on ``host``; enter it, then :meth:`start` once the host is open.
+    Replies and dead letters go through ``services.publish``; ``services.tracing`` and
+    ``services.measure`` give each function its spans and duration histogram."""
 
     def __init__(
         self,
         host: Host,
         functions: Sequence[Function],
+        services: Services[Subscription],
         *,
-        tracing: Tracing | None = None,
-        measure: bool = False,
         filter_limits: FilterLimits = DEFAULT_LIMITS,
     ) -> None:
         self._host = host
+        self._services = services
         self._filter_limits = filter_limits
-        self._tracing = tracing
-        self._measure = measure  # keep a duration histogram per function (metrics on)
         self._functions = list(functions)
         seen: set[str] = set()
         for function in self._functions:
@@ -184,11 +180,11 @@ class FunctionRuntime(ClosedOnExit):
         runner = FunctionRunner(
             function,
             call=call,
-            publish=self._host._publish_internal,
+            publish=self._services.publish,
             kind=kind,
             pool=pool,
-            tracing=self._tracing,
-            duration=Histogram() if self._measure else None,
+            tracing=self._services.tracing,
+            duration=Histogram() if self._services.measure else None,
         )
         if pool is not None:
             pool.stats = runner.stats
@@ -242,7 +238,7 @@ class FunctionRuntime(ClosedOnExit):
         log.info("function %s (%s) listens on %s", spec.name, kind, trigger.topic)
 
     async def _dead_letter(self, topic: str, event: Event) -> None:
-        await self._host._publish_internal(topic, event)
+        await self._services.publish(topic, event)
 
     async def _correlate(
         self, correlator: Correlator, subscription: Subscription, runner: FunctionRunner
