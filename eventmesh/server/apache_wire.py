@@ -295,7 +295,9 @@ class ApacheWebhookSink(WebhookSink):
             "uniqueid": event.id,
             "randomNo": str(secrets.randbelow(10**9)),
             "topic": self.topic,
-            "extFields": msgspec.json.encode(event.extensions).decode("utf-8"),
+            # Typed extensions (URI, Timestamp, ...) are str subclasses that msgspec does
+            # not encode by itself: each goes as its canonical string.
+            "extFields": msgspec.json.encode(event.extensions, enc_hook=str).decode("utf-8"),
         }
         body = urlencode(form).encode("ascii")
         await self._send(self._headers_out, body, (event,))

@@ -27,6 +27,7 @@ from eventmesh._generated.apache.v1.eventmesh_service_pb2_grpc import (
 from eventmesh.bindings.protobuf import CloudEvent, CloudEventBatch
 from eventmesh.delivery.webhook import WebhookSession
 from eventmesh.errors import DeliveryError
+from eventmesh.event import URI
 from eventmesh.server.apache_grpc import MAX_ATTRIBUTES, MAX_BATCH
 from eventmesh.server.apache_wire import MAX_ITEMS, MAX_SPEC, ApacheWebhookSink
 from eventmesh.server.sidecar import Sidecar
@@ -369,7 +370,12 @@ async def test_webhook_answers_follow_ret_code() -> None:
             sink = ApacheWebhookSink(
                 f"http://127.0.0.1:{port}/hook", session=session, topic="t", cluster="c"
             )
-            event = Event(type="t", source="/s", id="w-1", extensions={"traceid": "x"})
+            event = Event(
+                type="t",
+                source="/s",
+                id="w-1",
+                extensions={"traceid": "x", "origin": URI("https://example.com/o")},
+            )
             assert await sink(event) == []
             with pytest.raises(DeliveryError) as retry:
                 await sink(event)
@@ -386,7 +392,7 @@ async def test_webhook_answers_follow_ret_code() -> None:
     assert (form["topic"], form["uniqueid"], json.loads(form["extFields"])) == (
         "t",
         "w-1",
-        {"traceid": "x"},
+        {"traceid": "x", "origin": "https://example.com/o"},
     )
 
 
