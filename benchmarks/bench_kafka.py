@@ -1,21 +1,28 @@
-"""The Kafka route: publish and consume through eventmesh, against raw aiokafka.
+"""The Kafka route: publish and consume through eventmesh, against raw aiokafka and
+FastStream on the same records.
 
 Needs a broker: ``KAFKA_BOOTSTRAP`` when set, else the one ``scripts/kafka.sh start`` runs.
+
+    python benchmarks/bench_kafka.py [--quick] [--profile]
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
+import io
 import os
+import pstats
 import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import uvloop
-from harness import Row, Section
+from harness import Clock, Measure, Median, Row, Section, cli, interleave
 
 from eventmesh import DeliveryPolicy, Event, Mesh
 from eventmesh.bindings.kafka import to_binary
@@ -29,12 +36,23 @@ except ImportError as exc:  # the plugin is not installed: main() says so
     MISSING: ImportError | None = exc
 else:
     MISSING = None
+try:
+    from faststream import AckPolicy as FastAckPolicy
+    from faststream.kafka import KafkaBroker
+except ImportError:  # the bench extra is not installed: the FastStream rows are left out
+    KafkaBroker = None
 
 TITLE = "Kafka route"
 BATCH = 500
 PARTITIONS = 8
 KEYS = 64
 GOAL = "70 % of raw or better"
+COMMIT_EVERY = 5_000
+COMMIT_INTERVAL = 0.1
+"""How the mesh commits (KafkaConfig.commit_interval_ms, and every 5,000 acks): the raw
+consumer commits the same way, not after every getmany."""
+IDLE = 5.0
+"""Seconds without a record that end a round short (with a note)."""
 KAFKA_SH = Path(__file__).resolve().parents[1] / "scripts" / "kafka.sh"
 
 
@@ -70,44 +88,11 @@ async def _create(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
-class _Clock:
-    """Rate over the span from the first to the last of ``total`` consumed events, and
-    the process's CPU time per event over that span."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.count = 0
-        self.first = 0.0
-        self.last = 0.0
-        self.cpu = 0.0
-
-    def tick(self, n: int = 1) -> bool:
-        now = time.perf_counter()
-        if not self.count:
-            self.first = now
-            self.cpu = time.process_time()
-        self.count += n
-        self.last = now
-        if self.count >= self.total:
-            self.cpu = time.process_time() - self.cpu
-            return True
-        return False
-
-    @property
-    def rate(self) -> float:
-        return (self.total - 1) / max(self.last - self.first, 1e-9)
-
-    @property
-    def cpu_us(self) -> float:
-        """Microseconds of CPU per event."""
-        return self.cpu / (self.total - 1) * 1e6
-
-
-async def _raw(bootstrap: str, messages: list[tuple[Any, Any, Any]]) -> tuple[float, float, float]:
-    """Raw aiokafka: idempotent acks=all produce in batches; group consume with commits."""
+async def _fill(bootstrap: str, messages: list[tuple[Any, Any, Any]]) -> tuple[str, float]:
+    """A new topic with every record in it, written by the raw producer with the
+    connector's producer settings; returns the topic and the rate."""
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     await _create(bootstrap, topic)
-    # The producer settings the connector uses (KafkaConfig's defaults).
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -129,6 +114,25 @@ async def _raw(bootstrap: str, messages: list[tuple[Any, Any, Any]]) -> tuple[fl
         publish = len(messages) / (time.perf_counter() - start)
     finally:
         await producer.stop()
+    return topic, publish
+
+
+async def _mesh_publish(bootstrap: str, events: list[Event]) -> float:
+    """Mesh.publish in batches of BATCH, each returning once the broker acked it."""
+    topic = f"bench-mesh-{uuid.uuid4().hex[:8]}"
+    await _create(bootstrap, topic)
+    config = {"connectors": {"default": {"type": "kafka", "bootstrap_servers": bootstrap}}}
+    async with Mesh(config) as mesh:
+        await mesh.publish(topic, events[0])  # warm-up, as for the raw client
+        start = time.perf_counter()
+        for i in range(0, len(events), BATCH):
+            await mesh.publish(topic, events[i : i + BATCH])
+        return len(events) / (time.perf_counter() - start)
+
+
+async def _raw_consume(bootstrap: str, topic: str, clock: Clock, done: asyncio.Event) -> None:
+    """Raw aiokafka, committing as the mesh does: every COMMIT_INTERVAL seconds or
+    COMMIT_EVERY records, and at the end; nothing decoded."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -137,44 +141,127 @@ async def _raw(bootstrap: str, messages: list[tuple[Any, Any, Any]]) -> tuple[fl
         auto_offset_reset="earliest",
     )
     await consumer.start()
-    clock = _Clock(len(messages) + 1)
     try:
-        done = False
-        while not done:
-            batches = await consumer.getmany(timeout_ms=500, max_records=512)
+        since = 0
+        last = time.monotonic()
+        while not done.is_set():
+            batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
-                done = clock.tick(len(records)) or done
-            if batches:
+                since += len(records)
+                if clock.tick(len(records)):
+                    done.set()
+            now = time.monotonic()
+            if since and (since >= COMMIT_EVERY or now - last >= COMMIT_INTERVAL or done.is_set()):
                 await consumer.commit()
+                since = 0
+                last = now
     finally:
         await consumer.stop()
-    return publish, clock.rate, clock.cpu_us
 
 
-async def _mesh(bootstrap: str, events: list[Event]) -> tuple[float, float, float]:
-    """eventmesh: Mesh.publish in batches; a handler subscription in one group, acking."""
-    topic = f"bench-mesh-{uuid.uuid4().hex[:8]}"
-    await _create(bootstrap, topic)
+async def _mesh_consume(bootstrap: str, topic: str, clock: Clock, done: asyncio.Event) -> None:
+    """A Mesh subscription with an async handler under the default delivery policy."""
     config = {"connectors": {"default": {"type": "kafka", "bootstrap_servers": bootstrap}}}
-    clock = _Clock(len(events) + 1)
-    async with Mesh(config) as mesh:
-        await mesh.publish(topic, events[0])  # warm-up, as for the raw client
-        start = time.perf_counter()
-        for i in range(0, len(events), BATCH):
-            await mesh.publish(topic, events[i : i + BATCH])
-        publish = len(events) / (time.perf_counter() - start)
-        finished = anyio.Event()
 
-        async def handler(event: Event) -> None:
-            if clock.tick():
-                finished.set()
+    async def handler(event: Event) -> None:
+        if clock.tick():
+            done.set()
 
-        async with mesh.subscribe(
-            topic, "bench", handler=handler, start="earliest", delivery=DeliveryPolicy()
-        ):
-            with anyio.fail_after(120):
-                await finished.wait()
-    return publish, clock.rate, clock.cpu_us
+    async with (
+        Mesh(config) as mesh,
+        mesh.subscribe(
+            topic,
+            f"g-{uuid.uuid4().hex[:8]}",
+            handler=handler,
+            start="earliest",
+            delivery=DeliveryPolicy(),
+        ),
+    ):
+        await done.wait()
+
+
+async def _faststream_consume(
+    bootstrap: str, topic: str, clock: Clock, done: asyncio.Event
+) -> None:
+    """FastStream's KafkaBroker subscriber in a group, committing after the handler
+    (AckPolicy.ACK, its at-least-once setting)."""
+    assert KafkaBroker is not None
+    broker = KafkaBroker(bootstrap, logger=None)
+
+    async def handler(body: Any) -> None:
+        if clock.tick():
+            done.set()
+
+    broker.subscriber(
+        topic,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        ack_policy=FastAckPolicy.ACK,
+    )(handler)
+    await broker.start()
+    try:
+        await done.wait()
+    finally:
+        await broker.stop()
+
+
+_CONSUMERS: dict[str, Callable[[str, str, Clock, asyncio.Event], Awaitable[None]]] = {
+    "raw": _raw_consume,
+    "eventmesh": _mesh_consume,
+    "faststream": _faststream_consume,
+}
+
+
+async def _consume(bootstrap: str, who: str, topic: str, n: int) -> Measure:
+    """Consume the ``n`` records of ``topic`` in a new group; the span is first to last."""
+    clock = Clock(n + 1)  # the warm-up record too
+    done = asyncio.Event()
+    task = asyncio.ensure_future(_CONSUMERS[who](bootstrap, topic, clock, done))
+    note = ""
+    try:
+        while not done.is_set() and not task.done():
+            seen = clock.count
+            try:
+                await asyncio.wait_for(asyncio.shield(done.wait()), IDLE if seen else 60)
+            except TimeoutError:
+                if clock.count == seen:
+                    note = f"stopped at {clock.count:,} of {clock.total:,}"
+                    done.set()
+    finally:
+        done.set()
+        await task
+    clock.stop()
+    return clock.measure(note)
+
+
+def _rows(section: Section, results: dict[str, Median], n: int) -> None:
+    raw = results["raw"]
+    names = {"eventmesh": "eventmesh", "faststream": "FastStream 0.7"}
+    for who, median in results.items():
+        if who == "raw":
+            continue
+        section.rows += [
+            Row(
+                name=f"consume and ack {n:,} events (one group): {names[who]}",
+                value=median.rate,
+                unit="events/s",
+                baseline=raw.rate,
+                baseline_name="raw aiokafka getmany, committing as the mesh does",
+                goal=GOAL if who == "eventmesh" else "",
+                load=median.load,
+            ),
+            Row(
+                name=f"consume: {names[who]} CPU per event",
+                value=median.cpu_us,
+                unit="µs",
+                baseline=raw.cpu_us,
+                baseline_name="raw aiokafka",
+                higher_is_better=False,
+                load=median.load,
+            ),
+        ]
+        if median.notes:
+            section.notes.append(f"consume, {names[who]}: {median.notes}.")
 
 
 def main(quick: bool) -> Section:
@@ -190,52 +277,73 @@ def main(quick: bool) -> Section:
     events = _events(n)
     messages = [to_binary(e) for e in events]
     runs = 3
-    raw: list[tuple[float, float, float]] = []
-    mesh: list[tuple[float, float, float]] = []
-    for _ in range(runs):  # interleaved, so a busy moment of the machine hits both alike
-        raw.append(uvloop.run(_raw(bootstrap, messages)))
-        mesh.append(uvloop.run(_mesh(bootstrap, events)))
+    run = uvloop.run
+    topics: list[str] = []
+
+    def raw_publish() -> Measure:
+        topic, rate = run(_fill(bootstrap, messages))
+        topics.append(topic)
+        return Measure(rate)
+
+    publish = interleave(
+        runs,
+        {"raw": raw_publish, "eventmesh": lambda: Measure(run(_mesh_publish(bootstrap, events)))},
+    )
+    topic = topics[0]  # every consumer reads the same records, each in a new group
+    who = ["raw", "eventmesh"] + (["faststream"] if KafkaBroker is not None else [])
+    consume = interleave(runs, {w: lambda w=w: run(_consume(bootstrap, w, topic, n)) for w in who})
     size = sum(len(v or b"") + sum(len(h[1]) for h in hs) for _, v, hs in messages) // n
     section = Section(TITLE)
-    section.rows += [
+    section.rows.append(
         Row(
             name=f"publish {n:,} events in batches of {BATCH}",
-            value=max(m[0] for m in mesh),
+            value=publish["eventmesh"].rate,
             unit="events/s",
-            baseline=max(r[0] for r in raw),
+            baseline=publish["raw"].rate,
             baseline_name="raw aiokafka, idempotent acks=all",
             goal=GOAL,
-        ),
-        Row(
-            name=f"consume and ack {n:,} events (one group)",
-            value=max(m[1] for m in mesh),
-            unit="events/s",
-            baseline=max(r[1] for r in raw),
-            baseline_name="raw aiokafka getmany + commit",
-            goal=GOAL,
-        ),
-    ]
+            load=publish["eventmesh"].load,
+        )
+    )
+    _rows(section, consume, n)
     section.notes += [
         f"A single local Kafka broker (scripts/kafka.sh), topics of {PARTITIONS} partitions, "
         f"{KEYS} partition keys; each event is ~{size} bytes of value and headers in "
         "binary mode. The raw client sends the very records eventmesh writes.",
         "publish: Mesh.publish of a batch returns once the broker acknowledged all of it; "
-        "the raw producer sends the same batch and awaits every future. consume: a Mesh "
-        "subscription with an async handler under the default delivery policy (ordering "
-        "by partition key, 16 lanes) decodes each record into a validated Event and acks "
-        "it, its offsets committed every 100 ms (or 5,000 acks); the raw consumer takes "
-        "getmany batches and commits after each, decoding nothing.",
-        "The raw consumer waits for each commit before its next getmany, so its rate "
-        "follows the broker's response time, while eventmesh's is bound by the CPU; on a "
-        "2-core machine shared with the broker the ratios move with the load. Run by run "
-        "(eventmesh / raw): publish "
-        + ", ".join(f"{m[0] / r[0]:.2f}x" for m, r in zip(mesh, raw, strict=True))
-        + "; consume "
-        + ", ".join(f"{m[1] / r[1]:.2f}x" for m, r in zip(mesh, raw, strict=True))
-        + ".",
-        "Consume rates are measured from the first event to the last, so joining the group "
-        f"is not counted; each figure is the best of {runs} runs. CPU time of the process "
-        "per consumed event over the same span, least of the runs: raw "
-        f"{min(r[2] for r in raw):.1f} µs, eventmesh {min(m[2] for m in mesh):.1f} µs.",
+        "the raw producer sends the same batch and awaits every future.",
+        f"consume: every consumer reads the same {n:,} records (written beforehand) in a "
+        "group of its own. eventmesh: a Mesh subscription with an async handler under the "
+        "default delivery policy (ordering by partition key, 16 lanes) decodes each record "
+        "into a validated Event and acks it, its offsets committed every 100 ms or 5,000 "
+        "acks. raw aiokafka: getmany in a loop, committing the same way (every "
+        f"{COMMIT_INTERVAL * 1000:.0f} ms or {COMMIT_EVERY:,} records), decoding nothing: "
+        "the fastest correct use of the client for an at-least-once consumer. FastStream "
+        "0.7: its KafkaBroker subscriber with an async handler, AckPolicy.ACK (a commit "
+        "after each message, its at-least-once setting).",
+        "Rates and the consumer process's CPU time per event are taken from the first "
+        f"event to the last, so joining the group is not counted. Setups take turns in "
+        f"each of {runs} rounds and each figure is the median of its rounds; the load "
+        "average is the 1-minute one at the end of each round (range over the rounds).",
+        "Reproduce: `export $(scripts/kafka.sh env); python benchmarks/run.py kafka` "
+        "(`pip install -e '.[bench]'` for FastStream).",
     ]
     return section
+
+
+def profile(quick: bool) -> str:
+    """cProfile of eventmesh consuming a backlog."""
+    bootstrap = _bootstrap()
+    n = 20_000 if quick else 50_000
+    topic, _ = uvloop.run(_fill(bootstrap, [to_binary(e) for e in _events(n)]))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    uvloop.run(_consume(bootstrap, "eventmesh", topic, n))
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
+    return out.getvalue()
+
+
+if __name__ == "__main__":
+    sys.exit(cli(__doc__ or "", main, profile))

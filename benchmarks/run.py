@@ -90,8 +90,9 @@ def render(sections: list[tuple[str, Section, str]]) -> str:
                 if row.baseline is not None
                 else ""
             )
+            load = f" (load {row.load})" if row.load else ""
             lines.append(
-                f"| {row.name} | {_fmt(row.value, row.unit)} | {base} | {_ratio(row)} "
+                f"| {row.name} | {_fmt(row.value, row.unit)}{load} | {base} | {_ratio(row)} "
                 f"| {row.goal} |"
             )
         lines.append("")
@@ -116,7 +117,11 @@ def main() -> int:
             base = (
                 f"  vs {_fmt(row.baseline, row.unit)} {row.baseline_name}" if row.baseline else ""
             )
-            print(f"  {row.name}: {_fmt(row.value, row.unit)}{base}  {_ratio(row)}", flush=True)
+            load = f"  (load {row.load})" if row.load else ""
+            print(
+                f"  {row.name}: {_fmt(row.value, row.unit)}{base}  {_ratio(row)}{load}",
+                flush=True,
+            )
         print(f"  ({time.perf_counter() - started:.1f} s)")
         if not args.no_write:
             save(name, section, args.quick)
