@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -164,20 +165,20 @@ def test_the_sdk_works_embedded_and_names_the_extra_for_the_rest(tmp_path: Path)
         (
             ["run"],
             2,
-            "eventmesh: the sidecar needs the 'sidecar' extra (no module named 'grpc'): "
+            "eventmesh: the sidecar needs the 'sidecar' extra (no module named ...): "
             "pip install 'eventmesh[sidecar]'",
         ),
         (
             ["publish", "orders", "--type", "t", "--source", "/s"],
             1,
             "eventmesh publish: connect('http://127.0.0.1:10105') needs the 'sidecar' extra "
-            "(no module named 'aiohttp'): pip install 'eventmesh[sidecar]'",
+            "(no module named ...): pip install 'eventmesh[sidecar]'",
         ),
         (
             ["subscribe", "orders", "--url", "grpc://127.0.0.1:10205"],
             1,
             "eventmesh subscribe: connect('grpc://127.0.0.1:10205') needs the 'sidecar' extra "
-            "(no module named 'grpc'): pip install 'eventmesh[sidecar]'",
+            "(no module named ...): pip install 'eventmesh[sidecar]'",
         ),
     ],
 )
@@ -188,7 +189,8 @@ def test_the_cli_says_which_extra_to_install_in_one_line(
     env_free = ["-c", "import sys; from eventmesh.cli import main; sys.exit(main(sys.argv[1:]))"]
     result = run_without(tmp_path, [*env_free, *command])
     assert result.returncode == status, result.stderr
-    assert result.stderr.splitlines() == [said]
+    told = [re.sub(r"named '[\w.]+'", "named ...", line) for line in result.stderr.splitlines()]
+    assert told == [said]
 
 
 @pytest.mark.core

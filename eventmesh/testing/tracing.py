@@ -12,7 +12,8 @@ is stored and delivered to a subscriber, must be one trace::
     answers, hook = await run_chain({"default": {"type": "mine"}}, Sidecar, provider)
     assert_one_trace(exporter.get_finished_spans(), chain("orders"))
 
-Importing this module needs only eventmesh's own dependencies.
+Importing this module needs the ``sidecar`` and ``otel`` extras (a MissingExtraError
+names the one missing).
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
-import aiohttp
 import anyio
-from aiohttp import web
-from multidict import CIMultiDictProxy
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from eventmesh._imports import needs_extra
+
+with needs_extra("eventmesh.testing.tracing"):
+    import aiohttp
+    from aiohttp import web
+    from multidict import CIMultiDictProxy
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from eventmesh.bindings.http import from_http, to_binary
 from eventmesh.errors import LifecycleError
