@@ -30,7 +30,6 @@ from eventmesh.config import (
     load_config,
 )
 from eventmesh.connectors.base import Connector, StartPosition
-from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.connectors.registry import load_connector
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.services import Services
@@ -395,12 +394,10 @@ class Mesh(Client):
         ]
 
     def _released(self) -> list[tuple[str, int]]:
-        """Events each memory topic released under a retention limit, for the metrics."""
+        """Events each topic's retention released before its groups read them, for the
+        metrics."""
         return [
-            item
-            for connector in self._connectors.values()
-            if isinstance(connector, MemoryConnector)
-            for item in connector.released().items()
+            item for connector in self._connectors.values() for item in connector.released().items()
         ]
 
     def _request_counts(self) -> dict[str, int]:

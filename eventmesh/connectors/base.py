@@ -372,6 +372,23 @@ class Connector(ClosedOnExit, abc.ABC):
             "use a connector that claims 'replay' (local, Kafka, NATS JetStream)"
         )
 
+    async def delete_group(self, topic: str, group: str) -> bool:
+        """Forget consumer ``group`` on ``topic``: its committed positions go, and a
+        backend that keeps events for its groups frees what only this one still needed.
+        The sidecar calls it when a subscription that owned its group is deleted.
+
+        Returns False when there was no such group, or when the backend keeps groups
+        itself (the default: Kafka and JetStream expire idle groups on their own).
+        Raises ``SubscribeError`` while the group has members: close them first.
+        """
+        return False
+
+    def released(self) -> dict[str, int]:
+        """Events that retention removed before every group had read them, per topic
+        that removed any, since open (``eventmesh_events_released_total``). Read at
+        each metrics scrape: it must be cheap and must not block. Empty by default."""
+        return {}
+
     def state(self, bucket: str) -> StateStore | None:
         """The durable key-value map named ``bucket`` on this backend, or None when the
         connector keeps no state (the mesh then keeps it in memory, lost on restart).

@@ -281,8 +281,11 @@ class LocalConnector(Connector):
             t = by_id.get(tid)
             if t is None:
                 continue
+            # Count only what some group had not committed yet, as the memory connector
+            # does: retention of events every group read is not a release.
+            low = min((group.committed[p] for group in t.groups.values()), default=cut)
+            t.released += max(0, cut - max(t.parts[p].first, low))
             t.parts[p].first = max(t.parts[p].first, cut)
-            t.released += count
             for group in t.groups.values():
                 group.skip_to(p, cut)
             log.debug("topic %r[%d]: retention deleted %d events", t.name, p, count)
@@ -470,7 +473,8 @@ class LocalConnector(Connector):
             watch.wakeup.set()
 
     def released(self) -> dict[str, int]:
-        """Events retention deleted, per topic that deleted any, since open."""
+        """Events retention deleted before every group had committed them, per topic
+        that deleted any, since open."""
         return {name: t.released for name, t in self._topics.items() if t.released}
 
     async def delete_group(self, topic: str, group: str) -> bool:

@@ -42,7 +42,6 @@ import anyio
 import msgspec
 
 from eventmesh.auth import ANONYMOUS, CertIdentity, Guard, Principal
-from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.delivery.webhook import WebhookSession, WebhookSink
 from eventmesh.errors import (
     ClosedError,
@@ -466,14 +465,13 @@ class ApacheConsumers:
 
 
 async def forget_group(mesh: Mesh, subscription: Subscription) -> None:
-    """Delete a closed subscription's group of its own (a broadcast consumer's) from the
-    memory connector, which would keep its events otherwise."""
+    """Delete a closed subscription's group of its own (a broadcast consumer's), which
+    a memory or local connector would keep events for otherwise."""
     connector = mesh.connector(subscription.topic)
-    if isinstance(connector, MemoryConnector):
-        try:
-            await connector.delete_group(subscription.topic, subscription.group)
-        except SubscribeError:
-            pass  # joined by another meanwhile: it stays
+    try:
+        await connector.delete_group(subscription.topic, subscription.group)
+    except SubscribeError:
+        pass  # joined by another meanwhile: it stays
 
 
 def heartbeat_entries(text: str | bytes, *, where: str) -> list[tuple[str, str | None]]:

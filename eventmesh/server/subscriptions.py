@@ -49,7 +49,6 @@ from eventmesh._status import NotFoundError
 from eventmesh.auth import Guard, Principal, glob_match
 from eventmesh.config import SinkConfig
 from eventmesh.connectors.base import StateStore
-from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import (
@@ -554,7 +553,7 @@ class Registry(ClosedOnExit):
         with anyio.CancelScope(shield=True):
             await self._stop(record, None)
             connector = self.mesh.connector(record.fields["topic"])
-            if record.owns_group and isinstance(connector, MemoryConnector):
+            if record.owns_group:
                 with contextlib.suppress(SubscribeError):  # joined by another: it stays
                     await connector.delete_group(record.fields["topic"], record.fields["group"])
         log.info("subscription %s deleted", id)
