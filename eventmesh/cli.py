@@ -463,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":  # before the config: without the extra nothing can run
             with needs_extra("the sidecar"):
-                import eventmesh.server.sidecar  # noqa: F401
+                import eventmesh.server.sidecar
         if args.command == "check-config":
             _put_on_import_path(args.file)
             config = load_config(args.file, env=os.environ, import_handlers=True)
@@ -481,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             default_connectors={"default": {"type": "local"}},
         )
         config = with_data_dir(config, args.data_dir)
+        if config.tracing.on:  # said before anything starts, as a missing sidecar extra is
+            with needs_extra("tracing (the tracing: config)"):
+                import eventmesh.observability.tracing  # noqa: F401
     except EventMeshError as exc:
         print(f"eventmesh: {exc}", file=sys.stderr)
         return 2
