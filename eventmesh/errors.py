@@ -90,6 +90,9 @@ class MissingExtraError(ConfigError, ImportError):
     (``pip install 'eventmesh[sidecar]'``). It is an ImportError too, so ``except
     ImportError`` and ``pytest.importorskip`` around an optional import still work."""
 
+    extra: str = ""
+    """The extra to install ("" when rebuilt from a sidecar's answer, which names none)."""
+
     def __init__(self, message: str, *, extra: str) -> None:
         super().__init__(message)
         self.extra = extra
