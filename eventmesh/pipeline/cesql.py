@@ -1,62 +1,15 @@
 """CloudEvents SQL (CESQL) v1.0: compile an expression once, evaluate it on many events.
 
-::
+:func:`compile` returns an :class:`Expression`; :meth:`Expression.evaluate` gives a
+:class:`Result` (a value and the errors met, never an exception) and
+:meth:`Expression.matches` is the filter view. See docs/filters.md, 'CloudEvents SQL',
+for the language, 'Errors are values' for what each error yields, and 'Decisions
+behind the implementation' for why it is built as it is.
 
-    from eventmesh.pipeline import cesql
-
-    expr = cesql.compile("subject LIKE 'orders/%' AND amount > 100")  # or cesql.ParseError
-    expr.matches(event)            # the filter view: True or False
-    result = expr.evaluate(event)  # the full view: a value and the errors met
-    result.value, result.errors    # e.g. False, (EvaluationError(kind='missingAttribute', ...),)
-
-Reading a Result
-----------------
-CESQL is total: every expression yields a value (a ``bool``, an ``int`` or a ``str``),
-together with the errors met on the way (v1.0 section 3.3). ``result.errors`` is an
-empty tuple when nothing went wrong; otherwise it holds :class:`EvaluationError` values
-in the order they were met, each with a ``kind`` (``"math"``, ``"cast"``,
-``"missingAttribute"``, ``"missingFunction"``, ``"functionEvaluation"``, ``"generic"``)
-and a message quoting the sub-expression. When there are errors, ``result.value`` is
-the value the spec defines for that case:
-
-- an attribute the event does not have is a ``missingAttribute`` error, and the operator
-  or function that reads it yields the zero value of its return type (``false``, ``0``,
-  ``""``); an attribute that is the whole expression yields ``false``;
-- an operator or function whose operand met an error also yields its zero value, so
-  ``1 / missing`` is ``0`` with one ``missingAttribute`` error and no ``math`` error;
-- an operand that cannot be cast is a ``cast`` error, and the operator goes on with the
-  zero value of the type it wanted: ``NOT 10`` is ``true`` with a ``cast`` error;
-- an operator's or function's own failure gives the value the spec prescribes:
-  ``x / 0``, ``x % 0`` and a result outside 32 bits are ``0`` with a ``math`` error,
-  ``ABS(-2147483648)`` is ``2147483647``, ``LEFT('abc', -2)`` is ``'abc'``;
-- a function that does not exist for that many arguments is ``false`` with a
-  ``missingFunction`` error (at evaluation, so the TCK can see the value).
-
-``AND`` skips its right operand when the left is false and ``OR`` when it is true; no
-other operator skips anything. ``AND``, ``OR`` and ``XOR`` share one precedence level
-and group left to right, and ``NOT``/``-`` bind tighter than ``LIKE``, ``IN`` and every
-binary operator (v1.0 section 3.6), so parenthesise: ``NOT (x LIKE 'a%')``,
-``a OR (b AND c)``.
-
-In a string literal ``\\'`` (``\\"`` in double quotes) and ``\\\\`` are the escapes; any
-other backslash is kept, so ``x LIKE 'a\\%'`` sees the pattern ``a\\%``: a literal ``%``.
-Attribute, keyword and function names are case-insensitive; string values are not.
-
-:meth:`Expression.matches` is the filter view of the Subscriptions API (v1.0 section
-1.2): an event passes only when the value is ``true`` and no error was met.
-
-Design
-------
-:func:`compile` parses the text (``_cesql_parser``) into a small AST, then turns every
-node into a closure ``fn(event) -> value`` that holds its children's closures; the AST
-is dropped. Evaluating is one call of the root closure: nothing is parsed or walked
-again per event. Sub-expressions made only of literals are folded into constants at
-compile time, unless evaluating them meets an error.
-
-Errors are the rare path, so a closure that meets one raises the internal ``Failed``
-carrying the value and the errors; the enclosing closure catches it, applies the rules
-above and raises its own. Python 3.11's ``try`` costs nothing until something is raised,
-so an error-free evaluation allocates no error list at all.
+Design: the AST is turned into closures and dropped, so evaluating is one call of the
+root closure. Errors are the rare path: a closure that meets one raises the internal
+``Failed`` carrying the value and the errors, and its parent applies the spec's rules;
+Python 3.11's ``try`` is free until something is raised.
 """
 
 from __future__ import annotations

@@ -1,31 +1,11 @@
 """Filters: the CloudEvents Subscriptions API dialects, compiled once into plain callables.
 
-A filter spec is one mapping naming one dialect, nested as deep as needed::
-
-    {"exact":  {"type": "com.example.order.created", "tenant": "acme"}}
-    {"prefix": {"subject": "orders/"}}
-    {"suffix": {"type": ".created"}}
-    {"all": [filter, ...]}        every one matches (a top-level list means the same)
-    {"any": [filter, ...]}        at least one matches
-    {"not": filter}               the nested filter does not match
-    {"sql": "type LIKE 'com.example.%' AND amount > 100"}   CloudEvents SQL
-    {"pattern": {...}}            a content pattern over attributes and data (patterns.py)
-
-``exact``, ``prefix`` and ``suffix`` take attribute names (context attributes or
-extensions) to non-empty strings; several attributes in one dialect must all match.
-Comparison is case-sensitive, on the attribute's canonical string form as the
-Subscriptions API says: an integer extension ``5`` is ``"5"``, a boolean ``"true"`` or
-``"false"``, ``time`` its RFC 3339 text. An attribute the event does not have never
-matches, so ``{"not": {"exact": {"x": "1"}}}`` matches every event without ``x``.
-
-:func:`compile_filter` checks the whole spec before returning and raises
-:class:`~eventmesh.errors.ConfigError` naming the path of the first problem inside it,
-for example ``subscriptions[0].filter.all[1].exact: expected a mapping of attribute to
-string``. A spec larger than ``limits.filters.max_size`` characters as JSON is refused
-before anything in it is read, and one that nests ``all``/``any``/``not`` (or a list)
-more than ``limits.filters.max_depth`` levels is refused at the level that goes too deep
-(:mod:`eventmesh.pipeline.limits`). The compiled filter is a closure specialised for its
-dialect: ``exact`` on one context attribute is a single attribute read and comparison.
+:func:`compile_filter` checks a whole spec (``exact``, ``prefix``, ``suffix``, ``all``,
+``any``, ``not``, ``sql``, ``pattern``) against the limits of
+:mod:`eventmesh.pipeline.limits` and raises ConfigError naming the path of the first
+problem. The result is a closure specialised for its dialect: ``exact`` on one context
+attribute is a single attribute read and comparison. See docs/filters.md,
+'Filter dialects'.
 """
 
 from __future__ import annotations

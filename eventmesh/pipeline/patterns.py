@@ -1,74 +1,11 @@
 """Content patterns: the JSON event-pattern language of Apache EventMesh and EventBridge.
 
-A pattern has the shape of the events it matches. Its top-level keys are attribute
-names (context attributes or extensions), ``data`` and ``$or``; under ``data`` a nested
-pattern reads the payload as JSON::
-
-    {
-        "type": ["com.example.order.created", "com.example.order.updated"],
-        "subject": [{"prefix": "orders/"}],
-        "data": {
-            "amount": [{"numeric": [">", 100, "<=", 5000]}],
-            "country": ["NL", "BE"],
-            "customer": {"tier": [{"anything-but": "trial"}]},
-        },
-    }
-
-The rules
----------
-- A field's value is a list; the field matches when any item in it matches (OR). All
-  the fields of one object must match (AND). ``"$or": [pattern, ...]`` at any level
-  matches when one of the patterns does, each read against the same object.
-- An item is an exact value or one condition:
-
-  ==========================================  ==========================================
-  ``"NL"``, ``5``, ``true``, ``null``          equal, of the same JSON type: ``5`` and
-                                               ``5.0`` are equal, ``5`` and ``"5"`` or
-                                               ``1`` and ``true`` are not
-  ``{"prefix": "ord"}``                        a string that starts with it; also
-                                               ``{"prefix": {"equals-ignore-case": s}}``
-  ``{"suffix": ".png"}``                       likewise at the end
-  ``{"equals-ignore-case": "nl"}``             a string equal but for case
-  ``{"wildcard": "orders/*/lines/*"}``         ``*`` is any run of characters; ``\\*`` a
-                                               star and ``\\\\`` a backslash; matched in
-                                               linear time, never backtracking
-  ``{"anything-but": v}``                      a present value that is not ``v``: a value,
-                                               a list of values, or ``{"prefix": s}``,
-                                               ``{"suffix": s}``, ``{"equals-ignore-case":
-                                               s or [s]}``, ``{"wildcard": s or [s]}``
-  ``{"numeric": [">", 0, "<=", 5]}``           a JSON number meeting every comparison;
-                                               operators ``= != < <= > >=``
-  ``{"exists": true}`` / ``false``             the field is present (even as ``null``) or
-                                               absent
-  ``{"cidr": "10.0.0.0/24"}``                  a string holding an IPv4 or IPv6 address in
-                                               the block
-  ==========================================  ==========================================
-
-- When the event's value is an array, the field matches when any element matches a
-  value or condition, or, for ``anything-but``, when the array is not empty and none of
-  its elements is excluded (``exists`` looks at the field itself). A nested pattern
-  over an array matches when one element matches all of its fields.
-- A field the event does not have matches only ``{"exists": false}``; ``anything-but``
-  never matches a missing field.
-- Attributes read as the JSON event format shows them: ``time`` as RFC 3339 text, a
-  missing optional attribute as absent. ``data`` is read as a JSON value: text or bytes
-  holding JSON under a JSON ``datacontenttype`` are decoded once per event, and only by
-  patterns that look at ``data`` (see ``_jsonpath.json_data``).
-
-Where the sources disagree
---------------------------
-Apache EventMesh's ``eventmesh-filter`` returns true for the whole pattern as soon as
-one element of an array field matches, skipping the remaining fields; here every field
-is always checked. Its ``numeric`` condition passes values that are not numbers, and
-its exact match compares text, so ``"5"`` matched ``5`` and ``"true"`` matched
-``true``; here a numeric condition needs a JSON number (a bool is not one) and exact
-values keep their type, as in EventBridge. Apache EventMesh allows only the core
-context attributes at the top level; here extensions may be matched too. A data field
-whose value is not a list compiles there into a condition that never matches; here it
-is a ConfigError naming its path, as are unknown operators, a ``numeric`` list of odd
-length or with an unknown operator, and a bad CIDR block. ``anything-but`` over an
-array follows EventBridge: one excluded element rejects the event. Over an array of
-objects, one element must match all the fields of a nested pattern on its own.
+A pattern has the shape of the events it matches: attribute names, ``data`` (read as
+JSON, nested as deep as the payload) and ``$or``, each field a list of exact values or
+conditions. It is compiled once into a closure; a malformed pattern is a ConfigError
+naming its path. See docs/filters.md, 'Content patterns', for the rules and
+'Where we differ from Apache EventMesh' for what this module deliberately does
+differently.
 """
 
 from __future__ import annotations

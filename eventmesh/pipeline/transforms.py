@@ -1,55 +1,10 @@
 """Transforms: a chain of steps, compiled once, that rewrite or drop an event.
 
-Each step is a mapping naming one step kind. Apache EventMesh's three change ``data``::
-
-    {"original": {}}                       the event as it is
-    {"constant": {"status": "archived"}}   data becomes this JSON value
-    {"template": {                         data becomes the rendered template
-        "variables": {"name": "$.data.customer.name", "kind": "$.type"},
-        "template": '{"customer": "${name}", "event": "${kind}"}',
-    }}
-
-and four more change attributes or call Python::
-
-    {"set": {"subject": "orders", "tenant": {"from": "$.data.tenant", "default": "none"}}}
-    {"rename": {"oldext": "newext"}}
-    {"remove": ["traceparent", "dataschema"]}
-    {"call": "package.module:function"}    takes an Event, returns an Event or None
-
-Templates
----------
-A variable is a JSONPath over the event's JSON-format view (``$.data...`` for the
-payload, ``$.subject`` or ``$.myextension`` for attributes; see ``_jsonpath``) or, when it
-does not start with ``$``, a constant. ``${name}`` in the template is replaced by the
-variable's value: a string as it is, a number, boolean, object or array as compact JSON,
-and ``null`` when the path finds nothing. ``$${`` writes a literal ``${``; a template
-that names an undefined variable is rejected when compiled.
-
-The rendered text becomes the data. When the event's ``datacontenttype`` is JSON (or
-unset, which the JSON event format reads as JSON) and the text is valid JSON, data
-becomes the parsed value, so ``{"id": ${id}}`` yields an object and ``${amount}`` a
-number; otherwise data is the text. Strings are inserted as they are, as Apache
-EventMesh does: a value holding a ``"`` inside a JSON string literal makes the result
-invalid JSON, and the data is then that text.
-
-``set``, ``rename`` and ``remove``
-----------------------------------
-``set`` gives attributes (context attributes or extensions) a literal value or one read
-from the event with ``{"from": "$.path"}``; a path that finds nothing (or ``null``) uses
-``"default"`` when given and otherwise unsets the attribute. Values are converted to
-what the attribute holds: a number or boolean read into ``subject`` becomes its JSON
-text, a string into ``time`` is parsed as RFC 3339. ``rename`` moves attributes (all at
-once, so two can swap); ``remove`` unsets them. ``id``, ``source``, ``type`` and
-``specversion`` cannot be renamed or removed, nor unset by ``set``.
-
-Errors
-------
-Every step is checked when compiled: a malformed step raises ConfigError naming its
-path (``subscriptions[0].transform[2].template``), and an unknown kind lists the known
-ones. Every change goes through :meth:`Event.replace`, so the result is a valid event.
-A step that raises on an event raises :class:`~eventmesh.errors.PipelineError` with
-``step`` set to that path, chained to the cause; the rest of the chain does not run, and
-the caller dead-letters the event. A step that returns None drops the event on purpose.
+Apache EventMesh's ``original``, ``constant`` and ``template`` change ``data``; ``set``,
+``rename``, ``remove`` and ``call`` change attributes or call Python. Every change goes
+through :meth:`Event.replace`, so the result is a valid event; a step that raises
+becomes a :class:`~eventmesh.errors.PipelineError` naming the step's path, and a step
+that returns None drops the event on purpose. See docs/filters.md, 'Transforms'.
 """
 
 from __future__ import annotations
