@@ -1,30 +1,10 @@
 """Correlation triggers: fire once per complete set of related events.
 
-A set is one event per filter of ``correlate.match`` with the same key (the ``by``
-attribute, ``subject`` by default), all arrived within ``window`` of the set's first
-event. An event goes to the oldest open set of its key that still wants it (the first
-of its matching filters whose place is free), else it opens a new set. A complete set
-is given to the function as a list in filter order, once; its events are acked when
-the function returned, or dead-lettered (reason ``failed``) when every attempt under
-the delivery policy failed. A set still incomplete when its window ends has its events
-dead-lettered with reason ``uncorrelated``; so has an event without the ``by``
-attribute. An event no filter matches is acked and left out (counted ``filtered``).
-
-**Acks are held** while a set waits: an event is acked only after its set fired or was
-dead-lettered, so nothing is lost at a crash. After a restart the held events are
-delivered again and wait anew, with a new window from their redelivery; events of
-sets that had fired may come again too (where the backend commits positions in order),
-so a correlated function should be idempotent. A copy of an event (same ``source`` and
-``id``) delivered again while its set is held joins that set and is acked with it
-(counted ``dropped``), so a redelivery never opens a second set. Where the backend
-redelivers what is held too long (JetStream's ``ack_wait``), held deliveries are
-touched every third of that time so it does not.
-
-A set is forgotten the moment it fires or expires. At most ``max_pending`` events are
-held, in open and in firing sets; beyond that, reading waits until sets fire or expire
-(so an event behind the limit may miss its set, which then expires). A transient
-backend error while reading is retried with the policy's backoff, as the dispatcher
-does; any other error stops the trigger (the runtime marks the function failed).
+A set is one event per filter of ``correlate.match`` sharing the ``by`` key, all
+arrived within ``window`` of the set's first event; a complete set is given to the
+function once, an incomplete one is dead-lettered ``uncorrelated`` when its window
+ends. Acks are held while a set waits (at most ``max_pending`` events), so a crash loses
+nothing. See docs/functions.md, 'Correlation triggers'.
 """
 
 from __future__ import annotations

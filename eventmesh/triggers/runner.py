@@ -5,28 +5,8 @@ events, batches and correlated sets alike. In order it: waits for the rate limit
 takes a concurrency slot (for single events the dispatcher's lanes are the slots),
 calls the invoker under the timeout, counts the outcome on
 :class:`~eventmesh.triggers.stats.FunctionStats`, and publishes the replies. It returns
-when the event(s) may be acked and raises when they must be retried:
-
-==========================  ===========================================================
-the function                outcome
-==========================  ===========================================================
-returns None                acked
-returns an Event or a list  published to ``reply_to`` (and to a request's reply inbox,
-                            eventmesh._requests), then acked; each reply gets the
-                            ``causationid`` extension (the id of the event that caused
-                            it) and the cause's ``traceparent``/``tracestate`` unless it
-                            has its own
-raises ``Drop``             acked, counted as dropped, not retried
-raises anything else        retried under the delivery policy, then dead-lettered
-runs past ``timeout``       cancelled (async) or abandoned (thread, process); a failure,
-                            retried. A process function's cold start comes before
-                            the timeout starts (it has its own bound)
-returns events, no          ``DeliveryError(retryable=False)``: the cause is
-``reply_to``, no request    dead-lettered at once, so the reply is not silently lost
-returns something else      the same: a programming error a retry cannot mend
-==========================  ===========================================================
-
-For a batch or a correlated set, the cause recorded on replies is the first event.
+when the event(s) may be acked and raises when they must be retried. What each result
+means: docs/functions.md, 'What a function returns'.
 """
 
 from __future__ import annotations
