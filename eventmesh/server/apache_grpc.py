@@ -1,40 +1,12 @@
 """Apache EventMesh's gRPC API (``org.apache.eventmesh.cloudevents.v1``) on the sidecar's
 gRPC server, next to its own ``eventmesh.v1.EventMesh`` service.
 
-The services (``eventmesh/_proto/apache/v1/eventmesh_service.proto``) take and answer
-CloudEvents in the protobuf format; each call becomes a Mesh call (the shared rules:
-:mod:`eventmesh.server.apache_wire`):
-
-================================  =========================================================
-method                            does
-================================  =========================================================
-PublisherService/publish          the event on the topic its ``subject`` names
-PublisherService/batchPublish     each event on its ``subject``; those of one topic are
-                                  stored all or nothing
-PublisherService/publishOneWay,   the same, answered ``google.protobuf.Empty`` (a failure
-batchPublishOneWay                is then a gRPC status)
-PublisherService/requestReply     ``mesh.request``: the reply event is the answer
-ConsumerService/subscribe         webhook subscriptions to the ``url`` attribute
-ConsumerService/subscribeStream   a consumer's stream: subscriptions (and replies) in,
-                                  events out
-ConsumerService/unsubscribe       ends the group's subscriptions to the topics named
-HeartbeatService/heartbeat        "0", or "30" when a subscription it names is not held
-================================  =========================================================
-
-An answer carries ``statuscode`` ("0" is success), ``responsemessage`` and ``time`` (a
-``ce_timestamp``) as attributes: a failure is a status code in the answer, never a gRPC
-error, since Apache EventMesh's SDK reads only those attributes (and on a stream, any
-gRPC error ends its consumption for good).
-
-A stream's first request subscribes the topics its JSON list names for its
-``consumergroup``; the answer echoes it with ``statuscode``. Then each event is written
-with ``seqnum`` (a counter of the stream) and ``uniqueid`` (the event's id), and an
-event without ``subject`` is given its topic as ``subject``, as Apache EventMesh's
-events always carry it. A consumer's reply (``submessagetype: subscription_reply``) to
-a pushed request goes to the request's reply inbox. The SDK sends no acknowledgement,
-so an event counts as delivered (and is acked) once its write succeeded: streams are
-at-most-once for these clients. When the stream ends or breaks its subscriptions close,
-and what was not written goes back to the group.
+Its Publisher, Consumer and Heartbeat services take CloudEvents in the protobuf format
+and each call becomes a Mesh call (the shared rules: :mod:`eventmesh.server.apache_wire`).
+A failure is a ``statuscode`` attribute in the answer, never a gRPC error, since the
+Apache SDK reads only those attributes and any gRPC error ends its stream consumption
+for good. Streams are at-most-once: the SDK sends no acks, so an event is acked once its
+write succeeded. See docs/sidecar.md, 'Coming from Apache EventMesh'.
 """
 
 from __future__ import annotations

@@ -1,30 +1,10 @@
 """Apache EventMesh's HTTP API: ``POST /`` on the sidecar's HTTP port, routed by the
 ``code`` header, form-encoded in, JSON ``{"retCode", "retMsg", "resTime"}`` out.
 
-=====  =====================================================================================
-code   does
-=====  =====================================================================================
-104    publish: ``content`` is a CloudEvent in the JSON format whose ``subject`` names the
-       topic (protocol type ``cloudevents``), or, with a ``topic`` field, an EventMeshMessage:
-       ``content`` becomes the data (``text/plain``) of an event of type
-       ``eventmeshmessage``, source ``/``, id ``uniqueid`` and subject ``topic``
-206    subscribe ``consumerGroup`` to the topics of ``topic`` (a JSON list of
-       SubscriptionItems) with the webhook ``url``, pushed to as Apache EventMesh does (code
-       105, :class:`~eventmesh.server.apache_wire.ApacheWebhookSink`)
-207    unsubscribe ``consumerGroup``'s webhook ``url`` from the topics of ``topic``
-203    heartbeat: ``retCode`` 0, or 30 when a ``heartbeatEntities`` subscription is not held
-101    request-reply: ``retMsg`` is the reply as Apache EventMesh's ReplyMessage JSON:
-       ``topic``, ``body`` (the data as text), ``properties`` (the extensions, ``id``,
-       ``source`` and ``type``)
-=====  =====================================================================================
-
-``retCode`` 0 is success; the other codes are Apache EventMesh's (as over gRPC: 6 a bad
-header, 7 a bad body, 16 a runtime failure, 17 a failed subscribe, 20 refused by
-authentication or the ACL, 21 a limit), answered with HTTP 200 as Apache EventMesh
-does, and ``retMsg`` says what was wrong. The client metadata is taken off the event
-and credentials are checked as :mod:`eventmesh.server.apache_wire` says; every form
-field is bounded (the body by ``server.http.max_request_size``, ``content`` by
-``max_event_size``, topic lists by :data:`~eventmesh.server.apache_wire.MAX_ITEMS`).
+Codes 104 (publish), 206/207 (webhook subscribe/unsubscribe), 203 (heartbeat) and 101
+(request-reply); failures are Apache EventMesh's ``retCode`` values answered with HTTP
+200, as Apache EventMesh does. Every form field is bounded. See docs/sidecar.md,
+'Coming from Apache EventMesh'.
 """
 
 from __future__ import annotations

@@ -1,30 +1,13 @@
 """What the Apache EventMesh adapters share: client metadata, status codes, subscriptions.
 
-Apache EventMesh's SDKs (gRPC :mod:`eventmesh.server.apache_grpc`, HTTP
-:mod:`eventmesh.server.apache_http`) wrap each event in client metadata. This module
-turns that wire form into plain Mesh calls and back; it is an edge adapter, not a second
-runtime: events are stored by ``mesh.publish`` and read by ``mesh.subscribe`` like any
-other.
-
-* **Metadata off.** The attributes in :data:`CLIENT_METADATA` (``env``, ``idc``, ``ip``,
-  ``pid``, ``sys``, ``username``, ``passwd``, ``language``, ``protocol*``,
-  ``producergroup``, ``seqnum``, ``uniqueid``, ``ttl``, ``bizseqno``, ``randomno``, ...)
-  are taken off an event before it is stored. ``passwd`` is never stored, logged or
-  forwarded.
-* **Credentials.** With ``auth:`` on, a call is authenticated by its ``authorization``
-  metadata or header when it has one (a client that can set headers), else by
-  ``passwd`` read as the bearer token (a static token or a JWT) and ``username``,
-  which must be the name of the principal the token proves; else by a verified client
-  certificate. The ACL then applies to every call as to the sidecar's own API.
-* **Status codes.** Answers carry Apache EventMesh's codes (:data:`SUCCESS` "0", ...):
-  as the string attribute ``statuscode`` over gRPC, as ``retCode`` over HTTP.
-* **Subscriptions** (:class:`ApacheConsumers`): webhooks (HTTP 206, gRPC ``subscribe``)
-  are mesh subscriptions whose sink is an :class:`ApacheWebhookSink`, a
-  :class:`~eventmesh.delivery.webhook.WebhookSink` POSTing Apache EventMesh's form push
-  (code 105) through the mesh's webhook session and retry machinery; gRPC streams are
-  registered here so that ``unsubscribe`` and ``heartbeat`` find them. ``CLUSTERING``
-  joins the consumer group; ``BROADCASTING`` gets a group of its own per stream or URL,
-  so every consumer sees every event.
+The gRPC (:mod:`eventmesh.server.apache_grpc`) and HTTP
+(:mod:`eventmesh.server.apache_http`) adapters turn the SDKs' wire form into plain Mesh
+calls and back: an edge adapter, not a second runtime. Here are the client metadata
+taken off every event (``passwd`` is never stored, logged or forwarded), credentials
+read from that metadata, Apache EventMesh's status codes, and :class:`ApacheConsumers`,
+which keeps webhook subscriptions (:class:`ApacheWebhookSink`, the code-105 form push)
+and gRPC streams so that ``unsubscribe`` and ``heartbeat`` find them. See
+docs/sidecar.md, 'Coming from Apache EventMesh'.
 """
 
 from __future__ import annotations

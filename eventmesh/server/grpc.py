@@ -1,42 +1,12 @@
 """The sidecar's gRPC API: the ``eventmesh.v1.EventMesh`` service in front of a Mesh.
 
-The service (``eventmesh/_proto/eventmesh/v1/eventmesh.proto``) only translates: events
-arrive and leave in the CloudEvents protobuf format (:mod:`eventmesh.bindings.protobuf`)
-and every call becomes a call on the running :class:`~eventmesh.Mesh`.
-
-* ``Publish`` / ``PublishBatch`` call ``mesh.publish`` and answer once it returned, that
-  is once the topic's connector stored every event.
-* ``Request`` calls ``mesh.request`` and answers with the first reply (a timeout of 0
-  is the default; no reply in time is ``DEADLINE_EXCEEDED``).
-* ``Subscribe`` is one bidirectional stream per subscriber. Its first request opens an
-  iterating subscription (``mesh.subscribe`` without a handler); the server then sends a
-  delivery for each event while the client holds credits, keeps each one by its delivery
-  id, and acks or nacks it when the client says (a nack goes through the subscription's
-  policy: a retry after backoff, or the dead-letter topic). When the stream ends or
-  breaks, the subscription is closed, so what was not acked goes back to the group.
-
-With ``auth:`` configured every call is authenticated once, before anything else, from
-its ``authorization`` metadata (``Bearer <token>``: a static token or a JWT) or, under
-mTLS with ``auth.client_certs``, its client certificate; a call without credentials the
-sidecar accepts is answered ``UNAUTHENTICATED``. The ACL is then asked once per call:
-``publish`` on the topic for ``Publish``, ``PublishBatch`` and ``Request``; for
-``Subscribe``, when the ``open`` arrives, ``subscribe`` on the topic and the group,
-and ``publish`` on the dead-letter topic when ``delivery_json`` names one other than
-``{topic}.dlq`` (a nack publishes there). A denial is ``PERMISSION_DENIED``. A stream
-is checked when it opens, not per message: a token that expires later does not end it
-(docs/security.md).
-
-An error answers with the gRPC code of ``eventmesh._status`` (the one table), the
-message, and the error class name in the trailing metadata ``eventmesh-error`` (and the
-attribute an ``EventValidationError`` names in ``eventmesh-attribute``); the SDK raises
-the same class again. A request message that does not decode is answered
-``INVALID_ARGUMENT`` (an ``EventValidationError``), with one rate-limited warning line
-and no traceback. Anything that is not an ``EventMeshError`` is logged (at most one line
-with its traceback per second) and answered ``INTERNAL`` without its details.
-
-:func:`grpc_options` turns ``server.grpc`` into the server's channel options: the caps
-on connections, calls and streams, the handshake deadline, the idle timeout and the
-keepalive pings that find dead peers (docs/sidecar.md).
+The service only translates: events arrive and leave in the CloudEvents protobuf format
+(:mod:`eventmesh.bindings.protobuf`) and every call (``Publish``, ``PublishBatch``,
+``Request``, the bidirectional ``Subscribe`` stream) becomes a call on the running
+:class:`~eventmesh.Mesh`. Each call is authenticated once and asked of the ACL once;
+errors carry the code of :mod:`eventmesh._status` and the class in ``eventmesh-error``.
+:func:`grpc_options` turns ``server.grpc`` into the channel options. See
+docs/sidecar.md, 'gRPC', and docs/security.md, 'The gRPC API'.
 """
 
 from __future__ import annotations

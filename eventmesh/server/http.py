@@ -1,47 +1,13 @@
 """The sidecar's HTTP API: routes that translate between the wire and Mesh calls.
 
-=======  ================================  ==============================================
-method   path                              does
-=======  ================================  ==============================================
-POST     /topics/{topic}/events            publish (binary, structured or batch mode)
-POST     /eventmesh/publish/{topic}        the same, Apache EventMesh's path
-POST     /subscriptions                    create a push (HTTP) or pull subscription
-GET      /subscriptions                    list them, config file's included
-GET      /subscriptions/{id}               one subscription, with its stats
-DELETE   /subscriptions/{id}               close it
-GET      /subscriptions/{id}/events        pull: a long poll (``max``, ``wait``)
-POST     /subscriptions/{id}/ack           ack pulled deliveries by id
-POST     /subscriptions/{id}/nack          nack them: retried under the delivery policy
-GET      /subscriptions/{id}/stream        pull as Server-Sent Events
-POST     /request/{topic}                  request-reply: the first reply (server.requests)
-GET      /topics/{topic}/events            browse without consuming (server.deadletters)
-GET      /topics/{topic}/events/{id}       the retained events with this id
-POST     /deadletters/{topic}/replay       republish dead letters to their topics
-POST     /                                 Apache EventMesh's clients, by their ``code``
-                                          header (:mod:`eventmesh.server.apache_http`)
-=======  ================================  ==============================================
-
-With ``auth:`` configured, every request carries credentials (an ``Authorization:
-Bearer`` token, or a TLS client certificate): without acceptable ones it is answered
-401 with ``WWW-Authenticate: Bearer`` before its body is read (but ``POST /``, whose
-Apache EventMesh clients may send theirs as ``username`` and ``passwd`` headers, is
-authenticated by its handler). Publishing needs
-``publish`` on the topic, creating a subscription ``subscribe`` on its topic and group;
-a subscription belongs to its creator, and only it or a principal with ``manage`` on
-the topic may list, read, delete, pull, ack, nack or stream it (403 otherwise;
-docs/security.md). With no ``auth:``, nothing here changes a request.
-
-Every JSON body in or out goes through msgspec. Errors are problem bodies
-(``application/problem+json``) from :mod:`eventmesh._status`, the one table from error
-class to status. A publish is answered 202 only once the connector has stored every
-event; a request body above ``max_request_size`` is refused with 413 as soon as that is
-known, without reading the rest.
-
-A body with ``Content-Encoding: gzip`` or ``deflate`` is decompressed here, not by
-aiohttp, a piece at a time: one that does not decompress is a 400, one whose output
-passes ``max_request_size`` (a gzip bomb) a 413 as soon as it does, without inflating
-the rest; any other coding is a 415. A body not in within ``body_timeout`` seconds is a
-408 and the connection is closed. Each of these writes one rate-limited warning line.
+Publishing (``/topics/{topic}/events`` and Apache EventMesh's ``/eventmesh/publish``),
+subscriptions with pull, ack, nack and Server-Sent Events, request-reply, browsing and
+dead-letter replay, and Apache EventMesh's clients on ``POST /``
+(:mod:`eventmesh.server.apache_http`). Every JSON body goes through msgspec; errors are
+problem bodies from :mod:`eventmesh._status`. Bodies are bounded, and decompressed here
+a piece at a time rather than by aiohttp, so a gzip bomb stops at
+``max_request_size``. See docs/sidecar.md, 'Publishing over HTTP' and 'Subscriptions',
+and docs/security.md, 'The HTTP API and the admin port'.
 """
 
 from __future__ import annotations

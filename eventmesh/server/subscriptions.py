@@ -1,32 +1,12 @@
 """The sidecar's subscriptions: those made through its API, and those of the config file.
 
-A :class:`Registry` turns a subscription spec (the JSON body of ``POST /subscriptions``,
-shaped after the CloudEvents Subscriptions API) into a running mesh subscription:
-
-* ``protocol: HTTP`` - a push subscription: a handler-form subscription whose sink is a
-  :class:`~eventmesh.delivery.webhook.WebhookSink` POSTing to ``sink`` through the mesh's
-  webhook session (so its allow-list applies);
-* ``protocol: pull`` - an iterator-form subscription with a
-  :class:`~eventmesh.server.pull.PullQueue` in front, read through the pull endpoints.
-
-Filters and transforms are compiled by the mesh (:func:`eventmesh.pipeline.compile.
-compile_pipeline`), so they take exactly the forms the config file takes. Subscriptions
-of the config file are listed too, with ``origin: config`` and their name as id; the
-mesh runs them, and only editing the file removes them.
-
-With ``auth:`` on, the registry enforces the ACL (:class:`~eventmesh.auth.Guard`) for
-the calls that pass a ``principal``: creating one needs ``subscribe`` on its topic and
-its effective group (and ``publish`` on its ``reply_to``, and on its dead-letter topic
-when that is not the default ``{topic}.dlq``); it
-then belongs to that principal (``owner``), and only it or a principal with
-``manage`` on the topic may see, read, delete or pull it. Resources never show a
-secret: header values, URL credentials and the signing secret are ``***``
-(:mod:`eventmesh._redact`).
-
-Subscriptions made through the API are stored where their topic's events are, when that
-connector keeps state (:mod:`eventmesh.server._substore`): the registry writes the store
-before it answers, starts every stored subscription again when it opens, and follows the
-store to start and stop what other sidecars on the same backend create and delete.
+A :class:`Registry` turns a subscription spec (the JSON body of ``POST /subscriptions``)
+into a running mesh subscription: ``protocol: HTTP`` a push subscription whose sink is a
+:class:`~eventmesh.delivery.webhook.WebhookSink`, ``protocol: pull`` an iterator-form
+subscription behind a :class:`~eventmesh.server.pull.PullQueue`. With ``auth:`` on it
+enforces the ACL and ownership; resources never show a secret. API subscriptions are
+kept where their topic's events are (:mod:`eventmesh.server._substore`). See
+docs/sidecar.md, 'Subscriptions' and 'Where subscriptions live'.
 """
 
 from __future__ import annotations
