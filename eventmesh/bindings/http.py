@@ -1,52 +1,17 @@
 """The CloudEvents HTTP protocol binding: pure functions between HTTP messages and events.
 
-An HTTP message is a set of headers and a body. This module maps
-:class:`~eventmesh.event.Event` objects to and from that pair in the three content modes
-of the binding (CloudEvents HTTP Protocol Binding 1.0); it serves requests and responses
-alike, and knows nothing of any HTTP library:
+Maps :class:`~eventmesh.event.Event` objects to and from headers and a body in the three
+content modes of the binding (HTTP Protocol Binding 1.0): binary (:func:`to_binary`),
+structured (:func:`to_structured`) and batch (:func:`to_batch`); :func:`from_http` reads
+any of them. It serves requests and responses alike and knows nothing of any HTTP
+library, so ``headers`` may be a plain dict in any spelling or aiohttp's
+``CIMultiDictProxy``. Errors are ContentTypeError (415), EventValidationError (400,
+naming the attribute) and EventTooLargeError (413); an error about one event of a batch
+carries its position as ``exc.index``. See docs/sidecar.md, 'Publishing over HTTP'.
 
-* **binary** (:func:`to_binary`): every attribute but ``datacontenttype`` travels as a
-  ``ce-<name>`` header, ``datacontenttype`` as ``content-type``, the data alone as the
-  body. Attribute values and data follow the rules every binary binding shares
-  (:mod:`eventmesh.bindings._common`): headers carry no types, so extensions come back
-  as their canonical strings (``42`` as ``"42"``, ``True`` as ``"true"``). Header values
-  are percent-encoded as the binding requires: space, ``"``, ``%`` and every character
-  outside printable ASCII, as UTF-8 bytes (``Euro €`` is ``Euro%20%E2%82%AC``). An event
-  without ``datacontenttype`` gets no ``content-type`` header; an HTTP client that adds
-  one of its own to a bytes body must be told not to (aiohttp:
-  ``skip_auto_headers=("Content-Type",)``), or the receiver reads it as the data's type.
-* **structured** (:func:`to_structured`): the whole event in the JSON event format
-  (:func:`eventmesh.event.encode_json`) with ``content-type:
-  application/cloudevents+json``. Types survive.
-* **batch** (:func:`to_batch`): a JSON array of events in that format with
-  ``content-type: application/cloudevents-batch+json``.
-
-:func:`from_http` reads any request and tells the modes apart as the binding says, by
-``Content-Type`` first (any parameters, any case): ``application/cloudevents+json`` is
-structured, ``application/cloudevents-batch+json`` a batch, and any other
-``application/cloudevents...`` format (``+xml``, ``+avro``) one eventmesh does not read:
-:class:`~eventmesh.errors.ContentTypeError`. Otherwise a request with ``ce-`` headers is
-binary, and one with none is not a CloudEvent: ``ContentTypeError`` again. Header names
-are matched without case, so ``headers`` may be a plain dict in any spelling or
-aiohttp's ``CIMultiDictProxy``. On the way in, a header value is first unquoted when it
-is an RFC 7230 quoted-string (older producers send those), then percent-decoded once;
-a value that does not decode to UTF-8 (``%C0%A0``, an overlong space) is refused.
-
-Errors, all from :mod:`eventmesh.errors`:
-
-* ``ContentTypeError`` (415): not a CloudEvent, an event format other than JSON, or a
-  batch given to :func:`from_http_one`.
-* ``EventValidationError`` (400): a required attribute missing or empty, a bad
-  ``time``, an unsupported ``specversion``, a header that is not percent-encoded UTF-8,
-  a body that is not JSON, a batch that is not an array of objects. ``attribute``
-  names the attribute when there is one.
-* ``EventTooLargeError`` (413): an event above ``max_event_size`` bytes. A binary event
-  counts its body and its ``ce-`` and ``content-type`` headers (names and values), a
-  structured one its body, and each event of a batch its own JSON text in the array.
-
-An error about one event of a batch says which in its message (``event 3 of the
-batch: ...``) and carries the position, from 0, as ``exc.index``; an error about the
-request as a whole has no ``index`` attribute (``getattr(exc, "index", None)``).
+An event without ``datacontenttype`` gets no ``content-type`` header: an HTTP client
+that adds one of its own to a bytes body must be told not to (aiohttp:
+``skip_auto_headers=("Content-Type",)``), or the receiver reads it as the data's type.
 """
 
 from __future__ import annotations

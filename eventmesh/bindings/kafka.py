@@ -1,54 +1,13 @@
 """The CloudEvents Kafka protocol binding: pure functions between Kafka records and events.
 
-A Kafka record is a key, a value and a list of headers (name, bytes). This module maps
-an :class:`~eventmesh.event.Event` to and from that triple, in either content mode of the
-binding (CloudEvents Kafka Protocol Binding 1.0):
-
-* **binary** (:func:`to_binary`): every attribute but ``datacontenttype`` travels as a
-  ``ce_<name>`` header, ``datacontenttype`` as the ``content-type`` header, the data
-  alone as the value. Attribute values and data follow the rules every binary binding
-  shares (:mod:`eventmesh.bindings._common`): headers carry no types, so extensions come
-  back as their canonical strings (``42`` as ``"42"``, ``True`` as ``"true"``). An event
-  without data becomes a record without a value, as the binding requires; on a compacted
-  topic such a record is a tombstone, and Java's ``CloudEventDeserializer`` never sees
-  it, so ``to_binary(event, empty_data="empty")`` writes an empty value instead (read
-  back as no data all the same).
-* **structured** (:func:`to_structured`): the whole event in the JSON event format as the
-  value, with ``content-type: application/cloudevents+json``. Types survive.
-
-In both modes the record key is the ``partitionkey`` extension encoded as UTF-8 (no key
-when the event has none), and the extension stays in the event as well: Kafka sends
-records with one key to one partition, which is how eventmesh keeps per-key order.
-
-:func:`from_message` reads any record and tells the modes apart as the binding says: a
-``content-type`` header of ``application/cloudevents+json`` (any parameters, any case)
-means structured; otherwise a record with at least one ``ce_`` header is binary. A
-record key becomes the ``partitionkey`` extension when the event does not carry one
-already (bytes that are not UTF-8 are replaced with U+FFFD).
-
-**Records that are not CloudEvents** (no ``ce_`` header, not structured; for example
-what a plain Kafka producer writes) are never dropped. :func:`wrap_message` turns them
-into an event by this rule:
-
-========================  ==============================================================
-``id``                    ``"{topic}-{partition}-{offset}"``, unique per record
-``source``                ``"kafka://{topic}"``
-``type``                  ``"io.eventmesh.kafka.message"``
-``time``                  the record's timestamp, when known; otherwise absent
-``datacontenttype``       the ``content-type`` header, when present
-``data``                  the value under the shared binary rules: JSON when the content
-                          type is JSON (or absent) and it parses, text for ``text/*``,
-                          otherwise the bytes as they are; no value gives no data
-``partitionkey``          the record key, when there is one
-``cloudeventerror``       why the record was not read as a CloudEvent, when it claimed to
-                          be one (see below)
-========================  ==============================================================
-
-A record that claims to be a CloudEvent but breaks the spec (a ``ce_`` header with a bad
-``ce_time``, a structured value that is not a JSON event, ...) makes :func:`from_message`
-raise :class:`~eventmesh.errors.EventValidationError` naming the attribute; the Kafka
-connector then delivers it wrapped by the same rule, with the reason in the
-``cloudeventerror`` extension, so one bad record cannot block its partition.
+Maps an :class:`~eventmesh.event.Event` to and from a record's key, value and headers in
+either content mode of the binding (Kafka Protocol Binding 1.0): binary
+(:func:`to_binary`, ``ce_`` headers) or structured (:func:`to_structured`). The key is
+the ``partitionkey`` extension, which is how per-key order is kept.
+:func:`from_message` raises EventValidationError for a record that claims to be a
+CloudEvent and breaks the spec; :func:`wrap_message` turns any record that is not one
+into an event, so no record is dropped and none blocks its partition. See
+docs/kafka.md, 'The record format' and 'Records that are not CloudEvents'.
 """
 
 from __future__ import annotations

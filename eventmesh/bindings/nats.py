@@ -1,38 +1,11 @@
 """The NATS protocol binding: NATS messages (headers + payload) <-> :class:`Event`.
 
 Pure functions, no client library. Both content modes of the CloudEvents NATS binding
-(1.0.3) are written and read:
-
-* **binary**: every attribute in a ``ce-<name>`` header (``ce-datacontenttype`` too),
-  its value in the canonical string form of :mod:`eventmesh.bindings._common`,
-  percent-encoded where the spec says (space, ``"``, ``%`` and anything outside printable
-  ASCII); the data alone in the payload, encoded by the shared binary-mode rules.
-* **structured**: a ``Content-Type: application/cloudevents+json`` header and the JSON
-  event format in the payload.
-
-Reading (:func:`from_message`) tells the modes apart as the spec says: a ``Content-Type``
-of ``application/cloudevents...`` is structured; any ``ce-`` header is binary. A
-payload with neither that is a JSON object with a ``specversion`` is read as structured
-too (version 1.0.2 of the binding had no headers, so older producers send that).
-
-Anything else is **not a CloudEvent**, and is wrapped rather than dropped:
-
-=================== ==========================================================
-``type``            ``io.eventmesh.nats.message``
-``source``          ``nats://<subject>``
-``id``              the ``id`` the caller passes (the connector passes
-                    ``<stream>-<sequence>`` for JetStream messages), else a new UUID
-``time``            the ``time`` the caller passes (when the backend stored it), else now
-``datacontenttype`` the message's ``Content-Type`` header, else
-                    ``application/octet-stream``
-``data``            the payload: bytes, or decoded as that content type says
-                    (the shared binary-mode rules); an empty payload is no data
-=================== ==========================================================
-
-A message that claims to be a CloudEvent but is broken (a required attribute missing,
-a header that is not valid percent-encoded UTF-8, a payload that is not the JSON
-format) raises :class:`~eventmesh.errors.EventValidationError`; :func:`wrap_message`
-then lets a receiver keep it, with the reason in the ``cloudeventerror`` extension.
+(1.0.3) are written and read, and a header-less JSON event (binding 1.0.2) is read too.
+:func:`from_message` raises EventValidationError for a message that claims to be a
+CloudEvent but is broken; :func:`wrap_message` turns anything that is not a CloudEvent
+into an event (``io.eventmesh.nats.message``) rather than dropping it. See
+docs/nats.md, 'Messages from and to other NATS clients'.
 """
 
 from __future__ import annotations

@@ -2,46 +2,12 @@
 and events.
 
 The schema is the official one (``eventmesh/_proto/io/cloudevents/v1/cloudevents.proto``,
-CloudEvents Protobuf Event Format 1.0): ``id``, ``source``, ``spec_version`` and ``type``
-are fields; every other attribute is an entry of the ``attributes`` map holding a typed
-value; the data is one of ``binary_data``, ``text_data`` or ``proto_data``. Unlike the
-binary-mode bindings, the format is typed, so most values keep their type:
-
-==================== ====================================================================
-``datacontenttype``  ``ce_string``
-``dataschema``       ``ce_uri``
-``subject``          ``ce_string``
-``time``             ``ce_timestamp`` (read back in UTC, to the nanosecond: a
-                     :class:`~eventmesh.event.NanoTime` when below the microsecond)
-extension ``bool``   ``ce_boolean``
-extension ``int``    ``ce_integer``
-extension ``str``    ``ce_string``
-extension typed str  :class:`~eventmesh.event.URI` as ``ce_uri``,
-                     :class:`~eventmesh.event.URIRef` as ``ce_uri_ref``,
-                     :class:`~eventmesh.event.Timestamp` as ``ce_timestamp``,
-                     :class:`~eventmesh.event.Binary` as ``ce_bytes``; read back as
-                     the same typed strings
-``bytes`` data       ``binary_data``, whatever the content type; read back as bytes
-JSON data            with a JSON ``datacontenttype`` (or none, which CloudEvents reads as
-                     JSON): ``text_data`` holding its JSON encoding, strings included
-                     (``"hi"`` travels as ``"\\"hi\\""``); read back parsed, or as the
-                     text itself when it is not JSON
-text data            with any other content type: a ``str`` as ``text_data``, any other
-                     value JSON-encoded (as the binary-mode bindings do); read back as text
-protobuf data        ``bytes`` under ``application/protobuf`` with a ``dataschema`` (the
-                     message's type URL, as the format asks) travel as ``proto_data``, an
-                     ``Any`` of that type URL; ``proto_data`` is read back as the packed
-                     message's bytes, with ``datacontenttype`` ``application/protobuf``
-                     and ``dataschema`` the type URL when the event does not set them
-==================== ====================================================================
-
-On the way in, extensions of the typed kinds (``ce_bytes``, ``ce_uri``, ``ce_uri_ref``,
-``ce_timestamp``) become typed strings holding their canonical text (base64, the URI,
-RFC 3339 with ``Z``), which the other bindings write as that text and this one as the
-kind it came as. A string attribute also accepts ``ce_uri`` and ``ce_uri_ref``, and
-``time`` accepts an RFC 3339 ``ce_string``, since other producers write them so. Anything
-else that breaks the spec raises :class:`~eventmesh.errors.EventValidationError` naming
-the attribute.
+Protobuf Event Format 1.0). Unlike the binary-mode bindings the format is typed, so
+extensions keep their kinds (typed strings such as :class:`~eventmesh.event.URI` come
+back as the kind they came as) and ``time`` its nanoseconds; the data travels as
+``binary_data``, ``text_data`` or ``proto_data``. Anything that breaks the spec raises
+EventValidationError naming the attribute. See docs/sidecar.md, 'gRPC', and
+'Every event arrives as it was sent'.
 """
 
 from __future__ import annotations
