@@ -32,6 +32,7 @@ from eventmesh._logging import event_fields
 from eventmesh.connectors.base import Consumer, Delivery
 from eventmesh.delivery.deadletter import describe_error
 from eventmesh.delivery.gate import Gate
+from eventmesh.delivery.grouped import GroupLanes, group_sink
 from eventmesh.delivery.lanes import Lane, Lanes
 from eventmesh.delivery.settle import RetryHere, Settle
 from eventmesh.errors import ClosedError, ConnectorError, EventMeshError
@@ -97,9 +98,12 @@ class Dispatcher:
         # The running backend's own Event class: anyio.Event() looks the backend up on
         # every call, and the lanes and the router make one each time they wait.
         self._new_event = type(anyio.Event())
+        # A sink that batches takes each lane's queued events as one group.
+        grouping = group_sink(self.sink)
+        work = self._work if grouping is None else GroupLanes(self, grouping).work
         async with anyio.create_task_group() as tg:
             for lane in self._lanes:
-                tg.start_soon(self._work, lane)
+                tg.start_soon(work, lane)
             task_status.started()
             try:
                 with self._route_scope:
@@ -173,6 +177,15 @@ class Dispatcher:
             # Let the lanes work through this batch before fetching the next (handlers
             # that wait on I/O give the turn back at once, so the prefetch still fills).
             await anyio.lowlevel.checkpoint()
+
+    def _release(self, count: int) -> None:
+        """``count`` deliveries were settled: make room for the router, wake an idle wait."""
+        self._in_flight -= count
+        if self._room is not None:
+            self._wake_router()
+        if self._idle is not None and not self._in_flight:
+            idle, self._idle = self._idle, None
+            idle.set()
 
     async def _wait_idle(self) -> None:
         while self._in_flight:

@@ -351,7 +351,10 @@ class WebhookSink:
     ``structured`` (``application/cloudevents+json``) or ``batch``: calls made while a
     batch is open (up to ``max_batch`` events, for at most ``batch_window`` seconds
     after the first) go as one ``application/cloudevents-batch+json`` request, and every
-    caller gets its outcome. ``header_encoding`` says how binary mode writes ``ce-``
+    caller gets its outcome; a dispatcher hands over each lane's queued events as one
+    group and sends the batch as soon as no lane can add to it
+    (:mod:`eventmesh.delivery.grouped`), so a batch is not capped by the concurrency.
+    ``header_encoding`` says how binary mode writes ``ce-``
     header values (``spec``: percent-encoded; ``raw``: UTF-8 as it is where legal, see
     :data:`~eventmesh.bindings.http.HeaderEncoding`). ``timeout`` bounds one attempt,
     ``headers`` are added to every request (the binding's own headers win), and a reply
@@ -506,15 +509,41 @@ class WebhookSink:
 
     # -- batch mode ----------------------------------------------------------------------
 
-    async def _batched(self, event: Event) -> list[Event]:
+    @property
+    def group_limit(self) -> int:
+        """In batch mode, the most events a dispatcher's lane may hand over at once
+        (``max_batch``); 0 in the other modes, which take one event per request."""
+        return self.max_batch if self.mode == "batch" else 0
+
+    async def deliver_group(self, events: Sequence[Event], *, last: bool = False) -> None:
+        """Batch mode: send ``events`` (at most ``max_batch``, in order) in the open batch,
+        or in a new one when they do not fit, and return once that batch got a 2xx;
+        ``DeliveryError`` otherwise. With ``last`` the batch is sent at once (nothing more
+        can join it). A batch's replies are not read here."""
+        await self._join(events, last=last)
+
+    def flush(self) -> None:
+        """Send the open batch now, without waiting out ``batch_window``: the caller knows
+        that nothing more can join it (a dispatcher whose every lane has joined or waits)."""
         batch = self._open
+        if batch is not None:
+            self._open = None
+            batch.full.set()
+
+    async def _batched(self, event: Event) -> list[Event]:
+        return await self._join((event,))
+
+    async def _join(self, events: Sequence[Event], *, last: bool = False) -> list[Event]:
+        batch = self._open
+        if batch is not None and len(batch.events) + len(events) > self.max_batch:
+            self.flush()  # a group is never split: it goes whole into the next batch
+            batch = None
         leader = batch is None
         if batch is None:
             batch = self._open = _Batch()
-        batch.events.append(event)
-        if len(batch.events) >= self.max_batch:
-            self._open = None
-            batch.full.set()
+        batch.events.extend(events)
+        if (last or len(batch.events) >= self.max_batch) and self._open is batch:
+            self.flush()
         if not leader:
             await batch.done.wait()
             outcome = batch.outcome
