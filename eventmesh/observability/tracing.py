@@ -1,33 +1,17 @@
 """OpenTelemetry tracing of the path of an event: publish, store, deliver, function.
 
-The trace context travels inside the event, in the CloudEvents distributed tracing
-extension (``traceparent``, ``tracestate``), so it crosses every binding and connector
-(HTTP ``ce-`` headers, Kafka ``ce_`` headers, NATS headers) without them knowing:
+The trace context travels inside the event (``traceparent``, ``tracestate``), so it
+crosses every binding and connector without them knowing. Spans: ``publish <topic>``
+(PRODUCER), ``store <topic>`` (CLIENT), ``deliver <subscription>`` (CONSUMER, around
+the sink, so replies join the trace) and ``function <name>`` (INTERNAL). A mesh owns its
+tracer provider; OpenTelemetry's global one is not used. See docs/operations.md,
+'Traces'.
 
-* ``publish <topic>`` (PRODUCER) starts under the active span, or, with none, under the
-  ``traceparent`` the first event arrived with (the others' become links), or else
-  under the W3C ``traceparent`` header of the request that brought the events to the
-  sidecar (:func:`transport_parent`): an instrumented client's span. When it is
-  sampled its context is written into every event it publishes; an unsampled publish
-  leaves the events as they are, so 99 of 100 events at 1 % sampling cost one sampling
-  decision per publish call and nothing more.
-* A publish or function call with none of these starts a new trace, and the mesh draws for it
-  itself, keeping ``sample_ratio`` of them (``tracing.sample_ratio``): one left out costs
-  a random number and touches no OpenTelemetry code, whose unsampled span costs a
-  hundred times that. The provider's sampler decides the rest (the mesh builds its own
-  with ``ParentBased(ALWAYS_ON)``: children follow their parent).
-* ``store <topic>`` (CLIENT) is its child, around the connector's publish.
-* ``deliver <subscription>`` (CONSUMER) starts under the event's sampled ``traceparent``
-  and wraps the subscription's sink, so what the handler publishes (a reply, a
-  function's result) is its child and joins the same trace. An event without a sampled
-  ``traceparent`` goes to the sink unwrapped. With a provider the mesh built, the span
-  is a :class:`~eventmesh.observability.spans.DeliverySpan`: the same span at a fraction
-  of the SDK's cost, which per sampled event is ten times the in-memory route's.
-* ``function <name>`` (INTERNAL) wraps one call of a serverless function.
-
-A mesh owns its tracer provider (built from ``tracing:`` with an OTLP/HTTP exporter or
-with ``Mesh(span_processor=...)``, or given as ``Mesh(tracer_provider=...)``):
-OpenTelemetry's global provider is not used.
+Design: sampling is decided once per publish call, and for a new trace the mesh draws
+itself (``tracing.sample_ratio``), so an event left out costs a random number and no
+OpenTelemetry code, whose unsampled span costs a hundred times that. With a provider
+the mesh built, the deliver span is a :class:`~eventmesh.observability.spans.DeliverySpan`,
+the same span at a fraction of the SDK's cost.
 """
 
 from __future__ import annotations
