@@ -3,28 +3,11 @@
 :class:`WebhookSession` is the one HTTP client of a mesh: a keep-alive connection pool
 and the allow-list of destinations (:mod:`eventmesh.delivery._netcheck`).
 :class:`WebhookSink` is a sink (:data:`eventmesh.typing.Sink`) that POSTs to one URL
-through it and tells the dispatcher what the answer means:
-
-==================================  =====================================================
-answer                              outcome
-==================================  =====================================================
-2xx                                 delivered; a 200 or 201 whose body is a CloudEvent
-                                    (binary or structured, or a batch) is the reply
-connection error, timeout, 404,     ``DeliveryError(retryable=True)``, with the
-408, 409, 429, 5xx                  ``Retry-After`` header (seconds or an HTTP-date) as
-                                    ``retry_after``
-any other status (3xx, other 4xx)   ``DeliveryError(retryable=False)``: dead-lettered now
-a destination outside the allow-    ``DeliveryError(retryable=False)``, with no
-list                                connection attempt
-==================================  =====================================================
-
-Redirects are not followed: a redirect could lead outside the allow-list, so a 3xx is
-an answer like any other.
-
-A sink with a ``signing_secret`` signs every request as Standard Webhooks does
-(:mod:`eventmesh.delivery.signing`): computed on the exact body bytes sent, with the
-same ``webhook-id`` on every retry of a delivery. Messages and log lines show the URL
-without its password or query string, and never a header value.
+through it and tells the dispatcher what the answer means: delivered, a reply, or a
+``DeliveryError`` that is retryable or not. Redirects are not followed (one could lead
+outside the allow-list), and messages and log lines never show a password, a query
+string or a header value. See docs/delivery.md, 'Webhook sinks', and
+docs/security.md, 'Outgoing webhooks prove where they come from'.
 """
 
 from __future__ import annotations
