@@ -1,26 +1,14 @@
 """The remote client: the SDK's API over the sidecar's gRPC service (``grpc://`` targets).
 
-``async with GrpcClient("127.0.0.1:10205") as client`` offers what an embedded Mesh does:
-``publish`` (one ``Publish`` or ``PublishBatch`` call, answered once the sidecar stored
-the events), and ``subscribe`` in both forms, on one ``Subscribe`` stream each:
+``GrpcClient`` offers what an embedded Mesh does: ``publish`` (one ``Publish`` or
+``PublishBatch`` call, answered once stored) and ``subscribe`` in both forms, on one
+``Subscribe`` stream each, with at most ``window`` deliveries unsettled here (credits).
+Filters and transforms run in the sidecar, handlers here. See docs/sdk.md,
+'Remote clients'.
 
-* iteration: ``async for delivery in sub``, then ``await delivery.ack()`` or ``nack()``;
-* a handler, run here: async handlers on the loop, plain ones in a worker thread; a return
-  acks (after publishing a returned Event, or list of them, to ``reply_to``), a raise
-  nacks with the error, so the sidecar retries or dead-letters it under the policy.
-
-Flow control: the client grants the sidecar ``window`` credits and one more as each
-delivery is settled, so at most ``window`` deliveries are unsettled here at any time.
-
-What differs from the embedded mesh: ``filter`` and ``transform`` must be specs (they
-run in the sidecar, so a Python callable cannot be sent); a bad spec raises
-``ConfigError`` when the subscription starts rather than when ``subscribe`` is called;
-and a failed handler call is retried by redelivery from the sidecar after the backoff.
-Errors the sidecar answers are raised as the same ``eventmesh.errors`` class
-(``UNAUTHENTICATED`` as ``UnauthenticatedError``, ``PERMISSION_DENIED`` as
-``PermissionDeniedError``); a sidecar that cannot be reached raises ``ConnectError``
-naming the address. With ``token=`` every call and stream carries ``authorization:
-Bearer <token>`` metadata; ``grpcs://`` (or ``tls=True``) speaks TLS.
+Design: the stream is a :class:`~eventmesh.connectors.base.Consumer`
+(:mod:`eventmesh.client._stream`) under the same :class:`~eventmesh.subscription.Subscription`
+and dispatcher an embedded mesh uses.
 """
 
 from __future__ import annotations

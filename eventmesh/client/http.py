@@ -1,33 +1,14 @@
 """The remote client: the embedded mesh's API over the sidecar's HTTP API.
 
-``HttpClient`` is what ``eventmesh.connect("http://127.0.0.1:10105")`` returns::
+``HttpClient`` is what ``eventmesh.connect("http://127.0.0.1:10105")`` returns. A
+subscription is a ``pull`` subscription on the sidecar, where its filter, transform and
+delivery policy run; this client long-polls for deliveries, acks or nacks them by id,
+and DELETEs the subscription when it closes. Handlers run here, in a task group the
+client owns. See docs/sdk.md, 'Remote clients'.
 
-    async with HttpClient("http://127.0.0.1:10105") as client:
-        await client.publish("orders", Event(type="t", source="/s"))
-        async with client.subscribe("orders", "billing", start="earliest") as sub:
-            async for delivery in sub:
-                await delivery.ack()
-
-One event is POSTed in the CloudEvents HTTP binary mode, a list as one batch. A
-subscription is a ``pull`` subscription on the sidecar: its filter, transform and
-delivery policy run there (a nack is retried or dead-lettered under the sidecar's copy
-of the policy), and this client long-polls for deliveries and acks or nacks them by id.
-Closing a subscription DELETEs it, so the events it did not ack return to the group.
-Handlers run here, in a task group the client owns: async ones on the loop, plain ones
-in a worker thread, at most ``delivery.concurrency`` at a time.
-
-The sidecar's ack deadline (30 s) runs from the moment it hands a delivery out, so a
-subscription holds at most ``delivery.prefetch`` unsettled deliveries, or twice its
-``concurrency`` when ``prefetch`` is 0 (32 by default); a slow iterator sets it lower.
-
-With ``token=``, every request (publish, subscribe, poll, ack, nack, delete) carries
-``Authorization: Bearer <token>``; an ``https://`` address speaks TLS with the
-``ca_file`` given (and ``cert_file``/``key_file`` for mTLS). A 401 raises
-``UnauthenticatedError``, a 403 ``PermissionDeniedError``.
-
-Filters and transforms travel as specs (docs/filters.md) and the sidecar compiles them:
-a bad spec raises ``ConfigError`` when the subscription starts, and a Python callable,
-which cannot travel, is refused by :meth:`HttpClient.subscribe`.
+Design: that pull subscription is a :class:`~eventmesh.connectors.base.Consumer`
+(:mod:`eventmesh.client._pull`) under the same :class:`~eventmesh.subscription.Subscription`
+and dispatcher an embedded mesh uses.
 """
 
 from __future__ import annotations
