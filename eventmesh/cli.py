@@ -1,43 +1,11 @@
 """The ``eventmesh`` command.
 
-::
-
-    eventmesh run [-c mesh.yaml] [--set key=value ...]   run the sidecar until SIGTERM or Ctrl-C
-                  [--data-dir DIR]                       (events kept in DIR, see below)
-    eventmesh publish TOPIC --type T --source S [--data JSON] [--url URL]
-    eventmesh subscribe TOPIC [--group G] [--start earliest] [--url URL]
-    eventmesh functions [--admin-url URL]                 list a running sidecar's functions
-    eventmesh dlq list|show|replay TOPIC ...              browse a dead-letter topic, replay
-                                                          it (eventmesh._cli_dlq)
-    eventmesh check-config mesh.yaml                      check a config file, import its
-                                                          handlers, and exit
-    eventmesh version                                     print the version (or --version)
-
-A bare ``eventmesh`` prints the commands, one line each, and exits 0 (as kubectl and
-docker do).
-
-``publish`` and ``subscribe`` talk to a running sidecar (``--url``, by default
-``$EVENTMESH_URL`` or ``http://127.0.0.1:10105``; ``https://``, ``grpc://`` and
-``grpcs://`` too). ``subscribe`` shows a readable live view on a terminal and writes
-one JSON event per line when its output is piped. ``functions`` asks the admin API
-(``--admin-url``, by default ``$EVENTMESH_ADMIN_URL`` or ``http://127.0.0.1:10106``) and
-prints a table on a terminal, JSON lines when piped.
-
-Every command that talks to a sidecar sends ``--token`` (default ``$EVENTMESH_TOKEN``)
-as a bearer token, trusts ``--ca-file`` (``$EVENTMESH_CA_FILE``) for TLS, and presents
-``--cert-file`` and ``--key-file`` (``$EVENTMESH_CERT_FILE``, ``$EVENTMESH_KEY_FILE``)
-to a sidecar that asks for a client certificate.
-
-``run`` and ``check-config`` import ``module:function`` handlers from the config file's
-folder first, then the working directory, then the installed packages.
-
-Configuration precedence: ``--set`` flags, then ``EVENTMESH__...`` environment variables,
-then the file, then the defaults (see eventmesh.config).
-
-``run`` keeps events in the durable local store when the configuration names no
-connectors: in ``--data-dir`` (default ``$EVENTMESH_DATA_DIR`` or ``./eventmesh-data``),
-which is also where any ``type: local`` connector without a ``data_dir`` keeps its
-store. ``connectors: {default: {type: memory}}`` keeps events in memory instead.
+``run`` (the sidecar), ``publish``, ``subscribe``, ``functions``, ``dlq`` (in
+:mod:`eventmesh._cli_dlq`), ``check-config`` and ``version``; a bare ``eventmesh``
+lists them. Library code never reads the environment; this module does, for the
+``EVENTMESH_*`` defaults of its flags and the ``EVENTMESH__...`` configuration
+variables. See docs/sidecar.md, 'The command line', and docs/configuration.md,
+'Where values come from: precedence' and 'Environment variables'.
 """
 
 from __future__ import annotations
