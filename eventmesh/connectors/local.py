@@ -1,28 +1,12 @@
 """The local connector (``type: local``): a durable log on this machine, in SQLite.
 
 Events, consumer-group positions and the mesh's own state live in one SQLite file in
-WAL mode, ``events.db`` in the data directory, which one process holds at a time (a
-lock file says which). Topics are split into partitions by ``partitionkey`` as the
-memory connector splits them (with a hash that is the same in every process), each
-group commits a position per partition once every earlier event was acked, and a
-nacked or abandoned event comes back; unlike memory, all of it survives a restart.
-
-Every SQLite call runs off the event loop: writes in one writer thread that commits the
-publishes waiting together in one transaction (group commit), reads in worker threads.
-``publish`` returns once its events are committed, which ``fsync`` makes durable:
-
-* ``batch`` (default) and ``always``: each commit is fsynced before any publish in it is
-  acknowledged (``synchronous=FULL``); an acknowledged event survives kill -9 and power
-  loss. ``always`` commits each publish call alone; ``batch`` commits the calls that
-  wait together in one transaction, with one fsync.
-* ``interval``: commits are not fsynced (``synchronous=NORMAL``); the log is fsynced
-  every ``fsync_interval``. An acknowledged event survives kill -9 (the operating system
-  has it); a power loss can lose the last ``fsync_interval`` of them. The file stays
-  consistent in every mode.
-
-Retention is a log's, not a queue's: events stay, read or not, until a topic passes
-``max_bytes`` or they are older than ``max_age``; then the oldest go, and a group that
-had not read them moves past them (counted per topic).
+WAL mode, held by one process at a time; topics are partitioned and groups commit
+positions as the memory connector does, and all of it survives a restart. Every SQLite
+call runs off the event loop: one writer thread commits the publishes waiting together
+in one transaction (group commit), reads run in worker threads. See
+docs/configuration.md, 'The local connector (type: local)', for the ``fsync`` modes
+and retention.
 """
 
 from __future__ import annotations

@@ -1,32 +1,10 @@
 """The connector conformance kit: one pytest suite every connector must pass.
 
 A plugin subclasses :class:`ConnectorConformance` in its own tests and supplies a
-``connector`` fixture that yields an *open* connector, configured so that new topics
-have at least two partitions (or the backend's equivalent) and are created on first
-use::
-
-    from eventmesh.testing import ConnectorConformance
-
-    class TestMyConnector(ConnectorConformance):
-        @pytest.fixture
-        async def connector(self):
-            async with MyConnector(MyConfig(url=...)) as connector:
-                yield connector
-
-The kit tests the base contract on every connector, and each optional promise only
-where ``connector.capabilities`` claims it; a test of an unclaimed promise is skipped
-with that reason. Knobs a subclass may override are the class attributes below.
-
-A connector that claims ``durable`` also provides a ``reopen`` fixture: a function that
-makes a new, unopened connector on the same backend with the same configuration, which
-the durability case opens after closing the first one::
-
-        @pytest.fixture
-        def reopen(self):
-            return lambda: MyConnector(MyConfig(url=...))
-
-The optional parts of the contract are tested where a connector has them: ``read()``
-unless it raises ``RejectedError``, ``state()`` unless it returns None.
+``connector`` fixture that yields an *open* connector (and, for a ``durable`` one, a
+``reopen`` fixture). The kit tests the base contract on every connector and each
+optional promise only where ``connector.capabilities`` claims it. See
+docs/connectors.md, 'The kit's knobs' and 'Capabilities and what the kit checks'.
 """
 
 from __future__ import annotations
