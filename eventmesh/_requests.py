@@ -1,33 +1,11 @@
 """Request-reply: one event out, the first matching reply back.
 
-:meth:`Mesh.request <eventmesh.mesh.Mesh.request>` publishes the request with two
-CloudEvents extensions and waits for an event that answers it:
-
-``correlationid``
-    what a reply must carry to answer this request; the request's own
-    ``correlationid`` when it has one, else its ``id``;
-``replyto``
-    the mesh's reply inbox, a topic named ``eventmesh.inbox.<16 hex digits>``, one per
-    mesh (a sidecar has one, whatever number of clients it serves).
-
-Handlers answer with the project's reply convention, nothing more: a subscription
-handler, a webhook sink or a function that *returns* an Event (or a list) for an
-event carrying ``replyto`` has its reply published to that inbox, with the request's
-``correlationid`` copied onto it and ``replyto`` taken off (a reply asks for no reply).
-A configured ``reply_to`` topic still gets the same replies, as before; a function with
-no ``reply_to`` may reply to a request. Only an inbox name is honoured as ``replyto``:
-an event cannot steer replies into an ordinary topic. A producer that is no handler
-answers by publishing an event with the ``correlationid`` to the ``replyto`` topic.
-
-The inbox is one subscription of the mesh (group ``inbox``, started at the first
-request), whose handler hands each reply to the waiting caller in this process: the
-first reply whose ``correlationid`` is pending ends the wait. A reply for no pending
-request (it came after the timeout, a second reply to one request, or a stray) is
-counted ``late`` and dropped. At most ``limits.max_pending_requests`` requests wait at
-once (one more raises ``LimitExceededError``, 429); a timeout is from 0 to
-``limits.max_request_timeout`` seconds; a request with no reply by then raises
-:class:`~eventmesh.errors.RequestTimeoutError` (504, ``DEADLINE_EXCEEDED``). Closing the
-mesh ends every wait with ``ClosedError``.
+:meth:`Mesh.request <eventmesh.mesh.Mesh.request>` publishes the request with the
+``correlationid`` and ``replyto`` extensions and waits in :class:`Requests` for the
+first reply on the mesh's inbox; :func:`send_replies` is what every reply path (handler
+subscriptions, webhook sinks, functions, the remote clients) calls with what a handler
+returned, so the convention lives in one place. See docs/sdk.md, 'Request-reply', and
+docs/architecture.md, 'Request-reply'.
 """
 
 from __future__ import annotations
