@@ -206,7 +206,7 @@ class FunctionRuntime(ClosedOnExit):
                 assert compiled is not None
                 filters.append(compiled)
         else:
-            handler_sink = runner.invoke
+            handler_sink = runner.sink
             if spec.batch is not None:
                 handler_sink = Batcher(spec.batch.max, float(spec.batch.window), runner.invoke)
         subscription = self._host.subscribe(
