@@ -56,6 +56,12 @@ __all__ = [  # noqa: RUF022
 ]
 
 SPECVERSION: Final = "1.0"
+_CHECKED: Final = "".join(("1", ".0"))
+"""``specversion`` as a decoder that has already checked every field passes it: ``"1.0"``,
+but not the same object, so :meth:`Event.__post_init__` knows it may skip the checks. It
+puts the plain ``"1.0"`` in its place, so no event (and no ``replace`` of one) keeps it.
+Only for decoders whose types enforce what ``__post_init__`` checks (``eventmesh._wire``)."""
+_force_setattr: Final = msgspec.structs.force_setattr
 
 ExtensionValue: TypeAlias = str | int | bool
 """The value types an extension attribute may hold: the spec's String, Integer, Boolean,
@@ -258,6 +264,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     extensions: dict[str, ExtensionValue] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.specversion is _CHECKED:  # built by a decoder that checked every field
+            _force_setattr(self, "specversion", SPECVERSION)  # the mark goes at once
+            return
         # Unrolled: this runs for every event decoded or built, so no getattr loops.
         if type(self.id) is not str or not self.id:
             _bad_required("id", self.id)
@@ -799,6 +808,8 @@ def encode_json_batch(events: list[Event]) -> bytes:
 def decode_json(payload: bytes | str) -> Event:
     """Decode one event in the JSON event format; raises EventValidationError (also for
     data nested deeper than :data:`MAX_DATA_DEPTH`)."""
+    if type(payload) is bytes and (event := _wire.decode_one(payload)) is not None:
+        return event
     try:
         obj = _decoder.decode(payload)
     except msgspec.DecodeError as exc:
@@ -832,6 +843,8 @@ def data_texts(objs: list[Any], payload: bytes | str) -> list[msgspec.Raw] | Non
 
 def decode_json_batch(payload: bytes | str) -> list[Event]:
     """Decode a JSON batch (an array of JSON-format events); raises EventValidationError."""
+    if type(payload) is bytes and (events := _wire.decode_batch(payload)) is not None:
+        return events
     try:
         objs = _decoder.decode(payload)
     except msgspec.DecodeError as exc:
@@ -854,3 +867,8 @@ def decode_json_batch(payload: bytes | str) -> list[Event]:
         except EventValidationError as exc:
             raise exc.in_batch(index) from exc
     return events
+
+
+# The typed fast path of decode_json and decode_json_batch: it builds on this module, so
+# it is imported once everything above exists.
+from eventmesh import _wire  # noqa: E402

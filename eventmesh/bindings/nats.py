@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote
 
 import msgspec
 
+from eventmesh._wire import decode_one
 from eventmesh.bindings._common import decode_data, encode_attribute, encode_data
 from eventmesh.errors import EventValidationError
 from eventmesh.event import (
@@ -192,6 +193,9 @@ def _from_binary(attrs: dict[str, str], content_type: str | None, payload: bytes
 
 
 def _from_headerless_json(payload: bytes) -> Event | None:
+    event = decode_one(payload)  # the typed decoder takes a plain event
+    if event is not None:
+        return event
     try:
         obj = _json.decode(payload)
     except msgspec.DecodeError:
