@@ -346,6 +346,8 @@ class Subscription(ClosedOnExit):
         # left with 'break' and started again goes on where it stopped.
         consumer = self._consumer
         buffer = self._buffer
+        gate = self._gate
+        open_gate = gate.passes_all  # no TTL, filter or transform: skip its coroutine
         while self._state == "open":
             if not buffer:
                 try:
@@ -359,7 +361,7 @@ class Subscription(ClosedOnExit):
                 buffer.extend(batch)
                 continue
             delivery = buffer.popleft()
-            event = await self._gate.prepare(delivery)
+            event = delivery.event if open_gate else await gate.prepare(delivery)
             if event is not None:
                 self.stats.received += 1
                 yield Delivery(self, delivery, event)

@@ -1,5 +1,5 @@
-"""What the two remote clients share: the bearer token, the TLS files, and the warning
-for a token sent in clear text.
+"""What the two remote clients share: the bearer token, the TLS files, the warning for
+a token sent in clear text, and the services their subscriptions use.
 
 A token is kept only in the header (HTTP) or the metadata (gRPC) that carries it: no
 repr, log line or error message of the SDK shows it, nor how long it is.
@@ -10,10 +10,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio.abc
+
+from eventmesh.delivery.services import Services
 from eventmesh.errors import ConfigError
+from eventmesh.event import Event
+from eventmesh.subscription import Subscription
 from eventmesh.tls import client_context
 
 __all__ = [
@@ -21,6 +27,7 @@ __all__ = [
     "check_tls_files",
     "is_loopback",
     "read_file",
+    "remote_services",
     "ssl_context",
     "warn_clear_text",
 ]
@@ -120,4 +127,30 @@ def warn_clear_text(url: str) -> None:
         "(https:// or grpcs://) beyond this host",
         parts.hostname,
         parts.scheme or "plain gRPC",
+    )
+
+
+def remote_services(
+    publish: Callable[[str, Event | Sequence[Event]], Awaitable[object]],
+    task_group: anyio.abc.TaskGroup,
+    members: dict[int, Subscription],
+) -> Services[Subscription]:
+    """What a remote client's subscriptions use of it: ``publish`` for their handlers'
+    replies, the client's task group for their dispatchers, and ``members``, the
+    subscriptions its close closes. No tracing or metrics: the sidecar keeps those."""
+
+    async def reply(topic: str, events: Event | Sequence[Event]) -> None:
+        await publish(topic, events)
+
+    def register(subscription: Subscription) -> None:
+        members[id(subscription)] = subscription
+
+    def unregister(subscription: Subscription) -> None:
+        members.pop(id(subscription), None)
+
+    return Services(
+        publish=reply,
+        task_group=lambda: task_group,
+        register=register,
+        unregister=unregister,
     )

@@ -13,9 +13,8 @@ and dispatcher an embedded mesh uses.
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
@@ -26,64 +25,40 @@ import anyio.abc
 import grpc
 import grpc.aio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
-from eventmesh._requests import check_wait, send_replies
-from eventmesh._status import error_from_grpc
+from eventmesh._requests import check_wait
 from eventmesh.bindings.protobuf import from_proto, to_proto, to_proto_batch
-from eventmesh.client._remote import bearer, check_tls_files, read_file, warn_clear_text
+from eventmesh.client._remote import (
+    bearer,
+    check_tls_files,
+    read_file,
+    remote_services,
+    warn_clear_text,
+)
+from eventmesh.client._stream import StreamConsumer
+from eventmesh.client._stream import translate as _translate
 from eventmesh.client.base import Client
 from eventmesh.config import convert
-from eventmesh.connectors.base import Delivery as ConnectorDelivery
 from eventmesh.connectors.base import StartPosition
-from eventmesh.delivery.deadletter import describe_error
 from eventmesh.delivery.policy import DeliveryPolicy
-from eventmesh.delivery.stats import DeliveryStats
+from eventmesh.delivery.services import Services
+from eventmesh.delivery.settle import HandBack
 from eventmesh.errors import (
-    ClosedError,
     ConfigError,
     ConnectError,
-    DeliveryError,
-    EventMeshError,
     EventValidationError,
     LifecycleError,
-    SubscribeError,
 )
 from eventmesh.event import Event
-from eventmesh.subscription import Delivery, Handler, Subscription, _as_sink
+from eventmesh.subscription import Handler, Subscription
 
 __all__ = ["GrpcClient", "GrpcSubscription"]
 
 log = logging.getLogger(__name__)
 
-# Part of the wire protocol, as eventmesh.server.grpc writes them.
-_ERROR_KEY: Final = "eventmesh-error"
-_ATTRIBUTE_KEY: Final = "eventmesh-attribute"
 _SERVICE: Final = pb.DESCRIPTOR.services_by_name["EventMesh"].full_name
-# Codes that, without our metadata, come from the connection rather than the sidecar.
-_TRANSPORT_CODES: Final = {"UNAVAILABLE", "UNIMPLEMENTED", "DEADLINE_EXCEEDED", "CANCELLED"}
 _json = msgspec.json.Encoder(enc_hook=float)  # a Duration is a float
-
-_Call = grpc.aio.StreamStreamCall[pb.SubscribeRequest, pb.SubscribeResponse]
-
-
-def _translate(exc: grpc.aio.AioRpcError, address: str) -> EventMeshError:
-    """Our exception for a failed call: what the sidecar said, or a ConnectError."""
-    code = exc.code()
-    details = exc.details()
-    metadata: Any = exc.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value) pairs
-    values = {key: value for key, value in metadata if isinstance(value, str)}
-    kind = values.get(_ERROR_KEY)
-    if kind is None and code.name in _TRANSPORT_CODES:
-        return ConnectError(
-            f"lost the eventmesh sidecar at {address} ({code.name}: {details}); "
-            "is 'eventmesh run' serving gRPC there?"
-        )
-    error = error_from_grpc(code, details, kind)
-    if isinstance(error, EventValidationError) and _ATTRIBUTE_KEY in values:
-        error.attribute = values[_ATTRIBUTE_KEY]
-    return error
 
 
 async def _connect(channel: grpc.aio.Channel, timeout: float) -> grpc.ChannelConnectivity:
@@ -166,7 +141,8 @@ class GrpcClient(Client):
         self._channel: grpc.aio.Channel | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._subscriptions: dict[int, GrpcSubscription] = {}
+        self._subscriptions: dict[int, Subscription] = {}
+        self._services: Services[Subscription] | None = None
         self._state = "new"
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -223,6 +199,7 @@ class GrpcClient(Client):
         async with AsyncExitStack() as stack:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
+        self._services = remote_services(self.publish, self._tg, self._subscriptions)
         self._state = "open"
         return self
 
@@ -337,7 +314,21 @@ class GrpcClient(Client):
             )
         else:
             raise ConfigError(f"{where}: start must be 'earliest', 'latest' or a datetime")
-        return GrpcSubscription(self, request, policy=policy, handler=handler, reply_to=reply_to)
+        consumer = StreamConsumer(self, request)
+        assert self._services is not None  # made on entering, and _check_open passed
+        return GrpcSubscription(
+            self._services,
+            name=consumer.name,
+            topic=topic,
+            group=group,
+            consumer=consumer,
+            policy=policy,
+            handler=handler,
+            filter=None,  # the sidecar runs the filter, transform and policy
+            transform=None,
+            reply_to=reply_to,
+            settle=HandBack(consumer.reject),
+        )
 
 
 def _spec_json(spec: Any, label: str, where: str) -> str:
@@ -354,291 +345,20 @@ def _spec_json(spec: Any, label: str, where: str) -> str:
         raise ConfigError(f"{where}: the {label} spec cannot be sent as JSON: {exc}") from exc
 
 
-class _StreamDelivery(ConnectorDelivery):
-    """A delivery the sidecar sent on the stream, settled by its id."""
-
-    __slots__ = ("delivery_id", "subscription")
-
-    def __init__(self, subscription: GrpcSubscription, msg: pb.Delivery, event: Event) -> None:
-        # The sidecar keeps partitions and offsets to itself: -1 says "not known here".
-        super().__init__(
-            event,
-            topic=msg.topic or subscription.topic,
-            partition=-1,
-            offset=-1,
-            key=event.partitionkey,
-            attempt=msg.attempt,
-        )
-        self.subscription = subscription
-        self.delivery_id = msg.delivery_id
-
-    async def ack(self) -> None:
-        ack = pb.Ack(delivery_ids=[self.delivery_id])
-        await self.subscription._settle(pb.SubscribeRequest(ack=ack))
-
-    async def nack(self, delay: float = 0.0) -> None:
-        # Delivery.nack comes through GrpcSubscription._nack; the sidecar's policy
-        # chooses the delay.
-        await self.subscription._nack(self, self.event, None)
-
-
 class GrpcSubscription(Subscription):
     """A subscription on the sidecar, used as an embedded :class:`Subscription` is:
-    ``async with``, ``await`` and ``close()``, ``async for`` with ack/nack, or a handler."""
+    ``async with``, ``await`` and ``close()``, ``async for`` with ack/nack, or a handler.
+    It is one: the same class over a :class:`~eventmesh.client._stream.StreamConsumer`."""
 
-    def __init__(
-        self,
-        client: GrpcClient,
-        request: pb.Open,
-        *,
-        policy: DeliveryPolicy,
-        handler: Handler | None,
-        reply_to: str | None,
-    ) -> None:
-        # Subscription.__init__ is not called on purpose: it builds the consumer, gate
-        # and dispatcher that the sidecar runs. Whatever uses them is overridden here.
-        self._client = client
-        self._request = request
-        self.stats = DeliveryStats()
-        self.name = request.name or f"{request.topic}/{request.group}"
-        self.topic = request.topic
-        self.group = request.group
-        self.policy = policy
-        self.reply_to = reply_to
-        self._handler = handler
-        self._call: _Call | None = None
-        self._error: EventMeshError | None = None
-        window = client.window
-        # At most `window` deliveries are unsettled, so these never fill up.
-        self._inbox_in, self._inbox = anyio.create_memory_object_stream[Delivery](window)
-        self._outbox_in, self._outbox = anyio.create_memory_object_stream[pb.SubscribeRequest](
-            window + 1
-        )
-        self._scope = anyio.CancelScope()
-        self._route_scope = anyio.CancelScope()
-        self._ended = anyio.Event()  # set when the stream and its tasks are done
-        self._state = "new"
-
-    def __repr__(self) -> str:
-        return f"<GrpcSubscription {self.name} {self._state}>"
-
-    # -- lifecycle -----------------------------------------------------------------------
+    _consumer: StreamConsumer
 
     async def start(self) -> Self:
         """Open the stream and join the group (with a handler, start delivering).
 
         Raises ``ConfigError`` for a filter, transform or policy the sidecar refuses."""
-        if self._state != "new":
-            raise LifecycleError(f"subscription {self.name!r} was already started")
-        client = self._client
-        client._check_open()
-        self._state = "open"
-        self._call = call = client._subscribe(None, metadata=client._metadata)  # written below
-        try:
-            # The sidecar sends headers once it has let the stream in, or ends the call
-            # if it refuses it: writing before then could race the refusal, and gRPC's
-            # client reports a write that lost that race as INTERNAL, not as the status
-            # the sidecar sent (which a read of the ended call raises).
-            await call.initial_metadata()
-            if not call.done():
-                await call.write(pb.SubscribeRequest(open=self._request))
-            response = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            self._state = "closed"
-            raise _translate(exc, client.address) from exc
-        except BaseException:
-            self._state = "closed"
-            call.cancel()
-            raise
-        if not isinstance(response, pb.SubscribeResponse) or not response.HasField("subscribed"):
-            self._state = "closed"
-            call.cancel()
-            raise SubscribeError(
-                f"the sidecar at {client.address} did not confirm subscription {self.name!r}"
-            )
-        self.name = response.subscribed.name
-        assert client._tg is not None
-        client._subscriptions[id(self)] = self
-        await client._tg.start(self._run)
+        await super().start()
+        self.name = self._consumer.name  # as the sidecar named it
         return self
 
-    # __await__, __aenter__, __aexit__ and closed come from Subscription.
-
-    async def close(self, timeout: float | None = None) -> None:
-        """Stop: with a handler, finish the events in hand (up to ``timeout`` seconds, 30
-        by default) and cancel the rest; send the settlements made so far and leave the
-        group. What was not acked is delivered again to the group. Idempotent."""
-        if self._state != "open":
-            self._state = "closed"
-            return
-        self._state = "closing"
-        try:
-            if self._handler is None:
-                self._outbox_in.close()  # the writer sends what is settled, then half-closes
-            else:
-                self._route_scope.cancel()  # no new events to the handler; see _dispatch
-            with anyio.move_on_after(timeout if timeout is not None else 30.0):
-                await self._ended.wait()
-            self._scope.cancel()
-            await self._ended.wait()
-        finally:
-            self._state = "closed"
-            self._client._subscriptions.pop(id(self), None)
-
-    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        assert self._call is not None
-        try:
-            with self._scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._write)
-                    if self._handler is not None:
-                        tg.start_soon(self._dispatch)
-                    task_status.started()
-                    await self._read()
-        except Exception as exc:  # a bug of ours: keep it from the client's other tasks
-            log.exception("subscription %s stopped on an unexpected error", self.name)
-            self._error = SubscribeError(f"subscription {self.name!r} failed: {exc!r}")
-        finally:
-            self._call.cancel()  # nothing when it ended; leaves the group when cut short
-            self._state = "closed"
-            self._client._subscriptions.pop(id(self), None)
-            self._ended.set()
-
-    # -- the stream ----------------------------------------------------------------------
-
-    async def _read(self) -> None:
-        """Deliveries into the inbox until the sidecar ends the stream."""
-        assert self._call is not None
-        call = self._call
-        try:
-            async with self._inbox_in:
-                while True:
-                    response = await call.read()
-                    if not isinstance(response, pb.SubscribeResponse):
-                        return  # the sidecar ended the stream
-                    if response.WhichOneof("response") != "delivery":
-                        continue
-                    msg = response.delivery
-                    try:
-                        event = from_proto(msg.event)
-                    except EventValidationError as exc:  # dead-letter what cannot be read
-                        nack = pb.Nack(delivery_ids=[msg.delivery_id], error=str(exc), give_up=True)
-                        await self._settle(pb.SubscribeRequest(nack=nack))
-                        continue
-                    self.stats.received += 1
-                    delivery = Delivery(self, _StreamDelivery(self, msg, event), event)
-                    await self._inbox_in.send(delivery)
-        except grpc.aio.AioRpcError as exc:
-            if self._state == "open":
-                self._error = _translate(exc, self._client.address)
-                log.error("subscription %s lost its stream: %s", self.name, self._error)
-        finally:
-            self._outbox_in.close()  # nothing more to settle: let the writer finish
-
-    async def _write(self) -> None:
-        """Settlements and credits out; half-close once the outbox is closed."""
-        assert self._call is not None
-        call = self._call
-        try:
-            async with self._outbox:
-                async for request in self._outbox:
-                    await call.write(request)
-                    credits = 1
-                    while True:  # settle what else is waiting, then grant as many credits
-                        try:
-                            request = self._outbox.receive_nowait()
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                        await call.write(request)
-                        credits += 1
-                    await call.write(pb.SubscribeRequest(credit=pb.Credit(n=credits)))
-                await call.done_writing()  # the sidecar leaves the group when it reads this
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
-            pass  # the stream already ended: the reader records why
-
-    async def _nack(
-        self, delivery: ConnectorDelivery, event: Event, error: BaseException | str | None
-    ) -> None:
-        """Send a nack; the sidecar retries or dead-letters under the policy. A
-        ``DeliveryError`` keeps its ``retryable`` and ``retry_after``."""
-        assert isinstance(delivery, _StreamDelivery)
-        self.stats.failed += 1
-        nack = pb.Nack(delivery_ids=[delivery.delivery_id])
-        if isinstance(error, DeliveryError):
-            nack.error = str(error)
-            nack.give_up = not error.retryable
-            if error.retry_after is not None:
-                nack.retry_after = error.retry_after
-        elif error is not None:
-            nack.error = describe_error(error)
-        await self._settle(pb.SubscribeRequest(nack=nack))
-
-    async def _settle(self, request: pb.SubscribeRequest) -> None:
-        if self._state == "open" or self._state == "closing":
-            try:
-                await self._outbox_in.send(request)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass  # the stream ended: the sidecar delivers the event again
-
-    # -- iterator form -------------------------------------------------------------------
-
-    def __aiter__(self) -> AsyncIterator[Delivery]:
-        if self._handler is not None:
-            raise LifecycleError(
-                f"subscription {self.name!r} has a handler; iterate only a subscription "
-                "made without one"
-            )
-        if self._state == "new":
-            raise LifecycleError(
-                "enter the subscription first: 'async with client.subscribe(...) as sub'"
-            )
-        if self._state == "closed" and self._error is None:
-            raise ClosedError(f"subscription {self.name!r} is closed")
-        return self._iterate()  # what is left, then the error that ended the stream, if any
-
-    async def _iterate(self) -> AsyncIterator[Delivery]:
-        async with self._inbox.clone() as inbox:
-            async for delivery in inbox:
-                yield delivery
-        if self._error is not None:
-            raise self._error
-
-    # -- handler form --------------------------------------------------------------------
-
-    async def _dispatch(self) -> None:
-        """Route deliveries to lanes: one key's events run one at a time, in order."""
-        count = self.policy.concurrency
-        ordered = self.policy.ordering == "partitionkey"
-        round_robin = itertools.cycle(range(count))
-        window = self._client.window
-        lanes = [anyio.create_memory_object_stream[Delivery](window) for _ in range(count)]
-        async with anyio.create_task_group() as tg:
-            for _, lane_out in lanes:
-                tg.start_soon(self._work, lane_out)
-            try:
-                with self._route_scope:
-                    async for delivery in self._inbox:
-                        key = delivery.event.partitionkey
-                        index = hash(key) % count if ordered and key else next(round_robin)
-                        lanes[index][0].send_nowait(delivery)  # room: at most `window` held
-            finally:
-                for lane_in, _ in lanes:
-                    lane_in.close()  # the lanes finish what they hold
-        self._outbox_in.close()  # then the writer sends the settlements and half-closes
-
-    async def _work(self, lane: MemoryObjectReceiveStream[Delivery]) -> None:
-        assert self._handler is not None
-        sink = _as_sink(self._handler)
-        reply_to = self.reply_to
-        publish = self._client.publish
-        async with lane:
-            async for delivery in lane:
-                try:
-                    result = await sink(delivery.event)
-                    if result is not None:  # to reply_to, and a request's reply inbox
-                        await send_replies(publish, delivery.event, result, reply_to)
-                except Exception as exc:
-                    log.debug("subscription %s: handler failed on %s: %r", self.name, delivery, exc)
-                    await delivery.nack(exc)
-                else:
-                    await delivery.ack()
+    def __repr__(self) -> str:
+        return f"<GrpcSubscription {self.name} {self._state}>"
