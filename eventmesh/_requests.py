@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 
@@ -29,8 +29,8 @@ from eventmesh.errors import (
 from eventmesh.event import Event, ExtensionValue
 
 if TYPE_CHECKING:
-    from eventmesh.mesh import Mesh
-    from eventmesh.subscription import Subscription
+    from eventmesh.connectors.base import StartPosition
+    from eventmesh.subscription import Handler, Subscription
 
 __all__ = [
     "CORRELATION_ID",
@@ -139,6 +139,23 @@ class _Pending:
         self.error: BaseException | None = None
 
 
+class _Host(Protocol):
+    """What requests need of their mesh (a Protocol, so this module does not import it)."""
+
+    async def publish(self, topic: str, events: Event | Sequence[Event]) -> list[str]: ...
+
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        handler: Handler | None = None,
+        delivery: DeliveryPolicy | None = None,
+        start: StartPosition = "latest",
+        name: str | None = None,
+    ) -> Subscription: ...
+
+
 class Requests:
     """The requests one mesh waits on, and its reply inbox (module doc).
 
@@ -146,7 +163,7 @@ class Requests:
     no request waits for them); :attr:`pending` the requests waiting now.
     """
 
-    def __init__(self, mesh: Mesh, *, max_pending: int, max_timeout: float) -> None:
+    def __init__(self, mesh: _Host, *, max_pending: int, max_timeout: float) -> None:
         self._mesh = mesh
         self.max_pending = max_pending
         self.max_timeout = max_timeout
