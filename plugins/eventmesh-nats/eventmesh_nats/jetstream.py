@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -44,7 +45,6 @@ from eventmesh.errors import (
 from eventmesh.event import Event
 from eventmesh_nats._errors import (
     NATS_ERRORS,
-    TIMEOUTS,
     describe,
     is_not_found,
     is_retryable,
@@ -52,6 +52,7 @@ from eventmesh_nats._errors import (
     translate,
     translated,
 )
+from eventmesh_nats._pull import Puller
 from eventmesh_nats.config import NatsConfig, escape_name
 
 if TYPE_CHECKING:
@@ -64,8 +65,11 @@ log = logging.getLogger(__name__)
 _ROUND_WAIT = 2.0
 """Seconds to wait for the acks of one round of sends before sending the rest again."""
 _POLL = 5.0
-"""Longest server-side wait of one pull request when fetch has no timeout."""
+"""Longest wait of one round of fetch when it has no timeout."""
+_REFUSED_WAIT = 0.5
+"""Seconds fetch waits before asking again after the server refused a pull request."""
 _ack_decoder = msgspec.json.Decoder()
+_ACK: Final = b"+ACK"
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -360,16 +364,23 @@ class JetStreamDelivery(Delivery):
 
     __slots__ = ("_consumer", "_msg", "_settled")
 
-    def __init__(self, consumer: JetStreamConsumer, msg: Msg, event: Event) -> None:
+    def __init__(
+        self,
+        consumer: JetStreamConsumer,
+        msg: Msg,
+        event: Event,
+        sequence: int,
+        attempt: int,
+        timestamp: float,
+    ) -> None:
         # The base's fields, set directly: this runs once per message on the hot path.
-        meta = msg.metadata
         self.event = event
         self.topic = consumer.topic
         self.partition = 0
-        self.offset = meta.sequence.stream
+        self.offset = sequence
         self.key = event.partitionkey
-        self.attempt = meta.num_delivered
-        self.timestamp = meta.timestamp.timestamp()
+        self.attempt = attempt
+        self.timestamp = timestamp
         self._consumer = consumer
         self._msg = msg
         self._settled = False
@@ -378,9 +389,12 @@ class JetStreamDelivery(Delivery):
         if self._settled:
             return
         self._settled = True
-        self._consumer.outstanding.discard(self)
-        with tolerated("ack"):
-            await self._msg.ack()
+        consumer = self._consumer
+        consumer.outstanding.discard(self)
+        try:  # Msg.ack without its checks and wrappers: once per message
+            await consumer.nc.publish(self._msg.reply, _ACK)  # type: ignore[union-attr]
+        except NATS_ERRORS as exc:
+            log.debug("ack failed, ignored: %s", describe(exc))
 
     async def nack(self, delay: float = 0.0) -> None:
         if self._settled:
@@ -414,7 +428,8 @@ class JetStreamConsumer(Consumer):
         self.topic = topic
         self.group = group
         self._start_at = start
-        self._psub: JetStreamContext.PullSubscription | None = None
+        self._puller: Puller | None = None
+        self.nc: NATS | None = None
         self._scope: anyio.CancelScope | None = None
         self._alive = 0.0  # when the consumer last gave something, or was checked
         self.outstanding: set[JetStreamDelivery] = set()
@@ -429,7 +444,11 @@ class JetStreamConsumer(Consumer):
         js = connector.js
         with translated(SubscribeError, self._where(stream)):
             await self._ensure_consumer(js, stream, durable, subject)
-            self._psub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+            self.nc = connector.nc
+            api = getattr(js, "_prefix", "$JS.API")  # nats-py's API prefix (a domain's)
+            puller = Puller(self.nc, f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}", 256)
+            await puller.start()
+            self._puller = puller
         self._alive = time.monotonic()
         connector.consumers.add(self)
 
@@ -515,31 +534,43 @@ class JetStreamConsumer(Consumer):
 
     async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
         self._check_fetch()
-        psub = self._psub
-        if psub is None:
+        puller = self._puller
+        if puller is None:
             raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
         deadline = None if timeout is None else time.monotonic() + timeout
         batch = max(1, max_events)
+        # Ask for what was asked for (the next call asks again, before this batch is
+        # handled): a request left owing when a member leaves would take the messages
+        # it gives back, and the server hands them on only after undoing that.
+        puller.window = batch
+        where = f"fetching for {self._describe()}"
         while True:
-            wait = _POLL if deadline is None else min(deadline - time.monotonic(), _POLL)
-            msgs: list[Msg] = []
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                try:
-                    with translated(SubscribeError, f"fetching for {self._describe()}"):
-                        try:
-                            msgs = await psub.fetch(batch, timeout=max(wait, 0.01))
-                        except TIMEOUTS:
-                            pass
-                finally:
-                    self._scope = None
-            now = time.monotonic()
+            with translated(SubscribeError, where):
+                await puller.top_up()
+            msgs = puller.take(batch)
             if msgs:
-                self._alive = now
+                self._alive = time.monotonic()
                 return self._deliveries(msgs)
             if self.closed:
                 return []
-            if now - self._alive >= self._connector.config.consumer.recheck:
+            wait = _POLL if deadline is None else min(deadline - time.monotonic(), _POLL)
+            if puller.refused:
+                wait = min(wait, _REFUSED_WAIT)  # ask again after the puller's back-off
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                try:
+                    await puller.wait(max(wait, 0.01))
+                finally:
+                    self._scope = None
+            if puller.buffer:
+                continue
+            if self.closed:
+                return []
+            now = time.monotonic()
+            recheck = float(self._connector.config.consumer.recheck)
+            if puller.refused:
+                recheck = min(recheck, 2 * _REFUSED_WAIT)  # the consumer may be gone
+            if now - self._alive >= recheck:
                 await self._recheck()
             if deadline is not None and now >= deadline:
                 return []
@@ -549,13 +580,28 @@ class JetStreamConsumer(Consumer):
         out: list[Delivery] = []
         outstanding = self.outstanding
         for msg in msgs:
-            meta = msg.metadata
-            event = decode(msg, f"{meta.stream}-{meta.sequence.stream}", meta.timestamp)
-            delivery = JetStreamDelivery(self, msg, event)
+            # The reply subject is the metadata: $JS.ACK.<stream>.<consumer>.<delivered>.
+            # <stream seq>.<consumer seq>.<ns>.<pending> (v2 adds a domain and an account
+            # hash before the stream and a token after); parsed here, not by Msg.metadata.
+            tokens = msg.reply.split(".")
+            base = 2 if len(tokens) == 9 else 4
+            try:
+                stream = tokens[base]
+                attempt = int(tokens[base + 2])
+                sequence = int(tokens[base + 3])
+                nanos = int(tokens[base + 5])
+                pending = int(tokens[base + 6])
+            except (IndexError, ValueError):
+                meta = msg.metadata  # raises for a reply that is no JetStream ack subject
+                stream, attempt, sequence = meta.stream, meta.num_delivered, meta.sequence.stream
+                nanos, pending = int(meta.timestamp.timestamp() * 1e9), meta.num_pending
+            stamp = nanos / 1e9
+            stored = datetime.fromtimestamp(stamp, UTC)
+            event = decode(msg, f"{stream}-{sequence}", stored)
+            delivery = JetStreamDelivery(self, msg, event, sequence, attempt, stamp)
             outstanding.add(delivery)
             out.append(delivery)
-        if msgs:
-            self._pending = msgs[-1].metadata.num_pending
+            self._pending = pending
         return out
 
     def lag(self) -> int | None:
@@ -568,23 +614,21 @@ class JetStreamConsumer(Consumer):
         if self._scope is not None:
             self._scope.cancel()
         self._connector.consumers.discard(self)
-        psub = self._psub
-        if psub is None:
+        puller = self._puller
+        if puller is None:
             return
         with anyio.CancelScope(shield=True):
+            left: list[Msg] = []
             with tolerated(f"leaving group {self.group!r}"):
-                await psub.unsubscribe()
+                left = await puller.stop()
             # What this member holds unacked goes back to the group now, not after ack_wait:
-            # deliveries handed out, and messages the client queued that fetch never returned.
+            # deliveries handed out, and messages received that fetch never returned.
             for delivery in list(self.outstanding):
                 await delivery.give_back()
             self.outstanding.clear()
-            queue = psub._sub._pending_queue  # nats-py keeps them here; there is no public API
-            while not queue.empty():
-                msg = queue.get_nowait()
-                if msg.reply:
-                    with tolerated("nack on leaving"):
-                        await msg.nak()
+            for msg in left:
+                with tolerated("nack on leaving"):
+                    await msg.nak()
 
 
 def _check_consumer(config: ConsumerConfig, subject: str, where: str) -> None:

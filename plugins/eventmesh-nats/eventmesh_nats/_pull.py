@@ -1,0 +1,190 @@
+"""Pulling from a JetStream consumer in batches, on the member's own inbox.
+
+nats-py's ``PullSubscription.fetch`` waits for each message on its own (``next_msg``: a
+task, a ``wait_for`` timer and an inbox name per message), which costs more than the
+rest of the route together. A :class:`Puller` instead sends the pull requests itself, as
+the publisher sends its publishes, and reads what comes back in batches:
+
+* It subscribes to ``<inbox>.*`` once; each pull request gets its own reply subject under
+  it. The server answers a consumer's requests in turn, so each message is counted
+  against the oldest request that still owes some; a status message (on the request's
+  own subject: ``404``/``408`` the request ended or expired, ``409`` the server ended it,
+  ``503`` no consumer answers) closes its request.
+* :meth:`take` hands out up to ``n`` buffered messages; :meth:`top_up` keeps requests
+  outstanding for about ``window`` messages, so the next batch is on its way while the
+  current one is handled. Messages arrive into the subscription's queue and are read
+  from it in one pass (no callback and no task per message).
+* A request the server never answers (a restart, a lost connection) is forgotten after
+  its ``expires`` plus a margin, and asked again.
+
+What the puller holds has been delivered, from the server's point of view: the member
+acks or naks it, and what it had not handed out when it leaves is nak'd at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Final
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["Puller"]
+
+log = logging.getLogger(__name__)
+
+_EXPIRES: Final = 5.0
+"""Seconds a pull request waits on the server for messages (a long poll)."""
+_MARGIN: Final = 2.0
+"""Seconds past its expiry after which an unanswered request is given up on."""
+_BACKOFF: Final = 0.5
+"""Seconds before asking again after the server refused a request (503, 409)."""
+_QUEUE_LIMIT: Final = 1 << 20
+"""Messages the client may queue for the puller (the window bounds what is asked)."""
+
+
+class _Request:
+    __slots__ = ("owed", "token", "until")
+
+    def __init__(self, token: str, owed: int, until: float) -> None:
+        self.token = token
+        self.owed = owed
+        self.until = until
+
+
+class Puller:
+    """Batched pull requests on one inbox for one durable consumer (module docstring)."""
+
+    def __init__(self, nc: NATS, next_subject: str, window: int) -> None:
+        self._nc = nc
+        self._next_subject = next_subject
+        """``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``"""
+        self.window = max(1, window)
+        self._prefix = ""
+        self._sub: Subscription | None = None
+        self._queue: asyncio.Queue[Msg] | None = None
+        self.buffer: deque[Msg] = deque()
+        self._requests: dict[str, _Request] = {}  # in the order they were sent
+        self._head: _Request | None = None  # the oldest request, which messages answer
+        self._owed = 0
+        self._counter = 0
+        self._hold_until = 0.0
+        self.refused = ""
+        """Why the server last refused a request ('' after a message arrives)."""
+
+    async def start(self) -> None:
+        nc = self._nc
+        self._prefix = nc.new_inbox() + "."
+        sub = await nc.subscribe(
+            self._prefix + "*", pending_msgs_limit=_QUEUE_LIMIT, pending_bytes_limit=0
+        )
+        self._sub = sub
+        self._queue = sub._pending_queue  # read in bulk; nats-py has no public bulk read
+
+    async def stop(self) -> list[Msg]:
+        """Unsubscribe; return the messages received and not handed out (to nak)."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.unsubscribe()
+        self._drain()
+        left = list(self.buffer)
+        self.buffer.clear()
+        self._requests.clear()
+        self._head = None
+        self._owed = 0
+        return left
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Move what the client queued into the buffer, settling requests' counts."""
+        queue = self._queue
+        if queue is None:
+            return
+        get = queue.get_nowait
+        absorb = self._absorb
+        while not queue.empty():
+            absorb(get())
+
+    def _absorb(self, msg: Msg) -> None:
+        if not msg.reply:
+            self._status(msg.subject[len(self._prefix) :], msg)
+            return
+        self.buffer.append(msg)
+        self.refused = ""
+        head = self._head
+        if head is None:
+            if not self._requests:
+                return  # more than was asked (a request given up on, answered late)
+            head = self._head = next(iter(self._requests.values()))
+        self._owed -= 1
+        head.owed -= 1
+        if head.owed <= 0:
+            del self._requests[head.token]
+            self._head = None
+
+    def _status(self, token: str, msg: Msg) -> None:
+        headers = msg.headers or {}
+        status = headers.get("Status", "")
+        if status == "100":
+            return  # an idle heartbeat (not asked for)
+        self._forget(token)
+        if status in ("404", "408"):
+            return  # nothing more for this request: ask again when needed
+        description = headers.get("Description", "")
+        self.refused = f"status {status or 'none'}" + (f" {description}" if description else "")
+        self._hold_until = time.monotonic() + _BACKOFF
+        log.debug("pull request on %s ended: %s", self._next_subject, self.refused)
+
+    def _forget(self, token: str) -> None:
+        request = self._requests.pop(token, None)
+        if request is not None:
+            self._owed -= request.owed
+            if request is self._head:
+                self._head = None
+
+    def take(self, n: int) -> list[Msg]:
+        """Up to ``n`` received messages, in the order they came."""
+        self._drain()
+        buffer = self.buffer
+        if len(buffer) <= n:
+            out = list(buffer)
+            buffer.clear()
+            return out
+        popleft = buffer.popleft
+        return [popleft() for _ in range(n)]
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until a message (or status) is queued, or ``timeout`` seconds pass."""
+        queue = self._queue
+        if queue is None or not queue.empty() or self.buffer:
+            return
+        try:
+            msg = await asyncio.wait_for(queue.get(), timeout)
+        except TimeoutError:
+            return
+        self._absorb(msg)  # the buffer was empty: it goes in before the rest of the queue
+
+    # -- asking -----------------------------------------------------------------------------
+
+    async def top_up(self) -> None:
+        """Ask for more when what is buffered and owed falls to half the window."""
+        now = time.monotonic()
+        requests = self._requests
+        if requests:
+            for token in [t for t, r in requests.items() if r.until <= now]:
+                self._forget(token)  # never answered (a restart, a lost connection)
+        have = len(self.buffer) + self._owed
+        if have * 2 > self.window or now < self._hold_until or self._sub is None:
+            return
+        want = self.window - have
+        self._counter += 1
+        token = str(self._counter)
+        requests[token] = _Request(token, want, now + _EXPIRES + _MARGIN)
+        self._owed += want
+        payload = b'{"batch":%d,"expires":%d}' % (want, int(_EXPIRES * 1e9))
+        await self._nc.publish(self._next_subject, payload, reply=self._prefix + token)
