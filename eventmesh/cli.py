@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set logging.level=debug (repeatable)",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="sidecar processes sharing the ports (SO_REUSEPORT); kafka and nats "
+        "connectors only (default 1)",
+    )
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # one of --workers
     url = os.environ.get("EVENTMESH_URL", DEFAULT_URL)
     publish = commands.add_parser("publish", help="publish one event to a running sidecar")
     publish.add_argument("topic")
@@ -149,7 +157,7 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-async def _run(config: MeshConfig) -> None:
+async def _run(config: MeshConfig, reuse_port: bool = False) -> None:
     from eventmesh._loop import tune_gc
     from eventmesh.server.sidecar import Sidecar
 
@@ -157,7 +165,7 @@ async def _run(config: MeshConfig) -> None:
     # the default one that kills the process without closing anything.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         _log_data_dirs(config)
-        async with Sidecar(config) as sidecar:
+        async with Sidecar(config, reuse_port=reuse_port) as sidecar:
             tune_gc()
             names = ", ".join(f"{n} ({c.type})" for n, c in config.connectors.items())
             log.info(
@@ -449,6 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             default_connectors={"default": {"type": "local"}},
         )
         config = with_data_dir(config, args.data_dir)
+        if args.workers != 1:  # refused before anything starts (eventmesh/_workers.py)
+            from eventmesh._workers import check_workers
+
+            check_workers(config, args.workers)
         if config.tracing.on:  # said before anything starts, as a missing sidecar extra is
             with needs_extra("tracing (the tracing: config)"):
                 import eventmesh.observability.tracing  # noqa: F401
@@ -464,7 +476,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload=config.logging.payload,
     )
     try:
-        anyio.run(_run, config, backend="asyncio", backend_options=backend_options())
+        if args.workers != 1:
+            from eventmesh._workers import supervise, worker_argv
+
+            return supervise(
+                [
+                    worker_argv(
+                        config=args.config, data_dir=args.data_dir, overrides=args.set, index=i
+                    )
+                    for i in range(args.workers)
+                ]
+            )
+        reuse_port = args.worker_index is not None
+        anyio.run(_run, config, reuse_port, backend="asyncio", backend_options=backend_options())
     except EventMeshError as exc:
         log.error("%s", exc)
         return 1

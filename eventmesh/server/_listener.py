@@ -162,7 +162,7 @@ class GuardedSite(web.BaseSite):
     request's headers are in and when it is answered.
     """
 
-    __slots__ = ("_guard", "_host", "_port")
+    __slots__ = ("_guard", "_host", "_port", "_reuse_port")
 
     def __init__(
         self,
@@ -176,10 +176,14 @@ class GuardedSite(web.BaseSite):
         refusal: bytes,
         ssl_context: ssl.SSLContext | None = None,
         backlog: int = 128,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
+        """SO_REUSEPORT: processes bound to the same port share its connections
+        (``eventmesh run --workers``)."""
         self._guard = _Guard(name, max_connections, header_timeout, refusal)
 
     @property
@@ -233,6 +237,7 @@ class GuardedSite(web.BaseSite):
             self._port,
             backlog=self._backlog,
             ssl=self._ssl_context,
+            reuse_port=self._reuse_port or None,
             # A TLS handshake is held to the same deadline as the headers that follow it.
             ssl_handshake_timeout=guard.header_timeout if self._ssl_context else None,
         )

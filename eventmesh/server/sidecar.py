@@ -162,8 +162,12 @@ class Sidecar(ClosedOnExit):
         metrics: Metrics | None = None,
         tracer_provider: TracerProvider | None = None,
         span_processor: SpanProcessor | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = load_config(config)
+        self.reuse_port = reuse_port
+        """Bind every listener with SO_REUSEPORT, so the workers of ``eventmesh run
+        --workers`` share its ports (eventmesh._workers)."""
         self.mesh = Mesh(
             self.config,
             connectors=connectors,
@@ -305,6 +309,7 @@ class Sidecar(ClosedOnExit):
             header_timeout=float(listener.header_timeout),
             refusal=refusal(_busy(name), PROBLEM_CONTENT_TYPE),
             ssl_context=context,
+            reuse_port=self.reuse_port,
         )
         try:
             await site.start()
@@ -319,8 +324,11 @@ class Sidecar(ClosedOnExit):
         return runner
 
     async def _serve_grpc(self, listener: GrpcListener) -> grpc.aio.Server:
+        options: list[tuple[str, int]] = grpc_options(listener)
+        if self.reuse_port:
+            options.append(("grpc.so_reuseport", 1))
         server = grpc.aio.server(
-            options=grpc_options(listener), maximum_concurrent_rpcs=listener.max_concurrent_rpcs
+            options=options, maximum_concurrent_rpcs=listener.max_concurrent_rpcs
         )
         services = reflection.recording(server)  # every service added below is reflected
         add_to_server(server, self.mesh, max_event_size=listener.max_event_size, guard=self.guard)

@@ -1,0 +1,172 @@
+"""eventmesh run --workers 2 over a real Kafka broker: both workers listen on the same
+ports, join the same consumer group, and the events published through the shared HTTP
+port are all delivered; SIGTERM to the parent stops every worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient
+
+from eventmesh import Event
+from eventmesh.bindings.http import to_batch
+from eventmesh.testing.polling import eventually
+
+pytestmark = [pytest.mark.kafka, pytest.mark.anyio]
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free now (bound to 0, read, released together, so they differ)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (its socket inodes in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _start(config: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``eventmesh run -c config *args`` in the config's directory."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "eventmesh.cli", "run", "-c", str(config), *args],
+        cwd=config.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+async def test_two_workers_share_the_ports_and_the_consumer_group(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Both workers listen on the HTTP, gRPC and admin ports; the subscription's Kafka
+    group has two members; 200 events published through the shared port all reach the
+    webhook; SIGTERM to the parent stops both workers and it exits 0."""
+    topic = f"workers-{uuid.uuid4().hex[:8]}"
+    group = f"workers-{uuid.uuid4().hex[:8]}"
+    received: set[str] = set()
+
+    async def receive(request: web.Request) -> web.Response:
+        received.update(e["id"] for e in json.loads(await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/events", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    hook = f"http://127.0.0.1:{runner.addresses[0][1]}/events"
+    http, grpc, admin = _free_ports(3)
+    config: dict[str, Any] = {
+        "connectors": {
+            "default": {
+                "type": "kafka",
+                "bootstrap_servers": kafka_bootstrap,
+                "partitions": 4,
+                "session_timeout_ms": 6_000,
+                "heartbeat_interval_ms": 300,
+            }
+        },
+        "subscriptions": [
+            {
+                "name": "push",
+                "topic": topic,
+                "group": group,
+                "start": "earliest",
+                "sink": {"webhook": hook, "mode": "batch"},
+            }
+        ],
+        "server": {"http": {"port": http}, "grpc": {"port": grpc}, "admin": {"port": admin}},
+    }
+    path = tmp_path / "mesh.yaml"
+    path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
+    parent = _start(path, "--workers", "2")
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def healthy() -> bool:
+                try:
+                    async with session.get(f"http://127.0.0.1:{admin}/healthz") as answer:
+                        return answer.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            with anyio.fail_after(120):
+                while not await healthy():
+                    assert parent.poll() is None, "the run stopped while starting"
+                    await anyio.sleep(0.1)
+            workers = _children(parent.pid)
+            assert len(workers) == 2
+            await eventually(
+                lambda: all({http, grpc, admin} <= _listening_ports(w) for w in workers),
+                timeout=60,
+                what="both workers listening on every port",
+            )
+            kafka = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+            await kafka.start()
+            try:
+                members = 0
+                with anyio.fail_after(90):
+                    while members != 2:
+                        described = await kafka.describe_consumer_groups([group])
+                        members = len(described[0].groups[0][5])  # (.., members)
+                        await anyio.sleep(0.2)
+            finally:
+                await kafka.close()
+            events = [Event(type="t", source="/workers", data={"n": n}) for n in range(200)]
+            for i in range(0, 200, 20):
+                headers, body = to_batch(events[i : i + 20])
+                async with session.post(
+                    f"http://127.0.0.1:{http}/topics/{topic}/events", data=body, headers=headers
+                ) as answer:
+                    assert answer.status == 202, await answer.text()
+            await eventually(lambda: received >= {e.id for e in events}, timeout=60)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 0
+        assert not any(_alive(w) for w in workers)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        await runner.cleanup()
