@@ -19,6 +19,7 @@ from eventmesh.delivery.lanes import Lanes
 from eventmesh.delivery.policy import Backoff
 from eventmesh.delivery.services import Services
 from eventmesh.delivery.settle import HandBack
+from eventmesh.errors import ClosedError
 from eventmesh.testing.polling import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.core]
@@ -159,3 +160,46 @@ def test_one_key_always_takes_one_lane_and_keyless_deliveries_go_round_robin() -
     unordered = Lanes(4, by_key=False)
     unordered.route([item("a") for _ in range(8)])
     assert [len(lane.items) for lane in unordered] == [2, 2, 2, 2]
+
+
+async def test_a_source_shutting_down_is_waited_out_and_an_ended_consumer_closes(
+    connector: MemoryConnector,
+) -> None:
+    """A fetch that raises ClosedError while the consumer is open (a sidecar shutting
+    down, answering 503) is retried after the backoff; a consumer that ends by itself
+    (a sidecar's stream that ended) closes its subscription, which leaves its owner."""
+    consumer = connector.subscribe("orders", "g", start="earliest")
+    real_fetch = consumer.fetch
+    failures = [ClosedError("the sidecar is shutting down")] * 2
+
+    async def fetch(max_events: int = 256, timeout: float | None = None) -> list[ConnectorDelivery]:
+        if failures:
+            raise failures.pop()
+        return await real_fetch(max_events, timeout)
+
+    consumer.fetch = fetch  # type: ignore[method-assign]
+    handled: list[int] = []
+
+    async def handle(event: Event) -> None:
+        handled.append(event.data)
+
+    async with anyio.create_task_group() as tg:
+        owner = Owner(tg)
+        sub = Subscription(
+            owner.services(),
+            name="orders/g",
+            topic="orders",
+            group="g",
+            consumer=consumer,
+            policy=POLICY,
+            handler=handle,
+            filter=None,
+            transform=None,
+        )
+        await sub.start()
+        await connector.publish("orders", [Event(type="t", source="/s", data=1)])
+        await eventually(lambda: handled == [1])
+        assert failures == []
+        await consumer.close()  # the source ends it, not the subscription
+        await eventually(lambda: sub.closed)
+        assert owner.members == []
