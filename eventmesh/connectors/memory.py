@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Literal, NamedTuple
 
@@ -397,12 +397,11 @@ class _Group:
                     _MemoryDelivery(
                         self,
                         event,
-                        topic=topic.name,
-                        partition=p,
-                        offset=offset,
-                        key=event.partitionkey,
-                        attempt=self.attempts.get((p, offset), 0) + 1,
-                        timestamp=part.stamps[offset - part.base],
+                        topic.name,
+                        p,
+                        offset,
+                        self.attempts.get((p, offset), 0) + 1,
+                        part.stamps[offset - part.base],
                     )
                 )
         if len(out) >= max_events:
@@ -427,20 +426,21 @@ class _Group:
             stamps = part.stamps
             base = part.base
             name = topic.name
+            append = out.append
+            make = _MemoryDelivery
             for offset in range(nxt, nxt + count):
                 if acked and offset in acked:
                     continue
-                event = events[offset - base]
-                out.append(
-                    _MemoryDelivery(
+                i = offset - base
+                append(
+                    make(
                         self,
-                        event,
-                        topic=name,
-                        partition=p,
-                        offset=offset,
-                        key=event.partitionkey,
-                        attempt=attempts.get((p, offset), 0) + 1 if attempts else 1,
-                        timestamp=stamps[offset - base],
+                        events[i],
+                        name,
+                        p,
+                        offset,
+                        attempts.get((p, offset), 0) + 1 if attempts else 1,
+                        stamps[i],
                     )
                 )
             self.next[p] = nxt + count
@@ -484,8 +484,26 @@ class _Group:
 class _MemoryDelivery(Delivery):
     __slots__ = ("_group", "_settled")
 
-    def __init__(self, group: _Group, event: Event, **kw: object) -> None:
-        super().__init__(event, **kw)  # type: ignore[arg-type]
+    def __init__(  # positional, and the slots set here: this runs once per event
+        self,
+        group: _Group,
+        event: Event,
+        topic: str,
+        partition: int,
+        offset: int,
+        attempt: int,
+        timestamp: float,
+    ) -> None:
+        # Delivery.__init__'s fields, set here rather than through a second call.
+        self.event = event
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        extensions = event.extensions  # the partitionkey as text, as Event.partitionkey
+        key = extensions.get("partitionkey") if extensions else None
+        self.key = key if key is None or type(key) is str else str(key)
+        self.attempt = attempt
+        self.timestamp = timestamp
         self._group = group
         self._settled = False
 
@@ -510,6 +528,7 @@ class _MemoryConsumer(Consumer):
         self._start_at = start
         self._group: _Group | None = None
         self._wakeup: anyio.Event | None = None
+        self._new_event: Callable[[], anyio.Event] = anyio.Event
         self.partitions: list[int] = []
         self.cursor = 0
 
@@ -520,6 +539,9 @@ class _MemoryConsumer(Consumer):
             wakeup.set()
 
     async def _start(self) -> None:
+        # The running backend's own Event class: anyio.Event() looks the backend up on
+        # every call, and fetch makes one each time it waits.
+        self._new_event = type(anyio.Event())
         self._group = self._connector._join(self)
 
     async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
@@ -542,7 +564,7 @@ class _MemoryConsumer(Consumer):
             due = group.next_due(self)
             if due is not None:
                 wait = max(due - now, 0.0) if wait is None else min(wait, max(due - now, 0.0))
-            self._wakeup = wakeup = anyio.Event()
+            self._wakeup = wakeup = self._new_event()
             if wait is None:
                 await wakeup.wait()
             else:
@@ -693,11 +715,22 @@ class MemoryConnector(Connector):
             t.expire(stamp)
         partitions = t.partitions
         n = len(partitions)
-        for event in events:
-            key = event.extensions.get("partitionkey") if event.extensions else None
-            part = partitions[hash(str(key)) % n if key is not None else next(t.round_robin)]
-            part.events.append(event)
-            part.stamps.append(stamp)
+        if not any(event.extensions for event in events):
+            # No keys: the batch is dealt round robin, a slice per partition, in C.
+            first = next(t.round_robin)
+            for i in range(min(n, count)):
+                part = partitions[(first + i) % n]
+                dealt = events[i::n]
+                part.events.extend(dealt)
+                part.stamps.extend([stamp] * len(dealt))
+            for _ in range((count - 1) % n):  # where the next one starts, as if one by one
+                next(t.round_robin)
+        else:
+            for event in events:
+                key = event.extensions.get("partitionkey") if event.extensions else None
+                part = partitions[hash(str(key)) % n if key is not None else next(t.round_robin)]
+                part.events.append(event)
+                part.stamps.append(stamp)
         for group in t.groups.values():
             for member in group.members:
                 member.wake()
