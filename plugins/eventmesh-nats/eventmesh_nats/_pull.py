@@ -14,6 +14,12 @@ the publisher sends its publishes, and reads what comes back in batches:
   outstanding for about ``window`` messages, so the next batch is on its way while the
   current one is handled. Messages arrive into the subscription's queue and are read
   from it in one pass (no callback and no task per message).
+* While messages flow, requests are ``no_wait``: the server sends what it has, up to the
+  batch, and ends the request (``404``) when it runs out, so no request is left waiting.
+  Once one finds nothing, the puller waits with one request of ``batch`` messages that
+  expires after a few seconds (a long poll). A request left owing when the member leaves
+  would take the messages the member gives back, which the server hands on only after
+  undoing that: only the long poll can be, as with nats-py's own fetch.
 * A request the server never answers (a restart, a lost connection) is forgotten after
   its ``expires`` plus a margin, and asked again.
 
@@ -64,6 +70,10 @@ class Puller:
         self._next_subject = next_subject
         """``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``"""
         self.window = max(1, window)
+        self.batch = max(1, window // 2)
+        """What the long poll asks for (fetch's own ``max_events``)."""
+        self._idle = False  # the last no_wait request found nothing
+        self._polling: _Request | None = None  # the long poll, while it is outstanding
         self._prefix = ""
         self._sub: Subscription | None = None
         self._queue: asyncio.Queue[Msg] | None = None
@@ -116,6 +126,7 @@ class Puller:
             return
         self.buffer.append(msg)
         self.refused = ""
+        self._idle = False
         head = self._head
         if head is None:
             if not self._requests:
@@ -126,26 +137,35 @@ class Puller:
         if head.owed <= 0:
             del self._requests[head.token]
             self._head = None
+            if head is self._polling:
+                self._polling = None
 
     def _status(self, token: str, msg: Msg) -> None:
         headers = msg.headers or {}
         status = headers.get("Status", "")
         if status == "100":
             return  # an idle heartbeat (not asked for)
-        self._forget(token)
+        request = self._forget(token)
         if status in ("404", "408"):
+            if request is not None and request is not self._polling and not self.buffer:
+                self._idle = True  # a no_wait request found nothing: poll next
+            if request is self._polling:
+                self._polling = None
             return  # nothing more for this request: ask again when needed
         description = headers.get("Description", "")
         self.refused = f"status {status or 'none'}" + (f" {description}" if description else "")
         self._hold_until = time.monotonic() + _BACKOFF
         log.debug("pull request on %s ended: %s", self._next_subject, self.refused)
 
-    def _forget(self, token: str) -> None:
+    def _forget(self, token: str) -> _Request | None:
         request = self._requests.pop(token, None)
         if request is not None:
             self._owed -= request.owed
             if request is self._head:
                 self._head = None
+            if request is self._polling:
+                self._polling = None
+        return request
 
     def take(self, n: int) -> list[Msg]:
         """Up to ``n`` received messages, in the order they came."""
@@ -172,7 +192,8 @@ class Puller:
     # -- asking -----------------------------------------------------------------------------
 
     async def top_up(self) -> None:
-        """Ask for more when what is buffered and owed falls to half the window."""
+        """Ask for more when what is buffered and owed falls to half the window: a
+        ``no_wait`` request while messages flow, else one long poll (module docstring)."""
         now = time.monotonic()
         requests = self._requests
         if requests:
@@ -181,10 +202,18 @@ class Puller:
         have = len(self.buffer) + self._owed
         if have * 2 > self.window or now < self._hold_until or self._sub is None:
             return
-        want = self.window - have
+        if self._idle:
+            if self._polling is not None:
+                return
+            want = self.batch
+            payload = b'{"batch":%d,"expires":%d}' % (want, int(_EXPIRES * 1e9))
+        else:
+            want = self.window - have
+            payload = b'{"batch":%d,"no_wait":true}' % want
         self._counter += 1
         token = str(self._counter)
-        requests[token] = _Request(token, want, now + _EXPIRES + _MARGIN)
+        request = requests[token] = _Request(token, want, now + _EXPIRES + _MARGIN)
+        if self._idle:
+            self._polling = request
         self._owed += want
-        payload = b'{"batch":%d,"expires":%d}' % (want, int(_EXPIRES * 1e9))
         await self._nc.publish(self._next_subject, payload, reply=self._prefix + token)

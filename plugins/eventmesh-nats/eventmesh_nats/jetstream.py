@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import anyio
 import msgspec
@@ -539,10 +539,10 @@ class JetStreamConsumer(Consumer):
             raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
         deadline = None if timeout is None else time.monotonic() + timeout
         batch = max(1, max_events)
-        # Ask for what was asked for (the next call asks again, before this batch is
-        # handled): a request left owing when a member leaves would take the messages
-        # it gives back, and the server hands them on only after undoing that.
-        puller.window = batch
+        # Two batches asked for while messages flow: the next arrives while this one is
+        # handled; a long poll asks for one (see eventmesh_nats._pull).
+        puller.window = 2 * batch
+        puller.batch = batch
         where = f"fetching for {self._describe()}"
         while True:
             with translated(SubscribeError, where):
@@ -577,8 +577,9 @@ class JetStreamConsumer(Consumer):
 
     def _deliveries(self, msgs: list[Msg]) -> list[Delivery]:
         decode = self._connector.decode
-        out: list[Delivery] = []
-        outstanding = self.outstanding
+        from_stamp = datetime.fromtimestamp
+        out: list[JetStreamDelivery] = []
+        append = out.append
         for msg in msgs:
             # The reply subject is the metadata: $JS.ACK.<stream>.<consumer>.<delivered>.
             # <stream seq>.<consumer seq>.<ns>.<pending> (v2 adds a domain and an account
@@ -589,20 +590,21 @@ class JetStreamConsumer(Consumer):
                 stream = tokens[base]
                 attempt = int(tokens[base + 2])
                 sequence = int(tokens[base + 3])
-                nanos = int(tokens[base + 5])
-                pending = int(tokens[base + 6])
+                stamp = int(tokens[base + 5]) / 1e9
             except (IndexError, ValueError):
                 meta = msg.metadata  # raises for a reply that is no JetStream ack subject
                 stream, attempt, sequence = meta.stream, meta.num_delivered, meta.sequence.stream
-                nanos, pending = int(meta.timestamp.timestamp() * 1e9), meta.num_pending
-            stamp = nanos / 1e9
-            stored = datetime.fromtimestamp(stamp, UTC)
-            event = decode(msg, f"{stream}-{sequence}", stored)
-            delivery = JetStreamDelivery(self, msg, event, sequence, attempt, stamp)
-            outstanding.add(delivery)
-            out.append(delivery)
-            self._pending = pending
-        return out
+                stamp = meta.timestamp.timestamp()
+            event = decode(msg, f"{stream}-{sequence}", from_stamp(stamp, UTC))
+            append(JetStreamDelivery(self, msg, event, sequence, attempt, stamp))
+        if msgs:
+            self.outstanding.update(out)
+            last = msgs[-1].reply.split(".")
+            try:
+                self._pending = int(last[8 if len(last) == 9 else 10])
+            except (IndexError, ValueError):
+                self._pending = msgs[-1].metadata.num_pending
+        return cast("list[Delivery]", out)
 
     def lag(self) -> int | None:
         """The group consumer's messages not yet delivered (``num_pending`` of the last
