@@ -8,9 +8,10 @@ with N = 1 and once with N = 2 (the two take turns, median of the rounds):
 
 * ingress: 16 concurrent requesters POST pre-encoded batches of 100 events to the
   shared HTTP port; each 202 means Kafka stored the batch (acks=all);
-* route: a backlog on a 4-partition topic is delivered by a webhook subscription
-  (batch mode) to an aiohttp receiver; the rate runs from the first event received to
-  the last, so start-up and the group's first join are not counted.
+* route: once every worker has joined the subscription's consumer group, events are
+  published to a 4-partition topic and delivered by the webhook subscription (batch
+  mode) to an aiohttp receiver; the rate runs from the first event received to the
+  last, so start-up and the group's rebalances are not counted.
 
 The load generator, the receiver and the broker share the machine's cores with the
 workers, as they would on one host.
@@ -34,6 +35,7 @@ from typing import Any
 
 import aiohttp
 import uvloop
+from aiokafka.admin import AIOKafkaAdminClient
 from bench_webhook import _Receiver
 from harness import Row, Section, cli, load_average
 
@@ -155,28 +157,49 @@ async def _ingress(bootstrap: str, workers: int, requests: int) -> float:
             return requests * BATCH / (time.perf_counter() - start)
 
 
+async def _members(bootstrap: str, group: str, count: int) -> None:
+    """Wait until the Kafka consumer group ``group`` has ``count`` members."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            described = await admin.describe_consumer_groups([group])
+            if len(described[0].groups[0][5]) == count:  # (error, id, state, .., members)
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"group {group} did not reach {count} members in 120 s")
+    finally:
+        await admin.close()
+
+
 async def _route(bootstrap: str, workers: int, events: int) -> float:
-    """Events/s from a Kafka backlog through the workers' webhook subscription."""
+    """Events/s from Kafka through the workers' webhook subscription: published once
+    every worker has joined the group (so no rebalance falls in the measured span)."""
     topic = f"bench-route-{uuid.uuid4().hex[:8]}"
+    group = f"route-{uuid.uuid4().hex[:8]}"
     async with Mesh({"connectors": {"default": _kafka(bootstrap)}}) as mesh:
-        for i in range(0, events, 1000):
-            batch = [
-                Event(type="bench", source="/bench", data={"n": n}) for n in range(i, i + 1000)
-            ]
-            await mesh.publish(topic, batch)
-    async with _Receiver() as receiver:
-        receiver.expect(events)
-        subscription = {
-            "name": "route",
-            "topic": topic,
-            "group": f"route-{uuid.uuid4().hex[:8]}",
-            "start": "earliest",
-            "sink": {"webhook": receiver.url, "mode": "batch"},
-        }
-        config = {"connectors": {"default": _kafka(bootstrap)}, "subscriptions": [subscription]}
-        async with _Run(config, workers):
-            await asyncio.wait_for(receiver.done.wait(), 300)
-        return receiver.clock.measure().rate
+        await mesh.publish(topic, Event(type="bench", source="/bench"))  # the topic exists
+        async with _Receiver() as receiver:
+            receiver.expect(events + 1)
+            subscription = {
+                "name": "route",
+                "topic": topic,
+                "group": group,
+                "start": "earliest",
+                "sink": {"webhook": receiver.url, "mode": "batch"},
+            }
+            config = {"connectors": {"default": _kafka(bootstrap)}, "subscriptions": [subscription]}
+            async with _Run(config, workers):
+                await _members(bootstrap, group, workers)
+                for i in range(0, events, 1000):
+                    batch = [
+                        Event(type="bench", source="/bench", data={"n": n})
+                        for n in range(i, i + 1000)
+                    ]
+                    await mesh.publish(topic, batch)
+                await asyncio.wait_for(receiver.done.wait(), 300)
+            return receiver.clock.measure().rate
 
 
 def main(quick: bool) -> Section:
@@ -228,10 +251,11 @@ def main(quick: bool) -> Section:
         f"of 4 partitions), taking turns, median of {rounds} rounds. Ingress: "
         f"{REQUESTERS} requesters POST pre-encoded batches of {BATCH} events "
         "(application/cloudevents-batch+json) to the shared port; SO_REUSEPORT spreads "
-        "their connections over the workers. Route: a backlog published beforehand, "
-        "delivered by a webhook subscription (batch mode, default policy) whose consumer "
-        "group has one member per worker, to an aiohttp receiver in the benchmark's "
-        "process; counted from the first event received to the last.",
+        "their connections over the workers. Route: once the subscription's consumer group "
+        "has one member per worker, the benchmark publishes the events (batches of 1,000, "
+        "embedded mesh) and a webhook subscription (batch mode, default policy) delivers "
+        "them to an aiohttp receiver in the benchmark's process; counted from the first "
+        "event received to the last.",
         "The machine has 2 cores, shared by the workers, the load generator or receiver, "
         "the Kafka broker and whatever else runs: the ratio shows what a second worker "
         "adds here, not what it adds on a host with a core to spare.",
