@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from eventmesh.delivery.policy import Backoff, DeliveryPolicy
     from eventmesh.mesh import Mesh
     from eventmesh.subscription import Delivery, Subscription
-    from eventmesh.triggers.function import Drop, Function
+    from eventmesh.functions.function import Drop, Function
 
 # The rest is imported on first use: a function's worker process (it needs only the
 # Event) or a short command should not pay for the mesh at start-up. None of it imports
@@ -51,8 +51,8 @@ _LAZY: dict[str, str] = {
     "Client": "eventmesh.client",
     "Delivery": "eventmesh.subscription",
     "DeliveryPolicy": "eventmesh.delivery.policy",
-    "Drop": "eventmesh.triggers.function",
-    "Function": "eventmesh.triggers.function",
+    "Drop": "eventmesh.functions.function",
+    "Function": "eventmesh.functions.function",
     "Mesh": "eventmesh.mesh",
     "MeshConfig": "eventmesh.config",
     "Subscription": "eventmesh.subscription",

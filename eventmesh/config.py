@@ -38,7 +38,7 @@ from eventmesh.delivery.policy import DeliveryPolicy, check_range
 from eventmesh.errors import ConfigError, EventMeshError
 from eventmesh.pipeline.limits import FilterLimits
 from eventmesh.tls import TlsConfig
-from eventmesh.triggers.function import FunctionConfig, check_function
+from eventmesh.functions.function import FunctionConfig, check_function
 
 __all__ = [
     "ENV_PREFIX",

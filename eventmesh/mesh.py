@@ -44,9 +44,9 @@ from eventmesh.event import Event
 from eventmesh.observability.metrics import FunctionFigures, MeshMetrics, SubscriptionFigures
 from eventmesh.pipeline.compile import compile_pipeline
 from eventmesh.subscription import Handler, Subscription
-from eventmesh.triggers.function import Function
-from eventmesh.triggers.process import check_not_bootstrapping
-from eventmesh.triggers.runtime import FunctionRuntime
+from eventmesh.functions.function import Function
+from eventmesh.functions.process import check_not_bootstrapping
+from eventmesh.functions.runtime import FunctionRuntime
 from eventmesh.typing import Filter, Transform
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from eventmesh.deadletters import DeadLetters
     from eventmesh.delivery.webhook import WebhookSession
     from eventmesh.observability.tracing import Tracing
-    from eventmesh.triggers.runner import FunctionRunner
+    from eventmesh.functions.runner import FunctionRunner
 
 __all__ = ["Mesh"]
 

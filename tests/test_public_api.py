@@ -18,7 +18,7 @@ PUBLIC = [
     "eventmesh.pipeline.cesql",
     "eventmesh.testing",
     "eventmesh.testing.strategies",
-    "eventmesh.triggers",
+    "eventmesh.functions",
     "eventmesh.typing",
 ]
 
@@ -71,7 +71,7 @@ def test_the_event_and_a_worker_process_load_no_servers_or_telemetry() -> None:
 
     heavy = ["aiohttp", "grpc", "opentelemetry.sdk", "prometheus_client"]
     code = (
-        "import sys, eventmesh, eventmesh.triggers._worker\n"
+        "import sys, eventmesh, eventmesh.functions._worker\n"
         f"print([m for m in {heavy!r} if m in sys.modules])\n"
         "from eventmesh.mesh import Mesh\n"
         "print(eventmesh.Mesh is Mesh, 'connect' in dir(eventmesh))\n"

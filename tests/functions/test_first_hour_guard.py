@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from eventmesh import LifecycleError
-from eventmesh.triggers.process import check_not_bootstrapping
+from eventmesh.functions.process import check_not_bootstrapping
 
 _PROGRAM = textwrap.dedent(
     """

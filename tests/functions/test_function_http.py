@@ -11,7 +11,7 @@ from aiohttp import web
 from fn_support import FAST, eventually, order, read
 
 from eventmesh import Mesh
-from eventmesh.triggers.function import CAUSATION_EXTENSION
+from eventmesh.functions.function import CAUSATION_EXTENSION
 
 pytestmark = pytest.mark.anyio
 

@@ -11,8 +11,8 @@ import pytest
 from fn_support import FAST, eventually, order, read
 
 from eventmesh import DeliveryError, Event, Mesh
-from eventmesh.triggers.invoker import process_invoker
-from eventmesh.triggers.process import WorkerPool
+from eventmesh.functions.invoker import process_invoker
+from eventmesh.functions.process import WorkerPool
 
 pytestmark = pytest.mark.anyio
 

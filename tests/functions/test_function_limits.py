@@ -7,7 +7,7 @@ import pytest
 
 from eventmesh import Event
 from eventmesh.errors import DeliveryError
-from eventmesh.triggers.limits import Batcher
+from eventmesh.functions.limits import Batcher
 
 pytestmark = pytest.mark.anyio
 

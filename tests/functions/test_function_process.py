@@ -9,7 +9,7 @@ import pytest
 from fn_support import FAST, eventually, order, read
 
 from eventmesh import ConfigError, Event, Function, Mesh
-from eventmesh.triggers.process import WorkerPool
+from eventmesh.functions.process import WorkerPool
 
 pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 

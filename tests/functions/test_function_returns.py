@@ -9,7 +9,7 @@ import pytest
 from fn_support import FAST, eventually, order, read
 
 from eventmesh import ConfigError, DeliveryError, Drop, Event, Function, LifecycleError, Mesh
-from eventmesh.triggers.function import CAUSATION_EXTENSION
+from eventmesh.functions.function import CAUSATION_EXTENSION
 
 pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 

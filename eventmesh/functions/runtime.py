@@ -3,10 +3,10 @@
 :class:`FunctionRuntime` is an async context manager the mesh enters for its lifespan.
 It owns the worker pools of process-isolated functions (each stopped on close) and the
 task group of correlation triggers. :meth:`FunctionRuntime.start` builds, per function,
-a :class:`~eventmesh.triggers.runner.FunctionRunner` and a subscription of the
+a :class:`~eventmesh.functions.runner.FunctionRunner` and a subscription of the
 function's consumer group on its trigger topic, whose sink is the runner (through a
-:class:`~eventmesh.triggers.limits.Batcher` for batches, a
-:class:`~eventmesh.triggers.correlate.Correlator` for correlated sets).
+:class:`~eventmesh.functions.limits.Batcher` for batches, a
+:class:`~eventmesh.functions.correlate.Correlator` for correlated sets).
 """
 
 from __future__ import annotations
@@ -28,18 +28,18 @@ from eventmesh.event import Event
 from eventmesh.observability.histogram import Histogram
 from eventmesh.pipeline.compile import compile_pipeline
 from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
-from eventmesh.triggers.correlate import Correlator
-from eventmesh.triggers.function import Function
-from eventmesh.triggers.invoker import (
+from eventmesh.functions.correlate import Correlator
+from eventmesh.functions.function import Function
+from eventmesh.functions.invoker import (
     Invoke,
     http_invoker,
     is_async,
     process_invoker,
     python_invoker,
 )
-from eventmesh.triggers.limits import Batcher
-from eventmesh.triggers.process import WorkerPool
-from eventmesh.triggers.runner import FunctionRunner
+from eventmesh.functions.limits import Batcher
+from eventmesh.functions.process import WorkerPool
+from eventmesh.functions.runner import FunctionRunner
 from eventmesh.typing import Filter
 
 if TYPE_CHECKING:

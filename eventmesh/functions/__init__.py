@@ -1,6 +1,6 @@
 """The serverless layer: functions triggered by events, their invokers, limits and pools."""
 
-from eventmesh.triggers.function import (
+from eventmesh.functions.function import (
     BatchConfig,
     CorrelateConfig,
     Drop,
@@ -8,7 +8,7 @@ from eventmesh.triggers.function import (
     FunctionConfig,
     TriggerConfig,
 )
-from eventmesh.triggers.stats import FunctionStats
+from eventmesh.functions.stats import FunctionStats
 
 __all__ = [
     "BatchConfig",

@@ -4,7 +4,7 @@
 events, batches and correlated sets alike. In order it: waits for the rate limit,
 takes a concurrency slot (for single events the dispatcher's lanes are the slots),
 calls the invoker under the timeout, counts the outcome on
-:class:`~eventmesh.triggers.stats.FunctionStats`, and publishes the replies. It returns
+:class:`~eventmesh.functions.stats.FunctionStats`, and publishes the replies. It returns
 when the event(s) may be acked and raises when they must be retried. What each result
 means: docs/functions.md, 'What a function returns'.
 """
@@ -22,11 +22,11 @@ from eventmesh._requests import reply_address, send_replies
 from eventmesh.errors import DeliveryError
 from eventmesh.event import Event
 from eventmesh.observability.histogram import Histogram
-from eventmesh.triggers.function import CAUSATION_EXTENSION, Drop, Function
-from eventmesh.triggers.invoker import Invoke
-from eventmesh.triggers.limits import RateLimiter
-from eventmesh.triggers.process import WorkerPool
-from eventmesh.triggers.stats import FunctionStats
+from eventmesh.functions.function import CAUSATION_EXTENSION, Drop, Function
+from eventmesh.functions.invoker import Invoke
+from eventmesh.functions.limits import RateLimiter
+from eventmesh.functions.process import WorkerPool
+from eventmesh.functions.stats import FunctionStats
 
 if TYPE_CHECKING:
     from eventmesh.observability.tracing import Tracing

@@ -23,8 +23,8 @@ from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import ConnectorError
 from eventmesh.event import Event
 from eventmesh.subscription import Delivery
-from eventmesh.triggers.function import CorrelateConfig
-from eventmesh.triggers.stats import FunctionStats
+from eventmesh.functions.function import CorrelateConfig
+from eventmesh.functions.stats import FunctionStats
 from eventmesh.typing import Filter
 
 if TYPE_CHECKING:

@@ -28,8 +28,8 @@ import anyio.to_thread
 
 from eventmesh.errors import DeliveryError
 from eventmesh.event import Event, decode_json_batch, encode_json, encode_json_batch
-from eventmesh.triggers.function import Drop
-from eventmesh.triggers.process import WorkerPool
+from eventmesh.functions.function import Drop
+from eventmesh.functions.process import WorkerPool
 
 if TYPE_CHECKING:
     from eventmesh.delivery.webhook import WebhookSink

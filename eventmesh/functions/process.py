@@ -34,8 +34,8 @@ import anyio.to_thread
 
 from eventmesh._lifecycle import ClosedOnExit
 from eventmesh.errors import ClosedError, DeliveryError, LifecycleError
-from eventmesh.triggers import _worker
-from eventmesh.triggers.stats import FunctionStats
+from eventmesh.functions import _worker
+from eventmesh.functions.stats import FunctionStats
 
 __all__ = ["COLD_START_TIMEOUT", "WorkerPool", "check_not_bootstrapping"]
 
@@ -263,7 +263,7 @@ class WorkerPool(ClosedOnExit):
 
     async def run(self, batch: bool, payload: bytes) -> tuple[str, Any]:
         """Invoke the handler in a worker on the encoded ``payload``; what it answered
-        (see :func:`eventmesh.triggers._worker.invoke`). A dead worker raises a
+        (see :func:`eventmesh.functions._worker.invoke`). A dead worker raises a
         retryable ``DeliveryError``."""
         executor = await self.ready()
         try:

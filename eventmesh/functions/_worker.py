@@ -18,7 +18,7 @@ from eventmesh._imports import import_callable
 from eventmesh.delivery.deadletter import describe_error
 from eventmesh.errors import DeliveryError
 from eventmesh.event import Event, decode_json, decode_json_batch, encode_json_batch
-from eventmesh.triggers.function import Drop
+from eventmesh.functions.function import Drop
 
 __all__ = ["invoke", "ready"]
 
