@@ -23,7 +23,7 @@ import uvloop
 from harness import Measure, Row, Section, interleave
 
 from eventmesh import Event, Mesh
-from eventmesh.client.base import Client
+from eventmesh._client import Client
 
 TITLE = "Remote subscriptions (sidecar to SDK handler or iterator)"
 BATCH: Final = 100

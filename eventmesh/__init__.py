@@ -33,14 +33,14 @@ from eventmesh.errors import (
 from eventmesh.event import Event
 
 if TYPE_CHECKING:
-    from eventmesh.client.base import Client
+    from eventmesh._client import Client
     from eventmesh.client.connect import connect
     from eventmesh.client.sync import BlockingClient, connect_blocking
     from eventmesh.config import MeshConfig, load_config
     from eventmesh.delivery.policy import Backoff, DeliveryPolicy
+    from eventmesh.functions.function import Drop, Function
     from eventmesh.mesh import Mesh
     from eventmesh.subscription import Delivery, Subscription
-    from eventmesh.functions.function import Drop, Function
 
 # The rest is imported on first use: a function's worker process (it needs only the
 # Event) or a short command should not pay for the mesh at start-up. None of it imports

@@ -27,7 +27,7 @@ from eventmesh._imports import needs_extra
 from eventmesh.deadletters import MAX_PAGE, MAX_REPLAY, parse_time
 
 if TYPE_CHECKING:
-    from eventmesh.client.base import Client
+    from eventmesh._client import Client
     from eventmesh.connectors.base import StoredEvent
     from eventmesh.deadletters import ReplayResult
 

@@ -30,7 +30,8 @@ from eventmesh.event import Event, ExtensionValue
 
 if TYPE_CHECKING:
     from eventmesh.connectors.base import StartPosition
-    from eventmesh.subscription import Handler, Subscription
+    from eventmesh.subscription import Subscription
+    from eventmesh.typing import Handler
 
 __all__ = [
     "CORRELATION_ID",

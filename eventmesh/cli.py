@@ -30,7 +30,7 @@ from eventmesh.config import MeshConfig, load_config, with_data_dir
 from eventmesh.errors import ConfigError, EventMeshError, UnauthenticatedError
 
 if TYPE_CHECKING:
-    from eventmesh.client.base import Client
+    from eventmesh._client import Client
 
 __all__ = ["main"]
 

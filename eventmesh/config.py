@@ -36,9 +36,9 @@ from eventmesh.connectors.memory import MemoryConfig
 from eventmesh.delivery._sinkcheck import sink_problem
 from eventmesh.delivery.policy import DeliveryPolicy, check_range
 from eventmesh.errors import ConfigError, EventMeshError
+from eventmesh.functions.function import FunctionConfig, check_function
 from eventmesh.pipeline.limits import FilterLimits
 from eventmesh.tls import TlsConfig
-from eventmesh.functions.function import FunctionConfig, check_function
 
 __all__ = [
     "ENV_PREFIX",

@@ -18,10 +18,10 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from eventmesh._client import Client
 from eventmesh._dedupe import Deduper, DuplicateWindow
 from eventmesh._imports import needs_extra
 from eventmesh._requests import Requests
-from eventmesh.client.base import Client
 from eventmesh.config import (
     MeshConfig,
     SubscriptionConfig,
@@ -41,13 +41,13 @@ from eventmesh.errors import (
     RejectedError,
 )
 from eventmesh.event import Event
-from eventmesh.observability.metrics import FunctionFigures, MeshMetrics, SubscriptionFigures
-from eventmesh.pipeline.compile import compile_pipeline
-from eventmesh.subscription import Handler, Subscription
 from eventmesh.functions.function import Function
 from eventmesh.functions.process import check_not_bootstrapping
 from eventmesh.functions.runtime import FunctionRuntime
-from eventmesh.typing import Filter, Transform
+from eventmesh.observability.metrics import FunctionFigures, MeshMetrics, SubscriptionFigures
+from eventmesh.pipeline.compile import compile_pipeline
+from eventmesh.subscription import Subscription
+from eventmesh.typing import Filter, Handler, Transform
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
@@ -55,8 +55,8 @@ if TYPE_CHECKING:
 
     from eventmesh.deadletters import DeadLetters
     from eventmesh.delivery.webhook import WebhookSession
-    from eventmesh.observability.tracing import Tracing
     from eventmesh.functions.runner import FunctionRunner
+    from eventmesh.observability.tracing import Tracing
 
 __all__ = ["Mesh"]
 

@@ -22,7 +22,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Generator
 from functools import partial
 from typing import Any, Final, Literal, Self
 
@@ -42,7 +42,7 @@ from eventmesh.delivery.settle import RetryHere, Settle
 from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
 from eventmesh.observability.histogram import Histogram
-from eventmesh.typing import Filter, Sink, Transform
+from eventmesh.typing import Filter, Handler, Sink, Transform
 
 __all__ = ["Delivery", "Handler", "Subscription"]
 
@@ -55,10 +55,6 @@ _ITER_BATCH: Final = 64
 
 Outcome = Literal["delivered", "dead_lettered", "filtered", "dropped"]
 """What became of an acked event, as the subscription's stats count it."""
-
-Handler = Callable[[Event], Awaitable[Any]] | Callable[[Event], Any]
-"""A subscription handler: async functions run on the loop, plain ones in a worker thread
-so they cannot block it. Returning acks the event; raising retries it."""
 
 
 class Delivery:

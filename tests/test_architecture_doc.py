@@ -30,3 +30,15 @@ def test_the_iterator_batch_is_the_documented_one() -> None:
 def test_the_close_timeout_is_the_documented_one() -> None:
     """'under one timeout (N s by default)' is the subscriptions' close timeout."""
     assert _figure(r"under one timeout \((\d+) s by default\)") == subscription._CLOSE_TIMEOUT
+
+
+def test_the_layer_stack_is_the_contract() -> None:
+    """The stack of layers the page draws is the import-linter contract, line for line."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))
+    (contract,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
+    drawn = re.search(r"```\ncli\n(.*?)```", DOC, flags=re.DOTALL)
+    assert drawn, "docs/architecture.md no longer draws the layer stack"
+    assert ["cli", *drawn.group(1).splitlines()] == contract["layers"]

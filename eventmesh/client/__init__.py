@@ -1,6 +1,6 @@
 """The SDK: ``eventmesh.connect()`` and the blocking facade for scripts."""
 
-from eventmesh.client.base import Client
+from eventmesh._client import Client
 from eventmesh.client.connect import connect
 from eventmesh.client.sync import BlockingClient, connect_blocking
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from eventmesh._client import Client
 from eventmesh._imports import needs_extra
-from eventmesh.client.base import Client
 from eventmesh.config import MeshConfig, load_config, with_data_dir
 from eventmesh.errors import ConfigError
 

@@ -26,6 +26,7 @@ import grpc
 import grpc.aio
 import msgspec
 
+from eventmesh._client import Client
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
 from eventmesh._requests import check_wait
 from eventmesh.bindings.protobuf import from_proto, to_proto, to_proto_batch
@@ -38,7 +39,6 @@ from eventmesh.client._remote import (
 )
 from eventmesh.client._stream import StreamConsumer
 from eventmesh.client._stream import translate as _translate
-from eventmesh.client.base import Client
 from eventmesh.config import convert
 from eventmesh.connectors.base import StartPosition
 from eventmesh.delivery.policy import DeliveryPolicy
@@ -51,7 +51,8 @@ from eventmesh.errors import (
     LifecycleError,
 )
 from eventmesh.event import Event
-from eventmesh.subscription import Handler, Subscription
+from eventmesh.subscription import Subscription
+from eventmesh.typing import Handler
 
 __all__ = ["GrpcClient", "GrpcSubscription"]
 

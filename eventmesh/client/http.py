@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 import msgspec
 
+from eventmesh._client import Client
 from eventmesh._requests import check_wait
 from eventmesh._status import error_from_problem
 from eventmesh.bindings._common import encode_attribute
@@ -38,7 +39,6 @@ from eventmesh.client._remote import (
     ssl_context,
     warn_clear_text,
 )
-from eventmesh.client.base import Client
 from eventmesh.config import convert
 from eventmesh.connectors.base import StartPosition
 from eventmesh.deadletters import DeadLetters
@@ -54,7 +54,8 @@ from eventmesh.errors import (
     PublishError,
 )
 from eventmesh.event import Event, decode_json
-from eventmesh.subscription import Handler, Subscription
+from eventmesh.subscription import Subscription
+from eventmesh.typing import Handler
 
 __all__ = ["HttpClient", "HttpSubscription"]
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from eventmesh._client import Client
 from eventmesh._loop import backend_options
-from eventmesh.client.base import Client
 from eventmesh.client.connect import connect
 from eventmesh.config import MeshConfig
 from eventmesh.errors import ClosedError, LifecycleError

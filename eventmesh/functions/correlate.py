@@ -22,9 +22,9 @@ from eventmesh.delivery.policy import DeliveryPolicy, retry_delay
 from eventmesh.delivery.stats import DeliveryStats
 from eventmesh.errors import ConnectorError
 from eventmesh.event import Event
-from eventmesh.subscription import Delivery
 from eventmesh.functions.function import CorrelateConfig
 from eventmesh.functions.stats import FunctionStats
+from eventmesh.subscription import Delivery
 from eventmesh.typing import Filter
 
 if TYPE_CHECKING:

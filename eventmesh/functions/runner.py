@@ -21,12 +21,12 @@ import anyio
 from eventmesh._requests import reply_address, send_replies
 from eventmesh.errors import DeliveryError
 from eventmesh.event import Event
-from eventmesh.observability.histogram import Histogram
 from eventmesh.functions.function import CAUSATION_EXTENSION, Drop, Function
 from eventmesh.functions.invoker import Invoke
 from eventmesh.functions.limits import RateLimiter
 from eventmesh.functions.process import WorkerPool
 from eventmesh.functions.stats import FunctionStats
+from eventmesh.observability.histogram import Histogram
 
 if TYPE_CHECKING:
     from eventmesh.observability.tracing import Tracing

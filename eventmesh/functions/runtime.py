@@ -25,9 +25,6 @@ from eventmesh._lifecycle import ClosedOnExit
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import ConfigError, LifecycleError
 from eventmesh.event import Event
-from eventmesh.observability.histogram import Histogram
-from eventmesh.pipeline.compile import compile_pipeline
-from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
 from eventmesh.functions.correlate import Correlator
 from eventmesh.functions.function import Function
 from eventmesh.functions.invoker import (
@@ -40,13 +37,17 @@ from eventmesh.functions.invoker import (
 from eventmesh.functions.limits import Batcher
 from eventmesh.functions.process import WorkerPool
 from eventmesh.functions.runner import FunctionRunner
+from eventmesh.observability.histogram import Histogram
+from eventmesh.pipeline.compile import compile_pipeline
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
 from eventmesh.typing import Filter
 
 if TYPE_CHECKING:
     from eventmesh.connectors.base import StartPosition
     from eventmesh.delivery.services import Services
     from eventmesh.delivery.webhook import WebhookSession
-    from eventmesh.subscription import Handler, Subscription
+    from eventmesh.subscription import Subscription
+    from eventmesh.typing import Handler
 
 __all__ = ["FunctionRuntime", "Host"]
 

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import pytest
 
 import eventmesh
-from eventmesh.client.base import Client
+from eventmesh._client import Client
 from eventmesh.client.http import HttpClient
 from eventmesh.config import HttpListener
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 import eventmesh
 from eventmesh import Event
-from eventmesh.client.base import Client
+from eventmesh._client import Client
 from eventmesh.client.grpc import GrpcClient
 from eventmesh.client.http import HttpClient
 from eventmesh.config import HttpListener

@@ -10,7 +10,7 @@ import pytest
 
 import eventmesh
 from eventmesh import ConnectError, Event
-from eventmesh.client.base import Client
+from eventmesh._client import Client
 
 
 def _order(n: int, **attributes: str) -> Event:

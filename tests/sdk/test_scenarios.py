@@ -17,7 +17,7 @@ from eventmesh import (
     EventValidationError,
     Subscription,
 )
-from eventmesh.client.base import Client
+from eventmesh._client import Client
 from eventmesh.testing.polling import eventually
 
 pytestmark = pytest.mark.anyio

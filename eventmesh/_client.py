@@ -18,7 +18,8 @@ from eventmesh.event import Event
 
 if TYPE_CHECKING:
     from eventmesh.deadletters import DeadLetters
-    from eventmesh.subscription import Handler, Subscription
+    from eventmesh.subscription import Subscription
+    from eventmesh.typing import Handler
 
 __all__ = ["Client"]
 
