@@ -14,6 +14,7 @@ from eventmesh import Event
 from eventmesh._wire import decode_batch, decode_one
 from eventmesh.bindings.http import from_http
 from eventmesh.bindings.nats import from_message
+from eventmesh.bindings.protobuf import from_proto, to_proto
 from eventmesh.errors import EventValidationError
 from eventmesh.event import (
     SPECVERSION,
@@ -198,3 +199,22 @@ def test_several_extensions_keep_their_order() -> None:
         encode_json(general(first)),
         encode_json(general(second)),
     ]
+
+
+def test_protobuf_events_skip_only_the_checks_from_proto_made() -> None:
+    """from_proto skips the Event's own checks only for what it checked itself: an empty
+    optional attribute, another specversion or a bad extension name is still refused."""
+    event = Event(type="t", source="/s", subject="x", data={"n": 1})
+    decoded = from_proto(to_proto(event))
+    assert decoded == event
+    assert decoded.specversion is SPECVERSION
+    empty = to_proto(event)
+    empty.attributes["subject"].ce_string = ""
+    old = to_proto(event)
+    old.spec_version = "0.3"
+    named = to_proto(event)
+    named.attributes["Bad-Name"].ce_string = "v"
+    for msg, attribute in ((empty, "subject"), (old, "specversion"), (named, "Bad-Name")):
+        with pytest.raises(EventValidationError) as caught:
+            from_proto(msg)
+        assert caught.value.attribute == attribute

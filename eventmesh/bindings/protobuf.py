@@ -26,6 +26,8 @@ from eventmesh._generated.io.cloudevents.v1.cloudevents_pb2 import CloudEvent, C
 from eventmesh.bindings._common import checked_json, encode_attribute, is_json_media_type
 from eventmesh.errors import EventValidationError
 from eventmesh.event import (
+    _CHECKED,
+    SPECVERSION,
     URI,
     Binary,
     Event,
@@ -186,41 +188,40 @@ def from_proto(msg: CloudEvent) -> Event:
     Raises ``EventValidationError``, naming the attribute, when it is not a valid
     CloudEvents 1.0 event.
     """
-    for name, required in (
-        ("id", msg.id),
-        ("source", msg.source),
-        ("specversion", msg.spec_version),
-        ("type", msg.type),
-    ):
-        if not required:
-            raise EventValidationError(
-                f"required attribute {name!r} is missing or empty", attribute=name
-            )
+    id_ = msg.id
+    source = msg.source
+    specversion = msg.spec_version
+    type_ = msg.type
+    if not (id_ and source and specversion and type_):
+        _missing(msg)
     datacontenttype: str | None = None
     dataschema: str | None = None
     subject: str | None = None
     time: datetime | None = None
     extensions: dict[str, ExtensionValue] = {}
-    for name, value in msg.attributes.items():
-        kind = value.WhichOneof("attr")
-        if kind is None:
-            raise EventValidationError(f"attribute {name!r} has no value", attribute=name)
-        if name == "datacontenttype":
-            datacontenttype = _string(name, value, kind)
-        elif name == "dataschema":
-            dataschema = _string(name, value, kind)
-        elif name == "subject":
-            subject = _string(name, value, kind)
-        elif name == "time":
-            time = _time(value, kind)
-        elif name in _REQUIRED_FIELDS:
-            raise EventValidationError(
-                f"attribute {name!r} belongs in the CloudEvent's own field, not in its "
-                "attributes map",
-                attribute=name,
-            )
-        else:
-            extensions[name] = _extension(name, value, kind)
+    attributes = msg.attributes
+    if attributes:
+        for name in attributes:  # the map itself: its items() view is Python, per item
+            value = attributes[name]
+            kind = value.WhichOneof("attr")
+            if kind is None:
+                raise EventValidationError(f"attribute {name!r} has no value", attribute=name)
+            if name == "time":
+                time = _time(value, kind)
+            elif name == "datacontenttype":
+                datacontenttype = _string(name, value, kind)
+            elif name == "dataschema":
+                dataschema = _string(name, value, kind)
+            elif name == "subject":
+                subject = _string(name, value, kind)
+            elif name in _REQUIRED_FIELDS:
+                raise EventValidationError(
+                    f"attribute {name!r} belongs in the CloudEvent's own field, not in its "
+                    "attributes map",
+                    attribute=name,
+                )
+            else:
+                extensions[name] = _extension(name, value, kind)
     data: Any = None
     which = msg.WhichOneof("data")
     if which == "binary_data":
@@ -231,11 +232,21 @@ def from_proto(msg: CloudEvent) -> Event:
         data = msg.proto_data.value
         datacontenttype = datacontenttype or PROTOBUF_DATA_CONTENT_TYPE
         dataschema = dataschema or msg.proto_data.type_url or None
+    if (
+        specversion == SPECVERSION
+        and datacontenttype != ""
+        and dataschema != ""
+        and subject != ""
+        and not extensions
+    ):
+        # Every field is checked: protobuf strings are str, id, source and type are not
+        # empty, nor is an optional one that is set, and time is an aware datetime.
+        specversion = _CHECKED  # Event skips its own checks
     return Event(
-        id=msg.id,
-        source=msg.source,
-        specversion=msg.spec_version,
-        type=msg.type,
+        id=id_,
+        source=source,
+        specversion=specversion,
+        type=type_,
         datacontenttype=datacontenttype,
         dataschema=dataschema,
         subject=subject,
@@ -243,6 +254,20 @@ def from_proto(msg: CloudEvent) -> Event:
         data=data,
         extensions=extensions,
     )
+
+
+def _missing(msg: CloudEvent) -> None:
+    """EventValidationError naming the first required attribute ``msg`` lacks."""
+    for name, required in (
+        ("id", msg.id),
+        ("source", msg.source),
+        ("specversion", msg.spec_version),
+        ("type", msg.type),
+    ):
+        if not required:
+            raise EventValidationError(
+                f"required attribute {name!r} is missing or empty", attribute=name
+            )
 
 
 def _string(name: str, value: Any, kind: str) -> str:
@@ -264,7 +289,7 @@ def _datetime(stamp: ProtoTimestamp) -> datetime:
     nanos = stamp.nanos
     if not 0 <= nanos < 1_000_000_000:
         raise ValueError(f"nanos {nanos} is not in [0, 1e9)")
-    value = _EPOCH + timedelta(seconds=stamp.seconds, microseconds=nanos // 1000)
+    value = _EPOCH + timedelta(0, stamp.seconds, nanos // 1000)
     extra = nanos % 1000
     return NanoTime.of(value, extra) if extra else value
 

@@ -245,9 +245,11 @@ class EventMeshServicer:
                 raise request.refusal(self.logs)
             if self.guard.enabled:
                 self.guard.check(principal, "publish", topic=request.topic)
-            if self.max_event_size is not None:
+            limit = self.max_event_size
+            if limit is not None:
                 for index, msg in enumerate(request.batch.events):
-                    self._check_size(msg, f"event {index} of the batch")
+                    if msg.ByteSize() > limit:  # the message only for the one too large
+                        self._check_size(msg, f"event {index} of the batch")
             events = from_proto_batch(request.batch)
             if events:
                 with transport_parent(*_trace_headers(context)):
