@@ -132,7 +132,8 @@ def checked_json(body: bytes, content_type: str | None) -> None:
         _checker.decode(body)
         if not body.isascii():
             body.decode("utf-8")  # the checker skips over the text of strings
-        if body.count(b"[") + body.count(b"{") > MAX_DATA_DEPTH:
+        # Each level of nesting takes two bytes: a short body cannot be too deep.
+        if len(body) > 2 * MAX_DATA_DEPTH and body.count(b"[") + body.count(b"{") > MAX_DATA_DEPTH:
             check_data_depth(_decoder.decode(body))
     except RecursionError as exc:
         raise EventValidationError(

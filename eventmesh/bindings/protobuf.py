@@ -333,7 +333,7 @@ def _extension(name: str, value: Any, kind: str) -> ExtensionValue:
 
 
 def _text(text: str, content_type: str | None) -> Any:
-    if not is_json_media_type(content_type):
+    if content_type is not None and not is_json_media_type(content_type):
         return text
     raw = text.encode("utf-8", "surrogatepass")
     try:
@@ -342,7 +342,12 @@ def _text(text: str, content_type: str | None) -> Any:
         if content_type is None:
             return text  # a producer that sent plain text without saying so
         raise
-    return JSONData(raw)
+    data = _new_json(JSONData)  # JSONData(raw) without a Python __init__ call
+    data.raw = raw
+    return data
+
+
+_new_json: Final = JSONData.__new__
 
 
 def from_proto_batch(batch: CloudEventBatch | Sequence[CloudEvent]) -> list[Event]:
