@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,8 +22,8 @@ from typing import Any, Final
 
 import grpc
 import grpc.aio
-from bench_http import CONCURRENCY, RUNS, TOPIC, Figure, measure, profile, serve, sidecar_config
-from harness import Row, Section, cli
+from bench_http import CONCURRENCY, RUNS, TOPIC, Server, _once, profile, serve, sidecar_config
+from harness import Measure, Row, Section, cli, interleave
 
 from eventmesh import Event
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
@@ -149,46 +150,65 @@ def main(quick: bool) -> Section:
     singles = 3_000 if quick else 10_000
     batches = 300 if quick else 2_000
     modes = [("single", *calls("single", 1_000), singles), ("batch", *calls("batch", 50), batches)]
-    figures: dict[tuple[str, str], Figure] = {}
-    for kind in ("bare-grpc", "sidecar-grpc"):
-        with serve("bench_grpc", kind) as server:
-            for mode, pool, per_request, total in modes:
-                figures[kind, mode] = measure(server, pool, per_request, total, runner=load)
     section = Section(TITLE)
-    for mode, _, per_request, total in modes:
-        ours, bare = figures["sidecar-grpc", mode], figures["bare-grpc", mode]
-        what = (
-            f"Publish, 1 event per call, {total:,} calls"
-            if mode == "single"
-            else f"PublishBatch, {BATCH} events per call, {total * per_request:,} events"
-        )
-        section.rows.append(
-            Row(
-                name=what,
-                value=ours.rate,
-                unit="events/s",
-                baseline=bare.rate,
-                baseline_name="bare grpc.aio servicer",
+    with serve("bench_grpc", "bare-grpc") as bare, serve("bench_grpc", "sidecar-grpc") as ours:
+        for mode, pool, per_request, total in modes:
+            print(f"  {mode}", flush=True)
+            medians = interleave(
+                RUNS,
+                {
+                    kind: functools.partial(_round, server, pool, per_request, total)
+                    for kind, server in (("bare-grpc", bare), ("sidecar-grpc", ours))
+                },
             )
-        )
-        section.notes.append(
-            f"CPU per event, {mode}: sidecar {ours.server_us:,.1f} µs (bare servicer "
-            f"{bare.server_us:,.1f} µs); the load generator spent {ours.client_us:,.1f} µs "
-            f"per event on the sidecar run ({bare.client_us:,.1f} µs on the bare one)."
-        )
+            mine, base = medians["sidecar-grpc"], medians["bare-grpc"]
+            what = (
+                f"Publish, 1 event per call, {total:,} calls"
+                if mode == "single"
+                else f"PublishBatch, {BATCH} events per call, {total * per_request:,} events"
+            )
+            section.rows.append(
+                Row(
+                    name=what,
+                    value=mine.rate,
+                    unit="events/s",
+                    baseline=base.rate,
+                    baseline_name="bare grpc.aio servicer",
+                    goal="0.50x or more" if mode == "batch" else "",
+                    load=f"{mine.load} (baseline {base.load})",
+                )
+            )
+            section.notes.append(
+                f"CPU per event, {mode} (medians): sidecar {mine.cpu_us:,.1f} µs (bare "
+                f"servicer {base.cpu_us:,.1f} µs); rates of each round, sidecar/bare: "
+                + ", ".join(
+                    f"{a.rate:,.0f}/{b.rate:,.0f}"
+                    for a, b in zip(mine.rounds, base.rounds, strict=True)
+                )
+                + "."
+            )
     section.notes += [
-        "The server runs in a child process of its own (multiprocessing, spawn, uvloop); "
-        "this process is the load generator, so on a 2-core machine each side has a core. "
+        "The servers run in child processes of their own (multiprocessing, spawn, uvloop), "
+        "both started before the first round; this process is the load generator, so on a "
+        "2-core machine the loaded server and the client each have a core. "
         f"The client is one grpc.aio channel with {CONCURRENCY} concurrent callers sending "
         "pre-serialized requests (distinct events in the CloudEvents protobuf format) and "
         "reading each answer; the same client and requests load both servers.",
         "The sidecar's service decodes each CloudEvent into an Event, publishes to the "
         "in-memory connector (a topic without readers, released whenever it fills) and "
         "answers once stored, with the ids. The bare servicer is the generated "
-        "EventMeshServicer answering PublishResponse(stored=n) at once. Each figure is "
-        f"the best of {RUNS} runs after a warm-up.",
+        "EventMeshServicer answering PublishResponse(stored=n) at once. The two take "
+        f"turns, {RUNS} rounds each after a warm-up (harness.interleave); each figure is "
+        "the median of its rounds, with the load average beside it.",
+        "Reproduce: python benchmarks/run.py grpc (or python benchmarks/bench_grpc.py).",
     ]
     return section
+
+
+def _round(server: Server, pool: list[Any], per_request: int, total: int) -> Measure:
+    """One timed load of ``server`` as a harness round: events/s and server CPU per event."""
+    figure = _once(server, pool, per_request, total, load)
+    return Measure(rate=figure.rate, cpu_us=figure.server_us)
 
 
 def _profile(quick: bool) -> str:
