@@ -19,11 +19,13 @@ which shuts down as a single sidecar does, and the parent exits once all have (0
 all exited cleanly). A worker that exits while no stop was asked for stops the whole
 run: the others get SIGTERM and the parent exits 1, so the process manager that
 started it (systemd, Kubernetes) restarts it whole, rather than this process
-restarting one worker in a loop.
+restarting one worker in a loop. On Linux a worker also gets SIGTERM when the parent
+dies of a signal it cannot forward (SIGKILL).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -124,7 +126,7 @@ def supervise(commands: Sequence[Sequence[str]]) -> int:
         for index, command in enumerate(commands):
             if stopping:
                 break
-            proc = subprocess.Popen(list(command))
+            proc = subprocess.Popen(list(command), preexec_fn=_die_with_parent)
             procs[proc.pid] = (index, proc)
             log.info("worker %d started (pid %d)", index, proc.pid)
         while procs:
@@ -154,6 +156,15 @@ def supervise(commands: Sequence[Sequence[str]]) -> int:
             signal.signal(sig, handler)
     log.info("eventmesh stopped (%d workers)", len(commands))
     return status
+
+
+def _die_with_parent() -> None:
+    """In a new worker, before it runs: on Linux, have the kernel send it SIGTERM when
+    the parent dies (even of SIGKILL, which the parent cannot forward), so no worker
+    outlives its run. Elsewhere nothing: a worker then outlives a killed parent."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:

@@ -70,11 +70,26 @@ def _start(config: Path, *args: str) -> subprocess.Popen[bytes]:
         cwd=config.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # so a failing test can kill the workers with it
     )
 
 
+def _kill_all(parent: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the parent and its workers (one process group) and reap the parent."""
+    try:
+        os.killpg(parent.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    parent.wait()
+
+
 def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
+    """Whether ``pid`` runs (a zombie left for init to reap counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_two_workers_share_the_ports_and_the_consumer_group(
@@ -166,7 +181,27 @@ async def test_two_workers_share_the_ports_and_the_consumer_group(
         assert parent.wait(60) == 0
         assert not any(_alive(w) for w in workers)
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+        _kill_all(parent)
         await runner.cleanup()
+
+
+async def test_workers_stop_when_the_parent_is_killed(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """SIGKILL, which the parent cannot forward, still stops both workers (Linux)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    http, grpc, admin = _free_ports(3)
+    config = {
+        "connectors": {"default": {"type": "kafka", "bootstrap_servers": kafka_bootstrap}},
+        "server": {"http": {"port": http}, "grpc": {"port": grpc}, "admin": {"port": admin}},
+    }
+    path = tmp_path / "mesh.yaml"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    parent = _start(path, "--workers", "2")
+    try:
+        await eventually(lambda: len(_children(parent.pid)) == 2, timeout=60)
+        workers = _children(parent.pid)
+        parent.kill()
+        parent.wait()
+        await eventually(lambda: not any(_alive(w) for w in workers), timeout=60)
+    finally:
+        _kill_all(parent)
