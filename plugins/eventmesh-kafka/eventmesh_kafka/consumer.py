@@ -9,11 +9,6 @@ event, in any order. This module bridges the two:
   crash redelivers rather than skips (at-least-once).
 * Commits go out every ``commit_interval_ms`` or 5,000 acks (from ``fetch`` and ``ack``),
   when the group takes a partition away, and on close. Auto-commit is off.
-* ``fetch`` takes all the client has buffered (up to ``max_poll_records``) and keeps what
-  it does not hand out yet, undecoded, for the next call: the client then asks the
-  broker for more at once, rather than after the caller took its buffer in small bites.
-  Kept records are not handed out, so they hold no commit back; those of a partition
-  the member no longer holds are dropped (its next owner reads them from the commit).
 * ``nack(delay)`` keeps the event in this process and hands it out again once the delay
   has passed, with ``attempt`` one higher; its offset holds the commit back meanwhile.
 * When a partition is assigned, the member first pauses it, then settles its position:
@@ -27,7 +22,6 @@ event, in any order. This module bridges the two:
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import logging
@@ -78,6 +72,10 @@ class _Partition:
         """The offset to commit: every offset below it was acked (or never existed)."""
         return self.pending[0] if self.pending else self.next
 
+    def handed_out(self, offset: int) -> None:
+        self.pending.append(offset)
+        self.next = offset + 1
+
     def ack(self, offset: int) -> None:
         pending = self.pending
         if pending and pending[0] == offset:
@@ -122,20 +120,11 @@ class _KafkaDelivery(Delivery):
         self._settled = True
         part = self._part
         if part.live:
-            # _Partition.ack, inlined: this runs once per record.
-            pending = part.pending
-            if pending and pending[0] == self.offset:
-                pending.popleft()
-                if part.acked:
-                    acked = part.acked
-                    while pending and pending[0] in acked:
-                        acked.remove(pending.popleft())
-            else:
-                part.acked.add(self.offset)
+            part.ack(self.offset)
             consumer = self._consumer
             consumer._acks += 1
             if consumer._commit_due(time.monotonic()):
-                consumer._commit_soon()
+                await consumer._commit()
 
     async def nack(self, delay: float = 0.0) -> None:
         if self._settled:
@@ -173,8 +162,6 @@ class KafkaConsumer(Consumer):
         self._client: Any = None
         self._ready = anyio.Event()
         self._parts: dict[int, _Partition] = {}
-        self._kept: deque[tuple[_Partition, list[Any]]] = deque()
-        """Records fetched and not handed out yet, in order, by partition (module doc)."""
         self._unsettled: set[Any] = set()  # assigned partitions whose position is unknown
         self._redeliveries: list[tuple[float, int, _KafkaDelivery]] = []
         self._seq = itertools.count()
@@ -183,7 +170,6 @@ class KafkaConsumer(Consumer):
         self._acks = 0  # since the last commit
         self._last_commit = time.monotonic()
         self._committing = False
-        self._commit_task: asyncio.Task[None] | None = None
         self._generation = 0  # counts rebalance callbacks, so a stale _settle gives up
 
     def lag(self) -> int | None:
@@ -247,14 +233,10 @@ class KafkaConsumer(Consumer):
         if client is None:
             return
         with anyio.CancelScope(shield=True):
-            task = self._commit_task
-            if task is not None and not task.done():
-                await asyncio.wait([task])  # a commit under way ends first (it raises nothing)
             await self._commit(client, force=True)
             for part in self._parts.values():
                 part.live = False
             self._parts.clear()
-            self._kept.clear()
             self._redeliveries.clear()
             with tolerated(f"leaving {self._where}"):
                 await client.stop()
@@ -274,13 +256,9 @@ class KafkaConsumer(Consumer):
             out = self._due(max_events)
             if out:
                 return out
-            if self._kept:
-                out = self._deliveries(max_events)
-                if out:
-                    return out
             now = time.monotonic()
             if self._commit_due(now):
-                self._commit_soon()
+                await self._commit(client)
             wait = self._wait(now, deadline)
             records: dict[Any, list[Any]] = {}
             # The scope's deadline also bounds the wait aiokafka makes, whatever its
@@ -289,7 +267,9 @@ class KafkaConsumer(Consumer):
                 self._wake = scope
                 try:
                     with translated(SubscribeError, f"fetching for {self._where}"):
-                        records = await client.getmany(timeout_ms=int(wait * 1000))
+                        records = await client.getmany(
+                            timeout_ms=int(wait * 1000), max_records=max_events
+                        )
                 except SubscribeError:
                     if self.closed:  # aiokafka refuses a stopped consumer's poll
                         return []
@@ -299,8 +279,7 @@ class KafkaConsumer(Consumer):
             if self.closed:
                 return []
             if records:
-                self._keep(records)
-                out = self._deliveries(max_events)
+                out = self._deliveries(records)
                 if out:
                     return out
             if deadline is not None and time.monotonic() >= deadline:
@@ -347,37 +326,18 @@ class KafkaConsumer(Consumer):
             )
         return out
 
-    def _keep(self, records: dict[Any, list[Any]]) -> None:
-        parts = self._parts
-        kept = self._kept
-        for tp, batch in records.items():
-            part = parts.get(tp.partition)
-            if part is not None and batch:
-                kept.append((part, batch))
-            # else: not settled (paused, so aiokafka returns nothing of it) or no longer
-            # held: nothing of it is committed by this member, so whoever holds it next
-            # reads these records again.
-
-    def _deliveries(self, max_events: int) -> list[Delivery]:
-        """Up to ``max_events`` kept records, decoded, in order, as deliveries."""
+    def _deliveries(self, records: dict[Any, list[Any]]) -> list[Delivery]:
         out: list[Delivery] = []
         append = out.append
         topic = self.topic
-        parts = self._parts
-        kept = self._kept
-        while kept and len(out) < max_events:
-            part, batch = kept[0]
-            partition = part.tp.partition
-            if parts.get(partition) is not part:
-                kept.popleft()  # revoked, or assigned afresh: read again from the commit
+        for tp, batch in records.items():
+            part = self._parts.get(tp.partition)
+            if part is None:
+                # Not settled (paused, so aiokafka returns nothing of it) or no longer
+                # held: nothing of this partition is committed by this member, so the
+                # records are read again by whoever holds it next.
                 continue
-            room = max_events - len(out)
-            if len(batch) > room:
-                kept[0] = (part, batch[room:])
-                batch = batch[:room]
-            else:
-                kept.popleft()
-            pending = part.pending
+            partition = tp.partition
             for record in batch:
                 offset = record.offset
                 stamp = record.timestamp / 1000 if record.timestamp >= 0 else None
@@ -393,13 +353,9 @@ class KafkaConsumer(Consumer):
                     )
                 except EventValidationError as exc:
                     event = self._wrapped(record, stamp, exc)
-                pending.append(offset)
-                append(
-                    _KafkaDelivery(
-                        self, part, event, topic, partition, offset, event.partitionkey, 1, stamp
-                    )
-                )
-            part.next = batch[-1].offset + 1
+                part.handed_out(offset)
+                key = event.partitionkey
+                append(_KafkaDelivery(self, part, event, topic, partition, offset, key, 1, stamp))
         return out
 
     def _wrapped(self, record: Any, stamp: float | None, exc: EventValidationError) -> Event:
@@ -434,18 +390,6 @@ class KafkaConsumer(Consumer):
             and not self._committing
             and (self._acks >= _COMMIT_EVERY or now - self._last_commit >= self._interval)
         )
-
-    def _commit_soon(self) -> None:
-        """Commit in a task of its own: the ack (or fetch) that found a commit due does
-        not wait for the broker's answer, and the events behind it do not either."""
-        self._committing = True
-        self._commit_task = asyncio.get_running_loop().create_task(self._commit_in_task())
-
-    async def _commit_in_task(self) -> None:
-        try:
-            await self._commit(force=True)
-        finally:
-            self._committing = False
 
     async def _commit(self, client: Any = None, *, force: bool = False) -> None:
         """Commit every held partition's acked prefix; failures are logged (the offsets
