@@ -271,6 +271,13 @@ def main(quick: bool) -> Section:
         "group has one member per worker to an aiohttp receiver in the benchmark's "
         "process; counted from the moment the group has all its members (Kafka's "
         "describe_groups) to the last event received.",
+        "Every round, events/s: "
+        + "; ".join(
+            f"{name.replace('-', ', ')} worker(s): " + ", ".join(f"{r:,.0f}" for r in rates)
+            for name, rates in sorted(results.items())
+        )
+        + ". The rounds spread widely: on this machine the other sessions' load decides "
+        "more than the second worker does.",
         "The machine has 2 cores, shared by the workers, the load generator or receiver, "
         "the Kafka broker and whatever else runs: the ratio shows what a second worker "
         "adds here, not what it adds on a host with a core to spare.",
