@@ -1,0 +1,162 @@
+"""Before and after: one route of an earlier revision against the working tree, in turns.
+
+    python benchmarks/ab.py http 7ff5d56      # HTTP batch ingress: bare, REV, working tree
+    python benchmarks/ab.py grpc 7ff5d56      # gRPC PublishBatch: bare, REV, working tree
+    python benchmarks/ab.py memory 7ff5d56    # in-memory route: 1 topic and 1,000 topics
+
+The revision is exported (``git archive``) into the git-ignored ``.cache/ab/<rev>`` and
+imported in place of the working tree's ``eventmesh``: for http and grpc its sidecar runs
+in a child process beside the working tree's and a bare server, all three loaded in
+turns by the same client (harness.interleave); for memory each round is a fresh process
+of each tree, alternating. The figures are medians, printed with the load average and
+the ratio to the bare baseline, so a change's effect is measured in one run of the
+machine rather than read off two runs of different days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+
+def export(rev: str) -> Path:
+    """The tree of ``rev`` under .cache/ab/<commit>, exported once."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    target = ROOT / ".cache" / "ab" / commit
+    if not (target / "eventmesh").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile() as archive:
+            subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, stdout=archive)
+            archive.seek(0)
+            with tarfile.open(fileobj=archive) as tar:
+                tar.extractall(target, filter="data")
+    return target
+
+
+def servers(route: str, old: Path, rounds: int, requests: int) -> dict[str, Any]:
+    """http or grpc: the bare server, the old sidecar and the new one, loaded in turns."""
+    import bench_grpc
+    import bench_http
+    from harness import Measure, interleave
+
+    pool: list[Any]
+    if route == "http":
+        pool, per = bench_http.requests("batch", 50)
+        module, bare_kind, kind, runner = "bench_http", "bare-http-decode", "sidecar-http", None
+    else:
+        pool, per = bench_grpc.calls("batch", 50)
+        module, bare_kind, kind = "bench_grpc", "bare-grpc", "sidecar-grpc"
+        runner = bench_grpc.load
+    load = runner or bench_http.load
+
+    def round_(server: bench_http.Server) -> Measure:
+        figure = bench_http._once(server, pool, per, requests, load)
+        return Measure(rate=figure.rate, cpu_us=figure.server_us)
+
+    with contextlib.ExitStack() as stack:
+        bare = stack.enter_context(bench_http.serve(module, bare_kind))
+        sys.path.insert(0, str(old))  # the child imports the old tree's eventmesh
+        before = stack.enter_context(bench_http.serve(module, kind))
+        sys.path.remove(str(old))
+        after = stack.enter_context(bench_http.serve(module, kind))
+        medians = interleave(
+            rounds,
+            {
+                name: functools.partial(round_, server)
+                for name, server in (("bare", bare), ("before", before), ("after", after))
+            },
+        )
+    return {name: (m.rate, m.cpu_us, m.load) for name, m in medians.items()}
+
+
+_MEMORY_ROUND = """
+import gc, json, os, sys, time, uvloop
+sys.path.append({benchmarks!r})
+import bench_memory as bm
+events = bm._events({events})
+out = {{}}
+for name, run in (
+    ("bare", lambda: bm._bare(events, 1)),
+    ("one topic", lambda: bm._mesh(events, 1, 1)),
+    ("1,000 topics", lambda: bm._mesh(events, 1, 1000)),
+):
+    gc.collect()
+    cpu = time.process_time()
+    out[name] = uvloop.run(run())
+    out[name + " µs CPU"] = (time.process_time() - cpu) / len(events) * 1e6
+out["load"] = os.getloadavg()[0]
+print(json.dumps(out))
+"""
+"""One round of the memory route in a fresh process: events/s of each setup, and the
+process's CPU per event over each (start-up included: 1,000 subscriptions' worth for
+the 1,000 topics), a steadier measure than the rate on a busy machine."""
+
+
+def memory(old: Path, rounds: int, events: int) -> dict[str, Any]:
+    """memory: a fresh process of each tree per round, alternating; medians of each."""
+    code = _MEMORY_ROUND.format(benchmarks=str(HERE), events=events)
+    results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for round_ in range(rounds):
+        for name, path in (("before", str(old)), ("after", None)):
+            env = dict(os.environ)
+            if path is not None:
+                env["PYTHONPATH"] = path
+            answer = subprocess.run(
+                [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+            )
+            figures = json.loads(answer.stdout.strip().splitlines()[-1])
+            results[name].append(figures)
+            print(f"    round {round_ + 1} {name}: {figures}", flush=True)
+    return {
+        name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for name, runs in results.items()
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("route", choices=("http", "grpc", "memory"))
+    parser.add_argument("rev", help="the earlier revision (a commit, a tag, HEAD~3)")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    old = export(args.rev)
+    print(f"{args.route}: {args.rev} ({old.name}) against the working tree", flush=True)
+    if args.route == "memory":
+        medians = memory(old, args.rounds, 100_000)
+        for name, figures in medians.items():
+            print(
+                f"{name}: "
+                + ", ".join(f"{k} {v:,.1f}" for k, v in figures.items() if k != "load")
+                + f"; one topic/bare {figures['one topic'] / figures['bare']:.2f}x, "
+                f"1,000 topics/one topic {figures['1,000 topics'] / figures['one topic']:.2f}x "
+                f"(load {figures['load']:.1f})"
+            )
+        return 0
+    figures = servers(args.route, old, args.rounds, 1_000)
+    bare = figures["bare"][0]
+    for name, (rate, cpu, load) in figures.items():
+        print(
+            f"{name}: {rate:,.0f} events/s, {cpu:.2f} µs server CPU per event, "
+            f"{rate / bare:.2f}x bare (load {load})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
