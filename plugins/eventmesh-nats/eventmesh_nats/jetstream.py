@@ -568,8 +568,8 @@ class JetStreamConsumer(Consumer):
                 return []
             now = time.monotonic()
             recheck = float(self._connector.config.consumer.recheck)
-            if puller.refused:
-                recheck = min(recheck, 2 * _REFUSED_WAIT)  # the consumer may be gone
+            if puller.refused.startswith("status 503") or "Deleted" in puller.refused:
+                recheck = min(recheck, 2 * _REFUSED_WAIT)  # no consumer answers: gone?
             if now - self._alive >= recheck:
                 await self._recheck()
             if deadline is not None and now >= deadline:
