@@ -21,6 +21,8 @@ import msgspec
 from eventmesh.bindings._common import decode_attribute, decode_data, encode_attribute, encode_data
 from eventmesh.errors import EventValidationError
 from eventmesh.event import (
+    _CHECKED,
+    SPECVERSION,
     Event,
     ExtensionValue,
     decode_json,
@@ -359,6 +361,19 @@ def _fast_binary(
     if key is not None and "partitionkey" not in extensions:
         extensions["partitionkey"] = key.decode("utf-8", errors="replace")
     data = decode_data(value, content_type) if value else None
+    if (
+        specversion == SPECVERSION
+        and id_
+        and source
+        and type_
+        and subject != ""
+        and dataschema != ""
+        and content_type != ""
+        and not others  # the only extension is partitionkey, a str: nothing to check
+    ):
+        # Every field is checked: headers decode to str, id, source and type are not
+        # empty, nor is an optional one that is set, and parse_time's time is aware.
+        specversion = _CHECKED  # Event skips its own checks
     return Event(
         specversion=specversion,
         id=id_,
