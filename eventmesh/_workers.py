@@ -26,6 +26,7 @@ dies of a signal it cannot forward (SIGKILL).
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -126,7 +127,9 @@ def supervise(commands: Sequence[Sequence[str]]) -> int:
         for index, command in enumerate(commands):
             if stopping:
                 break
-            proc = subprocess.Popen(list(command), preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(
+                list(command), preexec_fn=functools.partial(_die_with, os.getpid())
+            )
             procs[proc.pid] = (index, proc)
             log.info("worker %d started (pid %d)", index, proc.pid)
         while procs:
@@ -158,13 +161,17 @@ def supervise(commands: Sequence[Sequence[str]]) -> int:
     return status
 
 
-def _die_with_parent() -> None:
+def _die_with(parent: int) -> None:
     """In a new worker, before it runs: on Linux, have the kernel send it SIGTERM when
-    the parent dies (even of SIGKILL, which the parent cannot forward), so no worker
-    outlives its run. Elsewhere nothing: a worker then outlives a killed parent."""
+    ``parent`` dies (even of SIGKILL, which the parent cannot forward), so no worker
+    outlives its run; a parent that died between the fork and this call is already
+    gone, so the worker exits at once. Elsewhere nothing: a worker then outlives a
+    killed parent."""
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
