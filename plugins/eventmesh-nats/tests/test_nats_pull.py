@@ -1,0 +1,51 @@
+"""JetStream members pull on their own inbox (eventmesh_nats/_pull.py): what the server's
+answers to those pull requests make a member do."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from eventmesh import Event, PublishError
+from eventmesh.testing import collect
+from eventmesh_nats import ConsumerSettings, NatsConfig, NatsConnector, StreamSettings
+
+Factory = Callable[..., NatsConnector]
+
+
+@pytest.fixture
+def make(nats_url: str, stream_prefix: str) -> Factory:
+    def build(**options: Any) -> NatsConnector:
+        options.setdefault("subject_prefix", f"{stream_prefix.lower()}.")
+        options.setdefault("stream", StreamSettings(name_prefix=stream_prefix))
+        return NatsConnector(NatsConfig(servers=[nats_url], **options))
+
+    return build
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
+async def test_a_consumer_deleted_under_a_member_is_made_again_at_once(
+    make: Factory, raw_nats: Any
+) -> None:
+    """The server ending a waiting member's pull request with "Consumer Deleted" (409)
+    makes the member make its consumer again after a short back-off, not after
+    consumer.recheck (set here far beyond the test's deadline)."""
+    topic = f"pull.{uuid.uuid4().hex[:10]}"
+    connector = make(consumer=ConsumerSettings(recheck=600))
+    async with connector, connector.subscribe(topic, "lazarus") as consumer:
+        _, stream = connector.route(topic, PublishError)
+        # Nothing to fetch: the member ends up waiting on the server with a long poll
+        # (5 s), which the deletion ends with a 409.
+        assert await consumer.fetch(3, timeout=0.5) == []
+        await raw_nats.jetstream().delete_consumer(stream, "lazarus")
+        # The member reads the 409 and makes its consumer again (from 'latest', as it
+        # was told to start), so what is published after that reaches it.
+        assert await consumer.fetch(3, timeout=3) == []
+        events = [Event(type="t", source="/pull", data={"n": n}) for n in range(3)]
+        await connector.publish(topic, events)
+        got = await collect(consumer, 3, timeout=30)
+    assert sorted(d.event.data["n"] for d in got) == [0, 1, 2]
