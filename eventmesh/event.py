@@ -52,6 +52,7 @@ __all__ = [  # noqa: RUF022
     "keep_data_text",
     "parse_time",
     "stored_data",
+    "json_keeps",
     "struct_keeps",
 ]
 
@@ -458,6 +459,21 @@ def _data(event: Event, _get: Any = stored_data, _kept: Any = JSONData) -> Any:
 
 
 type.__setattr__(Event, "data", property(_data, doc="The event's data (see Event)."))
+
+
+def json_keeps(event: Event) -> bool:
+    """True unless ``event``'s data is JSON with whitespace around its value (a body
+    ending in a newline, say): the JSON event format writes JSON data as a ``data``
+    member, and every reader, ours included, drops the whitespace around a member's
+    value. A store that must give back the bytes it took writes such an event another
+    way (binary mode, or the data apart)."""
+    data = _data_slot.__get__(event)
+    if type(data) is not JSONData:
+        return True
+    raw = data.raw
+    return not (raw[:1].isspace() or raw[-1:].isspace()) or not is_json_media_type(
+        event.datacontenttype
+    )
 
 
 def struct_keeps(event: Event) -> bool:

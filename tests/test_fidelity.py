@@ -335,3 +335,26 @@ def test_kafka_event_without_data_is_a_null_value_unless_asked_for_empty() -> No
     assert back == event
     with_data = Event(type="t", source="/s", data=b"x", datacontenttype="text/plain")
     assert kafka.to_binary(with_data, empty_data="empty")[1] == b"x"
+
+
+@pytest.mark.parametrize("body", [b'{"world":"hello"}\n', b" [1, 2]", b'"text"\r\n'])
+def test_stores_keep_whitespace_around_json_data(body: bytes) -> None:
+    """JSON data with whitespace around its value, which the JSON format drops, is kept
+    by every store: Kafka and NATS write that one event in binary mode even when set to
+    structured, and the local store keeps its data apart."""
+    from eventmesh.connectors import _local_config
+
+    event = binary_in(body)
+    key, value, headers = kafka.to_structured(event)
+    assert value == body
+    assert http.to_binary(kafka.from_message(key, value, headers))[1] == body
+    nats_headers, payload = nats.to_structured(event)
+    assert payload == body
+    assert http.to_binary(nats.from_message(nats_headers, payload))[1] == body
+    (stored,) = _local_config.decode(_local_config.encode([event]))
+    assert http.to_binary(stored)[1] == body
+    assert stored == event
+    # JSON data without such whitespace stays structured.
+    plain = binary_in(body.strip())
+    assert kafka.to_structured(plain)[1] != body.strip()
+    assert nats.to_structured(plain)[0]["Content-Type"].startswith("application/cloudevents")

@@ -27,6 +27,7 @@ from eventmesh.event import (
     ExtensionValue,
     decode_json,
     encode_json,
+    json_keeps,
     parse_time,
     stored_data,
 )
@@ -130,10 +131,15 @@ def _not_utf8(event: Event, exc: UnicodeEncodeError) -> EventValidationError:
 
 
 def to_structured(event: Event) -> Message:
-    """The structured-mode record for ``event``: the JSON event format as the value.
+    """The structured-mode record for ``event``: the JSON event format as the value;
+    but the binary-mode record when its JSON data has whitespace around the value,
+    which the format would drop (``json_keeps``): the record is read back, by us or any
+    CloudEvents consumer, by its content type, and keeps every byte.
 
     Raises ``EventValidationError`` when the event cannot be written as JSON.
     """
+    if not json_keeps(event):
+        return to_binary(event)
     try:
         return _key(event), encode_json(event), list(_STRUCTURED_HEADERS)
     except UnicodeEncodeError as exc:

@@ -27,6 +27,7 @@ from eventmesh.event import (
     data_text,
     decode_json,
     encode_json,
+    json_keeps,
     keep_data_text,
     parse_time,
 )
@@ -107,7 +108,11 @@ def to_binary(event: Event) -> tuple[dict[str, str], bytes]:
 
 
 def to_structured(event: Event) -> tuple[dict[str, str], bytes]:
-    """The headers and payload of ``event`` in structured content mode (JSON format)."""
+    """The headers and payload of ``event`` in structured content mode (JSON format);
+    in binary mode when its JSON data has whitespace around the value, which the format
+    would drop (``json_keeps``): a reader tells the modes apart by the content type."""
+    if not json_keeps(event):
+        return to_binary(event)
     return dict(_STRUCTURED_HEADERS), encode_json(event)
 
 

@@ -12,7 +12,15 @@ import msgspec
 
 from eventmesh._duration import Duration
 from eventmesh.connectors._sqlite import MAX_PARTITIONS
-from eventmesh.event import Event, decode_json, encode_json, struct_keeps
+from eventmesh.event import (
+    Event,
+    JSONData,
+    decode_json,
+    encode_json,
+    json_keeps,
+    stored_data,
+    struct_keeps,
+)
 
 __all__ = ["LocalConfig", "decode", "encode", "partition_of"]
 
@@ -60,7 +68,7 @@ def partition_of(key: Any, n: int) -> int:
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[Event | bytes])
+_decoder = msgspec.msgpack.Decoder(list[Event | bytes | tuple[bytes, bytes]])
 
 
 def encode(events: Sequence[Event]) -> bytes:
@@ -68,10 +76,29 @@ def encode(events: Sequence[Event]) -> bytes:
     the Structs, encoded by msgspec in one call. An event that MessagePack would not keep
     whole (a time with another offset than UTC or with nanoseconds, data kept as the JSON
     it arrived as, a typed extension: see ``struct_keeps``) is an item of its own in the
-    JSON event format, as bytes."""
-    return _encoder.encode([e if struct_keeps(e) else encode_json(e) for e in events])
+    JSON event format, as bytes; one whose JSON data that format would not keep byte for
+    byte (``json_keeps``) is a pair: the event without its data, and the data's bytes."""
+    return _encoder.encode([_item(e) for e in events])
+
+
+def _item(event: Event) -> Event | bytes | tuple[bytes, bytes]:
+    if struct_keeps(event):
+        return event
+    if json_keeps(event):
+        return encode_json(event)
+    data: JSONData = stored_data(event)
+    return encode_json(event.replace(data=None)), data.raw
 
 
 def decode(body: bytes) -> list[Event]:
     """The events of a row, in offset order."""
-    return [e if isinstance(e, Event) else decode_json(e) for e in _decoder.decode(body)]
+    return [_event(item) for item in _decoder.decode(body)]
+
+
+def _event(item: Event | bytes | tuple[bytes, bytes]) -> Event:
+    if isinstance(item, Event):
+        return item
+    if isinstance(item, bytes):
+        return decode_json(item)
+    head, raw = item
+    return decode_json(head).replace(data=JSONData(raw))

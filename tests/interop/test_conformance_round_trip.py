@@ -99,6 +99,7 @@ def expected(spec: Spec, mode: str) -> Spec:
 @pytest.fixture(
     params=[
         "memory",
+        "local",
         pytest.param("kafka-binary", marks=pytest.mark.kafka),
         pytest.param("kafka-structured", marks=pytest.mark.kafka),
         pytest.param("nats-structured", marks=pytest.mark.nats),
@@ -106,9 +107,12 @@ def expected(spec: Spec, mode: str) -> Spec:
     ]
 )
 def store(request: pytest.FixtureRequest) -> dict[str, Any] | None:
-    """The sidecar's connector: in-memory, or Kafka or NATS in one of their modes."""
+    """The sidecar's connector: in-memory, the local store, or Kafka or NATS in one of
+    their modes."""
     if request.param == "memory":
         return None
+    if request.param == "local":
+        return {"type": "local", "data_dir": str(request.getfixturevalue("tmp_path"))}
     broker, mode = request.param.split("-")
     if broker == "kafka":
         return {
