@@ -1,30 +1,18 @@
 """Pulling from a JetStream consumer in batches, on the member's own inbox.
 
-nats-py's ``PullSubscription.fetch`` waits for each message on its own (``next_msg``: a
-task, a ``wait_for`` timer and an inbox name per message), which costs more than the
-rest of the route together. A :class:`Puller` instead sends the pull requests itself, as
-the publisher sends its publishes, and reads what comes back in batches:
-
-* It subscribes to ``<inbox>.*`` once; each pull request gets its own reply subject under
-  it. The server answers a consumer's requests in turn, so each message is counted
-  against the oldest request that still owes some; a status message (on the request's
-  own subject: ``404``/``408`` the request ended or expired, ``409`` the server ended it,
-  ``503`` no consumer answers) closes its request.
-* :meth:`take` hands out up to ``n`` buffered messages; :meth:`top_up` keeps requests
-  outstanding for about ``window`` messages, so the next batch is on its way while the
-  current one is handled. Messages arrive into the subscription's queue and are read
-  from it in one pass (no callback and no task per message).
-* While messages flow, requests are ``no_wait``: the server sends what it has, up to the
-  batch, and ends the request (``404``) when it runs out, so no request is left waiting.
-  Once one finds nothing, the puller waits with one request of ``batch`` messages that
-  expires after a few seconds (a long poll). A request left owing when the member leaves
-  would take the messages the member gives back, which the server hands on only after
-  undoing that: only the long poll can be, as with nats-py's own fetch.
-* A request the server never answers (a restart, a lost connection) is forgotten after
-  its ``expires`` plus a margin, and asked again.
-
-What the puller holds has been delivered, from the server's point of view: the member
-acks or naks it, and what it had not handed out when it leaves is nak'd at once.
+nats-py's ``PullSubscription.fetch`` waits for each message on its own (a task, a
+``wait_for`` timer and an inbox name per message), which costs more than the rest of the
+route together. A :class:`Puller` sends the pull requests itself, each on its own reply
+subject under one ``<inbox>.*`` subscription, counts each message against the oldest
+request that still owes some (a ``404``/``408``/``409``/``503`` status closes a request),
+and reads what arrives in one pass per batch. :meth:`take` hands out buffered messages;
+:meth:`top_up` keeps about ``window`` messages requested. While messages flow, requests
+are ``no_wait`` (the server ends them when it runs out, so none is left owing when a
+member leaves and gives its messages back); once one finds nothing, one long poll waits.
+A request never answered (a restart, a lost connection) is forgotten after its
+``expires`` plus a margin and asked again. What the puller holds counts as delivered:
+the member acks or naks it, and naks at once what it had not handed out when it leaves.
+See docs/nats.md, 'JetStream'.
 """
 
 from __future__ import annotations
