@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from eventmesh import Event, Mesh
-from eventmesh._status import NotFoundError
 from eventmesh._client import Client
+from eventmesh._status import NotFoundError
 from eventmesh.delivery.deadletter import dead_letter_event
 from eventmesh.errors import ConfigError, RejectedError
 from eventmesh.testing import eventually

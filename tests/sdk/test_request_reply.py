@@ -15,8 +15,8 @@ import pytest
 
 import eventmesh
 from eventmesh import Event, Function, Mesh
-from eventmesh._requests import CORRELATION_ID, INBOX_PREFIX, REPLY_TO
 from eventmesh._client import Client
+from eventmesh._requests import CORRELATION_ID, INBOX_PREFIX, REPLY_TO
 from eventmesh.config import HttpListener
 from eventmesh.errors import (
     ClosedError,
