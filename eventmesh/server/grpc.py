@@ -15,7 +15,7 @@ import itertools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeVar
 
 import anyio
 import grpc
@@ -44,6 +44,7 @@ from eventmesh.observability.propagation import transport_parent
 from eventmesh.server._ratelimit import LogLimit
 
 if TYPE_CHECKING:
+    from eventmesh.event import Event
     from eventmesh.mesh import Mesh
     from eventmesh.subscription import Delivery, Subscription
 
@@ -68,6 +69,7 @@ ATTRIBUTE_METADATA_KEY: Final = "eventmesh-attribute"
 
 _PublishContext: TypeAlias = "grpc.aio.ServicerContext[Any, pb.PublishResponse]"
 _RequestContext: TypeAlias = "grpc.aio.ServicerContext[Any, pb.EventReply]"
+_OneEvent = TypeVar("_OneEvent", pb.PublishRequest, pb.EventRequest)
 _StreamContext: TypeAlias = "grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]"
 _json = msgspec.json.Decoder()
 
@@ -215,20 +217,27 @@ class EventMeshServicer:
                 "(server.grpc.max_event_size); send smaller events, or data by reference"
             )
 
+    def _one_event(
+        self, request: _OneEvent | _Undecodable, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[_OneEvent, Event]:
+        """The one event a Publish or Request call carries, once its caller may publish on
+        its topic and it is within the size limit."""
+        principal = self._principal(context)
+        if isinstance(request, _Undecodable):
+            raise request.refusal(self.logs)
+        if self.guard.enabled:
+            self.guard.check(principal, "publish", topic=request.topic)
+        if not request.HasField("event"):
+            raise EventValidationError(f"the {type(request).__name__} has no event")
+        self._check_size(request.event, "the event")
+        return request, from_proto(request.event)
+
     async def publish(
         self, request: pb.PublishRequest | _Undecodable, context: _PublishContext
     ) -> pb.PublishResponse:
         """Store one event; answer once it is stored."""
         try:
-            principal = self._principal(context)
-            if isinstance(request, _Undecodable):
-                raise request.refusal(self.logs)
-            if self.guard.enabled:
-                self.guard.check(principal, "publish", topic=request.topic)
-            if not request.HasField("event"):
-                raise EventValidationError("the PublishRequest has no event")
-            self._check_size(request.event, "the event")
-            event = from_proto(request.event)
+            request, event = self._one_event(request, context)
             with transport_parent(*_trace_headers(context)):
                 await self.mesh.publish(request.topic, event)
         except Exception as exc:
@@ -265,15 +274,7 @@ class EventMeshServicer:
     ) -> pb.EventReply:
         """Publish one event as a request; answer with its first reply (eventmesh._requests)."""
         try:
-            principal = self._principal(context)
-            if isinstance(request, _Undecodable):
-                raise request.refusal(self.logs)
-            if self.guard.enabled:
-                self.guard.check(principal, "publish", topic=request.topic)
-            if not request.HasField("event"):
-                raise EventValidationError("the EventRequest has no event")
-            self._check_size(request.event, "the event")
-            event = from_proto(request.event)
+            request, event = self._one_event(request, context)
             with transport_parent(*_trace_headers(context)):
                 reply = await self.mesh.request(
                     request.topic, event, timeout=request.timeout or None
