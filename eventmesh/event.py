@@ -49,10 +49,10 @@ __all__ = [  # noqa: RUF022
     "encode_json_batch",
     "format_time",
     "is_json_media_type",
+    "json_keeps",
     "keep_data_text",
     "parse_time",
     "stored_data",
-    "json_keeps",
     "struct_keeps",
 ]
 
