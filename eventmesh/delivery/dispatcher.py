@@ -1,8 +1,11 @@
 """The dispatcher: from a connector consumer to a sink, under a delivery policy.
 
 One dispatcher runs per subscription in each process, embedded or remote alike. It
-fetches batches from the consumer and hands each event to one of ``concurrency`` lanes
-(:mod:`eventmesh.delivery.lanes`; by key under ``ordering: partitionkey``). In its lane an
+fetches batches from the consumer and queues each event on one of ``concurrency`` lanes
+(:mod:`eventmesh.delivery.lanes`; by key under ``ordering: partitionkey``). Workers take
+the next event of a ready lane, one worker per lane at a time (so a key keeps its order):
+two from the start, more, up to ``concurrency``, once handlers wait (see ``_more``), so a
+subscription whose handler never waits costs two tasks, not one per lane. In its lane an
 event is checked against its TTL, filtered, transformed and passed to the sink; a failed
 attempt goes to the subscription's settle strategy (:mod:`eventmesh.delivery.settle`),
 which retries it here with backoff while attempts remain and otherwise dead-letters it,
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import anyio
@@ -82,12 +86,21 @@ class Dispatcher:
         self.policy = policy = gate.policy
         self.stats = gate.stats
         self._lanes = Lanes(policy.concurrency, by_key=policy.ordering == "partitionkey")
+        self._ready: deque[Lane] = deque()
+        """Lanes with deliveries that no worker handles (the pool's queue, in order)."""
+        self._sleepers: list[anyio.Event] = []
+        """What each idle worker waits on."""
+        self._workers = 0
+        self._spare = 0
+        """Workers woken or started that have not looked at :attr:`_ready` yet."""
+        self._tg: anyio.abc.TaskGroup | None = None
         self._in_flight = 0
         self._room: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._stopping = False
         self._route_scope = anyio.CancelScope()
         self._new_event: Callable[[], anyio.Event] = anyio.Event
+        self._fill: Callable[[Sequence[Delivery]], None] = self._to_workers
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -100,10 +113,20 @@ class Dispatcher:
         self._new_event = type(anyio.Event())
         # A sink that batches takes each lane's queued events as one group.
         grouping = group_sink(self.sink)
-        work = self._work if grouping is None else GroupLanes(self, grouping).work
         async with anyio.create_task_group() as tg:
-            for lane in self._lanes:
-                tg.start_soon(work, lane)
+            self._tg = tg
+            if grouping is not None:
+                self._fill = self._lanes.route
+                work = GroupLanes(self, grouping).work
+                for lane in self._lanes:
+                    tg.start_soon(work, lane)
+            else:
+                # Two workers from the start, a second one for the first to wake (see
+                # _more); more are started once handlers wait (I/O), up to concurrency.
+                for _ in range(min(2, self.policy.concurrency)):
+                    self._spare += 1
+                    self._workers += 1
+                    tg.start_soon(self._work, name=f"eventmesh-worker {self.name}")
             task_status.started()
             try:
                 with self._route_scope:
@@ -135,7 +158,7 @@ class Dispatcher:
 
     async def _route(self) -> None:
         consumer = self.consumer
-        route = self._lanes.route
+        route = self._fill
         limit = self.policy.max_in_flight
         failures = 0
         while not self._stopping:
@@ -174,6 +197,10 @@ class Dispatcher:
             if latency is not None and len(latency.pending) >= latency.FOLD_AT:
                 latency.fold()  # the lanes append to it; bucketed here, in bulk
             route(batch)
+            # Not held while the next fetch waits: a delivery is freed once it was handled
+            # (kept here, 1,000 idle subscriptions would keep 100,000s of them alive,
+            # long enough for the collector to move them to its oldest generation).
+            del batch
             # Let the lanes work through this batch before fetching the next (handlers
             # that wait on I/O give the turn back at once, so the prefetch still fills).
             await anyio.lowlevel.checkpoint()
@@ -194,8 +221,33 @@ class Dispatcher:
 
     # -- the lanes -----------------------------------------------------------------------
 
-    async def _work(self, lane: Lane) -> None:
-        items = lane.items
+    def _to_workers(self, batch: Sequence[Delivery]) -> None:
+        """Queue ``batch`` on its lanes, and have a worker take the lanes it made ready."""
+        ready = self._ready
+        self._lanes.fill(batch, ready)
+        if ready and not self._spare:
+            self._more()
+
+    def _more(self) -> None:
+        """One more worker for the ready lanes: an idle one woken, else a new one (up to
+        ``concurrency``). Called when one is about to handle a delivery while lanes wait
+        and no worker is on its way: were that handler to wait on I/O, the next worker
+        takes the next lane; were it not to, the next worker finds nothing and sleeps.
+        So a handler that never waits keeps one worker busy and one spare, not one task
+        per lane, and one that waits gets as many as ``concurrency`` allows."""
+        sleepers = self._sleepers
+        if sleepers:
+            self._spare += 1
+            sleepers.pop().set()
+        elif self._workers < self.policy.concurrency and self._tg is not None:
+            self._spare += 1
+            self._workers += 1
+            self._tg.start_soon(self._work, name=f"eventmesh-worker {self.name}")
+
+    async def _work(self) -> None:
+        """One worker: handle the next delivery of the first ready lane, repeat."""
+        ready = self._ready
+        sleepers = self._sleepers
         gate = self.gate
         sink = self.sink
         stats = self.stats
@@ -208,12 +260,18 @@ class Dispatcher:
         now = time.time
         traced = self.traced_sink
         answering = self.request_sink
+        self._spare -= 1
         while True:
-            if not items:
-                lane.ready = ready = new_event()
-                await ready.wait()
+            if not ready:
+                sleepers.append(woken := new_event())
+                await woken.wait()
+                self._spare -= 1
                 continue
+            lane = ready.popleft()
+            items = lane.items
             delivery = items.popleft()
+            if ready and not self._spare:
+                self._more()
             try:
                 if open_gate:
                     event = delivery.event
@@ -237,6 +295,11 @@ class Dispatcher:
                     if record is not None and delivery.timestamp is not None:
                         record(now() - delivery.timestamp)
             finally:
+                # The lane's next delivery may go now, to whichever worker comes first.
+                if items:
+                    ready.append(lane)
+                else:
+                    lane.held = False
                 self._in_flight -= 1
                 if self._room is not None:
                     self._wake_router()

@@ -5,7 +5,9 @@ Under ``ordering: partitionkey`` a delivery with a key goes to the lane its key 
 to, so one key is handled one event at a time, in order, while different keys run in
 parallel; a delivery without a key, and every delivery under ``ordering: none``, goes
 to the next lane round robin. A lane is an unbounded queue: the dispatcher bounds what
-is fetched (``max_in_flight``), so the lanes together never hold more.
+is fetched (``max_in_flight``), so the lanes together never hold more. A lane is either
+served by a task of its own (:meth:`Lanes.route`, for grouped sinks) or queued as ready
+for the dispatcher's pool of workers (:meth:`Lanes.fill`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ __all__ = ["Lane", "Lanes"]
 class Lane:
     """One ordered queue of deliveries; its task waits on :attr:`ready` when it is empty."""
 
-    __slots__ = ("items", "ready")
+    __slots__ = ("held", "items", "ready")
 
     def __init__(self) -> None:
         self.items: deque[Delivery] = deque()
         self.ready: anyio.Event | None = None
         """Set by the lane's task while it waits for work; :meth:`wake` sets it."""
+        self.held = False
+        """Under :meth:`Lanes.fill`: the lane is queued as ready or a worker handles one
+        of its deliveries (so no other worker takes the next one: its order holds)."""
 
     def wake(self) -> None:
         """Wake the lane's task if it waits for work."""
@@ -68,3 +73,19 @@ class Lanes:
             lane.items.append(delivery)
             if lane.ready is not None:
                 lane.wake()
+
+    def fill(self, batch: Sequence[Delivery], ready: deque[Lane]) -> None:
+        """Append each delivery of ``batch`` to its lane, in order, as :meth:`route`
+        does, and queue on ``ready`` each lane that was neither queued nor in work (for
+        a pool of workers that take a ready lane's next delivery, one lane at a time)."""
+        lanes = self.lanes
+        count = len(lanes)
+        by_key = self._by_key
+        round_robin = self._next
+        for delivery in batch:
+            key = delivery.key
+            lane = lanes[hash(key) % count] if by_key and key is not None else next(round_robin)
+            lane.items.append(delivery)
+            if not lane.held:
+                lane.held = True
+                ready.append(lane)
