@@ -149,6 +149,7 @@ def main() -> int:
     parser.add_argument("route", choices=("http", "grpc", "memory"))
     parser.add_argument("rev", help="the earlier revision (a commit, a tag, HEAD~3)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--events", type=int, default=100_000, help="memory: events a round")
     parser.add_argument(
         "--write", action="store_true", help="keep the result and rewrite docs/benchmarks.md"
     )
@@ -156,10 +157,12 @@ def main() -> int:
     old = export(args.rev)
     print(f"{args.route}: {args.rev} ({old.name}) against the working tree", flush=True)
     command = f"python benchmarks/ab.py {args.route} {args.rev} --rounds {args.rounds}"
+    if args.events != 100_000:
+        command += f" --events {args.events}"
     title = f"Before and after: {TITLES[args.route]} ({args.rev} against this tree)"
     section = Section(title)
     if args.route == "memory":
-        medians = memory(old, args.rounds, 100_000)
+        medians = memory(old, args.rounds, args.events)
         for name, figures in medians.items():
             print(
                 f"{name}: "
@@ -173,7 +176,7 @@ def main() -> int:
             cpu = f"{setup} µs CPU"
             section.rows.append(
                 Row(
-                    name=f"{setup}, 100,000 events: {setup}/{against} was "
+                    name=f"{setup}, {args.events:,} events: {setup}/{against} was "
                     f"{was[setup] / was[against]:.2f}x, is {new[setup] / new[against]:.2f}x; "
                     f"CPU per event {was[cpu]:.1f} → {new[cpu]:.1f} µs",
                     value=new[setup],
