@@ -13,12 +13,14 @@ is acked, and a group that joins later still gets every event.
   ``deadlettertopic`` with every ``deadletter*`` extension removed (same id, source and
   data, so consumers see the event they failed on), and records each replayed dead
   letter by its position on the dead-letter topic, so a second replay skips it. The
-  events go straight to the original topic's connector, so the topic's ``dedupe:``
-  window does not drop them as a producer's retry. The records are kept in the
-  dead-letter topic's connector (``state("deadletter-replays")``) when it keeps state,
-  else in this process (the newest :data:`MAX_MEMORY_RECORDS`), lost on restart. A
-  record is written after its event is stored: a crash between the two replays that
-  event again (at-least-once, as everything in the mesh).
+  events go straight to the original topic's connector (``Connector.republish``), so
+  neither the topic's ``dedupe:`` window nor a backend's own de-duplication by
+  ``source`` and ``id`` (JetStream's ``Nats-Msg-Id``) drops them as a producer's
+  retry. The records are kept in the dead-letter topic's connector
+  (``state("deadletter-replays")``) when it keeps state, else in this process (the
+  newest :data:`MAX_MEMORY_RECORDS`), lost on restart. A record is written after its
+  event is stored: a crash between the two replays that event again (at-least-once, as
+  everything in the mesh).
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ Authorize: TypeAlias = Callable[[str], object]
 """Called with each topic a replay would publish to, before anything is published;
 raises (``PermissionDeniedError``, or the mesh's refusal of the topic name) to refuse
 the replay."""
-Publish: TypeAlias = Callable[[str, Sequence[Event]], Awaitable[Any]]
+Publish: TypeAlias = Callable[[str, Sequence[Event], Sequence[str]], Awaitable[Any]]
+"""Republishes events to their original topic, with the record key of each (the key
+names the replay of one dead letter: see ``Connector.republish``)."""
 
 
 class Page(NamedTuple):
@@ -272,12 +276,12 @@ class MeshDeadLetters(DeadLetters):
 
 
 def direct_publish(mesh: Mesh) -> Publish:
-    """Store events through their topic's connector, past the mesh's ``dedupe`` window:
-    a replay is a deliberate second delivery of the same event, not a producer's retry
-    (a backend's own de-duplication, such as JetStream's, still applies)."""
+    """Store events through their topic's connector (``Connector.republish``), past the
+    mesh's ``dedupe`` window and the backend's own de-duplication: a replay is a
+    deliberate second delivery of the same event, not a producer's retry."""
 
-    async def publish(topic: str, events: Sequence[Event]) -> None:
-        await mesh.connector(topic).publish(topic, events)
+    async def publish(topic: str, events: Sequence[Event], keys: Sequence[str]) -> None:
+        await mesh.connector(topic).republish(topic, events, keys)
 
     return publish
 
@@ -548,7 +552,8 @@ async def _republish(
     for origin, items in by_origin.items():
         for start in range(0, len(items), _BATCH):
             batch = items[start : start + _BATCH]
-            await publish(origin, [undead(stored.event) for _, stored in batch])
+            events = [undead(stored.event) for _, stored in batch]
+            await publish(origin, events, [key for key, _ in batch])
             now = time.time()
             for key, stored in batch:
                 record = {"id": stored.event.id, "topic": origin, "at": now}

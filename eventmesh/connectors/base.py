@@ -333,6 +333,18 @@ class Connector(ClosedOnExit, abc.ABC):
         ``ordered_by_key``.
         """
 
+    async def republish(self, topic: str, events: Sequence[Event], keys: Sequence[str]) -> None:
+        """Store ``events`` on ``topic`` again on purpose (a dead-letter replay): each is an
+        event the topic already held, and must be stored anew, not dropped as a
+        producer's retry by a backend that de-duplicates by ``source`` and ``id``.
+
+        ``keys`` names each event's replay (one per event, the same when the same replay
+        is retried), for a backend that de-duplicates to key this publish by instead
+        (NATS JetStream's ``Nats-Msg-Id``). Raises as :meth:`publish`. This default is
+        :meth:`publish`: right for a backend that does not de-duplicate by content.
+        """
+        await self.publish(topic, events)
+
     @abc.abstractmethod
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         """A consumer in ``group`` on ``topic``; use it as an async context manager."""

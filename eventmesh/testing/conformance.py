@@ -124,6 +124,20 @@ class ConnectorConformance:
         assert all(d.topic == topic and d.attempt == 1 for d in got)
 
     @pytest.mark.anyio
+    async def test_republished_events_are_stored_again(
+        self, connector: Connector, topic: str
+    ) -> None:
+        """``republish`` (a dead-letter replay) stores events the topic already holds
+        anew: a backend that de-duplicates by ``source`` and ``id`` must not drop them."""
+        sent = _events(3)
+        async with connector.subscribe(topic, "g") as consumer:
+            await connector.publish(topic, sent)
+            await connector.republish(topic, sent, [f"{topic}.0.{i}" for i in range(3)])
+            got = await collect(consumer, 6, timeout=self.timeout)
+        assert sorted(_numbers(got)) == [0, 0, 1, 1, 2, 2]
+        assert sorted(d.event.id for d in got) == sorted(e.id for e in sent * 2)
+
+    @pytest.mark.anyio
     async def test_event_attributes_survive_the_backend(
         self, connector: Connector, topic: str
     ) -> None:

@@ -267,6 +267,19 @@ class NatsConnector(Connector):
     # -- publishing and subscribing ----------------------------------------------------------
 
     async def publish(self, topic: str, events: Sequence[Event]) -> None:
+        await self._publish(topic, events, None)
+
+    async def republish(self, topic: str, events: Sequence[Event], keys: Sequence[str]) -> None:
+        """As :meth:`publish`, with each ``Nats-Msg-Id`` made from the replay's key, not
+        from the event's ``source`` and ``id``: the stream holds the event's first
+        publish under that one for ``duplicate_window``, and would drop the replay."""
+        if len(keys) != len(events):
+            raise ValueError(f"republish: {len(events)} events but {len(keys)} keys")
+        await self._publish(topic, events, keys)
+
+    async def _publish(
+        self, topic: str, events: Sequence[Event], keys: Sequence[str] | None
+    ) -> None:
         self._check_open()
         subject, stream = self.route(topic, RejectedError)
         if not events:
@@ -277,7 +290,10 @@ class NatsConnector(Connector):
         if self.config.mode == "core":
             await publish_core(self, subject, messages, f"publishing to topic {topic!r}")
             return
-        if self.config.deduplicate:
+        if keys is not None:
+            for (headers, _), key in zip(messages, keys, strict=True):
+                headers["Nats-Msg-Id"] = replay_id(key)
+        elif self.config.deduplicate:
             for (headers, _), event in zip(messages, events, strict=True):
                 headers["Nats-Msg-Id"] = message_id(event)
         assert self._publisher is not None
@@ -333,6 +349,15 @@ def message_id(event: Event) -> str:
     source = event.source
     key = f"{len(source)}:{source}{event.id}".encode("utf-8", "surrogatepass")
     return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+def replay_id(key: str) -> str:
+    """The ``Nats-Msg-Id`` of a republish keyed ``key`` (:meth:`NatsConnector.republish`):
+    32 hex digits, which no :func:`message_id` shares (its hash is personalised)."""
+    digest = hashlib.blake2b(
+        key.encode("utf-8", "surrogatepass"), digest_size=16, person=b"eventmesh-replay"
+    )
+    return digest.hexdigest()
 
 
 _HEADROOM = 4096

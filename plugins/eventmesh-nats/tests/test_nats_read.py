@@ -82,3 +82,28 @@ async def test_a_replay_is_recorded_in_a_kv_bucket_and_not_repeated_after_a_rest
             [stored] = (await mesh.dead_letters(topic).list()).events
             assert (stored.partition, stored.event.id) == (0, event.id)
             assert "deadletterreason" not in stored.event.extensions
+
+
+async def test_a_replay_inside_the_duplicate_window_is_stored_again(make: Factory) -> None:
+    """An event dead-lettered and replayed within the stream's duplicate_window (same
+    source and id, so the same Nats-Msg-Id as its first publish) is stored again, not
+    dropped by JetStream as a producer's retry; replaying it twice stores it once more."""
+    topic = new_topic()
+    event = Event(type="t", source="/s", id=f"{topic}-1", data={"n": 1})
+    letter = dead_letter_event(
+        event, reason="failed", error="E: x", attempts=3, topic=topic, group="billing"
+    )
+    with anyio.fail_after(60):
+        async with Mesh(connectors={"default": make()}) as mesh:
+            await mesh.publish(topic, event)
+            await mesh.publish(f"{topic}.dlq", letter)
+            done = await mesh.dead_letters(f"{topic}.dlq").replay()
+            assert done.ids == [event.id]
+            stored = (await mesh.dead_letters(topic).list()).events
+            assert [(s.offset, s.event.id) for s in stored] == [(1, event.id), (2, event.id)]
+            assert stored[1].event.data == {"n": 1}
+            # The same replay retried (the same key) is still stored once; another is not.
+            connector = mesh.connector(topic)
+            await connector.republish(topic, [event], ["dlq.0.1"])
+            await connector.republish(topic, [event], ["dlq.0.1"])
+            assert len((await mesh.dead_letters(topic).list()).events) == 3
