@@ -233,7 +233,7 @@ class MeshDeadLetters(DeadLetters):
 
     def _connector(self) -> Connector:
         self._mesh._check_open()
-        return self._mesh.connector(self.topic)
+        return self._mesh.connector(self.topic, admit=False)
 
     async def list(
         self,

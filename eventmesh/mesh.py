@@ -206,21 +206,23 @@ class Mesh(Client):
 
     # -- routing -------------------------------------------------------------------------
 
-    def connector(self, topic: str) -> Connector:
+    def connector(self, topic: str, *, admit: bool = True) -> Connector:
         """The connector that stores ``topic``.
 
         A topic is checked the first time the mesh sees it, and the verdict kept: a name
         longer than ``limits.max_name_length`` or one its connector refuses
         (:meth:`Connector.check_topic`) raises ``RejectedError`` naming the rule; a new
         topic beyond ``limits.max_topics`` raises ``LimitExceededError``. Names refused
-        are not remembered, so they cost no memory.
+        are not remembered, so they cost no memory. With ``admit=False`` (to read what a
+        topic holds, not to use it) a topic the mesh has not seen is checked the same way
+        but neither kept nor counted against ``limits.max_topics``.
         """
         connector = self._routes.get(topic)
         if connector is None:
-            connector = self._admit(topic)
+            connector = self._admit(topic, keep=admit)
         return connector
 
-    def _admit(self, topic: str) -> Connector:
+    def _admit(self, topic: str, *, keep: bool = True) -> Connector:
         if not isinstance(topic, str) or not topic:
             raise ConfigError(f"a topic name must be a non-empty string, got {topic!r}")
         limits = self.config.limits
@@ -231,6 +233,8 @@ class Mesh(Client):
             )
         connector = self._connectors[self.config.connector_for(topic)]
         connector.check_topic(topic)
+        if not keep:
+            return connector
         if len(self._routes) >= limits.max_topics:
             raise LimitExceededError(
                 f"topic {topic!r} would be topic number {len(self._routes) + 1} of this mesh, "

@@ -101,7 +101,7 @@ class DeadLetterApi:
                 f"must be an integer from 1 to {MAX_PAGE}, got {raw_limit!r}", key="limit"
             )
         page = await browse(
-            self.mesh.connector(topic),
+            self.mesh.connector(topic, admit=False),
             topic,
             since=None if since is None else parse_time(since, key=key),
             after=query.get("after"),
@@ -112,7 +112,7 @@ class DeadLetterApi:
     async def show(self, request: web.Request) -> web.Response:
         topic = request.match_info["topic"]
         self._check(request, "subscribe", topic)
-        found = await find(self.mesh.connector(topic), topic, request.match_info["id"])
+        found = await find(self.mesh.connector(topic, admit=False), topic, request.match_info["id"])
         return _json({"events": [stored_json(s) for s in found]})
 
     async def replay(self, request: web.Request) -> web.Response:
@@ -132,7 +132,7 @@ class DeadLetterApi:
             self.mesh.connector(origin)  # a topic the mesh refuses fails before any publish
 
         result = await replay(
-            self.mesh.connector(topic),
+            self.mesh.connector(topic, admit=False),
             topic,
             chosen,
             publish=direct_publish(self.mesh),

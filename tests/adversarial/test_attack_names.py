@@ -39,6 +39,27 @@ async def test_topics_past_max_topics_are_refused_with_429(sidecar: Sidecar) -> 
     await sidecar.assert_serves(topic="topic-0")  # a known topic: no room for a new one
 
 
+async def test_browsing_topics_that_do_not_exist_takes_no_room_from_publishers(
+    sidecar: Sidecar,
+) -> None:
+    """A caller who may only browse asks for 250 topics that do not exist (listing,
+    finding an id, replaying), with limits.max_topics 200: each is answered, and none
+    takes a topic's place, so a producer still publishes to a new topic afterwards."""
+    statuses: Counter[int] = Counter()
+    with sidecar.watch() as watch:
+        for n in range(MAX_TOPICS + 50):
+            name = f"nothing-{n}"
+            answers = (
+                await sidecar.call("GET", f"/topics/{name}/events"),
+                await sidecar.call("GET", f"/topics/{name}/events/some-id"),
+                await sidecar.call("POST", f"/deadletters/{name}/replay", json={}),
+            )
+            statuses.update(answer.status for answer in answers)
+    watch.check()
+    assert statuses == {200: 2 * (MAX_TOPICS + 50), 404: MAX_TOPICS + 50}, statuses
+    await sidecar.assert_serves()  # a new topic: there is room for it
+
+
 async def test_a_one_megabyte_topic_name_is_a_4xx(sidecar: Sidecar) -> None:
     """A topic name of 1 MB in the URL is refused with a 4xx (400: the request line is
     over the server's line limit, 8 KB), never a 5xx, and the sidecar keeps serving."""
