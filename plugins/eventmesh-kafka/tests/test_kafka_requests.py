@@ -7,8 +7,9 @@ import anyio
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from eventmesh import Event, Mesh
+from eventmesh import Mesh
 from eventmesh.testing import eventually
+from eventmesh.testing.requests import answer_one_request
 from eventmesh_kafka import KafkaConfig, KafkaConnector
 
 pytestmark = pytest.mark.anyio
@@ -20,23 +21,12 @@ async def test_a_request_is_answered_and_its_inbox_deleted_when_the_mesh_closes(
     """A handler on the request topic answers; the reply reaches request() through the
     inbox (a topic of its own on the broker), which is gone once the mesh closed, so a
     broker does not keep a topic for every mesh that ever made a request."""
-    inboxes: list[str] = []
-
-    async def answer(event: Event) -> Event:
-        inboxes.append(str(event.extensions["replyto"]))
-        return Event(type="answer", source="/responder", data={"twice": 2 * event.data["n"]})
-
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:
         with anyio.fail_after(120):
             async with Mesh(connectors={"default": KafkaConnector(kafka_config)}) as mesh:
-                await mesh.subscribe(topic, "responder", handler=answer, start="earliest")
-                reply = await mesh.request(
-                    topic, Event(type="ask", source="/asker", data={"n": 21}), timeout=60
-                )
-                assert reply.data == {"twice": 42}
-                [inbox] = inboxes
+                inbox = await answer_one_request(mesh, topic, timeout=60)
                 assert inbox in await admin.list_topics()
 
             async def deleted() -> bool:

@@ -8,7 +8,8 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from eventmesh import Event, Mesh
+from eventmesh import Mesh
+from eventmesh.testing.requests import answer_one_request
 from eventmesh_nats import NatsConfig, NatsConnector, StreamSettings
 
 pytestmark = [pytest.mark.nats, pytest.mark.anyio]
@@ -25,26 +26,15 @@ async def test_a_request_is_answered_and_its_inbox_stream_deleted_when_the_mesh_
         subject_prefix=f"{stream_prefix.lower()}.",
         stream=StreamSettings(name_prefix=stream_prefix),
     )
-    topic = f"requests.{stream_prefix.lower()}"
-    inboxes: list[str] = []
-
-    async def answer(event: Event) -> Event:
-        inboxes.append(str(event.extensions["replyto"]))
-        return Event(type="answer", source="/responder", data={"twice": 2 * event.data["n"]})
-
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     try:
         with anyio.fail_after(60):
             async with Mesh(connectors={"default": NatsConnector(config)}) as mesh:
-                await mesh.subscribe(topic, "responder", handler=answer, start="earliest")
-                reply = await mesh.request(
-                    topic, Event(type="ask", source="/asker", data={"n": 21}), timeout=30
-                )
-                assert reply.data == {"twice": 42}
-                [inbox] = inboxes
+                inbox = await answer_one_request(mesh, f"requests.{stream_prefix.lower()}")
                 stream = config.stream_for(inbox)
-                assert (await js.stream_info(stream)).config.subjects == [config.subject_for(inbox)]
+                info = await js.stream_info(stream)
+                assert info.config.subjects == [config.subject_for(inbox)]
             with pytest.raises(NotFoundError):
                 await js.stream_info(stream)
     finally:
