@@ -21,7 +21,6 @@ from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.errors import (
     ClosedError,
     ConfigError,
-    EventMeshError,
     EventValidationError,
     LimitExceededError,
     RejectedError,
@@ -30,7 +29,7 @@ from eventmesh.errors import (
 from eventmesh.event import Event, ExtensionValue
 
 if TYPE_CHECKING:
-    from eventmesh.connectors.base import Connector, StartPosition
+    from eventmesh.connectors.base import StartPosition
     from eventmesh.subscription import Subscription
     from eventmesh.typing import Handler
 
@@ -48,8 +47,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_DELETE_TIMEOUT: Final = 10.0
-"""Seconds a closing mesh spends deleting its reply inbox at most."""
 REPLY_TO: Final = "replyto"
 """The extension on a request naming the topic its replies go to (a reply inbox)."""
 CORRELATION_ID: Final = "correlationid"
@@ -158,8 +155,6 @@ class _Host(Protocol):
         start: StartPosition = "latest",
         name: str | None = None,
     ) -> Subscription: ...
-
-    def connector(self, topic: str) -> Connector: ...
 
 
 class Requests:
@@ -301,27 +296,3 @@ class Requests:
         for item in waiting.values():
             item.error = ClosedError("the mesh closed before the reply came")
             item.done.set()
-
-    async def aclose(self) -> None:
-        """:meth:`close`, then delete the inbox from its backend, so that a broker does
-        not keep a topic for every mesh that ever made a request. Called when the mesh
-        closes, after its subscriptions (the inbox's too) and before its connectors; a
-        failure is logged, and a mesh killed before this leaves its inbox behind."""
-        self.close()
-        sub, self._subscription = self._subscription, None
-        if sub is None:
-            return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_DELETE_TIMEOUT) as scope:
-            try:
-                await sub.close()
-                deleted = await self._mesh.connector(self.inbox).delete_topic(self.inbox)
-            except EventMeshError as exc:
-                log.warning("reply inbox %s is left on its backend: %s", self.inbox, exc)
-                return
-            log.debug("reply inbox %s %s", self.inbox, "deleted" if deleted else "kept")
-        if scope.cancelled_caught:
-            log.warning(
-                "reply inbox %s is left on its backend: deleting it took over %gs",
-                self.inbox,
-                _DELETE_TIMEOUT,
-            )

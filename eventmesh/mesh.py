@@ -301,7 +301,7 @@ class Mesh(Client):
                 max_timeout=float(limits.max_request_timeout),
             )
             assert self._stack is not None
-            self._stack.push_async_callback(self._requests.aclose)
+            self._stack.callback(self._requests.close)
         return await self._requests.request(topic, event, timeout)
 
     async def _publish_internal(self, topic: str, events: Event | Sequence[Event]) -> None:

@@ -395,19 +395,6 @@ class Connector(ClosedOnExit, abc.ABC):
         """
         return False
 
-    async def delete_topic(self, topic: str) -> bool:
-        """Delete ``topic`` from the backend, with every event and group position it
-        holds: for a topic the mesh made for itself and is done with (a request-reply
-        inbox, when the mesh closes).
-
-        Returns False when there was no such topic, when the topic is not the
-        connector's alone to delete (a NATS stream configured under ``streams``, or one
-        that stores other subjects too), or when the connector cannot delete topics
-        (this default). Raises ``SubscribeError`` while a consumer of this connector is
-        open on it, ``ConnectorError`` when the backend refuses.
-        """
-        return False
-
     def released(self) -> dict[str, int]:
         """Events that retention removed before every group had read them, per topic
         that removed any, since open (``eventmesh_events_released_total``). Read at

@@ -673,24 +673,6 @@ class MemoryConnector(Connector):
         log.info("group %r on topic %r deleted", group, topic)
         return True
 
-    async def delete_topic(self, topic: str) -> bool:
-        """Delete ``topic`` and what it holds (see :meth:`Connector.delete_topic`); False
-        when there is no such topic. ``SubscribeError`` while a group has members."""
-        self._check_open()
-        t = self._topics.get(topic)
-        if t is None:
-            return False
-        busy = sorted(name for name, g in t.groups.items() if g.members)
-        if busy:
-            raise SubscribeError(
-                f"topic {topic!r} has members in groups {busy}; close their subscriptions "
-                "before deleting it"
-            )
-        del self._topics[topic]
-        t.notify_space()  # a publisher waiting for room goes on (to the deleted topic)
-        log.info("topic %r deleted", topic)
-        return True
-
     def _apply_limits(self, t: _Topic) -> float:
         """Release what ``max_age`` expired and delete the groups idle for
         ``inactive_threshold``; return when (monotonic) the next group will be idle."""

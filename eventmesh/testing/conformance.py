@@ -22,9 +22,8 @@ import pytest
 from eventmesh._loop import backend_options
 from eventmesh.bindings import encode_attribute
 from eventmesh.connectors.base import Connector, Consumer, Delivery, StoredEvent
-from eventmesh.errors import ClosedError, LifecycleError, RejectedError, SubscribeError
+from eventmesh.errors import ClosedError, LifecycleError, RejectedError
 from eventmesh.event import Event
-from eventmesh.testing.polling import eventually
 
 __all__ = ["ConnectorConformance", "collect"]
 
@@ -446,30 +445,6 @@ class ConnectorConformance:
             async with connector.subscribe(topic, "after-read", start="earliest") as consumer:
                 got = await collect(consumer, 10, timeout=self.timeout)
             assert sorted(_numbers(got)) == list(range(10))
-
-    @pytest.mark.anyio
-    async def test_a_deleted_topic_holds_nothing(self, connector: Connector, topic: str) -> None:
-        """delete_topic() refuses while a consumer of the connector reads the topic, then
-        deletes it and what it holds (True), or says it cannot (False, and then nothing
-        is checked); deleting it again returns False. Skipped for a connector that keeps
-        the contract's default (it cannot delete topics)."""
-        if type(connector).delete_topic is Connector.delete_topic:
-            pytest.skip(f"{type(connector).__name__} does not delete topics")
-        await connector.publish(topic, _events(5))
-        async with connector.subscribe(topic, "reader", start="earliest") as consumer:
-            await collect(consumer, 5, timeout=self.timeout)
-            with pytest.raises(SubscribeError):
-                await connector.delete_topic(topic)
-        if not await connector.delete_topic(topic):
-            pytest.skip(f"{type(connector).__name__} keeps topic {topic} (see its docs)")
-
-        async def gone() -> bool:
-            return await connector.delete_topic(topic) is False
-
-        await eventually(gone, timeout=self.timeout, what=f"topic {topic} deleted")
-        if connector.capabilities.replay:
-            async with connector.subscribe(topic, "after", start="earliest") as consumer:
-                assert await collect(consumer, 1, timeout=self.quiet) == []
 
     @pytest.mark.anyio
     async def test_state_keeps_and_reports_keys(

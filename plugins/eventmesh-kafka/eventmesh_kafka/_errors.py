@@ -39,7 +39,6 @@ __all__ = [
     "TOO_LARGE",
     "describe",
     "is_success",
-    "is_unknown_topic",
     "refused",
     "tolerated",
     "translate",
@@ -220,11 +219,6 @@ def refused(
     cls = kafka_errors.for_code(code)
     exc = cls(message) if message else cls()
     return translate(exc, kind, where)
-
-
-def is_unknown_topic(code: int) -> bool:
-    """True for the error code of a topic the broker does not have."""
-    return kafka_errors.for_code(code) is kafka_errors.UnknownTopicOrPartitionError
 
 
 def is_success(code: int, *, exists_ok: bool = False) -> bool:

@@ -43,7 +43,6 @@ from eventmesh.errors import (
 from eventmesh.event import Event
 from eventmesh_kafka._errors import (
     is_success,
-    is_unknown_topic,
     refused,
     tolerated,
     translate,
@@ -355,30 +354,6 @@ class KafkaConnector(Connector):
         _check_name(topic)
         options = self.client_options()
         return await read_topic(options, self._admin, topic, since=since, after=after, limit=limit)
-
-    async def delete_topic(self, topic: str) -> bool:
-        """Delete ``topic`` with the admin client (see :meth:`Connector.delete_topic`);
-        False when the broker has no such topic. ``SubscribeError`` while a consumer of
-        this connector reads it."""
-        self._check_open()
-        _check_name(topic)
-        busy = [c for c in self._consumers if c.topic == topic]
-        if busy:
-            raise SubscribeError(
-                f"{len(busy)} consumers of this connector read Kafka topic {topic!r}; close "
-                "their subscriptions before deleting it"
-            )
-        where = f"deleting Kafka topic {topic!r}"
-        with translated(ConnectorError, where):
-            response = await self._admin.delete_topics([topic])
-        self._topics.discard(topic)
-        for name, code, *rest in response.topic_error_codes:
-            if is_unknown_topic(code):
-                return False
-            if not is_success(code):
-                raise refused(ConnectorError, where, code, rest[0] if rest else None)
-            log.info("connector %r: Kafka topic %r deleted", self.name, name)
-        return True
 
     # -- for the consumers ---------------------------------------------------------------
 

@@ -38,14 +38,7 @@ from eventmesh.errors import (
     SubscribeError,
 )
 from eventmesh.event import Event
-from eventmesh_nats._errors import (
-    NATS_ERRORS,
-    describe,
-    is_not_found,
-    is_slow_consumer,
-    tolerated,
-    translated,
-)
+from eventmesh_nats._errors import describe, is_slow_consumer, tolerated, translated
 from eventmesh_nats.browse import read_stream
 from eventmesh_nats.config import NatsConfig
 from eventmesh_nats.core import CoreConsumer, CoreGroups, publish_core
@@ -347,37 +340,6 @@ class NatsConnector(Connector):
         if self.config.mode == "core":
             return CoreConsumer(self, topic, group, start)
         return JetStreamConsumer(self, topic, group, start)
-
-    async def delete_topic(self, topic: str) -> bool:
-        """Delete the stream of ``topic`` (see :meth:`Connector.delete_topic`), only when it
-        is the connector's own: named by ``stream.name_prefix``, not under ``streams``,
-        and storing the topic's subject alone. False for such a stream that does not
-        exist, for any other, and in core mode (nothing is stored)."""
-        self._check_open()
-        subject, stream = self.route(topic, RejectedError)
-        busy = [c for c in self.consumers if getattr(c, "topic", None) == topic]
-        if busy:
-            raise SubscribeError(
-                f"{len(busy)} consumers of this connector read topic {topic!r}; close their "
-                "subscriptions before deleting it"
-            )
-        if self.config.mode == "core" or topic in self.config.streams:
-            return False
-        where = f"deleting stream {stream!r} of topic {topic!r}"
-        with translated(ConnectorError, where):
-            try:
-                info = await self.js.stream_info(stream)
-            except NATS_ERRORS as exc:
-                if is_not_found(exc):
-                    return False
-                raise
-            if list(info.config.subjects or []) != [subject]:
-                log.info("%s: kept, as it stores other subjects too", where)
-                return False
-            await self.js.delete_stream(stream)
-        self.streams.forget(topic)
-        log.info("connector %r: %s done", self.name, where)
-        return True
 
 
 def message_id(event: Event) -> str:
