@@ -92,8 +92,8 @@ Authorize: TypeAlias = Callable[[str], object]
 raises (``PermissionDeniedError``, or the mesh's refusal of the topic name) to refuse
 the replay."""
 Publish: TypeAlias = Callable[[str, Sequence[Event], Sequence[str]], Awaitable[Any]]
-"""Republishes events to their original topic, with the record key of each (the key
-names the replay of one dead letter: see ``Connector.republish``)."""
+"""Republishes events to their original topic, with a key for each that names the
+replay of one dead letter (see ``Connector.republish``)."""
 
 
 class Page(NamedTuple):
@@ -553,7 +553,11 @@ async def _republish(
         for start in range(0, len(items), _BATCH):
             batch = items[start : start + _BATCH]
             events = [undead(stored.event) for _, stored in batch]
-            await publish(origin, events, [key for key, _ in batch])
+            # The record key names a position, which a topic can hold twice (a memory
+            # topic after a restart, one in each replica, a topic made again); with the
+            # time it was stored it names one dead letter, and a retry the same one.
+            keys = [f"{key}@{stored.timestamp!r}" for key, stored in batch]
+            await publish(origin, events, keys)
             now = time.time()
             for key, stored in batch:
                 record = {"id": stored.event.id, "topic": origin, "at": now}

@@ -52,7 +52,7 @@ async def read_stream(
             f"connector {connector.name!r} is in core mode, which stores nothing to browse; "
             "use JetStream mode (mode: jetstream) for topics you want to look at or replay"
         )
-    subject, stream = connector.route(topic, RejectedError)
+    subject, stream = connector.route(topic, RejectedError, keep=False)
     js = connector.js
     where = f"browsing topic {topic!r} (stream {stream!r})"
     name = f"browse_{uuid.uuid4().hex}"

@@ -212,22 +212,32 @@ class NatsConnector(Connector):
     def check_topic(self, topic: str) -> None:
         """``RejectedError`` for a topic that cannot be a NATS subject (empty tokens,
         whitespace, ``*`` or ``>``, anything outside printable ASCII) or, in JetStream
-        mode, whose stream name would be too long (see :meth:`NatsConfig.subject_for`)."""
-        self.route(topic, RejectedError)
+        mode, whose stream name would be too long (see :meth:`NatsConfig.subject_for`).
+        Remembers nothing: the mesh also checks names it does not keep (browsing)."""
+        if topic not in self._routes:
+            self._map(topic, RejectedError)
 
-    def route(self, topic: str, error: type[ConnectorError]) -> tuple[str, str]:
+    def route(
+        self, topic: str, error: type[ConnectorError], *, keep: bool = True
+    ) -> tuple[str, str]:
         """The subject and stream of ``topic``; ``error`` when the topic cannot be mapped.
 
-        Known topics are remembered; the mesh bounds how many (``limits.max_topics``)."""
+        Known topics are remembered (with ``keep``: publish and subscribe, which the mesh
+        bounds by ``limits.max_topics``; browsing passes ``keep=False``)."""
         found = self._routes.get(topic)
         if found is None:
-            try:
-                subject = self.config.subject_for(topic)
-                stream = self.config.stream_for(topic) if self.config.mode == "jetstream" else ""
-            except ValueError as exc:
-                raise error(str(exc)) from None
-            found = self._routes[topic] = (subject, stream)
+            found = self._map(topic, error)
+            if keep:
+                self._routes[topic] = found
         return found
+
+    def _map(self, topic: str, error: type[ConnectorError]) -> tuple[str, str]:
+        try:
+            subject = self.config.subject_for(topic)
+            stream = self.config.stream_for(topic) if self.config.mode == "jetstream" else ""
+        except ValueError as exc:
+            raise error(str(exc)) from None
+        return subject, stream
 
     def decode(self, msg: Msg, id: str | None, stored: datetime | None) -> Event:
         """The event in a received message; a message that is no valid CloudEvent is
@@ -274,7 +284,7 @@ class NatsConnector(Connector):
         from the event's ``source`` and ``id``: the stream holds the event's first
         publish under that one for ``duplicate_window``, and would drop the replay."""
         if len(keys) != len(events):
-            raise ValueError(f"republish: {len(events)} events but {len(keys)} keys")
+            raise RejectedError(f"republish: {len(events)} events but {len(keys)} keys")
         await self._publish(topic, events, keys)
 
     async def _publish(

@@ -10,6 +10,8 @@ import anyio
 import pytest
 
 from eventmesh import Event, Mesh
+from eventmesh.connectors.memory import MemoryConnector
+from eventmesh.deadletters import ReplaySelection, direct_publish, replay
 from eventmesh.delivery.deadletter import dead_letter_event
 from eventmesh.errors import RejectedError
 from eventmesh.testing.browsing import check_read
@@ -107,3 +109,45 @@ async def test_a_replay_inside_the_duplicate_window_is_stored_again(make: Factor
             await connector.republish(topic, [event], ["dlq.0.1"])
             await connector.republish(topic, [event], ["dlq.0.1"])
             assert len((await mesh.dead_letters(topic).list()).events) == 3
+
+
+async def test_replays_of_dead_letters_at_the_same_position_are_all_stored(make: Factory) -> None:
+    """Two dead-letter topics that hold their letter at the same position (two replicas
+    with in-memory dead-letter topics, or one after a restart) replay to one JetStream
+    topic inside its duplicate window: both replays are stored, neither is taken for a
+    retry of the other."""
+    topic = new_topic()
+    event = Event(type="t", source="/s", id=f"{topic}-1")
+    letter = dead_letter_event(
+        event, reason="failed", error="E: x", attempts=3, topic=topic, group="billing"
+    )
+    with anyio.fail_after(60):
+        async with Mesh(connectors={"default": make()}) as mesh:
+            await mesh.publish(topic, event)
+            for _ in range(2):
+                async with MemoryConnector() as replica:
+                    await replica.publish(f"{topic}.dlq", [letter])
+                    await anyio.sleep(0.002)  # a later store time, as a real second letter has
+                    done = await replay(
+                        replica,
+                        f"{topic}.dlq",
+                        ReplaySelection(),
+                        publish=direct_publish(mesh),
+                    )
+                    assert done.ids == [event.id]
+            stored = (await mesh.dead_letters(topic).list()).events
+            assert [s.event.id for s in stored] == [event.id] * 3
+
+
+async def test_browsing_unknown_topics_leaves_no_trace_in_the_connector(make: Factory) -> None:
+    """A caller who browses made-up topic names (each answered, empty) leaves nothing
+    behind: the connector keeps a route only for topics published or subscribed to,
+    which the mesh bounds by limits.max_topics."""
+    with anyio.fail_after(60):
+        async with Mesh(connectors={"default": make()}) as mesh:
+            connector = mesh.connector("known.topic")
+            known = dict(connector._routes)
+            for n in range(20):
+                assert (await mesh.dead_letters(f"made.up.{n}").list()).events == []
+            assert connector._routes == known
+            assert mesh.topics == ["known.topic"]
