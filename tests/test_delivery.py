@@ -188,10 +188,13 @@ async def test_without_a_dead_letter_topic_failures_are_dropped_and_logged(
 async def test_sync_handlers_do_not_block_the_loop() -> None:
     """A blocking plain-function handler runs in a thread while async work keeps its pace."""
     threads: set[str] = set()
+    during: list[int] = []
 
     def blocking(event: Event) -> None:
         threads.add(threading.current_thread().name)
+        start = ticks
         time.sleep(0.3)
+        during.append(ticks - start)
 
     ticks = 0
 
@@ -208,7 +211,10 @@ async def test_sync_handlers_do_not_block_the_loop() -> None:
             await eventually(lambda: sub.stats.delivered == 1)
         tg.cancel_scope.cancel()
     assert threading.main_thread().name not in threads
-    assert ticks >= 15  # about 30 ticks fit in the 0.3 s the handler blocked
+    # About 30 ticks fit in the 0.3 s the handler blocked; a blocked loop makes none. A
+    # few, not a rate, so that a slow machine's late wake-ups do not decide it.
+    [blocked] = during
+    assert blocked >= 3, during
 
 
 async def test_many_producers_and_consumers_lose_nothing() -> None:

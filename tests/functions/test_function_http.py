@@ -114,7 +114,7 @@ async def test_an_http_function_past_its_timeout_is_retried() -> None:
             await anyio.sleep(5)
         return web.Response(status=204)
 
-    async with server(slow_first) as (url, _), Mesh(http_function(url, timeout="200ms")) as mesh:
+    async with server(slow_first) as (url, _), Mesh(http_function(url, timeout="1s")) as mesh:
         await mesh.publish("orders", order(1))
         runner = mesh.functions[0]
         await eventually(lambda: runner.stats.invocations == 2 and not runner.stats.in_flight)
