@@ -34,6 +34,15 @@ def make(nats_url: str, stream_prefix: str) -> Factory:
     return build
 
 
+def dead_and_letter(topic: str) -> tuple[Event, Event]:
+    """An event of ``topic`` and the dead letter a failing group 'billing' made of it."""
+    event = Event(type="t", source="/s", id=f"{topic}-1", data={"n": 1})
+    letter = dead_letter_event(
+        event, reason="failed", error="E: x", attempts=3, topic=topic, group="billing"
+    )
+    return event, letter
+
+
 def new_topic() -> str:
     return f"browse.{uuid.uuid4().hex[:10]}"
 
@@ -69,10 +78,7 @@ async def test_a_replay_is_recorded_in_a_kv_bucket_and_not_repeated_after_a_rest
     mesh started afresh skips them; the replayed events reach the original topic without
     deadletter* extensions."""
     topic = new_topic()
-    event = Event(type="t", source="/s", id=f"{topic}-1")
-    letter = dead_letter_event(
-        event, reason="failed", error="E: x", attempts=1, topic=topic, group="billing"
-    )
+    event, letter = dead_and_letter(topic)
     with anyio.fail_after(60):
         async with Mesh(connectors={"default": make()}) as mesh:
             await mesh.publish(f"{topic}.dlq", letter)
@@ -91,10 +97,7 @@ async def test_a_replay_inside_the_duplicate_window_is_stored_again(make: Factor
     source and id, so the same Nats-Msg-Id as its first publish) is stored again, not
     dropped by JetStream as a producer's retry; replaying it twice stores it once more."""
     topic = new_topic()
-    event = Event(type="t", source="/s", id=f"{topic}-1", data={"n": 1})
-    letter = dead_letter_event(
-        event, reason="failed", error="E: x", attempts=3, topic=topic, group="billing"
-    )
+    event, letter = dead_and_letter(topic)
     with anyio.fail_after(60):
         async with Mesh(connectors={"default": make()}) as mesh:
             await mesh.publish(topic, event)
@@ -117,10 +120,7 @@ async def test_replays_of_dead_letters_at_the_same_position_are_all_stored(make:
     topic inside its duplicate window: both replays are stored, neither is taken for a
     retry of the other."""
     topic = new_topic()
-    event = Event(type="t", source="/s", id=f"{topic}-1")
-    letter = dead_letter_event(
-        event, reason="failed", error="E: x", attempts=3, topic=topic, group="billing"
-    )
+    event, letter = dead_and_letter(topic)
     with anyio.fail_after(60):
         async with Mesh(connectors={"default": make()}) as mesh:
             await mesh.publish(topic, event)
