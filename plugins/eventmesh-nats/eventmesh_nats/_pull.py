@@ -6,7 +6,10 @@ route together. A :class:`Puller` sends the pull requests itself, each on its ow
 subject under one ``<inbox>.*`` subscription, counts each message against the oldest
 request that still owes some (a ``404``/``408``/``409``/``503`` status closes a request),
 and reads what arrives in one pass per batch. :meth:`take` hands out buffered messages;
-:meth:`top_up` keeps about ``window`` messages requested. While messages flow, requests
+:meth:`top_up` keeps about ``window`` messages requested: two batches, doubled (up to
+eight) each time the member found nothing received while messages were on their way
+once eight batches came without a pause (a short burst is shared between the members
+evenly), halved again once a whole window waits unread. While messages flow, requests
 are ``no_wait`` (the server ends them when it runs out, so none is left owing when a
 member leaves and gives its messages back); once one finds nothing, one long poll waits.
 A request never answered (a restart, a lost connection) is forgotten after its
@@ -39,6 +42,9 @@ _BACKOFF: Final = 0.5
 """Seconds before asking again after the server refused a request (503, 409)."""
 _QUEUE_LIMIT: Final = 1 << 20
 """Messages the client may queue for the puller (the window bounds what is asked)."""
+_FLOOR: Final = 2
+_CAP: Final = 8
+"""The window, in batches: at least ``_FLOOR``, at most ``_CAP``."""
 
 
 class _Request:
@@ -53,14 +59,17 @@ class _Request:
 class Puller:
     """Batched pull requests on one inbox for one durable consumer (module docstring)."""
 
-    def __init__(self, nc: NATS, next_subject: str, window: int) -> None:
+    def __init__(self, nc: NATS, next_subject: str, batch: int) -> None:
         self._nc = nc
         self._next_subject = next_subject
         """``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``"""
-        self.window = max(1, window)
-        self.batch = max(1, window // 2)
+        self.batch = max(1, batch)
         """What the long poll asks for (fetch's own ``max_events``)."""
+        self._depth = _FLOOR
+        self.window = _FLOOR * self.batch
+        """What this member keeps asked for: ``_depth`` batches (see :meth:`take`)."""
         self._idle = False  # the last no_wait request found nothing
+        self._flowing = 0  # messages received since the last request that found nothing
         self._polling: _Request | None = None  # the long poll, while it is outstanding
         self._prefix = ""
         self._sub: Subscription | None = None
@@ -115,6 +124,7 @@ class Puller:
         self.buffer.append(msg)
         self.refused = ""
         self._idle = False
+        self._flowing += 1
         head = self._head
         if head is None:
             if not self._requests:
@@ -137,6 +147,7 @@ class Puller:
         if status in ("404", "408"):
             if request is not None and request is not self._polling and not self.buffer:
                 self._idle = True  # a no_wait request found nothing: poll next
+                self._flowing = 0
             if request is self._polling:
                 self._polling = None
             return  # nothing more for this request: ask again when needed
@@ -155,10 +166,27 @@ class Puller:
                 self._polling = None
         return request
 
+    def size(self, batch: int) -> None:
+        """Fetch asks for ``batch`` at a time: keep the window between two and eight."""
+        self.batch = batch = max(1, batch)
+        self.window = self._depth * batch
+
     def take(self, n: int) -> list[Msg]:
         """Up to ``n`` received messages, in the order they came."""
         self._drain()
         buffer = self.buffer
+        if not buffer:
+            if self._owed and self._polling is None and self._flowing >= _CAP * self.batch:
+                # Handled before the next messages came, in a steady flow: ask further
+                # ahead (a round trip to the server costs more than the batch it brings).
+                self._depth = min(self._depth * 2, _CAP)
+                self.window = self._depth * self.batch
+            return []
+        if len(buffer) >= self.window:
+            # A whole window waits unread: the handlers are the slower side, and what is
+            # buffered counts against the consumer's ack_wait and max_ack_pending.
+            self._depth = max(self._depth // 2, _FLOOR)
+            self.window = self._depth * self.batch
         if len(buffer) <= n:
             out = list(buffer)
             buffer.clear()

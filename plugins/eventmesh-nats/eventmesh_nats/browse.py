@@ -112,5 +112,6 @@ async def read_stream(
 
 def _stored(connector: NatsConnector, msg: Msg) -> StoredEvent:
     meta = msg.metadata
-    event = connector.decode(msg, f"{meta.stream}-{meta.sequence.stream}", meta.timestamp)
-    return StoredEvent(event, 0, meta.sequence.stream, meta.timestamp.timestamp())
+    stamp = meta.timestamp.timestamp()
+    event = connector.decode(msg, meta.stream, meta.sequence.stream, stamp)
+    return StoredEvent(event, 0, meta.sequence.stream, stamp)

@@ -168,9 +168,7 @@ class CoreConsumer(Consumer):
                 return
             self._not_before = None
         self._offset += 1
-        self._buffer.append(
-            CoreDelivery(self, self._connector.decode(msg, None, None), self._offset)
-        )
+        self._buffer.append(CoreDelivery(self, self._connector.decode(msg), self._offset))
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -182,7 +180,7 @@ class CoreConsumer(Consumer):
 
     async def _on_handoff(self, msg: Msg) -> None:
         attempt = int((msg.headers or {}).get(_ATTEMPT_HEADER, "1"))
-        event = self._connector.decode(msg, None, None)
+        event = self._connector.decode(msg)
         if self.closed:
             return  # no answer: the sender keeps it
         self._take(_Held(event, attempt, 0.0))

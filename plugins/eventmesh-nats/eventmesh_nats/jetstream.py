@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Final, cast
 
 import anyio
@@ -446,7 +446,7 @@ class JetStreamConsumer(Consumer):
             await self._ensure_consumer(js, stream, durable, subject)
             self.nc = connector.nc
             api = getattr(js, "_prefix", "$JS.API")  # nats-py's API prefix (a domain's)
-            puller = Puller(self.nc, f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}", 256)
+            puller = Puller(self.nc, f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}", 128)
             await puller.start()
             self._puller = puller
         self._alive = time.monotonic()
@@ -539,10 +539,9 @@ class JetStreamConsumer(Consumer):
             raise LifecycleError("start the consumer first: 'async with connector.subscribe(...)'")
         deadline = None if timeout is None else time.monotonic() + timeout
         batch = max(1, max_events)
-        # Two batches asked for while messages flow: the next arrives while this one is
-        # handled; a long poll asks for one (see eventmesh_nats._pull).
-        puller.window = 2 * batch
-        puller.batch = batch
+        # Two to eight batches asked for while messages flow: the next arrives while this
+        # one is handled; a long poll asks for one (see eventmesh_nats._pull).
+        puller.size(batch)
         where = f"fetching for {self._describe()}"
         while True:
             with translated(SubscribeError, where):
@@ -577,7 +576,6 @@ class JetStreamConsumer(Consumer):
 
     def _deliveries(self, msgs: list[Msg]) -> list[Delivery]:
         decode = self._connector.decode
-        from_stamp = datetime.fromtimestamp
         out: list[JetStreamDelivery] = []
         append = out.append
         for msg in msgs:
@@ -595,7 +593,7 @@ class JetStreamConsumer(Consumer):
                 meta = msg.metadata  # raises for a reply that is no JetStream ack subject
                 stream, attempt, sequence = meta.stream, meta.num_delivered, meta.sequence.stream
                 stamp = meta.timestamp.timestamp()
-            event = decode(msg, f"{stream}-{sequence}", from_stamp(stamp, UTC))
+            event = decode(msg, stream, sequence, stamp)
             append(JetStreamDelivery(self, msg, event, sequence, attempt, stamp))
         if msgs:
             self.outstanding.update(out)
