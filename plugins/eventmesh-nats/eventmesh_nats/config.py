@@ -144,10 +144,10 @@ class CoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Buffers of a member in core mode."""
 
     buffer: int = 10_000
-    """Events a member holds for its fetches. When full, the member stops taking
-    messages from the client, whose own queue (``pending_limit``) then fills."""
+    """Messages a member holds for its fetches, and events a group without members
+    keeps for the next one that joins here."""
     pending_limit: int = 65_536
-    """Messages nats-py queues for a member behind a full buffer; past it the client
+    """Messages nats-py may queue for a member beyond ``buffer``; past both the client
     drops messages and logs a slow consumer."""
 
     def __post_init__(self) -> None:

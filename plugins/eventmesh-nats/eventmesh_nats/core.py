@@ -3,8 +3,9 @@
 A publish goes to the server and is flushed (so a refused or lost connection surfaces
 as a PublishError), and reaches the groups that have a member subscribed at that moment;
 nothing is kept for anyone else. A member is a queue subscription (queue = the group,
-escaped as a stream name is) whose callback puts each event into a bounded buffer that
-``fetch`` takes from.
+escaped as a stream name is) without a callback: nats-py queues its messages (bounded:
+``core.buffer`` + ``core.pending_limit``, then it drops them and says so), and ``fetch``
+takes them off that queue in batches and decodes them, with no task switch per message.
 
 Redelivery happens in the process that holds the event: a nack puts it back in the
 member's own buffer after its delay. A member that leaves hands what it held and had
@@ -17,6 +18,7 @@ durable" means.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
@@ -113,13 +115,14 @@ class CoreConsumer(Consumer):
         self.topic = topic
         self.group = group
         self._start_at = start
-        self._limit = connector.config.core.buffer
-        self._buffer: deque[CoreDelivery] = deque()
+        self._queue: asyncio.Queue[Msg] | None = None  # nats-py's, for the subscription
+        self._first: deque[Msg] = deque()  # taken off the queue while waiting for it
         self._later: list[tuple[float, int, _Held]] = []  # nacked, by due time
-        self._wakeup: anyio.Event | None = None
-        self._room: anyio.Event | None = None
+        self._wakeup: asyncio.Event | None = None
         self._subs: list[Subscription] = []
         self._not_before: float | None = None
+        self._skip = 0  # queued before the start time came: dropped
+        self._timer: asyncio.TimerHandle | None = None
         self._offset = 0
         self.outstanding: set[CoreDelivery] = set()
         self.handoff_subject = ""
@@ -134,19 +137,19 @@ class CoreConsumer(Consumer):
             raise SubscribeError(f"start must be 'earliest', 'latest' or a datetime, got {start!r}")
         queue = escape_name(self.group)
         self.handoff_subject = f"_EVENTMESH.handoff.{queue}.{subject}"
-        limit = connector.config.core.pending_limit
+        settings = connector.config.core
         nc = connector.nc
         try:
             with translated(SubscribeError, f"joining group {self.group!r} on {subject!r}"):
-                self._subs.append(
-                    await nc.subscribe(
-                        subject,
-                        queue=queue,
-                        cb=self._on_message,
-                        pending_msgs_limit=limit,
-                        pending_bytes_limit=0,
-                    )
+                sub = await nc.subscribe(
+                    subject,
+                    queue=queue,
+                    pending_msgs_limit=settings.buffer + settings.pending_limit,
+                    pending_bytes_limit=0,
                 )
+                self._subs.append(sub)
+                # Read in bulk by fetch; nats-py has no public bulk read.
+                self._queue = sub._pending_queue
                 self._subs.append(
                     await nc.subscribe(self.handoff_subject, queue=queue, cb=self._on_handoff)
                 )
@@ -156,27 +159,23 @@ class CoreConsumer(Consumer):
                 with tolerated("undoing a failed join"):
                     await sub.unsubscribe()
             raise
+        if self._not_before is not None:
+            delay = self._not_before - time.time()
+            if delay > 0:
+                # What is queued when the start time comes was sent before it.
+                self._timer = asyncio.get_running_loop().call_later(delay, self._started)
+            else:
+                self._not_before = None
         connector.consumers.add(self)
         for held in connector.core_groups.join(self):
             self._take(held)
 
-    # -- receiving ----------------------------------------------------------------------------
+    def _started(self) -> None:
+        self._timer = None
+        self._skip = len(self._first) + (self._queue.qsize() if self._queue is not None else 0)
+        self._not_before = None
 
-    async def _on_message(self, msg: Msg) -> None:
-        if self._not_before is not None:
-            if time.time() < self._not_before:
-                return
-            self._not_before = None
-        self._offset += 1
-        self._buffer.append(CoreDelivery(self, self._connector.decode(msg), self._offset))
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
-        while len(self._buffer) >= self._limit and not self.closed:
-            # Back-pressure: nats-py queues behind us (core.pending_limit), then drops.
-            self._room = room = anyio.Event()
-            await room.wait()
+    # -- receiving ----------------------------------------------------------------------------
 
     async def _on_handoff(self, msg: Msg) -> None:
         attempt = int((msg.headers or {}).get(_ATTEMPT_HEADER, "1"))
@@ -192,7 +191,6 @@ class CoreConsumer(Consumer):
         heapq.heappush(self._later, (held.due, next(_seq), held))
         wakeup = self._wakeup
         if wakeup is not None:
-            self._wakeup = None
             wakeup.set()
 
     async def put_back(self, held: _Held) -> None:
@@ -218,9 +216,26 @@ class CoreConsumer(Consumer):
             if self._later:
                 due = max(self._later[0][0] - now, 0.0)
                 wait = due if wait is None else min(wait, due)
-            self._wakeup = wakeup = anyio.Event()
-            with anyio.move_on_after(wait):
-                await wakeup.wait()
+            await self._wait(wait)
+
+    async def _wait(self, timeout: float | None) -> None:
+        """Until a message is queued, an event is held again, or ``timeout`` passes."""
+        queue = self._queue
+        if queue is None or not queue.empty():
+            return
+        self._wakeup = wakeup = asyncio.Event()
+        get = asyncio.ensure_future(queue.get())
+        woken = asyncio.ensure_future(wakeup.wait())
+        try:
+            await asyncio.wait((get, woken), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._wakeup = None
+            woken.cancel()
+            if get.done() and not get.cancelled():
+                self._first.append(get.result())  # off the queue: it goes first
+                queue.task_done()
+            else:
+                get.cancel()
 
     def _take_batch(self, max_events: int) -> list[CoreDelivery]:
         out: list[CoreDelivery] = []
@@ -231,40 +246,87 @@ class CoreConsumer(Consumer):
                 held = heapq.heappop(later)[2]
                 self._offset += 1
                 out.append(CoreDelivery(self, held.event, self._offset, held.attempt))
-        buffer = self._buffer
-        while buffer and len(out) < max_events:
-            out.append(buffer.popleft())
+        if self._not_before is None:
+            msgs = self._received(max_events - len(out))
+            if msgs:
+                decode = self._connector.decode
+                offset = self._offset
+                for msg in msgs:
+                    offset += 1
+                    out.append(CoreDelivery(self, decode(msg), offset))
+                self._offset = offset
         if out:
             self.outstanding.update(out)
-            room = self._room
-            if room is not None and len(buffer) < self._limit:
-                self._room = None
-                room.set()
         return out
+
+    async def _drain(self, sub: Subscription) -> None:
+        """``sub.drain()``, which returns once its queue is empty and each message taken
+        marked done: the main subscription's are moved here as they come."""
+        # nats-py leaves Subscription.drain unannotated.
+        drain = asyncio.ensure_future(sub.drain())  # type: ignore[no-untyped-call]
+        queue = self._queue if sub is self._subs[0] else None
+        try:
+            while queue is not None and not drain.done():
+                while not queue.empty():
+                    self._first.append(queue.get_nowait())
+                    queue.task_done()
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait((drain, get), return_when=asyncio.FIRST_COMPLETED)
+                if get.done() and not get.cancelled():
+                    self._first.append(get.result())
+                    queue.task_done()
+                else:
+                    get.cancel()
+            await drain
+        finally:
+            drain.cancel()
+
+    def _received(self, n: int) -> list[Msg]:
+        """Up to ``n`` messages off the queue, in the order they came (those sent before
+        the start time dropped)."""
+        first = self._first
+        queue = self._queue
+        msgs: list[Msg] = []
+        while n > 0:
+            if first:
+                msg = first.popleft()
+            elif queue is not None and not queue.empty():
+                msg = queue.get_nowait()
+                queue.task_done()  # Subscription.drain waits for it
+            else:
+                break
+            if self._skip:
+                self._skip -= 1
+                continue
+            msgs.append(msg)
+            n -= 1
+        return msgs
 
     # -- leaving ------------------------------------------------------------------------------
 
     async def _close(self) -> None:
-        for signal in (self._wakeup, self._room):
-            if signal is not None:
-                signal.set()
-        self._wakeup = self._room = None
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         connector = self._connector
         connector.consumers.discard(self)
         with anyio.CancelScope(shield=True):
             for sub in self._subs:
                 with tolerated(f"leaving group {self.group!r}"), anyio.move_on_after(5.0):
-                    # What the server already sent still reaches _on_message. (nats-py leaves
-                    # Subscription.drain unannotated.)
-                    await sub.drain()  # type: ignore[no-untyped-call]
-            # Handed out and not acked: delivered once more. Still buffered: never delivered.
+                    # What the server already sent is still queued for us.
+                    await self._drain(sub)
+            # Handed out and not acked: delivered once more. Still queued: never delivered.
             for delivery in self.outstanding:
                 delivery._settled = True  # a late ack or nack of it changes nothing now
             held = [_Held(d.event, d.attempt + 1, 0.0) for d in self.outstanding]
-            held += [_Held(d.event, d.attempt, 0.0) for d in self._buffer]
+            if self._not_before is None:
+                decode = connector.decode
+                held += [_Held(decode(msg), 1, 0.0) for msg in self._received(1 << 62)]
             held += [item[2] for item in self._later]
             self.outstanding.clear()
-            self._buffer.clear()
+            self._first.clear()
             self._later.clear()
             await connector.core_groups.leave(self, held)
 

@@ -347,6 +347,28 @@ async def test_core_member_leaving_hands_its_events_to_a_member_elsewhere(
 
 @pytest.mark.nats
 @pytest.mark.anyio
+async def test_core_member_leaving_hands_on_what_it_never_fetched(
+    make: Factory, topic: str
+) -> None:
+    """What a leaving member received and never fetched reaches the group's other member
+    as a first delivery; what it fetched and did not ack, as a second."""
+    async with make(mode="core") as here, make(mode="core") as there:
+        leaving = here.subscribe(topic, "g")
+        await leaving.start()
+        await here.publish(topic, _events(10))
+        taken = await leaving.fetch(3, timeout=10)
+        async with there.subscribe(topic, "g") as staying:
+            await leaving.close()
+            handed = await collect(staying, 10, timeout=10)
+    fetched = {d.event.data["n"] for d in taken}
+    assert sorted(d.event.data["n"] for d in handed) == list(range(10))
+    assert {d.event.data["n"]: d.attempt for d in handed} == {
+        n: 2 if n in fetched else 1 for n in range(10)
+    }
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
 async def test_core_full_buffer_holds_messages_back_without_loss(make: Factory, topic: str) -> None:
     """With a tiny buffer, messages wait in the client's queue and all arrive."""
     connector = make(mode="core", core=CoreSettings(buffer=5))
