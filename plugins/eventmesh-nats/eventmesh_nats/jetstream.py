@@ -544,9 +544,12 @@ class JetStreamConsumer(Consumer):
         puller.size(batch)
         where = f"fetching for {self._describe()}"
         while True:
+            # Take first: taking reads what arrived, and a status among it may end the last
+            # request; asked after, top_up sees that and asks again (asked before, this
+            # member would wait out a poll with nothing asked for).
+            msgs = puller.take(batch)
             with translated(SubscribeError, where):
                 await puller.top_up()
-            msgs = puller.take(batch)
             if msgs:
                 self._alive = time.monotonic()
                 return self._deliveries(msgs)

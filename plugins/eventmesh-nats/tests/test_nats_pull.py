@@ -7,11 +7,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 
 from eventmesh import Event, PublishError
 from eventmesh.testing import collect
 from eventmesh_nats import ConsumerSettings, NatsConfig, NatsConnector, StreamSettings
+from eventmesh_nats._pull import _EXPIRES
 
 Factory = Callable[..., NatsConnector]
 
@@ -49,3 +51,23 @@ async def test_a_consumer_deleted_under_a_member_is_made_again_at_once(
         await connector.publish(topic, events)
         got = await collect(consumer, 3, timeout=30)
     assert sorted(d.event.data["n"] for d in got) == [0, 1, 2]
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
+async def test_a_request_ended_while_the_member_was_busy_is_asked_again_at_once(
+    make: Factory,
+) -> None:
+    """A pull request the server ended while the member was not fetching (here the long
+    poll's expiry, read with the next fetch) is followed by a new one in that same fetch:
+    the member does not wait out a poll with nothing asked for (it did: an event came
+    only after that poll's 5 s, a stall of seconds in the middle of a flow)."""
+    topic = f"pull.{uuid.uuid4().hex[:10]}"
+    async with make() as connector, connector.subscribe(topic, "patient") as consumer:
+        # Nothing to fetch: the member ends up with a long poll on the server.
+        assert await consumer.fetch(2, timeout=0.3) == []
+        # The poll expires on the server while nobody fetches; its 408 waits unread.
+        await anyio.sleep(_EXPIRES + 1.0)
+        await connector.publish(topic, [Event(type="t", source="/pull", data={"n": 1})])
+        got = await consumer.fetch(2, timeout=_EXPIRES - 2.0)
+    assert [d.event.data["n"] for d in got] == [1]
