@@ -13,7 +13,8 @@ evenly), halved again once a whole window waits unread. While messages flow, req
 are ``no_wait`` (the server ends them when it runs out, so none is left owing when a
 member leaves and gives its messages back); once one finds nothing, one long poll waits.
 A request never answered (a restart, a lost connection) is forgotten after its
-``expires`` plus a margin and asked again. What the puller holds counts as delivered:
+``expires`` plus a margin (a ``no_wait`` one, which the server answers at once, after
+:data:`_NO_WAIT_MARGIN`) and asked again. What the puller holds counts as delivered:
 the member acks or naks it, and naks at once what it had not handed out when it leaves.
 See docs/nats.md, 'JetStream'.
 """
@@ -38,6 +39,9 @@ _EXPIRES: Final = 5.0
 """Seconds a pull request waits on the server for messages (a long poll)."""
 _MARGIN: Final = 2.0
 """Seconds past its expiry after which an unanswered request is given up on."""
+_NO_WAIT_MARGIN: Final = 1.0
+"""Seconds after which a ``no_wait`` request not yet ended is given up on: the server
+answers one at once, so a member never waits seconds on a request it lost track of."""
 _BACKOFF: Final = 0.5
 """Seconds before asking again after the server refused a request (503, 409)."""
 _QUEUE_LIMIT: Final = 1 << 20
@@ -195,10 +199,14 @@ class Puller:
         return [popleft() for _ in range(n)]
 
     async def wait(self, timeout: float) -> None:
-        """Wait until a message (or status) is queued, or ``timeout`` seconds pass."""
+        """Wait until a message (or status) is queued, ``timeout`` seconds pass, or a
+        request is due to be given up on (see :meth:`top_up`)."""
         queue = self._queue
         if queue is None or not queue.empty() or self.buffer:
             return
+        if self._requests:
+            due = min(r.until for r in self._requests.values()) - time.monotonic()
+            timeout = min(timeout, max(due, 0.0))
         try:
             msg = await asyncio.wait_for(queue.get(), timeout)
         except TimeoutError:
@@ -228,7 +236,8 @@ class Puller:
             payload = b'{"batch":%d,"no_wait":true}' % want
         self._counter += 1
         token = str(self._counter)
-        request = requests[token] = _Request(token, want, now + _EXPIRES + _MARGIN)
+        until = now + (_EXPIRES + _MARGIN if self._idle else _NO_WAIT_MARGIN)
+        request = requests[token] = _Request(token, want, until)
         if self._idle:
             self._polling = request
         self._owed += want
