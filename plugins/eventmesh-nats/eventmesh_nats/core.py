@@ -171,9 +171,30 @@ class CoreConsumer(Consumer):
             self._take(held)
 
     def _started(self) -> None:
-        self._timer = None
+        """The start time came: what is queued now was sent before it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._skip = len(self._first) + (self._queue.qsize() if self._queue is not None else 0)
         self._not_before = None
+
+    def _before_start(self) -> float | None:
+        """Seconds until the start time, having dropped what came before it; None once
+        it has come (the timer may not have run yet: a busy loop, or a fetch that never
+        gave the loop a turn)."""
+        not_before = self._not_before
+        if not_before is None:
+            return None
+        left = not_before - time.time()
+        if left <= 0:
+            self._started()
+            return None
+        self._first.clear()
+        queue = self._queue
+        while queue is not None and not queue.empty():
+            queue.get_nowait()
+            queue.task_done()
+        return left
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -216,6 +237,9 @@ class CoreConsumer(Consumer):
             if self._later:
                 due = max(self._later[0][0] - now, 0.0)
                 wait = due if wait is None else min(wait, due)
+            left = self._before_start()
+            if left is not None:
+                wait = left if wait is None else min(wait, left)
             await self._wait(wait)
 
     async def _wait(self, timeout: float | None) -> None:
@@ -246,7 +270,7 @@ class CoreConsumer(Consumer):
                 held = heapq.heappop(later)[2]
                 self._offset += 1
                 out.append(CoreDelivery(self, held.event, self._offset, held.attempt))
-        if self._not_before is None:
+        if self._before_start() is None:
             msgs = self._received(max_events - len(out))
             if msgs:
                 decode = self._connector.decode

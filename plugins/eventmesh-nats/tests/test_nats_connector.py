@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ import pytest
 import eventmesh
 from eventmesh import ConfigError, ConnectError, Event, PublishError, SubscribeError
 from eventmesh.connectors import load_connector
+from eventmesh.connectors.base import Delivery
 from eventmesh.errors import RejectedError
 from eventmesh.testing import collect
 from eventmesh.testing.polling import eventually
@@ -408,6 +410,43 @@ async def test_core_start_at_a_future_time_skips_what_comes_before(
             await eventually(lambda: datetime.now(UTC) > soon, what="the start time to pass")
             await connector.publish(topic, _events(2, subject="late"))
             got = await collect(consumer, 5, timeout=1.5)
+    assert [d.event.subject for d in got] == ["late", "late"]
+
+
+def _loop_blocked(signum: int, frame: object) -> None:
+    raise TimeoutError("the event loop was held: nothing else ran for 20 s")
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
+async def test_core_fetch_made_before_the_start_time_leaves_the_loop_free(
+    make: Factory, topic: str
+) -> None:
+    """A fetch made before a core member's start time (as the dispatcher makes it, with no
+    timeout) drops what arrives before that time and waits for it without holding the
+    event loop; it spun on the queued messages, and the start time never came. (SIGALRM
+    turns such a hang into a failure: nothing in the loop could.)"""
+    previous = signal.signal(signal.SIGALRM, _loop_blocked)
+    signal.alarm(20)
+    try:
+        async with make(mode="core") as connector:
+            soon = datetime.now(UTC) + timedelta(seconds=1.5)
+            async with connector.subscribe(topic, "g", start=soon) as consumer:
+                await connector.publish(topic, _events(50, subject="early"))
+                got: list[Delivery] = []
+
+                async def fetch_all() -> None:
+                    while len(got) < 2:
+                        got.extend(await consumer.fetch(5))
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(fetch_all)
+                    await eventually(lambda: datetime.now(UTC) > soon, what="the start time")
+                    await connector.publish(topic, _events(2, subject="late"))
+                    await eventually(lambda: len(got) >= 2, timeout=10, what="the late events")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     assert [d.event.subject for d in got] == ["late", "late"]
 
 
