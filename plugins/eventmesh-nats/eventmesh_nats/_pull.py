@@ -13,8 +13,9 @@ evenly), halved again once a whole window waits unread. While messages flow, req
 are ``no_wait`` (the server ends them when it runs out, so none is left owing when a
 member leaves and gives its messages back); once one finds nothing, one long poll waits.
 A request never answered (a restart, a lost connection) is forgotten after its
-``expires`` plus a margin (a ``no_wait`` one, which the server answers at once, after
-:data:`_NO_WAIT_MARGIN`) and asked again. What the puller holds counts as delivered:
+``expires`` plus a margin and asked again (not sooner: a ``no_wait`` request stays on the
+server while the consumer is at ``max_ack_pending``, and is answered once acks make
+room). What the puller holds counts as delivered:
 the member acks or naks it, and naks at once what it had not handed out when it leaves.
 See docs/nats.md, 'JetStream'.
 """
@@ -39,9 +40,6 @@ _EXPIRES: Final = 5.0
 """Seconds a pull request waits on the server for messages (a long poll)."""
 _MARGIN: Final = 2.0
 """Seconds past its expiry after which an unanswered request is given up on."""
-_NO_WAIT_MARGIN: Final = 1.0
-"""Seconds after which a ``no_wait`` request not yet ended is given up on: the server
-answers one at once, so a member never waits seconds on a request it lost track of."""
 _BACKOFF: Final = 0.5
 """Seconds before asking again after the server refused a request (503, 409)."""
 _QUEUE_LIMIT: Final = 1 << 20
@@ -70,6 +68,9 @@ class Puller:
         self.batch = max(1, batch)
         """What the long poll asks for (fetch's own ``max_events``)."""
         self._depth = _FLOOR
+        self.limit = 1 << 30
+        """The most the window may be: half the consumer's ``max_ack_pending`` (what is
+        asked for and not yet acked past that only waits on the server)."""
         self.window = _FLOOR * self.batch
         """What this member keeps asked for: ``_depth`` batches (see :meth:`take`)."""
         self._idle = False  # the last no_wait request found nothing
@@ -173,7 +174,7 @@ class Puller:
     def size(self, batch: int) -> None:
         """Fetch asks for ``batch`` at a time: keep the window between two and eight."""
         self.batch = batch = max(1, batch)
-        self.window = self._depth * batch
+        self.window = min(self._depth * batch, self.limit)
 
     def take(self, n: int) -> list[Msg]:
         """Up to ``n`` received messages, in the order they came."""
@@ -184,13 +185,13 @@ class Puller:
                 # Handled before the next messages came, in a steady flow: ask further
                 # ahead (a round trip to the server costs more than the batch it brings).
                 self._depth = min(self._depth * 2, _CAP)
-                self.window = self._depth * self.batch
+                self.window = min(self._depth * self.batch, self.limit)
             return []
         if len(buffer) >= self.window:
             # A whole window waits unread: the handlers are the slower side, and what is
             # buffered counts against the consumer's ack_wait and max_ack_pending.
             self._depth = max(self._depth // 2, _FLOOR)
-            self.window = self._depth * self.batch
+            self.window = min(self._depth * self.batch, self.limit)
         if len(buffer) <= n:
             out = list(buffer)
             buffer.clear()
@@ -199,14 +200,18 @@ class Puller:
         return [popleft() for _ in range(n)]
 
     async def wait(self, timeout: float) -> None:
-        """Wait until a message (or status) is queued, ``timeout`` seconds pass, or a
-        request is due to be given up on (see :meth:`top_up`)."""
+        """Wait until a message (or status) is queued, ``timeout`` seconds pass, a
+        request is due to be given up on, or a refusal's back-off ends (see
+        :meth:`top_up`)."""
         queue = self._queue
         if queue is None or not queue.empty() or self.buffer:
             return
+        now = time.monotonic()
         if self._requests:
-            due = min(r.until for r in self._requests.values()) - time.monotonic()
+            due = min(r.until for r in self._requests.values()) - now
             timeout = min(timeout, max(due, 0.0))
+        if self._hold_until > now:
+            timeout = min(timeout, self._hold_until - now)
         try:
             msg = await asyncio.wait_for(queue.get(), timeout)
         except TimeoutError:
@@ -236,8 +241,7 @@ class Puller:
             payload = b'{"batch":%d,"no_wait":true}' % want
         self._counter += 1
         token = str(self._counter)
-        until = now + (_EXPIRES + _MARGIN if self._idle else _NO_WAIT_MARGIN)
-        request = requests[token] = _Request(token, want, until)
+        request = requests[token] = _Request(token, want, now + _EXPIRES + _MARGIN)
         if self._idle:
             self._polling = request
         self._owed += want

@@ -255,11 +255,7 @@ class CoreConsumer(Consumer):
         finally:
             self._wakeup = None
             woken.cancel()
-            if get.done() and not get.cancelled():
-                self._first.append(get.result())  # off the queue: it goes first
-                queue.task_done()
-            else:
-                get.cancel()
+            self._took(get)
 
     def _take_batch(self, max_events: int) -> list[CoreDelivery]:
         out: list[CoreDelivery] = []
@@ -289,6 +285,7 @@ class CoreConsumer(Consumer):
         # nats-py leaves Subscription.drain unannotated.
         drain = asyncio.ensure_future(sub.drain())  # type: ignore[no-untyped-call]
         queue = self._queue if sub is self._subs[0] else None
+        get: asyncio.Future[Msg] | None = None
         try:
             while queue is not None and not drain.done():
                 while not queue.empty():
@@ -296,14 +293,22 @@ class CoreConsumer(Consumer):
                     queue.task_done()
                 get = asyncio.ensure_future(queue.get())
                 await asyncio.wait((drain, get), return_when=asyncio.FIRST_COMPLETED)
-                if get.done() and not get.cancelled():
-                    self._first.append(get.result())
-                    queue.task_done()
-                else:
-                    get.cancel()
+                self._took(get)
+                get = None
             await drain
         finally:
             drain.cancel()
+            if get is not None:  # cut short (move_on_after): no getter left on the queue
+                self._took(get)
+
+    def _took(self, get: asyncio.Future[Msg]) -> None:
+        """Keep what a ``queue.get()`` got, first in line; cancel it if it got nothing."""
+        if get.done() and not get.cancelled():
+            self._first.append(get.result())
+            if self._queue is not None:
+                self._queue.task_done()
+        else:
+            get.cancel()
 
     def _received(self, n: int) -> list[Msg]:
         """Up to ``n`` messages off the queue, in the order they came (those sent before

@@ -435,6 +435,7 @@ class JetStreamConsumer(Consumer):
         self.outstanding: set[JetStreamDelivery] = set()
         self._pending: int | None = None  # num_pending of the last message fetched
         self.redelivery_timeout = float(connector.config.consumer.ack_wait)
+        self._ack_limit = connector.config.consumer.max_ack_pending
 
     async def _start(self) -> None:
         connector = self._connector
@@ -447,6 +448,7 @@ class JetStreamConsumer(Consumer):
             self.nc = connector.nc
             api = getattr(js, "_prefix", "$JS.API")  # nats-py's API prefix (a domain's)
             puller = Puller(self.nc, f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}", 128)
+            puller.limit = max(1, self._ack_limit // 2)
             await puller.start()
             self._puller = puller
         self._alive = time.monotonic()
@@ -528,9 +530,11 @@ class JetStreamConsumer(Consumer):
 
     def _redelivery_from(self, config: ConsumerConfig) -> None:
         """The group's consumer was made before (maybe with another ``ack_wait``): its
-        own setting is what the server applies."""
+        own settings are what the server applies."""
         if config.ack_wait:
             self.redelivery_timeout = float(config.ack_wait)
+        if config.max_ack_pending and config.max_ack_pending > 0:
+            self._ack_limit = config.max_ack_pending
 
     async def fetch(self, max_events: int = 256, timeout: float | None = None) -> list[Delivery]:
         self._check_fetch()
@@ -548,8 +552,12 @@ class JetStreamConsumer(Consumer):
             # request; asked after, top_up sees that and asks again (asked before, this
             # member would wait out a poll with nothing asked for).
             msgs = puller.take(batch)
-            with translated(SubscribeError, where):
-                await puller.top_up()
+            try:
+                with translated(SubscribeError, where):
+                    await puller.top_up()
+            except BaseException:
+                puller.buffer.extendleft(reversed(msgs))  # still held: handed out next time
+                raise
             if msgs:
                 self._alive = time.monotonic()
                 return self._deliveries(msgs)

@@ -8,14 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import nats
 import pytest
 
 from eventmesh import Event, PublishError
 from eventmesh.testing import collect
-from eventmesh.testing.polling import eventually
 from eventmesh_nats import ConsumerSettings, NatsConfig, NatsConnector, StreamSettings
-from eventmesh_nats._pull import _EXPIRES, _NO_WAIT_MARGIN, Puller
+from eventmesh_nats._pull import _EXPIRES
 
 Factory = Callable[..., NatsConnector]
 
@@ -77,30 +75,23 @@ async def test_a_request_ended_while_the_member_was_busy_is_asked_again_at_once(
 
 @pytest.mark.nats
 @pytest.mark.anyio
-async def test_a_no_wait_request_the_server_never_ends_is_asked_again_within_a_second(
-    raw_nats: Any,
-) -> None:
-    """The server ends a no_wait pull request at once; one that nothing ever ends (lost
-    on the way) is given up on after _NO_WAIT_MARGIN and asked again, instead of holding
-    the member's window for a long poll's expiry and a margin (7 s)."""
-    subject = f"pull.next.{uuid.uuid4().hex[:10]}"
-    asked: list[bytes] = []
-
-    async def swallow(msg: Any) -> None:  # answers nothing, as a lost request would
-        asked.append(msg.data)
-
-    await raw_nats.subscribe(subject, cb=swallow)
-    await raw_nats.flush()
-    nc = await nats.connect(raw_nats.connected_url.geturl())
-    puller = Puller(nc, subject, 2)
-    try:
-        await puller.start()
-        await puller.top_up()
-        with anyio.fail_after(_NO_WAIT_MARGIN + 2.0):
-            await puller.wait(_EXPIRES)  # returns once the request is due to be given up
-            await puller.top_up()
-            await eventually(lambda: len(asked) == 2, timeout=2.0, what="a second request")
-        assert all(b'"no_wait":true' in body for body in asked)
-    finally:
-        await puller.stop()
-        await nc.close()
+async def test_a_member_asks_for_at_most_half_its_groups_max_ack_pending(make: Factory) -> None:
+    """However fast its handlers, a member keeps at most half of its consumer's
+    max_ack_pending asked for (its window grows in a steady flow): what is asked past
+    that only waits on the server, and is counted against the wrong requests."""
+    topic = f"pull.{uuid.uuid4().hex[:10]}"
+    connector = make(consumer=ConsumerSettings(max_ack_pending=64))
+    async with connector, connector.subscribe(topic, "capped") as consumer:
+        events = [Event(type="t", source="/pull", data={"n": n}) for n in range(3000)]
+        await connector.publish(topic, events)
+        seen: set[int] = set()
+        widest = 0
+        while len(seen) < len(events):
+            batch = await consumer.fetch(32, timeout=10)
+            assert batch, f"nothing more after {len(seen)} events"
+            for delivery in batch:
+                seen.add(delivery.event.data["n"])
+                await delivery.ack()
+            widest = max(widest, consumer._puller.window)  # type: ignore[attr-defined]
+    assert seen == set(range(len(events)))
+    assert widest <= 32
