@@ -331,10 +331,12 @@ class Subscription(ClosedOnExit):
                 f"subscription {self.name!r} has a handler; iterate only a subscription "
                 "made without one"
             )
-        if self._state != "open":
+        if self._state == "new":
             raise LifecycleError(
                 "enter the subscription first: 'async with mesh.subscribe(...) as sub'"
             )
+        # Closed (by its owner, or by the mesh closing, perhaps before the loop began):
+        # the loop ends at once, as one running when it closed does.
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Delivery]:

@@ -78,6 +78,21 @@ async def test_iterating_a_handler_subscription_is_an_error() -> None:
             aiter(sub)
 
 
+async def test_iterating_a_subscription_not_entered_is_an_error_and_a_closed_one_ends() -> None:
+    """A subscription must be entered before it is iterated; one closed before its loop
+    began (the mesh closing under a sidecar's stream as it starts) ends the loop at once,
+    as it ends a loop that is running, instead of saying it was never entered."""
+    async with eventmesh.connect() as mesh:
+        sub = mesh.subscribe("t", "g")
+        with pytest.raises(LifecycleError, match="enter the subscription first"):
+            aiter(sub)
+        await sub.start()
+        await mesh.publish("t", [Event(type="t", source="/sdk")])
+        await sub.close()
+        with anyio.fail_after(5):
+            assert [d async for d in sub] == []
+
+
 async def test_unknown_connector_types_and_bad_addresses_say_what_to_do() -> None:
     """A missing plugin names the real packages to install; an address of no known scheme,
     or a sidecar address with a config, is refused clearly."""
