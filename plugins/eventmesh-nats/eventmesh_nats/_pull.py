@@ -61,17 +61,17 @@ class _Request:
 class Puller:
     """Batched pull requests on one inbox for one durable consumer (module docstring)."""
 
-    def __init__(self, nc: NATS, next_subject: str, batch: int) -> None:
+    def __init__(self, nc: NATS, next_subject: str, batch: int, limit: int) -> None:
         self._nc = nc
         self._next_subject = next_subject
         """``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``"""
         self.batch = max(1, batch)
         """What the long poll asks for (fetch's own ``max_events``)."""
         self._depth = _FLOOR
-        self.limit = 1 << 30
+        self._limit = max(1, limit)
         """The most the window may be: half the consumer's ``max_ack_pending`` (what is
         asked for and not yet acked past that only waits on the server)."""
-        self.window = _FLOOR * self.batch
+        self.window = min(_FLOOR * self.batch, self._limit)
         """What this member keeps asked for: ``_depth`` batches (see :meth:`take`)."""
         self._idle = False  # the last no_wait request found nothing
         self._flowing = 0  # messages received since the last request that found nothing
@@ -174,7 +174,7 @@ class Puller:
     def size(self, batch: int) -> None:
         """Fetch asks for ``batch`` at a time: keep the window between two and eight."""
         self.batch = batch = max(1, batch)
-        self.window = min(self._depth * batch, self.limit)
+        self.window = min(self._depth * batch, self._limit)
 
     def take(self, n: int) -> list[Msg]:
         """Up to ``n`` received messages, in the order they came."""
@@ -185,13 +185,13 @@ class Puller:
                 # Handled before the next messages came, in a steady flow: ask further
                 # ahead (a round trip to the server costs more than the batch it brings).
                 self._depth = min(self._depth * 2, _CAP)
-                self.window = min(self._depth * self.batch, self.limit)
+                self.size(self.batch)
             return []
         if len(buffer) >= self.window:
             # A whole window waits unread: the handlers are the slower side, and what is
             # buffered counts against the consumer's ack_wait and max_ack_pending.
             self._depth = max(self._depth // 2, _FLOOR)
-            self.window = min(self._depth * self.batch, self.limit)
+            self.size(self.batch)
         if len(buffer) <= n:
             out = list(buffer)
             buffer.clear()

@@ -447,8 +447,8 @@ class JetStreamConsumer(Consumer):
             await self._ensure_consumer(js, stream, durable, subject)
             self.nc = connector.nc
             api = getattr(js, "_prefix", "$JS.API")  # nats-py's API prefix (a domain's)
-            puller = Puller(self.nc, f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}", 128)
-            puller.limit = max(1, self._ack_limit // 2)
+            next_subject = f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+            puller = Puller(self.nc, next_subject, 128, self._ack_limit // 2)
             await puller.start()
             self._puller = puller
         self._alive = time.monotonic()

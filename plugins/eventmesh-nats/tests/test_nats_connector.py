@@ -430,9 +430,10 @@ async def test_core_fetch_made_before_the_start_time_leaves_the_loop_free(
     signal.alarm(20)
     try:
         async with make(mode="core") as connector:
-            soon = datetime.now(UTC) + timedelta(seconds=1.5)
+            soon = datetime.now(UTC) + timedelta(seconds=3)
             async with connector.subscribe(topic, "g", start=soon) as consumer:
                 await connector.publish(topic, _events(50, subject="early"))
+                assert datetime.now(UTC) < soon, "the machine was too slow to publish 'early'"
                 got: list[Delivery] = []
 
                 async def fetch_all() -> None:
