@@ -4,7 +4,7 @@ subscription (test_scenarios.py has the behaviour all transports share)."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -22,12 +22,15 @@ pytestmark = pytest.mark.anyio
 Sidecar = Callable[..., AbstractAsyncContextManager[HttpClient]]
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that nothing listens on while the test runs: bound and held,
+    never listening, so a connection to it is refused (a port bound and released could
+    be taken by another process before the test connects)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
-    return port
+        yield port
 
 
 def test_connect_with_an_http_address_gives_an_http_client() -> None:
@@ -43,9 +46,9 @@ def test_a_bad_address_is_a_config_error() -> None:
         HttpClient("127.0.0.1:10105")
 
 
-async def test_no_sidecar_is_a_connect_error_that_says_what_to_do() -> None:
+async def test_no_sidecar_is_a_connect_error_that_says_what_to_do(closed_port: int) -> None:
     """With nothing listening, publish raises ConnectError naming the URL and 'eventmesh run'."""
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{closed_port}"
     async with HttpClient(url) as client:
         with pytest.raises(ConnectError, match="eventmesh run") as caught:
             await client.publish("orders", Event(type="t", source="/s"))

@@ -4,6 +4,7 @@ port are all delivered; SIGTERM to the parent stops every worker."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +29,20 @@ from eventmesh.testing.polling import eventually
 pytestmark = [pytest.mark.kafka, pytest.mark.anyio]
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports free now (bound to 0, read, released together, so they differ)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
+@pytest.fixture
+def ports() -> Iterator[list[int]]:
+    """Three ports (HTTP, gRPC, admin) held for the workers while the test runs: bound
+    with SO_REUSEPORT and kept open, never listening (so they take no connections). The
+    workers bind them beside these sockets, and nothing else can take one in between,
+    as it could a port bound, released and only then handed to the workers."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(3):
+            sock = stack.enter_context(socket.socket())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+            ports.append(sock.getsockname()[1])
+        yield ports
 
 
 def _children(pid: int) -> list[int]:
@@ -93,7 +99,7 @@ def _alive(pid: int) -> bool:
 
 
 async def test_two_workers_share_the_ports_and_the_consumer_group(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, ports: list[int]
 ) -> None:
     """Both workers listen on the HTTP, gRPC and admin ports; the subscription's Kafka
     group has two members; 200 events published through the shared port all reach the
@@ -112,7 +118,7 @@ async def test_two_workers_share_the_ports_and_the_consumer_group(
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     hook = f"http://127.0.0.1:{runner.addresses[0][1]}/events"
-    http, grpc, admin = _free_ports(3)
+    http, grpc, admin = ports
     config: dict[str, Any] = {
         "connectors": {
             "default": {
@@ -185,11 +191,13 @@ async def test_two_workers_share_the_ports_and_the_consumer_group(
         await runner.cleanup()
 
 
-async def test_workers_stop_when_the_parent_is_killed(kafka_bootstrap: str, tmp_path: Path) -> None:
+async def test_workers_stop_when_the_parent_is_killed(
+    kafka_bootstrap: str, tmp_path: Path, ports: list[int]
+) -> None:
     """SIGKILL, which the parent cannot forward, still stops both workers (Linux)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("the parent-death signal is Linux's")
-    http, grpc, admin = _free_ports(3)
+    http, grpc, admin = ports
     config = {
         "connectors": {"default": {"type": "kafka", "bootstrap_servers": kafka_bootstrap}},
         "server": {"http": {"port": http}, "grpc": {"port": grpc}, "admin": {"port": admin}},
