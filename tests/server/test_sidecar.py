@@ -28,9 +28,11 @@ finished: list[str] = []
 
 
 async def slow_handler(event: Event) -> None:
-    """A configured handler that takes a while, to be caught mid-delivery by shutdown."""
+    """A configured handler that takes a while, to be caught mid-delivery by shutdown
+    (long enough that the test, polling for its start on a loaded machine, still finds
+    it running)."""
     started.append(event.id)
-    await anyio.sleep(0.5)
+    await anyio.sleep(2)
     finished.append(event.id)
 
 
