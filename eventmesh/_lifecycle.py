@@ -21,5 +21,6 @@ class ClosedOnExit:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool | None:
         await self.close()
+        return None

@@ -34,6 +34,7 @@ from eventmesh.connectors.registry import load_connector
 from eventmesh.delivery.policy import DeliveryPolicy
 from eventmesh.delivery.services import Services
 from eventmesh.errors import (
+    ClosedError,
     ConfigError,
     EventValidationError,
     LifecycleError,
@@ -177,18 +178,21 @@ class Mesh(Client):
                 )
             )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            self._stack = stack.pop_all()
+            self._hold(stack.pop_all())
         self._state = "open"
         try:
             await self._open_dedupe()
             for sub in self.config.subscriptions:
                 await self._start_configured(sub)
             await self._functions.start()
-        except BaseException:
+        except BaseException as exc:
             # Raised here, outside the task group, so the caller gets the error itself
             # and not an exception group around it. (close() shields what needs it; a
-            # scope around it would sit above the task group's and break its exit.)
-            await self.close()
+            # scope around it would sit above the task group's and break its exit.) A
+            # close from another task while this one started cancelled the task group:
+            # that ends there, and the caller learns the mesh is closed.
+            if await self._close(None, exc):
+                raise ClosedError("the mesh was closed while it started") from None
             raise
         return self
 

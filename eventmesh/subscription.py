@@ -37,7 +37,7 @@ from eventmesh.connectors.base import Delivery as ConnectorDelivery
 from eventmesh.delivery.dispatcher import Dispatcher
 from eventmesh.delivery.gate import Gate
 from eventmesh.delivery.policy import DeliveryPolicy
-from eventmesh.delivery.services import Publish, Services
+from eventmesh.delivery.services import Publish, Services, delivering
 from eventmesh.delivery.settle import RetryHere, Settle
 from eventmesh.errors import ClosedError, LifecycleError
 from eventmesh.event import Event
@@ -259,6 +259,7 @@ class Subscription(ClosedOnExit):
     async def _run_dispatcher(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         assert self._dispatcher is not None
         assert self._done is not None
+        delivering.set(self._services)  # this task's context, and its workers'
         try:
             with self._scope:
                 await self._dispatcher.run(task_status=task_status)

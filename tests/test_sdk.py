@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from eventmesh import (
     LifecycleError,
     PluginNotFoundError,
 )
+from eventmesh.connectors import Connector
+from eventmesh.testing.polling import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.core]  # core: CI runs these on the core alone
 
@@ -91,6 +94,140 @@ async def test_iterating_a_subscription_not_entered_is_an_error_and_a_closed_one
         await sub.close()
         with anyio.fail_after(5):
             assert [d async for d in sub] == []
+
+
+async def test_a_mesh_closed_from_another_task_ends_its_block_and_closes() -> None:
+    """close() from a task other than the one that entered the mesh (a shutdown
+    endpoint's, a signal watcher's) closes its subscriptions, ends the async with block
+    that opened it, and the connector is closed as the block exits; it used to raise
+    RuntimeError, as anyio lets only the entering task leave the mesh's task group."""
+    seen: list[str] = []
+
+    async def handler(event: Event) -> None:
+        seen.append(event.id)
+
+    reached_end_of_block = False
+    with anyio.fail_after(10):
+        async with eventmesh.connect() as mesh:
+            sub = await mesh.subscribe("t", "g", handler=handler)
+            [event_id] = await mesh.publish("t", Event(type="t", source="/sdk"))
+            await eventually(lambda: seen == [event_id], timeout=5)
+            connector = mesh.connector("t")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(mesh.close)
+                await anyio.sleep_forever()  # what the close ends
+            reached_end_of_block = True
+    assert not reached_end_of_block
+    assert sub.closed
+    assert not connector.is_open
+    with pytest.raises(ClosedError):
+        await mesh.publish("t", Event(type="t", source="/sdk"))
+
+
+async def test_a_block_left_while_another_task_closes_the_mesh_still_closes_it() -> None:
+    """The task that opened the mesh keeps publishing while a shutdown task closes it:
+    its publish gets ClosedError during the close, which takes it out of the block, and
+    leaving waits for that close to finish and then closes the connector (it used to
+    leave it open, with the mesh's task group never left)."""
+    drained: list[str] = []
+
+    async def slow(event: Event) -> None:
+        await anyio.sleep(0.3)  # the close waits for it: the block is left meanwhile
+        drained.append(event.id)
+
+    started: list[str] = []
+
+    async def handler(event: Event) -> None:
+        started.append(event.id)
+        await slow(event)
+
+    async def shutdown(mesh: eventmesh.Mesh) -> None:
+        await eventually(lambda: bool(started), timeout=5)
+        await mesh.close()
+
+    opened: list[Connector] = []
+
+    async def publish_until_closed(tg: anyio.abc.TaskGroup) -> None:
+        async with eventmesh.connect() as mesh:
+            opened.append(mesh.connector("t"))
+            await mesh.subscribe("t", "g", handler=handler)
+            tg.start_soon(shutdown, mesh)
+            while True:
+                await mesh.publish("t", Event(type="t", source="/sdk"))
+                await anyio.sleep(0.01)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            with pytest.raises(ClosedError):
+                await publish_until_closed(tg)
+    connector = opened[0]
+    assert started
+    assert drained == started  # the close let the handlers finish before it went on
+    assert not connector.is_open
+
+
+async def test_a_handler_closing_its_own_mesh_does_not_wait_for_itself() -> None:
+    """A handler that closes its mesh gets close() back at once (closing waits for the
+    handlers, so it cannot wait there); the close goes on apart and ends the block. It
+    used to hang for good."""
+    returned: list[str] = []
+
+    async def handler(event: Event) -> None:
+        await mesh.close(timeout=1)
+        returned.append(event.id)
+
+    with anyio.fail_after(10):
+        async with eventmesh.connect() as mesh:
+            connector = mesh.connector("t")
+            await mesh.subscribe("t", "g", handler=handler)
+            [event_id] = await mesh.publish("t", Event(type="t", source="/sdk"))
+            await anyio.sleep_forever()  # what the close ends
+    assert returned == [event_id]
+    assert not connector.is_open
+
+
+async def test_a_mesh_whose_entering_task_ended_closes_from_another_and_says_why() -> None:
+    """Entered in a task that then ended (a start-up hook), closed from another (a
+    shutdown hook): the connector closes, and LifecycleError says why the task group
+    could not be left (it used to be left open, silently, or anyio's RuntimeError)."""
+    opened: list[eventmesh.Mesh] = []
+
+    async def start_up() -> None:
+        opened.append(await eventmesh.connect().__aenter__())
+
+    async def shut_down() -> None:
+        await opened[0].close()
+
+    # Plain asyncio tasks, as a framework's hooks run: an anyio task group would itself
+    # refuse a task that ends inside a task group it did not leave.
+    with anyio.fail_after(10):
+        await asyncio.create_task(start_up())
+        connector = opened[0].connector("t")
+        with pytest.raises(LifecycleError, match="ended without leaving it"):
+            await asyncio.create_task(shut_down())
+    assert not connector.is_open
+
+
+async def test_leaving_a_mesh_by_an_error_or_an_outer_timeout_keeps_it_as_it_came() -> None:
+    """An error raised in the block comes out as itself (not in an exception group),
+    and an outer timeout cancels the block as it would without the mesh; either way the
+    connector is closed."""
+    opened: list[Connector] = []
+
+    async def fail_in_the_block() -> None:
+        async with eventmesh.connect() as mesh:
+            opened.append(mesh.connector("t"))
+            raise ValueError("from the block")
+
+    with pytest.raises(ValueError, match="from the block"):
+        await fail_in_the_block()
+    assert not opened[0].is_open
+    with anyio.move_on_after(0.2) as scope:
+        async with eventmesh.connect() as mesh:
+            connector = mesh.connector("t")
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert not connector.is_open
 
 
 async def test_unknown_connector_types_and_bad_addresses_say_what_to_do() -> None:

@@ -199,7 +199,7 @@ class GrpcClient(Client):
         )
         async with AsyncExitStack() as stack:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            self._stack = stack.pop_all()
+            self._hold(stack.pop_all())
         self._services = remote_services(self.publish, self._tg, self._subscriptions)
         self._state = "open"
         return self

@@ -134,7 +134,7 @@ class HttpClient(Client):
                 )
             )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            self._stack = stack.pop_all()
+            self._hold(stack.pop_all())
         # Replies through _publish, which still works while the client closes.
         self._services = remote_services(self._publish, self._tg, self._subscriptions)
         self._state = "open"

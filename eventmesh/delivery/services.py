@@ -9,6 +9,7 @@ members: a subscription can be built, and tested, over any ``Services``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
 
@@ -19,7 +20,7 @@ from eventmesh.event import Event
 if TYPE_CHECKING:
     from eventmesh.observability.tracing import Tracing
 
-__all__ = ["Publish", "Services"]
+__all__ = ["Publish", "Services", "delivering"]
 
 Publish: TypeAlias = Callable[[str, Event | Sequence[Event]], Awaitable[None]]
 """Stores one event or a list of them on a topic; raises when it could not."""
@@ -45,3 +46,9 @@ class Services(Generic[_Member]):
     """Wraps sinks and functions in spans (None: tracing off)."""
     measure: bool = False
     """Keep latency and duration histograms for the metrics (metrics on)."""
+
+
+delivering: ContextVar[object] = ContextVar("eventmesh_delivering", default=None)
+"""The :class:`Services` of the owner whose subscription delivers in this task: set in
+each dispatcher's task and so inherited by the workers it starts, so that an owner told
+to close by one of its own handlers can tell (it cannot wait for that handler)."""
