@@ -131,8 +131,16 @@ cmd_start() {
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/eventmesh-kafka.XXXXXX")"
     write_config
     # 4.x only runs KRaft; --standalone makes this node the sole (dynamic-quorum) voter.
-    local cid; cid="$(python3 -c 'import uuid,base64; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
-    java_tool kafka.tools.StorageTool format -t "$cid" -c "$WORK/server.properties" --standalone >"$WORK/format.log" 2>&1 \
+    # A cluster id is a UUID in URL-safe base64, which can begin with "-": Kafka's own
+    # random-uuid draws again then, as "-t -abc..." reads as an option (1 run in 64 failed).
+    local cid; cid="$(python3 -c '
+import base64, uuid
+while True:
+    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not cid.startswith("-"):
+        break
+print(cid)')"
+    java_tool kafka.tools.StorageTool format --cluster-id="$cid" -c "$WORK/server.properties" --standalone >"$WORK/format.log" 2>&1 \
       || { cat "$WORK/format.log" >&2; rm -rf "$WORK"; die "storage format failed"; }
   fi
   mkdir -p "$RUN"
