@@ -129,17 +129,14 @@ async def test_a_block_left_while_another_task_closes_the_mesh_still_closes_it()
     its publish gets ClosedError during the close, which takes it out of the block, and
     leaving waits for that close to finish and then closes the connector (it used to
     leave it open, with the mesh's task group never left)."""
-    drained: list[str] = []
-
-    async def slow(event: Event) -> None:
-        await anyio.sleep(0.3)  # the close waits for it: the block is left meanwhile
-        drained.append(event.id)
-
     started: list[str] = []
+    drained: list[str] = []
+    left = anyio.Event()
 
     async def handler(event: Event) -> None:
         started.append(event.id)
-        await slow(event)
+        await left.wait()  # so the close is still draining when the block is left
+        drained.append(event.id)
 
     async def shutdown(mesh: eventmesh.Mesh) -> None:
         await eventually(lambda: bool(started), timeout=5)
@@ -152,9 +149,13 @@ async def test_a_block_left_while_another_task_closes_the_mesh_still_closes_it()
             opened.append(mesh.connector("t"))
             await mesh.subscribe("t", "g", handler=handler)
             tg.start_soon(shutdown, mesh)
-            while True:
-                await mesh.publish("t", Event(type="t", source="/sdk"))
-                await anyio.sleep(0.01)
+            try:
+                while True:
+                    await mesh.publish("t", Event(type="t", source="/sdk"))
+                    await anyio.sleep(0.01)
+            except ClosedError:
+                left.set()
+                raise
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
