@@ -276,8 +276,9 @@ def main(quick: bool) -> Section:
             f"{name.replace('-', ', ')} worker(s): " + ", ".join(f"{r:,.0f}" for r in rates)
             for name, rates in sorted(results.items())
         )
-        + ". The rounds spread widely: on this machine the other sessions' load decides "
-        "more than the second worker does.",
+        + ". The rounds spread more widely than the second worker moves them, even on an "
+        "otherwise idle machine: the broker, the load generator or receiver and the "
+        "workers contend for the same two cores.",
         "The machine has 2 cores, shared by the workers, the load generator or receiver, "
         "the Kafka broker and whatever else runs: the ratio shows what a second worker "
         "adds here, not what it adds on a host with a core to spare.",
