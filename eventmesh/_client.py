@@ -83,7 +83,7 @@ class Client(ClosedOnExit, abc.ABC):
         # Only a cancellation is handed to the task group, for it to end its own; any
         # other exception leaves the block as it came, not in an exception group.
         cancelled = exc if isinstance(exc, anyio.get_cancelled_exc_class()) else None
-        handler = delivering.get() is self._services
+        handler = (delivering.get() or (None,))[0] is self._services
         if self._state != "open":
             if self._stack is not None and self._owns():
                 # What a close from another task left to this one, once that close is

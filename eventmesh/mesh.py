@@ -454,6 +454,8 @@ class Mesh(Client):
         self._check_open()
         if not isinstance(group, str) or not group:
             raise ConfigError(f"group must be a non-empty string, got {group!r}")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"name must be a string or None, got {name!r}")
         where = f"subscribe({topic!r}, group={group!r})"
         limits = self.config.limits
         for key, value in (("group", group), ("name", name)):

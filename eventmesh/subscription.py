@@ -259,7 +259,7 @@ class Subscription(ClosedOnExit):
     async def _run_dispatcher(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         assert self._dispatcher is not None
         assert self._done is not None
-        delivering.set(self._services)  # this task's context, and its workers'
+        delivering.set((self._services, self))  # this task's context, and its workers'
         try:
             with self._scope:
                 await self._dispatcher.run(task_status=task_status)
@@ -288,6 +288,12 @@ class Subscription(ClosedOnExit):
         """
         if self._state == "closed":
             return
+        current = delivering.get()
+        if current is not None and current[1] is self:
+            # One of its own handlers: closing waits for the handlers to finish, so the
+            # close runs in a task of its own, and this returns at once.
+            self._services.task_group().start_soon(self._close_apart, timeout)
+            return
         self._state = "closed"
         self._buffer.clear()  # fetched, never yielded: back to the group with the consumer
         try:
@@ -301,6 +307,12 @@ class Subscription(ClosedOnExit):
             with anyio.CancelScope(shield=True):
                 await self._consumer.close()
             self._services.unregister(self)
+
+    async def _close_apart(self, timeout: float | None) -> None:
+        """The close one of its handlers asked for, in a task of the owner's task group
+        (whose context came from the handler's, so it is cleared first)."""
+        delivering.set(None)
+        await self.close(timeout)
 
     @property
     def closed(self) -> bool:

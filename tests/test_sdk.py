@@ -279,6 +279,113 @@ def test_blocking_facade_publishes_and_receives() -> None:
             assert sub.receive(timeout=0.2) is None
 
 
+def test_a_blocking_receive_that_timed_out_still_receives_what_comes_later() -> None:
+    """A receive() that timed out leaves the subscription readable: the next one gets
+    the event published after it (the timeout used to end the loop for good, so every
+    later receive() returned None at once)."""
+    with (
+        eventmesh.connect_blocking() as mesh,
+        mesh.subscribe("orders", "g", start="earliest") as sub,
+    ):
+        assert sub.receive(timeout=0.1) is None
+        [event_id] = mesh.publish("orders", Event(type="t", source="/s"))
+        delivery = sub.receive(timeout=5)
+        assert delivery is not None
+        assert delivery.event.id == event_id
+        delivery.ack()
+
+
+def test_blocking_calls_after_the_client_closed_say_it_is_closed() -> None:
+    """After the client's with block, receive() and ack() raise ClosedError (they
+    raised anyio's RuntimeError about its portal), and closing the subscription, which
+    the client closed already, does nothing."""
+    with eventmesh.connect_blocking() as mesh:
+        mesh.publish("orders", Event(type="t", source="/s"))
+        sub = mesh.subscribe("orders", "g", start="earliest").__enter__()
+        delivery = sub.receive(timeout=5)
+        assert delivery is not None
+    with pytest.raises(ClosedError):
+        sub.receive(timeout=0.1)
+    with pytest.raises(ClosedError):
+        delivery.ack()
+    sub.close()
+
+
+async def test_two_loops_reading_one_subscription_share_it_and_both_end_on_close() -> None:
+    """Two tasks iterating one subscription both get events, and closing it ends both
+    loops (the in-memory consumer kept one waiter, so the first loop never woke again,
+    not even on close)."""
+    got: dict[int, list[int]] = {1: [], 2: []}
+    ended: list[int] = []
+
+    async def read(sub: eventmesh.Subscription, n: int) -> None:
+        async for delivery in sub:
+            got[n].append(delivery.event.data)
+            await delivery.ack()
+            await anyio.sleep(0.01)  # the other loop's turn
+        ended.append(n)
+
+    with anyio.fail_after(10):
+        async with (
+            eventmesh.connect() as mesh,
+            mesh.subscribe("t", "g") as sub,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(read, sub, 1)
+            tg.start_soon(read, sub, 2)
+            await anyio.sleep(0.05)  # both loops wait for events
+            for n in range(20):
+                await mesh.publish("t", Event(type="t", source="/s", data=n))
+                await anyio.sleep(0.005)
+            await eventually(lambda: len(got[1]) + len(got[2]) == 20, timeout=5)
+            await sub.close()
+    assert sorted(got[1] + got[2]) == list(range(20))
+    assert got[1]
+    assert got[2]
+    assert sorted(ended) == [1, 2]
+
+
+async def test_a_nack_that_cannot_dead_letter_after_the_mesh_closed_says_so() -> None:
+    """The last attempt's nack after the mesh closed raises ClosedError at once (the
+    event stays unacked) instead of retrying the dead-letter publish for ever."""
+    async with eventmesh.connect() as mesh:
+        sub = await mesh.subscribe("t", "g", start="earliest", delivery={"max_attempts": 1})
+        await mesh.publish("t", Event(type="t", source="/s"))
+        held: list[eventmesh.Delivery] = []
+        async for delivery in sub:
+            held.append(delivery)
+            break
+    with anyio.fail_after(5), pytest.raises(ClosedError):
+        await held[0].nack("failed after the mesh closed")
+
+
+async def test_a_bad_subscription_name_or_transform_is_a_config_error() -> None:
+    """A name or a transform of the wrong type is a ConfigError naming it, not a
+    TypeError from deep inside."""
+    async with eventmesh.connect() as mesh:
+        with pytest.raises(ConfigError, match="name must be a string"):
+            mesh.subscribe("t", "g", name=5)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="transform must be"):
+            mesh.subscribe("t", "g", transform=5)
+
+
+async def test_a_handler_closing_its_own_subscription_does_not_wait_for_itself() -> None:
+    """sub.close() in that subscription's own handler returns at once and the
+    subscription closes (it waited out the whole timeout, then cancelled the handler)."""
+    returned: list[str] = []
+
+    async def handler(event: Event) -> None:
+        await sub.close(timeout=30)
+        returned.append(event.id)
+
+    with anyio.fail_after(10):
+        async with eventmesh.connect() as mesh:
+            sub = await mesh.subscribe("t", "g", handler=handler)
+            [event_id] = await mesh.publish("t", Event(type="t", source="/s"))
+            await eventually(lambda: sub.closed and returned == [event_id], timeout=5)
+            assert mesh.subscriptions == []
+
+
 async def test_close_cancels_handlers_that_overrun_the_timeout() -> None:
     """close(timeout) stops a handler still running after the timeout; its event returns."""
     cancelled = anyio.Event()

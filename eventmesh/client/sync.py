@@ -12,7 +12,7 @@ call here waits for its result there::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -64,8 +64,8 @@ def connect_blocking(
 class BlockingDelivery:
     """A delivery whose ack and nack block until done."""
 
-    def __init__(self, portal: BlockingPortal, delivery: Delivery) -> None:
-        self._portal = portal
+    def __init__(self, portal: Callable[[], BlockingPortal], delivery: Delivery) -> None:
+        self._portal = portal  # the client's portal, or ClosedError once it closed
         self._delivery = delivery
         self.event = delivery.event
 
@@ -76,44 +76,52 @@ class BlockingDelivery:
 
     def ack(self) -> None:
         """The event is handled."""
-        self._portal.call(self._delivery.ack)
+        self._portal().call(self._delivery.ack)
 
     def nack(self, error: BaseException | str | None = None) -> None:
         """The event failed: retried under the policy, or dead-lettered."""
-        self._portal.call(self._delivery.nack, error)
+        self._portal().call(self._delivery.nack, error)
 
 
 class BlockingSubscription:
     """A subscription read with blocking calls."""
 
-    def __init__(self, portal: BlockingPortal, subscription: Subscription) -> None:
-        self._portal = portal
+    def __init__(self, portal: Callable[[], BlockingPortal], subscription: Subscription) -> None:
+        self._portal = portal  # the client's portal, or ClosedError once it closed
         self._subscription = subscription
-        self._iterator: AsyncIterator[Delivery] | None = None
 
     def __enter__(self) -> Self:
-        self._portal.call(self._subscription.start)
+        self._portal().call(self._subscription.start)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        """Leave the group; unacked deliveries go back to it."""
-        self._portal.call(self._subscription.close)
+        """Leave the group; unacked deliveries go back to it. Idempotent: once the
+        client closed, its subscriptions are closed already."""
+        try:
+            portal = self._portal()
+        except ClosedError:
+            return
+        portal.call(self._subscription.close)
 
     def receive(self, timeout: float | None = None) -> BlockingDelivery | None:
         """The next delivery, or None when ``timeout`` seconds pass first."""
-        if self._iterator is None:
-            self._iterator = aiter(self._subscription)
 
         async def next_one() -> Delivery | None:
-            assert self._iterator is not None
-            with anyio.move_on_after(timeout):
-                return await anext(self._iterator, None)
-            return None
+            # A loop of its own for each call: a timeout ends the loop, and the next
+            # call starts another where it stopped (what was fetched waits on the
+            # subscription, not in the loop).
+            deliveries = aiter(self._subscription)
+            try:
+                with anyio.move_on_after(timeout):
+                    return await anext(deliveries, None)
+                return None
+            finally:
+                await deliveries.aclose()  # type: ignore[attr-defined]
 
-        delivery = self._portal.call(next_one)
+        delivery = self._portal().call(next_one)
         return None if delivery is None else BlockingDelivery(self._portal, delivery)
 
     def __iter__(self) -> Iterator[BlockingDelivery]:
@@ -184,4 +192,4 @@ class BlockingClient:
             return (self._client.subscribe(topic, group, **options),)
 
         (subscription,) = self.portal.call(make)
-        return BlockingSubscription(self.portal, subscription)
+        return BlockingSubscription(lambda: self.portal, subscription)

@@ -564,7 +564,11 @@ class _MemoryConsumer(Consumer):
             due = group.next_due(self)
             if due is not None:
                 wait = max(due - now, 0.0) if wait is None else min(wait, max(due - now, 0.0))
-            self._wakeup = wakeup = self._new_event()
+            # One event for every fetch waiting (two loops may read one subscription):
+            # wake(), and close(), wake them all.
+            wakeup = self._wakeup
+            if wakeup is None:
+                self._wakeup = wakeup = self._new_event()
             if wait is None:
                 await wakeup.wait()
             else:

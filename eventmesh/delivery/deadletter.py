@@ -25,6 +25,7 @@ import anyio
 
 from eventmesh._logging import event_fields
 from eventmesh.delivery.policy import Backoff
+from eventmesh.errors import ClosedError
 from eventmesh.event import Event
 
 __all__ = [
@@ -73,13 +74,17 @@ async def store_dead_letter(
     """Publish a dead letter, retrying with backoff until it is stored.
 
     The caller acks the original only after this returns: an event must not be acked
-    before it is safely somewhere else.
+    before it is safely somewhere else. ``ClosedError`` (the mesh or its connector has
+    closed) is raised at once, as no retry can store it then: the caller leaves the
+    original unacked, to be delivered again.
     """
     attempt = 1
     while True:
         try:
             await publish(topic, event)
             return
+        except ClosedError:
+            raise
         except Exception as exc:
             delay = backoff.delay(min(attempt, 10))
             log.warning(

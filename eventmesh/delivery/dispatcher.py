@@ -334,7 +334,18 @@ class Dispatcher:
                 )
                 return
             stats.failed += 1
-            delay = await settle.failed(delivery, error, attempt)
+            try:
+                delay = await settle.failed(delivery, error, attempt)
+            except ClosedError as exc:
+                # Dead-lettering found the mesh closed: the event stays unacked, to be
+                # delivered again (a retry could not store it).
+                log.info(
+                    "subscription %s: event %s left unacked, as it could not be settled (%s)",
+                    self.name,
+                    event.id,
+                    exc,
+                )
+                return
             if delay is None:
                 return
             log.debug(

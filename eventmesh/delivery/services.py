@@ -48,7 +48,10 @@ class Services(Generic[_Member]):
     """Keep latency and duration histograms for the metrics (metrics on)."""
 
 
-delivering: ContextVar[object] = ContextVar("eventmesh_delivering", default=None)
-"""The :class:`Services` of the owner whose subscription delivers in this task: set in
-each dispatcher's task and so inherited by the workers it starts, so that an owner told
-to close by one of its own handlers can tell (it cannot wait for that handler)."""
+delivering: ContextVar[tuple[object, object] | None] = ContextVar(
+    "eventmesh_delivering", default=None
+)
+"""``(services, subscription)``: the :class:`Services` of the owner, and the
+subscription, that deliver in this task. Set in each dispatcher's task and so inherited
+by the workers it starts, so that an owner or a subscription told to close by one of its
+own handlers can tell (it cannot wait for that handler)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from eventmesh.errors import ConfigError
 from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
 from eventmesh.typing import Filter, Transform
 
@@ -45,6 +46,12 @@ def compile_pipeline(
     else:
         from eventmesh.pipeline.transforms import compile_transforms
 
+        if not isinstance(transform, Mapping | Sequence) or isinstance(transform, str | bytes):
+            raise ConfigError(
+                f"{where}.transform must be a function, a transform step (a mapping) or a "
+                f"list of them, got {type(transform).__name__}",
+                key=f"{where}.transform",
+            )
         steps = [transform] if isinstance(transform, Mapping) else list(transform)
         compiled_transform = compile_transforms(steps, where=f"{where}.transform", limits=limits)
     return compiled_filter, compiled_transform
