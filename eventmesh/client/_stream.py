@@ -19,6 +19,7 @@ what arrived, then raises the error that ended it, and the consumer counts as cl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,6 +34,7 @@ from eventmesh.bindings.protobuf import from_proto
 from eventmesh.connectors.base import Consumer, Delivery
 from eventmesh.delivery.deadletter import describe_error
 from eventmesh.errors import (
+    ClosedError,
     ConnectError,
     DeliveryError,
     EventMeshError,
@@ -75,6 +77,18 @@ def translate(exc: grpc.aio.AioRpcError, address: str) -> EventMeshError:
     if isinstance(error, EventValidationError) and _ATTRIBUTE_KEY in values:
         error.attribute = values[_ATTRIBUTE_KEY]
     return error
+
+
+def cancelled_call(address: str) -> ClosedError | None:
+    """For a ``CancelledError`` out of a gRPC call: ``ClosedError`` when it was the
+    call that was cancelled (the client closed its channel under it), None when it was
+    this task (the caller's own cancellation, to let through)."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        return None
+    return ClosedError(
+        f"the call to the sidecar at {address} was cut short: the client closed its channel"
+    )
 
 
 class StreamDelivery(Delivery):
@@ -155,6 +169,11 @@ class StreamConsumer(Consumer):
             response = await call.read()
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, client.address) from exc
+        except asyncio.CancelledError:
+            closed = cancelled_call(client.address)
+            if closed is None:
+                raise
+            raise closed from None
         if not isinstance(response, pb.SubscribeResponse) or not response.HasField("subscribed"):
             raise SubscribeError(
                 f"the sidecar at {client.address} did not confirm subscription {self.name!r}"

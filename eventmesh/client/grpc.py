@@ -13,6 +13,7 @@ and dispatcher an embedded mesh uses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -37,7 +38,7 @@ from eventmesh.client._remote import (
     remote_services,
     warn_clear_text,
 )
-from eventmesh.client._stream import StreamConsumer
+from eventmesh.client._stream import StreamConsumer, cancelled_call
 from eventmesh.client._stream import translate as _translate
 from eventmesh.config import convert
 from eventmesh.connectors.base import StartPosition
@@ -200,7 +201,8 @@ class GrpcClient(Client):
         async with AsyncExitStack() as stack:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._hold(stack.pop_all())
-        self._services = remote_services(self.publish, self._tg, self._subscriptions)
+        # Replies through _send, which still works while the client closes.
+        self._services = remote_services(self._reply, self._tg, self._subscriptions)
         self._state = "open"
         return self
 
@@ -221,6 +223,13 @@ class GrpcClient(Client):
         events, in order, once the sidecar stored them all (all or nothing). Raises what
         the sidecar raised (``PublishError``, ...)."""
         self._check_open()
+        return await self._send(topic, events)
+
+    async def _reply(self, topic: str, events: Event | Sequence[Event]) -> None:
+        await self._send(topic, events)
+
+    async def _send(self, topic: str, events: Event | Sequence[Event]) -> list[str]:
+        """:meth:`publish`, also while the client closes (for the handlers' replies)."""
         if not isinstance(topic, str):
             raise ConfigError(f"a topic name must be a non-empty string, got {topic!r}")
         try:
@@ -245,6 +254,11 @@ class GrpcClient(Client):
             )
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.address) from exc
+        except asyncio.CancelledError:
+            closed = cancelled_call(self.address)
+            if closed is None:
+                raise
+            raise closed from None
         # PublishResponse.ids holds these same ids (the server reads them from the
         # request and stores it all or nothing); the ones sent need no decoding.
         return [event.id for event in events]
@@ -267,6 +281,11 @@ class GrpcClient(Client):
             answer = await self._ask(message, metadata=self._metadata, timeout=wait + 10)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, self.address) from exc
+        except asyncio.CancelledError:
+            closed = cancelled_call(self.address)
+            if closed is None:
+                raise
+            raise closed from None
         return from_proto(answer.reply)
 
     # -- subscribing ---------------------------------------------------------------------
