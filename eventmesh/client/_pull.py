@@ -25,7 +25,14 @@ import msgspec
 from eventmesh._status import NotFoundError
 from eventmesh.connectors.base import Consumer, Delivery
 from eventmesh.delivery.deadletter import describe_error
-from eventmesh.errors import DeliveryError, EventMeshError, SubscribeError
+from eventmesh.errors import (
+    ClosedError,
+    ConnectorError,
+    DeliveryError,
+    EventMeshError,
+    EventValidationError,
+    SubscribeError,
+)
 from eventmesh.event import Event, decode_json
 
 if TYPE_CHECKING:
@@ -167,6 +174,15 @@ class PullConsumer(Consumer):
             log.warning("subscription %s is gone from the sidecar; creating it again", self.name)
             await self._create()
             return []
+        except (ConnectorError, ClosedError):
+            raise
+        except EventMeshError as exc:
+            # The sidecar, or a proxy before it, refused this poll (a 5xx, 429, 401...):
+            # a SubscribeError, which a handler subscription meets by polling again after
+            # a back-off, rather than stopping for good.
+            raise SubscribeError(
+                f"subscription {self.name!r}: the sidecar refused a poll ({exc}); poll again later"
+            ) from exc
         finally:
             self._poll_scope = None
         if not answer or self.closed:
@@ -177,11 +193,39 @@ class PullConsumer(Consumer):
             raise SubscribeError(
                 f"subscription {self.name!r}: unreadable deliveries: {exc}"
             ) from exc
-        out: list[Delivery] = [
-            PulledDelivery(self, item, decode_json(item.event)) for item in pulled.deliveries
-        ]
+        if len(pulled.deliveries) > max_events:
+            raise SubscribeError(
+                f"subscription {self.name!r}: the sidecar sent {len(pulled.deliveries)} "
+                f"deliveries for a poll of at most {max_events}; they come again after "
+                "their ack deadline"
+            )
+        out: list[Delivery] = []
+        for item in pulled.deliveries:
+            try:
+                event = decode_json(item.event)
+            except EventValidationError as exc:
+                await self._give_up(item, exc)
+                continue
+            out.append(PulledDelivery(self, item, event))
         self._unsettled += len(out)
         return out
+
+    async def _give_up(self, item: _Pulled, error: EventValidationError) -> None:
+        """Nack what cannot be read as an event, for the sidecar to dead-letter (as the
+        gRPC stream does), so that one unreadable event stops nothing else."""
+        log.warning(
+            "subscription %s: delivery %s is not a valid event (%s); handed back to be "
+            "dead-lettered",
+            *(self.name, item.delivery_id, error),
+        )
+        body = {"delivery_ids": [item.delivery_id], "error": str(error), "give_up": True}
+        try:
+            await self._client._request("POST", f"{self._path}/nack", json=body)
+        except EventMeshError as exc:
+            log.warning(
+                "subscription %s: the nack of delivery %s failed (%s); it comes again",
+                *(self.name, item.delivery_id, exc),
+            )
 
     def _wake(self) -> None:
         room, self._room = self._room, None
