@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -79,16 +81,22 @@ def translate(exc: grpc.aio.AioRpcError, address: str) -> EventMeshError:
     return error
 
 
-def cancelled_call(address: str) -> ClosedError | None:
-    """For a ``CancelledError`` out of a gRPC call: ``ClosedError`` when it was the
-    call that was cancelled (the client closed its channel under it), None when it was
-    this task (the caller's own cancellation, to let through)."""
-    task = asyncio.current_task()
-    if task is None or task.cancelling():
-        return None
-    return ClosedError(
-        f"the call to the sidecar at {address} was cut short: the client closed its channel"
-    )
+@contextmanager
+def calling(address: str) -> Iterator[None]:
+    """Around calls to the sidecar at ``address``: a failed call raises our exception
+    (:func:`translate`), and a call the client cut short by closing its channel (gRPC
+    cancels it) ``ClosedError``; the caller's own cancellation goes through."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise translate(exc, address) from exc
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise ClosedError(
+            f"the call to the sidecar at {address} was cut short: the client closed its channel"
+        ) from None
 
 
 class StreamDelivery(Delivery):
@@ -158,7 +166,7 @@ class StreamConsumer(Consumer):
         client = self._client
         client._check_open()
         self._call = call = client._subscribe(None, metadata=client._metadata)  # written below
-        try:
+        with calling(client.address):
             # The sidecar sends headers once it has let the stream in, or ends the call
             # if it refuses it: writing before then could race the refusal, and gRPC's
             # client reports a write that lost that race as INTERNAL, not as the status
@@ -167,13 +175,6 @@ class StreamConsumer(Consumer):
             if not call.done():
                 await call.write(pb.SubscribeRequest(open=self._request))
             response = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc, client.address) from exc
-        except asyncio.CancelledError:
-            closed = cancelled_call(client.address)
-            if closed is None:
-                raise
-            raise closed from None
         if not isinstance(response, pb.SubscribeResponse) or not response.HasField("subscribed"):
             raise SubscribeError(
                 f"the sidecar at {client.address} did not confirm subscription {self.name!r}"

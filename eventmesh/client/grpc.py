@@ -13,7 +13,6 @@ and dispatcher an embedded mesh uses.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -38,8 +37,7 @@ from eventmesh.client._remote import (
     remote_services,
     warn_clear_text,
 )
-from eventmesh.client._stream import StreamConsumer, cancelled_call
-from eventmesh.client._stream import translate as _translate
+from eventmesh.client._stream import StreamConsumer, calling
 from eventmesh.config import convert
 from eventmesh.connectors.base import StartPosition
 from eventmesh.delivery.policy import DeliveryPolicy
@@ -202,7 +200,7 @@ class GrpcClient(Client):
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._hold(stack.pop_all())
         # Replies through _send, which still works while the client closes.
-        self._services = remote_services(self._reply, self._tg, self._subscriptions)
+        self._services = remote_services(self._send, self._tg, self._subscriptions)
         self._state = "open"
         return self
 
@@ -225,14 +223,11 @@ class GrpcClient(Client):
         self._check_open()
         return await self._send(topic, events)
 
-    async def _reply(self, topic: str, events: Event | Sequence[Event]) -> None:
-        await self._send(topic, events)
-
     async def _send(self, topic: str, events: Event | Sequence[Event]) -> list[str]:
         """:meth:`publish`, also while the client closes (for the handlers' replies)."""
         if not isinstance(topic, str):
             raise ConfigError(f"a topic name must be a non-empty string, got {topic!r}")
-        try:
+        with calling(self.address):
             if isinstance(events, Event):
                 request = pb.PublishRequest(topic=topic, event=to_proto(events))
                 await self._publish(request, metadata=self._metadata)
@@ -252,13 +247,6 @@ class GrpcClient(Client):
             await self._publish_batch(
                 pb.PublishBatchRequest(topic=topic, batch=batch), metadata=self._metadata
             )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.address) from exc
-        except asyncio.CancelledError:
-            closed = cancelled_call(self.address)
-            if closed is None:
-                raise
-            raise closed from None
         # PublishResponse.ids holds these same ids (the server reads them from the
         # request and stores it all or nothing); the ones sent need no decoding.
         return [event.id for event in events]
@@ -275,17 +263,10 @@ class GrpcClient(Client):
         if type(event) is not Event:
             raise EventValidationError(f"request takes one eventmesh.Event, got {event!r:.60}")
         message = pb.EventRequest(topic=topic, event=to_proto(event), timeout=timeout or 0.0)
-        try:
+        with calling(self.address):
             # The call's own deadline is the sidecar's wait plus a margin, so the sidecar
             # answers a timeout itself (DEADLINE_EXCEEDED with RequestTimeoutError).
             answer = await self._ask(message, metadata=self._metadata, timeout=wait + 10)
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.address) from exc
-        except asyncio.CancelledError:
-            closed = cancelled_call(self.address)
-            if closed is None:
-                raise
-            raise closed from None
         return from_proto(answer.reply)
 
     # -- subscribing ---------------------------------------------------------------------
