@@ -219,13 +219,7 @@ class PullConsumer(Consumer):
             *(self.name, item.delivery_id, error),
         )
         body = {"delivery_ids": [item.delivery_id], "error": str(error), "give_up": True}
-        try:
-            await self._client._request("POST", f"{self._path}/nack", json=body)
-        except EventMeshError as exc:
-            log.warning(
-                "subscription %s: the nack of delivery %s failed (%s); it comes again",
-                *(self.name, item.delivery_id, exc),
-            )
+        await self._post(item.delivery_id, "nack", body)
 
     def _wake(self) -> None:
         room, self._room = self._room, None
@@ -260,6 +254,10 @@ class PullConsumer(Consumer):
             body["give_up"] = not error.retryable
             if error.retry_after is not None:
                 body["retry_after"] = error.retry_after
+        await self._post(delivery.delivery_id, verb, body)
+
+    async def _post(self, delivery_id: str, verb: Literal["ack", "nack"], body: Any) -> None:
+        """Send one settlement; a failure is logged (the delivery comes again)."""
         try:
             answer = msgspec.json.decode(
                 await self._client._request("POST", f"{self._path}/{verb}", json=body)
@@ -267,12 +265,12 @@ class PullConsumer(Consumer):
         except EventMeshError as exc:
             log.warning(
                 "subscription %s: the %s of delivery %s failed (%s); it comes again",
-                *(self.name, verb, delivery.delivery_id, exc),
+                *(self.name, verb, delivery_id, exc),
             )
             return
         if isinstance(answer, dict) and answer.get("unknown"):
             log.info(
                 "subscription %s: delivery %s was no longer outstanding at its %s (settled "
                 "already, or handed out again after its ack deadline)",
-                *(self.name, delivery.delivery_id, verb),
+                *(self.name, delivery_id, verb),
             )
