@@ -26,7 +26,7 @@ import itertools
 import logging
 import math
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Literal, NamedTuple
@@ -214,12 +214,23 @@ class _Topic:
         heapq.heapify(heap)
         left = count
         while left > 0 and heap:
+            # The partition on top goes first for as long as its events come before the
+            # next partition's first (a stamp, then a partition number, decides): a
+            # whole run of a batch at a time, found by bisection, not one by one.
             p = heap[0][1]
             part = parts[p]
-            offset = cut[p] = cut[p] + 1
-            left -= 1
+            stamps, base = part.stamps, part.base
+            start = cut[p] - base
+            stop = len(stamps)
+            if len(heap) > 1:
+                stamp, q = min(heap[1:3])  # the runner-up is a child of the top
+                after = bisect_right if p < q else bisect_left
+                stop = after(stamps, stamp, start, stop)
+            taken = min(max(stop - start, 1), left)  # the top itself at least
+            offset = cut[p] = cut[p] + taken
+            left -= taken
             if offset < part.end:
-                heapq.heapreplace(heap, (part.stamps[offset - part.base], p))
+                heapq.heapreplace(heap, (stamps[offset - base], p))
             else:
                 heapq.heappop(heap)
         released = sum(self.release_to(p, offset) for p, offset in enumerate(cut))
