@@ -62,6 +62,10 @@ _CAPABILITIES = Capabilities(
 _TRIM_STEP = 256
 """A partition looks for committed events to free each time its slowest group has moved
 this many events on: one ``min`` over the groups per step, never per event."""
+_YIELD_EVERY = 128
+"""Events a producer may store before its publish gives the event loop a turn: about one
+fetch of a consumer (the dispatcher takes 128 at a time), so a producer publishing in a
+loop keeps its consumers going, in batches, as a broker's round trip would."""
 _NEVER = 1 << 62
 """An offset no partition reaches: the trim mark of every group but the slowest."""
 _AGE_SLACK = 1 / 16
@@ -610,6 +614,7 @@ class MemoryConnector(Connector):
         super().__init__(config, name=name or "memory")
         self._topics: dict[str, _Topic] = {}
         self._consumers: set[_MemoryConsumer] = set()
+        self._unyielded = 0  # events stored since publish last gave the loop a turn
 
     @property
     def capabilities(self) -> Capabilities:
@@ -749,6 +754,14 @@ class MemoryConnector(Connector):
         for group in t.groups.values():
             for member in group.members:
                 member.wake()
+        self._unyielded += count
+        if self._unyielded >= _YIELD_EVERY:
+            # Storing never waits, so a producer publishing in a loop would hold the event
+            # loop: its consumers could not run until it stopped (a limit reached meanwhile
+            # would refuse or release what they were ready to read), nor could anything
+            # else. Give them a turn; shielded, so that stored means returned.
+            self._unyielded = 0
+            await anyio.lowlevel.cancel_shielded_checkpoint()
 
     def _fits(self, t: _Topic, count: int) -> bool:
         t.headroom = self.config.max_events - t.retained()

@@ -4,6 +4,7 @@ its limits: test_memory_retention.py)."""
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from eventmesh import Event, SubscribeError, TopicFullError
@@ -92,3 +93,55 @@ async def test_redelivery_after_a_member_leaves_counts_as_an_attempt() -> None:
         async with connector.subscribe("t", "g") as consumer:
             again = await collect(consumer, 2, timeout=5)
     assert sorted((d.event.data, d.attempt) for d in again) == [(0, 2), (1, 2)]
+
+
+async def test_a_producer_publishing_in_a_loop_lets_other_tasks_run() -> None:
+    """Storing never waits, yet a loop of publishes does not hold the event loop: other
+    tasks get turns while it runs, not only once it has ended."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with MemoryConnector() as connector, anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.sleep(0.01)
+        before = ticks
+        for event in events(2_000):
+            await connector.publish("t", [event])
+        during = ticks - before
+        tg.cancel_scope.cancel()
+    assert during >= 10, f"other tasks ran {during} times while 2,000 events were published"
+
+
+async def test_a_consumer_receives_while_its_producer_is_still_publishing() -> None:
+    """A group's member is handed events during a producer's loop of publishes, in the
+    order they were stored, not only after the loop."""
+    async with (
+        MemoryConnector(MemoryConfig(partitions=1)) as connector,
+        connector.subscribe("t", "g") as consumer,
+    ):
+        published = 0
+        seen_at: list[int] = []
+
+        async def consume() -> None:
+            got = 0
+            while got < 1_000:
+                batch = await consumer.fetch(100, timeout=5)
+                assert batch, "nothing came"
+                seen_at.append(published)
+                for delivery in batch:
+                    assert delivery.event.data == got
+                    got += 1
+                    await delivery.ack()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await anyio.sleep(0.01)
+            for event in events(1_000):
+                await connector.publish("t", [event])
+                published += 1
+    assert seen_at[0] < 1_000, "the consumer got its first events only once the loop ended"
