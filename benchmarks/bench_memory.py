@@ -3,6 +3,7 @@ spread over 1,000 topics against one topic.
 
     python benchmarks/run.py memory
     python benchmarks/bench_memory.py --profile   # cProfile of the 1-group route
+    python benchmarks/bench_memory.py --profile --topics   # ... spread over 1,000 topics
 """
 
 from __future__ import annotations
@@ -193,4 +194,4 @@ def _profile(quick: bool) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(__doc__, main, _profile))
+    sys.exit(cli(__doc__, main, _profile, {"--topics": f"profile {TOPICS:,} topics, not one"}))

@@ -170,12 +170,20 @@ def per_call_ns(fn: Callable[[], object], calls: int, repeat: int = 5) -> float:
     return best
 
 
-def cli(doc: str, main: Callable[[bool], Section], profile: Callable[[bool], str]) -> int:
+def cli(
+    doc: str,
+    main: Callable[[bool], Section],
+    profile: Callable[[bool], str],
+    flags: dict[str, str] | None = None,
+) -> int:
     """Run a scenario module on its own: print its rows and notes, or with --profile,
-    what ``profile(quick)`` returns (a profile of the module's hottest path)."""
+    what ``profile(quick)`` returns (a profile of the module's hottest path). ``flags``
+    are the module's own switches (name: help), which it reads from ``sys.argv``."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--profile", action="store_true", help="profile the hottest path")
     parser.add_argument("--quick", action="store_true", help="smaller runs")
+    for flag, text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=text)
     args = parser.parse_args()
     if args.profile:
         print(profile(args.quick))
