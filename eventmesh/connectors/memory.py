@@ -63,9 +63,10 @@ _TRIM_STEP = 256
 """A partition looks for committed events to free each time its slowest group has moved
 this many events on: one ``min`` over the groups per step, never per event."""
 _YIELD_EVERY = 128
-"""Events a producer may store before its publish gives the event loop a turn: about one
-fetch of a consumer (the dispatcher takes 128 at a time), so a producer publishing in a
-loop keeps its consumers going, in batches, as a broker's round trip would."""
+"""Events a producer may store before its next publish gives the event loop a turn:
+about one fetch of a consumer (the dispatcher takes 128 at a time), so a producer
+publishing in a loop keeps its consumers going, in batches, as a broker's round trip
+would."""
 _NEVER = 1 << 62
 """An offset no partition reaches: the trim mark of every group but the slowest."""
 _AGE_SLACK = 1 / 16
@@ -154,6 +155,7 @@ class _Topic:
         self.max_age = max_age
         self.expire_at = math.inf if max_age is None else 0.0  # time.time() of the next look
         self.released = 0  # events released under a limit before every group read them
+        self.last_stamp = 0.0  # the newest store time; stamps never go back (bisection)
         self.warned = False  # the first release under drop_oldest is logged, later counted
 
     def start(self, p: int) -> int:
@@ -727,10 +729,21 @@ class MemoryConnector(Connector):
         count = len(events)
         if not count:
             return
+        if self._unyielded >= _YIELD_EVERY:
+            # Storing waits for nothing, so a producer publishing in a loop would hold the
+            # event loop: its consumers could not run until it stopped, nor could anything
+            # else. Give them a turn, before storing: a cancellation met here stores
+            # nothing, and once stored, nothing waits before the call returns.
+            self._unyielded = 0
+            await anyio.lowlevel.checkpoint()
+            self._check_open()
         if t.headroom < count:
             await self._make_room(t, count)
         t.headroom -= count
         stamp = time.time()
+        if stamp < t.last_stamp:  # the clock stepped back: stamps in a partition never do
+            stamp = t.last_stamp
+        t.last_stamp = stamp
         if stamp >= t.expire_at:
             t.expire(stamp)
         partitions = t.partitions
@@ -755,13 +768,6 @@ class MemoryConnector(Connector):
             for member in group.members:
                 member.wake()
         self._unyielded += count
-        if self._unyielded >= _YIELD_EVERY:
-            # Storing never waits, so a producer publishing in a loop would hold the event
-            # loop: its consumers could not run until it stopped (a limit reached meanwhile
-            # would refuse or release what they were ready to read), nor could anything
-            # else. Give them a turn; shielded, so that stored means returned.
-            self._unyielded = 0
-            await anyio.lowlevel.cancel_shielded_checkpoint()
 
     def _fits(self, t: _Topic, count: int) -> bool:
         t.headroom = self.config.max_events - t.retained()

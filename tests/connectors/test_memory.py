@@ -3,6 +3,9 @@ its limits: test_memory_retention.py)."""
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -145,3 +148,38 @@ async def test_a_consumer_receives_while_its_producer_is_still_publishing() -> N
                 await connector.publish("t", [event])
                 published += 1
     assert seen_at[0] < 1_000, "the consumer got its first events only once the loop ended"
+
+
+async def test_a_publish_cancelled_at_its_turn_stores_nothing() -> None:
+    """The turn a publish gives the loop comes before it stores: cancelled there, it
+    stored nothing; a publish that stored its events returns (a retry after a cancel
+    never stores them twice)."""
+    async with MemoryConnector() as connector:
+        await connector.publish("t", events(128))  # the next publish gives a turn
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await connector.publish("t", events(5))
+        assert scope.cancelled_caught
+        assert connector.topic_stats()["t"].retained == 128
+        await connector.publish("t", events(5))
+        assert connector.topic_stats()["t"].retained == 133
+
+
+async def test_store_times_never_go_back_when_the_clock_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each event is stamped with its store time; a wall clock stepped back (NTP) does not
+    make a later event older than an earlier one, which age limits and the release of
+    the oldest rely on."""
+    import eventmesh.connectors.memory as memory
+
+    now = [0.0]
+    monkeypatch.setattr(
+        memory, "time", SimpleNamespace(time=lambda: now[0], monotonic=time.monotonic)
+    )
+    async with MemoryConnector(MemoryConfig(partitions=1)) as connector:
+        for event, clock in zip(events(4), [1000.0, 2000.0, 1500.0, 2500.0], strict=True):
+            now[0] = clock
+            await connector.publish("t", [event])
+        stored = await connector.read("t")
+    assert [s.timestamp for s in stored] == [1000.0, 2000.0, 2000.0, 2500.0]
