@@ -618,6 +618,10 @@ def _extra_nanos(text: str) -> int:
 def format_time(value: datetime) -> str:
     """``value`` in RFC 3339 as the bindings write it: ``Z`` for UTC, nine fraction
     digits for a :class:`NanoTime` with nanoseconds, else as ``isoformat`` gives."""
+    if type(value) is datetime and value.tzinfo is UTC:
+        # The usual case, once per event on every binary-mode write: msgspec writes the
+        # very same text in C, at a fifth of isoformat's cost and the slicing after it.
+        return _time_text(value)[1:-1].decode("ascii")
     extra = value.extra_nanos if type(value) is NanoTime else 0
     if extra:
         text = value.isoformat(timespec="microseconds")
@@ -628,6 +632,7 @@ def format_time(value: datetime) -> str:
 
 
 _format_time = format_time
+_time_text: Final = msgspec.json.Encoder().encode
 
 
 # -- whole-message helpers (structured mode) --------------------------------------------

@@ -5,11 +5,13 @@ empty value (issue 16)."""
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp as ProtoTimestamp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventmesh import Event, EventValidationError
 from eventmesh.bindings import http, kafka, nats, protobuf
@@ -232,6 +234,23 @@ def test_nanosecond_times_compare_as_datetimes() -> None:
 def test_time_text_forms(text: str, written: str) -> None:
     """Digits past the microsecond are kept to the nanosecond; other times as before."""
     assert format_time(parse_time(text)) == written
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 1),
+        max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+    )
+)
+def test_a_time_is_written_as_rfc_3339_whatever_its_digits(value: datetime) -> None:
+    """Any year, with or without microseconds, in UTC (``Z``) or at an offset: the text
+    is ``isoformat``'s, with ``Z`` for UTC, and reads back as the same instant."""
+    text = value.isoformat()
+    expected = text[:-6] + "Z" if value.tzinfo is UTC else text
+    assert format_time(value) == expected
+    assert parse_time(format_time(value)) == value
 
 
 # -- typed extensions over protobuf -------------------------------------------------------
