@@ -27,7 +27,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from eventmesh.errors import ClosedError
+from eventmesh.errors import ClosedError, ConnectorError
 from eventmesh.event import Event
 from eventmesh.subscription import Delivery, Subscription
 
@@ -133,6 +133,28 @@ class PullQueue:
     # -- the fetcher and the reaper ------------------------------------------------------
 
     async def _fetch(self) -> None:
+        failures = 0
+        while not self._closed:
+            try:
+                await self._fetch_until_failure()
+                return
+            except ConnectorError as exc:
+                # The backend may come back (a broker restart, a network blip), as for a
+                # handler subscription: keep the subscription and fetch again after a
+                # back-off. The loop goes on where it stopped.
+                failures += 1
+                delay = self.subscription.policy.backoff.delay(min(failures, 10))
+                log.warning(
+                    "pull subscription %s could not fetch (%s); retrying in %.1fs",
+                    self.subscription.name,
+                    exc,
+                    delay,
+                )
+                with anyio.move_on_after(delay):
+                    while not self._closed:
+                        await self._arrived.wait()  # closing fires it
+
+    async def _fetch_until_failure(self) -> None:
         deliveries: AsyncIterator[Delivery] = aiter(self.subscription)
         try:
             while not self._closed:
