@@ -179,6 +179,16 @@ def test_the_bounds_themselves_are_accepted_and_one_more_is_not() -> None:
             "not a header name",
         ),
         (
+            {"webhook": "http://127.0.0.1/", "headers": {"Content-Length": "5"}},
+            "subscriptions[0].sink.headers.Content-Length",
+            "would cut the body short",
+        ),
+        (
+            {"webhook": "http://127.0.0.1/", "headers": {"transfer-encoding": "chunked"}},
+            "subscriptions[0].sink.headers.transfer-encoding",
+            "framing and connection headers",
+        ),
+        (
             {"webhook": "http://127.0.0.1/", "timeout": 1e308},
             "subscriptions[0].sink.timeout",
             "at most 86,400s",

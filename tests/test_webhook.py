@@ -266,6 +266,9 @@ def test_retry_after_values() -> None:
     assert retry_after_seconds("Wed, 01 May 2024 11:00:00 GMT", now=now) == 0.0
     assert retry_after_seconds("soon", now=now) is None
     assert retry_after_seconds(None) is None
+    # Hostile values a receiver may send are unreadable too, never an exception.
+    assert retry_after_seconds("²", now=now) is None  # str.isdigit() takes it
+    assert retry_after_seconds("Mon, 01 Jan 2020 00:00:00 +99999999999999999999", now=now) is None
 
 
 @pytest.mark.parametrize("status", [400, 403, 410])

@@ -38,6 +38,22 @@ MAX_HEADER_VALUE: Final = 8192
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}\Z")
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FRAMING: Final = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+"""Headers that frame the request or steer its connection (RFC 9110 and 9112): the HTTP
+client sets them, and a sink's own value would cut the body short, make its end
+ambiguous to a proxy (request smuggling) or stall the request."""
 
 
 def sink_problem(
@@ -68,6 +84,12 @@ def sink_problem(
             return "headers", (
                 f"{str(name)[:60]!r} is not a header name: use 1 to 256 letters, digits "
                 "and !#$%&'*+-.^_`|~"
+            )
+        if name.lower() in _FRAMING:
+            return f"headers.{name}", (
+                "the request's framing and connection headers are the client's to set "
+                "(a Content-Length would cut the body short, a Transfer-Encoding make its "
+                "end ambiguous); leave this header out"
             )
         if not isinstance(value, str) or len(value) > MAX_HEADER_VALUE:
             return f"headers.{name}", f"a header value is a string of at most {MAX_HEADER_VALUE}"

@@ -102,11 +102,11 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not '²', which isdigit() also takes
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an absurd zone
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
