@@ -219,6 +219,16 @@ class Group:
                 break
         return out
 
+    def give_back(self, member: LocalConsumer, plan: list[tuple[int, int]]) -> None:
+        """Pairs a fetch reserved and could not hand out (cancelled, or failing, while it
+        read them from disk): due again at once for the member's next fetch, without
+        counting an attempt. A partition that moved meanwhile restarts at its commit."""
+        now = time.monotonic()
+        for p, offset in plan:
+            owned = p in member.partitions
+            if owned and offset >= self.committed[p] and offset not in self.acked[p]:
+                heapq.heappush(self.redeliver[p], (now, next(self._seq), offset))
+
     def next_due(self, member: LocalConsumer) -> float | None:
         due = [self.redeliver[p][0][0] for p in member.partitions if self.redeliver[p]]
         return min(due) if due else None
@@ -308,7 +318,11 @@ class LocalConsumer(Consumer):
                 return []
             plan = group.plan(self, max_events)
             if plan:
-                batch = await self._connector._deliveries(group, plan)
+                try:
+                    batch = await self._connector._deliveries(group, plan)
+                except BaseException:
+                    group.give_back(self, plan)  # not handed out: not lost either
+                    raise
                 if batch:
                     return batch
                 continue

@@ -221,15 +221,19 @@ class LocalConnector(Connector):
             self._lock_fd = None
 
     async def _close(self) -> None:
-        for consumer in list(self._consumers):
-            await consumer.close()
-        self._flush_positions()
-        writer = self._writer
-        if writer is not None:
-            await anyio.to_thread.run_sync(self._stop_writer, writer)
-            # Reports queued by the writer's last batches run before the loop goes on.
-            await anyio.lowlevel.checkpoint()
-        await anyio.to_thread.run_sync(self._release_files)
+        # Shielded: a close made in a cancelled scope (a task group shutting down, a
+        # timeout) must still stop the writer thread, which is no daemon and would hold
+        # the process at exit, and release the directory's lock.
+        with anyio.CancelScope(shield=True):
+            for consumer in list(self._consumers):
+                await consumer.close()
+            self._flush_positions()
+            writer = self._writer
+            if writer is not None:
+                await anyio.to_thread.run_sync(self._stop_writer, writer)
+                # Reports queued by the writer's last batches run before the loop goes on.
+                await anyio.lowlevel.checkpoint()
+            await anyio.to_thread.run_sync(self._release_files)
         for watchers in self._watchers.values():
             for watch in watchers:
                 watch.wakeup.set()

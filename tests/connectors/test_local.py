@@ -365,3 +365,49 @@ async def test_a_deleted_group_starts_again_from_its_start_position(tmp_path: Pa
     ):
         got = await collect(consumer, 3, timeout=10)
     assert _numbers(got) == [0, 1, 2]
+
+
+async def test_a_fetch_cancelled_while_it_reads_from_disk_loses_nothing(tmp_path: Path) -> None:
+    """A caller's timeout that cancels a fetch while it reads older events from disk:
+    those events come with the next fetch, in order, and the commit moves past them."""
+    config = LocalConfig(data_dir=str(tmp_path), partitions=1, cache_events=16)
+    async with (
+        LocalConnector(config) as connector,
+        connector.subscribe("t", "g", start="earliest") as consumer,
+    ):
+        await connector.publish("t", _events(100))  # the first 84 only on disk now
+        with anyio.move_on_after(0) as scope:
+            await consumer.fetch(10)
+        assert scope.cancelled_caught
+        offsets: list[int] = []
+        with anyio.fail_after(10):
+            while len(offsets) < 100:
+                batch = await consumer.fetch(50, timeout=5)
+                assert batch, f"nothing after offset {offsets[-1:]}"
+                for delivery in batch:
+                    offsets.append(delivery.offset)
+                    await delivery.ack()
+        assert offsets == list(range(100))
+        assert consumer.lag() == 0
+
+
+async def test_a_close_made_in_a_cancelled_scope_still_stops_the_writer(tmp_path: Path) -> None:
+    """Closing inside a cancelled scope (a task group shutting down, a timeout) still
+    stops the writer thread, which would hold the process at exit, and frees the
+    directory for the next connector."""
+    import threading
+
+    def writers() -> int:
+        return sum(t.name == "eventmesh-local-writer" for t in threading.enumerate())
+
+    before = writers()
+    connector = LocalConnector(LocalConfig(data_dir=str(tmp_path)))
+    await connector.open()
+    await connector.publish("t", _events(3))
+    assert writers() == before + 1
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await connector.close()
+    assert writers() == before
+    async with LocalConnector(LocalConfig(data_dir=str(tmp_path))) as again:
+        assert len(await again.read("t")) == 3
