@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import msgspec
 
 from eventmesh.connectors import _local_jobs, _local_read, _sqlite
 from eventmesh.connectors._local_config import LocalConfig, decode, partition_of
@@ -49,6 +50,7 @@ from eventmesh.connectors.base import (
 from eventmesh.errors import (
     ClosedError,
     ConnectError,
+    EventMeshError,
     PublishError,
     RejectedError,
     SubscribeError,
@@ -304,6 +306,10 @@ class LocalConnector(Connector):
 
     # -- topics, groups, reads -----------------------------------------------------------
 
+    def check_topic(self, topic: str) -> None:
+        super().check_topic(topic)
+        _check_text("topic", topic, RejectedError)
+
     async def _topic(self, name: str) -> Topic:
         topic = self._topics.get(name)
         if topic is None:
@@ -351,6 +357,12 @@ class LocalConnector(Connector):
         except sqlite3.Error as exc:
             raise SubscribeError(
                 f"cannot read the local store in {str(self.path)!r}: {exc}"
+            ) from exc
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise SubscribeError(
+                f"a stored batch in the local store in {str(self.path)!r} cannot be read "
+                f"back ({exc}): the file is damaged; restore it from a backup, or move the "
+                "directory aside to start empty"
             ) from exc
 
     def _reader_state(self, bucket: str) -> dict[str, bytes]:
@@ -424,6 +436,7 @@ class LocalConnector(Connector):
         self.check_topic(topic)
         if not isinstance(group, str) or not group:
             raise SubscribeError(f"group must be a non-empty string, got {group!r}")
+        _check_text("group", group, SubscribeError)
         return LocalConsumer(self, topic, group, start)
 
     async def read(
@@ -487,3 +500,16 @@ class LocalConnector(Connector):
         await self._submit(_local_jobs.Sql(_local_jobs.DELETE_GROUP, [(t.tid, group)]))
         log.info("group %r on topic %r deleted", group, topic)
         return True
+
+
+def _check_text(what: str, name: str, error: type[EventMeshError]) -> None:
+    """``error`` when ``name`` cannot be stored as SQLite text: a lone surrogate, which
+    UTF-8 cannot encode, would fail the writer's whole batch, other producers' jobs with
+    it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(
+            f"{what} name {name!r} is not valid Unicode text (it holds a lone surrogate); "
+            "use a name that encodes as UTF-8"
+        ) from None

@@ -21,7 +21,7 @@ import eventmesh
 from eventmesh.config import load_config
 from eventmesh.connectors.base import Delivery, StoredEvent
 from eventmesh.connectors.local import LocalConfig, LocalConnector
-from eventmesh.errors import ConfigError, ConnectError, SubscribeError
+from eventmesh.errors import ConfigError, ConnectError, RejectedError, SubscribeError
 from eventmesh.event import Event
 from eventmesh.testing import collect
 
@@ -411,3 +411,45 @@ async def test_a_close_made_in_a_cancelled_scope_still_stops_the_writer(tmp_path
     assert writers() == before
     async with LocalConnector(LocalConfig(data_dir=str(tmp_path))) as again:
         assert len(await again.read("t")) == 3
+
+
+async def test_a_name_that_is_not_unicode_text_is_refused_alone(tmp_path: Path) -> None:
+    """A topic or group name with a lone surrogate cannot be stored as SQLite text: it is
+    refused at once, naming it, and a producer publishing meanwhile is not failed with
+    it."""
+    async with LocalConnector(LocalConfig(data_dir=str(tmp_path))) as connector:
+        results: dict[str, str] = {}
+
+        async def publish(topic: str) -> None:
+            try:
+                await connector.publish(topic, _events(1))
+                results[topic] = "stored"
+            except RejectedError as exc:
+                results[topic] = str(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish, "x\ud800")
+            tg.start_soon(publish, "good")
+        assert results["good"] == "stored"
+        assert "not valid Unicode text" in results["x\ud800"]
+        with pytest.raises(SubscribeError, match="not valid Unicode text"):
+            connector.subscribe("good", "g\udfff")
+
+
+async def test_a_damaged_stored_batch_is_a_connector_error_that_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """A stored batch whose bytes were damaged on disk: reading it back is a
+    SubscribeError naming the store and what to do, not a decoder's own exception."""
+    import sqlite3
+
+    async with LocalConnector(LocalConfig(data_dir=str(tmp_path), partitions=1)) as connector:
+        for event in _events(3):
+            await connector.publish("t", [event])
+    db = sqlite3.connect(tmp_path / "events.db")
+    db.execute("UPDATE batches SET body = x'c1c1c1' WHERE id = (SELECT min(id) FROM batches)")
+    db.commit()
+    db.close()
+    async with LocalConnector(LocalConfig(data_dir=str(tmp_path), partitions=1)) as connector:
+        with pytest.raises(SubscribeError, match="damaged; restore it from a backup"):
+            await connector.read("t")
