@@ -254,7 +254,11 @@ class PullQueue:
             if entry is None:
                 unknown.append(delivery_id)
                 continue
-            await entry[0].ack()
+            try:
+                await entry[0].ack()
+            except BaseException:
+                self._keep([(delivery_id, entry)])
+                raise
             acked += 1
         if acked:
             self._demand.fire()
@@ -267,16 +271,29 @@ class PullQueue:
         returns how many, and the ids not outstanding."""
         nacked = 0
         unknown: list[str] = []
-        entries: list[Delivery] = []
+        entries: list[tuple[str, tuple[Delivery, float]]] = []
         for delivery_id in delivery_ids:
             entry = self._outstanding.pop(delivery_id, None)
             if entry is None:
                 unknown.append(delivery_id)
                 continue
-            entries.append(entry[0])
+            entries.append((delivery_id, entry))
         if entries:
             self._demand.fire()
-        for delivery in entries:
-            await delivery.nack(error)
-            nacked += 1
+        try:
+            for _, (delivery, _deadline) in entries:
+                await delivery.nack(error)
+                nacked += 1
+        except BaseException:
+            self._keep(entries[nacked:])
+            raise
         return nacked, unknown
+
+    def _keep(self, entries: list[tuple[str, tuple[Delivery, float]]]) -> None:
+        """Deliveries whose ack or nack failed (or was cut short), outstanding again: the
+        client may settle them again, and the reaper nacks them at their deadline, so
+        none is left unsettled in the connector until the subscription closes."""
+        for delivery_id, entry in entries:
+            self._outstanding[delivery_id] = entry
+        if entries:
+            self._handed.fire()

@@ -10,9 +10,10 @@ import pytest
 
 from eventmesh import DeliveryPolicy, Event, Mesh
 from eventmesh._duration import Duration
+from eventmesh.connectors.base import Delivery
 from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.delivery.policy import Backoff
-from eventmesh.errors import SubscribeError
+from eventmesh.errors import PublishError, SubscribeError
 from eventmesh.server.pull import PullQueue
 
 pytestmark = pytest.mark.anyio
@@ -62,3 +63,70 @@ async def test_a_failed_fetch_is_retried_and_the_pollers_get_what_comes_next(
         await sub.close()
     assert sorted(h.event.id for h in got) == ["e0", "e1", "e2"]
     assert "could not fetch (broker away); retrying" in caplog.text
+
+
+class _FlakyAck(Delivery):
+    """A memory delivery whose first ack fails, as an ack to a broker that is away does."""
+
+    __slots__ = ("_inner", "_owner")
+
+    def __init__(self, inner: Delivery, owner: FailingAck) -> None:
+        super().__init__(
+            inner.event,
+            topic=inner.topic,
+            partition=inner.partition,
+            offset=inner.offset,
+            key=inner.key,
+            attempt=inner.attempt,
+            timestamp=inner.timestamp,
+        )
+        self._inner = inner
+        self._owner = owner
+
+    async def ack(self) -> None:
+        if self._owner.failing:
+            self._owner.failing -= 1
+            raise PublishError("broker away")
+        await self._inner.ack()
+
+    async def nack(self, delay: float = 0.0) -> None:
+        await self._inner.nack(delay)
+
+
+class FailingAck(MemoryConnector):
+    """A memory connector whose first ``failing`` acks raise."""
+
+    def __init__(self, failing: int) -> None:
+        super().__init__()
+        self.failing = failing
+
+    def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
+        consumer = super().subscribe(topic, group, start=start)
+        real_fetch = consumer.fetch
+
+        async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
+            return [_FlakyAck(d, self) for d in await real_fetch(max_events, timeout)]
+
+        consumer.fetch = fetch  # type: ignore[method-assign]
+        return consumer
+
+
+async def test_a_delivery_whose_ack_failed_stays_outstanding_for_another_try() -> None:
+    """An ack the connector could not make raises to the client, and the delivery stays
+    outstanding: acked again it settles, so nothing is left unsettled in the group."""
+    async with Mesh(connectors={"default": FailingAck(1)}) as mesh:
+        sub = await mesh.subscribe("t", "g", start="earliest")
+        queue = PullQueue(sub, ack_deadline=30)
+        async with anyio.create_task_group() as tg:
+            await tg.start(queue.run)
+            await mesh.publish("t", Event(type="t", source="/s", id="e1"))
+            with anyio.fail_after(10):
+                (handout,) = await queue.take(1, 5)
+            with pytest.raises(PublishError):
+                await queue.ack([handout.delivery_id])
+            assert queue.outstanding == 1
+            assert await queue.ack([handout.delivery_id]) == (1, [])
+            assert queue.outstanding == 0
+            queue.close()
+        await sub.close()
+        assert sub.stats.delivered == 1
