@@ -237,7 +237,7 @@ class Writer:
         self._chores(force=True)
 
     def _apply(self, batch: list[Job]) -> None:
-        saved = (dict(self.next), dict(self.bytes))
+        saved = (dict(self.next), dict(self.bytes), dict(self.first))
         results: list[Any] = []
         error: BaseException | None = None
         db = self.db
@@ -256,7 +256,7 @@ class Writer:
                     db.execute("ROLLBACK")
                 raise
         except Exception as exc:
-            self.next, self.bytes = saved
+            self.next, self.bytes, self.first = saved
             self.touched.clear()
             log.error("local store: a write of %d jobs failed: %r", len(batch), exc)
             error = exc
@@ -359,6 +359,7 @@ class Writer:
         counts: dict[int, int] = {}
         for tid, _p in self.next:
             counts[tid] = counts.get(tid, 0) + 1
+        saved = (dict(self.bytes), dict(self.first))
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for (tid, p), nxt in list(self.next.items()):
@@ -375,7 +376,12 @@ class Writer:
             self._save_partitions()
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            # As the rows: what release() moved on must not be saved by the next batch,
+            # which would leave the rows below it on disk for good.
+            self.bytes, self.first = saved
+            self.touched.clear()
             raise
         if released:
             with contextlib.suppress(RuntimeError):  # the loop is closed

@@ -5,6 +5,7 @@ events read back from disk, and its place as the daemon's default."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -453,3 +454,37 @@ async def test_a_damaged_stored_batch_is_a_connector_error_that_says_what_to_do(
     async with LocalConnector(LocalConfig(data_dir=str(tmp_path), partitions=1)) as connector:
         with pytest.raises(SubscribeError, match="damaged; restore it from a backup"):
             await connector.read("t")
+
+
+async def test_retention_that_failed_to_commit_deletes_the_events_on_its_next_try(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An expired batch whose deletion failed to commit (here a trigger stands in for a
+    full disk) is deleted by the next try once the store can write again: the failed try
+    does not leave the partition's bookkeeping moved past rows still on disk."""
+    import sqlite3
+
+    from eventmesh.testing.polling import eventually
+
+    def rows() -> int:
+        with contextlib.closing(sqlite3.connect(tmp_path / "events.db", timeout=5)) as db:
+            return int(db.execute("SELECT count(*) FROM batches").fetchone()[0])
+
+    def execute(sql: str) -> None:
+        with contextlib.closing(sqlite3.connect(tmp_path / "events.db", timeout=5)) as db:
+            db.execute(sql)
+            db.commit()
+
+    config = LocalConfig(data_dir=str(tmp_path), partitions=1, max_age=0.3)
+    async with LocalConnector(config) as connector:
+        await connector.publish("t", _events(3))
+        execute(
+            "CREATE TRIGGER fail_saving BEFORE UPDATE ON partitions "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        await eventually(
+            lambda: "retention failed" in caplog.text, what="the retention to fail", timeout=10
+        )
+        assert rows() == 1
+        execute("DROP TRIGGER fail_saving")
+        await eventually(lambda: rows() == 0, what="the expired batch to go", timeout=10)
