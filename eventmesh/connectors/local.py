@@ -137,9 +137,17 @@ class LocalConnector(Connector):
             ) from None
         except (OSError, sqlite3.Error) as exc:
             self._release_files()
+            damaged = isinstance(exc, sqlite3.DatabaseError) and any(
+                words in str(exc) for words in ("malformed", "not a database")
+            )
+            advice = (
+                "its file is damaged: restore it from a backup, or move the directory "
+                "aside to start empty"
+                if damaged
+                else "check that the directory is writable and not on a network file system"
+            )
             raise ConnectError(
-                f"cannot open the local store in {str(self.path)!r}: {exc}; check that "
-                "the directory is writable and not on a network file system"
+                f"cannot open the local store in {str(self.path)!r}: {exc}; {advice}"
             ) from exc
         db, topics, positions = loaded
         config = self.config

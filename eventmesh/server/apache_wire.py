@@ -302,6 +302,8 @@ def _ret_code(body: bytes) -> int | None:
         return None
     code = data.get("retCode") if isinstance(data, dict) else None
     if isinstance(code, str) and code.isascii() and code.lstrip("-").isdigit():
+        if len(code) > 20:  # no code is that long; int() refuses 4,300 digits anyway
+            return None
         code = int(code)
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 

@@ -488,3 +488,11 @@ async def test_retention_that_failed_to_commit_deletes_the_events_on_its_next_tr
         assert rows() == 1
         execute("DROP TRIGGER fail_saving")
         await eventually(lambda: rows() == 0, what="the expired batch to go", timeout=10)
+
+
+async def test_a_damaged_store_file_is_refused_saying_to_restore_it(tmp_path: Path) -> None:
+    """An events.db that is no database (overwritten, truncated) is refused with advice
+    about the file, not about permissions."""
+    (tmp_path / "events.db").write_bytes(b"not a database at all, " * 100)
+    with pytest.raises(ConnectError, match="damaged: restore it from a backup"):
+        await LocalConnector(LocalConfig(data_dir=str(tmp_path))).open()

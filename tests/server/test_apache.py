@@ -408,3 +408,13 @@ async def test_the_limits_are_the_documented_ones() -> None:
     ):
         assert f"| {value:,} | none (fixed: `" in section, name
         assert name in section
+
+
+async def test_a_hostile_ret_code_reads_as_none() -> None:
+    """A retCode of thousands of digits (which int() refuses) reads as no code, like any
+    other unreadable answer, instead of raising out of the delivery."""
+    from eventmesh.server.apache_wire import _ret_code
+
+    assert _ret_code(b'{"retCode": "' + b"1" * 5_000 + b'"}') is None
+    assert _ret_code(b'{"retCode": "2"}') == 2
+    assert _ret_code(b'{"retCode": 0}') == 0
