@@ -3,14 +3,11 @@ partitions, ties going to the lower partition, whatever the runs of equal stamps
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventmesh import Event
 from eventmesh.connectors.memory import _Topic
-
-pytestmark = [pytest.mark.core]
 
 _EVENT = Event(type="t", source="/s")
 
