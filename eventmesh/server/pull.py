@@ -109,7 +109,7 @@ class PullQueue:
     ) -> None:
         """Fetch on demand and reap expired deliveries until closed."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._reap)
+            tg.start_soon(self._reap, tg)
             task_status.started()
             try:
                 await self._fetch()
@@ -172,7 +172,7 @@ class PullQueue:
                 with anyio.CancelScope(shield=True):
                     await deliveries.aclose()
 
-    async def _reap(self) -> None:
+    async def _reap(self, tg: anyio.abc.TaskGroup) -> None:
         outstanding = self._outstanding
         while not self._closed:
             if not outstanding:
@@ -193,7 +193,24 @@ class PullQueue:
                 delivery.event.id,
                 self.ack_deadline,
             )
+            tg.start_soon(self._expire, delivery_id, delivery)
+
+    async def _expire(self, delivery_id: str, delivery: Delivery) -> None:
+        """Nack a delivery past its deadline, in a task of its own: a nack that waits (a
+        last attempt's dead letter to a topic out of reach) holds up no other deadline,
+        and one that fails leaves the delivery outstanding for another deadline."""
+        try:
             await delivery.nack(ACK_DEADLINE_ERROR)
+        except Exception as exc:
+            log.warning(
+                "subscription %s: the nack of expired delivery %s failed (%s); it is tried "
+                "again after another %.1fs",
+                self.subscription.name,
+                delivery_id,
+                exc,
+                self.ack_deadline,
+            )
+            self._keep([(delivery_id, (delivery, anyio.current_time() + self.ack_deadline))])
 
     # -- pollers and streams -------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 from eventmesh import DeliveryPolicy, Event, Mesh
 from eventmesh._duration import Duration
 from eventmesh.connectors.base import Delivery
-from eventmesh.connectors.memory import MemoryConnector
+from eventmesh.connectors.memory import MemoryConfig, MemoryConnector
 from eventmesh.delivery.policy import Backoff
 from eventmesh.errors import PublishError, SubscribeError
 from eventmesh.server.pull import PullQueue
@@ -130,3 +130,63 @@ async def test_a_delivery_whose_ack_failed_stays_outstanding_for_another_try() -
             queue.close()
         await sub.close()
         assert sub.stats.delivered == 1
+
+
+class _StuckNack(Delivery):
+    """A memory delivery whose nack never returns for event 'stuck', as a last attempt's
+    dead letter to a topic out of reach keeps trying."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Delivery) -> None:
+        super().__init__(
+            inner.event,
+            topic=inner.topic,
+            partition=inner.partition,
+            offset=inner.offset,
+            key=inner.key,
+            attempt=inner.attempt,
+            timestamp=inner.timestamp,
+        )
+        self._inner = inner
+
+    async def ack(self) -> None:
+        await self._inner.ack()
+
+    async def nack(self, delay: float = 0.0) -> None:
+        if self.event.id == "stuck":
+            await anyio.sleep_forever()
+        await self._inner.nack(delay)
+
+
+class StuckNack(MemoryConnector):
+    def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
+        consumer = super().subscribe(topic, group, start=start)
+        real_fetch = consumer.fetch
+
+        async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
+            return [_StuckNack(d) for d in await real_fetch(max_events, timeout)]
+
+        consumer.fetch = fetch  # type: ignore[method-assign]
+        return consumer
+
+
+async def test_a_nack_that_waits_holds_up_no_other_expired_delivery() -> None:
+    """Two deliveries pass their ack deadline; the first one's nack waits for good: the
+    second is still nacked at its deadline and comes back as its next attempt."""
+    policy = DeliveryPolicy(backoff=Backoff(initial=Duration(0.01), max=Duration(0.01), jitter=0))
+    async with Mesh(connectors={"default": StuckNack(MemoryConfig(partitions=1))}) as mesh:
+        sub = await mesh.subscribe("t", "g", start="earliest", delivery=policy)
+        queue = PullQueue(sub, ack_deadline=0.2)
+        async with anyio.create_task_group() as tg:
+            await tg.start(queue.run)
+            await mesh.publish("t", [Event(type="t", source="/s", id=i) for i in ("stuck", "e2")])
+            with anyio.fail_after(10):
+                first: list[Any] = []
+                while len(first) < 2:
+                    first += await queue.take(2, 5)
+                assert [h.event.id for h in first] == ["stuck", "e2"]
+                (again,) = await queue.take(1, 5)  # neither acked: wait out the deadline
+            assert (again.event.id, again.attempt) == ("e2", 2)
+            queue.close()
+            tg.cancel_scope.cancel()
