@@ -280,3 +280,17 @@ async def test_a_failing_fetch_is_retried_not_fatal() -> None:
         await mesh.publish("f", Event(type="t", source="/s"))
         await eventually(lambda: sub.stats.delivered == 1)
     assert len(got) == 1
+
+
+def test_the_backoff_holds_at_its_max_for_any_attempt_a_policy_allows() -> None:
+    """The delay grows by the multiplier up to ``max`` and stays there, for every attempt
+    ``max_attempts`` allows (up to 10,000 with a multiplier of up to 100), instead of
+    overflowing a float and failing the retry."""
+    from eventmesh._duration import Duration
+    from eventmesh.delivery.policy import Backoff, retry_delay
+
+    backoff = Backoff(initial=Duration(1), max=Duration(60), multiplier=100, jitter=0)
+    policy = DeliveryPolicy(max_attempts=10_000, backoff=backoff)
+    assert [policy.backoff.delay(n) for n in (1, 2, 3)] == [1.0, 60.0, 60.0]
+    assert retry_delay(policy, 9_999, RuntimeError("boom")) == 60.0
+    assert retry_delay(policy, 10_000, RuntimeError("boom")) is None

@@ -95,8 +95,17 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         check_range("jitter", self.jitter, 0, 1)
 
     def delay(self, attempt: int) -> float:
-        """The wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(float(self.max), float(self.initial) * self.multiplier ** (attempt - 1))
+        """The wait after failed attempt number ``attempt`` (1-based), for any number:
+        once the growth passes ``max`` it is not computed (``multiplier ** attempt``
+        overflows a float long before ``max_attempts`` runs out)."""
+        initial, top = float(self.initial), float(self.max)
+        steps = attempt - 1
+        if initial <= 0 or initial >= top:
+            base = min(initial, top)
+        elif steps * math.log(self.multiplier) >= math.log(top / initial):
+            base = top
+        else:
+            base = initial * self.multiplier**steps
         return base * (1.0 - self.jitter * random.random())
 
 
