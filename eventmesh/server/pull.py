@@ -83,6 +83,7 @@ class PullQueue:
         self._arrived = _Signal()  # a delivery is ready, or the queue closed
         self._handed = _Signal()  # the first outstanding delivery appeared: for the reaper
         self._closed = False
+        self._failures = 0  # fetches failed in a row, for the back-off
 
     @property
     def closed(self) -> bool:
@@ -133,7 +134,6 @@ class PullQueue:
     # -- the fetcher and the reaper ------------------------------------------------------
 
     async def _fetch(self) -> None:
-        failures = 0
         while not self._closed:
             try:
                 await self._fetch_until_failure()
@@ -142,8 +142,8 @@ class PullQueue:
                 # The backend may come back (a broker restart, a network blip), as for a
                 # handler subscription: keep the subscription and fetch again after a
                 # back-off. The loop goes on where it stopped.
-                failures += 1
-                delay = self.subscription.policy.backoff.delay(min(failures, 10))
+                self._failures += 1
+                delay = self.subscription.policy.backoff.delay(min(self._failures, 10))
                 log.warning(
                     "pull subscription %s could not fetch (%s); retrying in %.1fs",
                     self.subscription.name,
@@ -165,6 +165,7 @@ class PullQueue:
                     delivery = await anext(deliveries)
                 except (StopAsyncIteration, ClosedError):
                     return
+                self._failures = 0  # fetching works: the next failure waits the least
                 self._ready.append(delivery)
                 self._arrived.fire()
         finally:
