@@ -70,6 +70,8 @@ _FLUSH_EVERY = 0.01
 """Seconds between saves of the groups' positions while acks come in."""
 _DB_FILE = "events.db"
 _LOCK_FILE = "LOCK"
+_DAMAGED = "restore it from a backup, or move the directory aside to start empty"
+"""What to do about a store file that cannot be read back."""
 
 
 # -- the connector ----------------------------------------------------------------------
@@ -141,8 +143,7 @@ class LocalConnector(Connector):
                 words in str(exc) for words in ("malformed", "not a database")
             )
             advice = (
-                "its file is damaged: restore it from a backup, or move the directory "
-                "aside to start empty"
+                f"its file is damaged: {_DAMAGED}"
                 if damaged
                 else "check that the directory is writable and not on a network file system"
             )
@@ -369,8 +370,7 @@ class LocalConnector(Connector):
         except (msgspec.DecodeError, ValueError) as exc:
             raise SubscribeError(
                 f"a stored batch in the local store in {str(self.path)!r} cannot be read "
-                f"back ({exc}): the file is damaged; restore it from a backup, or move the "
-                "directory aside to start empty"
+                f"back ({exc}): the file is damaged; {_DAMAGED}"
             ) from exc
 
     def _reader_state(self, bucket: str) -> dict[str, bytes]:
