@@ -532,6 +532,91 @@ async def test_max_connections_caps_the_pool() -> None:
     assert len({seen.port for seen in receiver.requests}) == 1
 
 
+async def test_a_receiver_that_hangs_cannot_starve_another_sinks_webhooks() -> None:
+    """With every pooled connection held by requests to a receiver that never answers,
+    a request for another sink waits for a connection without it counting against its
+    own timeout, and the first connection freed goes to it (the sink holding fewer)
+    rather than to the hanging sink's next request. Before, it waited in aiohttp's queue
+    until its own timeout and failed as "POST <healthy receiver> timed out"."""
+
+    async def hang(request: web.Request, n: int) -> web.StreamResponse:
+        await anyio.sleep(30)
+        return web.Response(status=204)
+
+    async with (
+        Receiver(hang) as hanging,
+        Receiver() as healthy,
+        WebhookSession(max_connections=2) as session,
+    ):
+        stuck = WebhookSink(hanging.url, session=session, timeout=0.5)
+        fine = WebhookSink(healthy.url, session=session, timeout=0.5)
+        failures: list[DeliveryError] = []
+
+        async def keep_hanging() -> None:
+            while True:  # the hanging sink's retries, as fast as it can make them
+                try:
+                    await stuck(order())
+                except DeliveryError as exc:
+                    failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(keep_hanging)
+            await eventually(lambda: hanging.active == 2)
+            with anyio.fail_after(5):
+                assert await fine(order()) == []
+            tg.cancel_scope.cancel()
+    assert len(healthy.requests) == 1
+    assert failures, "the hanging receiver's requests time out"
+    assert all(hanging.url.split("//")[1] in str(exc) for exc in failures)
+
+
+async def test_a_freed_slot_goes_to_the_waiting_sink_that_holds_the_fewest() -> None:
+    """The pool's fairness on its own: a freed slot goes to the waiting sink holding the
+    fewest, and among equals to the one that began waiting first."""
+    from eventmesh.delivery.webhook import _Slots
+
+    slots = _Slots(3)
+    for owner in ("a", "a", "b"):
+        await slots.acquire(owner)
+    served: list[str] = []
+
+    async def wait(owner: str) -> None:
+        await slots.acquire(owner)
+        served.append(owner)
+
+    async with anyio.create_task_group() as tg:
+        for owner in ("b", "a", "c"):
+            tg.start_soon(wait, owner)
+            await anyio.wait_all_tasks_blocked()
+        assert slots.waiting == 3
+        slots.release("a")  # a holds 1, b 1, c 0: to c
+        await anyio.wait_all_tasks_blocked()
+        slots.release("c")  # a and b wait, holding 1 each: b began waiting first
+        await anyio.wait_all_tasks_blocked()
+        slots.release("b")  # a waits alone
+        await anyio.wait_all_tasks_blocked()
+    assert served == ["c", "b", "a"]
+    assert (slots.held("a"), slots.held("b"), slots.held("c"), slots.waiting) == (2, 1, 0, 0)
+
+
+async def test_a_slot_handed_to_a_request_cancelled_meanwhile_is_passed_on() -> None:
+    """A waiting request that is cancelled and handed a slot before it runs again gives
+    the slot back: the pool does not shrink by one for each such request."""
+    from eventmesh.delivery.webhook import _Slots
+
+    slots = _Slots(1)
+    await slots.acquire("a")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(slots.acquire, "b")
+        await anyio.wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()  # b's wait is cancelled, and before b runs again...
+        slots.release("a")  # ...the slot is handed to it
+    assert (slots.held("a"), slots.held("b"), slots.waiting) == (0, 0, 0)
+    with anyio.fail_after(1):
+        await slots.acquire("c")  # the slot is free again
+
+
 # -- lifecycle --------------------------------------------------------------------------
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections import deque
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final, Literal, NamedTuple, Protocol, Self, TypeAlias
@@ -141,14 +143,108 @@ class _Narrowed(AllowList):
         return f"{super().describe()}, within {self.outer.describe()}"
 
 
+class _Slots:
+    """The requests a session may have in flight at once, shared fairly by its sinks.
+
+    A request holds a slot from before it connects until its answer is read. When every
+    slot is taken, a request waits, and a freed slot goes to the waiting sink that holds
+    the fewest (the one that began waiting first among equals). So a sink whose receiver
+    hangs holds its slots only until its own timeout, and from then on no more than its
+    share while others wait: it cannot keep every other webhook waiting, and the time a
+    request waits for a slot is not counted against its sink's timeout (the receiver
+    that request goes to is not the one that was slow).
+    """
+
+    __slots__ = ("_free", "_held", "_waiting", "_warned", "size")
+
+    WARN_EVERY: Final = 60.0
+    """Seconds between two warnings that requests wait for a slot."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._held: dict[Hashable, int] = {}
+        self._waiting: dict[Hashable, deque[anyio.Event]] = {}
+        self._warned = float("-inf")
+
+    def held(self, owner: Hashable) -> int:
+        """Slots ``owner`` holds now."""
+        return self._held.get(owner, 0)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return sum(len(queue) for queue in self._waiting.values())
+
+    async def acquire(self, owner: Hashable) -> None:
+        """Take a slot for ``owner``, waiting for one if none is free."""
+        if self._free and not self._waiting:
+            self._free -= 1
+            self._held[owner] = self._held.get(owner, 0) + 1
+            return
+        self._warn(owner)
+        handed = anyio.Event()
+        queue = self._waiting.setdefault(owner, deque())
+        queue.append(handed)
+        try:
+            await handed.wait()
+        except BaseException:
+            if handed.is_set():
+                self.release(owner)  # handed a slot as it was cancelled: pass it on
+            else:
+                queue.remove(handed)
+                if not queue and self._waiting.get(owner) is queue:
+                    del self._waiting[owner]
+            raise
+
+    def release(self, owner: Hashable) -> None:
+        """Give back a slot ``owner`` held: to the waiting owner that holds the fewest."""
+        left = self._held[owner] - 1
+        if left:
+            self._held[owner] = left
+        else:
+            del self._held[owner]
+        waiting = self._waiting
+        if not waiting:
+            self._free += 1
+            return
+        held = self._held
+        chosen = min(waiting, key=lambda waiter: held.get(waiter, 0))
+        queue = waiting[chosen]
+        handed = queue.popleft()
+        if not queue:
+            del waiting[chosen]
+        held[chosen] = held.get(chosen, 0) + 1
+        handed.set()
+
+    def _warn(self, owner: Hashable) -> None:
+        now = time.monotonic()
+        if now - self._warned < self.WARN_EVERY:
+            return
+        self._warned = now
+        busiest = max(self._held, key=self._held.__getitem__, default=None)
+        log.warning(
+            "all %d webhook connections are in use (server.webhook.max_connections); "
+            "requests for %s wait for one, the most held by %s (%d): raise the limit if "
+            "the receivers are healthy, or look at the one holding them",
+            self.size,
+            owner,
+            busiest,
+            self._held.get(busiest, 0) if busiest is not None else 0,
+        )
+
+
 class WebhookSession(ClosedOnExit):
     """The HTTP client every webhook of a mesh POSTs through.
 
     One keep-alive pool of at most ``max_connections`` connections, shared by every
-    sink; connections go only to addresses inside ``allowed_networks`` (CIDR strings;
-    loopback by default), checked after DNS resolution at every new connection, or to
-    the ``allowed_hosts``, trusted by name whatever they resolve to. A bad setting
-    raises ConfigError naming its key, after ``config_prefix`` (``"server.webhook."``).
+    sink: when all are in use, a request waits for one, and a freed connection goes to
+    the waiting sink that holds the fewest (:class:`_Slots`), so one receiver that hangs
+    cannot starve the others' webhooks. Connections go only to addresses inside
+    ``allowed_networks`` (CIDR strings; loopback by default), checked after DNS
+    resolution at every new connection, or to the ``allowed_hosts``, trusted by name
+    whatever they resolve to. A bad setting raises ConfigError naming its key, after
+    ``config_prefix`` (``"server.webhook."``).
 
     Use it as ``async with WebhookSession(...) as session``; it may also be used
     without, then :meth:`close` it. The HTTP client is created at the first request.
@@ -171,6 +267,7 @@ class WebhookSession(ClosedOnExit):
             allowed_networks, allowed_hosts, key=f"{config_prefix}allowed_networks"
         )
         self.max_connections = max_connections
+        self.slots = _Slots(max_connections)
         self._client: aiohttp.ClientSession | None = None
         self._resolver: AllowListResolver | None = None
         self._narrowed: dict[frozenset[_Network], WebhookSession] = {}
@@ -246,15 +343,41 @@ class WebhookSession(ClosedOnExit):
         await self.allow.check(parsed.raw_host, parsed.port)
 
     async def _post(
-        self, url: URL, body: bytes, headers: Mapping[str, str], *, timeout: float, limit: int
+        self,
+        url: URL,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout: float,
+        limit: int,
+        owner: Hashable = None,
     ) -> _Answer:
-        """POST once; the answer with up to ``limit`` bytes of a 2xx body (a few of any
-        other). Every failure to get an answer is a ``DeliveryError``."""
+        """POST once, for ``owner`` (the sink, which shares the pool fairly with the
+        others: :class:`_Slots`); the answer with up to ``limit`` bytes of a 2xx body (a
+        few of any other). ``timeout`` runs from when a connection is free for it. Every
+        failure to get an answer is a ``DeliveryError``."""
         where = _display(url)
         refused = self.allow.refuse_literal(url.raw_host or "")
         if refused is not None:
             raise DeliveryError(f"POST {where} refused: {refused}", retryable=False)
         http = self._http()
+        slots = self.slots
+        await slots.acquire(owner)
+        try:
+            return await self._answer(http, url, where, body, headers, timeout, limit)
+        finally:
+            slots.release(owner)
+
+    @staticmethod
+    async def _answer(
+        http: aiohttp.ClientSession,
+        url: URL,
+        where: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout: float,
+        limit: int,
+    ) -> _Answer:
         try:
             async with http.post(
                 url,
@@ -445,7 +568,7 @@ class WebhookSink:
         if self._signer is not None:  # on the bytes sent; the same id on every retry
             merged.update(self._signer.headers(delivery_id(events), body))
         answer = await self.session._post(
-            self.url, body, merged, timeout=self.timeout, limit=self.max_reply_size
+            self.url, body, merged, timeout=self.timeout, limit=self.max_reply_size, owner=self
         )
         status = answer.status
         if 200 <= status < 300:
