@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from grpc.aio import EOF as _EOF  # type: ignore[attr-defined]  # grpc-stubs lacks it
 
 from eventmesh._generated.apache.v1 import eventmesh_service_pb2 as apache_pb
-from eventmesh._requests import reply_address, send_replies
+from eventmesh._requests import CORRELATION_ID, reply_address, send_replies
 from eventmesh._status import grpc_code
 from eventmesh.auth import CertIdentity, Guard, Principal
 from eventmesh.bindings.protobuf import CloudEvent, CloudEventBatch, from_proto, to_proto
@@ -74,6 +74,9 @@ MAX_ATTRIBUTES: Final = 256
 MAX_BATCH: Final = 1000
 """Events one batchPublish may carry."""
 _REPLY: Final = "subscription_reply"
+MAX_ASKED: Final = 10_000
+"""Requests pushed on one stream whose reply it may still send; past this, the oldest
+are forgotten (a reply to one of them is then dropped, and its requester times out)."""
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -387,6 +390,9 @@ class _Stream:
         self.group = ""
         self.principal: Principal | None = None
         self._subs: dict[str, tuple[Subscription, anyio.CancelScope, bool]] = {}
+        self._asked: dict[tuple[str, str], None] = {}
+        """(reply inbox, correlation id) of each request pushed on this stream and not
+        answered yet, oldest first: the only replies the stream may send."""
         self._seq = itertools.count(1)
         self._lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -429,13 +435,18 @@ class _Stream:
         """A consumer's answer to an event it was pushed: the SDK sends it with the
         pushed event's attributes, so a request's ``replyto`` inbox and
         ``correlationid`` come back with it and the reply goes to the waiting
-        ``mesh.request``. A reply to an event that asked for none is dropped."""
+        ``mesh.request``. Only a request pushed on this stream, and only once, may be
+        answered: anything else (a reply to no request, or to one this stream was never
+        sent, as a stream that never logged in could forge from what a subscriber of
+        the request topic sees) is dropped."""
         try:
             strip_metadata(request.attributes)
             event = from_proto(request)
-            if reply_address(event) is None:
-                log.debug("Apache EventMesh stream: a reply to no request is dropped")
+            key = _asked_key(event)
+            if key is None or key not in self._asked:
+                log.debug("Apache EventMesh stream: a reply to no request it was sent dropped")
                 return
+            del self._asked[key]
             await send_replies(self.servicer.mesh.publish, event, event, None)
         except Exception as exc:
             self.servicer._failure(request, exc)  # logs it; the SDK reads no answer here
@@ -505,6 +516,12 @@ class _Stream:
             attributes["subject"].ce_string = topic
         attributes["seqnum"].ce_string = str(next(self._seq))
         attributes["uniqueid"].ce_string = event.id
+        key = _asked_key(event)
+        if key is not None:  # a request: this stream may now answer it
+            asked = self._asked
+            asked[key] = None
+            if len(asked) > MAX_ASKED:
+                del asked[next(iter(asked))]
         await self._write(msg)
         await delivery.ack()  # written: the SDK sends no ack (at-most-once)
 
@@ -524,6 +541,16 @@ class _Stream:
         self.servicer.consumers.remove_stream(self)
         for topic in list(self._subs):
             await self.drop(topic)
+
+
+def _asked_key(event: Event) -> tuple[str, str] | None:
+    """(reply inbox, correlation id) of a request event, as a reply to it names them;
+    None for an event that asks for no reply."""
+    inbox = reply_address(event)
+    if inbox is None:
+        return None
+    correlation = event.extensions.get(CORRELATION_ID)
+    return inbox, correlation if type(correlation) is str else event.id
 
 
 def add_apache_services(

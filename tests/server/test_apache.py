@@ -326,6 +326,71 @@ async def test_request_reply(open_sidecar: Sidecar) -> None:
     assert (reply.id, reply.type) == ("r-1", "order.answer")
 
 
+def _stream_reply(pushed: CloudEvent, data: str) -> CloudEvent:
+    """What the SDK's stream consumer sends back for a handler's reply: the pushed
+    event's attributes, marked as a subscription reply, with the reply's data."""
+    reply = CloudEvent()
+    reply.CopyFrom(pushed)
+    reply.attributes["submessagetype"].ce_string = "subscription_reply"
+    reply.text_data = data
+    return reply
+
+
+async def test_a_stream_answers_only_requests_it_was_pushed_and_once(
+    open_sidecar: Sidecar,
+) -> None:
+    """A reply on a stream reaches the requester only for a request pushed on that
+    stream, and only the first time. A stream that never subscribed, sending a reply
+    with the inbox and correlation id that any subscriber of the request topic sees,
+    is ignored: before, it answered other callers' requests without logging in."""
+    mesh = open_sidecar.mesh
+    topic = "apache.rr.stream"
+    async with grpc.aio.insecure_channel(open_sidecar.grpc_target) as channel:
+        responder = ConsumerServiceStub(channel).subscribeStream()
+        await responder.write(subscription("responders", topic))
+        with anyio.fail_after(10):
+            assert status(await responder.read()) == "0"
+        stranger = ConsumerServiceStub(channel).subscribeStream()  # never subscribes
+        async with anyio.create_task_group() as tg:
+            answers: list[Event] = []
+
+            async def ask() -> None:
+                answers.append(await mesh.request(topic, Event(type="q", source="/s"), timeout=10))
+
+            tg.start_soon(ask)
+            with anyio.fail_after(10):
+                pushed = await responder.read()
+            assert pushed.attributes["replyto"].ce_string.startswith("eventmesh.inbox.")
+            await stranger.write(_stream_reply(pushed, '"forged"'))
+            await stranger.done_writing()
+            with anyio.fail_after(10):  # the stranger's stream ends: its message was read
+                assert await stranger.read() is grpc.aio.EOF
+            assert not answers
+            await responder.write(_stream_reply(pushed, '"real"'))
+        assert [event.data for event in answers] == ["real"]
+        sub = mesh.subscribe(pushed.attributes["replyto"].ce_string, "late", start="earliest")
+        async with sub:
+            await responder.write(_stream_reply(pushed, '"again"'))  # answered already
+            await responder.done_writing()
+            with anyio.fail_after(10):
+                assert await responder.read() is grpc.aio.EOF
+            stored = [d.event async for d in _drain(sub)]
+        correlation = pushed.attributes["correlationid"].ce_string
+        assert [e.data for e in stored if e.extensions["correlationid"] == correlation] == ["real"]
+
+
+async def _drain(sub: Any) -> AsyncIterator[Any]:
+    """The deliveries a subscription has now, acked, until none comes for 0.5 s."""
+    iterator = aiter(sub)
+    while True:
+        with anyio.move_on_after(0.5):
+            delivery = await anext(iterator)
+            await delivery.ack()
+            yield delivery
+            continue
+        return
+
+
 async def test_http_request_reply(open_sidecar: Sidecar) -> None:
     """Code 101 answers with the reply as Apache EventMesh's ReplyMessage JSON in retMsg."""
 
