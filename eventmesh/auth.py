@@ -54,6 +54,12 @@ _JWT_ALGORITHMS: Final = frozenset(
 )
 _MAX_TOKEN: Final = 8192  # characters of one bearer token; longer is refused unread
 _CACHE_SIZE: Final = 4096  # verified JWTs and ACL verdicts kept; cleared when full
+_CACHED_NAME: Final = 256
+"""The longest topic or group whose ACL verdict is cached (limits.max_name_length is 249
+by default): a caller naming longer ones, which the mesh refuses anyway, must not fill
+the cache with them."""
+_SHOWN_NAME: Final = 120
+"""Characters of a topic or group a refusal quotes."""
 
 
 class TokenSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -437,9 +443,10 @@ class Acl:
         verdict = self._cache.get(key)
         if verdict is None:
             verdict = any(self._grants(rule, *key) for rule in self.rules)
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
-            self._cache[key] = verdict
+            if len(topic or "") <= _CACHED_NAME and len(group or "") <= _CACHED_NAME:
+                if len(self._cache) >= _CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[key] = verdict
         return verdict
 
     def check(
@@ -448,9 +455,9 @@ class Acl:
         """Raise PermissionDeniedError unless :meth:`allows`."""
         if self.allows(principal, action, topic=topic, group=group):
             return
-        what = f"{action} on topic {topic!r}" if topic is not None else action
+        what = f"{action} on topic {_shown(topic)}" if topic is not None else action
         if group is not None:
-            what += f" in group {group!r}"
+            what += f" in group {_shown(group)}"
         raise PermissionDeniedError(
             f"principal {principal!r} may not {what}: no acl rule grants it "
             "(add one to acl: in the sidecar's config)"
@@ -465,6 +472,13 @@ class Acl:
         if topic is not None and not any(glob_match(t, topic) for t in rule.topics):
             return False
         return group is None or any(glob_match(g, group) for g in rule.groups)
+
+
+def _shown(name: str) -> str:
+    """``name`` quoted for a message, cut short when it is long."""
+    if len(name) <= _SHOWN_NAME:
+        return repr(name)
+    return f"{name[:_SHOWN_NAME]!r}... ({len(name)} characters)"
 
 
 def glob_match(pattern: str, text: str) -> bool:

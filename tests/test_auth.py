@@ -334,6 +334,26 @@ def test_acl_grants_only_what_a_rule_names(
             acl.check(principal, action, topic=topic, group=group)
 
 
+def test_verdicts_on_names_too_long_to_exist_are_not_cached_or_echoed_whole() -> None:
+    """A caller sending denied calls with huge topic or group names cannot pin them in
+    the verdict cache (they were kept, up to 4,096 of them, at any size), and the refusal
+    quotes only the start of such a name; the verdict is the same as for a short one."""
+    acl = Acl(RULES, enforce=True)
+    huge = "x" * 1_000_000
+    for n in range(50):
+        assert not acl.allows("billing", "publish", topic=f"{n}{huge}")
+        assert not acl.allows("billing", "subscribe", topic="orders", group=f"{n}{huge}")
+    assert acl.allows("ops-1", "manage", topic=huge)
+    assert acl.allows("shipping", "publish", topic=f"public.{huge}")
+    assert sum(len(key[2] or "") + len(key[3] or "") for key in acl._cache) < 10_000
+    with pytest.raises(PermissionDeniedError) as refused:
+        acl.check("billing", "publish", topic=huge)
+    assert len(str(refused.value)) < 500
+    assert "1000000 characters" in str(refused.value)
+    assert acl.allows("billing", "publish", topic="orders")  # short names: cached as before
+    assert ("billing", "publish", "orders", None) in acl._cache
+
+
 def test_without_auth_the_acl_allows_everything() -> None:
     """With auth off no rule is needed."""
     assert Acl([], enforce=False).allows("anonymous", "admin")
