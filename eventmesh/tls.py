@@ -95,8 +95,13 @@ class CertReloader:
     cheap (one ``stat`` per file) and is called by the servers, from a periodic task or
     before a handshake; a broken new file is logged and the old one kept.
 
-    What loading means is ``load``: by default, loading the files into ``context`` (an
-    SSLContext the listener serves with); gRPC's credentials pass their own.
+    What loading means is ``load``: by default, building a new SSLContext from the files
+    and handing each new connection of ``context`` (the one the listener serves with) to
+    it as the handshake begins (its ``sni_callback``, which OpenSSL calls whether or not
+    the client names a server). Nothing is loaded into a context that serves: a load
+    that fails halfway (a certificate renewed before its key) leaves the one in use
+    whole, and a CA taken out of ``client_ca_file`` stops being trusted (loading into
+    the live context could only add CAs). gRPC's credentials pass their own ``load``.
     """
 
     def __init__(
@@ -109,10 +114,11 @@ class CertReloader:
         if load is None:
             if context is None:
                 raise TypeError("CertReloader needs a context to load into, or a load function")
-            target = context
+            self._current = context
+            context.sni_callback = self._hand_over
 
             def load() -> None:
-                _load(target, config, key="tls")
+                self._current = server_context(config, key="tls")
 
         self.config = config
         self.load = load
@@ -133,6 +139,12 @@ class CertReloader:
         self.reloads += 1
         log.info("TLS certificate %s reloaded", self.config.cert_file)
         return True
+
+    def _hand_over(self, connection: ssl.SSLObject, name: str | None, served: Any) -> None:
+        """At a handshake's start: the connection takes the context last loaded."""
+        current = self._current
+        if current is not served:
+            connection.context = current
 
 
 def _file_stamps(config: TlsConfig) -> tuple[tuple[float, int], ...]:

@@ -134,6 +134,66 @@ async def test_a_renewed_certificate_is_served_without_a_restart(
     assert (await ask(port, trust))[1] == second.serial
 
 
+async def test_a_certificate_renewed_before_its_key_leaves_the_served_one_whole(
+    serve: tuple[CertAuthority, list[asyncio.Server]],
+) -> None:
+    """A look that catches a rotation between writing the certificate and writing its
+    key fails to load, and handshakes go on with the old pair; once the key is written
+    too, the new pair is served. Before, the new certificate went into the serving
+    context and the key check then failed, leaving it with no usable key: every new
+    handshake failed."""
+    ca, servers = serve
+    first = ca.issue("sidecar", stem="server")
+    config = TlsConfig(cert_file=str(first.cert_file), key_file=str(first.key_file))
+    context = server_context(config)
+    reloader = CertReloader(config, context)
+    port = await start(context, servers)
+    trust = client_context(str(ca.cert_file))
+    old_key = first.key_file.read_bytes()
+    second = ca.issue("sidecar", stem="server")
+    new_key = second.key_file.read_bytes()
+    first.key_file.write_bytes(old_key)  # the certificate is new, the key not yet
+    assert not reloader.check()
+    assert (await ask(port, trust))[1] == first.serial
+    second.key_file.write_bytes(new_key + b"\n")  # the key arrives (its size changes)
+    assert reloader.check()
+    assert (await ask(port, trust))[1] == second.serial
+
+
+async def test_a_ca_taken_out_of_client_ca_file_is_no_longer_trusted(
+    serve: tuple[CertAuthority, list[asyncio.Server]],
+) -> None:
+    """Replacing client_ca_file with another CA refuses clients of the old one from the
+    next handshake on, and accepts the new one's. Before, the reload loaded the new file
+    into the serving context, which only adds CAs: the old one stayed trusted until a
+    restart."""
+    ca, servers = serve
+    issued = ca.issue("sidecar")
+    clients = ca.folder / "clients"
+    old_ca = CertAuthority(clients / "old", name="old client CA")
+    new_ca = CertAuthority(clients / "new", name="new client CA")
+    trusted = ca.folder / "client-ca.pem"
+    trusted.write_bytes(old_ca.cert_file.read_bytes())
+    config = TlsConfig(
+        cert_file=str(issued.cert_file), key_file=str(issued.key_file), client_ca_file=str(trusted)
+    )
+    context = server_context(config)
+    reloader = CertReloader(config, context)
+    port = await start(context, servers)
+
+    def presenting(authority: CertAuthority) -> ssl.SSLContext:
+        cert = authority.issue("billing", client=True)
+        return client_context(
+            str(ca.cert_file), cert_file=str(cert.cert_file), key_file=str(cert.key_file)
+        )
+
+    assert (await ask(port, presenting(old_ca)))[0] == "billing"
+    trusted.write_bytes(new_ca.cert_file.read_bytes())
+    assert reloader.check()
+    assert await refused(port, presenting(old_ca))
+    assert (await ask(port, presenting(new_ca)))[0] == "billing"
+
+
 def test_unloadable_files_are_a_config_error_that_names_them(tmp_path: Path) -> None:
     """A missing file, or a key that does not belong to the certificate, is a ConfigError."""
     ca = CertAuthority(tmp_path)
