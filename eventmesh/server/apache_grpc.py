@@ -361,14 +361,15 @@ class ApacheServicer:
         try:
             if request is None:
                 raise EventValidationError("the request is not a protobuf CloudEvent")
-            self._principal(context, request)
+            principal = self._principal(context, request)
             group = self._group(request)
             entries: list[tuple[str, str | None]] = []
             if request.WhichOneof("data") == "text_data" and request.text_data.strip():
                 entries = heartbeat_entries(request.text_data, where="the heartbeat list")
+            alive = self.consumers.alive(principal, group, entries)
         except Exception as exc:
             return self._failure(request, exc)
-        if self.consumers.alive(group, entries):
+        if alive:
             return _answer(request, SUCCESS, "success")
         return _answer(request, RESUBSCRIBE, "not subscribed here: subscribe again")
 

@@ -82,15 +82,18 @@ class ApacheHttp:
 
     async def handle(self, request: web.Request) -> web.Response:
         code = request.headers.get("code", "")
-        route = self._routes.get(code.strip())
-        if route is None:
-            return _reply(
-                BAD_HEADER,
-                f"request code {code[:20]!r} is not one this sidecar serves on / (104 "
-                "publish, 101 request-reply, 206 subscribe, 207 unsubscribe, 203 heartbeat)",
-            )
         try:
-            principal = self._principal(request)  # before the body is read
+            # Before anything is said of the request (an unknown code included) and
+            # before its body is read: with auth on, nothing here answers a stranger.
+            principal = self._principal(request)
+            route = self._routes.get(code.strip())
+            if route is None:
+                return _reply(
+                    BAD_HEADER,
+                    f"request code {code[:20]!r} is not one this sidecar serves on / (104 "
+                    "publish, 101 request-reply, 206 subscribe, 207 unsubscribe, 203 "
+                    "heartbeat)",
+                )
             form = await self._form(request)
             return await route(request, form, principal)
         except Exception as exc:
@@ -101,6 +104,23 @@ class ApacheHttp:
             else:
                 log.debug("Apache EventMesh request %s answered %s: %s", code, status_of(exc), exc)
             return _reply(status_of(exc), message_of(exc)[:1000])
+
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """``Expect: 100-continue`` on ``POST /``: a caller without acceptable credentials
+        is answered (retCode 20) and disconnected before it is invited to send its body."""
+        try:
+            self._principal(request)
+        except EventMeshError as exc:
+            response = _reply(status_of(exc), message_of(exc)[:1000])
+            response.force_close()
+            return response
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            response = _reply(BAD_HEADER, "the only Expect this sidecar answers is 100-continue")
+            response.force_close()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
 
     async def _form(self, request: web.Request) -> Any:
         if request.content_type not in _FORM:
@@ -232,6 +252,6 @@ class ApacheHttp:
         group = self._field(form, "consumerGroup")
         text = self._optional(form, "heartbeatEntities")
         entries = heartbeat_entries(text, where="heartbeatEntities") if text else []
-        if self.consumers.alive(group, entries):
+        if self.consumers.alive(principal, group, entries):
             return _reply(SUCCESS, "success")
         return _reply(RESUBSCRIBE, "not subscribed here: subscribe again")

@@ -429,11 +429,18 @@ class ApacheConsumers:
                 ended += await stream.drop(topic)
         return ended
 
-    def alive(self, group: str, entries: Iterable[tuple[str, str | None]]) -> bool:
+    def alive(
+        self, principal: Principal, group: str, entries: Iterable[tuple[str, str | None]]
+    ) -> bool:
         """Whether the sidecar holds a subscription of ``group`` for each ``(topic, url)``
-        a heartbeat names (a stream's URL is ``grpc_stream`` or none)."""
+        a heartbeat names (a stream's URL is ``grpc_stream`` or none). With auth on, the
+        caller needs ``subscribe`` on each topic and the group, as to subscribe:
+        PermissionDeniedError otherwise (what another service's group holds is not
+        everyone's to ask)."""
         streams = self._streams.get(group, set())
         for topic, url in entries:
+            if self.guard.enabled:
+                self.guard.check(principal, "subscribe", topic=topic, group=group)
             if url and url != _STREAM_URL:
                 if (group, topic, url) not in self._webhooks:
                     return False

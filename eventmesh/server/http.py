@@ -16,7 +16,7 @@ import asyncio
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -76,6 +76,14 @@ _decoder = msgspec.json.Decoder()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class ApacheRoute(Protocol):
+    """What serves ``POST /`` for Apache EventMesh's clients (``ApacheHttp``)."""
+
+    async def handle(self, request: web.Request) -> web.Response: ...
+
+    async def expect(self, request: web.Request) -> web.Response | None: ...
+
+
 class _Settle(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The body of an ack."""
 
@@ -100,7 +108,7 @@ def create_app(
     *,
     keepalive: float = KEEPALIVE_INTERVAL,
     guard: Guard | None = None,
-    apache: Handler | None = None,
+    apache: ApacheRoute | None = None,
 ) -> web.Application:
     """The HTTP API over a running ``mesh`` and its subscription ``registry``.
 
@@ -143,7 +151,7 @@ def create_app(
         ]
     )
     if apache is not None:
-        app.router.add_post("/", apache)
+        app.router.add_post("/", apache.handle, expect_handler=apache.expect)
     return app
 
 
@@ -243,8 +251,9 @@ def _principal(request: web.Request) -> Principal:
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse a request without acceptable credentials, before its body is read (only
     installed with auth on). ``POST /`` (Apache EventMesh's clients) carries its
-    credentials in its own headers and is authenticated by its handler."""
-    if request.path != "/":
+    credentials in its own headers and is authenticated by its handler; any other
+    method on ``/`` is refused here like any other path."""
+    if request.path != "/" or request.method != "POST":
         _principal(request)
     return await handler(request)
 

@@ -267,7 +267,7 @@ class Sidecar(ClosedOnExit):
                     self.registry,
                     server.http,
                     guard=self.guard,
-                    apache=ApacheHttp(self.mesh, self.apache, self.guard, server.http).handle,
+                    apache=ApacheHttp(self.mesh, self.apache, self.guard, server.http),
                 ),
                 server.http,
             )

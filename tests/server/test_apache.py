@@ -201,6 +201,52 @@ async def test_passwd_is_the_bearer_token(guarded_sidecar: Sidecar) -> None:
     assert answer["retCode"] == 20
 
 
+async def test_a_heartbeat_needs_the_grant_to_subscribe_its_group(
+    guarded_sidecar: Sidecar,
+) -> None:
+    """With auth on, a heartbeat naming a group the caller may not subscribe in is
+    refused (20), over gRPC and HTTP: before, any principal could ask whether another
+    service's group held a webhook to some URL or a stream on some topic (30 or 0)."""
+    beat = subscription("shipping")  # billing's grants name the group billing only
+    beat.text_data = '[{"topic": "orders", "url": "grpc_stream"}]'
+    async with grpc.aio.insecure_channel(guarded_sidecar.grpc_target) as channel:
+        heartbeat = HeartbeatServiceStub(channel).heartbeat
+        assert status(await heartbeat(beat)) == "20"
+        own = subscription("billing")
+        own.text_data = beat.text_data
+        assert status(await heartbeat(own)) == "30"  # allowed: just not held here
+    entities = json.dumps([{"topic": "orders", "url": "http://127.0.0.1:9/hook"}])
+    form = {"consumerGroup": "shipping", "clientType": "SUB", "heartbeatEntities": entities}
+    headers = {"username": "billing", "passwd": TOKEN}
+    assert (await post(guarded_sidecar, "203", form, **headers))["retCode"] == 20
+    form["consumerGroup"] = "billing"
+    assert (await post(guarded_sidecar, "203", form, **headers))["retCode"] == 30
+
+
+async def test_nothing_on_slash_answers_a_caller_without_credentials(
+    guarded_sidecar: Sidecar,
+) -> None:
+    """With auth on, POST / without credentials is refused (20) whatever its code, an
+    unknown one included (it was answered 6, a probe of what the port serves); GET / is
+    401 like any other path (it was 405); and Expect: 100-continue is refused before the
+    body is invited."""
+    url = f"{guarded_sidecar.http_url}/"
+    async with aiohttp.ClientSession() as session:
+        for code in ("999", "104"):
+            async with session.post(url, data={"a": "b"}, headers={"code": code}) as answer:
+                assert answer.status == 200
+                assert (await answer.json())["retCode"] == 20
+        async with session.get(url) as answer:
+            assert answer.status == 401
+        async with session.post(
+            url, data={"a": "b"}, headers={"code": "104"}, expect100=True
+        ) as answer:
+            assert (await answer.json())["retCode"] == 20
+        creds = {"code": "999", "username": "billing", "passwd": TOKEN}
+        async with session.post(url, data={"a": "b"}, headers=creds, expect100=True) as answer:
+            assert (await answer.json())["retCode"] == 6  # known caller: told the code is bad
+
+
 async def test_http_codes(open_sidecar: Sidecar) -> None:
     """An unknown request code is answered 6; an EventMeshMessage becomes an event with its
     content as text data and its uniqueid as id."""
