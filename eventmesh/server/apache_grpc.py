@@ -39,6 +39,7 @@ from eventmesh.errors import (
     LimitExceededError,
 )
 from eventmesh.event import Event
+from eventmesh.server._authn import check_reply_inboxes
 from eventmesh.server._ratelimit import LogLimit
 from eventmesh.server.apache_wire import (
     BAD_BODY,
@@ -220,6 +221,7 @@ class ApacheServicer:
         topic, event = self._event(request, "the event")
         if self.guard.enabled:
             self.guard.check(principal, "publish", topic=topic)
+            check_reply_inboxes(self.guard, principal, (event,))
         await self.mesh.publish(topic, event)
 
     async def _publish_batch(self, request: CloudEventBatch | None, context: _Context) -> int:
@@ -241,8 +243,9 @@ class ApacheServicer:
                 raise exc.in_batch(index) from exc
             by_topic.setdefault(topic, []).append(event)
         if self.guard.enabled:
-            for topic in by_topic:
+            for topic, events in by_topic.items():
                 self.guard.check(principal, "publish", topic=topic)
+                check_reply_inboxes(self.guard, principal, events)
         for topic, events in by_topic.items():
             await self.mesh.publish(topic, events)
         return len(request.events)

@@ -27,6 +27,7 @@ from eventmesh.errors import (
     EventValidationError,
 )
 from eventmesh.event import Event, decode_json
+from eventmesh.server._authn import check_reply_inboxes
 from eventmesh.server._ratelimit import LogLimit
 from eventmesh.server.apache_wire import (
     BAD_HEADER,
@@ -204,6 +205,7 @@ class ApacheHttp:
         topic, event = self._event(request, form)
         if self.guard.enabled:
             self.guard.check(principal, "publish", topic=topic)
+            check_reply_inboxes(self.guard, principal, (event,))
         await self.mesh.publish(topic, event)
         return _reply(SUCCESS, "success")
 

@@ -41,6 +41,7 @@ from eventmesh.errors import (
     LifecycleError,
 )
 from eventmesh.observability.propagation import transport_parent
+from eventmesh.server._authn import check_reply_inboxes
 from eventmesh.server._ratelimit import LogLimit
 
 if TYPE_CHECKING:
@@ -238,6 +239,7 @@ class EventMeshServicer:
         """Store one event; answer once it is stored."""
         try:
             request, event = self._one_event(request, context)
+            check_reply_inboxes(self.guard, self._principal(context), (event,))
             with transport_parent(*_trace_headers(context)):
                 await self.mesh.publish(request.topic, event)
         except Exception as exc:
@@ -260,6 +262,7 @@ class EventMeshServicer:
                     if msg.ByteSize() > limit:  # the message only for the one too large
                         self._check_size(msg, f"event {index} of the batch")
             events = from_proto_batch(request.batch)
+            check_reply_inboxes(self.guard, principal, events)
             if events:
                 with transport_parent(*_trace_headers(context)):
                     await self.mesh.publish(request.topic, events)

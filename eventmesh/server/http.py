@@ -40,7 +40,7 @@ from eventmesh.errors import (
 from eventmesh.event import encode_json
 from eventmesh.mesh import Mesh
 from eventmesh.observability.propagation import transport_parent
-from eventmesh.server._authn import caller
+from eventmesh.server._authn import caller, check_reply_inboxes
 from eventmesh.server._authn import problem_response as _problem
 from eventmesh.server._ratelimit import LogLimit
 from eventmesh.server.deadletters import DeadLetterApi
@@ -463,6 +463,7 @@ class _Api:
         except EventValidationError as exc:
             index = getattr(exc, "index", None)
             return _problem(exc, **({} if index is None else {"index": index}))
+        check_reply_inboxes(self.guard, request.get(_PRINCIPAL, ANONYMOUS), events)
         ids = [event.id for event in events]
         headers = request.headers
         try:

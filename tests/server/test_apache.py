@@ -24,7 +24,9 @@ from eventmesh._generated.apache.v1.eventmesh_service_pb2_grpc import (
     HeartbeatServiceStub,
     PublisherServiceStub,
 )
-from eventmesh.bindings.protobuf import CloudEvent, CloudEventBatch
+from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
+from eventmesh._generated.eventmesh.v1.eventmesh_pb2_grpc import EventMeshStub
+from eventmesh.bindings.protobuf import CloudEvent, CloudEventBatch, to_proto, to_proto_batch
 from eventmesh.delivery.webhook import WebhookSession
 from eventmesh.errors import DeliveryError
 from eventmesh.event import URI
@@ -245,6 +247,60 @@ async def test_nothing_on_slash_answers_a_caller_without_credentials(
         creds = {"code": "999", "username": "billing", "passwd": TOKEN}
         async with session.post(url, data={"a": "b"}, headers=creds, expect100=True) as answer:
             assert (await answer.json())["retCode"] == 6  # known caller: told the code is bad
+
+
+async def test_asking_for_replies_on_a_reply_inbox_needs_publish_there(
+    guarded_sidecar: Sidecar,
+) -> None:
+    """With auth on, an event published with a replyto naming a reply inbox is refused
+    unless the caller may publish on that inbox, on every way in (the HTTP API, gRPC
+    Publish and PublishBatch, Apache EventMesh over gRPC and HTTP): a responder publishes
+    its reply there on the event's behalf, so a publisher who saw another caller's
+    request could otherwise have it answered. The same events without it are stored."""
+    inbox = "eventmesh.inbox.0123456789abcdef"
+    asking = {"replyto": inbox, "correlationid": "someone-elses-request"}
+    plain = Event(type="t", source="/s", id="plain-1", data={"n": 1})
+    forged = plain.replace(id="forged-1", extensions=asking)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    url = f"{guarded_sidecar.http_url}/topics/orders/events"
+    async with aiohttp.ClientSession() as session:
+        for event, expected in ((forged, 403), (plain, 202)):
+            body = json.dumps({**event.to_dict(), "data": event.data}).encode()
+            headers = {**bearer, "Content-Type": "application/cloudevents+json"}
+            async with session.post(url, data=body, headers=headers) as answer:
+                assert answer.status == expected, await answer.text()
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    async with grpc.aio.insecure_channel(guarded_sidecar.grpc_target) as channel:
+        native = EventMeshStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await native.Publish(
+                pb.PublishRequest(topic="orders", event=to_proto(forged)), metadata=metadata
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "replyto" in (refused.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await native.PublishBatch(
+                pb.PublishBatchRequest(topic="orders", batch=to_proto_batch([plain, forged])),
+                metadata=metadata,
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        stored = await native.Publish(
+            pb.PublishRequest(topic="orders", event=to_proto(plain)), metadata=metadata
+        )
+        assert stored.stored == 1
+        apache = PublisherServiceStub(channel)
+        assert status(await apache.publish(cloud_event("orders", **asking))) == "20"
+        assert status(await apache.publish(cloud_event("orders"))) == "0"
+        batch = CloudEventBatch(events=[cloud_event("orders"), cloud_event("orders", **asking)])
+        assert status(await apache.batchPublish(batch)) == "20"
+    content = json.dumps({**EVENT_JSON, **asking})
+    headers = {"username": "billing", "passwd": TOKEN, "protocoltype": "cloudevents"}
+    assert (await post(guarded_sidecar, "104", {"content": content}, **headers))["retCode"] == 20
+    content = json.dumps(EVENT_JSON)
+    assert (await post(guarded_sidecar, "104", {"content": content}, **headers))["retCode"] == 0
+
+
+EVENT_JSON = {"specversion": "1.0", "id": "h-2", "source": "/s", "type": "t", "subject": "orders"}
 
 
 async def test_http_codes(open_sidecar: Sidecar) -> None:
