@@ -177,7 +177,8 @@ class Listener(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     header_timeout: Duration = Duration(10.0)
     """Seconds a request may take to send its headers, from its first byte (from the
     connection's start for the first request); a slower one is disconnected. On the gRPC
-    port, the time a new connection has to finish its HTTP/2 handshake."""
+    port, the time a new connection has to finish its HTTP/2 handshake, and a Subscribe
+    stream to send its 'open'."""
     tls: TlsConfig | None = None
     """Serve TLS with this certificate and key; with ``client_ca_file``, mTLS
     (docs/security.md). Files are read again when they change."""

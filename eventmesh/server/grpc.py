@@ -39,6 +39,7 @@ from eventmesh.errors import (
     EventTooLargeError,
     EventValidationError,
     LifecycleError,
+    LimitExceededError,
 )
 from eventmesh.observability.propagation import transport_parent
 from eventmesh.server._authn import check_reply_inboxes
@@ -73,6 +74,24 @@ _RequestContext: TypeAlias = "grpc.aio.ServicerContext[Any, pb.EventReply]"
 _OneEvent = TypeVar("_OneEvent", pb.PublishRequest, pb.EventRequest)
 _StreamContext: TypeAlias = "grpc.aio.ServicerContext[pb.SubscribeRequest, pb.SubscribeResponse]"
 _json = msgspec.json.Decoder()
+
+MAX_BATCH: Final = 10_000
+"""Events one PublishBatch may carry: each is decoded on the event loop (a few µs), so a
+16 MiB batch of a million tiny events would hold every other call for seconds."""
+MAX_SETTLE: Final = 10_000
+"""Delivery ids one ack or nack may name (the SDK names one): each is looked up on the
+event loop."""
+MAX_DELIVERY_SIZE: Final = 4 * 1024 * 1024 - 1024
+"""The largest event a Subscribe stream delivers (serialized): a gRPC client receives at
+most 4 MiB a message unless it raised its own limit, and a delivery above it would end
+the client's stream every time it came back. A larger one is dead-lettered."""
+_MAX_DETAIL: Final = 2_000
+"""Characters of an error message a status carries (clients cap the metadata it goes in,
+gRPC's own at 16 KiB, and a longer one ends the call with no error class)."""
+
+_MAX_ATTRIBUTE: Final = 256
+"""The longest attribute name sent in ``eventmesh-attribute`` (a longer one is no
+attribute a valid event has: the message names it, cut short)."""
 
 _KEEPALIVE_MS: Final = 60_000
 """Ping a connection silent for this long, to find peers that went away without a word."""
@@ -181,9 +200,16 @@ async def _abort(
             logging.ERROR, "unexpected", "gRPC call failed on an unexpected error", exc_info=exc
         )
         kind, detail = "EventMeshError", "internal error"
+    if len(detail) > _MAX_DETAIL:
+        detail = detail[:_MAX_DETAIL] + f"... ({len(detail)} characters)"
     metadata = [(ERROR_METADATA_KEY, kind)]
     attribute = getattr(exc, "attribute", None)
-    if isinstance(attribute, str) and attribute.isascii() and attribute.isprintable():
+    if (
+        isinstance(attribute, str)
+        and len(attribute) <= _MAX_ATTRIBUTE
+        and attribute.isascii()
+        and attribute.isprintable()
+    ):
         metadata.append((ATTRIBUTE_METADATA_KEY, attribute))
     await context.abort(grpc_code(exc), detail, trailing_metadata=tuple(metadata))
 
@@ -192,10 +218,17 @@ class EventMeshServicer:
     """The ``eventmesh.v1.EventMesh`` service over ``mesh``, which must be open."""
 
     def __init__(
-        self, mesh: Mesh, max_event_size: int | None = None, guard: Guard | None = None
+        self,
+        mesh: Mesh,
+        max_event_size: int | None = None,
+        guard: Guard | None = None,
+        *,
+        open_timeout: float = 10.0,
     ) -> None:
         self.mesh = mesh
         self.max_event_size = max_event_size
+        self.open_timeout = open_timeout
+        """Seconds a Subscribe stream has, once let in, to send its 'open'."""
         self.guard = guard or Guard()
         self.logs = LogLimit(log)
         """At most one line per second per kind of bad request."""
@@ -256,6 +289,11 @@ class EventMeshServicer:
                 raise request.refusal(self.logs)
             if self.guard.enabled:
                 self.guard.check(principal, "publish", topic=request.topic)
+            if len(request.batch.events) > MAX_BATCH:
+                raise LimitExceededError(
+                    f"the batch has {len(request.batch.events)} events, more than {MAX_BATCH}; "
+                    "send it in parts"
+                )
             limit = self.max_event_size
             if limit is not None:
                 for index, msg in enumerate(request.batch.events):
@@ -282,9 +320,15 @@ class EventMeshServicer:
                 reply = await self.mesh.request(
                     request.topic, event, timeout=request.timeout or None
                 )
+            try:
+                answer = to_proto(reply)
+            except EventValidationError as exc:
+                raise DeliveryError(
+                    f"the reply {reply.id!r} cannot be sent over gRPC: {exc}", retryable=False
+                ) from exc
         except Exception as exc:
             await _abort(context, exc, self.logs)
-        return pb.EventReply(reply=to_proto(reply))
+        return pb.EventReply(reply=answer)
 
     async def subscribe(
         self, request_iterator: AsyncIterator[pb.SubscribeRequest], context: _StreamContext
@@ -298,7 +342,18 @@ class EventMeshServicer:
         # 'open': a write racing a refusal makes gRPC's own client report INTERNAL in
         # place of the status this server sent.
         await context.send_initial_metadata(())
-        first = await context.read()
+        first: Any = None  # read() gives a message or EOF, never None
+        with anyio.move_on_after(self.open_timeout):
+            first = await context.read()
+        if first is None:  # the deadline passed: the stream held an RPC slot for nothing
+            await _abort(
+                context,
+                LifecycleError(
+                    f"no 'open' within {self.open_timeout:g}s of the stream's start "
+                    "(server.grpc.header_timeout): send it first"
+                ),
+                self.logs,
+            )
         if first is _EOF:
             return
         if isinstance(first, _Undecodable):
@@ -317,7 +372,13 @@ class EventMeshServicer:
             await context.write(
                 pb.SubscribeResponse(subscribed=pb.Subscribed(name=subscription.name))
             )
-            stream = _Stream(subscription, context, first.open.credits, self.logs)
+            stream = _Stream(
+                subscription,
+                context,
+                first.open.credits,
+                self.logs,
+                max_pending=subscription.policy.max_in_flight,
+            )
             await stream.run()
             error = stream.error
         except Exception as exc:
@@ -343,7 +404,10 @@ class EventMeshServicer:
         start: StartPosition = "latest"
         which = request.WhichOneof("start")
         if which == "time":
-            start = request.time.ToDatetime(tzinfo=UTC)
+            try:
+                start = request.time.ToDatetime(tzinfo=UTC)
+            except (ValueError, OverflowError) as exc:
+                raise ConfigError(f"{where}: the start time is out of range ({exc})") from exc
         elif which == "position" and request.position == pb.START_POSITION_EARLIEST:
             start = "earliest"
         # Compiled in a worker thread: the spec came from the network.
@@ -371,6 +435,8 @@ def _json_field(text: str, where: str) -> Any:
         return _json.decode(text)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{where} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deep to be a subscription setting") from None
 
 
 def _nack_error(nack: pb.Nack) -> BaseException | str | None:
@@ -385,15 +451,27 @@ def _nack_error(nack: pb.Nack) -> BaseException | str | None:
 
 
 class _Stream:
-    """One Subscribe stream: deliveries out while credits last, settlements in."""
+    """One Subscribe stream: deliveries out while credits last, settlements in.
+
+    Credits beyond ``max_pending`` (the policy's ``max_in_flight``) are not kept, and no
+    more than that many deliveries are out unsettled whatever the client granted: a
+    client that grants billions and never settles holds no more than the HTTP pull API
+    would let it."""
 
     def __init__(
-        self, subscription: Subscription, context: _StreamContext, credits: int, logs: LogLimit
+        self,
+        subscription: Subscription,
+        context: _StreamContext,
+        credits: int,
+        logs: LogLimit,
+        *,
+        max_pending: int,
     ) -> None:
         self.logs = logs
         self.subscription = subscription
         self.context = context
-        self.credits = credits
+        self.max_pending = max_pending
+        self.credits = min(credits, max_pending)
         self.error: BaseException | None = None
         self._pending: dict[int, Delivery] = {}
         self._ids = itertools.count(1)
@@ -425,8 +503,9 @@ class _Stream:
 
     async def _send_from(self, iterator: AsyncIterator[Delivery]) -> None:
         context = self.context
+        pending = self._pending
         while True:
-            while self.credits <= 0:
+            while self.credits <= 0 or len(pending) >= self.max_pending:
                 self._credited = credited = anyio.Event()
                 await credited.wait()
             delivery = await anext(iterator, None)
@@ -437,6 +516,17 @@ class _Stream:
             except EventValidationError as exc:
                 await delivery.nack(
                     DeliveryError(f"the event cannot be sent over gRPC: {exc}", retryable=False)
+                )
+                continue
+            size = event.ByteSize()
+            if size > MAX_DELIVERY_SIZE:
+                await delivery.nack(
+                    DeliveryError(
+                        f"the event is {size} bytes, more than a gRPC stream delivers "
+                        f"({MAX_DELIVERY_SIZE}, within the 4 MiB a gRPC client receives by "
+                        "default); read it over HTTP (a webhook or pull subscription)",
+                        retryable=False,
+                    )
                 )
                 continue
             self.credits -= 1
@@ -464,25 +554,41 @@ class _Stream:
                 raise request.refusal(self.logs)
             kind = request.WhichOneof("request")
             if kind == "ack":
-                for delivery_id in request.ack.delivery_ids:
+                for delivery_id in _settled(request.ack.delivery_ids):
                     delivery = pending.pop(delivery_id, None)
                     if delivery is not None:  # settling twice does nothing
                         await delivery.ack()
+                self._wake()
             elif kind == "nack":
                 error = _nack_error(request.nack)
-                for delivery_id in request.nack.delivery_ids:
+                for delivery_id in _settled(request.nack.delivery_ids):
                     delivery = pending.pop(delivery_id, None)
                     if delivery is not None:
                         await delivery.nack(error)
+                self._wake()
             elif kind == "credit":
-                self.credits += request.credit.n
-                credited, self._credited = self._credited, None
-                if credited is not None:
-                    credited.set()
+                self.credits = min(self.credits + request.credit.n, self.max_pending)
+                self._wake()
             else:
                 raise LifecycleError(
                     f"a Subscribe stream takes ack, nack and credit after 'open', got {kind}"
                 )
+
+    def _wake(self) -> None:
+        """Let the sender look again: a credit came, or a delivery was settled."""
+        credited, self._credited = self._credited, None
+        if credited is not None:
+            credited.set()
+
+
+def _settled(ids: Any) -> Any:
+    """An ack's or nack's delivery ids, refused when there are more than MAX_SETTLE."""
+    if len(ids) > MAX_SETTLE:
+        raise LimitExceededError(
+            f"an ack or nack names {len(ids)} deliveries, more than {MAX_SETTLE}; "
+            "settle them in parts"
+        )
+    return ids
 
 
 def add_to_server(
@@ -491,14 +597,16 @@ def add_to_server(
     *,
     max_event_size: int | None = None,
     guard: Guard | None = None,
+    open_timeout: float = 10.0,
 ) -> None:
     """Serve the ``eventmesh.v1.EventMesh`` service of ``mesh`` on ``server``.
 
     ``mesh`` must be open while the server serves; stop the server before closing it.
     A published event larger than ``max_event_size`` bytes (serialized) fails its call
-    with ``EventTooLargeError`` (RESOURCE_EXHAUSTED); None sets no limit of its own.
+    with ``EventTooLargeError`` (RESOURCE_EXHAUSTED); None sets no limit of its own. A
+    Subscribe stream that sends no 'open' within ``open_timeout`` seconds is ended.
     """
-    servicer = EventMeshServicer(mesh, max_event_size, guard or Guard())
+    servicer = EventMeshServicer(mesh, max_event_size, guard or Guard(), open_timeout=open_timeout)
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Publish": grpc.unary_unary_rpc_method_handler(
             servicer.publish,

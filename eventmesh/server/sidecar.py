@@ -331,7 +331,13 @@ class Sidecar(ClosedOnExit):
             options=options, maximum_concurrent_rpcs=listener.max_concurrent_rpcs
         )
         services = reflection.recording(server)  # every service added below is reflected
-        add_to_server(server, self.mesh, max_event_size=listener.max_event_size, guard=self.guard)
+        add_to_server(
+            server,
+            self.mesh,
+            max_event_size=listener.max_event_size,
+            guard=self.guard,
+            open_timeout=float(listener.header_timeout),
+        )
         add_apache_services(
             server, self.mesh, self.apache, guard=self.guard, max_event_size=listener.max_event_size
         )
