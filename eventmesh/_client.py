@@ -147,6 +147,16 @@ class Client(ClosedOnExit, abc.ABC):
         delivering.set(None)
         await self._shut(timeout, closing)
 
+    async def _opened(self) -> None:
+        """Mark the client open, as ``__aenter__`` ends. A close that came while it was
+        opening (and returned: there was nothing open to close yet) wins: what was
+        entered is closed again and ``ClosedError`` raised, so the client never serves
+        after a close returned."""
+        if self._state == "closed":
+            await self._release()
+            raise ClosedError(f"{self._describe()} was closed while it opened")
+        self._state = "open"
+
     def _hold(self, stack: AsyncExitStack) -> None:
         """Keep ``stack`` (what the client entered) to close, and the task entering it
         as the one that can: called by ``__aenter__`` once everything is entered."""

@@ -179,7 +179,7 @@ class Mesh(Client):
             )
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._hold(stack.pop_all())
-        self._state = "open"
+        await self._opened()
         try:
             await self._open_dedupe()
             for sub in self.config.subscriptions:

@@ -166,7 +166,7 @@ class StreamConsumer(Consumer):
         client = self._client
         client._check_open()
         self._call = call = client._subscribe(None, metadata=client._metadata)  # written below
-        with calling(client.address):
+        with calling(client.address), anyio.move_on_after(client.timeout) as waited:
             # The sidecar sends headers once it has let the stream in, or ends the call
             # if it refuses it: writing before then could race the refusal, and gRPC's
             # client reports a write that lost that race as INTERNAL, not as the status
@@ -175,6 +175,13 @@ class StreamConsumer(Consumer):
             if not call.done():
                 await call.write(pb.SubscribeRequest(open=self._request))
             response = await call.read()
+        if waited.cancelled_caught:
+            call.cancel()
+            raise SubscribeError(
+                f"the sidecar at {client.address} did not confirm subscription "
+                f"{self.name!r} within {client.timeout:g}s (the client's timeout); is it "
+                "overloaded, or its broker out of reach?"
+            )
         if not isinstance(response, pb.SubscribeResponse) or not response.HasField("subscribed"):
             raise SubscribeError(
                 f"the sidecar at {client.address} did not confirm subscription {self.name!r}"

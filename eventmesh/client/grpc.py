@@ -14,8 +14,8 @@ and dispatcher an embedded mesh uses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Self
@@ -37,7 +37,7 @@ from eventmesh.client._remote import (
     remote_services,
     warn_clear_text,
 )
-from eventmesh.client._stream import StreamConsumer, calling
+from eventmesh.client._stream import _ERROR_KEY, StreamConsumer, calling
 from eventmesh.config import convert
 from eventmesh.connectors.base import StartPosition
 from eventmesh.delivery.policy import DeliveryPolicy
@@ -48,6 +48,7 @@ from eventmesh.errors import (
     ConnectError,
     EventValidationError,
     LifecycleError,
+    PublishError,
 )
 from eventmesh.event import Event
 from eventmesh.subscription import Subscription
@@ -87,6 +88,8 @@ class GrpcClient(Client):
     ``window`` is how many deliveries each subscription may hold unsettled;
     ``connect_timeout`` how long entering waits for a connection attempt that neither
     succeeds nor fails before ``ConnectError`` (a refused one raises at once);
+    ``timeout`` how many seconds a publish, or a subscription's start, may take before
+    ``PublishError`` or ``SubscribeError`` (as HttpClient's ``timeout``);
     ``options`` are passed to the gRPC channel. ``token`` is sent as ``authorization:
     Bearer <token>`` metadata on every call and stream. ``tls`` (implied by ``grpcs://``)
     speaks TLS, trusting ``ca_file`` (the system's CAs when None) and presenting
@@ -100,6 +103,7 @@ class GrpcClient(Client):
         *,
         window: int = 64,
         connect_timeout: float = 10.0,
+        timeout: float = 30.0,
         options: Sequence[tuple[str, Any]] | None = None,
         token: str | None = None,
         tls: bool = False,
@@ -109,12 +113,15 @@ class GrpcClient(Client):
     ) -> None:
         if window < 1:
             raise ConfigError(f"window must be at least 1, got {window}")
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if address.startswith("grpcs://"):
             tls = True
         self.address = address.removeprefix("grpcs://").removeprefix("grpc://").rstrip("/")
         self.tls = tls
         self.window = window
         self.connect_timeout = connect_timeout
+        self.timeout = float(timeout)
         self._options = list(options or ())
         scheme = "grpcs" if tls else "grpc"
         check_tls_files(
@@ -201,7 +208,7 @@ class GrpcClient(Client):
             self._hold(stack.pop_all())
         # Replies through _send, which still works while the client closes.
         self._services = remote_services(self._send, self._tg, self._subscriptions)
-        self._state = "open"
+        await self._opened()
         return self
 
     async def _disconnect(self) -> None:
@@ -227,10 +234,10 @@ class GrpcClient(Client):
         """:meth:`publish`, also while the client closes (for the handlers' replies)."""
         if not isinstance(topic, str):
             raise ConfigError(f"a topic name must be a non-empty string, got {topic!r}")
-        with calling(self.address):
+        with calling(self.address), self._publishing():
             if isinstance(events, Event):
                 request = pb.PublishRequest(topic=topic, event=to_proto(events))
-                await self._publish(request, metadata=self._metadata)
+                await self._publish(request, metadata=self._metadata, timeout=self.timeout)
                 return [events.id]
             if not isinstance(events, list | tuple):
                 raise EventValidationError(
@@ -245,11 +252,32 @@ class GrpcClient(Client):
                     )
             batch = to_proto_batch(events)
             await self._publish_batch(
-                pb.PublishBatchRequest(topic=topic, batch=batch), metadata=self._metadata
+                pb.PublishBatchRequest(topic=topic, batch=batch),
+                metadata=self._metadata,
+                timeout=self.timeout,
             )
         # PublishResponse.ids holds these same ids (the server reads them from the
         # request and stores it all or nothing); the ones sent need no decoding.
         return [event.id for event in events]
+
+    @contextmanager
+    def _publishing(self) -> Iterator[None]:
+        """A publish that ran out of :attr:`timeout` (the client's own deadline, not an
+        error of the sidecar's) is a PublishError that says what is not known."""
+        try:
+            yield
+        except grpc.aio.AioRpcError as exc:
+            metadata: Any = exc.trailing_metadata() or ()
+            sidecar_said = any(key == _ERROR_KEY for key, _ in metadata)
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or sidecar_said:
+                raise
+            raise PublishError(
+                f"the sidecar at {self.address} did not answer the publish within "
+                f"{self.timeout:g}s (GrpcClient timeout): a topic full under when_full: "
+                "wait, or a broker that does not answer; the events may or may not be "
+                "stored, so publish them again only where duplicates are harmless or the "
+                "topic deduplicates"
+            ) from exc
 
     async def request(self, topic: str, event: Event, *, timeout: float | None = None) -> Event:
         """Publish ``event`` on ``topic`` as a request and return the first reply (the

@@ -137,7 +137,7 @@ class HttpClient(Client):
             self._hold(stack.pop_all())
         # Replies through _publish, which still works while the client closes.
         self._services = remote_services(self._publish, self._tg, self._subscriptions)
-        self._state = "open"
+        await self._opened()
         return self
 
     def _describe(self) -> str:

@@ -223,6 +223,28 @@ async def test_a_stream_must_open_first(sidecar: tuple[Mesh, str]) -> None:
     assert metadata["eventmesh-error"] == "LifecycleError"
 
 
+async def test_a_close_while_the_client_connects_wins(sidecar: tuple[Mesh, str]) -> None:
+    """close() called while the client is still connecting ends its opening with
+    ClosedError, and the client never serves: before, close() returned and the client
+    then opened and published as if it had not been called."""
+    _, address = sidecar
+    client = GrpcClient(address)
+    entered = []
+
+    async def opener() -> None:
+        with pytest.raises(ClosedError, match="closed while it opened"):
+            async with client:
+                entered.append(True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(opener)
+        await anyio.wait_all_tasks_blocked()  # the opener waits for its connection
+        await client.close()
+    assert entered == []
+    with pytest.raises(ClosedError):
+        await client.publish("t", Event(type="t", source="/s"))
+
+
 async def test_an_unreachable_sidecar_is_a_connect_error_naming_the_address() -> None:
     """Entering a client for an address nobody listens on raises ConnectError."""
     with socket.socket() as sock:

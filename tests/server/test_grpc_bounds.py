@@ -17,7 +17,7 @@ import grpc.aio
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from eventmesh import Event, Mesh
+from eventmesh import Event, Mesh, PublishError, SubscribeError
 from eventmesh._generated.eventmesh.v1 import eventmesh_pb2 as pb
 from eventmesh._generated.eventmesh.v1.eventmesh_pb2_grpc import EventMeshStub
 from eventmesh.bindings.protobuf import to_proto
@@ -259,3 +259,54 @@ async def test_a_reply_that_cannot_be_sent_over_grpc_is_a_clear_error(
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_class(refused.value) == "DeliveryError"
     assert "r-1" in (refused.value.details() or "")
+
+
+async def test_a_publish_the_sidecar_does_not_answer_in_time_is_a_publish_error() -> None:
+    """GrpcClient's timeout bounds a publish as HttpClient's does: into a topic that is
+    full under when_full: wait, it raises PublishError once the timeout passes (it waited
+    for as long as the topic stayed full)."""
+    memory = {"type": "memory", "max_events": 1, "when_full": "wait"}
+    async with Mesh({"connectors": {"default": memory}}) as mesh:
+        server = grpc.aio.server()
+        add_to_server(server, mesh)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with mesh.subscribe("full", "idle"):  # a group that reads nothing
+                await mesh.publish("full", Event(type="t", source="/s"))  # now it is full
+                async with GrpcClient(f"127.0.0.1:{port}", timeout=0.5) as client:
+                    with anyio.fail_after(10), pytest.raises(PublishError, match=r"within 0\.5s"):
+                        await client.publish("full", Event(type="t", source="/s"))
+        finally:
+            await server.stop(None)
+
+
+async def test_a_subscribe_the_sidecar_never_confirms_is_a_subscribe_error() -> None:
+    """A server that lets a Subscribe stream in and then says nothing (a stalled sidecar)
+    makes the client's subscribe raise SubscribeError once its timeout passes; it waited
+    for ever."""
+    stalled = anyio.Event()
+
+    async def silent(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.send_initial_metadata(())
+        await stalled.wait()
+
+    server = grpc.aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(
+        silent,
+        request_deserializer=pb.SubscribeRequest.FromString,
+        response_serializer=pb.SubscribeResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("eventmesh.v1.EventMesh", {"Subscribe": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with GrpcClient(f"127.0.0.1:{port}", timeout=0.5) as client:
+            with anyio.fail_after(10), pytest.raises(SubscribeError, match="did not confirm"):
+                async with client.subscribe("t", "g"):
+                    pass
+    finally:
+        stalled.set()
+        await server.stop(None)
