@@ -3,9 +3,9 @@
 Pure functions, no client library. Both content modes of the CloudEvents NATS binding
 (1.0.3) are written and read, and a header-less JSON event (binding 1.0.2) is read too.
 :func:`from_message` raises EventValidationError for a message that claims to be a
-CloudEvent but is broken; :func:`wrap_message` turns anything that is not a CloudEvent
-into an event (``io.eventmesh.nats.message``) rather than dropping it. See
-docs/nats.md, 'Messages from and to other NATS clients'.
+CloudEvent but is broken, or is JSON nested too deeply to read; :func:`wrap_message`
+turns anything that is not a CloudEvent into an event (``io.eventmesh.nats.message``)
+rather than dropping it. See docs/nats.md, 'Messages from and to other NATS clients'.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from eventmesh.bindings._common import decode_data, encode_attribute, encode_dat
 from eventmesh.errors import EventValidationError
 from eventmesh.event import (
     CONTEXT_ATTRIBUTES,
+    MAX_DATA_DEPTH,
     Event,
+    check_data_depth,
     data_text,
     decode_json,
     encode_json,
@@ -205,8 +207,15 @@ def _from_headerless_json(payload: bytes) -> Event | None:
         obj = _json.decode(payload)
     except msgspec.DecodeError:
         return None
+    except RecursionError as exc:  # msgspec's answer to JSON nested past the stack
+        raise EventValidationError(
+            "the message is JSON nested too deeply to read; event data may nest at most "
+            f"{MAX_DATA_DEPTH} deep",
+            attribute="data",
+        ) from exc
     if not isinstance(obj, dict) or "specversion" not in obj:
         return None
+    check_data_depth(obj.get("data"), payload)  # as the JSON format's own decoder does
     if "data" in obj:
         keep_data_text(obj, data_text(payload))
     return Event.from_dict(obj)

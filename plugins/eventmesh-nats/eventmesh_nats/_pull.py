@@ -47,6 +47,8 @@ _QUEUE_LIMIT: Final = 1 << 20
 _FLOOR: Final = 2
 _CAP: Final = 8
 """The window, in batches: at least ``_FLOOR``, at most ``_CAP``."""
+_WARN_EVERY: Final = 60.0
+"""Seconds between warnings about requests the consumer's own limits refuse."""
 
 
 class _Request:
@@ -85,6 +87,7 @@ class Puller:
         self._owed = 0
         self._counter = 0
         self._hold_until = 0.0
+        self._warned = -_WARN_EVERY  # when a refusal by the consumer's limits was logged
         self.refused = ""
         """Why the server last refused a request ('' after a message arrives)."""
 
@@ -158,7 +161,28 @@ class Puller:
             return  # nothing more for this request: ask again when needed
         description = headers.get("Description", "")
         self.refused = f"status {status or 'none'}" + (f" {description}" if description else "")
-        self._hold_until = time.monotonic() + _BACKOFF
+        now = time.monotonic()
+        self._hold_until = now + _BACKOFF
+        # The consumer's own limits (max_expires, max_batch, max_bytes) refusing what this
+        # member asks: asked again it never succeeds until someone changes them.
+        limited = status == "409" and description.startswith("Exceeded MaxRequest")
+        if limited and now - self._warned >= _WARN_EVERY:
+            self._warned = now
+            stream, durable = self._next_subject.rsplit(".", 2)[1:]
+            log.warning(
+                "JetStream consumer %r of stream %r refuses this member's pull requests "
+                "(%s): its limits are below what eventmesh asks for (a %gs long poll, "
+                "batches of up to %d). Raise the consumer's max_expires / max_batch (and "
+                "max_bytes) on the server, or delete the consumer so that eventmesh makes "
+                "it again; asking again every %gs meanwhile",
+                durable,
+                stream,
+                self.refused,
+                _EXPIRES,
+                max(self.window, self.batch),
+                _BACKOFF,
+            )
+            return
         log.debug("pull request on %s ended: %s", self._next_subject, self.refused)
 
     def _forget(self, token: str) -> _Request | None:

@@ -149,12 +149,17 @@ class CoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     pending_limit: int = 65_536
     """Messages nats-py may queue for a member beyond ``buffer``; past both the client
     drops messages and logs a slow consumer."""
+    pending_bytes: int = 64 * 1024 * 1024
+    """Bytes of payload nats-py may queue for a member (64 MiB, nats-py's own default);
+    past it the client drops messages and logs a slow consumer, as past the count."""
 
     def __post_init__(self) -> None:
         if self.buffer < 1:
             raise ValueError("core.buffer must be at least 1")
         if self.pending_limit < 1:
             raise ValueError("core.pending_limit must be at least 1")
+        if self.pending_bytes < 1:
+            raise ValueError("core.pending_bytes must be at least 1")
 
 
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -194,8 +194,8 @@ class NatsConnector(Connector):
             if self._slow == 1 or self._slow % 10_000 == 0:
                 log.warning(
                     "connector %r: a core-mode member cannot keep up and nats-py dropped "
-                    "messages for it (%d so far): raise core.buffer / core.pending_limit, "
-                    "add members, or use JetStream mode (%s)",
+                    "messages for it (%d so far): raise core.buffer / core.pending_limit "
+                    "/ core.pending_bytes, add members, or use JetStream mode (%s)",
                     self.name,
                     self._slow,
                     describe(exc),
@@ -251,6 +251,10 @@ class NatsConnector(Connector):
         """The event in a received message; a message that is no valid CloudEvent is
         wrapped (``cloudeventerror`` says why), never dropped. A stored message's
         ``stream``, ``sequence`` and ``stamp`` (seconds) give a wrapped one its id and time.
+
+        Never raises: a message that fails to decode in any way is wrapped too, so that
+        one bad message cannot fail the batch it came in (whose other messages would be
+        neither delivered nor given back) or end the subscription.
         """
         headers = msg.headers
         if (
@@ -262,23 +266,26 @@ class NatsConnector(Connector):
             # straight away, without the general path's header walk. Once per message.
             try:
                 return decode_json(msg.data)
-            except EventValidationError:
+            except Exception:
                 pass  # the general path wraps it, and logs why
         id = None if stream is None else f"{stream}-{sequence}"
         stored = None if stamp is None else datetime.fromtimestamp(stamp, UTC)
         try:
             return from_message(msg.headers, msg.data, subject=msg.subject, id=id, time=stored)
         except EventValidationError as exc:
-            log.warning(
-                "connector %r: a message on %r is not a valid CloudEvent (%s); delivering "
-                "it wrapped as io.eventmesh.nats.message",
-                self.name,
-                msg.subject,
-                exc,
-            )
-            return wrap_message(
-                msg.headers, msg.data, subject=msg.subject, id=id, time=stored, error=str(exc)
-            )
+            reason = str(exc)
+        except Exception as exc:  # whatever it is, one message must not strand the batch
+            reason = f"it could not be decoded ({type(exc).__name__}: {str(exc)[:200]})"
+        log.warning(
+            "connector %r: a message on %r is not a valid CloudEvent (%s); delivering it "
+            "wrapped as io.eventmesh.nats.message",
+            self.name,
+            msg.subject,
+            reason,
+        )
+        return wrap_message(
+            msg.headers, msg.data, subject=msg.subject, id=id, time=stored, error=reason
+        )
 
     def state(self, bucket: str) -> StateStore | None:
         """The bucket as a JetStream KV bucket (see :mod:`eventmesh_nats.state`); None in
@@ -320,8 +327,8 @@ class NatsConnector(Connector):
             return
         encode = self.encode
         messages = [encode(event) for event in events]
-        self._check_sizes(topic, messages)
         if self.config.mode == "core":
+            self._check_sizes(topic, messages)
             await publish_core(self, subject, messages, f"publishing to topic {topic!r}")
             return
         if keys is not None:
@@ -330,20 +337,19 @@ class NatsConnector(Connector):
         elif self.config.deduplicate:
             for (headers, _), event in zip(messages, events, strict=True):
                 headers["Nats-Msg-Id"] = message_id(event)
+        self._check_sizes(topic, messages)  # with the Nats-Msg-Id each message is sent with
         assert self._publisher is not None
         await self.streams.ensure(topic, subject, stream, PublishError)
         await self._publisher.publish(topic, subject, stream, messages)
 
     def _check_sizes(self, topic: str, messages: list[tuple[dict[str, str], bytes]]) -> None:
         """``RejectedError`` before anything is sent when a message is larger than the
-        server's ``max_payload`` (headers included): the server would refuse it, and
-        nats-py checks only the payload. A comparison per message; the exact size only
-        for those near the bound."""
+        server's ``max_payload``, headers included: nats-py checks only the payload, and
+        the server answers a larger message by closing the connection, which nats-py
+        then gives up for good. The exact size of every message (one header to count in
+        structured mode, the attributes in binary mode)."""
         limit = self.nc.max_payload
-        near = limit - _HEADROOM
         for i, (headers, payload) in enumerate(messages):
-            if len(payload) <= near:
-                continue
             size = len(payload) + _header_size(headers)
             if size > limit:
                 raise RejectedError(
@@ -394,16 +400,17 @@ def replay_id(key: str) -> str:
     return digest.hexdigest()
 
 
-_HEADROOM = 4096
-"""Bytes a message's headers may add to its payload before the exact size is worth
-computing (events carry their attributes as headers)."""
-
-
 def _header_size(headers: dict[str, str]) -> int:
     """Bytes of ``headers`` on the wire (``NATS/1.0``, a line each, a blank line)."""
     if not headers:
         return 0
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    keys = "".join(headers)
+    values = "".join(headers.values())
+    if keys.isascii() and values.isascii():  # as they are once encoded: one check each
+        size = len(keys) + len(values)
+    else:
+        size = len(keys.encode()) + len(values.encode())
+    return 12 + 4 * len(headers) + size
 
 
 def _tls_context(config: NatsConfig) -> ssl.SSLContext:

@@ -6,6 +6,10 @@ nothing is kept for anyone else. A member is a queue subscription (queue = the g
 escaped as a stream name is) without a callback: nats-py queues its messages (bounded:
 ``core.buffer`` + ``core.pending_limit``, then it drops them and says so), and ``fetch``
 takes them off that queue in batches and decodes them, with no task switch per message.
+nats-py also bounds the queue by bytes (``core.pending_bytes``), counting what its own
+reads take off; this module takes messages off the queue itself, so it subtracts them
+(:meth:`CoreConsumer._unqueued`), or the count would only grow and, once past the bound,
+every message would be dropped.
 
 Redelivery happens in the process that holds the event: a nack puts it back in the
 member's own buffer after its delay. A member that leaves hands what it held and had
@@ -115,6 +119,7 @@ class CoreConsumer(Consumer):
         self.topic = topic
         self.group = group
         self._start_at = start
+        self._sub: Subscription | None = None  # the subscription to the topic's subject
         self._queue: asyncio.Queue[Msg] | None = None  # nats-py's, for the subscription
         self._first: deque[Msg] = deque()  # taken off the queue while waiting for it
         self._later: list[tuple[float, int, _Held]] = []  # nacked, by due time
@@ -145,9 +150,10 @@ class CoreConsumer(Consumer):
                     subject,
                     queue=queue,
                     pending_msgs_limit=settings.buffer + settings.pending_limit,
-                    pending_bytes_limit=0,
+                    pending_bytes_limit=settings.pending_bytes,
                 )
                 self._subs.append(sub)
+                self._sub = sub
                 # Read in bulk by fetch; nats-py has no public bulk read.
                 self._queue = sub._pending_queue
                 self._subs.append(
@@ -192,9 +198,17 @@ class CoreConsumer(Consumer):
         self._first.clear()
         queue = self._queue
         while queue is not None and not queue.empty():
-            queue.get_nowait()
+            self._unqueued(queue.get_nowait())
             queue.task_done()
         return left
+
+    def _unqueued(self, msg: Msg) -> Msg:
+        """``msg``, taken off nats-py's queue: no longer counted against
+        ``core.pending_bytes`` (nats-py subtracts only what its own reads take)."""
+        sub = self._sub
+        if sub is not None:
+            sub._pending_size -= len(msg.data)
+        return msg
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -289,7 +303,7 @@ class CoreConsumer(Consumer):
         try:
             while queue is not None and not drain.done():
                 while not queue.empty():
-                    self._first.append(queue.get_nowait())
+                    self._first.append(self._unqueued(queue.get_nowait()))
                     queue.task_done()
                 get = asyncio.ensure_future(queue.get())
                 await asyncio.wait((drain, get), return_when=asyncio.FIRST_COMPLETED)
@@ -304,7 +318,7 @@ class CoreConsumer(Consumer):
     def _took(self, get: asyncio.Future[Msg]) -> None:
         """Keep what a ``queue.get()`` got, first in line; cancel it if it got nothing."""
         if get.done() and not get.cancelled():
-            self._first.append(get.result())
+            self._first.append(self._unqueued(get.result()))
             if self._queue is not None:
                 self._queue.task_done()
         else:
@@ -315,13 +329,15 @@ class CoreConsumer(Consumer):
         the start time dropped)."""
         first = self._first
         queue = self._queue
+        sub = self._sub
         msgs: list[Msg] = []
         while n > 0:
             if first:
                 msg = first.popleft()
-            elif queue is not None and not queue.empty():
+            elif queue is not None and sub is not None and not queue.empty():
                 msg = queue.get_nowait()
                 queue.task_done()  # Subscription.drain waits for it
+                sub._pending_size -= len(msg.data)  # as _unqueued, inline: once a message
             else:
                 break
             if self._skip:

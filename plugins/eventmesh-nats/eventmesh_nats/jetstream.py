@@ -14,11 +14,12 @@ back after ``consumer.ack_wait``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 import msgspec
@@ -68,7 +69,8 @@ _POLL = 5.0
 """Longest wait of one round of fetch when it has no timeout."""
 _REFUSED_WAIT = 0.5
 """Seconds fetch waits before asking again after the server refused a pull request."""
-_ack_decoder = msgspec.json.Decoder()
+_NOT_JETSTREAM: tuple[type[BaseException], ...] = (*NATS_ERRORS, IndexError)
+"""What ``Msg.metadata`` raises for a reply subject that is no JetStream ack subject."""
 _ACK: Final = b"+ACK"
 
 
@@ -227,13 +229,11 @@ class JetStreamPublisher:
         if round_ is None:
             return  # an ack we stopped waiting for
         data = msg.data
-        if data.startswith(b'{"stream"') and b'"error"' not in data:
-            round_.settle(token, None, False)
-        elif not data:
+        if data:
+            round_.settle(token, *_ack_problem(data))
+        else:
             status = (msg.headers or {}).get("Status", "")
             round_.settle(token, f"no stream answered (status {status or 'none'})", True)
-        else:
-            round_.settle(token, *_ack_problem(data))
         self._wake()
 
     def _wake(self, force: bool = False) -> None:
@@ -342,13 +342,27 @@ class JetStreamPublisher:
                 return
 
 
-def _ack_problem(data: bytes) -> tuple[str, bool]:
-    """What went wrong according to a stream's error answer, and whether to retry."""
+class _Answer(msgspec.Struct):
+    """A stream's answer to a publish: a PubAck names the stream, an error says why."""
+
+    stream: Any = None
+    error: Any = None
+
+
+_ack_decoder = msgspec.json.Decoder(_Answer)
+
+
+def _ack_problem(data: bytes) -> tuple[str | None, bool]:
+    """What went wrong according to a stream's answer (None for an ack), and whether to
+    retry. Decided from the decoded answer: its bytes may hold ``"error"`` in an ack too
+    (a stream named so)."""
     try:
         answer = _ack_decoder.decode(data)
     except msgspec.DecodeError:
         return f"unreadable answer {data[:200]!r}", False
-    error = answer.get("error") if isinstance(answer, dict) else None
+    error = answer.error
+    if error is None and isinstance(answer.stream, str):
+        return None, False
     if not isinstance(error, dict):
         return f"unexpected answer {data[:200]!r}", False
     code = error.get("code")
@@ -601,18 +615,32 @@ class JetStreamConsumer(Consumer):
                 sequence = int(tokens[base + 3])
                 stamp = int(tokens[base + 5]) / 1e9
             except (IndexError, ValueError):
-                meta = msg.metadata  # raises for a reply that is no JetStream ack subject
+                try:
+                    meta = msg.metadata
+                except _NOT_JETSTREAM as exc:
+                    # No JetStream ack subject: not from the consumer, but sent to this
+                    # member's inbox by some other client. Nothing to deliver or ack.
+                    log.warning(
+                        "%s: skipped a message on the pull inbox that JetStream did not "
+                        "send (reply subject %r: %s)",
+                        self._describe(),
+                        msg.reply[:200],
+                        describe(exc),
+                    )
+                    continue
                 stream, attempt, sequence = meta.stream, meta.num_delivered, meta.sequence.stream
                 stamp = meta.timestamp.timestamp()
             event = decode(msg, stream, sequence, stamp)
             append(JetStreamDelivery(self, msg, event, sequence, attempt, stamp))
-        if msgs:
+        if out:
             self.outstanding.update(out)
-            last = msgs[-1].reply.split(".")
+            last_msg = out[-1]._msg
+            last = last_msg.reply.split(".")
             try:
                 self._pending = int(last[8 if len(last) == 9 else 10])
             except (IndexError, ValueError):
-                self._pending = msgs[-1].metadata.num_pending
+                with contextlib.suppress(*_NOT_JETSTREAM):
+                    self._pending = last_msg.metadata.num_pending
         return cast("list[Delivery]", out)
 
     def lag(self) -> int | None:
@@ -652,4 +680,15 @@ def _check_consumer(config: ConsumerConfig, subject: str, where: str) -> None:
         raise SubscribeError(
             f"{where}: consumer {config.durable_name!r} exists with filter subject "
             f"{config.filter_subject!r}, not {subject!r}; delete it or use another group name"
+        )
+    policy = config.ack_policy
+    if policy is not None and policy != AckPolicy.EXPLICIT:
+        # 'all' acks every earlier delivery with a later one, 'none' counts each as acked
+        # once sent: an event a member had not handled yet would never come back.
+        name = policy.value if isinstance(policy, AckPolicy) else policy
+        raise SubscribeError(
+            f"{where}: consumer {config.durable_name!r} exists with ack policy {name!r}; "
+            "eventmesh needs explicit acks (ack policy 'explicit') so that what a member "
+            "did not handle is delivered again: delete the consumer (eventmesh makes it "
+            "again) or use another group name"
         )

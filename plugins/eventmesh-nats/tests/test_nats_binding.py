@@ -188,6 +188,34 @@ def test_headerless_json_event_is_read_as_structured() -> None:
     assert from_message({}, b"  " + payload) == event
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"specversion":"1.0","data":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=["plain", "claims-cloudevent"],
+)
+def test_headerless_json_too_deep_to_read_is_a_validation_error(payload: bytes) -> None:
+    """Header-less JSON nested past the decoder's stack is EventValidationError on data
+    (what callers wrap), never the RecursionError msgspec raises for it."""
+    with pytest.raises(EventValidationError, match="nested too deeply") as info:
+        from_message(None, payload, subject="s")
+    assert info.value.attribute == "data"
+
+
+def test_headerless_json_event_with_data_nested_too_deep_is_refused() -> None:
+    """A header-less JSON event whose data nests past 64 is refused, as the same
+    payload under the structured Content-Type is."""
+    event = b'{"specversion":"1.0","id":"1","source":"/s","type":"t","data":%s}' % (
+        b"[" * 100 + b"]" * 100
+    )
+    for headers in (None, {"Content-Type": "application/cloudevents+json"}):
+        with pytest.raises(EventValidationError, match="64 deep") as info:
+            from_message(headers, event, subject="s")
+        assert info.value.attribute == "data"
+
+
 def test_batch_content_type_is_refused() -> None:
     """The NATS binding has no batch mode: such a message is not read as events."""
     with pytest.raises(EventValidationError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import signal
@@ -13,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from nats.js.api import AckPolicy
 
 import eventmesh
 from eventmesh import ConfigError, ConnectError, Event, PublishError, SubscribeError
@@ -199,6 +201,38 @@ async def test_oversized_event_is_rejected(make: Factory, topic: str, mode: str)
 
 @pytest.mark.nats
 @pytest.mark.anyio
+@pytest.mark.parametrize("binding", ["binary", "structured"])
+async def test_an_event_over_max_payload_only_with_its_headers_is_rejected(
+    make: Factory, topic: str, binding: str
+) -> None:
+    """A message whose payload fits max_payload but not with its headers (binary: a
+    6 KB attribute; structured: the Nats-Msg-Id added to a payload just below the
+    bound) is refused with RejectedError before it is sent: sent, the server closes the
+    connection and nats-py gives it up for good."""
+    async with make(binding=binding, publish_timeout=3) as connector:
+        limit = connector.nc.max_payload
+        if binding == "binary":
+            event = Event(
+                type="t",
+                source="/s",
+                datacontenttype="application/octet-stream",
+                data=b"x" * (limit - 5000),
+                extensions={"big": "y" * 6000},
+            )
+        else:
+            # Content-Type takes 56 bytes of headers and Nats-Msg-Id 47 more: this payload
+            # fits with the first alone.
+            bare = len(connector.encode(Event(type="t", source="/s", id="big", data=""))[1])
+            event = Event(type="t", source="/s", id="big", data="x" * (limit - 80 - bare))
+            assert len(connector.encode(event)[1]) == limit - 80
+        with pytest.raises(RejectedError, match="max_payload"):
+            await connector.publish(topic, [event])
+        await connector.publish(topic, _events(1))  # the connection lives
+        assert connector.connected
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
 async def test_topic_that_is_no_subject_is_refused_on_subscribe(connector: NatsConnector) -> None:
     """Joining a group on a topic NATS cannot carry raises RejectedError, at once."""
     with pytest.raises(RejectedError):
@@ -299,6 +333,26 @@ async def test_existing_stream_is_given_the_topic_subject(
 
 @pytest.mark.nats
 @pytest.mark.anyio
+async def test_a_stream_named_error_takes_publishes(
+    make: Factory, topic: str, raw_nats: Any
+) -> None:
+    """Publishing to a stream named 'error' succeeds: its acks read {"stream":"error",...}
+    and were taken for error answers, failing every publish of events it stored."""
+    js = raw_nats.jetstream()
+    connector = make(streams={topic: "error"}, stream=StreamSettings(storage="memory"))
+    try:
+        async with connector:
+            subject, _ = connector.route(topic, PublishError)
+            await connector.publish(topic, _events(2))
+        info = await js.stream_info("error", subjects_filter=subject)
+        assert (info.state.subjects or {}).get(subject) == 2
+    finally:
+        with contextlib.suppress(Exception):  # clean-up only
+            await js.delete_stream("error")
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
 async def test_a_group_resumes_where_it_was_whatever_start_says(
     connector: NatsConnector, topic: str
 ) -> None:
@@ -394,6 +448,39 @@ async def test_core_member_past_its_limits_loses_messages_and_says_so(
         got = await collect(consumer, 500, timeout=1.5)
     assert 5 <= len(got) < 500
     assert any("cannot keep up" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
+async def test_core_member_past_its_byte_limit_drops_and_takes_new_messages_after(
+    make: Factory, topic: str, raw_nats: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past core.pending_bytes the client drops messages for a member, with the warning
+    it gives past the count (unbounded, a slow member held any number of bytes); what
+    the member fetched stops counting, so new messages are taken again."""
+    caplog.set_level(logging.WARNING, logger="eventmesh_nats")
+    blob = b"x" * 4096
+    connector = make(mode="core", core=CoreSettings(pending_bytes=64 * 1024))
+    async with connector, connector.subscribe(topic, "g") as consumer:
+        subject, _ = connector.route(topic, PublishError)
+        received = connector.nc.stats["in_msgs"]
+        for _ in range(100):
+            await raw_nats.publish(subject, blob)
+        await raw_nats.flush()
+        # Every message reached the member's client, queued or dropped (a flush on each
+        # side does not say so: nats-py writes its PING ahead of buffered publishes).
+        await eventually(lambda: connector.nc.stats["in_msgs"] >= received + 100)
+        first = await consumer.fetch(1000, timeout=5)
+        assert 0 < len(first) < 100
+        assert sum(len(d.event.data) for d in first) <= 64 * 1024
+        warnings = [r.getMessage() for r in caplog.records if "cannot keep up" in r.getMessage()]
+        assert warnings
+        assert "core.pending_bytes" in warnings[0]
+        for _ in range(10):
+            await raw_nats.publish(subject, blob)
+        await raw_nats.flush()
+        second = await collect(consumer, 10, timeout=10)
+    assert len(second) == 10
 
 
 @pytest.mark.nats
@@ -498,6 +585,30 @@ async def test_a_group_name_taken_by_a_push_consumer_is_refused(
         )
         with pytest.raises(SubscribeError, match="push consumer"):
             await connector.subscribe(topic, "taken").start()
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", [AckPolicy.ALL, AckPolicy.NONE])
+async def test_a_group_consumer_without_explicit_acks_is_refused(
+    make: Factory, topic: str, raw_nats: Any, policy: AckPolicy
+) -> None:
+    """A pull consumer holding the group's name with ack policy 'all' or 'none' (where
+    an event still being handled counts as acked) is refused, naming the consumer, its
+    policy and what to do, not used at most once."""
+    connector = make()
+    async with connector:
+        subject, stream = connector.route(topic, PublishError)
+        await connector.publish(topic, _events(1))
+        await raw_nats.jetstream().add_consumer(
+            stream, durable_name="lax", ack_policy=policy, filter_subject=subject
+        )
+        with pytest.raises(SubscribeError) as info:
+            await connector.subscribe(topic, "lax").start()
+    message = str(info.value)
+    assert f"'lax' exists with ack policy {policy.value!r}" in message
+    assert "explicit acks" in message
+    assert "delete the consumer" in message
 
 
 @pytest.mark.nats

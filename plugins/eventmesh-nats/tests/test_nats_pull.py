@@ -3,6 +3,8 @@ answers to those pull requests make a member do."""
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -95,3 +97,53 @@ async def test_a_member_asks_for_at_most_half_its_groups_max_ack_pending(make: F
             widest = max(widest, consumer._puller.window)  # type: ignore[attr-defined]
     assert seen == set(range(len(events)))
     assert widest <= 32
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
+async def test_a_consumer_whose_limits_refuse_every_pull_is_a_warning_once_a_minute(
+    make: Factory, raw_nats: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A group's consumer made elsewhere with max_expires below the member's long poll
+    refuses each poll (409 Exceeded MaxRequestExpires) for ever: that is a warning
+    naming the consumer and what to change, once a minute however often it is asked
+    again (it was a debug line every 0.5 s)."""
+    caplog.set_level(logging.WARNING, logger="eventmesh_nats")
+    topic = f"pull.{uuid.uuid4().hex[:10]}"
+    connector = make()
+    async with connector:
+        subject, stream = connector.route(topic, PublishError)
+        await connector.streams.ensure(topic, subject, stream, PublishError)
+        config = {
+            "durable_name": "strict",
+            "ack_policy": "explicit",
+            "filter_subject": subject,
+            "max_expires": 1_000_000_000,  # 1 s, in nanoseconds
+        }
+        answer = await raw_nats.request(
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.strict",
+            json.dumps({"stream_name": stream, "config": config}).encode(),
+        )
+        assert "error" not in json.loads(answer.data)
+        async with connector.subscribe(topic, "strict") as consumer:
+
+            def warnings() -> list[str]:
+                return [
+                    r.getMessage()
+                    for r in caplog.records
+                    if r.levelno == logging.WARNING and "refuses" in r.getMessage()
+                ]
+
+            with anyio.fail_after(20):
+                while not warnings():  # a no_wait request, then the refused long poll
+                    assert await consumer.fetch(1, timeout=0.5) == []
+            refused = consumer._puller.refused  # type: ignore[attr-defined]
+            # Asked again every 0.5 s, refused each time, and not warned about again.
+            with anyio.move_on_after(2.0):
+                while True:
+                    await consumer.fetch(1, timeout=0.5)
+    (warning,) = warnings()
+    assert "MaxRequestExpires" in refused
+    assert "'strict'" in warning
+    assert "max_expires" in warning
+    assert "delete the consumer" in warning
