@@ -413,6 +413,16 @@ def _from_structured(key: bytes | None, value: bytes | None) -> Event:
     return event
 
 
+def _time(timestamp: float | None) -> datetime | None:
+    """``timestamp`` as a time, or None when there is none or no datetime can hold it."""
+    if timestamp is None:
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def wrap_message(
     key: bytes | None,
     value: bytes | None,
@@ -426,8 +436,9 @@ def wrap_message(
 ) -> Event:
     """An event for a record that is not a CloudEvent, by the rule in the module docstring.
 
-    ``timestamp`` is the record's timestamp in seconds since the epoch, if known;
-    ``error`` why a record that claimed to be a CloudEvent could not be read as one.
+    ``timestamp`` is the record's timestamp in seconds since the epoch, if known (one
+    that no datetime can hold, past year 9999, gives no ``time``); ``error`` why a
+    record that claimed to be a CloudEvent could not be read as one.
     """
     content_type: str | None = None
     for name, raw in headers:
@@ -442,7 +453,7 @@ def wrap_message(
         id=f"{topic}-{partition}-{offset}",
         source=f"kafka://{topic}",
         type=MESSAGE_TYPE,
-        time=None if timestamp is None else datetime.fromtimestamp(timestamp, UTC),
+        time=_time(timestamp),
         datacontenttype=content_type,
         data=decode_data(value or b"", content_type, wrap=True),
         extensions=extensions,

@@ -19,6 +19,12 @@ What aiokafka raises, and what it becomes::
 
 Each message says what failed and where (the topic, the group, the servers), gives the
 broker's own reason, and ends with what to do when there is something to do.
+
+A record aiokafka cannot decode is another matter: ``getmany`` raises whatever decoding
+it raised (``UnicodeDecodeError`` for a header name that is not UTF-8, which Kafka
+itself never checks), loses the records it had already taken for that call, and raises
+again on every later call. :func:`read_past_unreadable` is how every reader of this
+connector gets past such a record without skipping the records before it.
 """
 
 from __future__ import annotations
@@ -26,12 +32,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any, Final
 
 import aiokafka.errors as kafka_errors
 
-from eventmesh.errors import ConnectorError, PublishError, RejectedError, SubscribeError
+from eventmesh.bindings.kafka import wrap_message
+from eventmesh.errors import (
+    ConnectorError,
+    EventValidationError,
+    PublishError,
+    RejectedError,
+    SubscribeError,
+)
+from eventmesh.event import Event
 
 __all__ = [
     "CLIENT_ERRORS",
@@ -39,10 +54,15 @@ __all__ = [
     "TOO_LARGE",
     "describe",
     "is_success",
+    "read_past_unreadable",
+    "record_time",
     "refused",
     "tolerated",
     "translate",
     "translated",
+    "unreadable",
+    "unreadable_event",
+    "wrap_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -228,3 +248,113 @@ def is_success(code: int, *, exists_ok: bool = False) -> bool:
     return cls is kafka_errors.NoError or (
         exists_ok and cls is kafka_errors.TopicAlreadyExistsError
     )
+
+
+_LATEST_MS: Final = 253_402_300_800_000
+"""The first millisecond after 9999-12-31T23:59:59.999Z, the last a datetime holds."""
+
+
+def record_time(timestamp_ms: int) -> float | None:
+    """A record's timestamp in seconds since the epoch, or None when it has none (-1)
+    or one past year 9999: Kafka stores any 64-bit CreateTime a producer sends."""
+    return timestamp_ms / 1000 if 0 <= timestamp_ms < _LATEST_MS else None
+
+
+def unreadable(exc: BaseException) -> str:
+    """Why a record is delivered without its content: aiokafka raised ``exc`` reading it."""
+    return (
+        f"the Kafka client cannot decode this record ({describe(exc)}: a header name that "
+        "is not UTF-8, or a record it cannot parse; records after it in the same record "
+        "batch are unreadable too); its key, value and headers are not available: read "
+        "it by topic, partition and offset with another Kafka client"
+    )
+
+
+def unreadable_event(
+    topic: str, partition: int, offset: int, reason: str, *, level: int = logging.WARNING
+) -> Event:
+    """The event for a record whose content cannot be read: the wrapping rule of
+    ``wrap_message`` with its coordinates and ``reason`` only, so it cannot fail."""
+    log.log(level, "%s[%d]@%d cannot be read (%s); wrapping it", topic, partition, offset, reason)
+    return wrap_message(
+        None, None, (), topic=topic, partition=partition, offset=offset, error=reason
+    )
+
+
+def wrap_record(
+    record: Any, stamp: float | None, exc: Exception, *, level: int = logging.WARNING
+) -> Event:
+    """The event for a record ``from_message`` raised ``exc`` for: wrapped with its
+    content when it is an invalid CloudEvent, with its coordinates alone when even that
+    fails (whatever the reason, the record is delivered, never dropped)."""
+    where = (record.topic, record.partition, record.offset)
+    if isinstance(exc, EventValidationError):
+        log.log(level, "%s[%d]@%d is not a valid CloudEvent (%s); wrapping it", *where, exc)
+        try:
+            return wrap_message(
+                record.key,
+                record.value,
+                record.headers,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                timestamp=stamp,
+                error=str(exc),
+            )
+        except Exception as again:
+            exc = again
+    reason = (
+        f"the record cannot be read as an event ({describe(exc)}); read it by topic, "
+        "partition and offset with another Kafka client"
+    )
+    return unreadable_event(*where, reason, level=level)
+
+
+async def read_past_unreadable(
+    client: Any, nexts: Mapping[Any, int], *, timeout_ms: int, max_records: int
+) -> tuple[dict[Any, list[Any]], dict[Any, tuple[int, Exception]]]:
+    """Read again after ``client.getmany`` raised on a record it cannot decode.
+
+    ``nexts`` holds, for each partition the caller reads, the offset after the last
+    record it used (or where it started): the failed call's records are lost, so each
+    partition is moved back there. Then each is read on its own; the one that fails is
+    read again one record at a time, since a one-record call that raises leaves the
+    position at the record it could not decode. Returns the records read (up to
+    ``max_records``, per partition in offset order) and, for a partition that holds an
+    unreadable record, its offset and the error; the position is then past it, so the
+    caller's next ``getmany`` goes on after it. Client errors are raised as they are.
+    """
+    for tp, offset in nexts.items():
+        if await client.position(tp) != offset:
+            client.seek(tp, offset)
+    records: dict[Any, list[Any]] = {}
+    bad: dict[Any, tuple[int, Exception]] = {}
+    room = max_records
+    for tp, offset in nexts.items():
+        highwater = client.highwater(tp)
+        if room <= 0 or (highwater is not None and offset >= highwater):
+            continue
+        try:
+            got = (await client.getmany(tp, timeout_ms=timeout_ms, max_records=room)).get(tp)
+        except CLIENT_ERRORS:
+            raise
+        except Exception:  # the unreadable record is here: read one record at a time
+            client.seek(tp, offset)
+            got = []
+            while len(got) < room:
+                try:
+                    one = await client.getmany(tp, timeout_ms=timeout_ms, max_records=1)
+                except CLIENT_ERRORS:
+                    raise
+                except Exception as exc:  # the position is left at the unreadable record
+                    at = int(await client.position(tp))
+                    bad[tp] = (at, exc)
+                    client.seek(tp, at + 1)
+                    break
+                if not one:
+                    break
+                got.extend(one.get(tp, ()))
+        if got:
+            records[tp] = got
+            room -= len(got)
+    return records, bad

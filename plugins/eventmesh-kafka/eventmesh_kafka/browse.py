@@ -20,12 +20,21 @@ from typing import Any
 import anyio
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from eventmesh.bindings.kafka import from_message, wrap_message
+from eventmesh.bindings.kafka import from_message
 from eventmesh.connectors.base import StoredEvent
 from eventmesh.connectors.browse import READ_TIMEOUT, check_read, merge_by_time
-from eventmesh.errors import EventValidationError, SubscribeError
+from eventmesh.errors import SubscribeError
 from eventmesh.event import Event
-from eventmesh_kafka._errors import tolerated, translated
+from eventmesh_kafka._errors import (
+    CLIENT_ERRORS,
+    read_past_unreadable,
+    record_time,
+    tolerated,
+    translated,
+    unreadable,
+    unreadable_event,
+    wrap_record,
+)
 
 __all__ = ["read_topic"]
 
@@ -115,10 +124,20 @@ async def _plan(
 async def _fetch(
     client: Any, topic: str, plan: dict[Any, int], runs: dict[int, list[StoredEvent]], limit: int
 ) -> None:
-    """Read each planned partition until it has ``limit`` records or reaches its end."""
+    """Read each planned partition until it has ``limit`` records or reaches its end; a
+    record the client cannot decode is read as an unreadable one (read_past_unreadable)."""
     pending = dict(plan)
+    nexts = {tp: int(await client.position(tp)) for tp in plan}
     while pending:
-        batches = await client.getmany(*pending, timeout_ms=_POLL_MS, max_records=limit)
+        bad: dict[Any, tuple[int, Exception]] = {}
+        try:
+            batches = await client.getmany(*pending, timeout_ms=_POLL_MS, max_records=limit)
+        except CLIENT_ERRORS:
+            raise
+        except Exception:  # a record aiokafka cannot decode
+            batches, bad = await read_past_unreadable(
+                client, {tp: nexts[tp] for tp in pending}, timeout_ms=_POLL_MS, max_records=limit
+            )
         for tp, records in batches.items():
             run = runs[tp.partition]
             end = pending.get(tp)
@@ -128,6 +147,13 @@ async def _fetch(
                 if record.offset >= end or len(run) >= limit:
                     break
                 run.append(_stored(topic, record))
+                nexts[tp] = record.offset + 1
+        for tp, (offset, exc) in bad.items():
+            run = runs[tp.partition]
+            if offset < pending.get(tp, 0) and len(run) < limit:
+                event = unreadable_event(topic, tp.partition, offset, unreadable(exc))
+                run.append(StoredEvent(event, tp.partition, offset, None))
+            nexts[tp] = offset + 1
         for tp in list(pending):
             if len(runs[tp.partition]) >= limit or await client.position(tp) >= pending[tp]:
                 del pending[tp]
@@ -135,16 +161,11 @@ async def _fetch(
 
 
 def _stored(topic: str, record: Any) -> StoredEvent:
-    stamp = record.timestamp / 1000 if record.timestamp >= 0 else None
+    stamp = record_time(record.timestamp)
     position = {"topic": topic, "partition": record.partition, "offset": record.offset}
     event: Event
     try:
         event = from_message(record.key, record.value, record.headers, timestamp=stamp, **position)
-    except EventValidationError as exc:
-        log.debug(
-            "%s[%d]@%d is not a valid CloudEvent (%s)", topic, record.partition, record.offset, exc
-        )
-        event = wrap_message(
-            record.key, record.value, record.headers, timestamp=stamp, error=str(exc), **position
-        )
+    except Exception as exc:  # no record is left out: it is read wrapped
+        event = wrap_record(record, stamp, exc, level=logging.DEBUG)
     return StoredEvent(event, record.partition, record.offset, stamp)

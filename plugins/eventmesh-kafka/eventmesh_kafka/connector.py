@@ -34,6 +34,7 @@ from eventmesh.connectors.base import (
     StoredEvent,
 )
 from eventmesh.errors import (
+    ClosedError,
     ConnectError,
     ConnectorError,
     PublishError,
@@ -63,8 +64,8 @@ _CAPABILITIES: Final = Capabilities(
 _TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 _HEALTH_TIMEOUT: Final = 5.0
 _HEADROOM: Final = 4096
-"""Bytes a record's key, headers and framing may add to its value before the exact
-size is worth computing (events carry their attributes as headers)."""
+"""Bytes the framing of a record may add to its key, value and headers: a record whose
+parts are this close to ``max_request_size`` has its exact size computed."""
 
 
 def _check_name(topic: object) -> str:
@@ -194,6 +195,10 @@ class KafkaConnector(Connector):
                 with anyio.CancelScope(shield=True):
                     await self._stop_clients(new, None)
                 raise
+            if self._producer is not old:  # closed meanwhile: the new one is not wanted
+                with anyio.CancelScope(shield=True):
+                    await self._stop_clients(new, None)
+                raise self._closed_error()
             self._producer, self._broken = new, None
             log.info("connector %r: replaced its Kafka producer after failed sends", self.name)
         with anyio.CancelScope(shield=True):
@@ -248,10 +253,15 @@ class KafkaConnector(Connector):
                 f"creating Kafka topic {topic!r} ({config.partitions} partitions, "
                 f"replication factor {replicas})"
             )
-            with translated(kind, where):
-                response = await self._admin.create_topics(
-                    [NewTopic(topic, config.partitions, replicas)]
-                )
+            try:
+                with translated(kind, where):
+                    response = await self._live(self._admin).create_topics(
+                        [NewTopic(topic, config.partitions, replicas)]
+                    )
+            except ConnectorError as exc:
+                if not self.is_open:  # close() stopped the admin client meanwhile
+                    raise self._closed_error() from exc
+                raise
             for name, code, *rest in response.topic_errors:
                 if not is_success(code, exists_ok=True):
                     raise refused(kind, where, code, rest[0] if rest else None)
@@ -279,7 +289,7 @@ class KafkaConnector(Connector):
         await self.ensure_topic(topic, PublishError)
         if self._broken is not None:
             await self._renew_producer()
-        producer = self._producer
+        producer = self._live(self._producer)
         where = f"publishing to Kafka topic {topic!r}"
         send = producer.send
         futures: list[asyncio.Future[Any]] = []
@@ -292,11 +302,15 @@ class KafkaConnector(Connector):
                         value = b""
                     futures.append(await send(topic, value=value, key=key, headers=headers))
                 results = await asyncio.gather(*futures, return_exceptions=True)
-        except BaseException:
+        except BaseException as exc:
             for future in futures:
                 future.add_done_callback(_retrieve)
+            if isinstance(exc, PublishError) and not self.is_open:
+                raise self._closed_error() from exc
             raise
         failed = [r for r in results if isinstance(r, BaseException)]
+        if failed and not self.is_open:
+            raise self._closed_error() from failed[0]
         if failed:
             self._broken = producer
             count = f"{len(failed)} of {len(events)} events were not stored"
@@ -305,11 +319,17 @@ class KafkaConnector(Connector):
     def _check_sizes(self, topic: str, messages: list[Message]) -> None:
         """``RejectedError`` before anything is sent when a record is larger than
         ``max_request_size``, as aiokafka would find only once earlier events of the call
-        were sent. A comparison per event; the exact size only for those near the bound."""
+        were sent. The key, the value and every header count (a large extension makes a
+        large record too); the exact size, as aiokafka computes it, only for records near
+        the bound. Header names are ASCII (``ce_`` and an extension name, or
+        ``content-type``), so their length is their size."""
         limit = self.config.max_request_size
         near = limit - _HEADROOM
         for i, (key, value, headers) in enumerate(messages):
-            if value is None or len(value) <= near:
+            size = (len(value) if value else 0) + (len(key) if key else 0)
+            for name, raw in headers:
+                size += len(name) + (len(raw) if raw else 0)
+            if size <= near:
                 continue
             size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
             if size > limit:
@@ -353,7 +373,21 @@ class KafkaConnector(Connector):
         self._check_open()
         _check_name(topic)
         options = self.client_options()
-        return await read_topic(options, self._admin, topic, since=since, after=after, limit=limit)
+        admin = self._live(self._admin)
+        return await read_topic(options, admin, topic, since=since, after=after, limit=limit)
+
+    def _live(self, client: Any) -> Any:
+        """``client`` (the producer or the admin client, read after an await), or
+        ``ClosedError`` when ``close()`` took it away meanwhile."""
+        if client is None:
+            raise self._closed_error()
+        return client
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(
+            f"connector {self.name!r} was closed while the call was in progress; events "
+            "of a publish may or may not have been stored"
+        )
 
     # -- for the consumers ---------------------------------------------------------------
 

@@ -11,11 +11,16 @@ event, in any order. This module bridges the two:
   when the group takes a partition away, and on close. Auto-commit is off.
 * ``nack(delay)`` keeps the event in this process and hands it out again once the delay
   has passed, with ``attempt`` one higher; its offset holds the commit back meanwhile.
+  While ``max_poll_records`` nacked events wait (or the fetch's ``max_events``, if
+  more), the member reads no new records: its partitions are paused (it keeps polling,
+  so it stays in the group) until some were handed out again.
 * When a partition is assigned, the member first pauses it, then settles its position:
   the group's committed offset, or, for a group that has none, the start position
   (earliest, latest, or the first record at a time), which it commits at once. So
   ``latest`` means "from when start() returned", for this member and whichever member
-  owns the partition next. ``start()`` returns only once this is done.
+  owns the partition next. ``start()`` returns only once this is done. A partition
+  first assigned after that (one added to the topic later) starts, for ``latest``, at
+  the first record stored at or after the moment ``start()`` returned (its end if none).
 * When a partition is revoked, the member stops handing it out, commits what was acked,
   and forgets the rest: the next owner reads it again from the commit.
 """
@@ -33,11 +38,19 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
-from eventmesh.bindings.kafka import from_message, wrap_message
+from eventmesh.bindings.kafka import from_message
 from eventmesh.connectors.base import Consumer, Delivery, StartPosition
-from eventmesh.errors import EventValidationError, SubscribeError
+from eventmesh.errors import SubscribeError
 from eventmesh.event import Event
-from eventmesh_kafka._errors import tolerated, translated
+from eventmesh_kafka._errors import (
+    read_past_unreadable,
+    record_time,
+    tolerated,
+    translated,
+    unreadable,
+    unreadable_event,
+    wrap_record,
+)
 
 if TYPE_CHECKING:
     from eventmesh_kafka.connector import KafkaConnector
@@ -171,6 +184,9 @@ class KafkaConsumer(Consumer):
         self._last_commit = time.monotonic()
         self._committing = False
         self._generation = 0  # counts rebalance callbacks, so a stale _settle gives up
+        self._started_ms: int | None = None  # when start() returned, in epoch ms
+        self._max_held = self._config.max_poll_records
+        self._full = False  # True while nacked events fill the bound: partitions paused
 
     def lag(self) -> int | None:
         """Records after the group's commit point in the partitions this member holds,
@@ -215,6 +231,7 @@ class KafkaConsumer(Consumer):
                     self._client.subscribe([self.topic], listener=_Listener(self))
                     await self._client.start()
                 await self._ready.wait()
+                self._started_ms = int(time.time() * 1000)
             if scope.cancelled_caught:
                 raise SubscribeError(
                     f"joining {self._where}: no partition assignment within {limit:.0f}s; "
@@ -256,11 +273,14 @@ class KafkaConsumer(Consumer):
             out = self._due(max_events)
             if out:
                 return out
+            if (len(self._redeliveries) >= max(self._max_held, max_events)) is not self._full:
+                self._hold(client)
             now = time.monotonic()
             if self._commit_due(now):
                 await self._commit(client)
             wait = self._wait(now, deadline)
             records: dict[Any, list[Any]] = {}
+            poisoned = False
             # The scope's deadline also bounds the wait aiokafka makes, whatever its
             # timeout_ms, while its group rebalances.
             with anyio.CancelScope(deadline=anyio.current_time() + wait + 0.05) as scope:
@@ -274,16 +294,38 @@ class KafkaConsumer(Consumer):
                     if self.closed:  # aiokafka refuses a stopped consumer's poll
                         return []
                     raise
+                except Exception as exc:  # a record aiokafka cannot decode
+                    log.debug("%s: reading past a record: %r", self._where, exc)
+                    poisoned = True
                 finally:
                     self._wake = None
             if self.closed:
                 return []
-            if records:
+            if poisoned:
+                out = await self._salvage(client, max_events)
+                if out:
+                    return out
+            elif records:
                 out = self._deliveries(records)
                 if out:
                     return out
             if deadline is not None and time.monotonic() >= deadline:
                 return []
+
+    def _hold(self, client: Any) -> None:
+        """Pause every held partition while nacked events waiting for their delay reach
+        the bound (``max_poll_records``, or the fetch's ``max_events`` if larger), and
+        resume them once fewer wait: memory stays bounded however many are nacked.
+        ``getmany`` is still called meanwhile, so the member stays in its group."""
+        self._full = not self._full
+        tps = [p.tp for p in self._parts.values()]
+        if not tps:
+            return
+        with tolerated(f"pausing or resuming {self._where}"):
+            if self._full:
+                client.pause(*tps)
+            else:
+                client.resume(*tps)
 
     def _wait(self, now: float, deadline: float | None) -> float:
         """How long the next poll may wait: until the deadline, the next redelivery, the
@@ -340,7 +382,7 @@ class KafkaConsumer(Consumer):
             partition = tp.partition
             for record in batch:
                 offset = record.offset
-                stamp = record.timestamp / 1000 if record.timestamp >= 0 else None
+                stamp = record_time(record.timestamp)
                 try:
                     event = from_message(
                         record.key,
@@ -351,31 +393,37 @@ class KafkaConsumer(Consumer):
                         offset=offset,
                         timestamp=stamp,
                     )
-                except EventValidationError as exc:
-                    event = self._wrapped(record, stamp, exc)
+                except Exception as exc:  # no record is dropped: it is delivered wrapped
+                    event = wrap_record(record, stamp, exc)
                 part.handed_out(offset)
                 key = event.partitionkey
                 append(_KafkaDelivery(self, part, event, topic, partition, offset, key, 1, stamp))
         return out
 
-    def _wrapped(self, record: Any, stamp: float | None, exc: EventValidationError) -> Event:
-        log.warning(
-            "%s[%d]@%d is not a valid CloudEvent (%s); delivering it wrapped",
-            record.topic,
-            record.partition,
-            record.offset,
-            exc,
-        )
-        return wrap_message(
-            record.key,
-            record.value,
-            record.headers,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp=stamp,
-            error=str(exc),
-        )
+    async def _salvage(self, client: Any, max_events: int) -> list[Delivery]:
+        """After ``getmany`` raised on a record it cannot decode: deliver the records
+        before it (that call lost them) and the record itself, wrapped, so it is handled
+        (dead-lettered) and committed like any other; see read_past_unreadable."""
+        parts = [p for p in self._parts.values() if p.live]
+        with translated(SubscribeError, f"fetching for {self._where}"):
+            records, bad = await read_past_unreadable(
+                client,
+                {p.tp: p.next for p in parts},
+                timeout_ms=int(_IDLE_POLL * 1000),
+                max_records=max_events,
+            )
+        out = self._deliveries(records)
+        topic = self.topic
+        for tp, (offset, exc) in bad.items():
+            part = self._parts.get(tp.partition)
+            if part is None or not part.live:
+                continue
+            event = unreadable_event(topic, tp.partition, offset, unreadable(exc))
+            part.handed_out(offset)
+            out.append(
+                _KafkaDelivery(self, part, event, topic, tp.partition, offset, None, 1, None)
+            )
+        return out
 
     # -- acks, nacks and commits ---------------------------------------------------------
 
@@ -428,6 +476,9 @@ class KafkaConsumer(Consumer):
             return
         for part in parts:
             part.live = False
+        # Their nacked events are the next owner's now: they no longer count as held.
+        self._redeliveries = [item for item in self._redeliveries if item[2]._part.live]
+        heapq.heapify(self._redeliveries)
         todo = {p.tp: p.commit_to for p in parts if p.commit_to > p.committed}
         client = self._client
         if todo and client is not None:
@@ -480,7 +531,8 @@ class KafkaConsumer(Consumer):
             if old is not None:
                 old.live = False
             self._parts[tp.partition] = _Partition(tp, positions[tp])
-        client.resume(*ready)
+        if not self._full:  # else resumed with the others once redeliveries went out
+            client.resume(*ready)
 
     async def _positions(self, client: Any, tps: list[Any]) -> dict[Any, int]:
         committed = {tp: await client.committed(tp) for tp in tps}
@@ -498,8 +550,13 @@ class KafkaConsumer(Consumer):
         if start == "earliest":
             return dict(await client.beginning_offsets(fresh))
         if start == "latest" or not isinstance(start, datetime):
-            return dict(await client.end_offsets(fresh))
-        stamp = max(0, int(start.timestamp() * 1000))
+            if self._started_ms is None:  # joining: "latest" is now
+                return dict(await client.end_offsets(fresh))
+            # A partition first held after start() returned (one added to the topic
+            # since): "latest" is still when start() returned, not now.
+            stamp = self._started_ms
+        else:
+            stamp = max(0, int(start.timestamp() * 1000))
         found = await client.offsets_for_times(dict.fromkeys(fresh, stamp))
         missing = [tp for tp in fresh if found.get(tp) is None]
         ends = dict(await client.end_offsets(missing)) if missing else {}

@@ -31,7 +31,15 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from eventmesh.connectors.base import StateStore
 from eventmesh.errors import ClosedError, ConnectError, PublishError
-from eventmesh_kafka._errors import is_success, refused, tolerated, translated
+from eventmesh_kafka._errors import (
+    CLIENT_ERRORS,
+    describe,
+    is_success,
+    read_past_unreadable,
+    refused,
+    tolerated,
+    translated,
+)
 
 if TYPE_CHECKING:
     from eventmesh_kafka.connector import KafkaConnector
@@ -43,6 +51,8 @@ log = logging.getLogger(__name__)
 _COMPACT: Final = {"cleanup.policy": "compact"}
 _POLL_MS: Final = 1_000
 """The longest single wait for new records while loading or watching."""
+_SALVAGE: Final = 500
+"""Records read at most by one pass past a record that cannot be decoded."""
 
 
 class KafkaStateStore(StateStore):
@@ -212,12 +222,11 @@ class KafkaStateStore(StateStore):
             with translated(ConnectError, where):
                 await consumer.seek_to_beginning(*assigned)
                 ends: dict[TopicPartition, int] = await consumer.end_offsets(assigned)
+                nexts = {tp: int(await consumer.position(tp)) for tp in assigned}
                 with anyio.fail_after(timeout):
                     while [tp for tp in assigned if await consumer.position(tp) < ends[tp]]:
-                        batch = await consumer.getmany(*assigned, timeout_ms=_POLL_MS)
-                        for records in batch.values():
-                            for record in records:
-                                _apply(values, record, ends)
+                        for record in await self._records(consumer, nexts):
+                            _apply(values, record, ends)
         except TimeoutError as exc:
             self._check()
             raise ConnectError(
@@ -252,22 +261,52 @@ class KafkaStateStore(StateStore):
                 else:
                     for tp in assigned:
                         consumer.seek(tp, starts.get(tp.partition, 0))
+                nexts = {tp: int(await consumer.position(tp)) for tp in assigned}
             while True:
                 try:
                     with translated(ConnectError, where):
-                        batch = await consumer.getmany(*assigned, timeout_ms=_POLL_MS)
+                        records = await self._records(consumer, nexts)
                 except ConnectError:
                     if self._closed:
                         return
                     raise
                 if self._closed:
                     return
-                for records in batch.values():
-                    for record in records:
-                        if record.key is not None:
-                            yield record.key.decode("utf-8", "replace"), record.value
+                for record in records:
+                    if record.key is not None:
+                        yield record.key.decode("utf-8", "replace"), record.value
         finally:
             await self._release(consumer)
+
+    async def _records(self, consumer: Any, nexts: dict[TopicPartition, int]) -> list[Any]:
+        """The next records of every partition in ``nexts`` (which it keeps at the offset
+        after the last record read); a record the client cannot decode is skipped with a
+        warning (see read_past_unreadable), so one bad record cannot lose the state."""
+        bad: dict[Any, tuple[int, Exception]] = {}
+        try:
+            batch = await consumer.getmany(*nexts, timeout_ms=_POLL_MS)
+        except CLIENT_ERRORS:
+            raise
+        except Exception:  # a record aiokafka cannot decode
+            batch, bad = await read_past_unreadable(
+                consumer, nexts, timeout_ms=_POLL_MS, max_records=_SALVAGE
+            )
+        out: list[Any] = []
+        for tp, records in batch.items():
+            if records:
+                out.extend(records)
+                nexts[tp] = records[-1].offset + 1
+        for tp, (offset, exc) in bad.items():
+            log.warning(
+                "%s: skipping the record at offset %d of partition %d, which cannot be "
+                "decoded (%s); the key it set, if any, keeps its earlier value",
+                self._where,
+                offset,
+                tp.partition,
+                describe(exc),
+            )
+            nexts[tp] = offset + 1
+        return out
 
 
 def _apply(values: dict[str, bytes], record: Any, ends: dict[TopicPartition, int]) -> None:

@@ -7,13 +7,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import anyio
 import pytest
 
 from eventmesh_kafka import KafkaConfig, KafkaConnector
@@ -106,3 +109,56 @@ async def kafka(kafka_config: KafkaConfig) -> AsyncIterator[KafkaConnector]:
 def topic() -> str:
     """A topic name no other test uses."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+RawRecord = dict[str, Any]
+"""A record for :func:`produce_raw`: ``value`` and ``key`` (text or None), ``headers``
+(name, value) pairs, ``partition``, ``timestamp_ms``, and ``unreadable: True`` for a
+header whose name is not UTF-8. A list of records is sent as one batch."""
+
+_PRODUCE_RAW = r"""
+import asyncio, json, os, sys
+from aiokafka import AIOKafkaProducer
+
+class NotUtf8(str):  # aiokafka's pure-Python encoder writes what encode() returns
+    def encode(self, *args, **kwargs):
+        return b"ce_\xff\xfe"
+
+def options(record):
+    headers = [(name, value.encode()) for name, value in record.get("headers", [])]
+    if record.get("unreadable"):
+        headers.append((NotUtf8("x"), b"v"))
+    encode = lambda text: None if text is None else text.encode()
+    return dict(
+        value=encode(record.get("value")), key=encode(record.get("key")), headers=headers,
+        partition=record.get("partition", 0), timestamp_ms=record.get("timestamp_ms"),
+    )
+
+async def main(bootstrap, topic, sends):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=100)
+    await producer.start()
+    try:
+        for send in sends:
+            batch = send if isinstance(send, list) else [send]
+            futures = [await producer.send(topic, **options(r)) for r in batch]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+"""
+
+
+@pytest.fixture
+def produce_raw(kafka_bootstrap: str) -> Callable[[str, list[Any]], Awaitable[None]]:
+    """Send records as a foreign producer would, including ones aiokafka cannot read back
+    (a header name that is not UTF-8: its pure-Python encoder sends any bytes)."""
+
+    async def produce(topic: str, sends: list[RawRecord | list[RawRecord]]) -> None:
+        env = {**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"}
+        args = [sys.executable, "-c", _PRODUCE_RAW, kafka_bootstrap, topic, json.dumps(sends)]
+        with anyio.fail_after(60):
+            done = await anyio.run_process(args, env=env, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+
+    return produce

@@ -279,6 +279,16 @@ def test_a_foreign_record_keeps_its_bytes() -> None:
     assert event.extensions == {}
 
 
+@pytest.mark.parametrize("timestamp", [300_000_000_000.0, 253_402_300_800.0, -1e12, 1e300])
+def test_a_timestamp_no_datetime_holds_gives_no_time(timestamp: float) -> None:
+    """Kafka stores any 64-bit CreateTime: one past year 9999 (or before year 1) is read
+    as no time, not an error that would strand the record."""
+    event = from_message(None, b"x", [], topic="t", partition=0, offset=3, timestamp=timestamp)
+    assert event.id == "t-0-3"
+    assert event.time is None
+    assert event.data == b"x"
+
+
 def test_a_foreign_record_needs_its_position() -> None:
     """Without topic, partition and offset a foreign record cannot be named: it says so."""
     with pytest.raises(EventValidationError, match="not a CloudEvent"):

@@ -6,16 +6,25 @@ import importlib
 from datetime import UTC, datetime
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.errors import KafkaError
 
 import eventmesh
 from eventmesh.connectors import available_connectors, load_connector
-from eventmesh.errors import ConfigError, ConnectError, PublishError, RejectedError, SubscribeError
+from eventmesh.errors import (
+    ClosedError,
+    ConfigError,
+    ConnectError,
+    PublishError,
+    RejectedError,
+    SubscribeError,
+)
 from eventmesh.event import Event
-from eventmesh.testing import collect
+from eventmesh.testing import collect, eventually
 from eventmesh_kafka import KafkaConfig, KafkaConnector
 
 
@@ -233,3 +242,119 @@ async def test_a_nacked_event_holds_the_commit_back(kafka: KafkaConnector, topic
         again = await collect(consumer, 3, timeout=20)
     assert [d.offset for d in again] == [first.offset, *(d.offset for d in rest)]
     assert again[0].event == first.event
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_an_event_too_large_by_its_headers_is_rejected_before_any_is_sent(
+    kafka: KafkaConnector, topic: str
+) -> None:
+    """An event whose extension makes its record too large is refused as a whole call:
+    RejectedError, and none of the call's events is stored."""
+    small = Event(type="t", source="/s", id="first", data={"a": 1})
+    large = Event(type="t", source="/s", id="second", extensions={"blob": "x" * 1_100_000})
+    await kafka.publish(topic, [Event(type="t", source="/s", id="before")])
+    with pytest.raises(RejectedError, match="event 1 of the call"):
+        await kafka.publish(topic, [small, large])
+    await kafka.publish(topic, [Event(type="t", source="/s", id="after")])
+    stored = await kafka.read(topic, limit=10)
+    assert sorted(s.event.id for s in stored) == ["after", "before"]
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+@pytest.mark.parametrize("steps", [0, 1, 2, 3, 5, 10, 30, 100, 300])
+async def test_a_publish_racing_close_returns_or_raises_closed_error(
+    kafka_config: KafkaConfig, topic: str, steps: int
+) -> None:
+    """close() while a publish (of a topic not yet created) is on its way: the publish
+    returns or raises ClosedError, never a client's AttributeError, whichever await it
+    was at (``steps`` loop turns after it started)."""
+    outcome: list[BaseException | None] = []
+
+    async def publish(connector: KafkaConnector) -> None:
+        try:
+            await connector.publish(topic, [Event(type="t", source="/s")])
+        except Exception as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    connector = KafkaConnector(kafka_config)
+    await connector.open()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(publish, connector)
+        for _ in range(steps):
+            await anyio.lowlevel.checkpoint()
+        await connector.close()
+    (result,) = outcome
+    assert result is None or isinstance(result, ClosedError), repr(result)
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_nacked_events_waiting_for_their_delay_are_bounded(
+    kafka_config: KafkaConfig, topic: str
+) -> None:
+    """While max_poll_records nacked events wait for their delay, the member reads no new
+    records; once they are handed out again it goes on, and every event gets through."""
+    config = msgspec.structs.replace(kafka_config, max_poll_records=20)
+    total, batch, most = 60, 10, 0
+    acked: set[str] = set()
+    waiting = 0  # nacked, not yet handed out again
+    async with (
+        KafkaConnector(config) as connector,
+        connector.subscribe(topic, "g", start="earliest") as consumer,
+    ):
+        await connector.publish(topic, [Event(type="t", source="/s") for _ in range(total)])
+        with anyio.fail_after(120):
+            while len(acked) < total:
+                for delivery in await consumer.fetch(batch, timeout=1):
+                    if delivery.attempt == 1:
+                        await delivery.nack(1.0)
+                        waiting += 1
+                    else:
+                        waiting -= 1
+                        acked.add(delivery.event.id)
+                        await delivery.ack()
+                most = max(most, waiting)
+    assert most <= 20 + batch
+
+
+@pytest.mark.kafka
+@pytest.mark.anyio
+async def test_latest_on_a_partition_added_later_starts_when_start_returned(
+    kafka_config: KafkaConfig, kafka_bootstrap: str, topic: str
+) -> None:
+    """A group at 'latest' that gets a partition added after it joined reads it from when
+    start() returned, so events stored there before the member noticed it are not lost."""
+    config = msgspec.structs.replace(kafka_config, partitions=1)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    async with KafkaConnector(config) as connector, connector.subscribe(topic, "g") as consumer:
+        await admin.start()
+        await producer.start()
+        try:
+            await admin.create_partitions({topic: NewPartitions(total_count=2)})
+            for name in ("early", "early too"):
+                headers = [("ce_specversion", b"1.0"), ("ce_id", name.encode())]
+                headers += [("ce_source", b"/s"), ("ce_type", b"t")]
+                await producer.send_and_wait(topic, b"{}", partition=1, headers=headers)
+            ids: list[str] = []
+
+            async def holds_the_new_partition() -> bool:
+                # aiokafka notices new partitions at its next metadata refresh (every
+                # 5 minutes by default): ask for one now.
+                consumer._client._client.force_metadata_update()
+                ids.extend(d.event.id for d in await consumer.fetch(10, timeout=0.2))
+                return 1 in consumer._parts
+
+            await eventually(holds_the_new_partition, timeout=60, what="partition 1 held")
+            await connector.publish(topic, [Event(type="t", source="/s", id="late")])
+            with anyio.fail_after(60):
+                while "late" not in ids:
+                    ids.extend(d.event.id for d in await consumer.fetch(10, timeout=0.5))
+        finally:
+            await producer.stop()
+            await admin.close()
+    assert sorted(ids) == ["early", "early too", "late"]  # "late" may be on partition 0
