@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
@@ -67,6 +67,9 @@ _ROUND_WAIT = 2.0
 """Seconds to wait for the acks of one round of sends before sending the rest again."""
 _POLL = 5.0
 """Longest wait of one round of fetch when it has no timeout."""
+_CLOCK_SLACK = 1.0
+"""Seconds subtracted from a member's own clock where the server's clock decides (a
+consumer made again starts by the server's store times)."""
 _REFUSED_WAIT = 0.5
 """Seconds fetch waits before asking again after the server refused a pull request."""
 _NOT_JETSTREAM: tuple[type[BaseException], ...] = (*NATS_ERRORS, IndexError)
@@ -446,6 +449,8 @@ class JetStreamConsumer(Consumer):
         self.nc: NATS | None = None
         self._scope: anyio.CancelScope | None = None
         self._alive = 0.0  # when the consumer last gave something, or was checked
+        self._joined = 0.0  # wall-clock time the member joined (start() returned)
+        self._seen: float | None = None  # store time of the newest message handed out
         self.outstanding: set[JetStreamDelivery] = set()
         self._pending: int | None = None  # num_pending of the last message fetched
         self.redelivery_timeout = float(connector.config.consumer.ack_wait)
@@ -466,6 +471,7 @@ class JetStreamConsumer(Consumer):
             await puller.start()
             self._puller = puller
         self._alive = time.monotonic()
+        self._joined = time.time()
         connector.consumers.add(self)
 
     def _where(self, stream: str) -> str:
@@ -495,10 +501,36 @@ class JetStreamConsumer(Consumer):
         connector.streams.forget(self.topic)
         await connector.streams.ensure(self.topic, subject, stream, SubscribeError)
         with translated(SubscribeError, self._where(stream)):
-            await self._ensure_consumer(connector.js, stream, durable, subject)
+            await self._ensure_consumer(connector.js, stream, durable, subject, self._resume())
+
+    def _resume(self) -> datetime | None:
+        """Where a consumer made again starts: the group's progress went with the old
+        one, so from the store time of the oldest message this member holds unacked,
+        else of the newest it was handed (delivered again: at least once), else, for
+        ``latest``, from when it joined, less a second for the server's clock. Not the
+        original start: ``latest`` would skip what was stored while the consumer was
+        gone, though acked to its producers. (A time, not a sequence: a stream made
+        again numbers from 1.) None: the original start holds (earliest, or a time
+        after these)."""
+        held = [d.timestamp for d in self.outstanding if d.timestamp is not None]
+        stamp = min(held) if held else self._seen
+        if stamp is None:
+            if self._start_at != "latest":
+                return None
+            stamp = self._joined - _CLOCK_SLACK
+        resume = datetime.fromtimestamp(stamp, UTC)
+        start = self._start_at
+        if start == "earliest" or (isinstance(start, datetime) and start > resume):
+            return None
+        return resume
 
     async def _ensure_consumer(
-        self, js: JetStreamContext, stream: str, durable: str, subject: str
+        self,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        subject: str,
+        resume: datetime | None = None,
     ) -> None:
         where = self._where(stream)
         try:
@@ -522,7 +554,10 @@ class JetStreamConsumer(Consumer):
             filter_subject=subject,
             inactive_threshold=settings.inactive_threshold,
         )
-        if start == "earliest":
+        if resume is not None:  # made again: see _resume
+            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            config.opt_start_time = resume
+        elif start == "earliest":
             config.deliver_policy = DeliverPolicy.ALL
         elif start == "latest":
             config.deliver_policy = DeliverPolicy.NEW
@@ -634,6 +669,9 @@ class JetStreamConsumer(Consumer):
             append(JetStreamDelivery(self, msg, event, sequence, attempt, stamp))
         if out:
             self.outstanding.update(out)
+            newest = out[-1].timestamp
+            if newest is not None and (self._seen is None or newest > self._seen):
+                self._seen = newest
             last_msg = out[-1]._msg
             last = last_msg.reply.split(".")
             try:

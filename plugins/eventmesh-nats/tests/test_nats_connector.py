@@ -572,6 +572,34 @@ async def test_a_deleted_group_consumer_is_made_again(
 
 @pytest.mark.nats
 @pytest.mark.anyio
+@pytest.mark.parametrize("seen", [True, False], ids=["after-a-delivery", "before-any"])
+async def test_a_consumer_made_again_delivers_what_was_stored_while_it_was_gone(
+    make: Factory, topic: str, raw_nats: Any, seen: bool
+) -> None:
+    """A 'latest' member whose consumer is deleted, with events stored (and acked to
+    their producer) before it notices, gets those events from the consumer it makes
+    again: it resumes from the last message it was handed (or from when it joined),
+    not from 'latest' again, which skipped them."""
+    connector = make(consumer=ConsumerSettings(recheck=0.3))
+    async with connector, connector.subscribe(topic, "phoenix") as consumer:
+        if seen:
+            await connector.publish(topic, _events(1))
+            (first,) = await collect(consumer, 1, timeout=10)
+            await first.ack()
+        _, stream = connector.route(topic, PublishError)
+        await raw_nats.jetstream().delete_consumer(stream, "phoenix")
+        gone = [Event(type="t", source="/s", id=f"gone-{n}") for n in range(3)]
+        await connector.publish(topic, gone)  # stored while no consumer exists
+        got: set[str] = set()
+        with anyio.fail_after(30):
+            while not {"gone-0", "gone-1", "gone-2"} <= got:
+                for delivery in await consumer.fetch(10, timeout=0.5):
+                    got.add(delivery.event.id)
+                    await delivery.ack()
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
 async def test_a_group_name_taken_by_a_push_consumer_is_refused(
     make: Factory, topic: str, raw_nats: Any
 ) -> None:
