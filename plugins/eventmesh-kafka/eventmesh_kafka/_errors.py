@@ -17,14 +17,9 @@ What aiokafka raises, and what it becomes::
     ValueError, RuntimeError (only while building clients: a setting   -> the given kind
         aiokafka refuses, a compression library that is missing)
 
-Each message says what failed and where (the topic, the group, the servers), gives the
-broker's own reason, and ends with what to do when there is something to do.
-
-A record aiokafka cannot decode is another matter: ``getmany`` raises whatever decoding
-it raised (``UnicodeDecodeError`` for a header name that is not UTF-8, which Kafka
-itself never checks), loses the records it had already taken for that call, and raises
-again on every later call. :func:`read_past_unreadable` is how every reader of this
-connector gets past such a record without skipping the records before it.
+Each message says what failed and where, gives the broker's own reason, and ends with
+what to do. A record aiokafka cannot decode (``getmany`` raises, for ever, and loses the
+records it had taken) is read past by :func:`read_past_unreadable`; docs/kafka.md.
 """
 
 from __future__ import annotations
@@ -32,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -311,7 +306,12 @@ def wrap_record(
 
 
 async def read_past_unreadable(
-    client: Any, nexts: Mapping[Any, int], *, timeout_ms: int, max_records: int
+    client: Any,
+    nexts: Mapping[Any, int],
+    *,
+    timeout_ms: int,
+    max_records: int,
+    current: Callable[[], bool] = lambda: True,
 ) -> tuple[dict[Any, list[Any]], dict[Any, tuple[int, Exception]]]:
     """Read again after ``client.getmany`` raised on a record it cannot decode.
 
@@ -323,9 +323,14 @@ async def read_past_unreadable(
     ``max_records``, per partition in offset order) and, for a partition that holds an
     unreadable record, its offset and the error; the position is then past it, so the
     caller's next ``getmany`` goes on after it. Client errors are raised as they are.
+    ``current`` is asked after every wait: once it says False (the group rebalanced, or
+    the reader closed), nothing is moved any more and nothing is returned.
     """
     for tp, offset in nexts.items():
-        if await client.position(tp) != offset:
+        position = await client.position(tp)
+        if not current():
+            return {}, {}
+        if position != offset:
             client.seek(tp, offset)
     records: dict[Any, list[Any]] = {}
     bad: dict[Any, tuple[int, Exception]] = {}
@@ -339,6 +344,8 @@ async def read_past_unreadable(
         except CLIENT_ERRORS:
             raise
         except Exception:  # the unreadable record is here: read one record at a time
+            if not current():
+                return {}, {}
             client.seek(tp, offset)
             got = []
             while len(got) < room:
@@ -348,12 +355,16 @@ async def read_past_unreadable(
                     raise
                 except Exception as exc:  # the position is left at the unreadable record
                     at = int(await client.position(tp))
+                    if not current():
+                        return {}, {}
                     bad[tp] = (at, exc)
                     client.seek(tp, at + 1)
                     break
                 if not one:
                     break
                 got.extend(one.get(tp, ()))
+        if not current():
+            return {}, {}
         if got:
             records[tp] = got
             room -= len(got)

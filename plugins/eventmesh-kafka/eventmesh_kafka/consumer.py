@@ -11,9 +11,7 @@ event, in any order. This module bridges the two:
   when the group takes a partition away, and on close. Auto-commit is off.
 * ``nack(delay)`` keeps the event in this process and hands it out again once the delay
   has passed, with ``attempt`` one higher; its offset holds the commit back meanwhile.
-  While ``max_poll_records`` nacked events wait (or the fetch's ``max_events``, if
-  more), the member reads no new records: its partitions are paused (it keeps polling,
-  so it stays in the group) until some were handed out again.
+  While ``max_poll_records`` of them wait, no new record is read (docs/kafka.md).
 * When a partition is assigned, the member first pauses it, then settles its position:
   the group's committed offset, or, for a group that has none, the start position
   (earliest, latest, or the first record at a time), which it commits at once. So
@@ -187,6 +185,7 @@ class KafkaConsumer(Consumer):
         self._started_ms: int | None = None  # when start() returned, in epoch ms
         self._max_held = self._config.max_poll_records
         self._full = False  # True while nacked events fill the bound: partitions paused
+        self._salvages = 0  # reads past an unreadable record, to take partitions in turn
 
     def lag(self) -> int | None:
         """Records after the group's commit point in the partitions this member holds,
@@ -405,13 +404,28 @@ class KafkaConsumer(Consumer):
         before it (that call lost them) and the record itself, wrapped, so it is handled
         (dead-lettered) and committed like any other; see read_past_unreadable."""
         parts = [p for p in self._parts.values() if p.live]
+        if not parts:
+            return []
+        # Each time from the next partition, so that a backlog in the ones read first
+        # cannot keep the one with the unreadable record waiting.
+        self._salvages += 1
+        turn = self._salvages % len(parts)
+        parts = parts[turn:] + parts[:turn]
+        generation = self._generation
+
+        def current() -> bool:  # no rebalance or close since: the offsets still hold
+            return self._generation == generation and not self.closed
+
         with translated(SubscribeError, f"fetching for {self._where}"):
             records, bad = await read_past_unreadable(
                 client,
                 {p.tp: p.next for p in parts},
                 timeout_ms=int(_IDLE_POLL * 1000),
                 max_records=max_events,
+                current=current,
             )
+        if not current():
+            return []  # read under another assignment: the new one reads from its commit
         out = self._deliveries(records)
         topic = self.topic
         for tp, (offset, exc) in bad.items():

@@ -450,7 +450,6 @@ class JetStreamConsumer(Consumer):
         self._scope: anyio.CancelScope | None = None
         self._alive = 0.0  # when the consumer last gave something, or was checked
         self._joined = 0.0  # wall-clock time the member joined (start() returned)
-        self._seen: float | None = None  # store time of the newest message handed out
         self.outstanding: set[JetStreamDelivery] = set()
         self._pending: int | None = None  # num_pending of the last message fetched
         self.redelivery_timeout = float(connector.config.consumer.ack_wait)
@@ -504,25 +503,21 @@ class JetStreamConsumer(Consumer):
             await self._ensure_consumer(connector.js, stream, durable, subject, self._resume())
 
     def _resume(self) -> datetime | None:
-        """Where a consumer made again starts: the group's progress went with the old
-        one, so from the store time of the oldest message this member holds unacked,
-        else of the newest it was handed (delivered again: at least once), else, for
-        ``latest``, from when it joined, less a second for the server's clock. Not the
-        original start: ``latest`` would skip what was stored while the consumer was
-        gone, though acked to its producers. (A time, not a sequence: a stream made
-        again numbers from 1.) None: the original start holds (earliest, or a time
-        after these)."""
-        held = [d.timestamp for d in self.outstanding if d.timestamp is not None]
-        stamp = min(held) if held else self._seen
-        if stamp is None:
-            if self._start_at != "latest":
-                return None
-            stamp = self._joined - _CLOCK_SLACK
-        resume = datetime.fromtimestamp(stamp, UTC)
-        start = self._start_at
-        if start == "earliest" or (isinstance(start, datetime) and start > resume):
+        """Where a consumer made again starts, for ``latest``: the group's progress went
+        with the old one, so from a second before this member joined (for the server's
+        clock), or from the store time of the oldest message it holds unacked if older
+        (its ack would go to the deleted consumer). Events since then come again (at
+        least once); none stored while the consumer was gone is skipped, as a fresh
+        ``latest`` would. (A time, not a sequence: a stream made again numbers from 1.)
+        None for ``earliest`` or a time: the original start still holds, again with
+        repeats and no loss."""
+        if self._start_at != "latest":
             return None
-        return resume
+        stamp = self._joined - _CLOCK_SLACK
+        held = [d.timestamp for d in self.outstanding if d.timestamp is not None]
+        if held:  # the store time is in ns, this float and datetime are not: step back
+            stamp = min(stamp, min(held) - _CLOCK_SLACK)
+        return datetime.fromtimestamp(stamp, UTC)
 
     async def _ensure_consumer(
         self,
@@ -669,9 +664,6 @@ class JetStreamConsumer(Consumer):
             append(JetStreamDelivery(self, msg, event, sequence, attempt, stamp))
         if out:
             self.outstanding.update(out)
-            newest = out[-1].timestamp
-            if newest is not None and (self._seen is None or newest > self._seen):
-                self._seen = newest
             last_msg = out[-1]._msg
             last = last_msg.reply.split(".")
             try:

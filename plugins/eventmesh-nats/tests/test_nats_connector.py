@@ -578,7 +578,7 @@ async def test_a_consumer_made_again_delivers_what_was_stored_while_it_was_gone(
 ) -> None:
     """A 'latest' member whose consumer is deleted, with events stored (and acked to
     their producer) before it notices, gets those events from the consumer it makes
-    again: it resumes from the last message it was handed (or from when it joined),
+    again: it resumes from when it joined (or the oldest message it holds, if older),
     not from 'latest' again, which skipped them."""
     connector = make(consumer=ConsumerSettings(recheck=0.3))
     async with connector, connector.subscribe(topic, "phoenix") as consumer:
