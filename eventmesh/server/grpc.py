@@ -453,10 +453,10 @@ def _nack_error(nack: pb.Nack) -> BaseException | str | None:
 class _Stream:
     """One Subscribe stream: deliveries out while credits last, settlements in.
 
-    Credits beyond ``max_pending`` (the policy's ``max_in_flight``) are not kept, and no
-    more than that many deliveries are out unsettled whatever the client granted: a
-    client that grants billions and never settles holds no more than the HTTP pull API
-    would let it."""
+    No more than ``max_pending`` (the policy's ``max_in_flight``) deliveries are out
+    unsettled whatever the client granted: a client that grants billions and never
+    settles holds no more than the HTTP pull API would let it. Credits are only counted,
+    so a client that grants many at once loses none of them."""
 
     def __init__(
         self,
@@ -471,7 +471,7 @@ class _Stream:
         self.subscription = subscription
         self.context = context
         self.max_pending = max_pending
-        self.credits = min(credits, max_pending)
+        self.credits = credits
         self.error: BaseException | None = None
         self._pending: dict[int, Delivery] = {}
         self._ids = itertools.count(1)
@@ -567,7 +567,7 @@ class _Stream:
                         await delivery.nack(error)
                 self._wake()
             elif kind == "credit":
-                self.credits = min(self.credits + request.credit.n, self.max_pending)
+                self.credits += request.credit.n
                 self._wake()
             else:
                 raise LifecycleError(

@@ -87,12 +87,13 @@ class RawStream:
             return out
 
 
-async def test_credits_beyond_max_in_flight_hold_no_more_deliveries(
+async def test_credits_beyond_max_in_flight_hold_no_more_deliveries_at_once(
     sidecar: tuple[Mesh, str],
 ) -> None:
     """A client that grants billions of credits and settles nothing holds no more than
     the policy's max_in_flight deliveries (prefetch 5 here); each one it settles lets
-    one more out. Before, the server sent and kept every event the topic held."""
+    one more out, its credits still counting. Before, the server sent and kept every
+    event the topic held."""
     mesh, address = sidecar
     await mesh.publish("t", [Event(type="t", source="/s", data=n) for n in range(40)])
     async with grpc.aio.insecure_channel(address) as channel, anyio.create_task_group() as tg:
