@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from eventmesh_nats import NatsConfig, NatsConnector, StreamSettings
+
 REPO = Path(__file__).resolve().parents[3]
 NATS_SH = REPO / "scripts" / "nats.sh"
 
@@ -121,3 +123,16 @@ async def raw_nats(nats_url: str) -> AsyncIterator[Any]:
         yield nc
     finally:
         await nc.close()
+
+
+@pytest.fixture
+def make(nats_url: str, stream_prefix: str) -> Callable[..., Any]:
+    """Build a connector in this session's subject and stream namespace (keyword
+    arguments are NatsConfig fields)."""
+
+    def build(**options: Any) -> NatsConnector:
+        options.setdefault("subject_prefix", f"{stream_prefix.lower()}.")
+        options.setdefault("stream", StreamSettings(name_prefix=stream_prefix))
+        return NatsConnector(NatsConfig(servers=[nats_url], **options))
+
+    return build

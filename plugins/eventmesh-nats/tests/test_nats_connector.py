@@ -35,18 +35,6 @@ Factory = Callable[..., NatsConnector]
 
 
 @pytest.fixture
-def make(nats_url: str, stream_prefix: str) -> Factory:
-    """Build a connector in this session's subject and stream namespace."""
-
-    def build(**options: Any) -> NatsConnector:
-        options.setdefault("subject_prefix", f"{stream_prefix.lower()}.")
-        options.setdefault("stream", StreamSettings(name_prefix=stream_prefix))
-        return NatsConnector(NatsConfig(servers=[nats_url], **options))
-
-    return build
-
-
-@pytest.fixture
 def topic() -> str:
     """A topic no other test uses."""
     return f"conn.{uuid.uuid4().hex[:10]}"

@@ -18,7 +18,7 @@ from eventmesh.bindings.nats import MESSAGE_TYPE
 from eventmesh.connectors.base import Delivery
 from eventmesh.testing import collect
 from eventmesh.testing.polling import eventually
-from eventmesh_nats import NatsConfig, NatsConnector, StreamSettings
+from eventmesh_nats import NatsConnector
 
 pytestmark = [pytest.mark.nats, pytest.mark.anyio]
 
@@ -26,18 +26,6 @@ Factory = Callable[..., NatsConnector]
 
 POISON = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 """Header-less JSON nested far past the decoder's stack (msgspec raises RecursionError)."""
-
-
-@pytest.fixture
-def make(nats_url: str, stream_prefix: str) -> Factory:
-    """A connector in this session's subject and stream namespace."""
-
-    def build(**options: Any) -> NatsConnector:
-        options.setdefault("subject_prefix", f"{stream_prefix.lower()}.")
-        options.setdefault("stream", StreamSettings(name_prefix=stream_prefix))
-        return NatsConnector(NatsConfig(servers=[nats_url], **options))
-
-    return build
 
 
 @pytest.fixture

@@ -14,20 +14,10 @@ import pytest
 
 from eventmesh import Event, PublishError
 from eventmesh.testing import collect
-from eventmesh_nats import ConsumerSettings, NatsConfig, NatsConnector, StreamSettings
+from eventmesh_nats import ConsumerSettings, NatsConnector
 from eventmesh_nats._pull import _EXPIRES
 
 Factory = Callable[..., NatsConnector]
-
-
-@pytest.fixture
-def make(nats_url: str, stream_prefix: str) -> Factory:
-    def build(**options: Any) -> NatsConnector:
-        options.setdefault("subject_prefix", f"{stream_prefix.lower()}.")
-        options.setdefault("stream", StreamSettings(name_prefix=stream_prefix))
-        return NatsConnector(NatsConfig(servers=[nats_url], **options))
-
-    return build
 
 
 @pytest.mark.nats

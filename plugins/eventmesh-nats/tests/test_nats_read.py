@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import pytest
@@ -15,23 +14,11 @@ from eventmesh.deadletters import ReplaySelection, direct_publish, replay
 from eventmesh.delivery.deadletter import dead_letter_event
 from eventmesh.errors import RejectedError
 from eventmesh.testing.browsing import check_read
-from eventmesh_nats import NatsConfig, NatsConnector, StreamSettings
+from eventmesh_nats import NatsConnector
 
 pytestmark = [pytest.mark.nats, pytest.mark.anyio]
 
 Factory = Callable[..., NatsConnector]
-
-
-@pytest.fixture
-def make(nats_url: str, stream_prefix: str) -> Factory:
-    """A connector in this session's subject and stream namespace."""
-
-    def build(**options: Any) -> NatsConnector:
-        options.setdefault("subject_prefix", f"{stream_prefix.lower()}.")
-        options.setdefault("stream", StreamSettings(name_prefix=stream_prefix))
-        return NatsConnector(NatsConfig(servers=[nats_url], **options))
-
-    return build
 
 
 def dead_and_letter(topic: str) -> tuple[Event, Event]:
