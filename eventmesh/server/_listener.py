@@ -123,7 +123,10 @@ class _Connection(asyncio.Protocol):
     # -- the header clock ----------------------------------------------------------------
 
     def headers_in(self) -> None:
-        """A request's headers are parsed: stop the clock."""
+        """A request's headers are parsed: stop the clock. Its body's bytes start no
+        header clock: they may come after the previous request was answered (pipelined
+        requests), and server.http.body_timeout bounds them."""
+        self._idle = False
         self._disarm()
 
     def request_done(self) -> None:

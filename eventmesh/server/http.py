@@ -53,6 +53,8 @@ __all__ = ["KEEPALIVE_INTERVAL", "MAX_PULL", "MAX_WAIT", "create_app"]
 log = logging.getLogger(__name__)
 
 MAX_PULL: Final = 1000
+STREAM_BATCH: Final = 100
+"""Deliveries one write of an event stream carries at most."""
 """The most deliveries one ``GET /subscriptions/{id}/events`` returns."""
 MAX_WAIT: Final = 30.0
 """The longest a long poll waits, in seconds."""
@@ -538,17 +540,37 @@ class _Api:
         )
         await response.prepare(request)
         alive = _connected(request)
+        batch = min(queue.max_in_flight, STREAM_BATCH)
+        # A write waits until the client has read what came before. One that does not
+        # read for an ack deadline could not ack what it was sent anyway: it is cut off,
+        # so it holds the server's buffer no longer (nor a deleted subscription's stream).
+        timeout = queue.ack_deadline
         try:
             while not queue.closed and alive():
-                handouts = await queue.take(queue.max_in_flight, self.keepalive, alive=alive)
+                handouts = await queue.take(batch, self.keepalive, alive=alive)
                 if handouts:
-                    await response.write(b"".join(map(_frame, handouts)))
+                    await _write(request, response, b"".join(map(_frame, handouts)), timeout)
                 elif not queue.closed:
-                    await response.write(b": keepalive\n\n")
+                    await _write(request, response, b": keepalive\n\n", timeout)
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away; what it was handed comes back after its deadline
         return response
+
+
+async def _write(
+    request: web.Request, response: web.StreamResponse, data: bytes, timeout: float
+) -> None:
+    """Write ``data`` to a stream; ConnectionError, with the connection cut, when the
+    client has not taken it within ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            await response.write(data)
+    except TimeoutError:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        raise ConnectionResetError(f"the client read nothing for {timeout:g}s") from None
 
 
 def _connected(request: web.Request) -> Callable[[], bool]:

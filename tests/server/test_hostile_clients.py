@@ -106,6 +106,30 @@ async def test_the_next_request_on_a_kept_alive_connection_has_the_same_deadline
         assert b"HTTP/1.1" not in rest  # no second answer: the connection was cut
 
 
+async def test_a_pipelined_request_has_its_body_timeout_not_the_header_timeout() -> None:
+    """A request pipelined behind another (its headers in before the first is answered)
+    may take its body_timeout to send its body: before, its first body byte started the
+    header clock again, and the connection was cut after header_timeout mid-upload."""
+    config = settings(http={"header_timeout": 0.5, "body_timeout": 30})
+    async with running(config) as (sidecar, _):
+        stream = await connect(sidecar.http_url)
+        body = b'{"topic": "orders", "id": "piped"}'
+        await stream.send(
+            b"GET /subscriptions HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /subscriptions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        for i in range(0, len(body), 8):  # 5 pieces, 0.3 s apart: 1.2 s in all
+            await anyio.sleep(0.3)
+            await stream.send(body[i : i + 8])
+        got = b""
+        with anyio.fail_after(10):
+            while got.count(b"HTTP/1.1 ") < 2:
+                got += await stream.receive()
+        await stream.aclose()
+    assert re.findall(rb"HTTP/1\.1 \d+", got) == [b"HTTP/1.1 200", b"HTTP/1.1 201"]
+
+
 async def test_a_body_that_stalls_is_answered_408_after_body_timeout() -> None:
     """Headers promising 100 bytes and 10 sent: 408 with a problem body naming the key,
     and the connection is closed."""

@@ -332,3 +332,31 @@ async def test_a_poll_whose_client_left_takes_nothing(serve: Any) -> None:
         await api.mesh.publish("t", Event(type="t", source="/s", id="e1"))
         (delivery,) = await poll(api, wait=5)
         assert (delivery["event"]["id"], delivery["attempt"]) == ("e1", 1)
+
+
+async def test_an_sse_client_that_stops_reading_is_cut_off_after_its_ack_deadline(
+    serve: Any,
+) -> None:
+    """A stream client that reads nothing while megabytes wait for it is disconnected
+    once its ack deadline has passed (it could not ack what it was sent anyway), so the
+    server stops holding its write buffer: before, the write waited for the client for
+    ever, a deleted subscription's stream included. Its deliveries go back to the group."""
+    config = {"connectors": {"default": {"type": "memory", "partitions": 1}}}
+    async with serve(config) as api:
+        await pull_sub(api, ack_deadline="1s", delivery={"prefetch": 1000, **FAST})
+        big = "x" * 200_000
+        await api.mesh.publish("t", [Event(type="t", source="/s", data=big) for _ in range(200)])
+        host, port = api.url.removeprefix("http://").rsplit(":", 1)
+        stream = await anyio.connect_tcp(host, int(port))
+        await stream.send(b"GET /subscriptions/p/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await anyio.sleep(3)  # reads nothing: the server's write waits, then times out
+        received = 0
+        with anyio.fail_after(20):  # what was in flight, then the end of the connection
+            try:
+                while True:
+                    received += len(await stream.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+        assert received < 200 * 200_000  # cut off: not the whole topic
+        got = await poll(api, max=5, wait=10)  # given back to the group, pulled again
+        assert got
