@@ -66,7 +66,8 @@ def invoke(path: str, batch: bool, payload: bytes) -> tuple[str, Any]:
         return "drop", str(exc)
     except DeliveryError as exc:
         return "error", (describe_error(exc), bool(exc.retryable), _seconds(exc.retry_after))
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt, CancelledError too:
+        # raised in the mesh, they would end it, or read as its own cancellation
         return "error", (describe_error(exc), True, None)
     if result is None:
         return "none", b""

@@ -93,6 +93,10 @@ class WorkerPool(ClosedOnExit):
         self.path = path
         self.name = name
         self.workers = workers
+        self.slots = anyio.CapacityLimiter(workers)
+        """One per worker: an invocation holds one from before it is submitted until it
+        ends, so none waits in the executor's queue, where its timeout would run while
+        it waits for another call (and a timeout there would recycle the pool)."""
         self.idle_timeout = idle_timeout
         self.stats = stats or FunctionStats()
         self.pids: set[int] = set()
@@ -190,6 +194,9 @@ class WorkerPool(ClosedOnExit):
             for proc in processes:
                 if proc.is_alive():
                     proc.terminate()
+                    proc.join(1.0)
+                if proc.is_alive():  # it ignores SIGTERM: it would outlive the mesh
+                    proc.kill()
                     proc.join(1.0)
 
         await anyio.to_thread.run_sync(join, abandon_on_cancel=True)

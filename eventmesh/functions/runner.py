@@ -164,6 +164,14 @@ class FunctionRunner:
                 stats.invocations += 1
                 stats.failures += 1
                 raise
+        if self.pool is None:
+            await self._timed(payload)
+        else:
+            async with self.pool.slots:  # a free worker first: the timeout starts after
+                await self._timed(payload)
+
+    async def _timed(self, payload: Event | list[Event]) -> None:
+        stats = self.stats
         stats.invocations += 1
         stats.in_flight += 1
         started = time.perf_counter()

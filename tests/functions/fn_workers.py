@@ -40,3 +40,40 @@ def total(events: list[Event]) -> Event:
 
 def noop(event: Event) -> None:
     """Do nothing (cold-start benchmarks)."""
+
+
+def exit_once(event: Event) -> Event:
+    """Raise a BaseException that is no Exception (SystemExit, KeyboardInterrupt or
+    CancelledError, by the event's data) at the first call for a marker file."""
+    import asyncio
+    import sys
+
+    marker = Path(event.data["marker"])
+    if not marker.exists():
+        marker.write_text("raised", encoding="utf-8")
+        kind = event.data["kind"]
+        if kind == "exit":
+            sys.exit(3)
+        if kind == "interrupt":
+            raise KeyboardInterrupt
+        raise asyncio.CancelledError
+    return Event(type="survived", source="/worker", data={"kind": event.data["kind"]})
+
+
+def slow(event: Event) -> Event:
+    """Take 0.4 s, then reply."""
+    import time
+
+    time.sleep(0.4)
+    return Event(type="slow", source="/worker", data=event.data)
+
+
+def ignore_sigterm_and_hang(event: Event) -> None:
+    """Ignore SIGTERM, write the worker's pid to the event's marker file, hang."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(event.data["marker"]).write_text(str(os.getpid()), encoding="utf-8")
+    while True:
+        time.sleep(0.1)

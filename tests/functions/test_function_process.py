@@ -138,3 +138,49 @@ async def test_process_isolation_needs_an_importable_handler() -> None:
     with pytest.raises(ConfigError, match="cannot find module 'no_such_module'"):
         async with Mesh(process_function("no_such_module:f")):
             pass
+
+
+@pytest.mark.parametrize("kind", ["exit", "interrupt", "cancelled"])
+async def test_a_handler_raising_a_base_exception_is_a_failed_attempt(
+    kind: str, tmp_path: Path
+) -> None:
+    """SystemExit, KeyboardInterrupt or CancelledError from a handler in a worker is a
+    failed attempt like any error: retried, then replied to. Before, SystemExit and
+    KeyboardInterrupt crossed into the mesh and ended it, and CancelledError read as the
+    mesh's own cancellation, leaving the event unsettled and its lane gone."""
+    async with Mesh(process_function("fn_workers:exit_once")) as mesh:
+        data = {"marker": str(tmp_path / "marker"), "kind": kind}
+        await mesh.publish("orders", Event(type="t", source="/s", data=data))
+        (reply,) = await read(mesh, "out", 1)
+        assert reply.data == {"kind": kind}
+        runner = mesh.functions[0]
+        assert runner.stats.failures == 1
+
+
+async def test_a_process_timeout_counts_only_the_invocation_not_its_wait() -> None:
+    """With one worker and several events at once, each invocation's timeout starts
+    when the worker takes it: 0.4 s calls under a 1 s timeout all succeed. Before, calls
+    waiting behind others in the executor timed out, recycled the pool and ended in the
+    dead-letter topic although none ran for a second."""
+    config = process_function("fn_workers:slow", timeout="1s", workers=1)
+    async with Mesh(config) as mesh:
+        await mesh.publish("orders", [order(n) for n in range(6)])
+        replies = await read(mesh, "out", 6, timeout=30)
+        runner = mesh.functions[0]
+        assert sorted(r.data["n"] for r in replies) == list(range(6))
+        assert runner.stats.timeouts == 0
+
+
+async def test_a_worker_that_ignores_sigterm_is_killed_when_the_mesh_closes(
+    tmp_path: Path,
+) -> None:
+    """A hung worker that ignores SIGTERM is killed (SIGKILL) when its pool stops,
+    rather than outliving the mesh (and holding up the interpreter's exit)."""
+    marker = tmp_path / "pid"
+    async with Mesh(process_function("fn_workers:ignore_sigterm_and_hang")) as mesh:
+        await mesh.publish("orders", Event(type="t", source="/s", data={"marker": str(marker)}))
+        await eventually(lambda: marker.exists() and marker.read_text() != "")
+        pid = int(marker.read_text())
+        assert alive(pid)
+        await mesh.close(timeout=0.5)  # the invocation is given up after half a second
+    await eventually(lambda: not alive(pid))
