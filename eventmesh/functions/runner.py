@@ -189,6 +189,9 @@ class FunctionRunner:
         except Exception:
             stats.failures += 1
             raise
+        except (SystemExit, KeyboardInterrupt) as exc:
+            stats.failures += 1
+            raise self._exited(exc) from exc
         finally:
             stats.in_flight -= 1
             elapsed = time.perf_counter() - started
@@ -227,6 +230,9 @@ class FunctionRunner:
             except Exception:
                 stats.failures += 1
                 raise
+            except (SystemExit, KeyboardInterrupt) as exc:
+                stats.failures += 1
+                raise self._exited(exc) from exc
             finally:
                 stats.in_flight -= 1
                 elapsed = clock() - started
@@ -239,6 +245,11 @@ class FunctionRunner:
                 await self._answer(result, event)
 
         return invoke_one
+
+    def _exited(self, exc: BaseException) -> DeliveryError:
+        """A handler's SystemExit or KeyboardInterrupt, as the failed attempt it is: raised
+        on, it would end the mesh (a thread's is raised again in the mesh's task)."""
+        return DeliveryError(f"function {self.name!r} raised {type(exc).__name__}: {exc}")
 
     def _dropped(self, payload: Event | list[Event], exc: Drop) -> None:
         self.stats.dropped += 1

@@ -77,3 +77,17 @@ def ignore_sigterm_and_hang(event: Event) -> None:
     Path(event.data["marker"]).write_text(str(os.getpid()), encoding="utf-8")
     while True:
         time.sleep(0.1)
+
+
+def exit_always(event: Event) -> None:
+    """Call sys.exit (from a thread or the mesh's own loop, by the function's isolation)."""
+    import sys
+
+    sys.exit(4)
+
+
+async def exit_always_async(event: Event) -> None:
+    """sys.exit from an async handler, on the mesh's own loop."""
+    import sys
+
+    sys.exit(5)

@@ -184,3 +184,22 @@ async def test_a_worker_that_ignores_sigterm_is_killed_when_the_mesh_closes(
         assert alive(pid)
         await mesh.close(timeout=0.5)  # the invocation is given up after half a second
     await eventually(lambda: not alive(pid))
+
+
+@pytest.mark.parametrize("handler", ["exit_always", "exit_always_async"])
+async def test_a_handler_calling_sys_exit_in_the_mesh_process_is_a_failed_attempt(
+    handler: str,
+) -> None:
+    """A plain function (in a thread, or on the loop) that calls sys.exit fails its
+    attempts and its event is dead-lettered; the mesh goes on. Before, the SystemExit
+    was raised again in the mesh's task and ended the mesh."""
+    spec = {
+        "name": "quitter",
+        "trigger": {"topic": "orders", "delivery": FAST},
+        "handler": f"fn_workers:{handler}",
+    }
+    async with Mesh({"functions": [spec]}) as mesh:
+        await mesh.publish("orders", order(1))
+        (dead,) = await read(mesh, "orders.dlq", 1)
+        assert dead.data == {"n": 1}
+        assert mesh.functions[0].stats.failures == FAST["max_attempts"]
