@@ -84,8 +84,12 @@ class Delivery:
         if self._settled:
             return
         self._settled = True
+        try:
+            await self._delivery.ack()
+        except BaseException:
+            self._settled = False  # not acked: it may still be nacked, or acked again
+            raise
         self._subscription.stats.delivered += 1
-        await self._delivery.ack()
         latency = self._subscription.latency
         if latency is not None and self._delivery.timestamp is not None:
             latency.observe(time.time() - self._delivery.timestamp)
@@ -101,9 +105,13 @@ class Delivery:
         if self._settled:
             return
         self._settled = True
+        try:
+            await self._delivery.ack()
+        except BaseException:
+            self._settled = False  # not acked: it may still be nacked, or acked again
+            raise
         stats = self._subscription.stats
         setattr(stats, outcome, getattr(stats, outcome) + 1)
-        await self._delivery.ack()
 
     async def touch(self) -> None:
         """Tell the backend the event is still in work, so it does not deliver it again

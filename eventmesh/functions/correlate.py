@@ -144,7 +144,10 @@ class Correlator:
             await anyio.sleep(every)
             for item in [*self._sets, *self._settling]:
                 for delivery in item.held():
-                    await delivery.touch()
+                    try:
+                        await delivery.touch()
+                    except Exception as exc:  # a blip: the next round touches it again
+                        log.debug("function %s: a progress ack failed: %s", self.name, exc)
 
     async def _add(self, delivery: Delivery, tg: anyio.abc.TaskGroup) -> None:
         event = delivery.event
@@ -188,7 +191,7 @@ class Correlator:
         self._hold(1)
         if target.complete():
             self._close(target)
-            tg.start_soon(self._fire, target)
+            tg.start_soon(self._settle_set, self._fire, target)
 
     def _hold(self, count: int) -> None:
         self._held += count
@@ -214,6 +217,29 @@ class Correlator:
         self._hold(-(len(item.ids) + len(item.copies)))
         item.slots.clear()
         item.copies.clear()
+
+    async def _settle_set(self, settle: Callable[[_Set], Awaitable[None]], item: _Set) -> None:
+        """Fire or expire ``item`` in a task of its own. An ack or a dead letter that
+        fails there (a broker blip, the mesh closing) is logged: the set's events stay
+        unacked and are given back (nacked), so they are delivered again; raised, it
+        would end every task of the function, and the block the mesh was opened in."""
+        held = list(item.held())
+        try:
+            await settle(item)
+        except Exception as exc:
+            log.warning(
+                "function %s: settling a correlated set of %s %r failed (%s); its events "
+                "are delivered again",
+                self.name,
+                self.spec.by,
+                item.key,
+                exc,
+            )
+            for delivery in held:  # an acked one ignores it
+                try:
+                    await delivery.nack()
+                except Exception as again:  # the backend redelivers it in its own time
+                    log.debug("function %s: a nack failed too: %s", self.name, again)
 
     async def _fire(self, item: _Set) -> None:
         deliveries = [d for d in item.slots if d is not None]
@@ -257,7 +283,7 @@ class Correlator:
                 await anyio.sleep(wait)
                 continue
             self._close(oldest)
-            tg.start_soon(self._expire, oldest)
+            tg.start_soon(self._settle_set, self._expire, oldest)
 
     async def _expire(self, item: _Set) -> None:
         deliveries = [d for d in item.slots if d is not None]

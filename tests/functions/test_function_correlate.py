@@ -8,6 +8,7 @@ import pytest
 from fn_support import FAST, eventually, read
 
 from eventmesh import Event, Mesh
+from eventmesh.connectors.base import Delivery as ConnectorDelivery
 from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.errors import SubscribeError
 from eventmesh.subscription import Delivery, Subscription
@@ -283,3 +284,70 @@ async def test_the_subscription_counts_what_became_of_each_event() -> None:
             "filtered": 1,
             "dropped": 0,
         }
+
+
+class _FlakyAckDelivery(ConnectorDelivery):
+    """A delivery whose first ack fails as a broker blip would, then is the real one's."""
+
+    __slots__ = ("failures", "inner")
+
+    def __init__(self, inner: ConnectorDelivery, failures: list[BaseException]) -> None:
+        super().__init__(
+            inner.event,
+            topic=inner.topic,
+            partition=inner.partition,
+            offset=inner.offset,
+            key=inner.key,
+            attempt=inner.attempt,
+            timestamp=inner.timestamp,
+        )
+        self.inner = inner
+        self.failures = failures
+
+    async def ack(self) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        await self.inner.ack()
+
+    async def nack(self, delay: float = 0.0) -> None:
+        await self.inner.nack(delay)
+
+
+class FlakyAck(MemoryConnector):
+    """A memory connector (a plugin, as far as the mesh knows) whose first ack on 'shop'
+    raises ``failure``: an ack that breaks the contract's 'raises nothing'."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__()
+        self.failures = [failure]
+
+    def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
+        consumer = super().subscribe(topic, group, start=start)
+        real_fetch = consumer.fetch
+        failures = self.failures
+
+        async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
+            got = await real_fetch(max_events, timeout)
+            if topic != "shop":
+                return got
+            return [_FlakyAckDelivery(d, failures) for d in got]
+
+        consumer.fetch = fetch  # type: ignore[method-assign]
+        return consumer
+
+
+async def test_an_ack_that_fails_as_a_set_fires_leaves_the_function_running() -> None:
+    """An ack that raises while a fired set is settled is logged, the set's events are
+    given back (and fire again), and the function goes on firing for the next sets;
+    before, the error ended every task of the function and cancelled the block the mesh
+    was opened in."""
+    fired: list[list[Event]] = []
+    mesh = Mesh(connectors={"default": FlakyAck(SubscribeError("commit failed: broker away"))})
+    correlated(mesh, fired, window="10s")
+    async with mesh:
+        await mesh.publish("shop", [ev("order.placed", "o-1"), ev("payment.received", "o-1")])
+        # The set whose ack failed was given back whole: it comes again and fires again.
+        await eventually(lambda: [e[0].subject for e in fired] == ["o-1", "o-1"])
+        await mesh.publish("shop", [ev("order.placed", "o-2"), ev("payment.received", "o-2")])
+        await eventually(lambda: [e[0].subject for e in fired] == ["o-1", "o-1", "o-2"])
+        assert mesh.functions[0].state != "failed"
