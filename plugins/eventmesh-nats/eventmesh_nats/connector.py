@@ -71,6 +71,7 @@ class NatsConnector(Connector):
         self._routes: dict[str, tuple[str, str]] = {}
         self._windows: dict[str, float] = {}  # topic -> the mesh's dedupe window
         self._slow = 0
+        self._reader_lost = False  # health() said nats-py stopped reading (logged once)
         self.consumers: set[Consumer] = set()
         self.core_groups = CoreGroups(self)
         self._states: dict[str, NatsStateStore] = {}
@@ -186,7 +187,24 @@ class NatsConnector(Connector):
         return self._nc is not None and self._nc.is_connected
 
     async def health(self) -> bool:
-        return self.is_open and self.connected
+        """Open, connected, and still reading: nats-py's read loop ends for good, with
+        the connection still up, on a message it cannot parse (a header block that is
+        not UTF-8, which a raw client can store), and nothing would arrive any more."""
+        if not (self.is_open and self.connected):
+            return False
+        reader = getattr(self._nc, "_reading_task", None)  # nats-py has no public flag
+        if reader is not None and reader.done():
+            if not self._reader_lost:
+                self._reader_lost = True
+                log.error(
+                    "connector %r: nats-py stopped reading from the server (it could not "
+                    "parse a message; see its log line 'nats: encountered error'): "
+                    "nothing arrives on this connection any more; restart the process, "
+                    "and remove the message from its stream if it comes back",
+                    self.name,
+                )
+            return False
+        return True
 
     async def _on_error(self, exc: Exception) -> None:
         if is_slow_consumer(exc):

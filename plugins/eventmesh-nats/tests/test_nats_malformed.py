@@ -136,3 +136,34 @@ async def test_a_message_on_the_pull_inbox_that_jetstream_did_not_send_is_skippe
                 while not (got and skipped()):
                     got += await consumer.fetch(10, timeout=0.5)
     assert [d.event.id for d in got] == ["good"]
+
+
+@pytest.mark.nats
+@pytest.mark.anyio
+async def test_health_is_false_once_nats_py_stops_reading(
+    make: Factory, topic: str, nats_url: str
+) -> None:
+    """A message whose header block is not UTF-8 (stored by a raw client) ends nats-py's
+    read loop for good while the connection stays up: health() now says so, where it
+    said True while nothing could arrive any more."""
+    connector = make()
+    async with connector, connector.subscribe(topic, "g", start="earliest") as consumer:
+        assert await connector.health()
+        subject, _ = connector.route(topic, PublishError)
+        host, port = nats_url.removeprefix("nats://").rsplit(":", 1)
+        stream = await anyio.connect_tcp(host, int(port))
+        async with stream:
+            await stream.receive()  # INFO
+            header = b"NATS/1.0 \xff\xfe\xfd\r\n\r\n"
+            await stream.send(
+                b'CONNECT {"verbose":false,"headers":true,"protocol":1}\r\n'
+                + b"HPUB %s %d %d\r\n" % (subject.encode(), len(header), len(header) + 1)
+                + header
+                + b"x\r\nPING\r\n"
+            )
+            with anyio.fail_after(10):
+                while b"PONG" not in await stream.receive():
+                    pass
+        with anyio.fail_after(20):
+            while await connector.health():
+                await consumer.fetch(10, timeout=0.2)  # the member asks; the reply kills
