@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import pytest
+from faults import Forwarding
 from fn_support import FAST, eventually, read
 
 from eventmesh import Event, Mesh
@@ -286,31 +287,19 @@ async def test_the_subscription_counts_what_became_of_each_event() -> None:
         }
 
 
-class _FlakyAckDelivery(ConnectorDelivery):
+class _FlakyAckDelivery(Forwarding):
     """A delivery whose first ack fails as a broker blip would, then is the real one's."""
 
-    __slots__ = ("failures", "inner")
+    __slots__ = ("failures",)
 
     def __init__(self, inner: ConnectorDelivery, failures: list[BaseException]) -> None:
-        super().__init__(
-            inner.event,
-            topic=inner.topic,
-            partition=inner.partition,
-            offset=inner.offset,
-            key=inner.key,
-            attempt=inner.attempt,
-            timestamp=inner.timestamp,
-        )
-        self.inner = inner
+        super().__init__(inner)
         self.failures = failures
 
     async def ack(self) -> None:
         if self.failures:
             raise self.failures.pop(0)
         await self.inner.ack()
-
-    async def nack(self, delay: float = 0.0) -> None:
-        await self.inner.nack(delay)
 
 
 class FlakyAck(MemoryConnector):

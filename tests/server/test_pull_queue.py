@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+from faults import Forwarding
 
 from eventmesh import DeliveryPolicy, Event, Mesh
 from eventmesh._duration import Duration
@@ -65,32 +66,20 @@ async def test_a_failed_fetch_is_retried_and_the_pollers_get_what_comes_next(
     assert "could not fetch (broker away); retrying" in caplog.text
 
 
-class _FlakyAck(Delivery):
+class _FlakyAck(Forwarding):
     """A memory delivery whose first ack fails, as an ack to a broker that is away does."""
 
-    __slots__ = ("_inner", "_owner")
+    __slots__ = ("_owner",)
 
     def __init__(self, inner: Delivery, owner: FailingAck) -> None:
-        super().__init__(
-            inner.event,
-            topic=inner.topic,
-            partition=inner.partition,
-            offset=inner.offset,
-            key=inner.key,
-            attempt=inner.attempt,
-            timestamp=inner.timestamp,
-        )
-        self._inner = inner
+        super().__init__(inner)
         self._owner = owner
 
     async def ack(self) -> None:
         if self._owner.failing:
             self._owner.failing -= 1
             raise PublishError("broker away")
-        await self._inner.ack()
-
-    async def nack(self, delay: float = 0.0) -> None:
-        await self._inner.nack(delay)
+        await self.inner.ack()
 
 
 class FailingAck(MemoryConnector):
@@ -132,31 +121,16 @@ async def test_a_delivery_whose_ack_failed_stays_outstanding_for_another_try() -
         assert sub.stats.delivered == 1
 
 
-class _StuckNack(Delivery):
+class _StuckNack(Forwarding):
     """A memory delivery whose nack never returns for event 'stuck', as a last attempt's
     dead letter to a topic out of reach keeps trying."""
 
-    __slots__ = ("_inner",)
-
-    def __init__(self, inner: Delivery) -> None:
-        super().__init__(
-            inner.event,
-            topic=inner.topic,
-            partition=inner.partition,
-            offset=inner.offset,
-            key=inner.key,
-            attempt=inner.attempt,
-            timestamp=inner.timestamp,
-        )
-        self._inner = inner
-
-    async def ack(self) -> None:
-        await self._inner.ack()
+    __slots__ = ()
 
     async def nack(self, delay: float = 0.0) -> None:
         if self.event.id == "stuck":
             await anyio.sleep_forever()
-        await self._inner.nack(delay)
+        await self.inner.nack(delay)
 
 
 class StuckNack(MemoryConnector):
