@@ -12,7 +12,7 @@ from cryptography import x509
 
 from eventmesh.auth import CertIdentity
 from eventmesh.errors import ConfigError
-from eventmesh.testing.certs import CertAuthority
+from eventmesh.testing.certs import CertAuthority, IssuedCert
 from eventmesh.tls import CertReloader, TlsConfig, client_context, server_context
 
 pytestmark = pytest.mark.anyio
@@ -111,17 +111,26 @@ async def test_mtls_requires_a_client_certificate_from_the_ca(
         assert await refused(port, context)
 
 
-async def test_a_renewed_certificate_is_served_without_a_restart(
+async def reloading(
     serve: tuple[CertAuthority, list[asyncio.Server]],
-) -> None:
-    """After the files change, check() reloads them and new handshakes get the new one;
-    a broken file is logged and the old certificate kept."""
+) -> tuple[IssuedCert, CertReloader, int]:
+    """A server certificate as server.pem/server.key, a listener serving it with a
+    reloader watching the files: (the certificate, the reloader, the port)."""
     ca, servers = serve
     first = ca.issue("sidecar", stem="server")
     config = TlsConfig(cert_file=str(first.cert_file), key_file=str(first.key_file))
     context = server_context(config)
     reloader = CertReloader(config, context)
-    port = await start(context, servers)
+    return first, reloader, await start(context, servers)
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(
+    serve: tuple[CertAuthority, list[asyncio.Server]],
+) -> None:
+    """After the files change, check() reloads them and new handshakes get the new one;
+    a broken file is logged and the old certificate kept."""
+    ca, _ = serve
+    first, reloader, port = await reloading(serve)
     trust = client_context(str(ca.cert_file))
     assert (await ask(port, trust))[1] == first.serial
     assert not reloader.check()  # nothing changed
@@ -142,12 +151,8 @@ async def test_a_certificate_renewed_before_its_key_leaves_the_served_one_whole(
     too, the new pair is served. Before, the new certificate went into the serving
     context and the key check then failed, leaving it with no usable key: every new
     handshake failed."""
-    ca, servers = serve
-    first = ca.issue("sidecar", stem="server")
-    config = TlsConfig(cert_file=str(first.cert_file), key_file=str(first.key_file))
-    context = server_context(config)
-    reloader = CertReloader(config, context)
-    port = await start(context, servers)
+    ca, _ = serve
+    first, reloader, port = await reloading(serve)
     trust = client_context(str(ca.cert_file))
     old_key = first.key_file.read_bytes()
     second = ca.issue("sidecar", stem="server")
