@@ -249,24 +249,20 @@ async def test_many_producers_and_consumers_lose_nothing() -> None:
 
 async def test_a_failing_fetch_is_retried_not_fatal() -> None:
     """A backend error while fetching is retried; the subscription keeps delivering."""
-    from eventmesh.connectors.memory import MemoryConnector
+    from faults import Troubled
+
     from eventmesh.errors import SubscribeError
 
-    class Flaky(MemoryConnector):
-        """A memory connector whose consumers fail their first two fetches."""
+    class Flaky(Troubled):
+        """A memory connector whose first two fetches on 'f' fail."""
 
-        def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
-            consumer = super().subscribe(topic, group, start=start)
-            real_fetch = consumer.fetch
-            failures = [SubscribeError("broker away"), SubscribeError("still away")]
+        def __init__(self) -> None:
+            super().__init__()
+            self.failures = [SubscribeError("broker away"), SubscribeError("still away")]
 
-            async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
-                if failures:
-                    raise failures.pop(0)
-                return await real_fetch(max_events, timeout)
-
-            consumer.fetch = fetch  # type: ignore[method-assign]
-            return consumer
+        def trouble(self, topic: str) -> None:
+            if topic == "f" and self.failures:
+                raise self.failures.pop(0)
 
     got: list[Event] = []
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import gc
 
 import pytest
-from faults import Forwarding
+from faults import Forwarding, Troubled
 from fn_support import FAST, eventually, read
 
 from eventmesh import Event, Mesh
 from eventmesh.connectors.base import Delivery as ConnectorDelivery
-from eventmesh.connectors.memory import MemoryConnector
 from eventmesh.errors import SubscribeError
 from eventmesh.subscription import Delivery, Subscription
 from eventmesh.testing.polling import holds_throughout
@@ -181,25 +180,16 @@ async def test_at_max_pending_reading_waits_until_sets_fire_or_expire() -> None:
     assert {d.extensions["deadletterreason"] for d in dead} == {"uncorrelated"}
 
 
-class FlakyFetch(MemoryConnector):
+class FlakyFetch(Troubled):
     """A memory connector whose consumers' fetches fail as ``failures`` says."""
 
     def __init__(self, failures: list[BaseException]) -> None:
         super().__init__()
         self.failures = failures
 
-    def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
-        consumer = super().subscribe(topic, group, start=start)
-        real_fetch = consumer.fetch
-        failures = self.failures
-
-        async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
-            if topic == "shop" and failures:
-                raise failures.pop(0)
-            return await real_fetch(max_events, timeout)
-
-        consumer.fetch = fetch  # type: ignore[method-assign]
-        return consumer
+    def trouble(self, topic: str) -> None:
+        if topic == "shop" and self.failures:
+            raise self.failures.pop(0)
 
 
 async def test_a_failed_fetch_is_retried_and_sets_still_fire() -> None:
@@ -302,7 +292,7 @@ class _FlakyAckDelivery(Forwarding):
         await self.inner.ack()
 
 
-class FlakyAck(MemoryConnector):
+class FlakyAck(Troubled):
     """A memory connector (a plugin, as far as the mesh knows) whose first ack on 'shop'
     raises ``failure``: an ack that breaks the contract's 'raises nothing'."""
 
@@ -310,19 +300,8 @@ class FlakyAck(MemoryConnector):
         super().__init__()
         self.failures = [failure]
 
-    def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
-        consumer = super().subscribe(topic, group, start=start)
-        real_fetch = consumer.fetch
-        failures = self.failures
-
-        async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
-            got = await real_fetch(max_events, timeout)
-            if topic != "shop":
-                return got
-            return [_FlakyAckDelivery(d, failures) for d in got]
-
-        consumer.fetch = fetch  # type: ignore[method-assign]
-        return consumer
+    def wrap(self, topic: str, delivery: ConnectorDelivery) -> ConnectorDelivery:
+        return _FlakyAckDelivery(delivery, self.failures) if topic == "shop" else delivery
 
 
 async def test_an_ack_that_fails_as_a_set_fires_leaves_the_function_running() -> None:

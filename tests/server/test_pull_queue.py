@@ -7,12 +7,12 @@ from typing import Any
 
 import anyio
 import pytest
-from faults import Forwarding
+from faults import Forwarding, Troubled
 
 from eventmesh import DeliveryPolicy, Event, Mesh
 from eventmesh._duration import Duration
 from eventmesh.connectors.base import Delivery
-from eventmesh.connectors.memory import MemoryConfig, MemoryConnector
+from eventmesh.connectors.memory import MemoryConfig
 from eventmesh.delivery.policy import Backoff
 from eventmesh.errors import PublishError, SubscribeError
 from eventmesh.server.pull import PullQueue
@@ -20,7 +20,7 @@ from eventmesh.server.pull import PullQueue
 pytestmark = pytest.mark.anyio
 
 
-class FailingFetch(MemoryConnector):
+class FailingFetch(Troubled):
     """A memory connector whose consumers' first fetches raise these errors, as a broker
     going away for a moment makes a real connector's fetch raise."""
 
@@ -28,18 +28,9 @@ class FailingFetch(MemoryConnector):
         super().__init__()
         self.failures = failures
 
-    def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
-        consumer = super().subscribe(topic, group, start=start)
-        real_fetch = consumer.fetch
-        failures = self.failures
-
-        async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
-            if failures:
-                raise failures.pop(0)
-            return await real_fetch(max_events, timeout)
-
-        consumer.fetch = fetch  # type: ignore[method-assign]
-        return consumer
+    def trouble(self, topic: str) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
 
 
 async def test_a_failed_fetch_is_retried_and_the_pollers_get_what_comes_next(
@@ -82,22 +73,15 @@ class _FlakyAck(Forwarding):
         await self.inner.ack()
 
 
-class FailingAck(MemoryConnector):
+class FailingAck(Troubled):
     """A memory connector whose first ``failing`` acks raise."""
 
     def __init__(self, failing: int) -> None:
         super().__init__()
         self.failing = failing
 
-    def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
-        consumer = super().subscribe(topic, group, start=start)
-        real_fetch = consumer.fetch
-
-        async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
-            return [_FlakyAck(d, self) for d in await real_fetch(max_events, timeout)]
-
-        consumer.fetch = fetch  # type: ignore[method-assign]
-        return consumer
+    def wrap(self, topic: str, delivery: Delivery) -> Delivery:
+        return _FlakyAck(delivery, self)
 
 
 async def test_a_delivery_whose_ack_failed_stays_outstanding_for_another_try() -> None:
@@ -133,16 +117,9 @@ class _StuckNack(Forwarding):
         await self.inner.nack(delay)
 
 
-class StuckNack(MemoryConnector):
-    def subscribe(self, topic, group, *, start="latest"):  # type: ignore[no-untyped-def]
-        consumer = super().subscribe(topic, group, start=start)
-        real_fetch = consumer.fetch
-
-        async def fetch(max_events=256, timeout=None):  # type: ignore[no-untyped-def]
-            return [_StuckNack(d) for d in await real_fetch(max_events, timeout)]
-
-        consumer.fetch = fetch  # type: ignore[method-assign]
-        return consumer
+class StuckNack(Troubled):
+    def wrap(self, topic: str, delivery: Delivery) -> Delivery:
+        return _StuckNack(delivery)
 
 
 async def test_a_nack_that_waits_holds_up_no_other_expired_delivery() -> None:
