@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 
 MAX_PULL: Final = 1000
 STREAM_BATCH: Final = 100
+MAX_ANSWER_SIZE: Final = 16 * 1024 * 1024
+"""The most bytes of deliveries one long-poll answer or one stream write carries (as
+Kafka's ``fetch.max.bytes``): at least one delivery always goes; the rest wait for the
+next poll or write, their attempt not counted. Without it an answer of 1,000 events of
+``max_event_size`` each took a gigabyte to build."""
 """Deliveries one write of an event stream carries at most."""
 """The most deliveries one ``GET /subscriptions/{id}/events`` returns."""
 MAX_WAIT: Final = 30.0
@@ -508,7 +513,10 @@ class _Api:
         max_events = int(_number(request, "max", 1, MAX_PULL, whole=True))
         wait = _number(request, "wait", 0.0, MAX_WAIT, whole=False)
         handouts = await queue.take(max_events, wait, alive=_connected(request))
-        return _json({"deliveries": [_delivery(h) for h in handouts]})
+        parts = _encoded(queue, handouts, _delivery_json, 1)
+        return web.Response(
+            body=b'{"deliveries":[%s]}' % b",".join(parts), status=200, content_type=_JSON
+        )
 
     async def ack(self, request: web.Request) -> web.Response:
         queue = _queue(self._record(request))
@@ -549,7 +557,8 @@ class _Api:
             while not queue.closed and alive():
                 handouts = await queue.take(batch, self.keepalive, alive=alive)
                 if handouts:
-                    await _write(request, response, b"".join(map(_frame, handouts)), timeout)
+                    frames = _encoded(queue, handouts, _frame, 0)
+                    await _write(request, response, b"".join(frames), timeout)
                 elif not queue.closed:
                     await _write(request, response, b": keepalive\n\n", timeout)
             await response.write_eof()
@@ -583,6 +592,31 @@ def _connected(request: web.Request) -> Callable[[], bool]:
     return connected
 
 
+def _encoded(
+    queue: PullQueue,
+    handouts: list[Handout],
+    encode: Callable[[Handout], bytes],
+    separator: int,
+) -> list[bytes]:
+    """Each of ``handouts`` encoded, up to :data:`MAX_ANSWER_SIZE` bytes in all (each part
+    counted with ``separator`` bytes more); the first always, those past the bound given
+    back to ``queue`` for the next poll or write."""
+    parts: list[bytes] = []
+    size = 0
+    for index, handout in enumerate(handouts):
+        part = encode(handout)
+        size += len(part) + separator
+        if parts and size > MAX_ANSWER_SIZE:
+            queue.give_back(handouts[index:])
+            break
+        parts.append(part)
+    return parts
+
+
+def _delivery_json(handout: Handout) -> bytes:
+    return _encoder.encode(_delivery(handout))
+
+
 def _frame(handout: Handout) -> bytes:
-    data = _encoder.encode(_delivery(handout))
+    data = _delivery_json(handout)
     return b"event: delivery\nid: %s\ndata: %s\n\n" % (handout.delivery_id.encode(), data)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -260,6 +260,20 @@ class PullQueue:
         if out and first:
             self._handed.fire()
         return out
+
+    def give_back(self, handouts: Sequence[Handout]) -> None:
+        """Put deliveries just handed out back at the front of the queue, in their order,
+        their attempt not counted: what a caller took but could not send (an answer
+        that would be too large) goes to the next one first. Ids not outstanding (settled
+        or expired since) are skipped."""
+        back = [
+            entry[0]
+            for handout in handouts
+            if (entry := self._outstanding.pop(handout.delivery_id, None)) is not None
+        ]
+        if back and not self._closed:
+            self._ready.extendleft(reversed(back))
+            self._arrived.fire()
 
     # -- settling ------------------------------------------------------------------------
 

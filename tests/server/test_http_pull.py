@@ -360,3 +360,25 @@ async def test_an_sse_client_that_stops_reading_is_cut_off_after_its_ack_deadlin
         assert received < 200 * 200_000  # cut off: not the whole topic
         got = await poll(api, max=5, wait=10)  # given back to the group, pulled again
         assert got
+
+
+async def test_a_long_poll_answer_is_bounded_in_bytes(serve: Any, monkeypatch: Any) -> None:
+    """A poll answers at most MAX_ANSWER_SIZE bytes of deliveries (one always goes, even
+    past it); the rest come with the next polls in order, their attempt not counted."""
+    from eventmesh.server import http
+
+    monkeypatch.setattr(http, "MAX_ANSWER_SIZE", 2500, raising=False)
+    config = {"connectors": {"default": {"type": "memory", "partitions": 1}}}
+    async with serve(config) as api:
+        await pull_sub(api)
+        big = Event(type="t", source="/s", id="big", data={"x": "y" * 4000})
+        small = [Event(type="t", source="/s", id=f"e{i}", data={"x": "y" * 1000}) for i in range(5)]
+        await api.mesh.publish("t", [big, *small])
+        batches: list[list[dict[str, Any]]] = []
+        with anyio.fail_after(10):
+            while sum(map(len, batches)) < 6:
+                batches.append(await poll(api, max=10))
+    assert [len(batch) for batch in batches] == [1, 2, 2, 1]  # the big one alone, then ~2.2 kB
+    got = [d["event"]["id"] for batch in batches for d in batch]
+    assert got == ["big", "e0", "e1", "e2", "e3", "e4"]
+    assert {d["attempt"] for batch in batches for d in batch} == {1}
