@@ -75,7 +75,6 @@ an opening and a closing bracket), so it needs no look at its brackets."""
 
 
 _fromisoformat: Final = datetime.fromisoformat
-_new_json: Final = JSONData.__new__
 
 
 class _Refused(Exception):
@@ -150,8 +149,7 @@ def _event(wire: _Wire) -> Event:
         if len(text) > _SHALLOW and text.count(b"[") + text.count(b"{") > MAX_DATA_DEPTH:
             raise _Refused  # the general path walks it and names the depth
         if content_type is None or is_json_media_type(content_type):
-            data = _new_json(JSONData)  # JSONData(text) without a Python __init__ call
-            data.raw = text
+            data = JSONData(text)
         else:
             data = _value.decode(text)
     extensions: dict[str, ExtensionValue] = {}

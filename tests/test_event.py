@@ -200,3 +200,26 @@ def test_default_ids_are_random_uuid4_and_differ_after_fork() -> None:
     child_id = os.read(read, 100).decode()
     os.waitpid(pid, 0)
     assert child_id != Event(type="t", source="/s").id
+
+
+def test_events_and_their_kept_json_are_not_tracked_by_the_cyclic_collector() -> None:
+    """A process keeping many events (a memory topic's retention) must not have every
+    collection walk them: neither an event nor its kept JSON data is a GC-tracked object,
+    however it was made, and kept JSON is still parsed on first read, once."""
+    import gc
+
+    from eventmesh.event import JSONData, decode_json, decode_json_batch, encode_json, stored_data
+
+    built = Event(type="t", source="/s", data={"a": [1, 2]})
+    body = encode_json(built)
+    decoded = decode_json(body)
+    (in_batch,) = decode_json_batch(b"[" + body + b"]")
+    for event in (built, decoded, in_batch):
+        assert not gc.is_tracked(event)
+    kept = stored_data(decoded)
+    assert type(kept) is JSONData
+    assert not gc.is_tracked(kept)
+    assert not kept.parsed
+    assert decoded.data == {"a": [1, 2]}
+    assert kept.parsed
+    assert kept.value is decoded.data

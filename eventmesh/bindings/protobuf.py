@@ -342,12 +342,7 @@ def _text(text: str, content_type: str | None) -> Any:
         if content_type is None:
             return text  # a producer that sent plain text without saying so
         raise
-    data = _new_json(JSONData)  # JSONData(raw) without a Python __init__ call
-    data.raw = raw
-    return data
-
-
-_new_json: Final = JSONData.__new__
+    return JSONData(raw)
 
 
 def from_proto_batch(batch: CloudEventBatch | Sequence[CloudEvent]) -> list[Event]:
