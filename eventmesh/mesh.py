@@ -137,6 +137,10 @@ class Mesh(Client):
         ``limits.max_subscriptions``; one made and dropped unstarted leaves with its object."""
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._compiler: anyio.CapacityLimiter | None = None
+        """One worker thread compiles specs from the network at a time (made on first
+        use, in the loop): each holds the interpreter lock for most of its compile, and
+        forty at once left the loop a fortieth of it (seconds behind)."""
         self._webhooks: WebhookSession | None = None
         self._requests: Requests | None = None  # made at the first request()
         self._state = "new"
@@ -507,7 +511,8 @@ class Mesh(Client):
     ) -> tuple[Filter | None, Transform | None]:
         """Compile filter and transform specs in a worker thread, with the errors and
         limits :meth:`subscribe` would give: for specs from the network, whose compile
-        (a few ms up to ``limits.filters.max_size``) must not hold the event loop. Pass
+        (a few ms up to ``limits.filters.max_size``) must not hold the event loop; one
+        at a time, so that many at once still leave the loop its share. Pass
         the callables it returns to :meth:`subscribe`. A ``call`` step is refused: it
         would import and run any Python function the caller names, in this process, so
         only the config file (or code using the mesh) may name one."""
@@ -516,8 +521,11 @@ class Mesh(Client):
         where = f"subscribe({topic!r}, group={group!r})"
         _refuse_code(transform, where=f"{where}.transform")
         limits = self.config.limits.filters
+        if self._compiler is None:
+            self._compiler = anyio.CapacityLimiter(1)
         return await anyio.to_thread.run_sync(
-            lambda: compile_pipeline(filter, transform, where=where, limits=limits)
+            lambda: compile_pipeline(filter, transform, where=where, limits=limits),
+            limiter=self._compiler,
         )
 
     async def _start_configured(self, sub: SubscriptionConfig) -> None:
