@@ -513,7 +513,7 @@ class _Api:
         max_events = int(_number(request, "max", 1, MAX_PULL, whole=True))
         wait = _number(request, "wait", 0.0, MAX_WAIT, whole=False)
         handouts = await queue.take(max_events, wait, alive=_connected(request))
-        parts = _encoded(queue, handouts, _delivery_json, 1)
+        parts = await _encoded(queue, handouts, _delivery_json, 1)
         return web.Response(
             body=b'{"deliveries":[%s]}' % b",".join(parts), status=200, content_type=_JSON
         )
@@ -557,8 +557,9 @@ class _Api:
             while not queue.closed and alive():
                 handouts = await queue.take(batch, self.keepalive, alive=alive)
                 if handouts:
-                    frames = _encoded(queue, handouts, _frame, 0)
-                    await _write(request, response, b"".join(frames), timeout)
+                    frames = await _encoded(queue, handouts, _frame, 0)
+                    if frames:
+                        await _write(request, response, b"".join(frames), timeout)
                 elif not queue.closed:
                     await _write(request, response, b": keepalive\n\n", timeout)
             await response.write_eof()
@@ -592,7 +593,7 @@ def _connected(request: web.Request) -> Callable[[], bool]:
     return connected
 
 
-def _encoded(
+async def _encoded(
     queue: PullQueue,
     handouts: list[Handout],
     encode: Callable[[Handout], bytes],
@@ -600,16 +601,33 @@ def _encoded(
 ) -> list[bytes]:
     """Each of ``handouts`` encoded, up to :data:`MAX_ANSWER_SIZE` bytes in all (each part
     counted with ``separator`` bytes more); the first always, those past the bound given
-    back to ``queue`` for the next poll or write."""
+    back to ``queue`` for the next poll or write. An event that cannot be written as
+    JSON (data no JSON can hold, put on a memory topic by code in the process) is
+    dead-lettered, not sent: it would fail every answer it is part of."""
     parts: list[bytes] = []
     size = 0
+    unwritable: list[tuple[Handout, Exception]] = []
     for index, handout in enumerate(handouts):
-        part = encode(handout)
+        try:
+            part = encode(handout)
+        except Exception as exc:  # whatever it is, this event cannot go
+            unwritable.append((handout, exc))
+            continue
         size += len(part) + separator
         if parts and size > MAX_ANSWER_SIZE:
             queue.give_back(handouts[index:])
             break
         parts.append(part)
+    for handout, exc in unwritable:
+        event = handout.event
+        error = DeliveryError(
+            f"event {event.id!r} from {event.source!r} cannot be written in the JSON format: {exc}",
+            retryable=False,
+        )
+        try:
+            await queue.nack([handout.delivery_id], error)
+        except Exception as failed:  # its ack deadline nacks it later
+            log.warning("could not dead-letter an unwritable event: %s", failed)
     return parts
 
 

@@ -382,3 +382,27 @@ async def test_a_long_poll_answer_is_bounded_in_bytes(serve: Any, monkeypatch: A
     got = [d["event"]["id"] for batch in batches for d in batch]
     assert got == ["big", "e0", "e1", "e2", "e3", "e4"]
     assert {d["attempt"] for batch in batches for d in batch} == {1}
+
+
+async def test_an_event_that_cannot_be_written_is_dead_lettered_not_a_failed_poll(
+    serve: Any,
+) -> None:
+    """An event no JSON can hold (put on a memory topic by code in the process) would fail
+    every answer it is part of, the good events with it, poll after poll: it is
+    dead-lettered at once and the others are answered."""
+    config = {"connectors": {"default": {"type": "memory", "partitions": 1}}}
+    async with serve(config) as api:
+        await pull_sub(api, delivery={"dead_letter": "t.dlq"})
+        events = [
+            Event(type="t", source="/s", id="a"),
+            Event(type="t", source="/s", id="bad", data={"o": object()}),
+            Event(type="t", source="/s", id="c"),
+        ]
+        await api.mesh.publish("t", events)
+        got: list[str] = []
+        with anyio.fail_after(10):
+            while len(got) < 2:
+                got += [d["event"]["id"] for d in await poll(api, max=10)]
+        assert got == ["a", "c"]
+        stats = (await api.call("GET", "/subscriptions/p")).body["stats"]
+        assert stats["dead_lettered"] == 1
