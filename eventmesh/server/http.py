@@ -618,10 +618,10 @@ async def _encoded(
             queue.give_back(handouts[index:])
             break
         parts.append(part)
-    for handout, exc in unwritable:
+    for handout, why in unwritable:
         event = handout.event
         error = DeliveryError(
-            f"event {event.id!r} from {event.source!r} cannot be written in the JSON format: {exc}",
+            f"event {event.id!r} from {event.source!r} cannot be written in the JSON format: {why}",
             retryable=False,
         )
         try:
