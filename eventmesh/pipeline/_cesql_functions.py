@@ -15,12 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
+from eventmesh.pipeline.limits import search_weight
+
 __all__ = [
     "ANY",
     "BUILTINS",
     "INT32_MAX",
     "INT32_MIN",
     "LOGIC",
+    "MAX_ERRORS",
     "ZERO",
     "ErrorKind",
     "EvaluationError",
@@ -32,6 +35,7 @@ __all__ = [
     "binary",
     "cast",
     "cast_then",
+    "gather",
     "like_matcher",
     "poisoned",
     "resolve",
@@ -49,6 +53,8 @@ INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1
 ZERO: Final[dict[type, Value]] = {bool: False, int: 0, str: ""}
 """The zero value of each CESQL type (v1.0 section 3.1)."""
+MAX_ERRORS: Final = 100
+"""The most errors one evaluation reports; the rest are dropped (the value is the same)."""
 _TYPE_NAMES: Final[dict[type, str]] = {bool: "Boolean", int: "Integer", str: "String"}
 _INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 _LONGEST_INTEGER: Final = 64
@@ -74,11 +80,26 @@ class EvaluationError:
 
 
 class Failed(Exception):
-    """Internal: a sub-expression met errors; ``value`` is what it evaluates to anyway."""
+    """Internal: a sub-expression met errors; ``value`` is what it evaluates to anyway.
+
+    It keeps at most :data:`MAX_ERRORS` of them: thousands of failing operands would
+    otherwise make every operator above them copy thousands of errors.
+    """
 
     def __init__(self, value: Value, errors: tuple[EvaluationError, ...]) -> None:
         self.value = value
-        self.errors = errors
+        self.errors = errors if len(errors) <= MAX_ERRORS else errors[:MAX_ERRORS]
+
+
+def gather(errors: list[EvaluationError], more: tuple[EvaluationError, ...]) -> None:
+    """Append ``more`` to ``errors``, up to :data:`MAX_ERRORS` in all.
+
+    Operators with many operands collect their errors with this, in a list: joining
+    tuples would copy the errors met so far once per failing operand.
+    """
+    room = MAX_ERRORS - len(errors)
+    if room > 0:
+        errors.extend(more[:room] if len(more) > room else more)
 
 
 def _show(value: Value) -> str:
@@ -206,9 +227,11 @@ def like_matcher(pattern: str) -> tuple[Callable[[str], bool], int]:
     leftmost fit after the one before (one ``str.find``, or for a run with ``_`` between
     literal characters a fixed-length regex search), which is optimal because a run has a
     fixed length. The second value is the work per character of the value: 0 when the
-    work depends on the pattern only (``'abc'``, ``'ab%'``, ``'%bc'``, ``'a%c'``), 1 for
-    a window that ``str.find`` crosses once, and the longest run with inner ``_``
-    otherwise (a search that may compare that many characters at each position).
+    work depends on the pattern only (``'abc'``, ``'ab%'``, ``'%bc'``, ``'a%c'``), the
+    :func:`~eventmesh.pipeline.limits.search_weight` of the longest run that
+    ``str.find`` looks for (1 for a run under 8 characters), or the longest run with
+    inner ``_`` when that is more (a search that may compare that many characters at
+    each position).
     """
     # The pattern, split at each unescaped %, into runs of literals and "_" wildcards.
     runs: list[list[str | None]] = [[]]  # None marks "_"
@@ -228,7 +251,7 @@ def like_matcher(pattern: str) -> tuple[Callable[[str], bool], int]:
             return (lambda s: s.endswith(last)), 0
         if len(texts) == 3 and not first and not last:
             middle = texts[1]
-            return (lambda s: middle in s), 1
+            return (lambda s: middle in s), search_weight(len(middle))
     return _general_matcher(runs)
 
 
@@ -269,7 +292,9 @@ def _general_matcher(runs: list[list[str | None]]) -> tuple[Callable[[str], bool
     middles = tuple(_middle(run) for run in inner if run)
     min_length = sum(len(run) for run in runs)
     head_length, tail_length = len(head), len(tail)
-    weight = max((m.size for m in middles if m.regex is not None), default=1 if middles else 0)
+    weight = max(
+        (m.size if m.regex is not None else search_weight(m.size) for m in middles), default=0
+    )
 
     def match(s: str) -> bool:
         if len(s) < min_length or head_re.match(s) is None:
@@ -303,12 +328,13 @@ Fn: TypeAlias = Callable[[Any], Value]
 
 def poisoned(zero: Value, errors: tuple[EvaluationError, ...], event: Any, *rest: Fn) -> Failed:
     """An operator whose operand failed yields ``zero``; the other operands still run."""
+    gathered = list(errors)
     for fn in rest:
         try:
             fn(event)
         except Failed as failed:
-            errors += failed.errors
-    return Failed(zero, errors)
+            gather(gathered, failed.errors)
+    return Failed(zero, tuple(gathered))
 
 
 def to_bool(value: Value, where: str) -> bool:

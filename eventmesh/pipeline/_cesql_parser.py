@@ -59,6 +59,8 @@ _SHOWN: Final = 80
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9]+\Z")
 _FUNCTION_NAME = re.compile(r"[A-Za-z][A-Za-z_]*\Z")
+_INT32_DIGITS = 10
+"""Digits of the longest 32-bit integer, 2147483648 (negated)."""
 
 
 class ParseError(ConfigError):
@@ -437,7 +439,17 @@ class _Parser:
         return token.kind == "word" and token.text.isdigit()
 
     def integer(self, token: _Token, start: int, *, negative: bool) -> Literal:
-        value = -int(token.text) if negative else int(token.text)
+        digits = token.text.lstrip("0")
+        if len(digits) > _INT32_DIGITS:  # int() of thousands of digits is slow, or refused
+            raise ParseError(
+                self.source,
+                start,
+                f"the integer {'-' if negative else ''}{digits[:12]}... ({len(digits)} digits) "
+                f"is outside the 32-bit range [{INT32_MIN}, {INT32_MAX}] of CESQL integers",
+            )
+        value = int(digits or "0")  # without the zeros: int() counts them against its limit
+        if negative:
+            value = -value
         if not INT32_MIN <= value <= INT32_MAX:
             raise ParseError(
                 self.source,

@@ -14,6 +14,7 @@ from typing import Any, Final, TypeAlias
 from eventmesh.errors import ConfigError
 from eventmesh.pipeline._combine import any_of
 from eventmesh.pipeline._jsonpath import describe, join_path
+from eventmesh.pipeline.limits import search_weight
 
 __all__ = [
     "KNOWN",
@@ -46,7 +47,8 @@ class Work:
 
     An entry (the check of ``data`` or of an attribute) sets ``left`` to its share when
     it starts; every array it walks takes its length times the checks each element
-    gets, and every string a wildcard searches a step per 64 characters. A walk that
+    gets, and every string a wildcard searches a step per 64 characters, times the
+    :func:`~eventmesh.pipeline.limits.search_weight` of its longest piece. A walk that
     would go below zero does not happen: the field does not match. Patterns run on the
     event loop; a compiled pattern evaluated by two threads at once would share this.
     """
@@ -150,8 +152,14 @@ def _equals_ignore_case(argument: Any, path: str) -> Match:
 
 
 def wildcard(argument: Any, path: str, work: Work | None = None, *, over: bool = False) -> Match:
-    """A wildcard's test; one that searches the value takes a step per 64 characters
-    from ``work`` and answers ``over`` when none are left."""
+    """A wildcard's test; one that searches the value takes a step per 64 characters,
+    times the search weight of its longest piece, from ``work`` and answers ``over``
+    when none are left.
+
+    The weight makes the steps an upper bound of the work: one search for a piece of m
+    characters may compare m characters at each position of the value, and the pieces
+    of one glob together try each position at most once (see :func:`_glob`).
+    """
     pieces = _wildcard_pieces(_string(argument, path), path)
     if len(pieces) == 1:
         (whole,) = pieces
@@ -170,13 +178,15 @@ def wildcard(argument: Any, path: str, work: Work | None = None, *, over: bool =
         search: Match = lambda value: type(value) is str and middle in value  # noqa: E731
     else:
         search = _glob(pieces[0], tuple(pieces[1:-1]), pieces[-1])
-    return search if work is None else _charged(search, work, over)
+    if work is None:
+        return search
+    return _charged(search, search_weight(max(map(len, pieces[1:-1]))), work, over)
 
 
-def _charged(search: Match, work: Work, over: bool) -> Match:
+def _charged(search: Match, weight: int, work: Work, over: bool) -> Match:
     def charged(value: Any) -> bool:
         if type(value) is str:
-            work.left -= (len(value) >> 6) + 1
+            work.left -= (len(value) * weight >> 6) + 1
             if work.left < 0:
                 return over
         return search(value)
@@ -189,7 +199,9 @@ def _glob(head: str, middle: tuple[str, ...], tail: str) -> Match:
 
     With only ``*`` as a wildcard, placing each middle piece at its leftmost occurrence
     after the previous one is optimal: any match can be slid left onto it. So one
-    ``str.find`` per piece, over a window that only moves right, decides the match.
+    ``str.find`` per piece, over a window that only moves right, decides the match; a
+    search starts past the position where the one before it found its piece, so all of
+    them together try each position of the value at most once.
     """
     least = len(head) + sum(map(len, middle)) + len(tail)
     start, tail_length = len(head), len(tail)
@@ -272,7 +284,7 @@ def _numeric(argument: Any, path: str) -> Match:
         if (
             not isinstance(number, int | float)
             or isinstance(number, bool)
-            or not math.isfinite(number)
+            or (isinstance(number, float) and not math.isfinite(number))  # int: no float()
         ):
             raise ConfigError(
                 f"expected a number after {name!r}, got {describe(number)}",

@@ -63,6 +63,8 @@ _INDEX = re.compile(r"\[(-?[0-9]+)\]")
 _QUOTED = re.compile(r"""\[(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\]""")
 _ESCAPE = re.compile(r"\\(.)")
 _PLAIN_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]*\Z")
+_LONGEST_INDEX: Final = 18
+"""Digits of an array index: a list holds fewer than 2**63 elements."""
 
 
 def parse_path(text: str) -> tuple[Step, ...]:
@@ -78,6 +80,11 @@ def parse_path(text: str) -> tuple[Step, ...]:
         if m := _MEMBER.match(text, pos):
             steps.append(m.group(1))
         elif m := _INDEX.match(text, pos):
+            if len(m.group(1).lstrip("-0")) > _LONGEST_INDEX:
+                raise ValueError(
+                    f"the JSONPath's index at column {pos + 1} has {len(m.group(1))} "
+                    "digits; no array is that long"
+                )
             steps.append(int(m.group(1)))
         elif m := _QUOTED.match(text, pos):
             raw = m.group(1) if m.group(1) is not None else m.group(2)
@@ -219,6 +226,7 @@ def json_data(event: Event) -> Any:
     parse, text when it parses and starts with ``{`` or ``[`` (other text, such as
     ``"5"``, is the JSON string it already is). Anything else is returned as it is: text
     of another media type matches string conditions, bytes that are not JSON match none.
+    So is text or bytes that does not decode, also when it nests too deeply to decode.
 
     The last decoded event is remembered, so every filter and transform that looks at
     the same event's data shares one decode, and a pattern that never reads ``data``
@@ -247,7 +255,7 @@ def json_data(event: Event) -> Any:
         return last[1]
     try:
         value = _decoder.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested past the stack: unreadable too
         value = data
     _last = (event, value)
     return value

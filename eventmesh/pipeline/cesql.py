@@ -38,6 +38,7 @@ from eventmesh.pipeline._cesql_functions import (
     binary,
     cast,
     cast_then,
+    gather,
     like_matcher,
     poisoned,
     resolve,
@@ -158,6 +159,16 @@ def _constant(value: Value) -> _Code:
     return _Code(constant, constant=True)
 
 
+def _constant_failure(value: Value, errors: tuple[EvaluationError, ...]) -> _Code:
+    """A constant sub-expression that fails: the same value and errors on every event,
+    found once. Not ``constant``: an operator above it must not fold it as a value."""
+
+    def failing(event: Any) -> Value:
+        raise Failed(value, errors)  # a new one each time: a raised one keeps its frames
+
+    return _Code(failing)
+
+
 def _rfc3339(value: Any) -> str:
     if not isinstance(value, datetime):
         return to_string(value)
@@ -213,8 +224,8 @@ class _Compiler:
         if all(child.constant for child in children):
             try:
                 return _constant(code.fn(_NO_EVENT))
-            except Failed:  # keep it: the error must be reported on every evaluation
-                pass
+            except Failed as failed:  # reported on every evaluation, but computed once
+                return _constant_failure(failed.value, failed.errors)
         return code
 
     def compound(self, node: Node, children: list[_Code]) -> _Code:
@@ -394,7 +405,7 @@ class _Compiler:
                 try:
                     y = fn(event)
                 except Failed as failed:
-                    errors += failed.errors
+                    gather(errors, failed.errors)
                     item_failed = True
                     continue
                 matched = cast(y, type(x), errors, where) == x
@@ -430,23 +441,30 @@ class _Compiler:
         impl, zero = function.impl, ZERO[function.returns]
         name, allowance, max_string = node.name, self.allowance, self.max_string
         builds = name in _BUILDERS
+        # CONCAT_WS reads its separator once and writes it between every two arguments.
+        separated = name == "CONCAT_WS"
 
         def call(event: Any) -> Value:
             values: list[Any] = []
-            failures: tuple[EvaluationError, ...] = ()
+            failures: list[EvaluationError] | None = None
             for fn in arg_fns:
                 try:
                     values.append(fn(event))
                 except Failed as failed:
-                    failures += failed.errors
+                    if failures is None:
+                        failures = []
+                    gather(failures, failed.errors)
             if failures:
-                raise Failed(zero, failures)
+                raise Failed(zero, tuple(failures))
             errors: list[EvaluationError] = []
             for index, target in targets:
                 if target is not ANY and type(values[index]) is not target:
                     values[index] = cast(values[index], target, errors, where)
             if builds:  # never build a string over max_string, nor read more than a share
+                # what it reads, and for CONCAT and CONCAT_WS exactly what it would build
                 size = sum(len(v) for v in values if type(v) is str)
+                if separated and len(values) > 3:
+                    size += len(values[0]) * (len(values) - 3)
                 if size > allowance:
                     raise Failed(zero, (*errors, _too_long(name, size, allowance, where)))
             try:
@@ -454,7 +472,9 @@ class _Compiler:
             except Failed as failed:
                 located = tuple(EvaluationError(e.kind, e.message + where) for e in failed.errors)
                 raise Failed(failed.value, (*errors, *located)) from None
-            if builds and len(value) > max_string:  # type: ignore[arg-type]  # UPPER of 'ß'
+            # The other builders write at most what they read, but UPPER and LOWER: at
+            # most three characters for one (UPPER('ß') is 'SS'), so 3 x allowance.
+            if builds and len(value) > max_string:  # type: ignore[arg-type]
                 too_long = _too_long(name, len(value), max_string, where)  # type: ignore[arg-type]
                 raise Failed(zero, (*errors, too_long))
             if errors:

@@ -27,7 +27,10 @@ def compile_pipeline(
     """Compile a filter spec and a transform chain; raises ConfigError naming ``where``.
 
     A spec over one of ``limits`` (its size as JSON, its nesting) is a ConfigError that
-    names the limit's config key; the size is checked before anything is parsed.
+    names the limit's config key; the size is checked before anything is parsed. So is
+    a spec that makes a compiler raise ValueError, OverflowError or RecursionError (a
+    number too large to convert, say): the compilers check what they can, and this is
+    the boundary where anything they miss becomes the error a caller expects.
     """
     compiled_filter: Filter | None
     if filter is None:
@@ -37,7 +40,10 @@ def compile_pipeline(
     else:
         from eventmesh.pipeline.filters import compile_filter
 
-        compiled_filter = compile_filter(filter, where=f"{where}.filter", limits=limits)
+        try:
+            compiled_filter = compile_filter(filter, where=f"{where}.filter", limits=limits)
+        except _UNEXPECTED as exc:
+            raise _not_compiled("filter", f"{where}.filter", exc) from exc
     compiled_transform: Transform | None
     if transform is None:
         compiled_transform = None
@@ -53,8 +59,26 @@ def compile_pipeline(
                 key=f"{where}.transform",
             )
         steps = [transform] if isinstance(transform, Mapping) else list(transform)
-        compiled_transform = compile_transforms(steps, where=f"{where}.transform", limits=limits)
+        try:
+            compiled_transform = compile_transforms(
+                steps, where=f"{where}.transform", limits=limits
+            )
+        except _UNEXPECTED as exc:
+            raise _not_compiled("transform", f"{where}.transform", exc) from exc
     return compiled_filter, compiled_transform
+
+
+_UNEXPECTED = (ValueError, OverflowError, RecursionError)
+"""What a compiler may raise on a hostile spec that it did not foresee."""
+
+
+def _not_compiled(what: str, where: str, exc: Exception) -> ConfigError:
+    problem = "nests too deeply" if isinstance(exc, RecursionError) else f"{exc}"[:200]
+    return ConfigError(
+        f"the {what} cannot be compiled: {type(exc).__name__}: {problem}; check the values "
+        "it holds (numbers of thousands of digits, say)",
+        key=where,
+    )
 
 
 def _as_transform(fn: Callable[..., Any]) -> Transform:

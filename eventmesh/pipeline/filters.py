@@ -28,6 +28,8 @@ __all__ = ["DIALECTS", "Filter", "compile_filter", "match_all"]
 
 _NAME: Final = re.compile(r"[a-z0-9]+\Z")
 _INT_TEXT: Final = re.compile(r"-?(?:0|[1-9][0-9]*)\Z")
+_INT32_TEXT: Final = len(str(-(2**31)))
+"""Characters of the longest 32-bit integer's text, ``-2147483648``."""
 _NOT_ATTRIBUTES: Final = frozenset({"data", "data_base64", "extensions"})
 # Context attributes held as str on the Event; ``time`` is a datetime and is compared as text.
 _STRING_CONTEXT: Final = CONTEXT_ATTRIBUTES - {"time"}
@@ -164,8 +166,8 @@ def _exact_one(name: str, value: str) -> Filter:
     alternative: int | bool | None = None
     if value in ("true", "false"):
         alternative = value == "true"
-    elif _INT_TEXT.match(value) and -(2**31) <= int(value) < 2**31:
-        alternative = int(value)
+    elif len(value) <= _INT32_TEXT and _INT_TEXT.match(value) and -(2**31) <= int(value) < 2**31:
+        alternative = int(value)  # measured first: int() of thousands of digits raises
     if alternative is None:
         return lambda event: event.extensions.get(name) == value
     kind = type(alternative)

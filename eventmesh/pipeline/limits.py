@@ -10,10 +10,13 @@ Why compiling and evaluating are then cheap by construction:
   ``max_size`` (so it visits at most ``max_size`` values), before anything is parsed;
 - every compiler does work linear in the spec, and nests at most ``max_depth`` levels,
   so no spec can exhaust the Python stack;
-- evaluation visits each compiled node once per event; wildcards and LIKE match in
-  linear time; a CESQL function never builds a string longer than ``max_string``, and
+- evaluation visits each compiled node once per event; wildcards and LIKE never
+  backtrack; a CESQL function never builds a string longer than ``max_string``, and
   the string-reading operators of one CESQL expression share ``max_scan`` characters;
-  the arrays and wildcard searches of one content pattern share ``max_steps`` checks.
+  the arrays and wildcard searches of one content pattern share ``max_steps`` checks,
+  a search weighed by :func:`search_weight`;
+- a transform chain adds at most ``max_render`` characters to an event: what its
+  templates render and the strings its ``set`` steps copy, together.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import msgspec
 
 from eventmesh.errors import ConfigError
 
-__all__ = ["FilterLimits", "check_depth", "check_size", "json_size_exceeds"]
+__all__ = ["FilterLimits", "check_depth", "check_size", "json_size_exceeds", "search_weight"]
 
 
 class FilterLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -42,9 +45,11 @@ class FilterLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     read in one evaluation, shared evenly among them (each also at most ``max_string``)."""
     max_steps: int = 100_000
     """Checks one content pattern may make of one event: an array of n elements tested by
-    c conditions takes n x c, a wildcard searching a string one per 64 characters."""
+    c conditions takes n x c, a wildcard searching a string one per 64 characters times
+    the :func:`search_weight` of the longest text it looks for."""
     max_render: int = 1024 * 1024
-    """Characters one transform template may render for one event; over it, the step
+    """Characters one transform chain may add to one event: what its templates render
+    and the strings its ``set`` steps copy from the event, together. Over it, the step
     fails and the event is dead-lettered."""
 
     def __post_init__(self) -> None:
@@ -57,16 +62,34 @@ class FilterLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 DEFAULT_LIMITS = FilterLimits()
 
 
-def json_size_exceeds(value: Any, limit: int) -> bool:
+def search_weight(needle: int) -> int:
+    """The work per character of searching a string for a ``needle``-character text.
+
+    CPython's ``str.find`` is linear for long strings, but for a string under 30,000
+    characters (2,500 for a needle of 100 or more) it may compare up to the whole needle
+    at each position: ``a...ab a`` in a run of ``a`` does. Measured, the cost per character
+    grows as 2.7 + 0.43 x needle ns, against 3.3 ns of the linear search; so a search
+    counts its characters ``needle // 8 + 1`` times (once for a needle under 8).
+    """
+    return needle // 8 + 1
+
+
+def json_size_exceeds(value: Any, limit: int, *, most: int | None = None) -> bool:
     """True when ``value`` written as JSON would be longer than ``limit`` characters.
 
     An estimate that never undercounts structure (escapes inside strings aside), and a
     walk without recursion that stops as soon as the total passes ``limit``: every value
-    it visits adds at least one character, so it visits at most ``limit`` values.
+    it visits adds at least one character, so it visits at most ``limit`` values. With
+    ``most``, it visits at most that many and answers False when they are not over: a
+    glance that finds a few long strings, for the price of ``most`` steps.
     """
     total = 0
+    visits = limit + 1 if most is None else most
     stack = [value]
     while stack:
+        visits -= 1
+        if visits < 0:
+            return False
         item = stack.pop()
         kind = type(item)
         if kind is str or kind is bytes:

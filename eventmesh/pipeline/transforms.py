@@ -5,6 +5,11 @@ Apache EventMesh's ``original``, ``constant`` and ``template`` change ``data``; 
 through :meth:`Event.replace`, so the result is a valid event; a step that raises
 becomes a :class:`~eventmesh.errors.PipelineError` naming the step's path, and a step
 that returns None drops the event on purpose. See docs/filters.md, 'Transforms'.
+
+A chain adds at most ``limits.max_render`` characters to an event: what its templates
+render and the strings its ``set`` steps copy, counted as they are made, so that no
+spec turns a small event into a large one (a template repeating the data, then copied
+into a hundred extensions, made 166 MB of a 1 KB event).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import msgspec
 from eventmesh._imports import import_callable
 from eventmesh.bindings import is_json_media_type
 from eventmesh.errors import ConfigError, EventValidationError, PipelineError
-from eventmesh.event import CONTEXT_ATTRIBUTES, Event, parse_time
+from eventmesh.event import CONTEXT_ATTRIBUTES, MAX_DATA_DEPTH, Event, check_data_depth, parse_time
 from eventmesh.pipeline._jsonpath import (
     MISSING,
     compile_event_path,
@@ -29,18 +34,37 @@ from eventmesh.pipeline._jsonpath import (
     join_path,
     rfc3339,
 )
-from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits, check_depth, check_size
+from eventmesh.pipeline.limits import (
+    DEFAULT_LIMITS,
+    FilterLimits,
+    check_depth,
+    check_size,
+    json_size_exceeds,
+)
 from eventmesh.typing import Transform
 
 __all__ = ["STEP_KINDS", "Transform", "compile_transforms"]
 
-Step: TypeAlias = Callable[[Event], Event | None]
+
+class _Budget:
+    """The characters one run of a chain may still add to its event (``max_render``)."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+
+Step: TypeAlias = Callable[[Event, _Budget], Event | None]
 _Compiler: TypeAlias = Callable[[Any, str, FilterLimits], Step | None]  # None: changes nothing
 
 _NAME: Final = re.compile(r"[a-z0-9]+\Z")
 _REQUIRED: Final = frozenset({"id", "source", "type", "specversion"})
 _NOT_ATTRIBUTES: Final = frozenset({"data", "data_base64", "extensions"})
 _PLACEHOLDER: Final = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_GLANCE: Final = 1024
+"""Values of a structured template variable looked at before it is encoded."""
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
@@ -57,7 +81,8 @@ def compile_transforms(
     Raises ConfigError for a malformed step, and for a chain larger than
     ``limits.max_size`` characters as JSON (measured before anything is read) or a
     ``constant`` nested more than ``limits.max_depth`` levels. The returned transform
-    raises PipelineError, naming the step, when a step fails on an event.
+    raises PipelineError, naming the step, when a step fails on an event, among others
+    when the chain would add more than ``limits.max_render`` characters to it.
     """
     if steps is None:
         return None
@@ -82,25 +107,26 @@ def compile_transforms(
         fn = compile_step(body, name, limits)
         if fn is not None:
             compiled.append((name, fn))
-    return _chain(compiled) if compiled else None
+    return _chain(compiled, limits.max_render) if compiled else None
 
 
-def _chain(steps: list[tuple[str, Step]]) -> Transform:
+def _chain(steps: list[tuple[str, Step]], max_render: int) -> Transform:
     if len(steps) == 1:
         ((name, step),) = steps
 
         def single(event: Event) -> Event | None:
             try:
-                return step(event)
+                return step(event, _Budget(max_render))
             except Exception as exc:
                 raise _failed(name, exc) from exc
 
         return single
 
     def chain(event: Event) -> Event | None:
+        budget = _Budget(max_render)
         for name, step in steps:
             try:
-                result = step(event)
+                result = step(event, budget)
             except Exception as exc:
                 raise _failed(name, exc) from exc
             if result is None:
@@ -143,16 +169,16 @@ def _compile_constant(body: Any, path: str, limits: FilterLimits) -> Step:
     check_depth(_json_depth(body), limits, what="the constant", where=path)
     if isinstance(body, str | bytes) or body is None:
         value = body
-        return lambda event: event.replace(data=value)
+        return lambda event, budget: event.replace(data=value)
     try:
         encoded = _encoder.encode(body)
     except (TypeError, msgspec.EncodeError) as exc:
         raise ConfigError(f"the constant is not a JSON value: {exc}", key=path) from None
     if not isinstance(body, dict | list | tuple):
         scalar = _decoder.decode(encoded)
-        return lambda event: event.replace(data=scalar)
+        return lambda event, budget: event.replace(data=scalar)
     # A fresh copy for every event, so a handler that changes its data changes only its own.
-    return lambda event: event.replace(data=_decoder.decode(encoded))
+    return lambda event, budget: event.replace(data=_decoder.decode(encoded))
 
 
 def _compile_template(body: Any, path: str, limits: FilterLimits) -> Step:
@@ -198,9 +224,10 @@ def _compile_template(body: Any, path: str, limits: FilterLimits) -> Step:
     literal = [part for part in parts if isinstance(part, str)]
     if len(literal) == len(parts):  # no placeholders: the same text for every event
         return _compile_constant_text("".join(literal))
-    # Each variable is rendered once per event however often it is used, and the size of
-    # the result is known before it is built: a long value used a thousand times is an
-    # error of the step, not a string of a thousand copies.
+    # Each variable is rendered once per event however often it is used, and the sizes
+    # are added up as each renders, before the next: a long value used a thousand times,
+    # or a thousand variables of one long value, are an error of the step after one
+    # value over, not a string of a thousand copies.
     index: dict[Callable[[Event], Any], int] = {}
     layout: list[str | int] = []
     for part in parts:
@@ -210,21 +237,38 @@ def _compile_template(body: Any, path: str, limits: FilterLimits) -> Step:
     for slot in layout:
         if not isinstance(slot, str):
             uses[slot] += 1
+    renders = list(zip(used, uses, strict=True))
     fixed = sum(map(len, literal))
-    max_render = limits.max_render
 
-    def template(event: Event) -> Event:
-        texts = [_text(getter(event)) for getter in used]
-        size = fixed + sum(len(text) * count for text, count in zip(texts, uses, strict=True))
-        if size > max_render:
-            raise ValueError(
-                f"the template would render {size} characters, more than "
-                f"limits.filters.max_render ({max_render})"
-            )
+    def template(event: Event, budget: _Budget) -> Event:
+        left = budget.left - fixed
+        if left < 0:
+            raise _over_render(budget)
+        texts: list[str] = []
+        for getter, count in renders:
+            text = _text(getter(event), left // count)
+            if text is None:
+                raise _over_render(budget)
+            left -= len(text) * count
+            texts.append(text)
+        budget.left = left
         rendered = "".join([part if isinstance(part, str) else texts[part] for part in layout])
         return event.replace(data=_as_data(rendered, event))
 
     return template
+
+
+def _over_render(budget: _Budget) -> ValueError:
+    if budget.left == budget.limit:
+        return ValueError(
+            f"the template would render more than limits.filters.max_render ({budget.limit}) "
+            "characters; render less, or raise the limit"
+        )
+    return ValueError(
+        f"the template would render more than the {budget.left} characters left of "
+        f"limits.filters.max_render ({budget.limit}), what one transform may add to an "
+        "event; render less, or raise the limit"
+    )
 
 
 def _constant_variable(value: Any) -> Callable[[Event], Any]:
@@ -232,7 +276,13 @@ def _constant_variable(value: Any) -> Callable[[Event], Any]:
 
 
 def _compile_constant_text(rendered: str) -> Step:
-    return lambda event: event.replace(data=_as_data(rendered, event))
+    def constant_text(event: Event, budget: _Budget) -> Event:
+        if len(rendered) > budget.left:
+            raise _over_render(budget)
+        budget.left -= len(rendered)
+        return event.replace(data=_as_data(rendered, event))
+
+    return constant_text
 
 
 def _parse_template(
@@ -272,23 +322,43 @@ def _parse_template(
     return parts
 
 
-def _text(value: Any) -> str:
-    """A variable's value as template text: strings as they are, the rest as JSON."""
+def _text(value: Any, limit: int) -> str | None:
+    """A variable's value as template text (strings as they are, the rest as JSON), or
+    None when it is longer than ``limit`` characters.
+
+    Strings and bytes are measured before anything is built; a structured value is
+    glanced at first (a few long strings show), then encoded and measured.
+    """
     if type(value) is str:
-        return value
+        return value if len(value) <= limit else None
     if value is MISSING or value is None:
-        return "null"
+        return "null" if limit >= 4 else None
     if isinstance(value, bytes | bytearray | memoryview):
+        if (len(value) + 2) // 3 * 4 > limit:
+            return None
         return base64.b64encode(value).decode("ascii")
-    return _encoder.encode(value).decode("utf-8")
+    if json_size_exceeds(value, limit, most=_GLANCE):
+        return None
+    text = _encoder.encode(value).decode("utf-8")
+    return text if len(text) <= limit else None
 
 
 def _as_data(rendered: str, event: Event) -> Any:
+    """The rendered text as data: decoded when the event says JSON and it parses, as
+    deep as every binding reads (``MAX_DATA_DEPTH``), else the text itself."""
     if is_json_media_type(event.datacontenttype):
         try:
-            return _decoder.decode(rendered)
+            value = _decoder.decode(rendered)
         except msgspec.DecodeError:
-            pass
+            return rendered
+        except RecursionError:
+            raise EventValidationError(
+                f"the template rendered JSON nested far more than {MAX_DATA_DEPTH} deep, "
+                "the most eventmesh reads; flatten it",
+                attribute="data",
+            ) from None
+        check_data_depth(value, rendered)
+        return value
     return rendered
 
 
@@ -422,7 +492,7 @@ def _compile_set(body: Any, path: str, limits: FilterLimits) -> Step:
         else:
             literals.append((name, _check_literal(name, value, at)))
 
-    def set_(event: Event) -> Event:
+    def set_(event: Event, budget: _Budget) -> Event:
         changes = _Changes(event)
         for name, value in literals:
             changes.put(name, value)
@@ -430,10 +500,23 @@ def _compile_set(body: Any, path: str, limits: FilterLimits) -> Step:
             found = get(event)
             if found is MISSING or found is None:
                 found = default
-            changes.put(name, _coerce(name, found))
+            value = _coerce(name, found)
+            if type(value) is str:  # a copy of the event's text: it counts as added
+                if len(value) > budget.left:
+                    raise _over_copy(name, len(value), budget)
+                budget.left -= len(value)
+            changes.put(name, value)
         return changes.apply()
 
     return set_
+
+
+def _over_copy(name: str, size: int, budget: _Budget) -> ValueError:
+    return ValueError(
+        f"setting {name!r} would copy {size} characters, more than the {budget.left} left "
+        f"of limits.filters.max_render ({budget.limit}), what one transform may add to an "
+        "event; copy a smaller value, or raise the limit"
+    )
 
 
 def _compile_rename(body: Any, path: str, limits: FilterLimits) -> Step:
@@ -454,7 +537,7 @@ def _compile_rename(body: Any, path: str, limits: FilterLimits) -> Step:
         targets.add(new)
         pairs.append((old, new))
 
-    def rename(event: Event) -> Event:
+    def rename(event: Event, budget: _Budget) -> Event:
         changes = _Changes(event)
         moved = [(new, changes.read(old)) for old, new in pairs]
         for (old, _), (_, value) in zip(pairs, moved, strict=True):
@@ -475,7 +558,7 @@ def _compile_remove(body: Any, path: str, limits: FilterLimits) -> Step:
         raise ConfigError(f"expected a list of attribute names, got {describe(body)}", key=path)
     names = [_check_name(name, f"{path}[{i}]", verb="remove") for i, name in enumerate(body)]
 
-    def remove(event: Event) -> Event:
+    def remove(event: Event, budget: _Budget) -> Event:
         changes = _Changes(event)
         for name in names:
             if changes.read(name) is not None:
@@ -499,7 +582,7 @@ def _compile_call(body: Any, path: str, limits: FilterLimits) -> Step:
             key=path,
         )
 
-    def call(event: Event) -> Event | None:
+    def call(event: Event, budget: _Budget) -> Event | None:
         result = fn(event)
         if result is None or isinstance(result, Event):
             return result
