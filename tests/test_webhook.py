@@ -600,6 +600,60 @@ async def test_a_freed_slot_goes_to_the_waiting_sink_that_holds_the_fewest() -> 
     assert (slots.held("a"), slots.held("b"), slots.held("c"), slots.waiting) == (2, 1, 0, 0)
 
 
+async def test_a_sink_whose_receiver_hangs_cannot_hold_every_connection() -> None:
+    """A sink with more requests than the pool has connections, to a receiver that never
+    answers and a timeout of an hour, holds at most three quarters of the pool: another
+    sink's webhook is delivered at once rather than after that hour. Before, the first
+    sink took every connection and the other waited for its timeout."""
+
+    async def hang(request: web.Request, n: int) -> web.StreamResponse:
+        await hanging.release.wait()  # set when the receiver closes
+        return web.Response(status=204)
+
+    async with (
+        Receiver(hang) as hanging,
+        Receiver() as healthy,
+        WebhookSession(max_connections=4) as session,
+    ):
+        stuck = WebhookSink(hanging.url, session=session, timeout=3600)
+        fine = WebhookSink(healthy.url, session=session, timeout=3600)
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):  # a concurrency of 8 against a pool of 4
+                tg.start_soon(stuck, order())
+            await eventually(lambda: session.slots.waiting == 5)
+            assert (hanging.active, session.slots.held(stuck)) == (3, 3)
+            with anyio.fail_after(10):  # a bound: it is answered at once
+                assert await fine(order()) == []
+            assert session.slots.held(stuck) == 3
+            tg.cancel_scope.cancel()
+    assert len(healthy.requests) == 1
+    assert (session.slots.held(stuck), session.slots.waiting) == (0, 0)
+
+
+async def test_a_sink_at_its_most_waits_while_a_slot_is_free_for_others() -> None:
+    """The pool's cap on its own: a sink holding three quarters of the slots waits even
+    though one is free, another sink takes that one at once, and a slot the first gives
+    back goes to its own waiting request."""
+    from eventmesh.delivery.webhook import _Slots
+
+    slots = _Slots(4)
+    assert slots.most == 3
+    for _ in range(3):
+        await slots.acquire("a")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(slots.acquire, "a")
+        await anyio.wait_all_tasks_blocked()
+        assert (slots.held("a"), slots.waiting) == (3, 1)
+        with anyio.fail_after(1):
+            await slots.acquire("b")  # the free slot is b's at once
+        slots.release("b")  # a is still at its most: the slot stays free
+        assert (slots.held("a"), slots.held("b"), slots.waiting) == (3, 0, 1)
+        slots.release("a")  # a comes below its most: its waiting request takes the slot
+        await anyio.wait_all_tasks_blocked()
+    assert (slots.held("a"), slots.waiting) == (3, 0)
+    assert [_Slots(n).most for n in (1, 2, 3, 4, 8, 100)] == [1, 2, 3, 3, 6, 75]
+
+
 async def test_a_slot_handed_to_a_request_cancelled_meanwhile_is_passed_on() -> None:
     """A waiting request that is cancelled and handed a slot before it runs again gives
     the slot back: the pool does not shrink by one for each such request."""
@@ -669,3 +723,41 @@ async def test_only_the_last_attempt_says_it_was_dead_lettered(
     (final,) = [m for m in messages if "dead-lettered" in m]
     assert "to orders.dlq after 2 attempts, not retrying" in final
     assert "retrying" not in final.replace("not retrying", "")
+
+
+# -- what is shown ----------------------------------------------------------------------
+
+TOKEN = "S3CRET-T0KEN-42"
+
+
+async def test_a_user_name_alone_in_the_url_is_never_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """http://TOKEN@host/ carries a credential in the user name alone (aiohttp sends it as
+    Basic auth): the dead letter's deadlettererror, the log lines, a connection error and
+    the sink's repr show it as ***@host, as redact_url does. Before, only a password was
+    masked and the token was shown in each of them."""
+    caplog.set_level(logging.DEBUG, logger="eventmesh")
+    async with Receiver(statuses(503, 503)) as receiver:
+        url = receiver.url.replace("http://", f"http://{TOKEN}@") + "?key=k"
+        async with configured(url, delivery={"max_attempts": 2}) as mesh:
+            await mesh.publish("orders", order())
+            (dead,) = await read(mesh, "orders.dlq")
+        async with WebhookSession() as session:
+            sink = WebhookSink(url, session=session)
+            shown = repr(sink)
+        closed = WebhookSink(
+            f"http://{TOKEN}@127.0.0.1:{receiver.port}/gone", session=WebhookSession()
+        )
+    with pytest.raises(DeliveryError) as caught:
+        await closed(order())  # the receiver is gone: a connection error
+    await closed.session.close()
+    error = str(dead.extensions["deadlettererror"])
+    assert f"POST http://***@127.0.0.1:{receiver.port}/events?... answered 503" in error
+    assert f"http://***@127.0.0.1:{receiver.port}/events" in shown
+    assert f"POST http://***@127.0.0.1:{receiver.port}/gone failed" in str(caught.value)
+    assert receiver.requests[0].headers["authorization"].startswith("Basic ")
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "***@127.0.0.1" in logged
+    for text in (error, shown, str(caught.value), logged):
+        assert TOKEN not in text

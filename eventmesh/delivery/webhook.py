@@ -116,11 +116,19 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
 
 
 def _display(url: URL) -> str:
-    """A URL for messages and dead letters: no password, no query string."""
-    shown = url.with_password(None).with_query(None).with_fragment(None)
-    if url.password is not None:
-        shown = shown.with_password("***")
-    return str(shown) + ("?..." if url.query_string else "")
+    """A URL for messages, log lines and dead letters: no credential (a password, or a
+    user name alone, which is the credential then: ``***@host``, as
+    :func:`~eventmesh._redact.redact_url` shows it), no query string, no fragment."""
+    shown = redact_url(str(url.with_query(None).with_fragment(None)))
+    return shown + ("?..." if url.query_string else "")
+
+
+def _scrubbed(text: str, url: URL, where: str) -> str:
+    """An HTTP client's error text with ``url`` (which some, as ``InvalidURL``, quote
+    whole, credentials and all) shown as ``where``."""
+    for form in {str(url), url.human_repr()}:
+        text = text.replace(form, where)
+    return text
 
 
 _Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -146,22 +154,29 @@ class _Narrowed(AllowList):
 class _Slots:
     """The requests a session may have in flight at once, shared fairly by its sinks.
 
-    A request holds a slot from before it connects until its answer is read. When every
-    slot is taken, a request waits, and a freed slot goes to the waiting sink that holds
-    the fewest (the one that began waiting first among equals). So a sink whose receiver
-    hangs holds its slots only until its own timeout, and from then on no more than its
-    share while others wait: it cannot keep every other webhook waiting, and the time a
-    request waits for a slot is not counted against its sink's timeout (the receiver
-    that request goes to is not the one that was slow).
+    A request holds a slot from before it connects until its answer is read. One sink
+    never holds more than :attr:`most` slots, three quarters of them (all of a pool
+    under four): the rest is kept for the other sinks, so a sink whose receiver hangs,
+    with a concurrency and a timeout as large as a client may choose, cannot take every
+    slot and keep the others waiting for as long as its timeout runs. When no slot is
+    free (or the sink holds its most), a request waits, and a freed slot goes to the
+    waiting sink that holds the fewest among those below their most (the one that
+    began waiting first among equals): a sink that hangs gets no more than its share
+    while others wait. The time a request waits for a slot is not counted against its
+    sink's timeout (the receiver that request goes to is not the one that was slow).
+
+    Invariant: while a slot is free, no waiting sink is below its most.
     """
 
-    __slots__ = ("_free", "_held", "_waiting", "_warned", "size")
+    __slots__ = ("_free", "_held", "_waiting", "_warned", "most", "size")
 
     WARN_EVERY: Final = 60.0
     """Seconds between two warnings that requests wait for a slot."""
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.most = size - size // 4
+        """Slots one sink may hold at once: the rest is kept for the others."""
         self._free = size
         self._held: dict[Hashable, int] = {}
         self._waiting: dict[Hashable, deque[anyio.Event]] = {}
@@ -177,9 +192,10 @@ class _Slots:
         return sum(len(queue) for queue in self._waiting.values())
 
     async def acquire(self, owner: Hashable) -> None:
-        """Take a slot for ``owner``, waiting for one if none is free."""
-        if self._free and not self._waiting:
-            self._free -= 1
+        """Take a slot for ``owner``, waiting for one if none is free or it holds its
+        most."""
+        if self._free and self._held.get(owner, 0) < self.most:
+            self._free -= 1  # no other waiter can take it (the invariant)
             self._held[owner] = self._held.get(owner, 0) + 1
             return
         self._warn(owner)
@@ -198,18 +214,22 @@ class _Slots:
             raise
 
     def release(self, owner: Hashable) -> None:
-        """Give back a slot ``owner`` held: to the waiting owner that holds the fewest."""
+        """Give back a slot ``owner`` held: to the waiting owner below its most that
+        holds the fewest, else it is free."""
         left = self._held[owner] - 1
         if left:
             self._held[owner] = left
         else:
             del self._held[owner]
-        waiting = self._waiting
-        if not waiting:
+        held, most, waiting = self._held, self.most, self._waiting
+        chosen = min(
+            (waiter for waiter in waiting if held.get(waiter, 0) < most),
+            key=lambda waiter: held.get(waiter, 0),
+            default=None,
+        )
+        if chosen is None:
             self._free += 1
             return
-        held = self._held
-        chosen = min(waiting, key=lambda waiter: held.get(waiter, 0))
         queue = waiting[chosen]
         handed = queue.popleft()
         if not queue:
@@ -222,6 +242,17 @@ class _Slots:
         if now - self._warned < self.WARN_EVERY:
             return
         self._warned = now
+        if self._free:  # a slot is free, but not for this owner
+            log.warning(
+                "requests for %s wait for a webhook connection: it holds %d, the most one "
+                "sink may (three quarters of server.webhook.max_connections, %d), the "
+                "rest being kept for other sinks; lower its concurrency or timeout, or "
+                "raise the limit",
+                owner,
+                self._held.get(owner, 0),
+                self.size,
+            )
+            return
         busiest = max(self._held, key=self._held.__getitem__, default=None)
         log.warning(
             "all %d webhook connections are in use (server.webhook.max_connections); "
@@ -238,8 +269,9 @@ class WebhookSession(ClosedOnExit):
     """The HTTP client every webhook of a mesh POSTs through.
 
     One keep-alive pool of at most ``max_connections`` connections, shared by every
-    sink: when all are in use, a request waits for one, and a freed connection goes to
-    the waiting sink that holds the fewest (:class:`_Slots`), so one receiver that hangs
+    sink: one sink holds at most three quarters of them (all of a pool under four);
+    when all are in use, a request waits for one, and a freed connection goes to the
+    waiting sink that holds the fewest (:class:`_Slots`), so one receiver that hangs
     cannot starve the others' webhooks. Connections go only to addresses inside
     ``allowed_networks`` (CIDR strings; loopback by default), checked after DNS
     resolution at every new connection, or to the ``allowed_hosts``, trusted by name
@@ -401,13 +433,16 @@ class WebhookSession(ClosedOnExit):
                 raise DeliveryError(
                     f"POST {where} refused: {exc.os_error}", retryable=False
                 ) from exc
-            raise DeliveryError(f"POST {where} failed: {exc}") from exc
+            raise DeliveryError(f"POST {where} failed: {_scrubbed(str(exc), url, where)}") from exc
         except aiohttp.InvalidURL as exc:
             raise DeliveryError(
-                f"POST {where} failed: invalid URL ({exc})", retryable=False
+                f"POST {where} failed: invalid URL ({_scrubbed(str(exc), url, where)})",
+                retryable=False,
             ) from exc
         except aiohttp.ClientError as exc:
-            raise DeliveryError(f"POST {where} failed: {type(exc).__name__}: {exc}") from exc
+            raise DeliveryError(
+                f"POST {where} failed: {type(exc).__name__}: {_scrubbed(str(exc), url, where)}"
+            ) from exc
 
 
 async def _read(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
