@@ -9,18 +9,26 @@ lag. One ``prometheus_client`` collector renders all of it (the ``prometheus`` e
 imported at the first scrape, so a mesh that is never scraped does not load it).
 docs/operations.md lists every metric.
 
+A scrape reads the figures on the event loop, where the mesh changes them (cheap
+copies: :meth:`MeshMetrics.snapshot`), and formats them, the costly part, in a worker
+thread when :meth:`MeshMetrics.render` is called in one (as the sidecar's ``/metrics``).
+
 Labels are ``topic``, ``subscription`` and ``connector``. Topics and subscriptions made
-through the API are chosen by users, so each family keeps its own labels for the first
-``max_label_sets`` label sets it sees; later ones are summed under ``other``. A label
-value is cut to ``MAX_LABEL_LENGTH`` characters (names are bounded where they are made;
-this is the metrics' own guard), so what one scrape renders is bounded whatever clients
-name.
+through the API are chosen by users, so each family keeps its own labels for at most
+``max_label_sets`` label sets at once, in the order it sees them; the others are summed
+under ``other``. A label set that a scrape no longer lists (its subscription or function
+closed) gives its place up to the next one. A label value is cut to
+``MAX_LABEL_LENGTH`` characters (names are bounded where they are made; this is the
+metrics' own guard), so what one scrape renders is bounded whatever clients name.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
+
+import anyio.from_thread
 
 from eventmesh._imports import needs_extra
 from eventmesh.observability.histogram import Histogram
@@ -35,8 +43,11 @@ __all__ = [
     "FunctionFigures",
     "LabelLimit",
     "MeshMetrics",
+    "Scrape",
     "SubscriptionFigures",
 ]
+
+_T = TypeVar("_T")
 
 OTHER: Final = "other"
 """The label value that stands for every topic or subscription beyond the limit."""
@@ -93,8 +104,12 @@ class FunctionFigures(NamedTuple):
 
 
 class LabelLimit:
-    """Admits the first ``limit`` label sets it is shown; later ones become ``other``.
+    """Admits up to ``limit`` label sets at once, in the order it is shown them; the
+    others become ``other``.
 
+    An admitted set keeps its place while it is live: :meth:`retain`, called with the
+    sets a scrape lists, gives up the places of those gone (a subscription deleted), so
+    a process that made and deleted ``limit`` subscriptions still labels the next ones.
     Each name is cut to :data:`MAX_LABEL_LENGTH` characters first. The connector label
     (from the configuration, so bounded) is kept as it is.
     """
@@ -107,8 +122,7 @@ class LabelLimit:
 
     def __call__(self, names: tuple[str, ...], connector: str | None = None) -> tuple[str, ...]:
         """``names`` (plus ``connector``) if admitted, else ``other`` for each name."""
-        if any(len(name) > MAX_LABEL_LENGTH for name in names):
-            names = tuple(name[:MAX_LABEL_LENGTH] for name in names)
+        names = _cut(names)
         if names in self._admitted:
             pass
         elif len(self._admitted) < self.limit:
@@ -116,6 +130,30 @@ class LabelLimit:
         else:
             names = (OTHER,) * len(names)
         return names if connector is None else (*names, connector)
+
+    def retain(self, live: Iterable[tuple[str, ...]]) -> None:
+        """Keep admitted only the sets among ``live`` (all those a scrape is about to
+        label): the places of the others are free for new sets."""
+        if self._admitted:
+            self._admitted.intersection_update({_cut(names) for names in live})
+
+
+def _cut(names: tuple[str, ...]) -> tuple[str, ...]:
+    if any(len(name) > MAX_LABEL_LENGTH for name in names):
+        return tuple(name[:MAX_LABEL_LENGTH] for name in names)
+    return names
+
+
+class Scrape(NamedTuple):
+    """Every figure of one scrape, read on the event loop (:meth:`MeshMetrics.snapshot`):
+    copies, which the mesh no longer changes, so they can be formatted in a thread."""
+
+    subscriptions: list[SubscriptionFigures]
+    functions: list[FunctionFigures]
+    published: list[tuple[str, int]]
+    released: list[tuple[str, int]]
+    deduplicated: list[tuple[str, int, int]]
+    requests: dict[str, int]
 
 
 SubscriptionSource = Callable[[], Iterable[SubscriptionFigures]]
@@ -137,7 +175,8 @@ class MeshMetrics:
 
     ``subscriptions`` and ``functions`` list the running subscriptions' and functions'
     figures at each scrape; ``connector_for`` names the connector of a topic. The mesh
-    adds to :attr:`published` per topic.
+    adds to :attr:`published` per topic. The sources are called on the event loop only
+    (:meth:`snapshot`); ``connector_for`` may be called from a thread.
     """
 
     def __init__(
@@ -163,25 +202,70 @@ class MeshMetrics:
         self._subscription_labels = LabelLimit(max_label_sets)
         self._function_labels = LabelLimit(max_label_sets)
         self._registry: CollectorRegistry | None = None
+        self._rendering: Scrape | None = None
+        """The figures :meth:`render` is formatting, for the collector."""
+        self._lock = threading.Lock()
+        """One rendering at a time: it sets the label limits and :attr:`_rendering`."""
 
     # -- rendering -----------------------------------------------------------------------
 
-    def render(self) -> str:
-        """Every metric in the Prometheus text format (the admin ``/metrics`` page).
-        Raises MissingExtraError without the ``prometheus`` extra."""
+    def snapshot(self) -> Scrape:
+        """Every figure, read now: call it on the event loop, where the mesh changes them.
+        A copy of each (the histograms' too), cheap beside formatting them."""
+        return Scrape(
+            subscriptions=[
+                figures._replace(counts=dict(figures.counts), latency=_copy(figures.latency))
+                for figures in self._subscriptions()
+            ],
+            functions=[
+                figures._replace(duration=_copy(figures.duration)) for figures in self._functions()
+            ],
+            published=list(self.published.items()),
+            released=list(self._released()),
+            deduplicated=list(self._deduplicated()),
+            requests=dict(self._requests()),
+        )
+
+    def render(self, scrape: Scrape | None = None) -> str:
+        """Every metric in the Prometheus text format (the admin ``/metrics`` page), from
+        ``scrape`` or, without one, from the figures now. Raises MissingExtraError
+        without the ``prometheus`` extra.
+
+        Call it on the event loop, or in a worker thread of it
+        (``anyio.to_thread.run_sync``): then only the :meth:`snapshot` runs on the loop
+        (through ``anyio.from_thread``) and the formatting, most of the cost, in the
+        thread. Renderings from several threads take turns.
+        """
         with needs_extra("the /metrics page"):
             from prometheus_client import CollectorRegistry, generate_latest
-        if self._registry is None:
-            self._registry = CollectorRegistry(auto_describe=False)
-            self._registry.register(_Collector(self))
-        return generate_latest(self._registry).decode()
+        if scrape is None:
+            scrape = _on_the_loop(self.snapshot)
+        with self._lock:
+            if self._registry is None:
+                self._registry = CollectorRegistry(auto_describe=False)
+                self._registry.register(_Collector(self))
+            self._rendering = scrape
+            try:
+                return generate_latest(self._registry).decode()
+            finally:
+                self._rendering = None
 
-    def families(self) -> Iterator[Metric]:
-        """Every metric family, read now (the collector behind :meth:`render`)."""
+    def families(self, scrape: Scrape | None = None) -> Iterator[Metric]:
+        """Every metric family of ``scrape``, or of the figures now (the collector behind
+        :meth:`render`)."""
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
-        subscriptions = list(self._subscriptions())
-        functions = list(self._functions())
+        if scrape is None:
+            scrape = self.snapshot()
+        subscriptions, functions = scrape.subscriptions, scrape.functions
+        deduplicated = scrape.deduplicated
+        self._topic_labels.retain(
+            [(name,) for name, _ in scrape.published]
+            + [(name,) for name, _ in scrape.released]
+            + [(name,) for name, _, _ in deduplicated]
+        )
+        self._subscription_labels.retain((f.subscription, f.topic) for f in subscriptions)
+        self._function_labels.retain((f.function,) for f in functions)
         topic = ["topic", "connector"]
         yield _filled(
             CounterMetricFamily(
@@ -189,7 +273,7 @@ class MeshMetrics:
                 "events stored on a topic by publish (including replies and dead letters)",
                 labels=topic,
             ),
-            self._by_topic(self.published.items()),
+            self._by_topic(scrape.published),
         )
         yield _filled(
             CounterMetricFamily(
@@ -198,9 +282,8 @@ class MeshMetrics:
                 "when_full: drop_oldest) before every group read them",
                 labels=topic,
             ),
-            self._by_topic(self._released()),
+            self._by_topic(scrape.released),
         )
-        deduplicated = list(self._deduplicated())
         yield _filled(
             CounterMetricFamily(
                 "eventmesh_events_deduplicated",
@@ -257,7 +340,7 @@ class MeshMetrics:
                 ),
                 ((self._function_labels((f.function,)), getattr(f, field)) for f in functions),
             )
-        counts = self._requests()
+        counts = scrape.requests
         yield _filled(
             CounterMetricFamily(
                 "eventmesh_requests",
@@ -281,7 +364,7 @@ class MeshMetrics:
         return self._subscription_labels((figures.subscription, figures.topic), figures.connector)
 
     def _by_topic(self, counts: Iterable[tuple[str, int]]) -> Iterator[tuple[tuple[str, ...], int]]:
-        for topic, count in list(counts):
+        for topic, count in counts:
             yield self._topic_labels((topic,), self._connector_for(topic)), count
 
     def _histograms(
@@ -332,6 +415,24 @@ def _count(counts: Mapping[str, int], field: str) -> int:
     return counts[field]
 
 
+def _copy(histogram: Histogram | None) -> Histogram | None:
+    if histogram is None:
+        return None
+    copy = Histogram(histogram.bounds)
+    copy.merge(histogram)
+    return copy
+
+
+def _on_the_loop(read: Callable[[], _T]) -> _T:
+    """``read()`` on the event loop: sent there from an anyio worker thread, called here
+    anywhere else (the loop's own thread, or no loop at all)."""
+    try:
+        anyio.from_thread.check_cancelled()  # raises RuntimeError outside a worker thread
+    except RuntimeError:
+        return read()
+    return anyio.from_thread.run_sync(read)
+
+
 def _merge_into(
     folded: dict[tuple[str, ...], Histogram], key: tuple[str, ...], histogram: Histogram
 ) -> None:
@@ -348,7 +449,7 @@ class _Collector:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        return self._metrics.families()
+        return self._metrics.families(self._metrics._rendering)
 
     def describe(self) -> list[Any]:
         return []

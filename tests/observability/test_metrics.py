@@ -3,6 +3,7 @@ the mesh did, with bounded labels, and empty when metrics are off."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import aiohttp
@@ -10,10 +11,10 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventmesh import Event
+from eventmesh import Event, Mesh
 from eventmesh.bindings.http import to_binary
 from eventmesh.observability.histogram import Histogram
-from eventmesh.observability.metrics import OTHER, LabelLimit
+from eventmesh.observability.metrics import OTHER, LabelLimit, MeshMetrics, SubscriptionFigures
 from eventmesh.server.sidecar import Sidecar
 
 pytestmark = pytest.mark.anyio
@@ -190,3 +191,68 @@ def test_a_histogram_counts_each_observation_in_its_bucket() -> None:
     assert list(histogram.cumulative()) == [("0.1", 2), ("1.0", 3), ("+Inf", 4)]
     assert histogram.count == 4
     assert histogram.sum == pytest.approx(7.65)
+
+
+async def test_a_deleted_subscription_gives_its_label_set_up() -> None:
+    """With max_label_sets 2, once the two labelled subscriptions close, the next ones
+    get their own labels rather than other. Before, the label sets admitted stayed
+    taken for the life of the process: after 1,000 subscriptions made and deleted,
+    every later one was reported as other."""
+    async with Mesh({"metrics": {"max_label_sets": 2}}) as mesh:
+        assert mesh.metrics is not None
+        for name in ("a", "b"):
+            async with mesh.subscribe("orders", name, handler=ok, name=name):
+                page = samples(mesh.metrics.render())
+                assert ("eventmesh_events_received_total", labels(name)) in page
+        for name in ("c", "d"):
+            await mesh.subscribe("orders", name, handler=ok, name=name)
+        await mesh.subscribe("orders", "e", handler=ok, name="e")  # the third live one
+        page = samples(mesh.metrics.render())
+    received = {
+        dict(key)["subscription"]
+        for (name, key), _ in page.items()
+        if name == "eventmesh_events_received_total"
+    }
+    assert received == {"c", "d", OTHER}
+
+
+def test_a_label_limit_frees_the_places_of_sets_no_longer_live() -> None:
+    """LabelLimit.retain keeps the live sets admitted, in their places, and frees the
+    others' for new sets."""
+    limit = LabelLimit(2)
+    assert (limit(("a",)), limit(("b",)), limit(("c",))) == (("a",), ("b",), (OTHER,))
+    limit.retain([("b",), ("c",), ("x" * 300,)])
+    assert (limit(("c",)), limit(("d",)), limit(("b",))) == (("c",), (OTHER,), ("b",))
+
+
+async def test_a_render_in_a_worker_thread_reads_the_figures_on_the_loop() -> None:
+    """MeshMetrics.render called in a worker thread (as the sidecar's /metrics calls it)
+    reads every source on the event loop's thread, where the mesh changes them, and
+    formats in the thread; called on the loop it reads them there."""
+    loop_thread = threading.get_ident()
+    readers: set[int] = set()
+    histogram = Histogram()
+    histogram.observe(0.01)
+
+    def figures() -> list[SubscriptionFigures]:
+        readers.add(threading.get_ident())
+        counts = dict.fromkeys(("received", "delivered", "failed", "retried"), 1)
+        counts |= dict.fromkeys(("dead_lettered", "filtered", "dropped"), 0)
+        return [SubscriptionFigures("s", "orders", "default", counts, 0, 0, histogram)]
+
+    def released() -> list[tuple[str, int]]:
+        readers.add(threading.get_ident())
+        return [("orders", 2)]
+
+    metrics = MeshMetrics(
+        subscriptions=figures, released=released, connector_for=lambda topic: "default"
+    )
+    metrics.published["orders"] = 3
+    page = samples(await anyio.to_thread.run_sync(metrics.render))
+    assert readers == {loop_thread}
+    topic = frozenset({("topic", "orders"), ("connector", "default")})
+    assert page[("eventmesh_events_published_total", topic)] == 3
+    assert page[("eventmesh_events_released_total", topic)] == 2
+    assert page[("eventmesh_events_received_total", labels("s"))] == 1
+    assert page[("eventmesh_publish_to_ack_seconds_count", labels("s"))] == 1
+    assert samples(metrics.render()) == page
