@@ -363,14 +363,27 @@ class _LiveView:
         self.console = Console()
 
     def show(self, event: Any, attempt: int) -> None:
+        """Print ``event``. Its attributes are the publisher's text, shown as they are: a
+        ``Text``, never read as markup or emoji codes (a type ``[/x]`` raised
+        MarkupError before the ack), with control characters escaped."""
         from rich.pretty import Pretty
+        from rich.text import Text
+
+        from eventmesh._logging import escape_controls
 
         when = event.time.isoformat(timespec="seconds") if event.time else "-"
-        retry = f" [yellow](attempt {attempt})[/]" if attempt > 1 else ""
-        self.console.print(
-            f"[dim]{when}[/] [bold cyan]{event.type}[/] [green]{event.source}[/] "
-            f"[dim]id={event.id}[/]{retry}"
+        line = Text.assemble(
+            (when, "dim"),
+            " ",
+            (escape_controls(str(event.type)), "bold cyan"),
+            " ",
+            (escape_controls(str(event.source)), "green"),
+            " ",
+            (f"id={escape_controls(str(event.id))}", "dim"),
         )
+        if attempt > 1:
+            line.append(f" (attempt {attempt})", "yellow")
+        self.console.print(line)
         if event.data is not None:
             self.console.print(Pretty(event.data), style="default")
 

@@ -23,7 +23,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -506,7 +506,8 @@ def _load(
     try:
         setting = [(k, v, f"the environment variable {n}") for n, k, v in _env_overrides(env)]
         setting += [
-            ([_index(p) for p in k.split(".")], v, f"--set {k}") for k, v in overrides.items()
+            ([_index(p, f"--set {k}") for p in k.split(".")], v, f"--set {k}")
+            for k, v in overrides.items()
         ]
         for key, value, setter in setting:
             variables[_dotted(key)] = setter
@@ -611,8 +612,31 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def _index(part: str) -> str | int:
-    return int(part) if part.isdigit() else part
+_MAX_INDEX_DIGITS: Final = 9
+"""Digits of a list index in an override's key: no list is longer than 999,999,999."""
+
+
+def _index(part: str, setter: str) -> str | int:
+    """One part of an override's key: a list index when it is digits, else a key.
+
+    Only ASCII digits, at most :data:`_MAX_INDEX_DIGITS`, make an index; other digits
+    (``²``, which ``str.isdigit`` takes) or a longer run raise ConfigError naming
+    ``setter`` (``--set KEY`` or the variable), rather than ``int``'s ValueError.
+    """
+    if not part.isdigit():
+        return part
+    if part.isascii() and len(part) <= _MAX_INDEX_DIGITS:
+        return int(part)
+    shown = part if len(part) <= 20 else f"{part[:20]}... ({len(part)} characters)"
+    raise ConfigError(
+        f"{shown!r} in an override's key is not a list index: write an index in the "
+        f"ASCII digits 0-9, at most {_MAX_INDEX_DIGITS} of them (set by {_cut(setter)})"
+    )
+
+
+def _cut(text: str, most: int = 120) -> str:
+    """``text`` for a message, cut to about ``most`` characters."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
 
 
 def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, list[str | int], Any]]:
@@ -620,7 +644,8 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, list[str | int], A
     for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
             continue
-        path = [_index(p.lower()) for p in name[len(ENV_PREFIX) :].split("__")]
+        setter = f"the environment variable {name}"
+        path = [_index(p.lower(), setter) for p in name[len(ENV_PREFIX) :].split("__")]
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:

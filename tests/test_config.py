@@ -286,3 +286,27 @@ def test_an_environment_variable_mistake_names_the_variable() -> None:
         assert f"(set by the environment variable {variable})" in str(caught.value)
     with pytest.raises(ConfigError, match=r"\(set by --set logging.level\)"):
         load_config(None, overrides={"logging.level": "loud"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "override"),
+    [
+        ("EVENTMESH__SUBSCRIPTIONS__²__NAME", "subscriptions.².name"),  # '²'.isdigit()
+        ("EVENTMESH__SUBSCRIPTIONS__" + "9" * 5000, "subscriptions." + "9" * 5000),
+        ("EVENTMESH__SUBSCRIPTIONS__" + "1" * 10, "subscriptions." + "1" * 10),
+    ],
+)
+def test_an_override_index_that_is_not_ascii_digits_or_too_long_names_its_setter(
+    variable: str, override: str
+) -> None:
+    """An override key's part that str.isdigit takes but is not 1-9 ASCII digits is a
+    ConfigError naming the --set key or the variable (before, int() raised ValueError,
+    and 5,000 digits hit its digit limit), and the message stays short."""
+    with pytest.raises(ConfigError, match="is not a list index") as caught:
+        load_config(None, env={variable: "x"})
+    assert "(set by the environment variable EVENTMESH__SUBSCRIPTIONS__" in str(caught.value)
+    assert len(str(caught.value)) < 400
+    with pytest.raises(ConfigError, match="is not a list index") as caught:
+        load_config(None, overrides={override: "x"})
+    assert "(set by --set subscriptions." in str(caught.value)
+    assert len(str(caught.value)) < 400

@@ -102,3 +102,31 @@ def test_the_daemon_writes_json_lines_and_nothing_when_disabled(
     configure_logging("info", "json", enabled=False)
     logging.getLogger("eventmesh.test").error("not written")
     assert capsys.readouterr().err == ""
+
+
+FORGED = "e-1\n00:00:00 CRITICAL eventmesh.auth: principal 'admin' authenticated\r\x1b[2J\x85"
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_the_console_format_writes_a_message_on_one_line_with_controls_escaped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An event id with a newline, a carriage return, an ESC sequence and a C1 control
+    cannot forge a console log line: the record is one line, each control written as
+    its escape; a traceback's lines are indented, so none starts at the margin."""
+    configure_logging("info", "console")
+    log = logging.getLogger("eventmesh.test")
+    log.warning("dropped event %s", FORGED)
+    try:
+        raise ValueError(FORGED)
+    except ValueError:
+        log.exception("failed")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(
+        "eventmesh.test: dropped event e-1\\n00:00:00 CRITICAL eventmesh.auth: principal "
+        "'admin' authenticated\\r\\x1b[2J\\x85"
+    )
+    assert lines[1].endswith("eventmesh.test: failed")
+    assert len(lines) > 3
+    assert all(line.startswith("    ") for line in lines[2:])
+    assert not any(char in line for line in lines for char in "\r\x1b\x85")
