@@ -216,8 +216,10 @@ def arithmetic(op: str, left: Value, right: Value, where: str) -> int:
 _LIKE_TOKEN = re.compile(r"\\[%_\\]|.", re.DOTALL)
 
 
-def like_matcher(pattern: str) -> tuple[Callable[[str], bool], int]:
-    """A predicate for ``x LIKE pattern``, built once, and the work it does per character.
+def like_matcher(pattern: str) -> tuple[Callable[[str], bool], int, bool]:
+    """A predicate for ``x LIKE pattern``, built once, the work it does per character, and
+    whether that work is one ``str.find``'s (so once per character from
+    :data:`~eventmesh.pipeline.limits.LINEAR_FROM` characters on).
 
     ``%`` is any run of characters, ``_`` one character; ``\\%``, ``\\_`` and ``\\\\``
     stand for ``%``, ``_`` and a backslash; any other backslash is itself.
@@ -243,15 +245,15 @@ def like_matcher(pattern: str) -> tuple[Callable[[str], bool], int]:
     if all(None not in run for run in runs):
         texts = ["".join(run) for run in runs]  # type: ignore[arg-type]
         if len(texts) == 1:
-            return texts[0].__eq__, 0
+            return texts[0].__eq__, 0, False
         first, last = texts[0], texts[-1]
         if len(texts) == 2 and not last:
-            return (lambda s: s.startswith(first)), 0
+            return (lambda s: s.startswith(first)), 0, False
         if len(texts) == 2 and not first:
-            return (lambda s: s.endswith(last)), 0
+            return (lambda s: s.endswith(last)), 0, False
         if len(texts) == 3 and not first and not last:
             middle = texts[1]
-            return (lambda s: middle in s), search_weight(len(middle))
+            return (lambda s: middle in s), search_weight(len(middle)), True
     return _general_matcher(runs)
 
 
@@ -283,10 +285,10 @@ def _middle(run: list[str | None]) -> _Middle:
     return _Middle(lead, "".join(core), None, len(core), trail)  # type: ignore[arg-type]
 
 
-def _general_matcher(runs: list[list[str | None]]) -> tuple[Callable[[str], bool], int]:
+def _general_matcher(runs: list[list[str | None]]) -> tuple[Callable[[str], bool], int, bool]:
     if len(runs) == 1:
         whole, size = _run_regex(runs[0]), len(runs[0])
-        return (lambda s: len(s) == size and whole.match(s) is not None), 0
+        return (lambda s: len(s) == size and whole.match(s) is not None), 0, False
     head, *inner, tail = runs
     head_re, tail_re = _run_regex(head), _run_regex(tail)
     middles = tuple(_middle(run) for run in inner if run)
@@ -315,7 +317,7 @@ def _general_matcher(runs: list[list[str | None]]) -> tuple[Callable[[str], bool
             position = found + size + trail
         return True
 
-    return match, weight
+    return match, weight, False
 
 
 # -- operators: closures over the compiled operands --------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Final, TypeAlias
 from eventmesh.errors import ConfigError
 from eventmesh.pipeline._combine import any_of
 from eventmesh.pipeline._jsonpath import describe, join_path
-from eventmesh.pipeline.limits import search_weight
+from eventmesh.pipeline.limits import search_cost, search_weight
 
 __all__ = [
     "KNOWN",
@@ -186,7 +186,7 @@ def wildcard(argument: Any, path: str, work: Work | None = None, *, over: bool =
 def _charged(search: Match, weight: int, work: Work, over: bool) -> Match:
     def charged(value: Any) -> bool:
         if type(value) is str:
-            work.left -= (len(value) * weight >> 6) + 1
+            work.left -= (search_cost(len(value), weight) >> 6) + 1
             if work.left < 0:
                 return over
         return search(value)

@@ -58,7 +58,7 @@ from eventmesh.pipeline._cesql_parser import (
     children,
     parse,
 )
-from eventmesh.pipeline.limits import DEFAULT_LIMITS, FilterLimits
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, LINEAR_FROM, FilterLimits
 
 if TYPE_CHECKING:
     from eventmesh.event import Event
@@ -348,14 +348,19 @@ class _Compiler:
 
     def like(self, node: Like, operand: _Code) -> _Code:
         of, negated = operand.fn, node.negated
-        match, weight = like_matcher(node.pattern)
-        # A value longer than this would cost more than this LIKE's share of max_scan.
-        longest = self.allowance // weight if weight else None
+        match, weight, linear = like_matcher(node.pattern)
+        allowance = self.allowance
+        # A value longer than this would cost more than this LIKE's share of max_scan;
+        # but one str.find costs a character each from LINEAR_FROM on.
+        longest = allowance // weight if weight else None
+        linear_too = linear and allowance >= LINEAR_FROM
         too_long = (
             EvaluationError(
                 "generic",
-                f"LIKE reads at most {longest} characters here (limits.filters.max_scan, "
-                f"shared by the expression's LIKEs and string functions){self.where(node)}",
+                f"LIKE reads at most {longest} characters here"
+                + (f" (or from {LINEAR_FROM} to {allowance})" if linear_too else "")
+                + " (limits.filters.max_scan, shared by the expression's LIKEs and string "
+                f"functions){self.where(node)}",
             ),
         )
         name, missing = operand.attribute, operand.missing
@@ -372,7 +377,11 @@ class _Compiler:
                     raise Failed(False, failed.errors) from None
             if type(value) is not str:
                 value = to_string(value)
-            if longest is not None and len(value) > longest:
+            if (
+                longest is not None
+                and (size := len(value)) > longest
+                and not (linear_too and LINEAR_FROM <= size <= allowance)
+            ):
                 raise Failed(False, too_long)
             return match(value) is not negated
 

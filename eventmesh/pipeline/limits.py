@@ -15,20 +15,28 @@ Why compiling and evaluating are then cheap by construction:
   the string-reading operators of one CESQL expression share ``max_scan`` characters;
   the arrays and wildcard searches of one content pattern share ``max_steps`` checks,
   a search weighed by :func:`search_weight`;
-- a transform chain adds at most ``max_render`` characters to an event: what its
-  templates render and the strings its ``set`` steps copy, together.
+- a transform template renders at most ``max_render`` characters (it replaces the
+  data), and the ``set`` steps of a chain copy at most as many from the event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from eventmesh.errors import ConfigError
 
-__all__ = ["FilterLimits", "check_depth", "check_size", "json_size_exceeds", "search_weight"]
+__all__ = [
+    "LINEAR_FROM",
+    "FilterLimits",
+    "check_depth",
+    "check_size",
+    "json_size_exceeds",
+    "search_cost",
+    "search_weight",
+]
 
 
 class FilterLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -48,9 +56,9 @@ class FilterLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     c conditions takes n x c, a wildcard searching a string one per 64 characters times
     the :func:`search_weight` of the longest text it looks for."""
     max_render: int = 1024 * 1024
-    """Characters one transform chain may add to one event: what its templates render
-    and the strings its ``set`` steps copy from the event, together. Over it, the step
-    fails and the event is dead-lettered."""
+    """Characters one transform template may render for one event (it replaces the
+    data), and that the ``set`` steps of one chain may copy from the event, together.
+    Over it, the step fails and the event is dead-lettered."""
 
     def __post_init__(self) -> None:
         names = ("max_size", "max_depth", "max_string", "max_scan", "max_steps", "max_render")
@@ -72,6 +80,19 @@ def search_weight(needle: int) -> int:
     counts its characters ``needle // 8 + 1`` times (once for a needle under 8).
     """
     return needle // 8 + 1
+
+
+LINEAR_FROM: Final = 30_000
+"""From this many characters on, CPython's ``str.find`` searches in linear time whatever
+it looks for (its two-way search), so :func:`search_weight` no longer applies."""
+
+
+def search_cost(length: int, weight: int) -> int:
+    """The characters one ``str.find`` over a ``length``-character string counts for, with
+    the :func:`search_weight` ``weight`` of what it looks for: weighed below
+    :data:`LINEAR_FROM`, where the search may compare the whole needle at each position,
+    and once each from there on."""
+    return length * weight if length < LINEAR_FROM else length
 
 
 def json_size_exceeds(value: Any, limit: int, *, most: int | None = None) -> bool:

@@ -6,10 +6,11 @@ through :meth:`Event.replace`, so the result is a valid event; a step that raise
 becomes a :class:`~eventmesh.errors.PipelineError` naming the step's path, and a step
 that returns None drops the event on purpose. See docs/filters.md, 'Transforms'.
 
-A chain adds at most ``limits.max_render`` characters to an event: what its templates
-render and the strings its ``set`` steps copy, counted as they are made, so that no
-spec turns a small event into a large one (a template repeating the data, then copied
-into a hundred extensions, made 166 MB of a 1 KB event).
+Each template renders at most ``limits.max_render`` characters (it replaces the data,
+so the data it leaves is no larger than that, or than it was), and the ``set`` steps of
+a chain copy at most ``limits.max_render`` characters in all, counted as they are made:
+no spec turns a small event into a large one (a template repeating the data, then
+copied into a hundred extensions, made 166 MB of a 1 KB event).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ __all__ = ["STEP_KINDS", "Transform", "compile_transforms"]
 
 
 class _Budget:
-    """The characters one run of a chain may still add to its event (``max_render``)."""
+    """The characters the ``set`` steps of one run of a chain may still copy from the
+    event (``max_render``)."""
 
     __slots__ = ("left", "limit")
 
@@ -82,7 +84,8 @@ def compile_transforms(
     ``limits.max_size`` characters as JSON (measured before anything is read) or a
     ``constant`` nested more than ``limits.max_depth`` levels. The returned transform
     raises PipelineError, naming the step, when a step fails on an event, among others
-    when the chain would add more than ``limits.max_render`` characters to it.
+    when a template would render, or the chain's ``set`` steps copy, more than
+    ``limits.max_render`` characters.
     """
     if steps is None:
         return None
@@ -239,35 +242,29 @@ def _compile_template(body: Any, path: str, limits: FilterLimits) -> Step:
             uses[slot] += 1
     renders = list(zip(used, uses, strict=True))
     fixed = sum(map(len, literal))
+    max_render = limits.max_render
 
     def template(event: Event, budget: _Budget) -> Event:
-        left = budget.left - fixed
-        if left < 0:
-            raise _over_render(budget)
+        # A template replaces the data, so each one in a chain may render max_render:
+        # the data it leaves is never larger than that (or than it was).
+        left = max_render - fixed
         texts: list[str] = []
         for getter, count in renders:
             text = _text(getter(event), left // count)
             if text is None:
-                raise _over_render(budget)
+                raise _over_render(max_render)
             left -= len(text) * count
             texts.append(text)
-        budget.left = left
         rendered = "".join([part if isinstance(part, str) else texts[part] for part in layout])
         return event.replace(data=_as_data(rendered, event))
 
     return template
 
 
-def _over_render(budget: _Budget) -> ValueError:
-    if budget.left == budget.limit:
-        return ValueError(
-            f"the template would render more than limits.filters.max_render ({budget.limit}) "
-            "characters; render less, or raise the limit"
-        )
+def _over_render(max_render: int) -> ValueError:
     return ValueError(
-        f"the template would render more than the {budget.left} characters left of "
-        f"limits.filters.max_render ({budget.limit}), what one transform may add to an "
-        "event; render less, or raise the limit"
+        f"the template would render more than limits.filters.max_render ({max_render}) "
+        "characters; render less, or raise the limit"
     )
 
 
@@ -276,13 +273,8 @@ def _constant_variable(value: Any) -> Callable[[Event], Any]:
 
 
 def _compile_constant_text(rendered: str) -> Step:
-    def constant_text(event: Event, budget: _Budget) -> Event:
-        if len(rendered) > budget.left:
-            raise _over_render(budget)
-        budget.left -= len(rendered)
-        return event.replace(data=_as_data(rendered, event))
-
-    return constant_text
+    # Text of the spec itself (at most limits.max_size): nothing to count.
+    return lambda event, budget: event.replace(data=_as_data(rendered, event))
 
 
 def _parse_template(

@@ -112,18 +112,34 @@ NEEDLE = "a" * 61 + "baa"
 
 @pytest.mark.parametrize("condition", [{"wildcard": f"*{NEEDLE}*"}, {"wildcard": f"x*{NEEDLE}*"}])
 def test_a_wildcard_is_charged_for_the_length_of_what_it_looks_for(condition: Any) -> None:
-    """A 64-character piece costs nine times a short one: 32,000 characters take 4,509 steps."""
+    """A 64-character piece costs nine times a short one: 29,000 characters take 4,087 steps."""
     limits = FilterLimits(max_steps=1000)
-    value = "x" + "a" * 32_000 + NEEDLE
+    value = "x" + "a" * 29_000 + NEEDLE
     long_piece = compile_pattern({"data": {"v": [condition]}}, where="p", limits=limits)
-    assert long_piece(_event(data={"v": value})) is False  # out of steps: 501 before
+    assert long_piece(_event(data={"v": value})) is False  # out of steps: 454 before
     assert compile_pattern({"data": {"v": [condition]}}, where="p")(_event(data={"v": value}))
     short = compile_pattern({"data": {"v": [{"wildcard": "*baa*"}]}}, where="p", limits=limits)
-    assert short(_event(data={"v": value})) is True  # 501 steps, as before
+    assert short(_event(data={"v": value})) is True  # 454 steps, as before
     excluded = compile_pattern(
         {"data": {"v": [{"anything-but": condition}]}}, where="p", limits=limits
     )
-    assert excluded(_event(data={"v": "a" * 32_000})) is False  # out of steps: no match
+    assert excluded(_event(data={"v": "a" * 29_000})) is False  # out of steps: no match
+
+
+def test_a_search_of_a_long_string_is_charged_once_per_character() -> None:
+    """From LINEAR_FROM characters on str.find is linear whatever it looks for: a long
+    piece over a 1 MB string is charged as a short one and still matches (16,385 steps
+    of the default 100,000), as LIKE reads it up to its share of max_scan."""
+    value = "a" * 1_000_000 + NEEDLE
+    for condition in ({"wildcard": f"*{NEEDLE}*"}, {"wildcard": f"x*{NEEDLE}*"}):
+        pattern = compile_pattern({"data": {"v": [condition]}}, where="p")
+        assert pattern(_event(data={"v": ("x" if "x*" in condition["wildcard"] else "") + value}))
+    limits = FilterLimits(max_string=100_000, max_scan=100_000)
+    like = cesql.compile(f"subject LIKE '%{NEEDLE}%'", limits=limits)
+    assert like.matches(_event("a" * 40_000 + NEEDLE)) is True
+    unreadable = like.evaluate(_event("a" * 20_000 + NEEDLE))  # weighed: over its share
+    assert unreadable.value is False
+    assert [e.kind for e in unreadable.errors] == ["generic"]
 
 
 def test_a_like_is_weighed_by_the_length_of_what_it_looks_for() -> None:
@@ -341,3 +357,27 @@ def test_a_pattern_treats_json_text_nested_past_the_stack_as_unreadable() -> Non
     changed = change(event)
     assert changed is not None
     assert changed.subject is None
+
+
+def test_templates_that_replace_the_data_each_render_up_to_max_render() -> None:
+    """A template replaces the data, so two that each wrap 600 KB of it (or a set that
+    copies a field and a template that renders it) make no event larger than one would:
+    each may render max_render, and the chain passes events of max_event_size."""
+    blob = "b" * 600_000
+    wrap = {"variables": {"d": "$.data"}, "template": '{"wrapped": ${d}}'}
+    chain = [{"template": wrap}] * 2
+    _, twice = compile_pipeline(None, chain, where="t")
+    assert twice is not None
+    wrapped = twice(_event(data={"blob": blob}))
+    assert wrapped is not None
+    assert wrapped.data == {"wrapped": {"wrapped": {"blob": blob}}}
+    copy_then_render = [
+        {"set": {"subject": {"from": "$.data.blob"}}},
+        {"template": {"variables": {"s": "$.subject"}, "template": "${s}"}},
+    ]
+    _, change = compile_pipeline(None, copy_then_render, where="t")
+    assert change is not None
+    rendered = change(_event(data={"blob": blob}, datacontenttype="text/plain"))
+    assert rendered is not None
+    assert rendered.subject == blob
+    assert rendered.data == blob
