@@ -12,6 +12,7 @@ import msgspec
 
 from eventmesh._duration import Duration
 from eventmesh.connectors._sqlite import MAX_PARTITIONS
+from eventmesh.errors import EventMeshError
 from eventmesh.event import (
     Event,
     JSONData,
@@ -22,7 +23,7 @@ from eventmesh.event import (
     struct_keeps,
 )
 
-__all__ = ["LocalConfig", "decode", "encode", "partition_of"]
+__all__ = ["LocalConfig", "check_text", "decode", "encode", "partition_of"]
 
 
 class LocalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -46,6 +47,10 @@ class LocalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """The most events per topic also held in memory (the newest, kept while some group
     has not been handed them; the memory connector's ``max_events``), so consumers less
     than this far behind never read the disk."""
+    cache_bytes: int = 64 << 20
+    """The most bytes (as stored) of those events per topic, split evenly over its
+    partitions: past it the oldest are read back from disk when a consumer needs them.
+    A topic no group with members reads holds none."""
     max_batch: int = 20_000
     """Most events committed in one transaction."""
 
@@ -60,6 +65,21 @@ class LocalConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise ValueError("max_age must be a positive duration such as '168h' (or null)")
         if self.cache_events < 0 or self.max_batch < 1:
             raise ValueError("cache_events must be 0 or more and max_batch at least 1")
+        if self.cache_bytes < 0:
+            raise ValueError("cache_bytes must be 0 or more")
+
+
+def check_text(what: str, text: str, error: type[EventMeshError]) -> None:
+    """``error`` when ``text`` (a topic or group name, a state bucket or key) cannot be
+    stored as SQLite text: a lone surrogate, which UTF-8 cannot encode, would fail the
+    writer's whole batch, other callers' writes with it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(
+            f"{what} {text!r} is not valid Unicode text (it holds a lone surrogate); "
+            "use text that encodes as UTF-8"
+        ) from None
 
 
 def partition_of(key: Any, n: int) -> int:

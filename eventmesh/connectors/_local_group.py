@@ -15,53 +15,89 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import msgspec
 
 from eventmesh.connectors import _sqlite
 from eventmesh.connectors._local_config import encode
 from eventmesh.connectors.base import Consumer, Delivery, StartPosition
+from eventmesh.errors import EventValidationError
 from eventmesh.event import Event
 
 if TYPE_CHECKING:
     from eventmesh.connectors.local import LocalConnector
 
-__all__ = ["Append", "Group", "LocalConsumer", "LocalDelivery", "Part", "Topic"]
+__all__ = ["MAX_AHEAD", "Append", "Group", "LocalConsumer", "LocalDelivery", "Part", "Topic"]
+
+MAX_AHEAD = 10_000
+"""The most events of a partition a group hands out past its committed position. An
+event held unacked (a handler still on it, a nack with a long delay) stops the
+partition there until it is acked or comes again: what a group tracks above its commit
+(acks, attempts), what a rebalance walks and what a restart delivers again stay bounded."""
 
 
 class Part:
     """One partition as the loop sees it: offsets [first, end) are stored; the newest
-    of them (from ``base``) are also held in memory for consumers that keep up."""
+    of them (from ``base``) are also held in memory for consumers that keep up, with
+    the bytes each takes stored (``sizes``, ``held`` their sum)."""
 
-    __slots__ = ("base", "events", "first", "stamps")
+    __slots__ = ("base", "events", "first", "held", "sizes", "stamps")
 
     def __init__(self, first: int, end: int) -> None:
         self.first = first
         self.base = end
         self.events: list[Event] = []
         self.stamps: list[float] = []
+        self.sizes: list[int] = []
+        self.held = 0
 
     @property
     def end(self) -> int:
         return self.base + len(self.events)
 
-    def restart(self, offset: int, event: Event, stamp: float) -> None:
-        """Hold ``event`` at ``offset`` as the first of a new tail (not contiguous)."""
-        self.events = [event]
-        self.stamps = [stamp]
-        self.base = offset
+    def add(self, first: int, run: list[Event], stamp: float, size: int) -> None:
+        """Hold ``run``, stored from offset ``first`` at ``size`` bytes an event, at the
+        end of the tail (a new tail when it does not follow the old one)."""
+        if first != self.end:
+            self.clear(first)
+        count = len(run)
+        self.events += run
+        self.stamps += [stamp] * count
+        self.sizes += [size] * count
+        self.held += size * count
 
-    def trim(self, cap: int, low: int) -> None:
+    def clear(self, end: int) -> None:
+        """Hold nothing: the offsets below ``end`` are read from disk."""
+        self.events = []
+        self.stamps = []
+        self.sizes = []
+        self.held = 0
+        self.base = end
+
+    def trim(self, cap: int, cap_bytes: int, low: int) -> None:
         """Free the events every group was handed (those below ``low``) once they are a
-        quarter of the tail or more, keeping ``cap // 8`` at least; past ``cap``, free the
-        oldest whatever the groups (a group that far behind reads the disk)."""
+        quarter of the tail or more, keeping ``cap // 8`` at least; past ``cap`` events
+        or ``cap_bytes`` bytes, free the oldest down to half of it whatever the groups (a
+        group that far behind reads the disk)."""
         n = len(self.events)
-        if n <= cap // 8:
-            return
-        drop = min(low - self.base, n - cap // 8)
-        if n - drop > cap:
-            drop = n - cap // 2
-        if drop > 0 and (drop * 4 >= n or n > cap):
+        drop = 0
+        if n > cap // 8:
+            drop = min(low - self.base, n - cap // 8)
+            if n - drop > cap:
+                drop = n - cap // 2
+            if drop <= 0 or (drop * 4 < n and n <= cap):
+                drop = 0
+        sizes = self.sizes
+        kept = self.held - sum(sizes[:drop]) if drop else self.held
+        if kept > cap_bytes:
+            half = cap_bytes // 2
+            while drop < n and kept > half:
+                kept -= sizes[drop]
+                drop += 1
+        if drop > 0:
             del self.events[:drop]
             del self.stamps[:drop]
+            del sizes[:drop]
+            self.held = kept
             self.base += drop
 
 
@@ -78,13 +114,17 @@ class Topic:
 
 class Append(_sqlite.Job):
     """Store events on a topic; once committed, add them to the partitions' tails and
-    wake the topic's consumers."""
+    wake the topic's consumers. Raises ``EventValidationError`` (with ``index``, of
+    ``events``) when an event cannot be encoded for the store."""
 
-    __slots__ = ("cap", "rows", "runs", "topic")
+    __slots__ = ("cap", "cap_bytes", "rows", "runs", "topic")
 
-    def __init__(self, cap: int, topic: Topic, events: Sequence[Event], parts: list[int]) -> None:
+    def __init__(
+        self, cap: int, cap_bytes: int, topic: Topic, events: Sequence[Event], parts: list[int]
+    ) -> None:
         super().__init__(len(events))
         self.cap = cap
+        self.cap_bytes = cap_bytes
         self.topic = topic
         by_part: dict[int, list[Event]] = {}
         for event, p in zip(events, parts, strict=True):
@@ -94,7 +134,10 @@ class Append(_sqlite.Job):
             else:
                 run.append(event)
         self.runs = by_part
-        self.rows = [(p, len(run), encode(run)) for p, run in by_part.items()]
+        try:
+            self.rows = [(p, len(run), encode(run)) for p, run in by_part.items()]
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            raise _unstorable(events, exc) from exc
 
     def apply(self, writer: _sqlite.Writer) -> tuple[float, list[int]]:
         return writer.append(self.topic.tid, self.rows)
@@ -104,21 +147,39 @@ class Append(_sqlite.Job):
             stamp, firsts = result
             topic = self.topic
             parts = topic.parts
-            for (p, run), first in zip(self.runs.items(), firsts, strict=True):
+            # Only what a group with members still has to take is held: a topic no
+            # group reads now holds nothing, and a group that joins reads the disk.
+            readers = [g for g in topic.groups.values() if g.members]
+            for (p, count, body), run, first in zip(
+                self.rows, self.runs.values(), firsts, strict=True
+            ):
                 part = parts[p]
-                if first != part.base + len(part.events):  # not contiguous: a new tail
-                    part.restart(first, run[0], stamp)
-                    run = run[1:]
-                part.events += run
-                part.stamps += [stamp] * len(run)
-                groups = topic.groups
-                # What a group with members still has to take; one without reads the disk.
-                low = min((g.next[p] for g in groups.values() if g.members), default=part.end)
-                part.trim(self.cap, low)
-            for group in topic.groups.values():
+                if not readers:
+                    part.clear(first + count)
+                    continue
+                part.add(first, run, stamp, -(-len(body) // count))
+                low = min(g.next[p] for g in readers)
+                part.trim(self.cap, self.cap_bytes, low)
+            for group in readers:
                 for member in group.members:
                     member.wake()
         super().finish(None, error)
+
+
+def _unstorable(events: Sequence[Event], exc: Exception) -> EventValidationError:
+    """The error for events the store cannot encode, naming the first that fails."""
+    for index, event in enumerate(events):  # only to say which event it was
+        try:
+            encode([event])
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as one:
+            error = EventValidationError(
+                f"event {event.id!r} cannot be stored by the local store: {one}; its data "
+                "must be JSON-like (str, int within 64 bits, float, bool, None, lists and "
+                "dicts of them, bytes) and its text valid Unicode",
+                attribute="data",
+            )
+            return error.in_batch(index) if len(events) > 1 else error
+    return EventValidationError(f"the events cannot be stored by the local store: {exc}")
 
 
 class _Owner(Protocol):
@@ -141,6 +202,8 @@ class Group:
         self.attempts: dict[tuple[int, int], int] = {}
         self.members: list[LocalConsumer] = []
         self.owner: list[LocalConsumer | None] = [None] * n
+        self.deleted = False
+        """Set by ``delete_group``: late acks of its deliveries change and save nothing."""
         self._seq = itertools.count()
 
     def join(self, member: LocalConsumer) -> None:
@@ -155,8 +218,9 @@ class Group:
 
     def skip_to(self, p: int, offset: int) -> None:
         """Move past partition p's events below ``offset``, which retention deleted."""
-        if self.committed[p] >= offset:
+        if self.deleted or self.committed[p] >= offset:
             return
+        self._open_window(p, offset)
         acked = {o for o in self.acked[p] if o >= offset}
         while offset in acked:
             acked.remove(offset)
@@ -206,11 +270,11 @@ class Group:
             p = parts[(first + i) % len(parts)]
             part = self.topic.parts[p]
             nxt = self.next[p]
-            end = part.end
+            end = min(part.end, self.committed[p] + MAX_AHEAD)
             if nxt >= end:
                 continue
             if nxt < part.base:  # on disk only: read up to the tail, the rest next time
-                end = part.base
+                end = min(end, part.base)
             count = min(end - nxt, max_events - len(out))
             acked = self.acked[p]
             out.extend((p, o) for o in range(nxt, nxt + count) if not (acked and o in acked))
@@ -233,9 +297,17 @@ class Group:
         due = [self.redeliver[p][0][0] for p in member.partitions if self.redeliver[p]]
         return min(due) if due else None
 
+    def _open_window(self, p: int, committed: int) -> None:
+        """The commit of partition p moves to ``committed``: wake its owner if it was
+        waiting for that (MAX_AHEAD events handed out past the old commit)."""
+        if self.next[p] >= self.committed[p] + MAX_AHEAD and committed > self.committed[p]:
+            owner = self.owner[p]
+            if owner is not None:
+                owner.wake()
+
     def ack(self, p: int, offset: int) -> None:
         committed = self.committed[p]
-        if offset < committed:
+        if offset < committed or self.deleted:
             return
         if self.attempts:
             self.attempts.pop((p, offset), None)
@@ -247,16 +319,19 @@ class Group:
         while acked and committed in acked:
             acked.remove(committed)
             committed += 1
+        self._open_window(p, committed)
         self.committed[p] = committed
         self.owner_of.positions_changed(self)
 
     def rows(self) -> list[tuple[Any, ...]]:
-        """The rows that save this group's positions."""
+        """The rows that save this group's positions (none once it is deleted)."""
+        if self.deleted:
+            return []
         tid, name = self.topic.tid, self.name
         return [(tid, name, p, c) for p, c in enumerate(self.committed)]
 
     def nack(self, p: int, offset: int, attempt: int, delay: float) -> None:
-        if offset < self.committed[p] or offset in self.acked[p]:
+        if self.deleted or offset < self.committed[p] or offset in self.acked[p]:
             return
         self.attempts[(p, offset)] = attempt
         heapq.heappush(self.redeliver[p], (time.monotonic() + delay, next(self._seq), offset))

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from eventmesh.connectors._sqlite import MAX_TOPICS, Job, Writer
+from eventmesh.connectors import _sqlite
+from eventmesh.connectors._sqlite import Job, Writer
 
 __all__ = [
     "DELETE_GROUP",
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class NewTopic(Job):
-    """Find or create a topic; the result is its (id, partitions)."""
+    """Find or create a topic; the result is its (id, partitions), or a
+    :class:`TooManyTopicsError` when the store holds as many as it can number: returned,
+    not raised, so that it fails this job alone and not the others of its commit."""
 
     __slots__ = ("name", "partitions")
 
@@ -32,7 +35,7 @@ class NewTopic(Job):
         self.name = name
         self.partitions = partitions
 
-    def apply(self, writer: Writer) -> tuple[int, int]:
+    def apply(self, writer: Writer) -> tuple[int, int] | TooManyTopicsError:
         db = writer.db
         found = db.execute(
             "SELECT id, partitions FROM topics WHERE name = ?", (self.name,)
@@ -40,8 +43,8 @@ class NewTopic(Job):
         if found is not None:
             return int(found[0]), int(found[1])
         (count,) = db.execute("SELECT count(*) FROM topics").fetchone()
-        if count >= MAX_TOPICS:
-            raise TooManyTopicsError(f"the local store holds {count} topics, the most it can")
+        if count >= _sqlite.MAX_TOPICS:
+            return TooManyTopicsError(count)
         tid = db.execute(
             "INSERT INTO topics (name, partitions) VALUES (?, ?)", (self.name, self.partitions)
         ).lastrowid
@@ -57,7 +60,11 @@ class NewTopic(Job):
 
 
 class TooManyTopicsError(Exception):
-    """The store cannot number another topic."""
+    """The store cannot number another topic; ``count`` is how many it holds."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"the local store holds {count} topics, the most it can number")
+        self.count = count
 
 
 class Sql(Job):

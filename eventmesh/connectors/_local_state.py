@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from eventmesh.connectors import _local_jobs
+from eventmesh.connectors._local_config import check_text
 from eventmesh.connectors.base import StateStore
 from eventmesh.errors import RejectedError
 
@@ -53,6 +54,8 @@ class LocalState(StateStore):
         c._check_open()
         if not isinstance(key, str) or not key:
             raise RejectedError(f"a state key must be a non-empty string, got {key!r}")
+        # Refused here, alone: in the writer it would fail every write of its commit.
+        check_text(f"state key (bucket {self._bucket!r})", key, RejectedError)
         await c._submit(
             _local_jobs.Sql(sql, [row], after=lambda: c._notify(self._bucket, key, value))
         )

@@ -28,7 +28,7 @@ import anyio.to_thread
 import msgspec
 
 from eventmesh.connectors import _local_jobs, _local_read, _sqlite
-from eventmesh.connectors._local_config import LocalConfig, decode, partition_of
+from eventmesh.connectors._local_config import LocalConfig, check_text, decode, partition_of
 from eventmesh.connectors._local_group import (
     Append,
     Group,
@@ -47,10 +47,10 @@ from eventmesh.connectors.base import (
     StateStore,
     StoredEvent,
 )
+from eventmesh.connectors.browse import check_read
 from eventmesh.errors import (
     ClosedError,
     ConnectError,
-    EventMeshError,
     PublishError,
     RejectedError,
     SubscribeError,
@@ -183,8 +183,8 @@ class LocalConnector(Connector):
         )
 
     def _open_files(self) -> tuple[sqlite3.Connection, list[Any], dict[tuple[int, str], list[int]]]:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        _private_dir(self.path)
+        fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             _lock(fd)
         except BlockingIOError:
@@ -194,6 +194,10 @@ class LocalConnector(Connector):
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        # SQLite creates a file readable by all (0644, less the umask) and gives its
+        # -wal and -shm files the database's mode: made here first, all three are 0600.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path / _DB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         db = _sqlite.open_db(str(self.path / _DB_FILE), self.config.fsync)
         try:
             topics = []
@@ -267,9 +271,7 @@ class LocalConnector(Connector):
     def _finish(
         self, batch: list[_sqlite.Job], results: list[Any], error: BaseException | None
     ) -> None:
-        if isinstance(error, _local_jobs.TooManyTopicsError):
-            error = RejectedError(f"{error}: delete topics or use another data_dir")
-        elif error is not None and not isinstance(error, RejectedError):
+        if error is not None and not isinstance(error, RejectedError):
             error = PublishError(f"the local store in {str(self.path)!r} failed to write: {error}")
         for i, job in enumerate(batch):
             job.finish(results[i] if error is None else None, error)
@@ -317,17 +319,33 @@ class LocalConnector(Connector):
 
     def check_topic(self, topic: str) -> None:
         super().check_topic(topic)
-        _check_text("topic", topic, RejectedError)
+        check_text("topic name", topic, RejectedError)
 
     async def _topic(self, name: str) -> Topic:
         topic = self._topics.get(name)
         if topic is None:
             self.check_topic(name)
-            tid, n = await self._submit(_local_jobs.NewTopic(name, self.config.partitions))
+            # Checked here first, so that a publish to a new topic is refused without
+            # reaching the writer; topics created meanwhile are refused by the writer,
+            # each alone (NewTopic answers with the error, failing no other job).
+            if len(self._topics) >= _sqlite.MAX_TOPICS:
+                raise self._too_many_topics(len(self._topics))
+            found = await self._submit(_local_jobs.NewTopic(name, self.config.partitions))
+            if isinstance(found, _local_jobs.TooManyTopicsError):
+                raise self._too_many_topics(found.count)
+            tid, n = found
             topic = self._topics.get(name)
             if topic is None:
                 topic = self._topics[name] = Topic(tid, name, [Part(0, 0) for _ in range(n)])
         return topic
+
+    def _too_many_topics(self, count: int) -> RejectedError:
+        return RejectedError(
+            f"the local store in {str(self.path)!r} holds {count} topics, the most it can "
+            "number, and it never removes a topic: publish to a topic it holds, or send new "
+            "topics to another connector (topics.<name>.connector, or default_connector, "
+            "naming a connector with another data_dir)"
+        )
 
     async def _join(self, consumer: LocalConsumer) -> Group:
         self._check_open()
@@ -437,14 +455,15 @@ class LocalConnector(Connector):
                 if p is None:
                     p = cache[key] = partition_of(key, n)
                 parts.append(p)
-        await self._submit(Append(self._cache_per_part, t, events, parts))
+        cap_bytes = self.config.cache_bytes // n
+        await self._submit(Append(self._cache_per_part, cap_bytes, t, events, parts))
 
     def subscribe(self, topic: str, group: str, *, start: StartPosition = "latest") -> Consumer:
         self._check_open()
         self.check_topic(topic)
         if not isinstance(group, str) or not group:
             raise SubscribeError(f"group must be a non-empty string, got {group!r}")
-        _check_text("group", group, SubscribeError)
+        check_text("group name", group, SubscribeError)
         return LocalConsumer(self, topic, group, start)
 
     async def read(
@@ -457,8 +476,7 @@ class LocalConnector(Connector):
     ) -> list[StoredEvent]:
         self._check_open()
         self.check_topic(topic)
-        if limit < 1:
-            raise RejectedError(f"limit must be at least 1, got {limit}")
+        limit = check_read(topic, limit, after)
         t = self._topics.get(topic)
         if t is None:
             return []
@@ -473,6 +491,9 @@ class LocalConnector(Connector):
 
     def state(self, bucket: str) -> StateStore | None:
         self._check_open()
+        if not isinstance(bucket, str) or not bucket:
+            raise RejectedError(f"a state bucket name must be a non-empty string, got {bucket!r}")
+        check_text("state bucket name", bucket, RejectedError)
         return LocalState(self, bucket)
 
     def _notify(self, bucket: str, key: str, value: bytes | None) -> None:
@@ -504,20 +525,28 @@ class LocalConnector(Connector):
                 "its subscriptions before deleting it"
             )
         del t.groups[group]
+        g.deleted = True  # a late ack of a delivery it handed out must not save it again
         self._dirty.discard(g)
         await self._submit(_local_jobs.Sql(_local_jobs.DELETE_GROUP, [(t.tid, group)]))
         log.info("group %r on topic %r deleted", group, topic)
         return True
 
 
-def _check_text(what: str, name: str, error: type[EventMeshError]) -> None:
-    """``error`` when ``name`` cannot be stored as SQLite text: a lone surrogate, which
-    UTF-8 cannot encode, would fail the writer's whole batch, other producers' jobs with
-    it."""
+def _private_dir(path: Path) -> None:
+    """Create the data directory readable by this user only (it holds the stored
+    subscriptions' webhook headers and secrets); warn when one that exists is not."""
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise error(
-            f"{what} name {name!r} is not valid Unicode text (it holds a lone surrogate); "
-            "use a name that encodes as UTF-8"
-        ) from None
+        path.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        if sys.platform == "win32":  # modes are not how Windows grants access
+            return
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning(
+                "the local store's data directory %s can be read by other users (mode "
+                "%o), and it holds the stored subscriptions' webhook headers and secrets: "
+                "make it private with 'chmod 700 %s'",
+                path,
+                mode,
+                path,
+            )
