@@ -17,16 +17,17 @@ is acked, and a group that joins later still gets every event.
   neither the topic's ``dedupe:`` window nor a backend's own de-duplication by
   ``source`` and ``id`` (JetStream's ``Nats-Msg-Id``) drops them as a producer's
   retry. The records are kept in the dead-letter topic's connector
-  (``state("deadletter-replays")``) when it keeps state, else in this process (the
-  newest :data:`MAX_MEMORY_RECORDS`), lost on restart. A record is written after its
-  event is stored: a crash between the two replays that event again (at-least-once, as
-  everything in the mesh).
+  (``state("deadletter-replays")``) when it keeps state, else in this process (lost on
+  restart): the newest :data:`MAX_MEMORY_RECORDS`, less those of dead letters retention
+  removed (``_gone``). A record is written after its event is stored: a crash between
+  the two replays that event again (at-least-once, as everything in the mesh).
 """
 
 from __future__ import annotations
 
 import abc
 import base64
+import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,7 +40,7 @@ import msgspec
 
 from eventmesh._status import NotFoundError
 from eventmesh.connectors.base import Connector, StateStore, StoredEvent
-from eventmesh.errors import ConfigError
+from eventmesh.errors import ConfigError, EventMeshError
 from eventmesh.event import Event, encode_json
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ __all__ = [
     "undead",
 ]
 
+log = logging.getLogger(__name__)
+
 MAX_PAGE: Final = 1000
 """The most events one browse returns."""
 MAX_REPLAY: Final = 10_000
@@ -77,7 +80,9 @@ SCAN_LIMIT: Final = 100_000
 """The most events one replay or ``show`` looks at; a replay that stops here says
 ``more`` and the next call goes on past what was replayed."""
 MAX_MEMORY_RECORDS: Final = 100_000
-"""Replay records kept per connector when it keeps no state (the oldest go first)."""
+"""Replay records kept per connector, in its state or in memory (the oldest go first)."""
+_PRUNE_AT_ONCE: Final = 256
+"""Records deleted concurrently (the local store commits them together)."""
 BUCKET: Final = "deadletter-replays"
 """The connector state bucket that records replayed dead letters."""
 PREFIX: Final = "deadletter"
@@ -448,10 +453,10 @@ class _Records:
         self.memory: dict[str, bytes] = {}
         self.lock = anyio.Lock()
 
-    async def keys(self) -> set[str]:
+    async def load(self) -> dict[str, bytes]:
         if self.store is not None:
-            return set(await self.store.load())
-        return set(self.memory)
+            return await self.store.load()
+        return dict(self.memory)
 
     async def put(self, key: str, value: bytes) -> None:
         if self.store is not None:
@@ -461,6 +466,71 @@ class _Records:
         memory[key] = value
         while len(memory) > MAX_MEMORY_RECORDS:
             del memory[next(iter(memory))]
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Forget these records; one the store fails to delete is logged, not raised
+        (the replay they tidy up after is done; the next one tries again)."""
+        store = self.store
+        if store is None:
+            for key in keys:
+                self.memory.pop(key, None)
+            return
+        failed: list[EventMeshError] = []
+
+        async def delete(key: str) -> None:
+            try:
+                await store.delete(key)
+            except EventMeshError as exc:
+                failed.append(exc)
+
+        for start in range(0, len(keys), _PRUNE_AT_ONCE):
+            async with anyio.create_task_group() as tg:
+                for key in keys[start : start + _PRUNE_AT_ONCE]:
+                    tg.start_soon(delete, key)
+        if failed:
+            log.warning(
+                "dead-letter replay: %d of %d old replay records could not be deleted (the "
+                "next replay tries again): %s",
+                len(failed),
+                len(keys),
+                failed[0],
+            )
+
+
+def _gone(records: Mapping[str, bytes], topic: str, first: Mapping[int, int]) -> list[str]:
+    """The records of ``topic``'s dead letters that retention removed: those below
+    ``first``, the first offset a scan from the topic's oldest event saw in each
+    partition (a page holds each partition's events with no gap, so nothing below it
+    is retained). A partition the scan saw nothing of tells nothing: a broker's read
+    may have returned early."""
+    prefix = _prefix(topic)
+    out = []
+    for key in records:
+        if not key.startswith(prefix):
+            continue
+        partition, _, offset = key[len(prefix) :].partition(".")
+        try:
+            p, o = int(partition), int(offset)
+        except ValueError:  # not a record this module wrote
+            continue
+        if p in first and o < first[p]:
+            out.append(key)
+    return out
+
+
+def _oldest(records: Mapping[str, bytes], keep: int) -> list[str]:
+    """The records past the newest ``keep``, by the time each was written."""
+
+    def written(key: str) -> float:
+        try:
+            at = msgspec.json.decode(records[key]).get("at")
+        except (msgspec.DecodeError, AttributeError):
+            return 0.0
+        return at if isinstance(at, int | float) else 0.0
+
+    if len(records) <= keep:
+        return []
+    return sorted(records, key=written)[: len(records) - keep]
 
 
 _RECORDS: weakref.WeakKeyDictionary[Connector, _Records] = weakref.WeakKeyDictionary()
@@ -473,10 +543,15 @@ def _records(connector: Connector) -> _Records:
     return records
 
 
+def _prefix(topic: str) -> str:
+    """The start of the record keys of ``topic``'s dead letters: its name in base64url,
+    which has no ".", and a "."."""
+    return base64.urlsafe_b64encode(topic.encode()).rstrip(b"=").decode() + "."
+
+
 def _key(topic: str, stored: StoredEvent) -> str:
     """The record key of a dead letter: its topic (base64url) and position."""
-    name = base64.urlsafe_b64encode(topic.encode()).rstrip(b"=").decode()
-    return f"{name}.{stored.partition}.{stored.offset}"
+    return f"{_prefix(topic)}{stored.partition}.{stored.offset}"
 
 
 async def replay(
@@ -492,8 +567,10 @@ async def replay(
     of one connector's dead letters in this process run one at a time."""
     records = _records(connector)
     async with records.lock:
-        done = await records.keys()
+        kept = await records.load()
+        done = set(kept)
         scanner = _Scanner(connector, topic, chosen.since)
+        first: dict[int, int] = {}  # the first offset seen per partition
         until = None if chosen.until is None else chosen.until.timestamp()
         todo: list[tuple[str, str, StoredEvent]] = []
         skipped: list[str] = []
@@ -501,6 +578,7 @@ async def replay(
         more = False
         while not more and (events := await scanner.page()):
             for stored in events:
+                first.setdefault(stored.partition, stored.offset)
                 ext = stored.event.extensions
                 if until is not None and stored.timestamp is not None and stored.timestamp >= until:
                     continue
@@ -529,6 +607,16 @@ async def replay(
                 authorize(origin)
         if not chosen.dry_run:
             await _republish(records, todo, publish)
+            # Housekeeping of the records: those of dead letters retention removed (known
+            # only from a scan that began at the topic's oldest event), then the oldest
+            # past MAX_MEMORY_RECORDS, so that they do not grow for ever.
+            gone = _gone(kept, topic, first) if chosen.since is None else []
+            for key in gone:
+                del kept[key]
+            oldest = []  # in memory, put() keeps the newest
+            if records.store is not None:
+                oldest = _oldest(kept, max(0, MAX_MEMORY_RECORDS - len(todo)))
+            await records.delete(gone + oldest)
     return ReplayResult(
         selected=selected,
         replayed=len(todo),
