@@ -621,13 +621,43 @@ async def test_a_sink_whose_receiver_hangs_cannot_hold_every_connection() -> Non
             for _ in range(8):  # a concurrency of 8 against a pool of 4
                 tg.start_soon(stuck, order())
             await eventually(lambda: session.slots.waiting == 5)
-            assert (hanging.active, session.slots.held(stuck)) == (3, 3)
+            assert (hanging.active, session.slots.held(stuck.destination)) == (3, 3)
             with anyio.fail_after(10):  # a bound: it is answered at once
                 assert await fine(order()) == []
-            assert session.slots.held(stuck) == 3
+            assert session.slots.held(stuck.destination) == 3
             tg.cancel_scope.cancel()
     assert len(healthy.requests) == 1
-    assert (session.slots.held(stuck), session.slots.waiting) == (0, 0)
+    assert (session.slots.held(stuck.destination), session.slots.waiting) == (0, 0)
+
+
+async def test_subscriptions_to_one_hung_receiver_share_its_part_of_the_pool() -> None:
+    """The cap is the receiver's, not each sink's: two sinks to one receiver that hangs
+    (two subscriptions to the same endpoint) hold three quarters of the pool between
+    them, and a third sink's webhook to a healthy receiver is delivered at once. Capped
+    per sink, the two held 3 + 1 of 4 and the third waited for their hour."""
+
+    async def hang(request: web.Request, n: int) -> web.StreamResponse:
+        await hanging.release.wait()
+        return web.Response(status=204)
+
+    async with (
+        Receiver(hang) as hanging,
+        Receiver() as healthy,
+        WebhookSession(max_connections=4) as session,
+    ):
+        first = WebhookSink(hanging.url, session=session, timeout=3600)
+        second = WebhookSink(hanging.url + "?again", session=session, timeout=3600)
+        fine = WebhookSink(healthy.url, session=session, timeout=3600)
+        async with anyio.create_task_group() as tg:
+            for sink in (first, second) * 4:
+                tg.start_soon(sink, order())
+            await eventually(lambda: session.slots.waiting >= 4)
+            assert hanging.active == 3  # not 4: the two share one part
+            with anyio.fail_after(10):  # a bound: it is answered at once
+                assert await fine(order()) == []
+            tg.cancel_scope.cancel()
+    assert len(healthy.requests) == 1
+    assert first.destination == second.destination != fine.destination
 
 
 async def test_a_sink_at_its_most_waits_while_a_slot_is_free_for_others() -> None:

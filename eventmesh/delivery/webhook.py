@@ -154,8 +154,10 @@ class _Narrowed(AllowList):
 class _Slots:
     """The requests a session may have in flight at once, shared fairly by its sinks.
 
-    A request holds a slot from before it connects until its answer is read. One sink
-    never holds more than :attr:`most` slots, three quarters of them (all of a pool
+    A "sink" here is an owner: the sinks pass their receiver's origin
+    (``WebhookSink.destination``), so all the subscriptions of one receiver share one
+    owner's part. A request holds a slot from before it connects until its answer is
+    read. One sink never holds more than :attr:`most` slots, three quarters of them (all of a pool
     under four): the rest is kept for the other sinks, so a sink whose receiver hangs,
     with a concurrency and a timeout as large as a client may choose, cannot take every
     slot and keep the others waiting for as long as its timeout runs. When no slot is
@@ -245,12 +247,12 @@ class _Slots:
         if self._free:  # a slot is free, but not for this owner
             log.warning(
                 "requests for %s wait for a webhook connection: it holds %d, the most one "
-                "sink may (three quarters of server.webhook.max_connections, %d), the "
-                "rest being kept for other sinks; lower its concurrency or timeout, or "
-                "raise the limit",
+                "receiver may (three quarters of server.webhook.max_connections, %d), the "
+                "rest being kept for other receivers; lower its subscriptions' concurrency "
+                "or timeout, or raise the limit",
                 owner,
                 self._held.get(owner, 0),
-                self.size,
+                self.most,
             )
             return
         busiest = max(self._held, key=self._held.__getitem__, default=None)
@@ -384,8 +386,8 @@ class WebhookSession(ClosedOnExit):
         limit: int,
         owner: Hashable = None,
     ) -> _Answer:
-        """POST once, for ``owner`` (the sink, which shares the pool fairly with the
-        others: :class:`_Slots`); the answer with up to ``limit`` bytes of a 2xx body (a
+        """POST once, for ``owner`` (the receiver's origin, which shares the pool fairly
+        with the others: :class:`_Slots`); the answer with up to ``limit`` bytes of a 2xx body (a
         few of any other). ``timeout`` runs from when a connection is free for it. Every
         failure to get an answer is a ``DeliveryError``."""
         where = _display(url)
@@ -525,6 +527,12 @@ class WebhookSink:
         header_encoding: HeaderEncoding = "spec",
     ) -> None:
         self.url = _parse_url(url)
+        self.destination = (
+            f"{self.url.scheme}://{(self.url.raw_host or '').lower()}:{self.url.port}"
+        )
+        """The receiver's origin, which the connection pool shares fairly: sinks of one
+        receiver (subscriptions to one endpoint) count as one there, so two to a receiver
+        that hangs hold no more than one would."""
         if mode not in ("binary", "structured", "batch"):
             raise ConfigError(f"mode must be binary, structured or batch, got {mode!r}")
         if header_encoding not in ("spec", "raw"):
@@ -603,7 +611,12 @@ class WebhookSink:
         if self._signer is not None:  # on the bytes sent; the same id on every retry
             merged.update(self._signer.headers(delivery_id(events), body))
         answer = await self.session._post(
-            self.url, body, merged, timeout=self.timeout, limit=self.max_reply_size, owner=self
+            self.url,
+            body,
+            merged,
+            timeout=self.timeout,
+            limit=self.max_reply_size,
+            owner=self.destination,
         )
         status = answer.status
         if 200 <= status < 300:
