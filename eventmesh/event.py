@@ -170,7 +170,18 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
-_UNPARSED: Final[Any] = object()
+class _WriteWithEncodeJson:
+    """What stands in a :class:`JSONData`'s own fields for what is not there (the value
+    not parsed yet; the guard): msgspec cannot encode it, so encoding an event that holds
+    kept JSON with msgspec itself fails, naming this class, rather than writing the
+    Struct's fields in place of the data. Write events with :func:`encode_json` or a
+    binding, which write the kept bytes."""
+
+    __slots__ = ()
+
+
+_UNPARSED: Final[Any] = _WriteWithEncodeJson()
+_GUARD: Final[Any] = _WriteWithEncodeJson()
 
 
 class JSONData(msgspec.Struct, gc=False):
@@ -185,11 +196,14 @@ class JSONData(msgspec.Struct, gc=False):
     Like :class:`Event`, it is not tracked by Python's cyclic garbage collector (it
     holds bytes and parsed JSON, which cannot refer back to it), so the events a process
     keeps (a memory topic's retention, a consumer's backlog) cost its collections
-    nothing.
+    nothing. It is a msgspec Struct for that, but not one to encode: msgspec's own
+    encoders refuse it (``TypeError`` naming ``_WriteWithEncodeJson``); the bindings and
+    :func:`encode_json` write its bytes.
     """
 
     raw: bytes
     _value: Any = _UNPARSED  # the parsed value once read: see ``value``
+    _guard: Any = _GUARD  # makes msgspec's own encoders refuse it: see _WriteWithEncodeJson
 
     @property
     def value(self) -> Any:
@@ -208,6 +222,9 @@ class JSONData(msgspec.Struct, gc=False):
         if type(other) is JSONData:
             return self.raw == other.raw or bool(self.value == other.value)
         return bool(self.value == other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
 
     __hash__ = None  # type: ignore[assignment]  # as unhashable as the value it holds
 

@@ -223,3 +223,28 @@ def test_events_and_their_kept_json_are_not_tracked_by_the_cyclic_collector() ->
     assert decoded.data == {"a": [1, 2]}
     assert kept.parsed
     assert kept.value is decoded.data
+
+
+def test_kept_json_compares_both_ways_and_msgspec_refuses_to_encode_it() -> None:
+    """Kept JSON equals its value under == and != alike, and msgspec's own encoders
+    refuse an event holding it, read or not, rather than writing the Struct's fields
+    (raw as base64, the parsed value) in place of its data."""
+    import operator
+
+    import msgspec
+
+    from eventmesh.event import JSONData, decode_json, encode_json
+
+    kept = JSONData(b'{"a": 1}')
+    assert kept == {"a": 1}
+    assert operator.ne(kept, {"a": 1}) is False
+    assert operator.ne({"a": 1}, kept) is False
+    assert kept != {"a": 2}
+    event = decode_json(encode_json(Event(type="t", source="/s", data={"a": 1})))
+    for read in (False, True):
+        if read:
+            assert event.data == {"a": 1}
+        for encode in (msgspec.json.encode, msgspec.msgpack.encode, msgspec.to_builtins):
+            with pytest.raises(TypeError, match="_WriteWithEncodeJson"):
+                encode(event)
+    assert decode_json(encode_json(event)) == event
