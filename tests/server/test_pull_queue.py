@@ -141,3 +141,47 @@ async def test_a_nack_that_waits_holds_up_no_other_expired_delivery() -> None:
             assert (again.event.id, again.attempt) == ("e2", 2)
             queue.close()
             tg.cancel_scope.cancel()
+
+
+async def test_expired_deliveries_are_reaped_in_sweeps_that_let_the_loop_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """600 deliveries past their deadline at once are reaped in sweeps of REAP_SWEEP,
+    with one log line and a checkpoint each (the loop runs between them), and all of them
+    come back as second attempts. Before, each had its own log line, and reading the
+    oldest of a dict whose front had been deleted rescanned it: 100,000 expiries held
+    the loop 11 s."""
+    import logging
+
+    from eventmesh.server import pull
+
+    sweep = getattr(pull, "REAP_SWEEP", 256)
+
+    policy = DeliveryPolicy(
+        backoff=Backoff(initial=Duration(0.01), max=Duration(0.01), jitter=0), prefetch=1000
+    )
+    from eventmesh.connectors.memory import MemoryConnector
+
+    async with Mesh(connectors={"default": MemoryConnector(MemoryConfig(partitions=1))}) as mesh:
+        sub = await mesh.subscribe("t", "g", start="earliest", delivery=policy)
+        queue = PullQueue(sub, ack_deadline=0.2)
+        events = [Event(type="t", source="/s", id=f"e{i}") for i in range(600)]
+        await mesh.publish("t", events)
+        taken: list[Any] = []
+        again: list[Any] = []
+        with caplog.at_level(logging.INFO, logger="eventmesh.server.pull"):
+            async with anyio.create_task_group() as tg:
+                await tg.start(queue.run)
+                with anyio.fail_after(10):
+                    while len(taken) < 600:
+                        taken += await queue.take(600, 1)
+                    while len(again) < 600:
+                        again += await queue.take(600, 1)
+                queue.close()
+                tg.cancel_scope.cancel()  # the fetch waits for more events
+        await sub.close()
+    assert [h.attempt for h in taken] == [1] * 600
+    assert sorted(h.event.id for h in again) == sorted(e.id for e in events)
+    assert {h.attempt for h in again} == {2}
+    sweeps = [r for r in caplog.records if "not acked within" in r.getMessage()]
+    assert 1 <= len(sweeps) <= -(-600 // sweep) + 1
