@@ -1,8 +1,10 @@
 """De-duplication: a topic with ``dedupe:`` stores each (``source``, ``id``) once per window.
 
-The mesh keeps one :class:`Deduper` per such topic: a dict from ``(source, id)`` to the
+The mesh keeps one :class:`Deduper` per such topic: a dict from each event's key to the
 :class:`_Mark` of the publish call that stored it, and those marks in a deque, oldest
-first. A publish looks each event's key up once
+first. The key is a 16-byte digest of ``source`` and ``id`` (:func:`key_of`), not the
+strings themselves, which may be as long as an event: so each key costs the same
+memory however long they are. A publish looks each event's key up once
 (``setdefault``): a new key is *reserved* for this call before the connector is asked to
 store anything, so a concurrent publish of the same key waits for this one instead of
 storing it again; a key stored within the window is dropped and counted; the caller is
@@ -21,12 +23,14 @@ too. Connectors never import this module; docs/delivery.md says what each promis
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Final, Protocol, runtime_checkable
 
 import anyio
@@ -38,16 +42,18 @@ from eventmesh.delivery.policy import check_range
 from eventmesh.errors import ConnectorError, RejectedError
 from eventmesh.event import Event
 
-__all__ = ["DedupeConfig", "Deduper", "DuplicateWindow", "Write"]
+__all__ = ["DedupeConfig", "Deduper", "DuplicateWindow", "Write", "key_of"]
 
 log = logging.getLogger(__name__)
 
 MAX_WINDOW: Final = 7 * 86400.0
 """The longest window (a week): the map is bounded by count, but a window is not a log."""
 MAX_ENTRIES: Final = 10_000_000
-"""The most keys one topic may keep (about 250 bytes each with short sources and ids)."""
+"""The most keys one topic may keep (about 110 bytes each, however long source and id)."""
 _NARROWEST: Final = 64
 """At start, the window is read back from now, first its last 1/64, then doubling."""
+_PAGE: Final = 1000
+"""Events asked of :meth:`Connector.read` at once at start (a page holds whole events)."""
 
 Write = Callable[[Sequence[Event]], Awaitable[None]]
 """Stores events on the topic (the mesh's own store step); raises when it cannot."""
@@ -78,6 +84,17 @@ class DuplicateWindow(Protocol):
         """Keep duplicates of ``topic`` out for ``seconds`` where the backend can."""
 
 
+def key_of(event: Event) -> bytes:
+    """The window's key for ``event``: 16 bytes of BLAKE2b over its ``source``, led by
+    its length (so no other split of the same text gives the same input), and ``id``;
+    the hash the NATS connector makes its ``Nats-Msg-Id`` of. Two events share it when both
+    attributes are equal, but for a hash collision (about one in 10**24 with a full
+    window of 10,000,000 keys); its size does not depend on theirs."""
+    source = event.source
+    data = f"{len(source)}:{source}{event.id}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 class _Mark:
     """The keys one publish call reserved, in order, and their state: pending until the
     store returns, then stored (at ``stamp``) or released. Keys rebuilt at start share a
@@ -88,7 +105,7 @@ class _Mark:
     def __init__(self, stamp: float, state: int) -> None:
         self.stamp = stamp
         self.state = state
-        self.keys: list[tuple[str, str]] = []
+        self.keys: list[bytes] = []
         self.next = 0
         """Keys before this index were expired or forgotten already."""
         self.done: anyio.Event | None = None
@@ -114,7 +131,8 @@ class Deduper:
     """The window of one topic. ``clock`` gives seconds since the epoch (the time
     connectors stamp stored events with, so a window rebuilt after a restart lines up).
 
-    ``_seen`` maps each key to its mark (a plain dict: one ``setdefault`` per event);
+    ``_seen`` maps each key (:func:`key_of`) to its mark (a plain dict: one
+    ``setdefault`` per event);
     ``_marks`` holds the marks oldest first, so expiry and the ``max_entries`` bound take
     keys from the front without searching.
     """
@@ -143,7 +161,7 @@ class Deduper:
         self.window = float(config.window)
         self.max_entries = config.max_entries
         self._clock = clock
-        self._seen: dict[tuple[str, str], _Mark] = {}
+        self._seen: dict[bytes, _Mark] = {}
         self._marks: deque[_Mark] = deque()
         self._released = 0
         """Released marks left inside ``_marks`` (not at its end when released)."""
@@ -196,7 +214,7 @@ class Deduper:
         fresh: list[Event] = []
         blocked: list[tuple[Event, _Mark]] = []
         for event in events:
-            key = (event.source, event.id)
+            key = key_of(event)
             size = len(seen)
             found = seen.setdefault(key, mark)
             if len(seen) != size:
@@ -279,13 +297,13 @@ class Deduper:
         """
         now = float(self._clock())
         window, limit = self.window, self.max_entries
-        chunks: list[list[tuple[float, str, str]]] = []
+        chunks: list[list[tuple[float, bytes]]] = []
         total = 0
         upper = math.inf
         span = window / _NARROWEST
         try:
             while True:
-                chunk = await self._read_span(connector, now - span, upper, now)
+                chunk = await self._read_span(connector, now - span, upper, now, limit - total)
                 chunks.append(chunk)
                 total += len(chunk)
                 if total >= limit or span >= window:
@@ -308,7 +326,8 @@ class Deduper:
                 connector.name,
                 exc,
             )
-        found = sorted(key for chunk in chunks for key in chunk)  # oldest first
+        # Oldest first: the chunks were read newest span first, each in store order.
+        found = sorted((key for chunk in reversed(chunks) for key in chunk), key=itemgetter(0))
         self._restore(found[-limit:], now - window)
         log.info(
             "topic %r: de-duplication window rebuilt with %d keys from connector %r",
@@ -319,44 +338,45 @@ class Deduper:
         return len(self._seen)
 
     async def _read_span(
-        self, connector: Connector, since: float, upper: float, now: float
-    ) -> list[tuple[float, str, str]]:
-        """The keys of the events stored at or after ``since`` and before ``upper``, in
-        store order, read page by page (a page is in store-time order across partitions,
-        so the first event at ``upper`` or later ends the span)."""
-        found: list[tuple[float, str, str]] = []
+        self, connector: Connector, since: float, upper: float, now: float, most: int
+    ) -> list[tuple[float, bytes]]:
+        """The keys of the newest ``most`` events stored at or after ``since`` and before
+        ``upper``, in store order, read page by page (a page is in store-time order
+        across partitions, so the first event at ``upper`` or later ends the span). So
+        memory holds at most one page of events (:data:`_PAGE`) and ``most`` keys."""
+        found: deque[tuple[float, bytes]] = deque(maxlen=most)
+        page_size = min(self.max_entries, _PAGE)
         cursor: dict[int, int] = {}
         start = datetime.fromtimestamp(since, UTC)
         while True:
             page = await connector.read(
-                self.topic, since=start, after=cursor or None, limit=self.max_entries
+                self.topic, since=start, after=cursor or None, limit=page_size
             )
             moved = False
             for stored in page:
                 stamp = now if stored.timestamp is None else float(stored.timestamp)
                 if stamp >= upper:
-                    return found
+                    return list(found)
                 if stored.offset > cursor.get(stored.partition, -1):
                     cursor[stored.partition] = stored.offset
                     moved = True
-                found.append((stamp, stored.event.source, stored.event.id))
+                found.append((stamp, key_of(stored.event)))
             if not moved:
-                return found  # the end (an empty page), or a connector ignoring the cursor
+                return list(found)  # the end (an empty page), or a connector ignoring the cursor
 
-    def _restore(self, found: list[tuple[float, str, str]], cutoff: float) -> None:
+    def _restore(self, found: list[tuple[float, bytes]], cutoff: float) -> None:
         """Hold the keys of ``found`` (oldest first), a mark per second of store time
         stamped with its newest key's time, so none is forgotten before its window ends."""
         seen, marks = self._seen, self._marks
         mark: _Mark | None = None
         first = 0.0
-        for stamp, source, id in found:
+        for stamp, key in found:
             if stamp < cutoff:
                 continue
             if mark is None or stamp > first + 1.0:
                 mark = _Mark(stamp, _STORED)
                 first = stamp
                 marks.append(mark)
-            key = (source, id)
             seen[key] = mark  # a key found twice is held by its newer mark
             mark.keys.append(key)
             mark.stamp = max(mark.stamp, stamp)

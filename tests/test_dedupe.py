@@ -26,7 +26,7 @@ from eventmesh import Event, Mesh
 from eventmesh._dedupe import DedupeConfig, Deduper
 from eventmesh.config import Duration, HttpListener, load_config
 from eventmesh.connectors.base import Connector, StoredEvent
-from eventmesh.connectors.memory import MemoryConnector
+from eventmesh.connectors.memory import MemoryConfig, MemoryConnector
 from eventmesh.errors import ConfigError, PublishError, SubscribeError, TopicFullError
 from eventmesh.server.http import create_app
 from eventmesh.server.subscriptions import Registry
@@ -329,6 +329,40 @@ async def test_duplicates_and_failed_stores_hold_no_memory() -> None:
     assert (len(deduper), deduper.forgotten) == (1000, 1)  # once "slow" was stored
 
 
+async def test_a_keys_memory_does_not_grow_with_its_source_and_id() -> None:
+    """The window holds a fixed-size digest per key, not the event's source and id: 200
+    events with 64 KiB ids and sources take a few hundred bytes each, not 128 KiB each,
+    and are still told apart exactly (the same text split differently is another key)."""
+
+    async def discard(events: Sequence[Event]) -> None:
+        """A store that keeps nothing, so only the window holds memory."""
+
+    deduper = Deduper("t", DedupeConfig(), clock=Clock())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            # Made here and dropped after the call: only what the window keeps stays.
+            await deduper.store(
+                [event(f"{i:04}" + "i" * 65_536, f"/{i:04}" + "s" * 65_536)], discard
+            )
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(deduper) == 200
+    assert grown < 200 * 1024, f"the window grew by {grown} bytes for 200 keys"
+    log = Log()
+    long_id = "0000" + "i" * 65_536
+    await deduper.store([event(long_id, "/0000" + "s" * 65_536)], log)
+    await deduper.store([event(long_id + "x", "/0000" + "s" * 65_536)], log)
+    await deduper.store([event("bc", "/a"), event("c", "/ab"), event("\ud800", "/a")], log)
+    await deduper.store([event("bc", "/a"), event("\ud800", "/a")], log)
+    assert [len(id) for id in log.events] == [65_541, 2, 1, 1]
+    assert deduper.duplicates == 3
+
+
 async def test_a_failed_store_releases_its_keys_for_a_waiting_duplicate() -> None:
     """A publish waiting on another one's store of the same key stores the event itself
     when that store fails; a third, later publish finds it stored."""
@@ -396,6 +430,39 @@ async def test_a_rebuilt_window_keeps_the_newest_max_entries(tmp_path: Path) -> 
         held = [id for _, id in await stored(mesh)]
     assert held.count("e49") == 1
     assert held.count("e00") == 2
+
+
+class Paged(MemoryConnector):
+    """A memory connector that records how many events each read() asks for."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryConfig(partitions=1))
+        self.limits: list[int] = []
+
+    async def read(self, topic: str, **options: Any) -> list[StoredEvent]:
+        self.limits.append(options["limit"])
+        return await super().read(topic, **options)
+
+
+async def test_a_window_is_rebuilt_in_bounded_pages() -> None:
+    """Rebuilding a window of 100,000 keys asks for at most 1,000 events a read (a page
+    holds whole events, each up to max_event_size), and still finds every key stored."""
+    connector = Paged()
+    async with Mesh(connectors={"default": connector}) as mesh:
+        for first in range(0, 2500, 500):
+            await mesh.publish("t", [event(f"e{i:04}") for i in range(first, first + 500)])
+        deduper = Deduper("t", DedupeConfig(max_entries=100_000))
+        assert await deduper.load(connector) == 2500
+        assert 0 < max(connector.limits) <= 1000
+        log = Log()
+        await deduper.store([event("e0000"), event("e2499"), event("new")], log)
+        assert log.events == ["new"]
+        small = Deduper("t", DedupeConfig(max_entries=10))
+        connector.limits.clear()
+        assert await small.load(connector) == 10
+        assert set(connector.limits) == {10}
+        await small.store([event("e2490"), event("e2489")], log)
+        assert log.events == ["new", "e2489"]
 
 
 class Unbrowsable(MemoryConnector):
