@@ -947,6 +947,13 @@ def _check(config: MeshConfig, nodes: yaml.Node | None) -> None:
                 f"handler {sub.sink.handler!r} must look like 'package.module:function'",
                 [*where, "sink", "handler"],
             )
+        try:  # here, so the error names the file's line, not only the mesh's start
+            sub.delivery.dead_letter_topic(sub.topic, sub.group_name)
+        except ConfigError as exc:
+            message = str(exc).removeprefix(f"{exc.key}: ")
+            raise fail(
+                f"subscription {sub.name!r}: {message}", [*where, "delivery", "dead_letter"]
+            ) from exc
         from eventmesh.pipeline.compile import compile_pipeline
 
         try:

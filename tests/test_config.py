@@ -208,6 +208,27 @@ def test_a_bad_filter_names_its_exact_key_and_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("dead_letter", "group"), [('"{topic}"', None), ("orders", None), ('"{group}"', "orders")]
+)
+def test_a_dead_letter_topic_that_is_the_subscriptions_own_names_its_key_and_line(
+    tmp_path: Path, dead_letter: str, group: str | None
+) -> None:
+    """A subscription whose delivery.dead_letter resolves to its own topic fails the load
+    at that key and line: its dead letters would be delivered again, for ever."""
+    text = GOOD.replace("max_attempts: 3,", f"max_attempts: 3, dead_letter: {dead_letter},")
+    if group is not None:
+        text = text.replace("    topic: orders\n", f"    topic: orders\n    group: {group}\n")
+    with pytest.raises(ConfigError, match="names the topic the subscription reads") as info:
+        load_config(write(tmp_path, text))
+    line = 10 if group is None else 11
+    assert (info.value.key, info.value.line) == ("subscriptions[0].delivery.dead_letter", line)
+    assert "subscription 'billing'" in str(info.value)
+    fine = GOOD.replace("max_attempts: 3,", 'max_attempts: 3, dead_letter: "{topic}.retry",')
+    policy = load_config(write(tmp_path, fine)).subscriptions[0].delivery
+    assert policy.dead_letter_topic("orders", "billing") == "orders.retry"
+
+
+@pytest.mark.parametrize(
     ("override", "key"),
     [
         ({"server": {"http": {"port": 70000}}}, "server.http.port"),

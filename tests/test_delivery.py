@@ -12,7 +12,7 @@ import anyio.lowlevel
 import pytest
 
 import eventmesh
-from eventmesh import DeliveryPolicy, Event, Mesh
+from eventmesh import ConfigError, DeliveryPolicy, Event, Mesh
 from eventmesh.testing.polling import eventually
 
 pytestmark = pytest.mark.anyio
@@ -183,6 +183,56 @@ async def test_without_a_dead_letter_topic_failures_are_dropped_and_logged(
             await mesh.publish("d", Event(type="t", source="/s"))
             await eventually(lambda: sub.stats.dead_lettered == 1)
     assert "no dead-letter topic is set" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("group", "dead_letter"), [("g", "{topic}"), ("g", "loop"), ("loop", "{group}")]
+)
+async def test_a_dead_letter_topic_that_is_the_subscriptions_own_is_refused(
+    group: str, dead_letter: str
+) -> None:
+    """A dead_letter that resolves to the subscribed topic (by {topic}, {group} or its
+    name) fails the subscribe with a ConfigError naming delivery.dead_letter: every
+    event given up on would come back to the topic and be given up again, for ever."""
+    async with eventmesh.connect() as mesh:
+        with pytest.raises(ConfigError, match="names the topic the subscription reads") as error:
+            mesh.subscribe("loop", group, delivery={"dead_letter": dead_letter})
+        assert error.value.key == "delivery.dead_letter"
+        assert "'loop'" in str(error.value)
+        async with mesh.subscribe("loop", group, delivery={"dead_letter": "{topic}.{group}"}):
+            pass
+
+
+class OwnTopic(DeliveryPolicy, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A policy that names the subscription's own topic without the check, as a plugin's
+    own policy class might."""
+
+    def dead_letter_topic(self, topic: str, group: str) -> str | None:
+        return topic
+
+
+async def test_an_event_is_never_dead_lettered_to_the_topic_it_was_read_from(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Should a policy name the topic itself all the same, the event given up on is
+    dropped with an error saying why, and acked: it is not stored on its topic again,
+    so it is not delivered again."""
+    calls: list[str] = []
+
+    async def broken(event: Event) -> None:
+        calls.append(event.id)
+        raise RuntimeError("no")
+
+    async with Mesh() as mesh:
+        policy = OwnTopic(max_attempts=1)
+        async with mesh.subscribe("loop", "g", handler=broken, delivery=policy) as sub:
+            await mesh.publish("loop", Event(type="t", source="/s", id="one"))
+            await eventually(lambda: sub.stats.dead_lettered >= 1)
+            held = await mesh.connector("loop").read("loop", limit=10)
+    assert [stored.event.id for stored in held] == ["one"]
+    assert calls == ["one"]
+    assert sub.stats.dead_lettered == 1
+    assert "'loop' is the topic it was read from" in caplog.text
 
 
 async def test_sync_handlers_do_not_block_the_loop() -> None:

@@ -13,6 +13,13 @@ see why and replay it through the same subscription:
 ``deadlettertopic``  the topic the event was read from
 ``deadlettergroup``  the subscription's consumer group
 ==================== ==============================================================
+
+An event is never dead-lettered to the topic it was read from: there every group would
+read it again, fail again and dead-letter it again, for ever (and each group's copy
+doubles the load). :meth:`DeliveryPolicy.dead_letter_topic` refuses such a policy where
+it is made; should one get past that (a plugin passing the topic itself), the event is
+dropped as with no dead-letter topic: an error is logged for it and the caller acks it.
+The event itself stays on its topic for as long as the connector retains it.
 """
 
 from __future__ import annotations
@@ -118,19 +125,30 @@ async def dead_letter(
     until it holds), or, with no dead-letter topic, log that it is dropped. ``kind`` and
     ``name`` say who gives it up ("subscription", "billing"); the records go to the
     caller's ``logger`` with the event's fields. The caller acks the event afterwards.
+
+    A ``dlq_topic`` that is ``topic``, the one the event was read from, is not stored
+    to (it would come back for ever): the event is dropped as with none, and the error
+    logged for it says so.
     """
     owner = f"{kind} {name}"
     fields = event_fields(event, name, reason=reason, error=error)
-    if dlq_topic is None:
+    if dlq_topic is None or dlq_topic == topic:
+        why = (
+            "no dead-letter topic is set"
+            if dlq_topic is None
+            else f"its dead-letter topic {dlq_topic!r} is the topic it was read from, where "
+            "it would be delivered and dead-lettered again for ever; set "
+            "delivery.dead_letter to another topic"
+        )
         logger.error(
-            "%s dropped event %s after %d attempt%s, not retrying (%s: %s): "
-            "no dead-letter topic is set",
+            "%s dropped event %s after %d attempt%s, not retrying (%s: %s): %s",
             owner,
             event.id,
             attempts,
             "" if attempts == 1 else "s",
             reason,
             error,
+            why,
             extra={**fields, "attempt": attempts},
         )
         return

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import msgspec
 
 from eventmesh._duration import Duration
-from eventmesh.errors import DeliveryError
+from eventmesh.errors import ConfigError, DeliveryError
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -117,8 +117,9 @@ class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     backoff: Backoff = Backoff()
     dead_letter: str | None = "{topic}.dlq"
     """Topic for events that failed every attempt, expired, or broke a pipeline step.
-    ``{topic}`` and ``{group}`` are filled in. ``null`` drops such events (logged as
-    errors and counted): choose it only where losing them is acceptable."""
+    ``{topic}`` and ``{group}`` are filled in; the subscription's own topic is refused
+    (each dead letter would come back to it for ever). ``null`` drops such events
+    (logged as errors and counted): choose it only where losing them is acceptable."""
     ordering: Literal["partitionkey", "none"] = "partitionkey"
     """``partitionkey``: events with the same key are handled one at a time, in order;
     ``none``: any event may overtake another."""
@@ -143,10 +144,22 @@ class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return self.prefetch or 32 * self.concurrency
 
     def dead_letter_topic(self, topic: str, group: str) -> str | None:
-        """The dead-letter topic for a subscription, with its placeholders filled in."""
+        """The dead-letter topic for a subscription to ``topic`` in ``group``, with its
+        placeholders filled in. Raises ConfigError naming ``delivery.dead_letter`` when
+        that is ``topic`` itself: every event given up on would be read again by each
+        group, fail again and be dead-lettered again, for ever."""
         if self.dead_letter is None:
             return None
-        return self.dead_letter.replace("{topic}", topic).replace("{group}", group)
+        chosen = self.dead_letter.replace("{topic}", topic).replace("{group}", group)
+        if chosen == topic:
+            raise ConfigError(
+                f"{self.dead_letter!r} names the topic the subscription reads ({topic!r}): "
+                "each event given up on would be delivered again and dead-lettered again, "
+                "for ever; name another topic (the default is '{topic}.dlq'), or null to "
+                "drop such events",
+                key="delivery.dead_letter",
+            )
+        return chosen
 
 
 def retry_delay(policy: DeliveryPolicy, attempt: int, error: Any) -> float | None:
