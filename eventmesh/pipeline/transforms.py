@@ -64,6 +64,10 @@ _Compiler: TypeAlias = Callable[[Any, str, FilterLimits], Step | None]  # None: 
 _NAME: Final = re.compile(r"[a-z0-9]+\Z")
 _REQUIRED: Final = frozenset({"id", "source", "type", "specversion"})
 _NOT_ATTRIBUTES: Final = frozenset({"data", "data_base64", "extensions"})
+_REQUEST_ATTRIBUTES: Final = frozenset({"replyto", "correlationid"})
+"""Where a handler's reply goes (eventmesh._requests): the publisher's, never a
+transform's. Set by a transform, replies would go to any reply inbox, checked by
+nobody: a caller without publish on another caller's inbox could answer its request."""
 _PLACEHOLDER: Final = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _GLANCE: Final = 1024
 """Values of a structured template variable looked at before it is encoded."""
@@ -381,6 +385,16 @@ def _check_name(name: Any, path: str, *, verb: str) -> str:
     return name
 
 
+def _check_not_request(name: str, path: str, *, verb: str) -> None:
+    if name in _REQUEST_ATTRIBUTES:
+        raise ConfigError(
+            f"a transform cannot {verb} {name!r}: it says where a handler's replies go, "
+            "which only the event's publisher may choose (publishing it needs publish on "
+            "that reply inbox)",
+            key=path,
+        )
+
+
 def _coerce(name: str, value: Any) -> Any:
     """A value as attribute ``name`` holds it; None unsets. Raises ValueError/TypeError."""
     if value is None:
@@ -465,6 +479,7 @@ def _compile_set(body: Any, path: str, limits: FilterLimits) -> Step:
     for name, value in body.items():
         at = join_path(path, name)
         _check_name(name, path, verb="set")
+        _check_not_request(name, at, verb="set")
         if isinstance(value, Mapping):
             unknown = set(value) - {"from", "default"}
             source = value.get("from")
@@ -522,6 +537,7 @@ def _compile_rename(body: Any, path: str, limits: FilterLimits) -> Step:
         _check_name(old, path, verb="rename")
         at = join_path(path, old)
         _check_name(new, at, verb="rename")
+        _check_not_request(new, at, verb="rename an attribute to")
         if new == old:
             raise ConfigError(f"{old!r} is renamed to itself", key=at)
         if new in targets:

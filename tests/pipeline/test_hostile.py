@@ -381,3 +381,24 @@ def test_templates_that_replace_the_data_each_render_up_to_max_render() -> None:
     assert rendered is not None
     assert rendered.subject == blob
     assert rendered.data == blob
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"set": {"replyto": {"from": "$.data.inbox"}}},
+        {"set": {"correlationid": "victim-42"}},
+        {"rename": {"x": "replyto"}},
+        {"rename": {"x": "correlationid"}},
+    ],
+)
+def test_a_transform_cannot_choose_where_replies_go(step: Any) -> None:
+    """replyto and correlationid say which reply inbox a handler's replies go to and
+    which request they answer: only the publisher may set them (with publish on that
+    inbox). A subscription's transform that set them answered another caller's request
+    (a review, helper-55)."""
+    with pytest.raises(ConfigError, match="where a handler's replies go") as refused:
+        compile_pipeline(None, [step], where="t")
+    assert refused.value.key.startswith("t.transform[0]")
+    _, removing = compile_pipeline(None, [{"remove": ["replyto"]}], where="t")
+    assert removing is not None
