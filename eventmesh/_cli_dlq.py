@@ -149,14 +149,25 @@ def _table(events: list[StoredEvent], title: str) -> None:
         table.add_row(
             _when(stored),
             f"{stored.partition}:{stored.offset}",
-            stored.event.id,
-            stored.event.type,
-            str(ext.get("deadletterreason", "-")),
-            str(ext.get("deadlettertopic", "-")),
-            str(ext.get("deadlettergroup", "-")),
-            str(ext.get("deadlettererror", "-")),
+            _text(stored.event.id),
+            _text(stored.event.type),
+            *(
+                _text(str(ext.get(name, "-")))
+                for name in ("deadletterreason", "deadlettertopic", "deadlettergroup")
+            ),
+            _text(str(ext.get("deadlettererror", "-"))),
         )
     Console().print(table)
+
+
+def _text(value: str) -> Any:
+    """What a publisher wrote, shown as it is: a rich ``Text`` (no markup: an id of
+    ``[/x]`` crashed the view, ``[red]`` restyled it), its control characters escaped."""
+    from rich.text import Text
+
+    from eventmesh._logging import escape_controls
+
+    return Text(escape_controls(value))
 
 
 def _show(found: list[StoredEvent]) -> None:
@@ -166,10 +177,10 @@ def _show(found: list[StoredEvent]) -> None:
 
     console = Console()
     for stored in found:
-        console.print(
-            f"[bold]{stored.event.id}[/] stored {_when(stored)} at "
-            f"{stored.partition}:{stored.offset}"
-        )
+        heading = _text(stored.event.id)
+        heading.stylize("bold")
+        heading.append(f" stored {_when(stored)} at {stored.partition}:{stored.offset}")
+        console.print(heading)
         console.print(Pretty(stored.event.to_dict()))
 
 

@@ -103,10 +103,11 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
+        user, colon, password = userinfo.partition(":")
         # A user name without a password is the credential itself: a NATS token
-        # (nats://TOKEN@host), or Basic credentials that aiohttp sends for https://TOKEN@.
-        netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+        # (nats://TOKEN@host), or Basic credentials that aiohttp sends for https://TOKEN@,
+        # and so is one with an empty password (curl -u TOKEN: writes https://TOKEN:@).
+        netloc = f"{user}:{MASK}@{host}" if colon and password else f"{MASK}@{host}"
     query = parts.query
     pairs = parse_qsl(query, keep_blank_values=True) if query else []
     if any(is_secret_name(name) for name, _ in pairs):

@@ -224,11 +224,14 @@ def test_a_config_error_does_not_echo_the_url() -> None:
         ),
         ("https://h/x?client_secret=s&mytoken=t", "https://h/x?client_secret=***&mytoken=***"),
         ("https://u@h/x?a=b c", "https://***@h/x?a=b c"),
+        ("https://sk_live_1:@h/x", "https://***@h/x"),
         ("http://h:notaport/", "***"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
-    """Passwords and token-ish query values are masked; the rest of the URL stays."""
+    """Passwords and token-ish query values are masked; the rest of the URL stays. A user
+    name with no password, or an empty one (curl -u TOKEN: writes it so), is the
+    credential itself, masked whole."""
     assert redact_url(url) == shown
 
 
