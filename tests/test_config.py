@@ -111,6 +111,14 @@ def test_a_good_file_loads_into_typed_structs(tmp_path: Path) -> None:
             12,
             "at least 1",
         ),
+        (
+            GOOD
+            + "functions: [{name: f, url: http://x,\n"
+            + "  trigger: {topic: t, delivery: {dead_letter: '{topic}'}}}]\n",
+            "functions[0].trigger.delivery.dead_letter",
+            13,
+            "names the topic the subscription reads",
+        ),
         (GOOD + "surprise: 1\n", "surprise", 12, "unknown key"),
     ],
 )

@@ -245,6 +245,10 @@ def check_function(
         return f"handler {spec.handler!r} must look like 'package.module:function'", ["handler"]
     if spec.batch is not None and spec.correlate is not None:
         return "a function takes either a batch or a correlated set, not both", ["batch"]
+    try:  # refused at load, with the file's line, not when the mesh starts it
+        spec.trigger.delivery.dead_letter_topic(spec.trigger.topic, spec.group)
+    except ConfigError as exc:
+        return str(exc).removeprefix(f"{exc.key}: "), ["trigger", "delivery", "dead_letter"]
     from eventmesh.pipeline.compile import compile_pipeline
 
     try:
