@@ -2,15 +2,19 @@
 
 One dispatcher runs per subscription in each process, embedded or remote alike. It
 fetches batches from the consumer and queues each event on one of ``concurrency`` lanes
-(:mod:`eventmesh.delivery.lanes`; by key under ``ordering: partitionkey``). Workers take
-the next event of a ready lane, one worker per lane at a time (so a key keeps its order):
-two from the start, more, up to ``concurrency``, once handlers wait (see ``_more``), so a
-subscription whose handler never waits costs two tasks, not one per lane. In its lane an
-event is checked against its TTL, filtered, transformed and passed to the sink; a failed
-attempt goes to the subscription's settle strategy (:mod:`eventmesh.delivery.settle`),
-which retries it here with backoff while attempts remain and otherwise dead-letters it,
-or, for a subscription a sidecar runs, hands it back to the sidecar. Only a handled event
-is acked: a position is never committed for an event that was not (at-least-once).
+(:mod:`eventmesh.delivery.lanes`; by key under ``ordering: partitionkey``), a lane made
+for its first event and freed once it is empty and handled, so an idle subscription
+holds no lanes (a few freed ones at most, for reuse). Workers take the next event of a
+ready lane, one worker per lane at a time (so a key keeps its order): two from the
+start, more, up to ``concurrency``, once handlers wait (see ``_more``), so a subscription
+whose handler never waits costs two tasks, not one per lane. (A sink that takes groups
+has a task per lane instead, started for the lane's first event and ending once it is
+empty: :mod:`eventmesh.delivery.grouped`.) In its lane an event is checked against its
+TTL, filtered, transformed and passed to the sink; a failed attempt goes to the
+subscription's settle strategy (:mod:`eventmesh.delivery.settle`), which retries it here
+with backoff while attempts remain and otherwise dead-letters it, or, for a subscription
+a sidecar runs, hands it back to the sidecar. Only a handled event is acked: a position
+is never committed for an event that was not (at-least-once).
 
 Per event this is the hot path of every subscription, so it is kept short: a gate with
 no TTL, filter or transform is skipped rather than called, and events are fetched a
@@ -116,10 +120,8 @@ class Dispatcher:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             if grouping is not None:
-                self._fill = self._lanes.route
-                work = GroupLanes(self, grouping).work
-                for lane in self._lanes:
-                    tg.start_soon(work, lane)
+                # A task per lane with events, started as the lane gets its first.
+                self._fill = GroupLanes(self, grouping, tg).route
             else:
                 # Two workers from the start, a second one for the first to wake (see
                 # _more); more are started once handlers wait (I/O), up to concurrency.
@@ -224,7 +226,7 @@ class Dispatcher:
     def _to_workers(self, batch: Sequence[Delivery]) -> None:
         """Queue ``batch`` on its lanes, and have a worker take the lanes it made ready."""
         ready = self._ready
-        self._lanes.fill(batch, ready)
+        self._lanes.route(batch, ready)
         if ready and not self._spare:
             self._more()
 
@@ -247,6 +249,7 @@ class Dispatcher:
     async def _work(self) -> None:
         """One worker: handle the next delivery of the first ready lane, repeat."""
         ready = self._ready
+        free = self._lanes.free
         sleepers = self._sleepers
         gate = self.gate
         sink = self.sink
@@ -260,9 +263,16 @@ class Dispatcher:
         now = time.time
         traced = self.traced_sink
         answering = self.request_sink
+        # Cleared while the worker sleeps: an idle worker holds no lane, delivery or event.
+        lane: Lane | None = None
+        items: deque[Delivery] | None = None
+        delivery: Delivery | None = None
+        event: Event | None = None
+        prepared: Event | None = None
         self._spare -= 1
         while True:
             if not ready:
+                lane = items = delivery = event = prepared = None
                 sleepers.append(woken := new_event())
                 await woken.wait()
                 self._spare -= 1
@@ -295,11 +305,12 @@ class Dispatcher:
                     if record is not None and delivery.timestamp is not None:
                         record(now() - delivery.timestamp)
             finally:
-                # The lane's next delivery may go now, to whichever worker comes first.
+                # The lane's next delivery may go now, to whichever worker comes first;
+                # an empty lane goes (the key's next delivery makes it again).
                 if items:
                     ready.append(lane)
                 else:
-                    lane.held = False
+                    free(lane)
                 self._in_flight -= 1
                 if self._room is not None:
                     self._wake_router()

@@ -3,11 +3,14 @@
 A sink that sends events in batches (a webhook in ``batch`` mode) would, called one
 event per lane, hold at most ``concurrency`` events per batch and wait out its window
 for more that cannot come: every lane is waiting on it. A :class:`GroupSink` takes a
-whole group instead. Each lane of the dispatcher takes every event queued on it (up to
-the sink's :attr:`~GroupSink.group_limit`), in order, passes them through the gate and
-hands them over as one group, which returns once the batch holding it was delivered;
-only then are they acked (at-least-once) and does the lane take its next group, so the
-events of one key still reach the sink in order, one group after another.
+whole group instead. Each lane of the dispatcher that holds events has a task, started
+when the lane is made for its first event (:meth:`GroupLanes.route`), which takes every
+event queued on it (up to the sink's :attr:`~GroupSink.group_limit`), in order, passes
+them through the gate and hands them over as one group, which returns once the batch
+holding it was delivered; only then are they acked (at-least-once) and does the lane
+take its next group, so the events of one key still reach the sink in order, one group
+after another. A lane found empty is then freed and its task ends: an idle subscription
+has no lane task, whatever its ``concurrency``.
 
 A batch is sent when it is full, when its window ends, or as soon as nothing more can
 join it: when no lane is preparing a group and every lane with queued events is waiting
@@ -23,10 +26,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import anyio
+import anyio.abc
 
 from eventmesh.connectors.base import Delivery
 from eventmesh.delivery.lanes import Lane
@@ -70,10 +75,16 @@ def group_sink(sink: object) -> GroupSink | None:
 class GroupLanes:
     """The grouped lane loop of one dispatcher, and what its lanes are doing."""
 
-    def __init__(self, dispatcher: Dispatcher, sink: GroupSink) -> None:
+    def __init__(self, dispatcher: Dispatcher, sink: GroupSink, tg: anyio.abc.TaskGroup) -> None:
         self.dispatcher = dispatcher
         self.sink = sink
         self.limit = sink.group_limit
+        self._tg = tg
+        """The dispatcher's task group, which the lanes' tasks join."""
+        self._made: deque[Lane] = deque()
+        """Lanes made by the last :meth:`route`, whose tasks are to start."""
+        self._in_use: set[Lane] = set()
+        """Lanes in use, each with its task."""
         self._preparing: set[Lane] = set()
         """Lanes that took events and have not handed them over yet."""
         self._waiting: set[Lane] = set()
@@ -85,26 +96,37 @@ class GroupLanes:
         if self._preparing:
             return False
         waiting = self._waiting
-        # A lane with events that is not waiting was woken and is about to take them.
-        return all(not lane.items or lane in waiting for lane in self.dispatcher._lanes)
+        # A lane with events that is not waiting has a task about to take them.
+        return all(not lane.items or lane in waiting for lane in self._in_use)
 
     def settle_point(self) -> None:
         """Send the sink's pending batch if nothing more can join it."""
         if self.nothing_more():
             self.sink.flush()
 
+    def route(self, batch: Sequence[Delivery]) -> None:
+        """Queue ``batch`` on its lanes, and start a task for each lane it made (in the
+        order of their first events); a lane already in use has its task."""
+        made = self._made
+        self.dispatcher._lanes.route(batch, made)
+        if made:
+            in_use = self._in_use
+            start = self._tg.start_soon
+            work = self.work
+            name = f"eventmesh-lane {self.dispatcher.name}"
+            while made:
+                lane = made.popleft()
+                in_use.add(lane)
+                start(work, lane, name=name)
+
     async def work(self, lane: Lane) -> None:
-        """One lane: take its queued events as a group, hand it over, ack, repeat."""
+        """One lane: take its queued events as a group, hand it over, ack, repeat until
+        the lane is empty; then it goes (the next event makes it again, with a task)."""
         dispatcher = self.dispatcher
         items = lane.items
-        new_event = dispatcher._new_event
         limit = self.limit
         preparing = self._preparing
-        while True:
-            if not items:
-                lane.ready = ready = new_event()
-                await ready.wait()
-                continue
+        while items:
             taken = [items.popleft() for _ in range(min(len(items), limit))]
             preparing.add(lane)
             try:
@@ -113,6 +135,8 @@ class GroupLanes:
                 preparing.discard(lane)
                 dispatcher._release(len(taken))
                 self.settle_point()
+        self._in_use.discard(lane)
+        dispatcher._lanes.free(lane)
 
     async def _handle(self, lane: Lane, taken: list[Delivery]) -> None:
         dispatcher = self.dispatcher
