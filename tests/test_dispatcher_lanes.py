@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
-from aiohttp import web
+from test_webhook_batching import Receiver
 
 import eventmesh
 from eventmesh import DeliveryPolicy, Event, Mesh
@@ -20,34 +18,6 @@ from eventmesh.delivery.lanes import Lane
 from eventmesh.testing.polling import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.core]
-
-
-class Receiver:
-    """An aiohttp server on 127.0.0.1 recording the events of each batch it is sent."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[dict[str, Any]]] = []
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/events"
-
-    async def __aenter__(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/events", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._runner.cleanup()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.batches.append(json.loads(await request.read()))
-        return web.Response(status=204)
 
 
 def batch_mesh(url: str, *, concurrency: int) -> Mesh:
@@ -144,10 +114,10 @@ async def test_batch_lanes_come_for_events_and_go_with_them_in_key_order() -> No
 
         await deliver(events[:70])
         await deliver(events[70:])
-    received = [e for batch in receiver.batches for e in batch]
+    received = receiver.delivered()
     assert sorted(e["id"] for e in received) == sorted(e.id for e in events)
-    assert max(len(batch) for batch in receiver.batches) > 1
-    assert all(len(batch) <= 10 for batch in receiver.batches)
+    assert max(len(batch) for _, batch in receiver.batches) > 1
+    assert all(len(batch) <= 10 for _, batch in receiver.batches)
     for key in {e.extensions["partitionkey"] for e in events}:
         sent = [e.id for e in events if e.extensions["partitionkey"] == key]
         assert [e["id"] for e in received if e["partitionkey"] == key] == sent, key
