@@ -17,7 +17,7 @@ from eventmesh import DeliveryPolicy, Event, Mesh
 from eventmesh.delivery.lanes import Lane
 from eventmesh.testing.polling import eventually
 
-pytestmark = [pytest.mark.anyio, pytest.mark.core]
+pytestmark = pytest.mark.anyio
 
 
 def batch_mesh(url: str, *, concurrency: int) -> Mesh:
