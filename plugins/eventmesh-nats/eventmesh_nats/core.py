@@ -126,7 +126,8 @@ class CoreConsumer(Consumer):
         self._wakeup: asyncio.Event | None = None
         self._subs: list[Subscription] = []
         self._not_before: float | None = None
-        self._skip = 0  # queued before the start time came: dropped
+        self._skip = 0  # queued when the start time was seen: dropped if sent before it
+        self._skip_before = 0.0  # that start time (seconds since the epoch)
         self._timer: asyncio.TimerHandle | None = None
         self._offset = 0
         self.outstanding: set[CoreDelivery] = set()
@@ -177,12 +178,23 @@ class CoreConsumer(Consumer):
             self._take(held)
 
     def _started(self) -> None:
-        """The start time came: what is queued now was sent before it."""
+        """The start time came: what is queued now was sent before it, but for what the
+        loop took in between. The loop may see the start time late (a busy loop, the
+        timer and a waiting fetch racing), after messages sent since were queued: those
+        whose event time is the start time or later are kept (:meth:`_sent_before`)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._skip = len(self._first) + (self._queue.qsize() if self._queue is not None else 0)
+        self._skip_before = self._not_before or 0.0
         self._not_before = None
+
+    def _sent_before(self, msg: Msg) -> bool:
+        """Whether ``msg``, queued when the start time was seen, was sent before it: core
+        NATS says nothing of when, so its event's ``time`` decides (as Kafka's start from a
+        time reads record timestamps); an event without one counts as sent before."""
+        sent = self._connector.decode(msg).time
+        return sent is None or sent.timestamp() < self._skip_before
 
     def _before_start(self) -> float | None:
         """Seconds until the start time, having dropped what came before it; None once
@@ -342,7 +354,8 @@ class CoreConsumer(Consumer):
                 break
             if self._skip:
                 self._skip -= 1
-                continue
+                if self._sent_before(msg):
+                    continue
             msgs.append(msg)
             n -= 1
         return msgs
