@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from eventmesh._dedupe import key_of
 from eventmesh._redact import redact_url
 from eventmesh.bindings.nats import (
     STRUCTURED_CONTENT_TYPE,
@@ -401,12 +402,10 @@ class NatsConnector(Connector):
 
 
 def message_id(event: Event) -> str:
-    """The ``Nats-Msg-Id`` of ``event``: 32 hex digits of a hash of its ``source`` and
-    ``id``, so the header stays short however long they are, and two events share it
-    only when both attributes are equal."""
-    source = event.source
-    key = f"{len(source)}:{source}{event.id}".encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(key, digest_size=16).hexdigest()
+    """The ``Nats-Msg-Id`` of ``event``: 32 hex digits of the key the mesh's own dedupe
+    window keeps for it (a hash of its ``source`` and ``id``), so the header stays short
+    however long they are, and two events share it only when both attributes are equal."""
+    return key_of(event).hex()
 
 
 def replay_id(key: str) -> str:
