@@ -627,9 +627,8 @@ def _index(part: str, setter: str) -> str | int:
         return part
     if part.isascii() and len(part) <= _MAX_INDEX_DIGITS:
         return int(part)
-    shown = part if len(part) <= 20 else f"{part[:20]}... ({len(part)} characters)"
     raise ConfigError(
-        f"{shown!r} in an override's key is not a list index: write an index in the "
+        f"{_cut(part, 20)!r} in an override's key is not a list index: write an index in the "
         f"ASCII digits 0-9, at most {_MAX_INDEX_DIGITS} of them (set by {_cut(setter)})"
     )
 

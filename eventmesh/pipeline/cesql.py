@@ -58,7 +58,7 @@ from eventmesh.pipeline._cesql_parser import (
     children,
     parse,
 )
-from eventmesh.pipeline.limits import DEFAULT_LIMITS, LINEAR_FROM, FilterLimits
+from eventmesh.pipeline.limits import DEFAULT_LIMITS, LINEAR_FROM, FilterLimits, search_cost
 
 if TYPE_CHECKING:
     from eventmesh.event import Event
@@ -350,8 +350,8 @@ class _Compiler:
         of, negated = operand.fn, node.negated
         match, weight, linear = like_matcher(node.pattern)
         allowance = self.allowance
-        # A value longer than this would cost more than this LIKE's share of max_scan;
-        # but one str.find costs a character each from LINEAR_FROM on.
+        # A value longer than this would cost more than this LIKE's share of max_scan,
+        # but for one str.find, which search_cost charges less from LINEAR_FROM on.
         longest = allowance // weight if weight else None
         linear_too = linear and allowance >= LINEAR_FROM
         too_long = (
@@ -380,7 +380,7 @@ class _Compiler:
             if (
                 longest is not None
                 and (size := len(value)) > longest
-                and not (linear_too and LINEAR_FROM <= size <= allowance)
+                and (not linear or search_cost(size, weight) > allowance)
             ):
                 raise Failed(False, too_long)
             return match(value) is not negated
