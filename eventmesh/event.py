@@ -261,8 +261,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fa
 
     Events are not tracked by Python's cyclic garbage collector (msgspec's ``gc=False``):
     a process that keeps many of them (a memory topic's retention, a backlog) would
-    otherwise have each collection walk every one, which cost the sidecar's HTTP
-    ingress about half its time per event. Data is JSON values, text or bytes, which
+    otherwise have each collection walk every one: with Python's default collector and
+    100,000 events kept, about half the time of decoding and publishing each. Data is
+    JSON values, text or bytes, which
     cannot refer back to the event; data that does (a dict holding its own event) is
     never freed.
     """

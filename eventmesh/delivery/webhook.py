@@ -271,9 +271,10 @@ class WebhookSession(ClosedOnExit):
     """The HTTP client every webhook of a mesh POSTs through.
 
     One keep-alive pool of at most ``max_connections`` connections, shared by every
-    sink: one sink holds at most three quarters of them (all of a pool under four);
-    when all are in use, a request waits for one, and a freed connection goes to the
-    waiting sink that holds the fewest (:class:`_Slots`), so one receiver that hangs
+    sink: one receiver (an origin, whatever the sinks sending to it) holds at most three
+    quarters of them (all of a pool under four); when all are in use, a request waits for
+    one, and a freed connection goes to the waiting receiver that holds the fewest
+    (:class:`_Slots`), so one receiver that hangs
     cannot starve the others' webhooks. Connections go only to addresses inside
     ``allowed_networks`` (CIDR strings; loopback by default), checked after DNS
     resolution at every new connection, or to the ``allowed_hosts``, trusted by name

@@ -53,14 +53,14 @@ __all__ = ["KEEPALIVE_INTERVAL", "MAX_PULL", "MAX_WAIT", "create_app"]
 log = logging.getLogger(__name__)
 
 MAX_PULL: Final = 1000
+"""The most deliveries one ``GET /subscriptions/{id}/events`` returns."""
 STREAM_BATCH: Final = 100
+"""Deliveries one write of an event stream carries at most."""
 MAX_ANSWER_SIZE: Final = 16 * 1024 * 1024
 """The most bytes of deliveries one long-poll answer or one stream write carries (as
 Kafka's ``fetch.max.bytes``): at least one delivery always goes; the rest wait for the
 next poll or write, their attempt not counted. Without it an answer of 1,000 events of
 ``max_event_size`` each took a gigabyte to build."""
-"""Deliveries one write of an event stream carries at most."""
-"""The most deliveries one ``GET /subscriptions/{id}/events`` returns."""
 MAX_WAIT: Final = 30.0
 """The longest a long poll waits, in seconds."""
 KEEPALIVE_INTERVAL: Final = 15.0
